@@ -1,0 +1,32 @@
+"""Thin shells that put the guard in front of a database connection."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from accessguard.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from accessguard.guard import Guard, Session
+
+
+def wrap_connection(guard: Guard, connection: Any, session: Session, *,
+                    dialect: str | None) -> Any:
+    """Pick the adapter for ``connection``: psycopg 3, sqlite3, or generic DB-API 2.0."""
+    if isinstance(connection, psycopg.Connection):
+        from accessguard.adapters.psycopg3 import GuardedConnection  # noqa: PLC0415
+
+        return GuardedConnection(guard, connection, session)
+    from accessguard.adapters.dbapi import GuardedDbapiConnection  # noqa: PLC0415
+
+    if isinstance(connection, sqlite3.Connection):
+        return GuardedDbapiConnection(guard, connection, session, dialect=dialect or "sqlite")
+    if dialect is None:
+        raise ConfigurationError(
+            f"wrap() needs dialect= for a {type(connection).__name__} connection "
+            "(the sqlglot dialect its SQL is written in)"
+        )
+    return GuardedDbapiConnection(guard, connection, session, dialect=dialect)

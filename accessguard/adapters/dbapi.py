@@ -1,0 +1,133 @@
+"""Guarded DB-API 2.0 connections (sqlite3 and others).
+
+sqlite3's ``Connection.execute`` and ``executescript`` bypass any cursor
+override, so the connection object itself is wrapped; ``executescript`` is
+refused. Supported parameter styles: ``qmark`` (``?``) and ``named``
+(``:name``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from accessguard.errors import Reason
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from accessguard.guard import Guard, Session
+
+
+class GuardedDbapiCursor:
+    """A DB-API cursor whose every statement is checked before it is sent."""
+
+    def __init__(self, conn: GuardedDbapiConnection, raw: Any) -> None:
+        self._conn = conn
+        self._raw = raw
+
+    def _authorize(self, query: str, params: Any) -> tuple[str, Any]:
+        if not isinstance(query, str):
+            raise TypeError(f"a query must be str, not {type(query).__name__}")
+        ok = self._conn._guard.authorize(query, params, self._conn._session,
+                                         dialect=self._conn.dialect)
+        return ok.sql, ok.params
+
+    def execute(self, query: str, params: Any = None) -> GuardedDbapiCursor:
+        sent, values = self._authorize(query, params)
+        if values is None:
+            self._raw.execute(sent)
+        else:
+            self._raw.execute(sent, values)
+        return self
+
+    def executemany(self, query: str, params_seq: Iterable[Any]) -> GuardedDbapiCursor:
+        batch = [self._authorize(query, params) for params in params_seq]
+        if batch:
+            self._raw.executemany(batch[0][0], [values for _sent, values in batch])
+        return self
+
+    def executescript(self, _script: str) -> Any:
+        conn = self._conn
+        raise conn._guard.refuse(Reason.PATH_FORBIDDEN,
+                                 "executescript runs many statements unchecked; it is refused.",
+                                 conn._session, kind="script", dialect=conn.dialect)
+
+    def fetchone(self) -> Any:
+        return self._raw.fetchone()
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        return list(self._raw.fetchmany() if size is None else self._raw.fetchmany(size))
+
+    def fetchall(self) -> list[Any]:
+        return list(self._raw.fetchall())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._raw)
+
+    @property
+    def description(self) -> Any:
+        return self._raw.description
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._raw.rowcount)
+
+    @property
+    def arraysize(self) -> int:
+        return int(self._raw.arraysize)
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._raw.arraysize = value
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> GuardedDbapiCursor:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class GuardedDbapiConnection:
+    """A DB-API 2.0 connection acting for one employee on one ticket."""
+
+    def __init__(self, guard: Guard, raw: Any, session: Session, *, dialect: str) -> None:
+        self._guard = guard
+        self._raw = raw
+        self._session = session
+        self.dialect = dialect
+
+    def cursor(self) -> GuardedDbapiCursor:
+        return GuardedDbapiCursor(self, self._raw.cursor())
+
+    def execute(self, query: str, params: Any = None) -> GuardedDbapiCursor:
+        return self.cursor().execute(query, params)
+
+    def executemany(self, query: str, params_seq: Iterable[Any]) -> GuardedDbapiCursor:
+        return self.cursor().executemany(query, params_seq)
+
+    def executescript(self, script: str) -> Any:
+        return self.cursor().executescript(script)
+
+    def commit(self) -> None:
+        self._raw.commit()
+
+    def rollback(self) -> None:
+        self._raw.rollback()
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> GuardedDbapiConnection:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self._raw.commit()
+        else:
+            self._raw.rollback()

@@ -1,0 +1,230 @@
+"""Guarded psycopg 3 connections and cursors: the only module that imports psycopg.
+
+Every path that sends SQL goes through ``Guard.authorize`` first: execute,
+executemany, stream, named (server-side) cursors. COPY and pipeline mode are
+refused. The guarded objects expose an explicit set of methods; there is no
+``__getattr__`` fall-through to the raw connection, so nothing unguarded leaks.
+
+What is analyzed is what is sent: psycopg's own converter turns ``%s`` and
+``%(name)s`` into ``$n`` (and ``%%`` into ``%``) before analysis; a
+client-side binding cursor (``ClientCursor``) is analyzed on its merged text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg._queries import PostgresQuery, _query2pg
+
+from accessguard.errors import AccessDenied, Reason
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from accessguard.guard import Guard, Session
+
+DIALECT = "postgres"
+
+
+def convert_query(query: str, params: Sequence[Any] | Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """psycopg's conversion: ``%s``/``%(name)s`` -> ``$n``, and the values in ``$n`` order."""
+    converted, _formats, order, parts = _query2pg(query.encode(), "utf-8")
+    values = PostgresQuery.validate_and_reorder_params(parts, params, order)
+    return converted.decode(), list(values)
+
+
+def _query_text(query: Any, conn: psycopg.Connection[Any]) -> str:
+    if isinstance(query, str):
+        return query
+    if isinstance(query, bytes | bytearray | memoryview):
+        return bytes(query).decode(conn.info.encoding)
+    if isinstance(query, pgsql.Composable):
+        return query.as_string(conn)
+    raise TypeError(f"a query must be str, bytes or psycopg.sql.Composable, not {type(query).__name__}")
+
+
+class GuardedCursor:
+    """A psycopg cursor whose every statement is checked before it is sent."""
+
+    def __init__(self, conn: GuardedConnection, raw: Any) -> None:
+        self._conn = conn
+        self._raw = raw
+
+    # ------------------------------------------------------------------ sending
+
+    def _authorize(self, query: Any, params: Any) -> tuple[str, Any]:
+        guard, session = self._conn._guard, self._conn._session
+        text = _query_text(query, self._conn._raw)
+        if isinstance(self._raw, psycopg.ClientCursor):
+            # client-side binding merges values into the text (even inside
+            # comments): analyze and send exactly the merged text.
+            merged = self._raw.mogrify(text, params) if params is not None else text
+            ok = guard.authorize(merged, None, session, dialect=DIALECT)
+            return ok.sql, None
+        if params is None:
+            ok = guard.authorize(text, None, session, dialect=DIALECT)
+            return ok.sql, None
+        try:
+            converted, values = convert_query(text, params)
+        except (psycopg.Error, TypeError) as exc:
+            raise guard.refuse(Reason.SQL_PARAMS_MISMATCH,
+                               "Refused: the placeholders do not match the values bound to them.",
+                               session, kind="unknown") from exc
+        ok = guard.authorize(converted, values, session, dialect=DIALECT)
+        return ok.sql, ok.params
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
+        sent, values = self._authorize(query, params)
+        self._raw.execute(sent, values, **kwargs)
+        return self
+
+    def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
+        batch = [self._authorize(query, params) for params in params_seq]
+        if not batch:
+            return
+        sents = {sent for sent, _values in batch}
+        if len(sents) != 1:  # same statement, same shape: cannot differ, but never guess
+            raise AccessDenied("Refused: executemany produced different statements.",
+                               reason=Reason.INTERNAL_ERROR)
+        self._raw.executemany(sents.pop(), [values or () for _sent, values in batch], **kwargs)
+
+    def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+        sent, values = self._authorize(query, params)
+        return iter(self._raw.stream(sent, values, **kwargs))
+
+    def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
+        guard, session = self._conn._guard, self._conn._session
+        raise guard.refuse(Reason.STATEMENT_FORBIDDEN,
+                           "COPY statements are never allowed through the guard.",
+                           session, kind="copy")
+
+    # ------------------------------------------------------------------ reading
+
+    def fetchone(self) -> Any:
+        return self._raw.fetchone()
+
+    def fetchmany(self, size: int = 0) -> list[Any]:
+        return list(self._raw.fetchmany(size) if size else self._raw.fetchmany())
+
+    def fetchall(self) -> list[Any]:
+        return list(self._raw.fetchall())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._raw)
+
+    def scroll(self, value: int, mode: str = "relative") -> None:
+        self._raw.scroll(value, mode)
+
+    def nextset(self) -> bool | None:
+        return bool(self._raw.nextset())
+
+    @property
+    def description(self) -> Any:
+        return self._raw.description
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._raw.rowcount)
+
+    @property
+    def rownumber(self) -> int | None:
+        return self._raw.rownumber  # type: ignore[no-any-return]
+
+    @property
+    def statusmessage(self) -> str | None:
+        return self._raw.statusmessage  # type: ignore[no-any-return]
+
+    @property
+    def name(self) -> str | None:
+        return getattr(self._raw, "name", None)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._raw.closed)
+
+    @property
+    def arraysize(self) -> int:
+        return int(self._raw.arraysize)
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._raw.arraysize = value
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> GuardedCursor:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class GuardedConnection:
+    """A psycopg 3 connection acting for one employee on one ticket."""
+
+    def __init__(self, guard: Guard, raw: psycopg.Connection[Any], session: Session) -> None:
+        self._guard = guard
+        self._raw = raw
+        self._session = session
+
+    @classmethod
+    def connect(cls, guard: Guard, conninfo: str, session: Session,
+                **kwargs: Any) -> GuardedConnection:
+        return cls(guard, psycopg.Connection.connect(conninfo, **kwargs), session)
+
+    @property
+    def user(self) -> str:
+        return self._session.user
+
+    @property
+    def ticket(self) -> str | None:
+        return self._session.ticket
+
+    def cursor(self, name: str = "", **kwargs: Any) -> GuardedCursor:
+        raw = self._raw.cursor(name, **kwargs) if name else self._raw.cursor(**kwargs)
+        return GuardedCursor(self, raw)
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
+        return self.cursor().execute(query, params, **kwargs)
+
+    def pipeline(self) -> Any:
+        raise self._guard.refuse(Reason.PATH_FORBIDDEN,
+                                 "Pipeline mode is not available on a guarded connection.",
+                                 self._session, kind="pipeline")
+
+    def transaction(self, *args: Any, **kwargs: Any) -> Any:
+        return self._raw.transaction(*args, **kwargs)
+
+    def commit(self) -> None:
+        self._raw.commit()
+
+    def rollback(self) -> None:
+        self._raw.rollback()
+
+    def close(self) -> None:
+        self._raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._raw.closed)
+
+    @property
+    def autocommit(self) -> bool:
+        return bool(self._raw.autocommit)
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        self._raw.autocommit = value
+
+    def __enter__(self) -> GuardedConnection:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # psycopg's own semantics: commit on success, roll back on error, close.
+        self._raw.__exit__(exc_type, exc, tb)

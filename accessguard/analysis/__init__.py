@@ -1,0 +1,149 @@
+"""Statement text -> facts. Imports sqlglot; nothing of ours above it.
+
+``analyze`` never raises: whatever it cannot fully account for comes back as
+``Facts.problem`` (``sql.unanalyzable`` and friends), and the decision denies.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.tokens import TokenType
+
+from accessguard.analysis.facts import Const, Facts, Param, ScopeRef, Value, subject_marker
+from accessguard.analysis.redact import fingerprint, redact
+from accessguard.analysis.rewrite import rewrite
+from accessguard.analysis.walker import Refusal, Walker
+from accessguard.catalog import Catalog
+from accessguard.errors import Reason
+
+__all__ = [
+    "Const",
+    "Facts",
+    "Param",
+    "ScopeRef",
+    "Value",
+    "analyze",
+    "fingerprint",
+    "redact",
+    "subject_marker",
+]
+
+MAX_SQL_LENGTH = 100_000
+
+#: Statement kinds that are never allowed, whatever the policy says.
+_FORBIDDEN_KINDS: dict[type[exp.Expression], str] = {
+    exp.Delete: "delete",
+    exp.Insert: "insert",
+    exp.Merge: "merge",
+    exp.Create: "create",
+    exp.Drop: "drop",
+    exp.Alter: "alter",
+    exp.TruncateTable: "truncate",
+    exp.Copy: "copy",
+    exp.Grant: "grant",
+    exp.Revoke: "revoke",
+    exp.Set: "set",
+    exp.Transaction: "begin",
+    exp.Commit: "commit",
+    exp.Rollback: "rollback",
+    exp.Describe: "describe",
+    exp.Pragma: "pragma",
+    exp.Use: "use",
+    exp.Analyze: "analyze",
+    exp.Cache: "cache",
+    exp.LoadData: "load",
+}
+
+
+class _DropUnsupportedSyntax(logging.Filter):
+    """sqlglot warns with the full statement text when it falls back to Command.
+
+    That text may hold customer data, so the warning must not reach the
+    application's logs; the guard refuses such statements anyway.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "unsupported syntax" not in record.getMessage()
+
+
+logging.getLogger("sqlglot").addFilter(_DropUnsupportedSyntax())
+
+
+def analyze(sql: str, *, catalog: Catalog, dialect: str = "postgres", params: bool = False) -> Facts:
+    """Analyze one statement. ``params``: whether parameters will be bound (escapes %)."""
+    try:
+        return _analyze(sql, catalog, dialect, params=params)
+    except Refusal as refusal:
+        return Facts(kind="unknown", problem=refusal.reason, detail=refusal.detail)
+    except SqlglotError:
+        return Facts(kind="unknown", problem=Reason.SQL_UNANALYZABLE,
+                     detail="the statement does not parse")
+    except RecursionError:
+        return Facts(kind="unknown", problem=Reason.SQL_UNANALYZABLE,
+                     detail="the statement is nested too deeply to analyze")
+    except Exception:  # noqa: BLE001 - fail closed: an analyser error denies
+        return Facts(kind="unknown", problem=Reason.SQL_UNANALYZABLE,
+                     detail="the analyser could not read the statement")
+
+
+def _analyze(sql: str, catalog: Catalog, dialect: str, *, params: bool) -> Facts:
+    if len(sql) > MAX_SQL_LENGTH:
+        return Facts(kind="unknown", problem=Reason.SQL_UNANALYZABLE,
+                     detail="the statement is too long to analyze")
+    if "__ag_" in sql.lower() or "_agq" in sql.lower():
+        return Facts(kind="unknown", problem=Reason.SQL_UNANALYZABLE,
+                     detail="the statement contains a name reserved by the guard")
+    if dialect == "sqlite":
+        sql = _number_qmarks(sql)
+    statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+    if len(statements) != 1:
+        detail = "an empty statement" if not statements else "more than one statement in one call"
+        return Facts(kind="multiple", problem=Reason.SQL_UNANALYZABLE, detail=detail)
+    tree = statements[0]
+    walker = Walker(catalog=catalog, dialect=dialect)
+    if isinstance(tree, exp.Select | exp.SetOperation | exp.Subquery):
+        kind = "select"
+        walker.query(tree, None, {})
+    elif isinstance(tree, exp.Update):
+        kind = "update"
+        walker.update(tree)
+    elif isinstance(tree, exp.Command):
+        kind = str(tree.this).lower()
+        return Facts(kind=kind, problem=Reason.STATEMENT_FORBIDDEN,
+                     detail=f"{kind.upper()} statements are never allowed through the guard")
+    else:
+        kind = _FORBIDDEN_KINDS.get(type(tree), "")
+        if not kind:
+            return Facts(kind="unknown", problem=Reason.SQL_UNANALYZABLE,
+                         detail="a statement the analyser does not recognise")
+        return Facts(kind=kind, problem=Reason.STATEMENT_FORBIDDEN,
+                     detail=f"{kind.upper()} statements are never allowed through the guard")
+    sent, order = rewrite(tree, walker.physical, dialect=dialect, escape_percent=params)
+    return Facts(
+        kind=kind,
+        tables=frozenset(walker.tables),
+        reads=frozenset(walker.reads),
+        writes=frozenset(walker.writes),
+        functions=frozenset(walker.functions),
+        scopes=tuple(walker.scopes),
+        params=frozenset(walker.params),
+        sent=sent,
+        param_order=order,
+    )
+
+
+def _number_qmarks(sql: str) -> str:
+    """Give each ``?`` its position (``:_agqN``) so scope can name the bound value."""
+    tokens = sqlglot.tokenize(sql, read="sqlite")
+    out, last, n = [], 0, 0
+    for token in tokens:
+        if token.token_type == TokenType.PLACEHOLDER and token.text == "?":
+            out.append(sql[last : token.start])
+            out.append(f":_agq{n}")
+            last, n = token.end + 1, n + 1
+    out.append(sql[last:])
+    return "".join(out)

@@ -1,0 +1,70 @@
+"""What the analyser found in one statement: plain data, no parser objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from accessguard.errors import Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Const:
+    """A literal integer in the statement."""
+
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A bound parameter: position (0-based) or name."""
+
+    key: int | str
+
+
+Value = Const | Param
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScopeRef:
+    """One reference to a scoped table and the values its scope column is bound to.
+
+    ``values`` empty means nothing binds it; the statement can reach any row.
+    Every value must equal the ticket's subject for the reference to be in scope.
+    """
+
+    table: str
+    scope: str
+    values: tuple[Value, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Facts:
+    """The analysis of one statement.
+
+    ``problem`` set means the analyser could not account for the statement (or
+    found something that is never allowed); the decision then denies with it.
+    ``sent`` is the SQL to send instead of the original: the same tree,
+    schema-qualified, every scoped table filtered to a subject placeholder
+    (the second wall), with ``param_order`` the parameters in sent order.
+    """
+
+    kind: str
+    tables: frozenset[str] = frozenset()
+    reads: frozenset[tuple[str, str]] = frozenset()
+    writes: frozenset[tuple[str, str]] = frozenset()
+    functions: frozenset[str] = frozenset()
+    scopes: tuple[ScopeRef, ...] = ()
+    params: frozenset[int | str] = frozenset()
+    problem: Reason | None = None
+    detail: str = ""
+    sent: str | None = None
+    param_order: tuple[int | str, ...] = ()
+
+    @property
+    def columns(self) -> frozenset[str]:
+        return frozenset(f"{t.rsplit('.', 1)[-1]}.{c}" for t, c in self.reads | self.writes)
+
+
+#: Text the sent SQL carries where a scope subject id goes (replaced per execution).
+def subject_marker(scope: str) -> str:
+    return f"__ag_subject_{scope}__"

@@ -1,0 +1,236 @@
+"""decide(facts, context, policy) -> Decision. Pure: no I/O, no clock, no globals.
+
+A pipeline of small named checks, run in order; the first that objects
+decides. A new rule is a new entry in ``CHECKS``, not a new branch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from accessguard.analysis.facts import Const, Facts, Param, ScopeRef
+from accessguard.catalog import SCOPE_KINDS
+from accessguard.errors import Reason
+from accessguard.policy import EVERYONE, NO_TICKET, Access, Policy
+from accessguard.tickets import Ticket
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Context:
+    """Who asks, under which ticket, with which bound values."""
+
+    user: str
+    roles: frozenset[str]
+    ticket_id: str | None = None
+    #: the ticket as the store returned it (None: not asked for, or not found)
+    ticket: Ticket | None = None
+    params: Sequence[Any] | Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """The outcome for one statement. ``reason`` is None only when allowed."""
+
+    outcome: str
+    reason: Reason | None = None
+    message: str = ""
+    kind: str = "unknown"
+    tables: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+    #: (scope kind, subject id) the statement was proven to stay within
+    subjects: tuple[tuple[str, int], ...] = ()
+    retry_after: float | None = None
+    limit: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome == "allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    reason: Reason
+    message: str
+
+
+Check = Callable[[Facts, Context, Policy], Denial | None]
+
+
+def decide(facts: Facts, context: Context, policy: Policy) -> Decision:
+    """Run every check; the first objection denies, otherwise allow."""
+    tables = tuple(sorted(t.rsplit(".", 1)[-1] for t in facts.tables))
+    columns = tuple(sorted(facts.columns))
+    for check in CHECKS:
+        denial = check(facts, context, policy)
+        if denial is not None:
+            return Decision(outcome="denied", reason=denial.reason, message=denial.message,
+                            kind=facts.kind, tables=tables, columns=columns)
+    subjects = tuple(sorted({(ref.scope, _subject(context, ref.scope) or 0) for ref in facts.scopes}))
+    return Decision(outcome="allowed", kind=facts.kind, tables=tables, columns=columns,
+                    subjects=subjects)
+
+
+# ---------------------------------------------------------------------- checks
+
+
+def analyzable(facts: Facts, context: Context, policy: Policy) -> Denial | None:
+    if facts.problem is not None:
+        return Denial(facts.problem, f"Refused: {facts.detail}.")
+    return None
+
+
+def params_match(facts: Facts, context: Context, policy: Policy) -> Denial | None:
+    """Every bound value is used by the statement, and every placeholder has a value."""
+    params = context.params
+    if params is None:
+        given: frozenset[int | str] = frozenset()
+    elif isinstance(params, Mapping):
+        given = frozenset(str(k) for k in params)
+    else:
+        given = frozenset(range(len(params)))
+    if given != facts.params:
+        return Denial(Reason.SQL_PARAMS_MISMATCH,
+                      "Refused: the statement's placeholders do not match the values bound to it "
+                      "(a placeholder inside a comment or string?).")
+    return None
+
+
+def statement_kind_allowed(facts: Facts, context: Context, policy: Policy) -> Denial | None:
+    if facts.kind not in ("select", "update"):
+        return Denial(Reason.STATEMENT_FORBIDDEN,
+                      f"{facts.kind.upper()} statements are never allowed through the guard.")
+    return None
+
+
+def grants_cover(facts: Facts, context: Context, policy: Policy) -> Denial | None:
+    """Every column read or written is granted to one of the employee's roles."""
+    ticket, problem = _valid_ticket(context)
+    kind = ticket.kind if ticket is not None else None
+    accesses: list[Access] = sorted((t, c, "read") for t, c in facts.reads)
+    accesses += sorted((t, c, "update") for t, c in facts.writes)
+    for access in accesses:
+        if policy.allows(context.roles, NO_TICKET, access):
+            continue
+        if kind is not None and policy.allows(context.roles, kind, access):
+            continue
+        return _missing_grant(access, context, policy, ticket, problem)
+    return None
+
+
+def row_scope_bound(facts: Facts, context: Context, policy: Policy) -> Denial | None:
+    """Every reference to a scoped table is bound to the ticket's customer (or product)."""
+    for ref in facts.scopes:
+        ticket, problem = _valid_ticket(context)
+        table = ref.table.rsplit(".", 1)[-1]
+        if ticket is None:
+            return problem or Denial(
+                Reason.TICKET_REQUIRED,
+                f"Reading {table} needs an open ticket about the {ref.scope} it belongs to.")
+        subject = _subject(context, ref.scope)
+        if subject is None:
+            return Denial(Reason.ROW_SCOPE_UNBOUND,
+                          f"Ticket {ticket.id} names no {ref.scope}, so no {table} row is in scope.")
+        denial = _bound_to(ref, subject, context, table, ticket.id)
+        if denial is not None:
+            return denial
+    return None
+
+
+CHECKS: tuple[Check, ...] = (
+    analyzable,
+    params_match,
+    statement_kind_allowed,
+    grants_cover,
+    row_scope_bound,
+)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _valid_ticket(context: Context) -> tuple[Ticket | None, Denial | None]:
+    """The ticket if it justifies access now, else None and why not."""
+    if context.ticket_id is None:
+        return None, None
+    ticket = context.ticket
+    if ticket is None:
+        return None, Denial(Reason.TICKET_UNKNOWN, f"Ticket {context.ticket_id} does not exist.")
+    if not ticket.is_open:
+        return None, Denial(Reason.TICKET_NOT_OPEN,
+                            f"Ticket {ticket.id} is {ticket.status}, not open.")
+    if ticket.assignee != context.user:
+        return None, Denial(Reason.TICKET_NOT_ASSIGNED,
+                            f"Ticket {ticket.id} is not assigned to {context.user}.")
+    return ticket, None
+
+
+def _subject(context: Context, scope: str) -> int | None:
+    ticket, _problem = _valid_ticket(context)
+    if ticket is None:
+        return None
+    value = getattr(ticket, SCOPE_KINDS[scope])
+    return value if isinstance(value, int) else None
+
+
+def _roles_text(roles: frozenset[str]) -> str:
+    named = sorted(roles - {EVERYONE})
+    return ", ".join(named) if named else EVERYONE
+
+
+def _missing_grant(
+    access: Access, context: Context, policy: Policy, ticket: Ticket | None,
+    problem: Denial | None,
+) -> Denial:
+    table, column, action = access
+    obj = f"{table.rsplit('.', 1)[-1]}.{column}"
+    kinds = {
+        k for k in policy.kinds_for.get(access, ())
+        if k != NO_TICKET and any(access in policy.grants.get((r, k), ()) for r in context.roles)
+    }
+    roles = _roles_text(context.roles)
+    if not kinds:
+        return Denial(Reason.COLUMN_NOT_ALLOWED, f"No rule lets {roles} {action} {obj}.")
+    needed = " or ".join(sorted(kinds))
+    if ticket is None:
+        if problem is not None:
+            return Denial(problem.reason, f"{problem.message} {action.capitalize()} {obj} needs "
+                                          f"an open {needed} ticket assigned to {context.user}.")
+        return Denial(Reason.TICKET_REQUIRED,
+                      f"To {action} {obj}, {context.user} needs an open {needed} ticket.")
+    return Denial(Reason.TICKET_WRONG_KIND,
+                  f"Ticket {ticket.id} is a {ticket.kind} ticket; {action} {obj} needs {needed}.")
+
+
+def _bound_to(
+    ref: ScopeRef, subject: int, context: Context, table: str, ticket_id: str
+) -> Denial | None:
+    if not ref.values:
+        return Denial(Reason.ROW_SCOPE_UNBOUND,
+                      f"The statement can reach {table} rows of other {ref.scope}s: add a "
+                      f"condition {table}.<{ref.scope} id> = the {ref.scope} of ticket {ticket_id}.")
+    for value in ref.values:
+        actual = _resolve(value, context.params)
+        if actual is None:
+            return Denial(Reason.ROW_SCOPE_UNBOUND,
+                          f"The {ref.scope} bound for {table} is not an integer the guard can check.")
+        if actual != subject:
+            return Denial(Reason.ROW_SCOPE_OTHER_SUBJECT,
+                          f"The statement reads {table} rows of a {ref.scope} that ticket "
+                          f"{ticket_id} is not about.")
+    return None
+
+
+def _resolve(value: Const | Param, params: Sequence[Any] | Mapping[str, Any] | None) -> int | None:
+    if isinstance(value, Const):
+        return value.value
+    if params is None:
+        return None
+    try:
+        raw = params[value.key] if isinstance(params, Mapping) else params[int(value.key)]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        return None
+    return int(raw)

@@ -1,0 +1,208 @@
+"""The policy: Casbin model and policy files, compiled for fast decisions.
+
+The only module that imports casbin. pycasbin is untyped and logs raw request
+values, so it is built here with its logging off, never exposed, and never
+given an on/off switch. Casbin loads the model, holds the (wildcard-expanded)
+policy and resolves role inheritance; deciding uses a table compiled from it
+at load, so a decision costs a few set lookups whatever the policy's size.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import casbin
+
+from accessguard.catalog import Catalog, load_catalog
+from accessguard.errors import PolicyError
+
+NO_TICKET = "-"
+EVERYONE = "everyone"
+ACTIONS = frozenset({"read", "update"})
+
+MODEL_FILE = "model.conf"
+POLICY_FILE = "policy.csv"
+SCHEMA_FILE = "schema.toml"
+
+_WORD = re.compile(r"^(-|[A-Za-z_][A-Za-z0-9_.@-]*(\.\*)?)$")
+
+#: (table, column, action), table schema-qualified
+Access = tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    """One ``p`` line after wildcard expansion, with where it came from."""
+
+    role: str
+    kind: str
+    table: str
+    column: str
+    action: str
+    path: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Policy:
+    """A loaded, validated, compiled policy directory."""
+
+    directory: Path
+    catalog: Catalog
+    version: str
+    rules: tuple[Rule, ...]
+    #: (role, ticket kind or "-") -> accesses granted
+    grants: dict[tuple[str, str], frozenset[Access]]
+    #: employee -> every role they hold (always includes "everyone")
+    user_roles: dict[str, frozenset[str]]
+    #: access -> the ticket kinds under which some rule grants it
+    kinds_for: dict[Access, frozenset[str]]
+    _enforcer: casbin.Enforcer = field(repr=False, compare=False)
+
+    def roles_of(self, user: str) -> frozenset[str]:
+        return self.user_roles.get(user, frozenset({EVERYONE}))
+
+    def allows(self, roles: frozenset[str], kind: str, access: Access) -> bool:
+        """Whether any of ``roles`` is granted ``access`` under ticket ``kind`` ("-": none)."""
+        return any(access in self.grants.get((role, kind), ()) for role in roles)
+
+    def enforce(self, role: str, kind: str, obj: str, action: str) -> bool:
+        """Ask Casbin itself (slow; for tests and ``explain``, not the hot path)."""
+        return bool(self._enforcer.enforce(role, kind, obj, action))
+
+    def rules_for(self, roles: frozenset[str], kind: str, access: Access) -> list[Rule]:
+        return [
+            r for r in self.rules
+            if r.role in roles and r.kind == kind and (r.table, r.column, r.action) == access
+        ]
+
+
+def load_policy(directory: str | Path) -> Policy:
+    """Load model.conf, policy.csv and schema.toml from ``directory``; PolicyError on any fault."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise PolicyError("policy directory does not exist", path=str(directory))
+    catalog = load_catalog(directory / SCHEMA_FILE)
+    model_path = directory / MODEL_FILE
+    policy_path = directory / POLICY_FILE
+    model_text = _read(model_path)
+    policy_text = _read(policy_path)
+    rules, groupings = _parse_policy(policy_text, str(policy_path), catalog)
+    enforcer = _build_enforcer(model_path, model_text, rules, groupings)
+    grants: dict[tuple[str, str], set[Access]] = defaultdict(set)
+    kinds: dict[Access, set[str]] = defaultdict(set)
+    for rule in rules:
+        access = (rule.table, rule.column, rule.action)
+        grants[(rule.role, rule.kind)].add(access)
+        kinds[access].add(rule.kind)
+    users = {user for user, _role in groupings}
+    user_roles = {
+        user: frozenset(enforcer.get_implicit_roles_for_user(user)) | {EVERYONE} for user in users
+    }
+    digest = hashlib.sha256()
+    for text in (model_text, policy_text, _read(directory / SCHEMA_FILE)):
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return Policy(
+        directory=directory,
+        catalog=catalog,
+        version=digest.hexdigest()[:12],
+        rules=tuple(rules),
+        grants={k: frozenset(v) for k, v in grants.items()},
+        user_roles=user_roles,
+        kinds_for={k: frozenset(v) for k, v in kinds.items()},
+        _enforcer=enforcer,
+    )
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"cannot read file ({exc.strerror})", path=str(path)) from exc
+
+
+def _parse_policy(
+    text: str, path: str, catalog: Catalog
+) -> tuple[list[Rule], list[tuple[str, str]]]:
+    rules: list[Rule] = []
+    groupings: list[tuple[str, str]] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = [f.strip() for f in next(csv.reader(io.StringIO(line), skipinitialspace=True))]
+        if any(not f or not _WORD.match(f) for f in fields[1:]):
+            raise PolicyError(f"malformed entry {line!r}", path=path, line=lineno)
+        if fields[0] == "g":
+            if len(fields) != 3:
+                raise PolicyError("a g line has 2 fields: EMPLOYEE, ROLE", path=path, line=lineno)
+            groupings.append((fields[1], fields[2]))
+        elif fields[0] == "p":
+            if len(fields) != 5:
+                raise PolicyError(
+                    "a p line has 4 fields: ROLE, TICKET_KIND, TABLE.COLUMN, ACTION",
+                    path=path, line=lineno,
+                )
+            rules.extend(_expand(fields[1:], path, lineno, catalog))
+        else:
+            raise PolicyError(f"unknown line type {fields[0]!r} (p or g)", path=path, line=lineno)
+    return rules, groupings
+
+
+def _expand(fields: list[str], path: str, lineno: int, catalog: Catalog) -> list[Rule]:
+    role, kind, obj, action = fields
+    if action not in ACTIONS:
+        raise PolicyError(f"unknown action {action!r} (read or update)", path=path, line=lineno)
+    table_name, _, column = obj.partition(".")
+    if not column or "." in column:
+        raise PolicyError(f"object {obj!r} must be TABLE.COLUMN or TABLE.*", path=path, line=lineno)
+    spec = catalog.by_name(table_name)
+    if spec is None:
+        raise PolicyError(f"unknown table {table_name!r} (not in schema.toml)", path=path, line=lineno)
+    if not spec.reachable:
+        raise PolicyError(f"table {table_name!r} is never reachable", path=path, line=lineno)
+    if column == "*":
+        if action != "read":
+            raise PolicyError("TABLE.* is only allowed for read", path=path, line=lineno)
+        columns: tuple[str, ...] = spec.columns
+    elif column in spec.column_set:
+        columns = (column,)
+    else:
+        raise PolicyError(f"unknown column {obj!r} (not in schema.toml)", path=path, line=lineno)
+    return [
+        Rule(role=role, kind=kind, table=spec.qualified, column=c, action=action,
+             path=path, line=lineno)
+        for c in columns
+    ]
+
+
+def _build_enforcer(
+    model_path: Path, model_text: str, rules: list[Rule], groupings: list[tuple[str, str]]
+) -> casbin.Enforcer:
+    # pycasbin's own logging writes raw request values: keep it off.
+    logging.getLogger("casbin").setLevel(logging.CRITICAL)
+    try:
+        model = casbin.Enforcer.new_model(text=model_text)
+        enforcer = casbin.Enforcer(model, enable_log=False)
+    except Exception as exc:  # pycasbin raises bare errors for bad models
+        raise PolicyError(f"not a valid Casbin model: {exc}", path=str(model_path)) from exc
+    for section in ("r", "p", "g", "e", "m"):
+        if section not in enforcer.get_model().model:
+            raise PolicyError(f"model has no [{section}] section", path=str(model_path))
+    if rules:
+        enforcer.add_policies(
+            sorted({(r.role, r.kind, f"{r.table.rsplit('.', 1)[1]}.{r.column}", r.action)
+                    for r in rules})
+        )
+    members = {(user, EVERYONE) for user, _role in groupings}
+    if groupings:
+        enforcer.add_grouping_policies(sorted(set(groupings) | members))
+    return enforcer

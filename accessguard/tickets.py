@@ -1,0 +1,209 @@
+"""Tickets, and where the guard finds them.
+
+A ticket justifies access only while it is open, assigned to the employee and
+of the kind a rule names. Stores are asked on every statement; none caches
+past the ``ttl`` it states (0 by default), so a ticket that closes stops
+working on the next statement.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import yaml
+
+from accessguard.errors import ConfigurationError, PolicyError
+
+_FIELDS = ("id", "assignee", "kind", "status", "customer_id", "product_id")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ticket:
+    """A support ticket: who works it, of what kind, about which customer or product."""
+
+    id: str
+    assignee: str
+    kind: str
+    status: str
+    customer_id: int | None = None
+    product_id: int | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == "open"
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Ticket:
+        missing = [f for f in ("id", "assignee", "kind", "status") if data.get(f) is None]
+        if missing:
+            raise ValueError(f"ticket is missing {', '.join(missing)}")
+        unknown = set(data) - set(_FIELDS) - {"opened_at", "closed_at"}
+        if unknown:
+            raise ValueError(f"ticket has unknown fields: {', '.join(sorted(unknown))}")
+        return cls(
+            id=str(data["id"]),
+            assignee=str(data["assignee"]),
+            kind=str(data["kind"]),
+            status=str(data["status"]),
+            customer_id=_opt_int(data.get("customer_id")),
+            product_id=_opt_int(data.get("product_id")),
+        )
+
+
+def _opt_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("ticket ids of customers and products must be integers")
+    return int(value)
+
+
+@runtime_checkable
+class TicketStore(Protocol):
+    """Anything that finds a ticket by id (None when there is no such ticket)."""
+
+    def get(self, ticket_id: str) -> Ticket | None: ...
+
+
+class MemoryTicketStore:
+    """Tickets held in memory; ``put`` replaces one (e.g. when it closes)."""
+
+    def __init__(self, tickets: Iterable[Ticket] = ()) -> None:
+        self._tickets = {t.id: t for t in tickets}
+
+    def get(self, ticket_id: str) -> Ticket | None:
+        return self._tickets.get(ticket_id)
+
+    def put(self, ticket: Ticket) -> None:
+        self._tickets[ticket.id] = ticket
+
+    def __iter__(self) -> Any:
+        return iter(list(self._tickets.values()))
+
+
+class FileTicketStore:
+    """Tickets from a YAML or JSON file (a list, or ``{tickets: [...]}``), re-read when it changes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._tickets: dict[str, Ticket] = {}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            stat = self.path.stat()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read ticket file {self.path}: {exc.strerror}") from exc
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp:
+            return
+        self._tickets = {t.id: t for t in read_ticket_file(self.path)}
+        self._stamp = stamp
+
+    def get(self, ticket_id: str) -> Ticket | None:
+        with self._lock:
+            self._load()
+            return self._tickets.get(ticket_id)
+
+
+def read_ticket_file(path: Path) -> list[Ticket]:
+    """Parse a YAML/JSON ticket file; errors name the file (and entry)."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        line = getattr(exc, "lineno", None)
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            line = mark.line + 1
+        raise PolicyError("not a valid ticket file", path=str(path), line=line) from exc
+    if isinstance(data, dict):
+        data = data.get("tickets")
+    if not isinstance(data, list):
+        raise PolicyError("expected a list of tickets (or tickets: [...])", path=str(path))
+    tickets = []
+    for i, entry in enumerate(data, 1):
+        if not isinstance(entry, dict):
+            raise PolicyError(f"ticket #{i} is not a mapping", path=str(path))
+        try:
+            tickets.append(Ticket.from_mapping(entry))
+        except ValueError as exc:
+            raise PolicyError(f"ticket #{i}: {exc}", path=str(path)) from exc
+    return tickets
+
+
+class PostgresTicketStore:
+    """Reads the ``tickets`` table through its own trusted connection.
+
+    ``connect`` returns a DB-API connection that is *not* guarded (the guard
+    never hands it to application code). ``ttl`` seconds of caching per ticket
+    (default 0: every statement sees the current row).
+    """
+
+    _SQL = (
+        "SELECT id, assignee, kind, status, customer_id, product_id"
+        " FROM public.tickets WHERE id = %s"
+    )
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        ttl: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._connect = connect
+        self._conn: Any = None
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, Ticket | None]] = {}
+
+    def get(self, ticket_id: str) -> Ticket | None:
+        with self._lock:
+            now = self._clock()
+            hit = self._cache.get(ticket_id)
+            if hit is not None and now - hit[0] < self._ttl:
+                return hit[1]
+            ticket = self._fetch(ticket_id)
+            if self._ttl > 0:
+                self._cache[ticket_id] = (now, ticket)
+            return ticket
+
+    def _fetch(self, ticket_id: str) -> Ticket | None:
+        if self._conn is None or getattr(self._conn, "closed", False):
+            self._conn = self._connect()
+            if hasattr(self._conn, "autocommit"):
+                self._conn.autocommit = True
+        cur = self._conn.cursor()
+        try:
+            cur.execute(self._SQL, (ticket_id,))
+            row = cur.fetchone()
+        finally:
+            cur.close()
+        if row is None:
+            return None
+        return Ticket.from_mapping(dict(zip(_FIELDS, row, strict=True)))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def as_store(tickets: TicketStore | Iterable[Ticket] | None) -> TicketStore:
+    """Accept a store, an iterable of tickets, or None (no tickets at all)."""
+    if tickets is None:
+        return MemoryTicketStore()
+    if isinstance(tickets, TicketStore):
+        return tickets
+    return MemoryTicketStore(tickets)
