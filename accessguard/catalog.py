@@ -57,8 +57,20 @@ class Catalog:
         return self.lookup(None, name)
 
 
+_TOML_AT = re.compile(r"\s*\(at line (\d+), column \d+\)\s*$")
+
+
+def toml_error(exc: tomllib.TOMLDecodeError) -> tuple[str, int | None]:
+    """The message and line of a TOML error (Python 3.11's error has no ``lineno``)."""
+    text = str(exc)
+    match = _TOML_AT.search(text)
+    if match is None:
+        return text, None
+    return text[: match.start()], int(match.group(1))
+
+
 def _line_of(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*\[\s*tables\.{re.escape(key)}\s*\]", re.MULTILINE)
+    pattern = re.compile(rf"^[ \t]*\[[ \t]*tables\.{re.escape(key)}\s*\]", re.MULTILINE)
     m = pattern.search(text)
     return text.count("\n", 0, m.start()) + 1 if m else None
 
@@ -72,7 +84,8 @@ def load_catalog(path: Path) -> Catalog:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"not valid TOML: {exc.msg}", path=str(path), line=exc.lineno) from exc
+        message, line = toml_error(exc)
+        raise PolicyError(f"not valid TOML: {message}", path=str(path), line=line) from exc
     default_schema = data.get("default_schema", "public")
     raw_tables = data.get("tables")
     if not isinstance(raw_tables, dict) or not raw_tables:

@@ -105,12 +105,16 @@ def _analyze(sql: str, catalog: Catalog, dialect: str, *, params: bool) -> Facts
         return Facts(kind="multiple", problem=Reason.SQL_UNANALYZABLE, detail=detail)
     tree = statements[0]
     walker = Walker(catalog=catalog, dialect=dialect)
-    if isinstance(tree, exp.Select | exp.SetOperation | exp.Subquery):
-        kind = "select"
-        walker.query(tree, None, {})
-    elif isinstance(tree, exp.Update):
-        kind = "update"
-        walker.update(tree)
+    if isinstance(tree, exp.Select | exp.SetOperation | exp.Subquery | exp.Update):
+        kind = "update" if isinstance(tree, exp.Update) else "select"
+        try:
+            if isinstance(tree, exp.Update):
+                walker.update(tree)
+            else:
+                walker.query(tree, None, {})
+        except Refusal as refusal:
+            return Facts(kind=kind, tables=frozenset(walker.tables), problem=refusal.reason,
+                         detail=refusal.detail)
     elif isinstance(tree, exp.Command):
         kind = str(tree.this).lower()
         return Facts(kind=kind, problem=Reason.STATEMENT_FORBIDDEN,

@@ -20,6 +20,9 @@ _LITERALS = frozenset(
     }
 )
 _QUOTED = frozenset({TokenType.IDENTIFIER})
+_NO_SPACE_BEFORE = frozenset({TokenType.COMMA, TokenType.R_PAREN, TokenType.SEMICOLON,
+                              TokenType.DOT, TokenType.DCOLON})
+_NO_SPACE_AFTER = frozenset({TokenType.L_PAREN, TokenType.DOT, TokenType.DCOLON})
 
 
 def redact(sql: str, *, dialect: str = "postgres") -> str | None:
@@ -30,21 +33,28 @@ def redact(sql: str, *, dialect: str = "postgres") -> str | None:
         return None
     except Exception:  # noqa: BLE001 - a tokenizer crash means: nothing safe to show
         return None
-    parts = []
+    out: list[str] = []
+    glue = True  # no space before the next token
+    previous = None
     for token in tokens:
-        if token.token_type in _LITERALS:
-            parts.append("?")
-        elif token.token_type in _QUOTED:
-            parts.append(f'"{token.text}"')
-        elif token.token_type == TokenType.SEMICOLON:
-            parts.append(";")
+        kind = token.token_type
+        if kind in _LITERALS:
+            text = "?"
+        elif kind in _QUOTED:
+            text = '"' + token.text.replace('"', '""') + '"'
         else:
-            parts.append(token.text.upper() if token.token_type != TokenType.VAR else token.text)
-    return " ".join(parts)
+            text = token.text
+        call = kind == TokenType.L_PAREN and previous in (TokenType.VAR, TokenType.IDENTIFIER)
+        if not glue and kind not in _NO_SPACE_BEFORE and not call:
+            out.append(" ")
+        out.append(text)
+        glue = kind in _NO_SPACE_AFTER
+        previous = kind
+    return "".join(out)
 
 
 def fingerprint(redacted: str | None) -> str | None:
     """A short stable hash of the redacted text: equal for statements differing only in literals."""
     if redacted is None:
         return None
-    return hashlib.sha256(redacted.encode()).hexdigest()[:16]
+    return hashlib.sha256(redacted.lower().encode()).hexdigest()[:16]

@@ -1,0 +1,104 @@
+"""``accessguard demo``: the reference scenario end to end on an embedded SQLite.
+
+No server to start: the package ships the scenario's schema, data, tickets and
+policies. The story follows the cases behind the project: an agent reads her
+ticket's customer, browses another, tries a bulk e-mail export, reads a card
+token; a moderator hides a review without a ticket. Then the audit trail is
+printed and its hash chain verified.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from accessguard import scenario
+from accessguard.audit import read_events, verify
+from accessguard.errors import AccessGuardError
+from accessguard.guard import Guard
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    title: str
+    user: str
+    ticket: str | None
+    sql: str
+    params: tuple[int, ...] = ()
+
+
+STORY = (
+    Step("alice reads the customer of her open ticket T-100", "alice", "T-100",
+         "SELECT id, name, email FROM customers WHERE id = ?", (42,)),
+    Step("alice lists that customer's orders", "alice", "T-100",
+         "SELECT id, status, total_cents FROM orders WHERE customer_id = 42 ORDER BY id"),
+    Step("alice browses customer 7, whom no open ticket of hers is about", "alice", "T-100",
+         "SELECT id, name, email FROM customers WHERE id = 7"),
+    Step("alice reopens her closed ticket T-101 to read customer 7 again", "alice", "T-101",
+         "SELECT id, name, email FROM customers WHERE id = 7"),
+    Step("alice tries a bulk e-mail export", "alice", "T-100",
+         "SELECT email FROM customers"),
+    Step("alice reads a card token", "alice", "T-100",
+         "SELECT card_token FROM payments WHERE customer_id = 42"),
+    Step("alice slips a second statement behind a legitimate one", "alice", "T-100",
+         "SELECT id FROM customers WHERE id = 42; DELETE FROM reviews"),
+    Step("carol hides a review without a ticket", "carol", None,
+         "UPDATE reviews SET hidden = TRUE WHERE product_id = 9 AND id = 91"),
+    Step("carol hides it under her review_abuse ticket T-200", "carol", "T-200",
+         "UPDATE reviews SET hidden = TRUE WHERE product_id = 9 AND rating = 1"),
+)
+
+
+def run(*, audit_path: Path | None = None) -> int:
+    """Run the story; print each decision, the audit trail and its verification."""
+    with tempfile.TemporaryDirectory(prefix="accessguard-demo-") as tmp:
+        audit = audit_path or Path(tmp) / "audit.jsonl"
+        db = sqlite3.connect(Path(tmp) / "shop.db")
+        scenario.load_sqlite(db)
+        guard = Guard.from_directory(scenario.policies_dir(), tickets=scenario.tickets(),
+                                     audit=audit)
+        print("accessguard demo: the marketplace support desk, on an embedded SQLite\n")
+        for number, step in enumerate(STORY, 1):
+            _play(number, step, guard, db)
+        db.close()
+        _show_trail(audit)
+        result = verify(audit)
+        print(f"\naudit verify {audit.name}: "
+              + ("chain intact" if result.ok else f"BROKEN at line {result.broken_line}")
+              + f", {result.events} events")
+        return 0 if result.ok else 1
+
+
+def _play(number: int, step: Step, guard: Guard, db: sqlite3.Connection) -> None:
+    ticket = step.ticket or "no ticket"
+    print(f"{number}. {step.title}  [{step.user}, {ticket}]")
+    print(f"   {step.sql}")
+    conn = guard.wrap(db, user=step.user, ticket=step.ticket)
+    try:
+        cur = conn.execute(step.sql, step.params or None)
+        rows = cur.fetchall()
+        db.commit()
+    except AccessGuardError as exc:
+        print(f"   REFUSED {exc.reason}: {exc.message}\n")
+        return
+    if rows:
+        for row in rows[:5]:
+            print(f"   -> {row}")
+    else:
+        print(f"   -> ok ({max(cur.rowcount, 0)} rows changed)")
+    print()
+
+
+def _show_trail(audit: Path) -> None:
+    events = list(read_events(audit))
+    print(f"audit trail ({audit.name}, {len(events)} events, one per refusal):")
+    for event in events:
+        print(
+            f"  {event['@timestamp'][11:23]}  {event['accessguard.outcome']:<8} "
+            f"{event['user.name']:<6} {event['accessguard.ticket.id'] or '-':<6} "
+            f"{event['event.reason']:<24} {event['db.query.text'] or '<unreadable>'}"
+        )
+        print(f"  {'':12}  hash {event['event.hash'][:16]}  "
+              f"prev {event['accessguard.chain.prev'][:16]}")
