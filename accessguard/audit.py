@@ -20,12 +20,13 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
+from structlog.typing import Processor
 
 from accessguard.errors import AuditError
 
@@ -94,8 +95,10 @@ class JsonlSink:
 
 
 def canonical_line(event: Event) -> str:
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str) + "\n"
+    return (
+        json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        + "\n"
+    )
 
 
 def _last_hash(fh: Any) -> str:
@@ -147,17 +150,17 @@ class _SinkLogger:
     info = warning = error = critical = msg
 
 
-def _timestamper(clock: Callable[[], dt.datetime]) -> Callable[..., Event]:
-    def stamp(_logger: object, _name: str, event: Event) -> Event:
+def _timestamper(clock: Callable[[], dt.datetime]) -> Processor:
+    def stamp(_logger: object, _name: str, event: MutableMapping[str, Any]) -> Event:
         event["@timestamp"] = clock().astimezone(dt.UTC).isoformat(timespec="microseconds")
-        return event
+        return dict(event)
 
     return stamp
 
 
-def _drop_event_key(_logger: object, _name: str, event: Event) -> Event:
+def _drop_event_key(_logger: object, _name: str, event: MutableMapping[str, Any]) -> Event:
     event.pop("event", None)
-    return event
+    return dict(event)
 
 
 def utcnow() -> dt.datetime:
@@ -224,8 +227,12 @@ def verify(path: str | Path) -> Verification:
         if not isinstance(event, dict) or HASH not in event:
             return Verification(False, count, lineno, "no event.hash field")
         if event.get(PREV) != prev:
-            return Verification(False, count, lineno,
-                                "does not link to the line before (deleted or reordered lines?)")
+            return Verification(
+                False,
+                count,
+                lineno,
+                "does not link to the line before (deleted or reordered lines?)",
+            )
         if chain_hash(prev, event) != event[HASH]:
             return Verification(False, count, lineno, "its content does not match its hash")
         prev = event[HASH]

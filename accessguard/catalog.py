@@ -112,8 +112,10 @@ def _table_spec(
     if not _NAME.match(name):
         raise PolicyError(f"table name {name!r} must be lower-case", path=path, line=line)
     columns = spec.get("columns")
-    if not isinstance(columns, list) or not columns or not all(
-        isinstance(c, str) and _NAME.match(c) for c in columns
+    if (
+        not isinstance(columns, list)
+        or not columns
+        or not all(isinstance(c, str) and _NAME.match(c) for c in columns)
     ):
         raise PolicyError(
             f"[tables.{name}] columns must be a list of lower-case names", path=path, line=line

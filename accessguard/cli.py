@@ -31,8 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("sql", help="the statement ($1, $2 ... for parameters)")
 
     demo = sub.add_parser("demo", help="run the reference scenario on an embedded SQLite")
-    demo.add_argument("--audit", type=Path, default=None,
-                      help="write the audit trail here (default: a temporary file)")
+    demo.add_argument(
+        "--audit",
+        type=Path,
+        default=None,
+        help="write the audit trail here (default: a temporary file)",
+    )
 
     audit = sub.add_parser("audit", help="read and verify audit trails")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
@@ -47,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         if args.command == "demo":
-            from accessguard.demo import run  # noqa: PLC0415
+            from accessguard.demo import run
 
             return run(audit_path=args.audit)
         return _audit_verify(args)
@@ -60,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from accessguard.guard import Guard  # noqa: PLC0415
-    from accessguard.tickets import FileTicketStore  # noqa: PLC0415
+    from accessguard.guard import Guard
+    from accessguard.tickets import FileTicketStore
 
     guard = Guard.from_directory(args.policies, tickets=FileTicketStore(args.tickets))
     decision = guard.check(args.sql, user=args.user, ticket=args.ticket, dialect=args.dialect)
@@ -89,14 +93,16 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from accessguard.audit import verify  # noqa: PLC0415
+    from accessguard.audit import verify
 
     result = verify(args.file)
     if result.ok:
         print(f"{args.file}: chain intact, {result.events} events")
         return EXIT_OK
-    print(f"{args.file}:{result.broken_line}: chain broken: {result.problem} "
-          f"({result.events} events verified before it)")
+    print(
+        f"{args.file}:{result.broken_line}: chain broken: {result.problem} "
+        f"({result.events} events verified before it)"
+    )
     return EXIT_REFUSED
 
 

@@ -65,11 +65,20 @@ def decide(facts: Facts, context: Context, policy: Policy) -> Decision:
     for check in CHECKS:
         denial = check(facts, context, policy)
         if denial is not None:
-            return Decision(outcome="denied", reason=denial.reason, message=denial.message,
-                            kind=facts.kind, tables=tables, columns=columns)
-    subjects = tuple(sorted({(ref.scope, _subject(context, ref.scope) or 0) for ref in facts.scopes}))
-    return Decision(outcome="allowed", kind=facts.kind, tables=tables, columns=columns,
-                    subjects=subjects)
+            return Decision(
+                outcome="denied",
+                reason=denial.reason,
+                message=denial.message,
+                kind=facts.kind,
+                tables=tables,
+                columns=columns,
+            )
+    subjects = tuple(
+        sorted({(ref.scope, _subject(context, ref.scope) or 0) for ref in facts.scopes})
+    )
+    return Decision(
+        outcome="allowed", kind=facts.kind, tables=tables, columns=columns, subjects=subjects
+    )
 
 
 # ---------------------------------------------------------------------- checks
@@ -91,16 +100,20 @@ def params_match(facts: Facts, context: Context, policy: Policy) -> Denial | Non
     else:
         given = frozenset(range(len(params)))
     if given != facts.params:
-        return Denial(Reason.SQL_PARAMS_MISMATCH,
-                      "Refused: the statement's placeholders do not match the values bound to it "
-                      "(a placeholder inside a comment or string?).")
+        return Denial(
+            Reason.SQL_PARAMS_MISMATCH,
+            "Refused: the statement's placeholders do not match the values bound to it "
+            "(a placeholder inside a comment or string?).",
+        )
     return None
 
 
 def statement_kind_allowed(facts: Facts, context: Context, policy: Policy) -> Denial | None:
     if facts.kind not in ("select", "update"):
-        return Denial(Reason.STATEMENT_FORBIDDEN,
-                      f"{facts.kind.upper()} statements are never allowed through the guard.")
+        return Denial(
+            Reason.STATEMENT_FORBIDDEN,
+            f"{facts.kind.upper()} statements are never allowed through the guard.",
+        )
     return None
 
 
@@ -127,11 +140,14 @@ def row_scope_bound(facts: Facts, context: Context, policy: Policy) -> Denial | 
         if ticket is None:
             return problem or Denial(
                 Reason.TICKET_REQUIRED,
-                f"Reading {table} needs an open ticket about the {ref.scope} it belongs to.")
+                f"Reading {table} needs an open ticket about the {ref.scope} it belongs to.",
+            )
         subject = _subject(context, ref.scope)
         if subject is None:
-            return Denial(Reason.ROW_SCOPE_UNBOUND,
-                          f"Ticket {ticket.id} names no {ref.scope}, so no {table} row is in scope.")
+            return Denial(
+                Reason.ROW_SCOPE_UNBOUND,
+                f"Ticket {ticket.id} names no {ref.scope}, so no {table} row is in scope.",
+            )
         denial = _bound_to(ref, subject, context, table, ticket.id)
         if denial is not None:
             return denial
@@ -158,11 +174,13 @@ def _valid_ticket(context: Context) -> tuple[Ticket | None, Denial | None]:
     if ticket is None:
         return None, Denial(Reason.TICKET_UNKNOWN, f"Ticket {context.ticket_id} does not exist.")
     if not ticket.is_open:
-        return None, Denial(Reason.TICKET_NOT_OPEN,
-                            f"Ticket {ticket.id} is {ticket.status}, not open.")
+        return None, Denial(
+            Reason.TICKET_NOT_OPEN, f"Ticket {ticket.id} is {ticket.status}, not open."
+        )
     if ticket.assignee != context.user:
-        return None, Denial(Reason.TICKET_NOT_ASSIGNED,
-                            f"Ticket {ticket.id} is not assigned to {context.user}.")
+        return None, Denial(
+            Reason.TICKET_NOT_ASSIGNED, f"Ticket {ticket.id} is not assigned to {context.user}."
+        )
     return ticket, None
 
 
@@ -180,13 +198,17 @@ def _roles_text(roles: frozenset[str]) -> str:
 
 
 def _missing_grant(
-    access: Access, context: Context, policy: Policy, ticket: Ticket | None,
+    access: Access,
+    context: Context,
+    policy: Policy,
+    ticket: Ticket | None,
     problem: Denial | None,
 ) -> Denial:
     table, column, action = access
     obj = f"{table.rsplit('.', 1)[-1]}.{column}"
     kinds = {
-        k for k in policy.kinds_for.get(access, ())
+        k
+        for k in policy.kinds_for.get(access, ())
         if k != NO_TICKET and any(access in policy.grants.get((r, k), ()) for r in context.roles)
     }
     roles = _roles_text(context.roles)
@@ -195,30 +217,43 @@ def _missing_grant(
     needed = " or ".join(sorted(kinds))
     if ticket is None:
         if problem is not None:
-            return Denial(problem.reason, f"{problem.message} {action.capitalize()} {obj} needs "
-                                          f"an open {needed} ticket assigned to {context.user}.")
-        return Denial(Reason.TICKET_REQUIRED,
-                      f"To {action} {obj}, {context.user} needs an open {needed} ticket.")
-    return Denial(Reason.TICKET_WRONG_KIND,
-                  f"Ticket {ticket.id} is a {ticket.kind} ticket; {action} {obj} needs {needed}.")
+            return Denial(
+                problem.reason,
+                f"{problem.message} {action.capitalize()} {obj} needs "
+                f"an open {needed} ticket assigned to {context.user}.",
+            )
+        return Denial(
+            Reason.TICKET_REQUIRED,
+            f"To {action} {obj}, {context.user} needs an open {needed} ticket.",
+        )
+    return Denial(
+        Reason.TICKET_WRONG_KIND,
+        f"Ticket {ticket.id} is a {ticket.kind} ticket; {action} {obj} needs {needed}.",
+    )
 
 
 def _bound_to(
     ref: ScopeRef, subject: int, context: Context, table: str, ticket_id: str
 ) -> Denial | None:
     if not ref.values:
-        return Denial(Reason.ROW_SCOPE_UNBOUND,
-                      f"The statement can reach {table} rows of other {ref.scope}s: add a "
-                      f"condition {table}.<{ref.scope} id> = the {ref.scope} of ticket {ticket_id}.")
+        return Denial(
+            Reason.ROW_SCOPE_UNBOUND,
+            f"The statement can reach {table} rows of other {ref.scope}s: add a "
+            f"condition {table}.<{ref.scope} id> = the {ref.scope} of ticket {ticket_id}.",
+        )
     for value in ref.values:
         actual = _resolve(value, context.params)
         if actual is None:
-            return Denial(Reason.ROW_SCOPE_UNBOUND,
-                          f"The {ref.scope} bound for {table} is not an integer the guard can check.")
+            return Denial(
+                Reason.ROW_SCOPE_UNBOUND,
+                f"The {ref.scope} bound for {table} is not an integer the guard can check.",
+            )
         if actual != subject:
-            return Denial(Reason.ROW_SCOPE_OTHER_SUBJECT,
-                          f"The statement reads {table} rows of a {ref.scope} that ticket "
-                          f"{ticket_id} is not about.")
+            return Denial(
+                Reason.ROW_SCOPE_OTHER_SUBJECT,
+                f"The statement reads {table} rows of a {ref.scope} that ticket "
+                f"{ticket_id} is not about.",
+            )
     return None
 
 
@@ -228,7 +263,7 @@ def _resolve(value: Const | Param, params: Sequence[Any] | Mapping[str, Any] | N
     if params is None:
         return None
     try:
-        raw = params[value.key] if isinstance(params, Mapping) else params[int(value.key)]
+        raw = params[str(value.key)] if isinstance(params, Mapping) else params[int(value.key)]
     except (KeyError, IndexError, TypeError, ValueError):
         return None
     if isinstance(raw, bool) or not isinstance(raw, int):

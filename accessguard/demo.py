@@ -30,24 +30,56 @@ class Step:
 
 
 STORY = (
-    Step("alice reads the customer of her open ticket T-100", "alice", "T-100",
-         "SELECT id, name, email FROM customers WHERE id = ?", (42,)),
-    Step("alice lists that customer's orders", "alice", "T-100",
-         "SELECT id, status, total_cents FROM orders WHERE customer_id = 42 ORDER BY id"),
-    Step("alice browses customer 7, whom no open ticket of hers is about", "alice", "T-100",
-         "SELECT id, name, email FROM customers WHERE id = 7"),
-    Step("alice reopens her closed ticket T-101 to read customer 7 again", "alice", "T-101",
-         "SELECT id, name, email FROM customers WHERE id = 7"),
-    Step("alice tries a bulk e-mail export", "alice", "T-100",
-         "SELECT email FROM customers"),
-    Step("alice reads a card token", "alice", "T-100",
-         "SELECT card_token FROM payments WHERE customer_id = 42"),
-    Step("alice slips a second statement behind a legitimate one", "alice", "T-100",
-         "SELECT id FROM customers WHERE id = 42; DELETE FROM reviews"),
-    Step("carol hides a review without a ticket", "carol", None,
-         "UPDATE reviews SET hidden = TRUE WHERE product_id = 9 AND id = 91"),
-    Step("carol hides it under her review_abuse ticket T-200", "carol", "T-200",
-         "UPDATE reviews SET hidden = TRUE WHERE product_id = 9 AND rating = 1"),
+    Step(
+        "alice reads the customer of her open ticket T-100",
+        "alice",
+        "T-100",
+        "SELECT id, name, email FROM customers WHERE id = ?",
+        (42,),
+    ),
+    Step(
+        "alice lists that customer's orders",
+        "alice",
+        "T-100",
+        "SELECT id, status, total_cents FROM orders WHERE customer_id = 42 ORDER BY id",
+    ),
+    Step(
+        "alice browses customer 7, whom no open ticket of hers is about",
+        "alice",
+        "T-100",
+        "SELECT id, name, email FROM customers WHERE id = 7",
+    ),
+    Step(
+        "alice reopens her closed ticket T-101 to read customer 7 again",
+        "alice",
+        "T-101",
+        "SELECT id, name, email FROM customers WHERE id = 7",
+    ),
+    Step("alice tries a bulk e-mail export", "alice", "T-100", "SELECT email FROM customers"),
+    Step(
+        "alice reads a card token",
+        "alice",
+        "T-100",
+        "SELECT card_token FROM payments WHERE customer_id = 42",
+    ),
+    Step(
+        "alice slips a second statement behind a legitimate one",
+        "alice",
+        "T-100",
+        "SELECT id FROM customers WHERE id = 42; DELETE FROM reviews",
+    ),
+    Step(
+        "carol hides a review without a ticket",
+        "carol",
+        None,
+        "UPDATE reviews SET hidden = TRUE WHERE product_id = 9 AND id = 91",
+    ),
+    Step(
+        "carol hides it under her review_abuse ticket T-200",
+        "carol",
+        "T-200",
+        "UPDATE reviews SET hidden = TRUE WHERE product_id = 9 AND rating = 1",
+    ),
 )
 
 
@@ -57,17 +89,20 @@ def run(*, audit_path: Path | None = None) -> int:
         audit = audit_path or Path(tmp) / "audit.jsonl"
         db = sqlite3.connect(Path(tmp) / "shop.db")
         scenario.load_sqlite(db)
-        guard = Guard.from_directory(scenario.policies_dir(), tickets=scenario.tickets(),
-                                     audit=audit)
+        guard = Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=audit
+        )
         print("accessguard demo: the marketplace support desk, on an embedded SQLite\n")
         for number, step in enumerate(STORY, 1):
             _play(number, step, guard, db)
         db.close()
         _show_trail(audit)
         result = verify(audit)
-        print(f"\naudit verify {audit.name}: "
-              + ("chain intact" if result.ok else f"BROKEN at line {result.broken_line}")
-              + f", {result.events} events")
+        print(
+            f"\naudit verify {audit.name}: "
+            + ("chain intact" if result.ok else f"BROKEN at line {result.broken_line}")
+            + f", {result.events} events"
+        )
         return 0 if result.ok else 1
 
 
@@ -100,5 +135,7 @@ def _show_trail(audit: Path) -> None:
             f"{event['user.name']:<6} {event['accessguard.ticket.id'] or '-':<6} "
             f"{event['event.reason']:<24} {event['db.query.text'] or '<unreadable>'}"
         )
-        print(f"  {'':12}  hash {event['event.hash'][:16]}  "
-              f"prev {event['accessguard.chain.prev'][:16]}")
+        print(
+            f"  {'':12}  hash {event['event.hash'][:16]}  "
+            f"prev {event['accessguard.chain.prev'][:16]}"
+        )

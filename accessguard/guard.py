@@ -51,7 +51,7 @@ class Authorized:
 class Guard:
     """Checks every statement against the policy and the employee's ticket."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only options
         self,
         policy: Policy,
         *,
@@ -112,11 +112,12 @@ class Guard:
         given for PostgreSQL.
         """
         if dialect == "postgres" and params is not None:
-            from accessguard.adapters.psycopg3 import convert_query  # noqa: PLC0415
+            from accessguard.adapters.psycopg3 import convert_query
 
             sql, params = convert_query(sql, params)
-        facts, decision, _ctx = self._decide(sql, params, Session(user=user, ticket=ticket),
-                                             dialect)
+        _facts, decision, _ctx = self._decide(
+            sql, params, Session(user=user, ticket=ticket), dialect
+        )
         return decision
 
     def _decide(
@@ -141,24 +142,43 @@ class Guard:
             raise
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies
             facts = Facts(kind="unknown", problem=Reason.INTERNAL_ERROR)
-            decision = Decision(outcome="denied", reason=Reason.INTERNAL_ERROR,
-                                message="Refused: the guard failed while deciding.")
-            context = Context(user=session.user, roles=frozenset({EVERYONE}),
-                              ticket_id=session.ticket)
+            decision = Decision(
+                outcome="denied",
+                reason=Reason.INTERNAL_ERROR,
+                message="Refused: the guard failed while deciding.",
+            )
+            context = Context(
+                user=session.user, roles=frozenset({EVERYONE}), ticket_id=session.ticket
+            )
         if not decision.allowed:
             self._audit(decision, context, sql, dialect)
             raise AccessDenied(decision.message, reason=decision.reason or Reason.INTERNAL_ERROR)
         if self.audit_allowed:
             self._audit(decision, context, sql, dialect)
-        return Authorized(sql=self._sent_sql(facts, decision), params=_reorder(facts, params),
-                          decision=decision, facts=facts)
+        return Authorized(
+            sql=self._sent_sql(facts, decision),
+            params=_reorder(facts, params),
+            decision=decision,
+            facts=facts,
+        )
 
-    def refuse(self, reason: Reason, message: str, session: Session, *, kind: str,
-               dialect: str = "postgres") -> AccessDenied:
+    def refuse(
+        self,
+        reason: Reason,
+        message: str,
+        session: Session,
+        *,
+        kind: str,
+        dialect: str = "postgres",
+    ) -> AccessDenied:
         """Audit a refusal decided by an adapter (a path it never guards); return the error."""
         decision = Decision(outcome="denied", reason=reason, message=message, kind=kind)
-        context = Context(user=session.user, roles=self.policy.roles_of(session.user),
-                          ticket_id=session.ticket, ticket=None)
+        context = Context(
+            user=session.user,
+            roles=self.policy.roles_of(session.user),
+            ticket_id=session.ticket,
+            ticket=None,
+        )
         self._audit(decision, context, None, dialect)
         return AccessDenied(message, reason=reason)
 
@@ -168,8 +188,9 @@ class Guard:
         for scope, subject in decision.subjects:
             sent = sent.replace(subject_marker(scope), str(int(subject)))
         if "__ag_subject_" in sent:  # a scope without a proven subject: never send
-            raise AccessDenied("Refused: the guard could not scope the statement.",
-                               reason=Reason.INTERNAL_ERROR)
+            raise AccessDenied(
+                "Refused: the guard could not scope the statement.", reason=Reason.INTERNAL_ERROR
+            )
         return sent
 
     # ------------------------------------------------------------------ audit
@@ -207,19 +228,22 @@ class Guard:
 
     # ------------------------------------------------------------------ connections
 
-    def connect(self, conninfo: str = "", *, user: str, ticket: str | None = None,
-                **kwargs: Any) -> Any:
+    def connect(
+        self, conninfo: str = "", *, user: str, ticket: str | None = None, **kwargs: Any
+    ) -> Any:
         """Open a psycopg 3 connection and return it guarded for ``user`` on ``ticket``."""
-        from accessguard.adapters.psycopg3 import GuardedConnection  # noqa: PLC0415
+        from accessguard.adapters.psycopg3 import GuardedConnection
 
-        return GuardedConnection.connect(self, conninfo, Session(user=user, ticket=ticket),
-                                         **kwargs)
+        return GuardedConnection.connect(
+            self, conninfo, Session(user=user, ticket=ticket), **kwargs
+        )
 
-    def wrap(self, connection: Any, *, user: str, ticket: str | None = None,
-             dialect: str | None = None) -> Any:
-        """Guard an open connection: psycopg 3, sqlite3, or any DB-API 2.0 one (give ``dialect``)."""
+    def wrap(
+        self, connection: Any, *, user: str, ticket: str | None = None, dialect: str | None = None
+    ) -> Any:
+        """Guard an open connection: psycopg 3, sqlite3 or any DB-API 2.0 one (with ``dialect``)."""
         session = Session(user=user, ticket=ticket)
-        from accessguard.adapters import wrap_connection  # noqa: PLC0415
+        from accessguard.adapters import wrap_connection
 
         return wrap_connection(self, connection, session, dialect=dialect)
 
@@ -233,7 +257,9 @@ class Guard:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
@@ -244,5 +270,5 @@ def _reorder(facts: Facts, params: Params) -> Params:
     if params is None:
         return None
     if isinstance(params, Mapping):
-        return {str(k): params[k] for k in facts.param_order}
+        return {str(k): params[str(k)] for k in facts.param_order}
     return [params[int(k)] for k in facts.param_order]

@@ -79,7 +79,8 @@ class Policy:
 
     def rules_for(self, roles: frozenset[str], kind: str, access: Access) -> list[Rule]:
         return [
-            r for r in self.rules
+            r
+            for r in self.rules
             if r.role in roles and r.kind == kind and (r.table, r.column, r.action) == access
         ]
 
@@ -149,7 +150,8 @@ def _parse_policy(
             if len(fields) != 5:
                 raise PolicyError(
                     "a p line has 4 fields: ROLE, TICKET_KIND, TABLE.COLUMN, ACTION",
-                    path=path, line=lineno,
+                    path=path,
+                    line=lineno,
                 )
             rules.extend(_expand(fields[1:], path, lineno, catalog))
         else:
@@ -166,7 +168,9 @@ def _expand(fields: list[str], path: str, lineno: int, catalog: Catalog) -> list
         raise PolicyError(f"object {obj!r} must be TABLE.COLUMN or TABLE.*", path=path, line=lineno)
     spec = catalog.by_name(table_name)
     if spec is None:
-        raise PolicyError(f"unknown table {table_name!r} (not in schema.toml)", path=path, line=lineno)
+        raise PolicyError(
+            f"unknown table {table_name!r} (not in schema.toml)", path=path, line=lineno
+        )
     if not spec.reachable:
         raise PolicyError(f"table {table_name!r} is never reachable", path=path, line=lineno)
     if column == "*":
@@ -178,8 +182,15 @@ def _expand(fields: list[str], path: str, lineno: int, catalog: Catalog) -> list
     else:
         raise PolicyError(f"unknown column {obj!r} (not in schema.toml)", path=path, line=lineno)
     return [
-        Rule(role=role, kind=kind, table=spec.qualified, column=c, action=action,
-             path=path, line=lineno)
+        Rule(
+            role=role,
+            kind=kind,
+            table=spec.qualified,
+            column=c,
+            action=action,
+            path=path,
+            line=lineno,
+        )
         for c in columns
     ]
 
@@ -199,8 +210,12 @@ def _build_enforcer(
             raise PolicyError(f"model has no [{section}] section", path=str(model_path))
     if rules:
         enforcer.add_policies(
-            sorted({(r.role, r.kind, f"{r.table.rsplit('.', 1)[1]}.{r.column}", r.action)
-                    for r in rules})
+            sorted(
+                {
+                    (r.role, r.kind, f"{r.table.rsplit('.', 1)[1]}.{r.column}", r.action)
+                    for r in rules
+                }
+            )
         )
     members = {(user, EVERYONE) for user, _role in groupings}
     if groupings:

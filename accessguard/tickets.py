@@ -60,7 +60,9 @@ def _opt_int(value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError("ticket ids of customers and products must be integers")
+        raise ValueError(  # noqa: TRY004 - reported to the user as a bad ticket file entry
+            "ticket ids of customers and products must be integers"
+        )
     return int(value)
 
 
@@ -88,7 +90,7 @@ class MemoryTicketStore:
 
 
 class FileTicketStore:
-    """Tickets from a YAML or JSON file (a list, or ``{tickets: [...]}``), re-read when it changes."""
+    """Tickets from a YAML or JSON file (a list or ``{tickets: [...]}``), re-read on change."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -101,7 +103,9 @@ class FileTicketStore:
         try:
             stat = self.path.stat()
         except OSError as exc:
-            raise ConfigurationError(f"cannot read ticket file {self.path}: {exc.strerror}") from exc
+            raise ConfigurationError(
+                f"cannot read ticket file {self.path}: {exc.strerror}"
+            ) from exc
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
             return

@@ -45,12 +45,17 @@ class TestTables:
 
     def test_other_schema_is_unknown(self) -> None:
         """archive.customers is not public.customers."""
-        assert facts("SELECT id FROM archive.customers WHERE id = 42").problem is Reason.TABLE_UNKNOWN
+        assert (
+            facts("SELECT id FROM archive.customers WHERE id = 42").problem is Reason.TABLE_UNKNOWN
+        )
 
     @pytest.mark.parametrize(
         "sql",
-        ["SELECT * FROM pg_catalog.pg_class", "SELECT * FROM pg_user",
-         "SELECT table_name FROM information_schema.tables"],
+        [
+            "SELECT * FROM pg_catalog.pg_class",
+            "SELECT * FROM pg_user",
+            "SELECT table_name FROM information_schema.tables",
+        ],
     )
     def test_system_catalogs_are_refused(self, sql: str) -> None:
         """pg_catalog, information_schema and pg_* relations are refused."""
@@ -62,8 +67,10 @@ class TestTables:
 
     def test_cte_shadowing_a_table_reads_what_the_cte_reads(self) -> None:
         """A CTE named like a table hides it; the reads are those inside the CTE."""
-        f = facts("WITH customers(id, name) AS (SELECT 42, card_token FROM payments) "
-                  "SELECT id, name FROM customers WHERE id = 42")
+        f = facts(
+            "WITH customers(id, name) AS (SELECT 42, card_token FROM payments) "
+            "SELECT id, name FROM customers WHERE id = 42"
+        )
         assert ("public.payments", "card_token") in f.reads
         assert all(t != "public.customers" for t, _c in f.reads)
 
@@ -128,28 +135,34 @@ class TestScope:
 
     def test_join_equality_carries_scope(self) -> None:
         """An inner join's equality carries the customer from one table to the other."""
-        f = facts("SELECT o.id FROM customers c JOIN orders o ON o.customer_id = c.id "
-                  "WHERE c.id = 42")
-        assert sorted(scopes(f)) == [("public.customers", (Const(42),)),
-                                     ("public.orders", (Const(42),))]
+        f = facts(
+            "SELECT o.id FROM customers c JOIN orders o ON o.customer_id = c.id WHERE c.id = 42"
+        )
+        assert sorted(scopes(f)) == [
+            ("public.customers", (Const(42),)),
+            ("public.orders", (Const(42),)),
+        ]
 
     def test_outer_join_on_binds_nothing(self) -> None:
         """A LEFT JOIN's ON clause never restricts its preserved side."""
-        f = facts("SELECT c.name FROM customers c LEFT JOIN orders o "
-                  "ON o.customer_id = c.id AND c.id = 42")
+        f = facts(
+            "SELECT c.name FROM customers c LEFT JOIN orders o "
+            "ON o.customer_id = c.id AND c.id = 42"
+        )
         assert ("public.customers", ()) in scopes(f)
 
     def test_correlated_subquery_inherits_outer_binding(self) -> None:
         """A subquery correlated on an outer bound column is bound too."""
-        f = facts("SELECT c.id FROM customers c WHERE c.id = 42 AND EXISTS "
-                  "(SELECT 1 FROM orders o WHERE o.customer_id = c.id)")
+        f = facts(
+            "SELECT c.id FROM customers c WHERE c.id = 42 AND EXISTS "
+            "(SELECT 1 FROM orders o WHERE o.customer_id = c.id)"
+        )
         assert ("public.orders", (Const(42),)) in scopes(f)
 
     def test_every_reference_is_checked(self) -> None:
         """A self join yields one scope reference per table reference."""
         f = facts("SELECT b.name FROM customers a JOIN customers b ON true WHERE a.id = 42")
-        assert sorted(scopes(f)) == [("public.customers", ()),
-                                     ("public.customers", (Const(42),))]
+        assert sorted(scopes(f)) == [("public.customers", ()), ("public.customers", (Const(42),))]
 
 
 class TestRefusals:
@@ -187,10 +200,39 @@ class TestRefusals:
         """Whatever the input, analyze returns facts; it never raises."""
         assert isinstance(facts(text), Facts)
 
-    @given(st.lists(st.sampled_from(
-        ["SELECT", "id", ",", "email", "FROM", "customers", "WHERE", "=", "42", "(", ")",
-         "OR", "AND", "'x'", ";", "UNION", "orders", "c", ".", "*", "$1", "--", "/*", "*/"]),
-        max_size=30))
+    @given(
+        st.lists(
+            st.sampled_from(
+                [
+                    "SELECT",
+                    "id",
+                    ",",
+                    "email",
+                    "FROM",
+                    "customers",
+                    "WHERE",
+                    "=",
+                    "42",
+                    "(",
+                    ")",
+                    "OR",
+                    "AND",
+                    "'x'",
+                    ";",
+                    "UNION",
+                    "orders",
+                    "c",
+                    ".",
+                    "*",
+                    "$1",
+                    "--",
+                    "/*",
+                    "*/",
+                ]
+            ),
+            max_size=30,
+        )
+    )
     def test_never_raises_on_sql_like_tokens(self, words: list[str]) -> None:
         """Token soup close to real SQL never makes the analyser raise."""
         f = facts(" ".join(words), params=True)
@@ -214,8 +256,10 @@ class TestRewrite:
 
     def test_parameters_are_reordered_for_psycopg(self) -> None:
         """$n placeholders become %s in sent order; literal % is escaped."""
-        f = facts("SELECT id FROM orders WHERE customer_id = $2 AND status LIKE 'p%' "
-                  "AND id > $1", params=True)
+        f = facts(
+            "SELECT id FROM orders WHERE customer_id = $2 AND status LIKE 'p%' AND id > $1",
+            params=True,
+        )
         assert f.sent is not None
         assert f.param_order == (1, 0)
         assert "'p%%'" in f.sent

@@ -11,16 +11,27 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from accessguard import AccessDenied, AuditError, Guard, scenario
-from accessguard.audit import GENESIS, HASH, Auditor, JsonlSink, chain_hash, read_events, verify
+from accessguard import AccessDenied, AuditError, AuditSink, Guard, scenario
+from accessguard.audit import (
+    GENESIS,
+    HASH,
+    Auditor,
+    JsonlSink,
+    chain_hash,
+    read_events,
+    seal,
+    verify,
+)
+from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink
 
 FROZEN = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
 
-def guard_with(audit: object) -> Guard:
-    return Guard.from_directory(scenario.policies_dir(), tickets=scenario.tickets(),
-                                audit=audit, clock=lambda: FROZEN)  # type: ignore[arg-type]
+def guard_with(audit: AuditSink) -> Guard:
+    return Guard.from_directory(
+        scenario.policies_dir(), tickets=scenario.tickets(), audit=audit, clock=lambda: FROZEN
+    )
 
 
 def write_events(path: Path, n: int) -> None:
@@ -35,8 +46,12 @@ class TestEvents:
         sink = MemoryAuditSink()
         guard = guard_with(sink)
         with pytest.raises(AccessDenied):
-            guard.authorize("SELECT card_token FROM payments WHERE customer_id = 42", None,
-                            _session("alice", "T-100"), dialect="postgres")
+            guard.authorize(
+                "SELECT card_token FROM payments WHERE customer_id = 42",
+                None,
+                _session("alice", "T-100"),
+                dialect="postgres",
+            )
         (event,) = sink.events
         assert event["event.reason"] == "column.not_allowed"
         assert event["accessguard.outcome"] == "denied"
@@ -56,8 +71,12 @@ class TestEvents:
     def test_allowed_statements_are_not_audited_by_default(self) -> None:
         """Allowed events are optional and off by default."""
         sink = MemoryAuditSink()
-        guard_with(sink).authorize("SELECT id FROM customers WHERE id = 42", None,
-                                   _session("alice", "T-100"), dialect="postgres")
+        guard_with(sink).authorize(
+            "SELECT id FROM customers WHERE id = 42",
+            None,
+            _session("alice", "T-100"),
+            dialect="postgres",
+        )
         assert sink.events == []
 
     @given(st.text(min_size=1, max_size=40).filter(lambda s: "'" not in s and s.strip()))
@@ -66,8 +85,12 @@ class TestEvents:
         sink = MemoryAuditSink()
         guard = guard_with(sink)
         with pytest.raises(AccessDenied):
-            guard.authorize(f"SELECT email FROM customers WHERE email = 'zz{secret}zz'", None,
-                            _session("alice", "T-100"), dialect="postgres")
+            guard.authorize(
+                f"SELECT email FROM customers WHERE email = 'zz{secret}zz'",
+                None,
+                _session("alice", "T-100"),
+                dialect="postgres",
+            )
         assert f"zz{secret}zz" not in json.dumps(sink.events, ensure_ascii=False)
 
     def test_failing_sink_refuses_with_audit_error(self) -> None:
@@ -75,8 +98,9 @@ class TestEvents:
         sink = MemoryAuditSink()
         sink.fail = True
         with pytest.raises(AuditError) as info:
-            guard_with(sink).authorize("SELECT email FROM customers", None,
-                                       _session("alice", "T-100"), dialect="postgres")
+            guard_with(sink).authorize(
+                "SELECT email FROM customers", None, _session("alice", "T-100"), dialect="postgres"
+            )
         assert info.value.reason == "audit.sink_unavailable"
 
 
@@ -115,18 +139,20 @@ class TestChain:
         assert not result.ok
         assert result.broken_line == (1 if tamper == "truncate-head" else 3)
 
-    @given(st.sampled_from(["n", "event.action", "@timestamp"]), st.integers(0, 3),
-           st.text(max_size=10))
+    @given(
+        st.sampled_from(["n", "event.action", "@timestamp"]),
+        st.integers(0, 3),
+        st.text(max_size=10),
+    )
     def test_any_changed_field_breaks_the_chain(self, field: str, index: int, value: str) -> None:
         """Changing any field of any event is detected by recomputing the hash."""
-        events = [{"n": i, "event.action": "query", "@timestamp": "t"} for i in range(4)]
-        prev = GENESIS
-        for event in events:
-            event["accessguard.chain.prev"] = prev
-            prev = event[HASH] = chain_hash(prev, event)
+        events: list[dict[str, object]] = [
+            {"n": i, "event.action": "query", "@timestamp": "t"} for i in range(4)
+        ]
+        seal(events, GENESIS)
         original = events[index][field]
         events[index][field] = value
-        recomputed = chain_hash(events[index]["accessguard.chain.prev"], events[index])
+        recomputed = chain_hash(str(events[index]["accessguard.chain.prev"]), events[index])
         assert (recomputed == events[index][HASH]) == (value == original)
 
     def test_concurrent_writers_keep_one_chain(self, tmp_path: Path) -> None:
@@ -153,7 +179,5 @@ class TestChain:
             sink.write([{"event.action": "query"}])
 
 
-def _session(user: str, ticket: str | None) -> object:
-    from accessguard.guard import Session
-
+def _session(user: str, ticket: str | None) -> Session:
     return Session(user=user, ticket=ticket)

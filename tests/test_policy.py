@@ -46,8 +46,11 @@ class TestCompiled:
 
     def test_wildcard_expands_to_declared_columns(self) -> None:
         """orders.* grants exactly the columns schema.toml declares."""
-        granted = {c for t, c, a in POLICY.grants[("support_agent", "order_issue")]
-                   if t == "public.orders" and a == "read"}
+        granted = {
+            c
+            for t, c, a in POLICY.grants[("support_agent", "order_issue")]
+            if t == "public.orders" and a == "read"
+        }
         assert granted == set(POLICY.catalog.tables["public.orders"].columns)
 
     def test_role_inheritance_through_casbin(self, policy_dir: Path) -> None:
@@ -92,7 +95,7 @@ class TestErrors:
         assert info.value.line == 4
         assert info.value.path == str(path)
         assert message in str(info.value)
-        assert f"policy.csv:4" in str(info.value)
+        assert "policy.csv:4" in str(info.value)
 
     def test_bad_schema_toml_names_line(self, policy_dir: Path) -> None:
         """A TOML syntax error in schema.toml names the line."""
@@ -106,7 +109,9 @@ class TestErrors:
     def test_bad_scope_column_names_its_section(self, policy_dir: Path) -> None:
         """A scope column that is not a column of the table is reported at its section."""
         path = policy_dir / "schema.toml"
-        text = path.read_text().replace('scope_column = "customer_id"\n', 'scope_column = "nope"\n', 1)
+        text = path.read_text().replace(
+            'scope_column = "customer_id"\n', 'scope_column = "nope"\n', 1
+        )
         path.write_text(text)
         with pytest.raises(PolicyError) as info:
             load_policy(policy_dir)

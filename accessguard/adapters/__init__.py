@@ -13,14 +13,13 @@ if TYPE_CHECKING:
     from accessguard.guard import Guard, Session
 
 
-def wrap_connection(guard: Guard, connection: Any, session: Session, *,
-                    dialect: str | None) -> Any:
+def wrap_connection(guard: Guard, connection: Any, session: Session, *, dialect: str | None) -> Any:
     """Pick the adapter for ``connection``: psycopg 3, sqlite3, or generic DB-API 2.0."""
     if isinstance(connection, psycopg.Connection):
-        from accessguard.adapters.psycopg3 import GuardedConnection  # noqa: PLC0415
+        from accessguard.adapters.psycopg3 import GuardedConnection
 
         return GuardedConnection(guard, connection, session)
-    from accessguard.adapters.dbapi import GuardedDbapiConnection  # noqa: PLC0415
+    from accessguard.adapters.dbapi import GuardedDbapiConnection
 
     if isinstance(connection, sqlite3.Connection):
         return GuardedDbapiConnection(guard, connection, session, dialect=dialect or "sqlite")

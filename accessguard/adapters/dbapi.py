@@ -29,8 +29,9 @@ class GuardedDbapiCursor:
     def _authorize(self, query: str, params: Any) -> tuple[str, Any]:
         if not isinstance(query, str):
             raise TypeError(f"a query must be str, not {type(query).__name__}")
-        ok = self._conn._guard.authorize(query, params, self._conn._session,
-                                         dialect=self._conn.dialect)
+        ok = self._conn._guard.authorize(
+            query, params, self._conn._session, dialect=self._conn.dialect
+        )
         return ok.sql, ok.params
 
     def execute(self, query: str, params: Any = None) -> GuardedDbapiCursor:
@@ -49,9 +50,13 @@ class GuardedDbapiCursor:
 
     def executescript(self, _script: str) -> Any:
         conn = self._conn
-        raise conn._guard.refuse(Reason.PATH_FORBIDDEN,
-                                 "executescript runs many statements unchecked; it is refused.",
-                                 conn._session, kind="script", dialect=conn.dialect)
+        raise conn._guard.refuse(
+            Reason.PATH_FORBIDDEN,
+            "executescript runs many statements unchecked; it is refused.",
+            conn._session,
+            kind="script",
+            dialect=conn.dialect,
+        )
 
     def fetchone(self) -> Any:
         return self._raw.fetchone()
@@ -87,8 +92,12 @@ class GuardedDbapiCursor:
     def __enter__(self) -> GuardedDbapiCursor:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
 
@@ -125,8 +134,12 @@ class GuardedDbapiConnection:
     def __enter__(self) -> GuardedDbapiConnection:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             self._raw.commit()
         else:

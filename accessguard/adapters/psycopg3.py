@@ -43,7 +43,9 @@ def _query_text(query: Any, conn: psycopg.Connection[Any]) -> str:
         return bytes(query).decode(conn.info.encoding)
     if isinstance(query, pgsql.Composable):
         return query.as_string(conn)
-    raise TypeError(f"a query must be str, bytes or psycopg.sql.Composable, not {type(query).__name__}")
+    raise TypeError(
+        f"a query must be str, bytes or psycopg.sql.Composable, not {type(query).__name__}"
+    )
 
 
 class GuardedCursor:
@@ -70,9 +72,12 @@ class GuardedCursor:
         try:
             converted, values = convert_query(text, params)
         except (psycopg.Error, TypeError) as exc:
-            raise guard.refuse(Reason.SQL_PARAMS_MISMATCH,
-                               "Refused: the placeholders do not match the values bound to them.",
-                               session, kind="unknown") from exc
+            raise guard.refuse(
+                Reason.SQL_PARAMS_MISMATCH,
+                "Refused: the placeholders do not match the values bound to them.",
+                session,
+                kind="unknown",
+            ) from exc
         ok = guard.authorize(converted, values, session, dialect=DIALECT)
         return ok.sql, ok.params
 
@@ -87,8 +92,9 @@ class GuardedCursor:
             return
         sents = {sent for sent, _values in batch}
         if len(sents) != 1:  # same statement, same shape: cannot differ, but never guess
-            raise AccessDenied("Refused: executemany produced different statements.",
-                               reason=Reason.INTERNAL_ERROR)
+            raise AccessDenied(
+                "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
+            )
         self._raw.executemany(sents.pop(), [values or () for _sent, values in batch], **kwargs)
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
@@ -97,9 +103,12 @@ class GuardedCursor:
 
     def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
         guard, session = self._conn._guard, self._conn._session
-        raise guard.refuse(Reason.STATEMENT_FORBIDDEN,
-                           "COPY statements are never allowed through the guard.",
-                           session, kind="copy")
+        raise guard.refuse(
+            Reason.STATEMENT_FORBIDDEN,
+            "COPY statements are never allowed through the guard.",
+            session,
+            kind="copy",
+        )
 
     # ------------------------------------------------------------------ reading
 
@@ -159,8 +168,12 @@ class GuardedCursor:
     def __enter__(self) -> GuardedCursor:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
 
@@ -173,8 +186,9 @@ class GuardedConnection:
         self._session = session
 
     @classmethod
-    def connect(cls, guard: Guard, conninfo: str, session: Session,
-                **kwargs: Any) -> GuardedConnection:
+    def connect(
+        cls, guard: Guard, conninfo: str, session: Session, **kwargs: Any
+    ) -> GuardedConnection:
         return cls(guard, psycopg.Connection.connect(conninfo, **kwargs), session)
 
     @property
@@ -193,9 +207,12 @@ class GuardedConnection:
         return self.cursor().execute(query, params, **kwargs)
 
     def pipeline(self) -> Any:
-        raise self._guard.refuse(Reason.PATH_FORBIDDEN,
-                                 "Pipeline mode is not available on a guarded connection.",
-                                 self._session, kind="pipeline")
+        raise self._guard.refuse(
+            Reason.PATH_FORBIDDEN,
+            "Pipeline mode is not available on a guarded connection.",
+            self._session,
+            kind="pipeline",
+        )
 
     def transaction(self, *args: Any, **kwargs: Any) -> Any:
         return self._raw.transaction(*args, **kwargs)
@@ -224,7 +241,11 @@ class GuardedConnection:
     def __enter__(self) -> GuardedConnection:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         # psycopg's own semantics: commit on success, roll back on error, close.
         self._raw.__exit__(exc_type, exc, tb)

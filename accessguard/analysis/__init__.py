@@ -11,7 +11,7 @@ import logging
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
-from sqlglot.tokens import TokenType
+from sqlglot.tokenizer_core import TokenType
 
 from accessguard.analysis.facts import Const, Facts, Param, ScopeRef, Value, subject_marker
 from accessguard.analysis.redact import fingerprint, redact
@@ -35,7 +35,7 @@ __all__ = [
 MAX_SQL_LENGTH = 100_000
 
 #: Statement kinds that are never allowed, whatever the policy says.
-_FORBIDDEN_KINDS: dict[type[exp.Expression], str] = {
+_FORBIDDEN_KINDS: dict[type[exp.Expr], str] = {
     exp.Delete: "delete",
     exp.Insert: "insert",
     exp.Merge: "merge",
@@ -73,30 +73,45 @@ class _DropUnsupportedSyntax(logging.Filter):
 logging.getLogger("sqlglot").addFilter(_DropUnsupportedSyntax())
 
 
-def analyze(sql: str, *, catalog: Catalog, dialect: str = "postgres", params: bool = False) -> Facts:
+def analyze(
+    sql: str, *, catalog: Catalog, dialect: str = "postgres", params: bool = False
+) -> Facts:
     """Analyze one statement. ``params``: whether parameters will be bound (escapes %)."""
     try:
         return _analyze(sql, catalog, dialect, params=params)
     except Refusal as refusal:
         return Facts(kind="unknown", problem=refusal.reason, detail=refusal.detail)
     except SqlglotError:
-        return Facts(kind="unknown", problem=Reason.SQL_UNANALYZABLE,
-                     detail="the statement does not parse")
+        return Facts(
+            kind="unknown", problem=Reason.SQL_UNANALYZABLE, detail="the statement does not parse"
+        )
     except RecursionError:
-        return Facts(kind="unknown", problem=Reason.SQL_UNANALYZABLE,
-                     detail="the statement is nested too deeply to analyze")
+        return Facts(
+            kind="unknown",
+            problem=Reason.SQL_UNANALYZABLE,
+            detail="the statement is nested too deeply to analyze",
+        )
     except Exception:  # noqa: BLE001 - fail closed: an analyser error denies
-        return Facts(kind="unknown", problem=Reason.SQL_UNANALYZABLE,
-                     detail="the analyser could not read the statement")
+        return Facts(
+            kind="unknown",
+            problem=Reason.SQL_UNANALYZABLE,
+            detail="the analyser could not read the statement",
+        )
 
 
 def _analyze(sql: str, catalog: Catalog, dialect: str, *, params: bool) -> Facts:
     if len(sql) > MAX_SQL_LENGTH:
-        return Facts(kind="unknown", problem=Reason.SQL_UNANALYZABLE,
-                     detail="the statement is too long to analyze")
+        return Facts(
+            kind="unknown",
+            problem=Reason.SQL_UNANALYZABLE,
+            detail="the statement is too long to analyze",
+        )
     if "__ag_" in sql.lower() or "_agq" in sql.lower():
-        return Facts(kind="unknown", problem=Reason.SQL_UNANALYZABLE,
-                     detail="the statement contains a name reserved by the guard")
+        return Facts(
+            kind="unknown",
+            problem=Reason.SQL_UNANALYZABLE,
+            detail="the statement contains a name reserved by the guard",
+        )
     if dialect == "sqlite":
         sql = _number_qmarks(sql)
     statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
@@ -113,19 +128,32 @@ def _analyze(sql: str, catalog: Catalog, dialect: str, *, params: bool) -> Facts
             else:
                 walker.query(tree, None, {})
         except Refusal as refusal:
-            return Facts(kind=kind, tables=frozenset(walker.tables), problem=refusal.reason,
-                         detail=refusal.detail)
+            return Facts(
+                kind=kind,
+                tables=frozenset(walker.tables),
+                problem=refusal.reason,
+                detail=refusal.detail,
+            )
     elif isinstance(tree, exp.Command):
         kind = str(tree.this).lower()
-        return Facts(kind=kind, problem=Reason.STATEMENT_FORBIDDEN,
-                     detail=f"{kind.upper()} statements are never allowed through the guard")
+        return Facts(
+            kind=kind,
+            problem=Reason.STATEMENT_FORBIDDEN,
+            detail=f"{kind.upper()} statements are never allowed through the guard",
+        )
     else:
         kind = _FORBIDDEN_KINDS.get(type(tree), "")
         if not kind:
-            return Facts(kind="unknown", problem=Reason.SQL_UNANALYZABLE,
-                         detail="a statement the analyser does not recognise")
-        return Facts(kind=kind, problem=Reason.STATEMENT_FORBIDDEN,
-                     detail=f"{kind.upper()} statements are never allowed through the guard")
+            return Facts(
+                kind="unknown",
+                problem=Reason.SQL_UNANALYZABLE,
+                detail="a statement the analyser does not recognise",
+            )
+        return Facts(
+            kind=kind,
+            problem=Reason.STATEMENT_FORBIDDEN,
+            detail=f"{kind.upper()} statements are never allowed through the guard",
+        )
     sent, order = rewrite(tree, walker.physical, dialect=dialect, escape_percent=params)
     return Facts(
         kind=kind,

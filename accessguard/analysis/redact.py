@@ -10,18 +10,26 @@ import hashlib
 
 import sqlglot
 from sqlglot.errors import SqlglotError
-from sqlglot.tokens import TokenType
+from sqlglot.tokenizer_core import TokenType
 
 _LITERALS = frozenset(
     {
-        TokenType.STRING, TokenType.NUMBER, TokenType.BIT_STRING, TokenType.HEX_STRING,
-        TokenType.BYTE_STRING, TokenType.NATIONAL_STRING, TokenType.NATIONAL_RAW_STRING,
-        TokenType.RAW_STRING, TokenType.HEREDOC_STRING, TokenType.UNICODE_STRING,
+        TokenType.STRING,
+        TokenType.NUMBER,
+        TokenType.BIT_STRING,
+        TokenType.HEX_STRING,
+        TokenType.BYTE_STRING,
+        TokenType.NATIONAL_STRING,
+        TokenType.NATIONAL_RAW_STRING,
+        TokenType.RAW_STRING,
+        TokenType.HEREDOC_STRING,
+        TokenType.UNICODE_STRING,
     }
 )
 _QUOTED = frozenset({TokenType.IDENTIFIER})
-_NO_SPACE_BEFORE = frozenset({TokenType.COMMA, TokenType.R_PAREN, TokenType.SEMICOLON,
-                              TokenType.DOT, TokenType.DCOLON})
+_NO_SPACE_BEFORE = frozenset(
+    {TokenType.COMMA, TokenType.R_PAREN, TokenType.SEMICOLON, TokenType.DOT, TokenType.DCOLON}
+)
 _NO_SPACE_AFTER = frozenset({TokenType.L_PAREN, TokenType.DOT, TokenType.DCOLON})
 
 

@@ -37,9 +37,10 @@ def rewrite(
             node.set("db", exp.to_identifier(spec.schema))
     keys: list[int | str] = []
     for param in list(tree.find_all(exp.Parameter, exp.Placeholder)):
-        from accessguard.analysis.walker import _param_key  # noqa: PLC0415 - avoid a cycle
+        from accessguard.analysis.walker import param_key
 
-        keys.append(_param_key(param))
+        assert isinstance(param, exp.Parameter | exp.Placeholder)  # noqa: S101 - find_all's type
+        keys.append(param_key(param))
         param.replace(exp.column(f"__ag_p{len(keys) - 1}__"))
     text = tree.sql(dialect=dialect, comments=False)
     if escape_percent:
@@ -68,9 +69,7 @@ def _scope_filter(spec: TableSpec, qualifier: str | None) -> exp.Expression:
 def _filtered(node: exp.Table, spec: TableSpec, *, qualify: bool) -> exp.Subquery:
     alias = node.alias or spec.name
     inner = (
-        exp.select("*")
-        .from_(_table_ref(spec, qualify=qualify))
-        .where(_scope_filter(spec, None))
+        exp.select("*").from_(_table_ref(spec, qualify=qualify)).where(_scope_filter(spec, None))
     )
     return inner.subquery(alias)
 

@@ -25,14 +25,29 @@ from accessguard.errors import Reason
 MAX_NODES = 5000
 _CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 _SELECT_ARGS_OK = frozenset(
-    {"with_", "expressions", "distinct", "from_", "joins", "where", "group", "having", "order",
-     "limit", "offset"}
+    {
+        "with_",
+        "expressions",
+        "distinct",
+        "from_",
+        "joins",
+        "where",
+        "group",
+        "having",
+        "order",
+        "limit",
+        "offset",
+    }
 )
 _SETOP_ARGS_OK = frozenset({"with_", "this", "expression", "distinct", "order", "limit", "offset"})
 _UPDATE_ARGS_OK = frozenset({"this", "expressions", "where", "returning"})
 
 
-class Refusal(Exception):  # noqa: N818 - an outcome, not an error
+#: a column in the union-find: (id of its Source, column name)
+Term = tuple[int, str]
+
+
+class Refusal(Exception):
     """Raised inside the walker; analyze() turns it into Facts.problem."""
 
     def __init__(self, reason: Reason, detail: str) -> None:
@@ -48,7 +63,8 @@ def refuse(reason: Reason, detail: str) -> NoReturn:
 def ident(node: exp.Expression | None) -> str:
     """The name an identifier denotes: unquoted folds to lower case, as in PostgreSQL."""
     if isinstance(node, exp.Identifier):
-        return node.this if node.quoted else node.this.lower()
+        name = str(node.this)
+        return name if node.quoted else name.lower()
     if isinstance(node, str):
         return node.lower()
     refuse(Reason.SQL_UNANALYZABLE, "a name the analyser cannot read")
@@ -118,7 +134,9 @@ class Walker:
         kind = type(node).__name__.upper()
         refuse(Reason.STATEMENT_FORBIDDEN, f"a {kind} inside a query is not allowed")
 
-    def _ctes(self, with_: exp.With, parent: Env | None, ctes: dict[str, Source]) -> dict[str, Source]:
+    def _ctes(
+        self, with_: exp.With, parent: Env | None, ctes: dict[str, Source]
+    ) -> dict[str, Source]:
         if with_.args.get("recursive") or with_.args.get("search") or with_.args.get("cycle"):
             refuse(Reason.SQL_UNANALYZABLE, "recursive common table expressions are not analyzed")
         scope = dict(ctes)
@@ -147,7 +165,9 @@ class Walker:
                 self.expr(item, env, ctes)
         alias = node.args.get("alias")
         names = frozenset(f"column{i}" for i in range(1, width + 1))
-        return Source(ident(alias.this) if alias else "*values*", columns=self._renamed(names, alias))
+        return Source(
+            ident(alias.this) if alias else "*values*", columns=self._renamed(names, alias)
+        )
 
     def _select(self, node: exp.Select, parent: Env | None, ctes: dict[str, Source]) -> Source:
         self._only_args(node, _SELECT_ARGS_OK)
@@ -256,8 +276,14 @@ class Walker:
     def _table(self, item: exp.Table, ctes: dict[str, Source]) -> Source:
         if not isinstance(item.this, exp.Identifier):
             if isinstance(item.this, exp.Func):
-                name = item.this.sql_name().lower() if not isinstance(item.this, exp.Anonymous) else str(item.this.this).lower()
-                refuse(Reason.FUNCTION_FORBIDDEN, f"the set-returning function {name} is not allowed")
+                name = (
+                    item.this.sql_name().lower()
+                    if not isinstance(item.this, exp.Anonymous)
+                    else str(item.this.this).lower()
+                )
+                refuse(
+                    Reason.FUNCTION_FORBIDDEN, f"the set-returning function {name} is not allowed"
+                )
             refuse(Reason.SQL_UNANALYZABLE, "a table expression the analyser cannot read")
         self._only_args(item, {"this", "alias", "db"})
         alias_node = item.args.get("alias")
@@ -275,7 +301,9 @@ class Walker:
             where = f"{schema}.{name}" if schema else name
             refuse(Reason.TABLE_UNKNOWN, f"table {where} is not in the guard's schema")
         if not spec.reachable:
-            refuse(Reason.TABLE_FORBIDDEN, f"table {spec.name} is never reachable through the guard")
+            refuse(
+                Reason.TABLE_FORBIDDEN, f"table {spec.name} is never reachable through the guard"
+            )
         self.tables.add(spec.qualified)
         self.physical.append((item, spec))
         return Source(alias, spec=spec, columns=spec.column_set, node=item)
@@ -284,16 +312,16 @@ class Walker:
 
     def _bind(self, conditions: list[exp.Expression], env: Env) -> None:
         """Union-find over the equalities the conjuncts assert; record scope bindings."""
-        parent: dict[object, object] = {}
-        consts: dict[object, list[Value]] = {}
+        parent: dict[Term, Term] = {}
+        consts: dict[Term, list[Value]] = {}
 
-        def find(x: object) -> object:
+        def find(x: Term) -> Term:
             parent.setdefault(x, x)
             while parent[x] is not x:
                 x = parent[x]
             return x
 
-        def union(a: object, b: object) -> None:
+        def union(a: Term, b: Term) -> None:
             ra, rb = find(a), find(b)
             if ra is not rb:
                 parent[ra] = rb
@@ -310,21 +338,29 @@ class Walker:
                     consts.setdefault(find(left), []).extend(right)
                 elif isinstance(right, tuple) and isinstance(left, list):
                     consts.setdefault(find(right), []).extend(left)
-            elif isinstance(conj, exp.In) and not conj.args.get("query") and not conj.args.get("unnest"):
+            elif (
+                isinstance(conj, exp.In)
+                and not conj.args.get("query")
+                and not conj.args.get("unnest")
+            ):
                 term = self._term(conj.this, env)
-                values = [self._term(e, env) for e in conj.expressions]
-                if isinstance(term, tuple) and values and all(isinstance(v, list) for v in values):
-                    consts.setdefault(find(term), []).extend(v for vs in values for v in vs)  # type: ignore[union-attr]
-        for term in list(parent):
-            values = consts.get(find(term))
-            if values and isinstance(term, tuple):
-                env.bound[term] = tuple(values)  # type: ignore[index]
+                members = [self._term(e, env) for e in conj.expressions]
+                lists = [m for m in members if isinstance(m, list)]
+                if isinstance(term, tuple) and members and len(lists) == len(members):
+                    consts.setdefault(find(term), []).extend(v for vs in lists for v in vs)
+        for key in list(parent):
+            bound = consts.get(find(key))
+            if bound and isinstance(key, tuple):
+                env.bound[key] = tuple(bound)
         for source in env.sources.values():
             if source.spec is not None and source.spec.scope is not None:
                 key = (id(source), source.spec.scope_column or "")
                 self.scopes.append(
-                    ScopeRef(table=source.spec.qualified, scope=source.spec.scope,
-                             values=env.bound.get(key, ()))
+                    ScopeRef(
+                        table=source.spec.qualified,
+                        scope=source.spec.scope,
+                        values=env.bound.get(key, ()),
+                    )
                 )
 
     def _term(self, node: exp.Expression, env: Env) -> tuple[int, str] | list[Value] | None:
@@ -357,7 +393,7 @@ class Walker:
             self.query(node.this, env, ctes)
             return
         if isinstance(node, exp.Parameter | exp.Placeholder):
-            self.params.add(_param_key(node))
+            self.params.add(param_key(node))
             return
         if isinstance(node, exp.Star):
             if isinstance(node.parent, exp.Count):
@@ -382,7 +418,9 @@ class Walker:
         else:
             name = type(node).__name__.lower()
             if type(node) not in ALLOWED_FUNCS:
-                refuse(Reason.FUNCTION_FORBIDDEN, f"function {node.sql_name().lower()} is not allowed")
+                refuse(
+                    Reason.FUNCTION_FORBIDDEN, f"function {node.sql_name().lower()} is not allowed"
+                )
         self.functions.add(name)
 
     def _column(self, node: exp.Column, env: Env) -> None:
@@ -395,7 +433,9 @@ class Walker:
         if source.spec is not None:
             self.reads.add((source.spec.qualified, column))
 
-    def _resolve(self, node: exp.Column, env: Env, *, record: bool) -> tuple[Source, str, Env] | None:
+    def _resolve(
+        self, node: exp.Column, env: Env, *, record: bool
+    ) -> tuple[Source, str, Env] | None:
         if node.args.get("db") or node.args.get("catalog"):
             refuse(Reason.SQL_UNANALYZABLE, "schema-qualified column references are not analyzed")
         column = ident(node.this)
@@ -512,11 +552,11 @@ def _constant(node: exp.Expression) -> Value | None:
             return Const(int(text))
         return None
     if isinstance(node, exp.Parameter | exp.Placeholder):
-        return Param(_param_key(node))
+        return Param(param_key(node))
     return None
 
 
-def _param_key(node: exp.Parameter | exp.Placeholder) -> int | str:
+def param_key(node: exp.Parameter | exp.Placeholder) -> int | str:
     if isinstance(node, exp.Parameter):
         inner = node.this
         if isinstance(inner, exp.Literal) and not inner.is_string and inner.this.isdigit():

@@ -1,0 +1,280 @@
+"""The guard on real connections: every path that sends SQL is checked, or refused."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from accessguard import (
+    AccessDenied,
+    AccessGuardError,
+    ConfigurationError,
+    Guard,
+    MemoryTicketStore,
+    PostgresTicketStore,
+    Ticket,
+    scenario,
+)
+from accessguard.testing import MemoryAuditSink
+
+db = pytest.mark.db
+
+
+@pytest.fixture
+def sink() -> MemoryAuditSink:
+    return MemoryAuditSink()
+
+
+@pytest.fixture
+def store() -> MemoryTicketStore:
+    return MemoryTicketStore(scenario.tickets())
+
+
+@pytest.fixture
+def guard(sink: MemoryAuditSink, store: MemoryTicketStore) -> Guard:
+    return Guard.from_directory(scenario.policies_dir(), tickets=store, audit=sink)
+
+
+@pytest.fixture
+def alice(guard: Guard, scenario_dsn: str) -> Iterator[object]:
+    with guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn:
+        yield conn
+
+
+@db
+class TestPsycopgPaths:
+    def test_execute_with_parameters(self, alice: object) -> None:
+        """conn.execute with a bound parameter returns the ticket customer's row."""
+        rows = alice.execute("SELECT name, email FROM customers WHERE id = %s", [42]).fetchall()  # type: ignore[attr-defined]
+        assert rows == [("Name-0042", "c0042@mail.example")]
+
+    def test_named_parameters_and_escaped_percent(self, alice: object) -> None:
+        """%(name)s placeholders and %% escapes are analyzed as psycopg sends them."""
+        cur = alice.execute(  # type: ignore[attr-defined]
+            "SELECT id FROM orders WHERE customer_id = %(c)s AND status LIKE 'p%%'", {"c": 42}
+        )
+        assert cur.fetchall() == [(422,)]
+
+    def test_cursor_fetch_paths(self, alice: object) -> None:
+        """fetchone, fetchmany, fetchall and iteration all work on a guarded cursor."""
+        cur = alice.cursor()  # type: ignore[attr-defined]
+        cur.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+        assert cur.fetchone() == (421,)
+        assert cur.fetchmany(1) == [(422,)]
+        assert cur.fetchall() == [(423,)]
+        cur.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+        assert [r[0] for r in cur] == [421, 422, 423]
+
+    def test_named_server_side_cursor(self, alice: object) -> None:
+        """A named (server-side) cursor is guarded too."""
+        with alice.cursor(name="browse") as cur:  # type: ignore[attr-defined]
+            cur.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+            assert cur.fetchall() == [(421,), (422,), (423,)]
+        with alice.cursor(name="leak") as cur, pytest.raises(AccessDenied):  # type: ignore[attr-defined]
+            cur.execute("SELECT email FROM customers")
+
+    def test_stream_is_guarded(self, alice: object) -> None:
+        """cursor.stream() is checked before anything is sent."""
+        cur = alice.cursor()  # type: ignore[attr-defined]
+        assert [r[0] for r in cur.stream("SELECT id FROM orders WHERE customer_id = 42")] == [
+            421,
+            422,
+            423,
+        ]
+        with pytest.raises(AccessDenied):
+            list(cur.stream("SELECT email FROM customers"))
+
+    def test_copy_and_pipeline_are_refused(self, alice: object, sink: MemoryAuditSink) -> None:
+        """COPY and pipeline mode are refused outright, and audited."""
+        with pytest.raises(AccessDenied):
+            alice.cursor().copy("COPY customers TO STDOUT")  # type: ignore[attr-defined]
+        with pytest.raises(AccessDenied):
+            alice.pipeline()  # type: ignore[attr-defined]
+        assert sink.reasons() == ["statement.forbidden", "path.forbidden"]
+
+    def test_composable_is_analyzed_as_sent(self, alice: object) -> None:
+        """psycopg.sql.Composable queries are checked as the text they render to."""
+        query = sql.SQL("SELECT {} FROM {} WHERE id = {}").format(
+            sql.Identifier("email"), sql.Identifier("customers"), sql.Literal(42)
+        )
+        assert alice.execute(query).fetchall() == [("c0042@mail.example",)]  # type: ignore[attr-defined]
+        bad = sql.SQL("SELECT {} FROM {}").format(
+            sql.Identifier("email"), sql.Identifier("customers")
+        )
+        with pytest.raises(AccessDenied):
+            alice.execute(bad)  # type: ignore[attr-defined]
+
+    def test_executemany_checks_every_parameter_set(self, alice: object) -> None:
+        """One out-of-scope row in executemany refuses the whole batch before sending."""
+        cur = alice.cursor()  # type: ignore[attr-defined]
+        stmt = "UPDATE orders SET status = %s WHERE customer_id = %s AND id = %s"
+        with pytest.raises(AccessDenied):
+            cur.executemany(stmt, [("refunded", 42, 421), ("refunded", 7, 71)])
+        cur.executemany(stmt, [("refunded", 42, 421), ("refunded", 42, 422)])
+        cur.execute("SELECT id, status FROM orders WHERE customer_id = 42 ORDER BY id")
+        assert cur.fetchall()[:2] == [(421, "refunded"), (422, "refunded")]
+
+    def test_client_cursor_is_analyzed_on_merged_text(
+        self, guard: Guard, scenario_dsn: str
+    ) -> None:
+        """With client-side binding, a value that ends a comment cannot smuggle SQL in."""
+        raw = psycopg.connect(scenario_dsn, cursor_factory=psycopg.ClientCursor)
+        conn = guard.wrap(raw, user="alice", ticket="T-100")
+        try:
+            with pytest.raises(AccessDenied):
+                conn.execute(
+                    "SELECT id, name, email FROM customers WHERE id = 42 -- %s", ["\nOR true --"]
+                )
+            assert conn.execute("SELECT name FROM customers WHERE id = %s", [42]).fetchall() == [
+                ("Name-0042",)
+            ]
+        finally:
+            raw.close()
+
+    def test_second_wall_filters_what_is_sent(self, guard: Guard) -> None:
+        """The SQL sent carries the scope filter, schema-qualified."""
+        facts = guard.analyze("SELECT c.name FROM customers c WHERE c.id = 42")
+        assert facts.sent is not None
+        assert "FROM public.customers WHERE id = __ag_subject_customer__" in facts.sent
+
+    def test_refusal_is_a_permission_error(self, alice: object) -> None:
+        """AccessDenied is psycopg's InsufficientPrivilege (SQLSTATE 42501)."""
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+            alice.execute("SELECT card_token FROM payments WHERE customer_id = 42")  # type: ignore[attr-defined]
+        assert info.value.sqlstate == "42501"
+        assert isinstance(info.value, AccessGuardError)
+
+
+@db
+class TestTickets:
+    def test_closed_ticket_stops_working_on_next_statement(
+        self, alice: object, store: MemoryTicketStore
+    ) -> None:
+        """Closing a ticket refuses the very next statement on an open connection."""
+        q = "SELECT name FROM customers WHERE id = 42"
+        assert alice.execute(q).fetchall() == [("Name-0042",)]  # type: ignore[attr-defined]
+        store.put(
+            Ticket(
+                id="T-100", assignee="alice", kind="order_issue", status="closed", customer_id=42
+            )
+        )
+        with pytest.raises(AccessDenied) as info:
+            alice.execute(q)  # type: ignore[attr-defined]
+        assert info.value.reason == "ticket.not_open"
+
+    def test_postgres_store_reads_the_tickets_table(self, scenario_dsn: str) -> None:
+        """The PostgreSQL ticket store sees a ticket close in the table immediately."""
+        store = PostgresTicketStore(lambda: psycopg.connect(scenario_dsn))
+        guard = Guard.from_directory(
+            scenario.policies_dir(), tickets=store, audit=MemoryAuditSink()
+        )
+        q = "SELECT name FROM customers WHERE id = 42"
+        with guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn:
+            assert conn.execute(q).fetchall() == [("Name-0042",)]
+            with psycopg.connect(scenario_dsn, autocommit=True) as admin:
+                admin.execute("UPDATE tickets SET status = 'closed' WHERE id = 'T-100'")
+            with pytest.raises(AccessDenied):
+                conn.execute(q)
+        guard.close()
+
+    def test_guarded_session_cannot_write_tickets(self, alice: object) -> None:
+        """The tickets table is unreachable through a guarded connection."""
+        with pytest.raises(AccessDenied) as info:
+            alice.execute("UPDATE tickets SET status = 'open' WHERE id = 'T-101'")  # type: ignore[attr-defined]
+        assert info.value.reason == "table.forbidden"
+
+
+class TestSqlite:
+    @pytest.fixture
+    def shop(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(":memory:")
+        scenario.load_sqlite(conn)
+        yield conn
+        conn.close()
+
+    def test_qmark_and_named_parameters(self, guard: Guard, shop: sqlite3.Connection) -> None:
+        """sqlite3 connections are guarded with qmark and named parameters."""
+        conn = guard.wrap(shop, user="alice", ticket="T-100")
+        assert conn.execute("SELECT name FROM customers WHERE id = ?", (42,)).fetchall() == [
+            ("Name-0042",)
+        ]
+        assert conn.execute("SELECT name FROM customers WHERE id = :c", {"c": 42}).fetchall() == [
+            ("Name-0042",)
+        ]
+        with pytest.raises(AccessDenied):
+            conn.execute("SELECT name FROM customers WHERE id = ?", (7,))
+
+    def test_executescript_is_refused(self, guard: Guard, shop: sqlite3.Connection) -> None:
+        """executescript would run many statements unchecked: refused."""
+        conn = guard.wrap(shop, user="alice", ticket="T-100")
+        with pytest.raises(AccessDenied):
+            conn.executescript("DELETE FROM reviews;")
+        assert shop.execute("SELECT count(*) FROM reviews").fetchone() == (46,)
+
+    def test_unknown_dbapi_needs_a_dialect(self, guard: Guard) -> None:
+        """Wrapping an unknown DB-API connection without a dialect is a configuration error."""
+        with pytest.raises(ConfigurationError):
+            guard.wrap(object(), user="alice", ticket="T-100")
+
+
+class TestCheck:
+    def test_check_decides_without_side_effects(self, guard: Guard, sink: MemoryAuditSink) -> None:
+        """guard.check() decides with no database and audits nothing."""
+        decision = guard.check("SELECT email FROM customers", user="alice", ticket="T-100")
+        assert decision.outcome == "denied"
+        assert decision.reason == "row_scope.unbound"
+        assert sink.events == []
+
+    def test_check_with_psycopg_parameters(self, guard: Guard) -> None:
+        """check() binds %s parameters like psycopg does."""
+        ok = guard.check(
+            "SELECT email FROM customers WHERE id = %s", [42], user="alice", ticket="T-100"
+        )
+        other = guard.check(
+            "SELECT email FROM customers WHERE id = %s", [7], user="alice", ticket="T-100"
+        )
+        assert ok.allowed
+        assert other.reason == "row_scope.other_subject"
+
+    def test_internal_error_denies(self, guard: Guard, sink: MemoryAuditSink) -> None:
+        """If the ticket store fails, the statement is refused, never let through."""
+
+        class Broken:
+            def get(self, _ticket_id: str) -> Ticket | None:
+                raise RuntimeError("store down")
+
+        guard.tickets = Broken()
+        from accessguard.guard import Session
+
+        with pytest.raises(AccessDenied) as info:
+            guard.authorize(
+                "SELECT id FROM products",
+                None,
+                Session(user="alice", ticket="T-100"),
+                dialect="postgres",
+            )
+        assert info.value.reason == "internal.error"
+        assert sink.reasons() == ["internal.error"]
+
+
+def test_audit_file_holds_no_row_data(tmp_path: Path) -> None:
+    """A file audit trail of refusals contains none of the seed's values."""
+    path = tmp_path / "audit.jsonl"
+    guard = Guard.from_directory(scenario.policies_dir(), tickets=scenario.tickets(), audit=path)
+    shop = sqlite3.connect(":memory:")
+    scenario.load_sqlite(shop)
+    conn = guard.wrap(shop, user="alice", ticket="T-100")
+    for q in (
+        "SELECT email FROM customers WHERE email = 'c0007@mail.example'",
+        "SELECT card_token FROM payments WHERE card_token = 'tok_71_secret'",
+    ):
+        with pytest.raises(AccessDenied):
+            conn.execute(q)
+    text = path.read_text()
+    assert "c0007" not in text
+    assert "tok_71" not in text
