@@ -13,6 +13,7 @@ import re
 from sqlglot import exp
 
 from accessguard.analysis.facts import subject_marker
+from accessguard.analysis.walker import ident, param_key
 from accessguard.catalog import TableSpec
 
 _SENTINEL = re.compile(r"__ag_p(\d+)__")
@@ -34,14 +35,12 @@ def rewrite(
         elif spec.scope is not None:
             node.replace(_filtered(node, spec, qualify=qualify))
         elif qualify:
-            node.set("db", exp.to_identifier(spec.schema))
+            node.set("db", exp.Identifier(this=spec.schema, quoted=False))
     keys: list[int | str] = []
     for param in list(tree.find_all(exp.Parameter, exp.Placeholder)):
-        from accessguard.analysis.walker import param_key
-
         assert isinstance(param, exp.Parameter | exp.Placeholder)  # noqa: S101 - find_all's type
         keys.append(param_key(param))
-        param.replace(exp.column(f"__ag_p{len(keys) - 1}__"))
+        param.replace(_column(f"__ag_p{len(keys) - 1}__"))
     text = tree.sql(dialect=dialect, comments=False)
     if escape_percent:
         text = text.replace("%", "%%")
@@ -58,26 +57,47 @@ def rewrite(
 
 
 def _table_ref(spec: TableSpec, *, qualify: bool) -> exp.Table:
-    return exp.table_(spec.name, db=spec.schema if qualify else None)
+    table = exp.Table(this=exp.Identifier(this=spec.name, quoted=False))
+    if qualify:
+        table.set("db", exp.Identifier(this=spec.schema, quoted=False))
+    return table
+
+
+def _alias(node: exp.Table, spec: TableSpec) -> str:
+    """The name the statement uses for the table, as PostgreSQL folds it."""
+    alias = node.args.get("alias")
+    return ident(alias.this) if alias is not None else spec.name
+
+
+def _column(name: str, table: str | None = None) -> exp.Column:
+    column = exp.Column(this=exp.Identifier(this=name, quoted=False))
+    if table is not None:
+        column.set("table", exp.Identifier(this=table, quoted=True))
+    return column
 
 
 def _scope_filter(spec: TableSpec, qualifier: str | None) -> exp.Expression:
-    column = exp.column(spec.scope_column or "", table=qualifier)
-    return exp.EQ(this=column, expression=exp.column(subject_marker(spec.scope or "")))
+    return exp.EQ(
+        this=_column(spec.scope_column or "", qualifier),
+        expression=_column(subject_marker(spec.scope or "")),
+    )
 
 
 def _filtered(node: exp.Table, spec: TableSpec, *, qualify: bool) -> exp.Subquery:
-    alias = node.alias or spec.name
-    inner = (
-        exp.select("*").from_(_table_ref(spec, qualify=qualify)).where(_scope_filter(spec, None))
+    # Built node by node: sqlglot's builder helpers parse strings and deep-copy.
+    inner = exp.Select(
+        expressions=[exp.Star()],
+        from_=exp.From(this=_table_ref(spec, qualify=qualify)),
+        where=exp.Where(this=_scope_filter(spec, None)),
     )
-    return inner.subquery(alias)
+    alias = exp.TableAlias(this=exp.Identifier(this=_alias(node, spec), quoted=True))
+    return exp.Subquery(this=inner, alias=alias)
 
 
 def _scope_update(tree: exp.Expression, node: exp.Table, spec: TableSpec, *, qualify: bool) -> None:
-    qualifier = node.alias or spec.name
+    qualifier = _alias(node, spec)
     if qualify:
-        node.set("db", exp.to_identifier(spec.schema))
+        node.set("db", exp.Identifier(this=spec.schema, quoted=False))
     if spec.scope is None:
         return
     condition = _scope_filter(spec, qualifier)
@@ -85,4 +105,5 @@ def _scope_update(tree: exp.Expression, node: exp.Table, spec: TableSpec, *, qua
     if where is None:
         tree.set("where", exp.Where(this=condition))
     else:
-        tree.set("where", exp.Where(this=exp.and_(exp.Paren(this=where.this), condition)))
+        both = exp.And(this=exp.Paren(this=where.this), expression=condition)
+        tree.set("where", exp.Where(this=both))
