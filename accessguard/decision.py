@@ -119,7 +119,7 @@ def statement_kind_allowed(facts: Facts, context: Context, policy: Policy) -> De
 
 def grants_cover(facts: Facts, context: Context, policy: Policy) -> Denial | None:
     """Every column read or written is granted to one of the employee's roles."""
-    ticket, problem = _valid_ticket(context)
+    ticket, problem = valid_ticket(context)
     kind = ticket.kind if ticket is not None else None
     accesses: list[Access] = sorted((t, c, "read") for t, c in facts.reads)
     accesses += sorted((t, c, "update") for t, c in facts.writes)
@@ -135,7 +135,7 @@ def grants_cover(facts: Facts, context: Context, policy: Policy) -> Denial | Non
 def row_scope_bound(facts: Facts, context: Context, policy: Policy) -> Denial | None:
     """Every reference to a scoped table is bound to the ticket's customer (or product)."""
     for ref in facts.scopes:
-        ticket, problem = _valid_ticket(context)
+        ticket, problem = valid_ticket(context)
         table = ref.table.rsplit(".", 1)[-1]
         if ticket is None:
             return problem or Denial(
@@ -166,7 +166,7 @@ CHECKS: tuple[Check, ...] = (
 # ---------------------------------------------------------------------- helpers
 
 
-def _valid_ticket(context: Context) -> tuple[Ticket | None, Denial | None]:
+def valid_ticket(context: Context) -> tuple[Ticket | None, Denial | None]:
     """The ticket if it justifies access now, else None and why not."""
     if context.ticket_id is None:
         return None, None
@@ -185,7 +185,7 @@ def _valid_ticket(context: Context) -> tuple[Ticket | None, Denial | None]:
 
 
 def _subject(context: Context, scope: str) -> int | None:
-    ticket, _problem = _valid_ticket(context)
+    ticket, _problem = valid_ticket(context)
     if ticket is None:
         return None
     value = getattr(ticket, SCOPE_KINDS[scope])

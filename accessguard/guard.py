@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accessguard.analysis import Facts, analyze, fingerprint, redact, subject_marker
+from accessguard.analysis import Facts, analyze, subject_marker
 from accessguard.audit import Auditor, AuditSink, as_sink, utcnow
-from accessguard.decision import Context, Decision, decide
-from accessguard.errors import AccessDenied, AccessGuardError, Reason
+from accessguard.decision import Context, Decision, decide, valid_ticket
+from accessguard.errors import AccessDenied, AccessGuardError, Reason, Throttled
+from accessguard.ledger import Access, Ledger, Tally
 from accessguard.policy import EVERYONE, Policy, load_policy
+from accessguard.throttle import Limits, Throttle, ThrottleStoreUnavailable, load_limits
 from accessguard.tickets import Ticket, TicketStore, as_store
 
 if TYPE_CHECKING:
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 Params = Sequence[Any] | Mapping[str, Any] | None
 
 _DB_SYSTEM = {"postgres": "postgresql", "sqlite": "sqlite"}
+LIMITS_FILE = "limits.toml"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,12 +44,20 @@ class Session:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Authorized:
-    """What an adapter sends after an allow: the guarded SQL and its parameters."""
+    """What an adapter sends after an allow: the guarded SQL and its parameters.
+
+    ``row_cap`` is the most rows the cursor may hand over; ``tally`` receives
+    the rows it does hand over (the access ledger), when the statement touches
+    a scoped table.
+    """
 
     sql: str
     params: Params
     decision: Decision
     facts: Facts
+    context: Context
+    row_cap: int | None = None
+    tally: Tally | None = None
 
 
 class Guard:
@@ -58,6 +70,12 @@ class Guard:
         tickets: TicketStore | Iterable[Ticket] | None = None,
         audit: AuditSink | str | Path | None = None,
         audit_allowed: bool = False,
+        limits: Limits | None = None,
+        throttle_storage: str = "memory://",
+        throttle_clock: Callable[[], float] = time.time,
+        ledger: AuditSink | str | Path | None = None,
+        ledger_interval: float = 1.0,
+        ledger_pseudonym_key: bytes | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
         cache_size: int = 4096,
     ) -> None:
@@ -65,6 +83,18 @@ class Guard:
         self.tickets = as_store(tickets)
         self.auditor = Auditor(as_sink(audit), clock=clock)
         self.audit_allowed = audit_allowed
+        self.throttle = (
+            Throttle(limits, storage=throttle_storage, clock=throttle_clock)
+            if limits is not None
+            else None
+        )
+        ledger_sink = self.auditor.sink if ledger is None else as_sink(ledger)
+        self.ledger = Ledger(
+            ledger_sink,
+            clock=self.auditor.stamp,
+            interval=ledger_interval,
+            pseudonym_key=ledger_pseudonym_key,
+        )
         self._cache: OrderedDict[tuple[str, str, bool, str], Facts] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -78,8 +108,15 @@ class Guard:
         audit: AuditSink | str | Path | None = None,
         **options: Any,
     ) -> Guard:
-        """Load the policy files in ``path`` (model.conf, policy.csv, schema.toml)."""
-        return cls(load_policy(path), tickets=tickets, audit=audit, **options)
+        """Load the policy files in ``path``: model.conf, policy.csv, schema.toml, limits.toml.
+
+        Without a ``limits.toml`` the guard has no volume limits.
+        """
+        policy = load_policy(path)
+        limits_file = Path(path) / LIMITS_FILE
+        if "limits" not in options and limits_file.exists():
+            options["limits"] = load_limits(limits_file, known_roles=policy.known_roles)
+        return cls(policy, tickets=tickets, audit=audit, **options)
 
     # ------------------------------------------------------------------ deciding
 
@@ -141,7 +178,7 @@ class Guard:
         except AccessGuardError:
             raise
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies
-            facts = Facts(kind="unknown", problem=Reason.INTERNAL_ERROR)
+            facts = Facts(kind="unknown", problem=Reason.INTERNAL_ERROR, dialect=dialect)
             decision = Decision(
                 outcome="denied",
                 reason=Reason.INTERNAL_ERROR,
@@ -151,16 +188,99 @@ class Guard:
                 user=session.user, roles=frozenset({EVERYONE}), ticket_id=session.ticket
             )
         if not decision.allowed:
-            self._audit(decision, context, sql, dialect)
+            self._audit(decision, context, facts)
             raise AccessDenied(decision.message, reason=decision.reason or Reason.INTERNAL_ERROR)
+        ticket, _problem = valid_ticket(context)
+        kind = ticket.kind if ticket is not None else None
+        row_cap = self._throttle(decision, context, facts, kind)
         if self.audit_allowed:
-            self._audit(decision, context, sql, dialect)
+            self._audit(decision, context, facts)
         return Authorized(
             sql=self._sent_sql(facts, decision),
             params=_reorder(facts, params),
             decision=decision,
             facts=facts,
+            context=context,
+            row_cap=row_cap,
+            tally=self._account(decision, context, facts, kind),
         )
+
+    def _throttle(
+        self, decision: Decision, context: Context, facts: Facts, kind: str | None
+    ) -> int | None:
+        """Count the statement against the volume limits; raise Throttled past one."""
+        if self.throttle is None:
+            return None
+        customers = frozenset(i for scope, i in decision.subjects if scope == "customer")
+        try:
+            verdict = self.throttle.hit(context.user, context.roles, kind, customers)
+        except ThrottleStoreUnavailable as exc:
+            refused = replace(
+                decision,
+                outcome="throttled",
+                reason=Reason.THROTTLE_STORE_UNAVAILABLE,
+                message=exc.message,
+                limit="store",
+            )
+            self._audit(refused, context, facts)
+            raise Throttled(
+                exc.message, reason=Reason.THROTTLE_STORE_UNAVAILABLE, limit="store"
+            ) from exc
+        if verdict is not None:
+            refused = replace(
+                decision,
+                outcome="throttled",
+                reason=verdict.reason,
+                message=verdict.message,
+                limit=verdict.limit,
+                retry_after=verdict.retry_after,
+            )
+            self._audit(refused, context, facts, window=verdict.window_seconds, count=verdict.count)
+            raise verdict.error()
+        if not decision.subjects:
+            return None
+        return self.throttle.row_cap(context.roles, kind)
+
+    def over_row_cap(self, ok: Authorized, count: int, session: Session) -> Throttled:
+        """Audit a statement whose result passed its row cap; return the error to raise."""
+        limit = f"rows_per_statement: {ok.row_cap}"
+        message = (
+            f"Throttled: the statement returns more than {ok.row_cap} rows of a "
+            "scoped table; narrow it down."
+        )
+        refused = replace(
+            ok.decision,
+            outcome="throttled",
+            reason=Reason.THROTTLE_ROWS,
+            message=message,
+            limit=limit,
+        )
+        self._audit(refused, ok.context, ok.facts, count=count)
+        return Throttled(message, reason=Reason.THROTTLE_ROWS, limit=limit)
+
+    def _account(
+        self, decision: Decision, context: Context, facts: Facts, kind: str | None
+    ) -> Tally | None:
+        """Record the statement in the access ledger when it touches a scoped table."""
+        if not decision.subjects:
+            return None
+        roles = tuple(sorted(context.roles))
+        accesses = tuple(
+            Access(
+                user=context.user,
+                roles=roles,
+                ticket_id=context.ticket_id,
+                ticket_kind=kind,
+                scope=scope,
+                subject=subject,
+                fingerprint=facts.fingerprint or "",
+                tables=decision.tables,
+                columns=decision.columns,
+                policy_version=self.policy.version,
+            )
+            for scope, subject in decision.subjects
+        )
+        return self.ledger.record(accesses)
 
     def refuse(
         self,
@@ -179,7 +299,7 @@ class Guard:
             ticket_id=session.ticket,
             ticket=None,
         )
-        self._audit(decision, context, None, dialect)
+        self._audit(decision, context, None, dialect=dialect)
         return AccessDenied(message, reason=reason)
 
     @staticmethod
@@ -195,8 +315,17 @@ class Guard:
 
     # ------------------------------------------------------------------ audit
 
-    def _audit(self, decision: Decision, context: Context, sql: str | None, dialect: str) -> None:
-        redacted = redact(sql, dialect=dialect) if sql is not None else None
+    def _audit(
+        self,
+        decision: Decision,
+        context: Context,
+        facts: Facts | None,
+        *,
+        dialect: str = "postgres",
+        window: int | None = None,
+        count: int | None = None,
+    ) -> None:
+        redacted = facts.redacted if facts is not None else None
         ticket = context.ticket
         fields: dict[str, Any] = {
             "event.kind": "event",
@@ -217,13 +346,16 @@ class Guard:
             "db.query.text": redacted,
             "accessguard.tables": list(decision.tables),
             "accessguard.columns": list(decision.columns),
-            "accessguard.fingerprint": fingerprint(redacted),
+            "accessguard.fingerprint": facts.fingerprint if facts is not None else None,
             "accessguard.policy.version": self.policy.version,
         }
         if len(decision.tables) == 1:
             fields["db.collection.name"] = decision.tables[0]
         if decision.limit is not None:
             fields["accessguard.limit"] = decision.limit
+            fields["accessguard.window.seconds"] = window
+            fields["accessguard.count"] = count
+            fields["accessguard.retry_after"] = decision.retry_after
         self.auditor.emit(**fields)
 
     # ------------------------------------------------------------------ connections
@@ -248,10 +380,15 @@ class Guard:
         return wrap_connection(self, connection, session, dialect=dialect)
 
     def close(self) -> None:
-        """Release what the guard holds (a ticket store's connection, for instance)."""
-        close = getattr(self.tickets, "close", None)
-        if callable(close):
-            close()
+        """Flush the access ledger and release what the guard holds."""
+        try:
+            self.ledger.close()
+        finally:
+            if self.throttle is not None:
+                self.throttle.close()
+            close = getattr(self.tickets, "close", None)
+            if callable(close):
+                close()
 
     def __enter__(self) -> Guard:
         return self

@@ -66,6 +66,14 @@ class Policy:
     kinds_for: dict[Access, frozenset[str]]
     _enforcer: casbin.Enforcer = field(repr=False, compare=False)
 
+    @property
+    def known_roles(self) -> frozenset[str]:
+        """Every role a rule or a membership names."""
+        named = {r.role for r in self.rules}
+        for roles in self.user_roles.values():
+            named |= roles
+        return frozenset(named | {EVERYONE})
+
     def roles_of(self, user: str) -> frozenset[str]:
         return self.user_roles.get(user, frozenset({EVERYONE}))
 

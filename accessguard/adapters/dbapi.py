@@ -8,44 +8,45 @@ refused. Supported parameter styles: ``qmark`` (``?``) and ``named``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from accessguard.adapters.base import CountingCursor
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from accessguard.guard import Guard, Session
+    from accessguard.guard import Authorized, Guard, Session
 
 
-class GuardedDbapiCursor:
+class GuardedDbapiCursor(CountingCursor):
     """A DB-API cursor whose every statement is checked before it is sent."""
 
     def __init__(self, conn: GuardedDbapiConnection, raw: Any) -> None:
         self._conn = conn
         self._raw = raw
+        self._guard = conn._guard
+        self._session = conn._session
 
-    def _authorize(self, query: str, params: Any) -> tuple[str, Any]:
+    def _authorize(self, query: str, params: Any) -> Authorized:
         if not isinstance(query, str):
             raise TypeError(f"a query must be str, not {type(query).__name__}")
-        ok = self._conn._guard.authorize(
-            query, params, self._conn._session, dialect=self._conn.dialect
-        )
-        return ok.sql, ok.params
+        return self._guard.authorize(query, params, self._session, dialect=self._conn.dialect)
 
     def execute(self, query: str, params: Any = None) -> GuardedDbapiCursor:
-        sent, values = self._authorize(query, params)
-        if values is None:
-            self._raw.execute(sent)
+        ok = self._authorize(query, params)
+        if ok.params is None:
+            self._raw.execute(ok.sql)
         else:
-            self._raw.execute(sent, values)
+            self._raw.execute(ok.sql, ok.params)
+        self._begin(ok)
         return self
 
     def executemany(self, query: str, params_seq: Iterable[Any]) -> GuardedDbapiCursor:
         batch = [self._authorize(query, params) for params in params_seq]
         if batch:
-            self._raw.executemany(batch[0][0], [values for _sent, values in batch])
+            self._raw.executemany(batch[0].sql, [ok.params for ok in batch])
         return self
 
     def executescript(self, _script: str) -> Any:
@@ -57,18 +58,6 @@ class GuardedDbapiCursor:
             kind="script",
             dialect=conn.dialect,
         )
-
-    def fetchone(self) -> Any:
-        return self._raw.fetchone()
-
-    def fetchmany(self, size: int | None = None) -> list[Any]:
-        return list(self._raw.fetchmany() if size is None else self._raw.fetchmany(size))
-
-    def fetchall(self) -> list[Any]:
-        return list(self._raw.fetchall())
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._raw)
 
     @property
     def description(self) -> Any:

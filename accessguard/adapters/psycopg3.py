@@ -19,12 +19,13 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg._queries import PostgresQuery, _query2pg
 
+from accessguard.adapters.base import CountingCursor
 from accessguard.errors import AccessDenied, Reason
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from accessguard.guard import Guard, Session
+    from accessguard.guard import Authorized, Guard, Session
 
 DIALECT = "postgres"
 
@@ -48,27 +49,27 @@ def _query_text(query: Any, conn: psycopg.Connection[Any]) -> str:
     )
 
 
-class GuardedCursor:
+class GuardedCursor(CountingCursor):
     """A psycopg cursor whose every statement is checked before it is sent."""
 
     def __init__(self, conn: GuardedConnection, raw: Any) -> None:
         self._conn = conn
         self._raw = raw
+        self._guard = conn._guard
+        self._session = conn._session
 
     # ------------------------------------------------------------------ sending
 
-    def _authorize(self, query: Any, params: Any) -> tuple[str, Any]:
-        guard, session = self._conn._guard, self._conn._session
+    def _authorize(self, query: Any, params: Any) -> Authorized:
+        guard, session = self._guard, self._session
         text = _query_text(query, self._conn._raw)
         if isinstance(self._raw, psycopg.ClientCursor):
             # client-side binding merges values into the text (even inside
             # comments): analyze and send exactly the merged text.
             merged = self._raw.mogrify(text, params) if params is not None else text
-            ok = guard.authorize(merged, None, session, dialect=DIALECT)
-            return ok.sql, None
+            return guard.authorize(merged, None, session, dialect=DIALECT)
         if params is None:
-            ok = guard.authorize(text, None, session, dialect=DIALECT)
-            return ok.sql, None
+            return guard.authorize(text, None, session, dialect=DIALECT)
         try:
             converted, values = convert_query(text, params)
         except (psycopg.Error, TypeError) as exc:
@@ -78,51 +79,49 @@ class GuardedCursor:
                 session,
                 kind="unknown",
             ) from exc
-        ok = guard.authorize(converted, values, session, dialect=DIALECT)
-        return ok.sql, ok.params
+        return guard.authorize(converted, values, session, dialect=DIALECT)
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
-        sent, values = self._authorize(query, params)
-        self._raw.execute(sent, values, **kwargs)
+        ok = self._authorize(query, params)
+        self._raw.execute(ok.sql, ok.params, **kwargs)
+        self._begin(ok)
+        if ok.row_cap is not None and self._raw.pgresult is not None:
+            # a client-side cursor holds the whole result already: refuse it
+            # before a single row is handed over.
+            if self._raw.rowcount > ok.row_cap and ok.facts.kind == "select":
+                self._current = None
+                raise self._guard.over_row_cap(ok, self._raw.rowcount, self._session)
         return self
 
     def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
         batch = [self._authorize(query, params) for params in params_seq]
         if not batch:
             return
-        sents = {sent for sent, _values in batch}
-        if len(sents) != 1:  # same statement, same shape: cannot differ, but never guess
+        if len({ok.sql for ok in batch}) != 1:  # one statement, one shape: never guess
             raise AccessDenied(
                 "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
             )
-        self._raw.executemany(sents.pop(), [values or () for _sent, values in batch], **kwargs)
+        self._raw.executemany(batch[0].sql, [ok.params or () for ok in batch], **kwargs)
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
-        sent, values = self._authorize(query, params)
-        return iter(self._raw.stream(sent, values, **kwargs))
+        ok = self._authorize(query, params)
+        self._begin(ok)
+        return self._counted(self._raw.stream(ok.sql, ok.params, **kwargs))
+
+    def _counted(self, rows: Iterable[Any]) -> Iterator[Any]:
+        for row in rows:
+            self._count(1)
+            yield row
 
     def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
-        guard, session = self._conn._guard, self._conn._session
-        raise guard.refuse(
+        raise self._guard.refuse(
             Reason.STATEMENT_FORBIDDEN,
             "COPY statements are never allowed through the guard.",
-            session,
+            self._session,
             kind="copy",
         )
 
     # ------------------------------------------------------------------ reading
-
-    def fetchone(self) -> Any:
-        return self._raw.fetchone()
-
-    def fetchmany(self, size: int = 0) -> list[Any]:
-        return list(self._raw.fetchmany(size) if size else self._raw.fetchmany())
-
-    def fetchall(self) -> list[Any]:
-        return list(self._raw.fetchall())
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._raw)
 
     def scroll(self, value: int, mode: str = "relative") -> None:
         self._raw.scroll(value, mode)

@@ -7,14 +7,17 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import SqlglotError
+from sqlglot.tokenizer_core import Token
 from sqlglot.tokenizer_core import TokenType
 
 from accessguard.analysis.facts import Const, Facts, Param, ScopeRef, Value, subject_marker
-from accessguard.analysis.redact import fingerprint, redact
+from accessguard.analysis.redact import fingerprint, redact, redact_tokens
 from accessguard.analysis.rewrite import rewrite
 from accessguard.analysis.walker import Refusal, Walker
 from accessguard.catalog import Catalog
@@ -78,7 +81,24 @@ def analyze(
 ) -> Facts:
     """Analyze one statement. ``params``: whether parameters will be bound (escapes %)."""
     try:
-        return _analyze(sql, catalog, dialect, params=params)
+        tokens = Dialect.get_or_raise(dialect).tokenize(sql)
+    except Exception:  # noqa: BLE001 - fail closed: what does not tokenize is refused
+        return Facts(
+            kind="unknown",
+            problem=Reason.SQL_UNANALYZABLE,
+            detail="the statement does not tokenize",
+            dialect=dialect,
+        )
+    redacted = redact_tokens(tokens)
+    facts = _analyze_guarded(sql, tokens, catalog, dialect, params=params)
+    return replace(facts, redacted=redacted, fingerprint=fingerprint(redacted), dialect=dialect)
+
+
+def _analyze_guarded(
+    sql: str, tokens: list[Token], catalog: Catalog, dialect: str, *, params: bool
+) -> Facts:
+    try:
+        return _analyze(sql, tokens, catalog, dialect, params=params)
     except Refusal as refusal:
         return Facts(kind="unknown", problem=refusal.reason, detail=refusal.detail)
     except SqlglotError:
@@ -99,7 +119,9 @@ def analyze(
         )
 
 
-def _analyze(sql: str, catalog: Catalog, dialect: str, *, params: bool) -> Facts:
+def _analyze(
+    sql: str, tokens: list[Token], catalog: Catalog, dialect: str, *, params: bool
+) -> Facts:
     if len(sql) > MAX_SQL_LENGTH:
         return Facts(
             kind="unknown",
@@ -112,9 +134,11 @@ def _analyze(sql: str, catalog: Catalog, dialect: str, *, params: bool) -> Facts
             problem=Reason.SQL_UNANALYZABLE,
             detail="the statement contains a name reserved by the guard",
         )
-    if dialect == "sqlite":
+    grammar = Dialect.get_or_raise(dialect)
+    if dialect == "sqlite" and any(t.token_type == TokenType.PLACEHOLDER for t in tokens):
         sql = _number_qmarks(sql)
-    statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+        tokens = grammar.tokenize(sql)
+    statements = [s for s in grammar.parser().parse(tokens, sql) if s is not None]
     if len(statements) != 1:
         detail = "an empty statement" if not statements else "more than one statement in one call"
         return Facts(kind="multiple", problem=Reason.SQL_UNANALYZABLE, detail=detail)

@@ -59,6 +59,10 @@ class Facts:
     detail: str = ""
     sent: str | None = None
     param_order: tuple[int | str, ...] = ()
+    #: the statement with every literal replaced by ``?`` (None: it does not tokenize)
+    redacted: str | None = None
+    fingerprint: str | None = None
+    dialect: str = "postgres"
 
     @property
     def columns(self) -> frozenset[str]:

@@ -10,6 +10,7 @@ import hashlib
 
 import sqlglot
 from sqlglot.errors import SqlglotError
+from sqlglot.tokenizer_core import Token
 from sqlglot.tokenizer_core import TokenType
 
 _LITERALS = frozenset(
@@ -41,6 +42,11 @@ def redact(sql: str, *, dialect: str = "postgres") -> str | None:
         return None
     except Exception:  # noqa: BLE001 - a tokenizer crash means: nothing safe to show
         return None
+    return redact_tokens(tokens)
+
+
+def redact_tokens(tokens: list[Token]) -> str:
+    """Rebuild statement text from tokens, every literal as ``?`` and no comments."""
     out: list[str] = []
     glue = True  # no space before the next token
     previous = None

@@ -1,0 +1,62 @@
+"""What every guarded cursor shares: counting the rows it hands over.
+
+Rows are counted where the data really flows, in fetchone / fetchmany /
+fetchall / iteration, for the access ledger and the per-statement row cap.
+A fetch that would take a statement over its cap raises ``Throttled`` instead
+of returning those rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from accessguard.guard import Authorized, Guard, Session
+
+
+class CountingCursor:
+    """Base of the guarded cursors: ``_raw`` is the driver's cursor."""
+
+    _raw: Any
+    _guard: Guard
+    _session: Session
+    _current: Authorized | None = None
+    _fetched: int = 0
+
+    def _begin(self, ok: Authorized) -> None:
+        """A new statement was sent: count its rows from zero."""
+        self._current = ok
+        self._fetched = 0
+
+    def _count(self, n: int) -> None:
+        ok = self._current
+        if ok is None or n <= 0:
+            return
+        if ok.row_cap is not None and self._fetched + n > ok.row_cap:
+            self._current = None
+            raise self._guard.over_row_cap(ok, self._fetched + n, self._session)
+        self._fetched += n
+        if ok.tally is not None:
+            ok.tally.add(n)
+
+    def fetchone(self) -> Any:
+        row = self._raw.fetchone()
+        if row is not None:
+            self._count(1)
+        return row
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        rows = list(self._raw.fetchmany() if size is None else self._raw.fetchmany(size))
+        self._count(len(rows))
+        return rows
+
+    def fetchall(self) -> list[Any]:
+        rows = list(self._raw.fetchall())
+        self._count(len(rows))
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        for row in self._raw:
+            self._count(1)
+            yield row
