@@ -7,7 +7,7 @@ decides. A new rule is a new entry in ``CHECKS``, not a new branch.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from accessguard.analysis.facts import Const, Facts, Param, ScopeRef
@@ -17,9 +17,20 @@ from accessguard.policy import EVERYONE, NO_TICKET, Access, Policy
 from accessguard.tickets import Ticket
 
 
+@dataclass(frozen=True, slots=True)
+class Denial:
+    reason: Reason
+    message: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Context:
-    """Who asks, under which ticket, with which bound values."""
+    """Who asks, under which ticket, with which bound values.
+
+    ``valid`` is the ticket when it justifies access now (open, assigned to
+    ``user``), else None with ``ticket_problem`` saying why; both are worked
+    out once, when the context is made.
+    """
 
     user: str
     roles: frozenset[str]
@@ -27,6 +38,13 @@ class Context:
     #: the ticket as the store returned it (None: not asked for, or not found)
     ticket: Ticket | None = None
     params: Sequence[Any] | Mapping[str, Any] | None = None
+    valid: Ticket | None = field(init=False, default=None)
+    ticket_problem: Denial | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        valid, problem = _validate(self.user, self.ticket_id, self.ticket)
+        object.__setattr__(self, "valid", valid)
+        object.__setattr__(self, "ticket_problem", problem)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,19 +67,13 @@ class Decision:
         return self.outcome == "allowed"
 
 
-@dataclass(frozen=True, slots=True)
-class Denial:
-    reason: Reason
-    message: str
-
-
 Check = Callable[[Facts, Context, Policy], Denial | None]
 
 
 def decide(facts: Facts, context: Context, policy: Policy) -> Decision:
     """Run every check; the first objection denies, otherwise allow."""
-    tables = tuple(sorted(t.rsplit(".", 1)[-1] for t in facts.tables))
-    columns = tuple(sorted(facts.columns))
+    tables = facts.table_names
+    columns = facts.column_names
     for check in CHECKS:
         denial = check(facts, context, policy)
         if denial is not None:
@@ -73,8 +85,10 @@ def decide(facts: Facts, context: Context, policy: Policy) -> Decision:
                 tables=tables,
                 columns=columns,
             )
-    subjects = tuple(
-        sorted({(ref.scope, _subject(context, ref.scope) or 0) for ref in facts.scopes})
+    subjects = (
+        tuple(sorted({(ref.scope, _subject(context, ref.scope) or 0) for ref in facts.scopes}))
+        if facts.scopes
+        else ()
     )
     return Decision(
         outcome="allowed", kind=facts.kind, tables=tables, columns=columns, subjects=subjects
@@ -119,8 +133,10 @@ def statement_kind_allowed(facts: Facts, context: Context, policy: Policy) -> De
 
 def grants_cover(facts: Facts, context: Context, policy: Policy) -> Denial | None:
     """Every column read or written is granted to one of the employee's roles."""
-    ticket, problem = valid_ticket(context)
+    ticket, problem = context.valid, context.ticket_problem
     kind = ticket.kind if ticket is not None else None
+    if facts.accesses <= policy.granted(context.roles, kind):
+        return None
     accesses: list[Access] = sorted((t, c, "read") for t, c in facts.reads)
     accesses += sorted((t, c, "update") for t, c in facts.writes)
     for access in accesses:
@@ -134,8 +150,8 @@ def grants_cover(facts: Facts, context: Context, policy: Policy) -> Denial | Non
 
 def row_scope_bound(facts: Facts, context: Context, policy: Policy) -> Denial | None:
     """Every reference to a scoped table is bound to the ticket's customer (or product)."""
+    ticket, problem = context.valid, context.ticket_problem
     for ref in facts.scopes:
-        ticket, problem = valid_ticket(context)
         table = ref.table.rsplit(".", 1)[-1]
         if ticket is None:
             return problem or Denial(
@@ -168,24 +184,29 @@ CHECKS: tuple[Check, ...] = (
 
 def valid_ticket(context: Context) -> tuple[Ticket | None, Denial | None]:
     """The ticket if it justifies access now, else None and why not."""
-    if context.ticket_id is None:
+    return context.valid, context.ticket_problem
+
+
+def _validate(
+    user: str, ticket_id: str | None, ticket: Ticket | None
+) -> tuple[Ticket | None, Denial | None]:
+    if ticket_id is None:
         return None, None
-    ticket = context.ticket
     if ticket is None:
-        return None, Denial(Reason.TICKET_UNKNOWN, f"Ticket {context.ticket_id} does not exist.")
+        return None, Denial(Reason.TICKET_UNKNOWN, f"Ticket {ticket_id} does not exist.")
     if not ticket.is_open:
         return None, Denial(
             Reason.TICKET_NOT_OPEN, f"Ticket {ticket.id} is {ticket.status}, not open."
         )
-    if ticket.assignee != context.user:
+    if ticket.assignee != user:
         return None, Denial(
-            Reason.TICKET_NOT_ASSIGNED, f"Ticket {ticket.id} is not assigned to {context.user}."
+            Reason.TICKET_NOT_ASSIGNED, f"Ticket {ticket.id} is not assigned to {user}."
         )
     return ticket, None
 
 
 def _subject(context: Context, scope: str) -> int | None:
-    ticket, _problem = valid_ticket(context)
+    ticket = context.valid
     if ticket is None:
         return None
     value = getattr(ticket, SCOPE_KINDS[scope])

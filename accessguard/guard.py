@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accessguard.analysis import Facts, analyze, subject_marker
+from accessguard.analysis import Facts, Param, analyze, subject_marker
 from accessguard.audit import Auditor, AuditSink, as_sink, utcnow
-from accessguard.decision import Context, Decision, decide, valid_ticket
+from accessguard.decision import Context, Decision, decide
 from accessguard.errors import AccessDenied, AccessGuardError, Reason, Throttled
 from accessguard.ledger import Access, Ledger, Tally
 from accessguard.policy import EVERYONE, Policy, load_policy
@@ -42,7 +42,7 @@ class Session:
     ticket: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Authorized:
     """What an adapter sends after an allow: the guarded SQL and its parameters.
 
@@ -91,11 +91,12 @@ class Guard:
         ledger_sink = self.auditor.sink if ledger is None else as_sink(ledger)
         self.ledger = Ledger(
             ledger_sink,
-            clock=self.auditor.stamp,
+            clock=time.time if clock is utcnow else (lambda: clock().timestamp()),
             interval=ledger_interval,
             pseudonym_key=ledger_pseudonym_key,
         )
         self._cache: OrderedDict[tuple[str, str, bool, str], Facts] = OrderedDict()
+        self._plans: dict[tuple[str, str, str, str | None, object], Plan] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
@@ -152,15 +153,14 @@ class Guard:
             from accessguard.adapters.psycopg3 import convert_query
 
             sql, params = convert_query(sql, params)
-        _facts, decision, _ctx = self._decide(
-            sql, params, Session(user=user, ticket=ticket), dialect
-        )
+        found = self.tickets.get(ticket) if ticket is not None else None
+        session = Session(user=user, ticket=ticket)
+        _facts, decision, _ctx = self._decide(sql, params, session, dialect, found)
         return decision
 
     def _decide(
-        self, sql: str, params: Params, session: Session, dialect: str
+        self, sql: str, params: Params, session: Session, dialect: str, ticket: Ticket | None
     ) -> tuple[Facts, Decision, Context]:
-        ticket = self.tickets.get(session.ticket) if session.ticket is not None else None
         context = Context(
             user=session.user,
             roles=self.policy.roles_of(session.user),
@@ -172,12 +172,26 @@ class Guard:
         return facts, decide(facts, context, self.policy), context
 
     def authorize(self, sql: str, params: Params, session: Session, *, dialect: str) -> Authorized:
-        """Decide; on refusal audit and raise; on allow return what to send."""
+        """Decide; on refusal audit and raise; on allow return what to send.
+
+        The hot path: an allowed statement is remembered as a plan keyed by its
+        text, the employee, the ticket and the parameters' shape. The next
+        execution reuses the plan only if the ticket is unchanged (a closed or
+        reassigned ticket is a different value) and every bound value that
+        carries the row scope still equals the ticket's subject; otherwise it
+        is decided afresh.
+        """
         try:
-            facts, decision, context = self._decide(sql, params, session, dialect)
+            ticket = self.tickets.get(session.ticket) if session.ticket is not None else None
+            key = (sql, dialect, session.user, session.ticket, _shape(params))
+            plan = self._plans.get(key)
+            if plan is None or not plan.holds(ticket, params):
+                facts, decision, context = self._decide(sql, params, session, dialect, ticket)
+                plan = None
         except AccessGuardError:
             raise
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies
+            plan = None
             facts = Facts(kind="unknown", problem=Reason.INTERNAL_ERROR, dialect=dialect)
             decision = Decision(
                 outcome="denied",
@@ -187,33 +201,75 @@ class Guard:
             context = Context(
                 user=session.user, roles=frozenset({EVERYONE}), ticket_id=session.ticket
             )
-        if not decision.allowed:
-            self._audit(decision, context, facts)
-            raise AccessDenied(decision.message, reason=decision.reason or Reason.INTERNAL_ERROR)
-        ticket, _problem = valid_ticket(context)
-        kind = ticket.kind if ticket is not None else None
-        row_cap = self._throttle(decision, context, facts, kind)
+        if plan is None:
+            if not decision.allowed:
+                self._audit(decision, context, facts)
+                raise AccessDenied(
+                    decision.message, reason=decision.reason or Reason.INTERNAL_ERROR
+                )
+            plan = self._plan(facts, decision, context, ticket)
+            if len(self._plans) >= self._cache_size:
+                self._plans.clear()
+            self._plans[key] = plan
+        row_cap = self._throttle(plan) if self.throttle is not None else None
         if self.audit_allowed:
-            self._audit(decision, context, facts)
+            self._audit(plan.decision, plan.context, plan.facts)
         return Authorized(
-            sql=self._sent_sql(facts, decision),
-            params=_reorder(facts, params),
-            decision=decision,
-            facts=facts,
-            context=context,
+            sql=plan.sql,
+            params=_reorder(plan.facts, params),
+            decision=plan.decision,
+            facts=plan.facts,
+            context=plan.context,
             row_cap=row_cap,
-            tally=self._account(decision, context, facts, kind),
+            tally=self.ledger.record(plan.accesses) if plan.accesses else None,
         )
 
-    def _throttle(
-        self, decision: Decision, context: Context, facts: Facts, kind: str | None
-    ) -> int | None:
+    def _plan(
+        self, facts: Facts, decision: Decision, context: Context, ticket: Ticket | None
+    ) -> Plan:
+        valid = context.valid
+        subjects = dict(decision.subjects)
+        checks = tuple(
+            (value.key, subjects[ref.scope])
+            for ref in facts.scopes
+            for value in ref.values
+            if isinstance(value, Param)
+        )
+        kind = valid.kind if valid is not None else None
+        roles = tuple(sorted(context.roles))
+        accesses = tuple(
+            Access(
+                user=context.user,
+                roles=roles,
+                ticket_id=context.ticket_id,
+                ticket_kind=kind,
+                scope=scope,
+                subject=subject,
+                fingerprint=facts.fingerprint or "",
+                tables=decision.tables,
+                columns=decision.columns,
+                policy_version=self.policy.version,
+            )
+            for scope, subject in decision.subjects
+        )
+        return Plan(
+            facts=facts,
+            decision=decision,
+            context=context,
+            ticket=ticket,
+            kind=kind,
+            sql=self._sent_sql(facts, decision),
+            checks=checks,
+            accesses=accesses,
+            customers=frozenset(i for scope, i in decision.subjects if scope == "customer"),
+        )
+
+    def _throttle(self, plan: Plan) -> int | None:
         """Count the statement against the volume limits; raise Throttled past one."""
-        if self.throttle is None:
-            return None
-        customers = frozenset(i for scope, i in decision.subjects if scope == "customer")
+        assert self.throttle is not None  # noqa: S101 - checked by the caller
+        decision, context, facts = plan.decision, plan.context, plan.facts
         try:
-            verdict = self.throttle.hit(context.user, context.roles, kind, customers)
+            verdict = self.throttle.hit(context.user, context.roles, plan.kind, plan.customers)
         except ThrottleStoreUnavailable as exc:
             refused = replace(
                 decision,
@@ -239,9 +295,9 @@ class Guard:
             raise verdict.error()
         if not decision.subjects:
             return None
-        return self.throttle.row_cap(context.roles, kind)
+        return self.throttle.row_cap(context.roles, plan.kind)
 
-    def over_row_cap(self, ok: Authorized, count: int, session: Session) -> Throttled:
+    def over_row_cap(self, ok: Authorized, count: int) -> Throttled:
         """Audit a statement whose result passed its row cap; return the error to raise."""
         limit = f"rows_per_statement: {ok.row_cap}"
         message = (
@@ -257,30 +313,6 @@ class Guard:
         )
         self._audit(refused, ok.context, ok.facts, count=count)
         return Throttled(message, reason=Reason.THROTTLE_ROWS, limit=limit)
-
-    def _account(
-        self, decision: Decision, context: Context, facts: Facts, kind: str | None
-    ) -> Tally | None:
-        """Record the statement in the access ledger when it touches a scoped table."""
-        if not decision.subjects:
-            return None
-        roles = tuple(sorted(context.roles))
-        accesses = tuple(
-            Access(
-                user=context.user,
-                roles=roles,
-                ticket_id=context.ticket_id,
-                ticket_kind=kind,
-                scope=scope,
-                subject=subject,
-                fingerprint=facts.fingerprint or "",
-                tables=decision.tables,
-                columns=decision.columns,
-                policy_version=self.policy.version,
-            )
-            for scope, subject in decision.subjects
-        )
-        return self.ledger.record(accesses)
 
     def refuse(
         self,
@@ -315,7 +347,7 @@ class Guard:
 
     # ------------------------------------------------------------------ audit
 
-    def _audit(
+    def _audit(  # noqa: PLR0913 - keyword-only details of throttle events
         self,
         decision: Decision,
         context: Context,
@@ -402,10 +434,46 @@ class Guard:
         self.close()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """An allowed statement for one employee and ticket, ready to send again."""
+
+    facts: Facts
+    decision: Decision
+    context: Context
+    ticket: Ticket | None
+    kind: str | None
+    sql: str
+    #: (parameter key, subject id) pairs that must hold on every execution
+    checks: tuple[tuple[int | str, int], ...]
+    accesses: tuple[Access, ...]
+    customers: frozenset[int]
+
+    def holds(self, ticket: Ticket | None, params: Params) -> bool:
+        """Whether this plan's decision still applies to ``ticket`` and ``params``."""
+        if ticket is not self.ticket and ticket != self.ticket:
+            return False
+        for key, subject in self.checks:
+            value = params[key]  # type: ignore[index] # checks exist only when params do
+            if type(value) is not int or value != subject:
+                return False
+        return True
+
+
+def _shape(params: Params) -> object:
+    if params is None:
+        return None
+    if type(params) is list or type(params) is tuple or not isinstance(params, Mapping):
+        return len(params)
+    return tuple(params)
+
+
 def _reorder(facts: Facts, params: Params) -> Params:
     """The bound values in the order the sent SQL uses them."""
     if params is None:
         return None
+    if facts.in_order and (type(params) is list or type(params) is tuple):
+        return params
     if isinstance(params, Mapping):
         return {str(k): params[str(k)] for k in facts.param_order}
     return [params[int(k)] for k in facts.param_order]

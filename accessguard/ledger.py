@@ -15,9 +15,11 @@ flush window; statements and rows add up exactly across entries.
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import hashlib
 import hmac
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,10 +44,11 @@ class Access:
     tables: tuple[str, ...]
     columns: tuple[str, ...]
     policy_version: str
+    key: Key = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> Key:
-        return (self.user, self.ticket_id, self.scope, self.subject, self.fingerprint)
+    def __post_init__(self) -> None:
+        key = (self.user, self.ticket_id, self.scope, self.subject, self.fingerprint)
+        object.__setattr__(self, "key", key)
 
 
 @dataclass(slots=True)
@@ -53,14 +56,14 @@ class Entry:
     """Counts for one access shape in one flush window."""
 
     access: Access
-    first: str
-    last: str
+    first: float
+    last: float
     statements: int = 0
     rows: int = 0
 
 
 @dataclass(slots=True)
-class Tally:
+class Tally:  # not frozen: one is made per statement, on the hot path
     """What a cursor holds to add the rows it hands over to its statement's entries."""
 
     ledger: Ledger
@@ -80,7 +83,7 @@ class Ledger:
         self,
         sink: AuditSink,
         *,
-        clock: Callable[[], str],
+        clock: Callable[[], float] = time.time,
         interval: float = 1.0,
         max_pending: int = 10_000,
         pseudonym_key: bytes | None = None,
@@ -154,7 +157,7 @@ class Ledger:
         if self._key is not None:
             subject = hmac.new(self._key, str(subject).encode(), hashlib.sha256).hexdigest()
         return {
-            "@timestamp": entry.last,
+            "@timestamp": _iso(entry.last),
             "event.kind": "event",
             "event.category": ["database"],
             "event.type": ["access", "allowed"],
@@ -172,8 +175,8 @@ class Ledger:
             "accessguard.fingerprint": access.fingerprint,
             "accessguard.statements": entry.statements,
             "accessguard.rows": entry.rows,
-            "accessguard.first": entry.first,
-            "accessguard.last": entry.last,
+            "accessguard.first": _iso(entry.first),
+            "accessguard.last": _iso(entry.last),
             "accessguard.policy.version": access.policy_version,
         }
 
@@ -199,6 +202,10 @@ class Ledger:
     def pending(self) -> int:
         with self._lock:
             return len(self._pending)
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="microseconds")
 
 
 _LEDGERS: weakref.WeakSet[Ledger] = weakref.WeakSet()

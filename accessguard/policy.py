@@ -65,6 +65,9 @@ class Policy:
     #: access -> the ticket kinds under which some rule grants it
     kinds_for: dict[Access, frozenset[str]]
     _enforcer: casbin.Enforcer = field(repr=False, compare=False)
+    _granted: dict[tuple[frozenset[str], str | None], frozenset[Access]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def known_roles(self) -> frozenset[str]:
@@ -76,6 +79,20 @@ class Policy:
 
     def roles_of(self, user: str) -> frozenset[str]:
         return self.user_roles.get(user, frozenset({EVERYONE}))
+
+    def granted(self, roles: frozenset[str], kind: str | None) -> frozenset[Access]:
+        """Every access ``roles`` hold with no ticket, plus those of ticket ``kind``."""
+        key = (roles, kind)
+        found = self._granted.get(key)
+        if found is None:
+            found = frozenset().union(
+                *(self.grants.get((r, NO_TICKET), ()) for r in roles),
+                *((self.grants.get((r, kind), ()) for r in roles) if kind is not None else ()),
+            )
+            if len(self._granted) > 4096:
+                self._granted.clear()
+            self._granted[key] = found
+        return found
 
     def allows(self, roles: frozenset[str], kind: str, access: Access) -> bool:
         """Whether any of ``roles`` is granted ``access`` under ticket ``kind`` ("-": none)."""

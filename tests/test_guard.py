@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -20,6 +21,7 @@ from accessguard import (
     Ticket,
     scenario,
 )
+from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink
 
 db = pytest.mark.db
@@ -249,8 +251,6 @@ class TestCheck:
                 raise RuntimeError("store down")
 
         guard.tickets = Broken()
-        from accessguard.guard import Session
-
         with pytest.raises(AccessDenied) as info:
             guard.authorize(
                 "SELECT id FROM products",
@@ -278,3 +278,58 @@ def test_audit_file_holds_no_row_data(tmp_path: Path) -> None:
     text = path.read_text()
     assert "c0007" not in text
     assert "tok_71" not in text
+
+
+class TestPlanCache:
+    """An allowed statement is remembered; nothing stale may ever be served from it."""
+
+    def test_other_customer_after_cached_allow(self, guard: Guard) -> None:
+        """The same text with another customer bound is decided afresh and refused."""
+        q = "SELECT name FROM customers WHERE id = $1"
+        session = Session(user="alice", ticket="T-100")
+        for _ in range(3):
+            guard.authorize(q, [42], session, dialect="postgres")
+        with pytest.raises(AccessDenied) as info:
+            guard.authorize(q, [7], session, dialect="postgres")
+        assert info.value.reason == "row_scope.other_subject"
+        with pytest.raises(AccessDenied):
+            guard.authorize(q, [True], session, dialect="postgres")
+
+    @pytest.mark.parametrize(
+        ("change", "reason"),
+        [
+            ({"status": "closed"}, "ticket.not_open"),
+            ({"assignee": "bob"}, "ticket.not_assigned"),
+            ({"customer_id": 7}, "row_scope.other_subject"),
+            ({"kind": "review_abuse"}, "ticket.wrong_kind"),
+        ],
+    )
+    def test_changed_ticket_takes_effect_next_statement(
+        self, guard: Guard, store: MemoryTicketStore, change: dict[str, object], reason: str
+    ) -> None:
+        """A ticket that closes, moves or changes customer voids the cached plan."""
+        q = "SELECT name FROM customers WHERE id = 42"
+        session = Session(user="alice", ticket="T-100")
+        guard.authorize(q, None, session, dialect="postgres")
+        base = store.get("T-100")
+        assert base is not None
+        store.put(replace(base, **change))  # type: ignore[arg-type]
+        with pytest.raises(AccessDenied) as info:
+            guard.authorize(q, None, session, dialect="postgres")
+        assert info.value.reason == reason
+
+    def test_ledger_counts_every_cached_execution(self, store: MemoryTicketStore) -> None:
+        """Executions served from the plan are all counted in the ledger."""
+        sink = MemoryAuditSink()
+        guard = Guard.from_directory(
+            scenario.policies_dir(), tickets=store, audit=sink, limits=None
+        )
+        session = Session(user="alice", ticket="T-100")
+        for _ in range(25):
+            guard.authorize(
+                "SELECT name FROM customers WHERE id = $1", [42], session, dialect="postgres"
+            )
+        guard.close()
+        ledger = [e for e in sink.events if e["event.action"] == "ledger"]
+        assert sum(e["accessguard.statements"] for e in ledger) == 25
+        assert {e["accessguard.subject.id"] for e in ledger} == {42}

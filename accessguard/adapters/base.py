@@ -35,7 +35,7 @@ class CountingCursor:
             return
         if ok.row_cap is not None and self._fetched + n > ok.row_cap:
             self._current = None
-            raise self._guard.over_row_cap(ok, self._fetched + n, self._session)
+            raise self._guard.over_row_cap(ok, self._fetched + n)
         self._fetched += n
         if ok.tally is not None:
             ok.tally.add(n)

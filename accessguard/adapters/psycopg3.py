@@ -85,12 +85,16 @@ class GuardedCursor(CountingCursor):
         ok = self._authorize(query, params)
         self._raw.execute(ok.sql, ok.params, **kwargs)
         self._begin(ok)
-        if ok.row_cap is not None and self._raw.pgresult is not None:
-            # a client-side cursor holds the whole result already: refuse it
-            # before a single row is handed over.
-            if self._raw.rowcount > ok.row_cap and ok.facts.kind == "select":
-                self._current = None
-                raise self._guard.over_row_cap(ok, self._raw.rowcount, self._session)
+        # a client-side cursor holds the whole result already: refuse it
+        # before a single row is handed over.
+        if (
+            ok.row_cap is not None
+            and self._raw.pgresult is not None
+            and self._raw.rowcount > ok.row_cap
+            and ok.facts.kind == "select"
+        ):
+            self._current = None
+            raise self._guard.over_row_cap(ok, self._raw.rowcount)
         return self
 
     def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:

@@ -13,8 +13,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import SqlglotError
-from sqlglot.tokenizer_core import Token
-from sqlglot.tokenizer_core import TokenType
+from sqlglot.tokenizer_core import Token, TokenType
 
 from accessguard.analysis.facts import Const, Facts, Param, ScopeRef, Value, subject_marker
 from accessguard.analysis.redact import fingerprint, redact, redact_tokens
@@ -91,7 +90,9 @@ def analyze(
         )
     redacted = redact_tokens(tokens)
     facts = _analyze_guarded(sql, tokens, catalog, dialect, params=params)
-    return replace(facts, redacted=redacted, fingerprint=fingerprint(redacted), dialect=dialect)
+    return replace(
+        facts, redacted=redacted, fingerprint=fingerprint(redacted), dialect=dialect
+    ).derived()
 
 
 def _analyze_guarded(

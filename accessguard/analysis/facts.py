@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from accessguard.errors import Reason
 
@@ -63,10 +63,28 @@ class Facts:
     redacted: str | None = None
     fingerprint: str | None = None
     dialect: str = "postgres"
+    #: derived once, for the decision's fast path
+    accesses: frozenset[tuple[str, str, str]] = frozenset()
+    table_names: tuple[str, ...] = ()
+    column_names: tuple[str, ...] = ()
+    #: the sent SQL uses positional parameters exactly in the order given
+    in_order: bool = False
 
     @property
     def columns(self) -> frozenset[str]:
         return frozenset(f"{t.rsplit('.', 1)[-1]}.{c}" for t, c in self.reads | self.writes)
+
+    def derived(self) -> Facts:
+        """A copy with the derived fields filled in."""
+        return replace(
+            self,
+            accesses=frozenset(
+                {(t, c, "read") for t, c in self.reads} | {(t, c, "update") for t, c in self.writes}
+            ),
+            table_names=tuple(sorted(t.rsplit(".", 1)[-1] for t in self.tables)),
+            column_names=tuple(sorted(self.columns)),
+            in_order=self.param_order == tuple(range(len(self.param_order))),
+        )
 
 
 #: Text the sent SQL carries where a scope subject id goes (replaced per execution).
