@@ -18,6 +18,7 @@ from accessguard import (
     Guard,
     MemoryTicketStore,
     PostgresTicketStore,
+    Throttled,
     Ticket,
     scenario,
 )
@@ -333,3 +334,163 @@ class TestPlanCache:
         ledger = [e for e in sink.events if e["event.action"] == "ledger"]
         assert sum(e["accessguard.statements"] for e in ledger) == 25
         assert {e["accessguard.subject.id"] for e in ledger} == {42}
+
+
+class Clock:
+    """A clock tests move by hand (no sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TestLimits:
+    """Volume limits from policies/limits.toml, enforced through the guard."""
+
+    def test_mallory_21st_customer_is_throttled_then_recovers(self, sink: MemoryAuditSink) -> None:
+        """20 customers an hour pass, the 21st is throttled and audited, an hour later it passes."""
+        clock = Clock()
+        guard = Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=sink, throttle_clock=clock
+        )
+        for i in range(20):
+            session = Session(user="mallory", ticket=f"T-4{i:02d}")
+            guard.authorize(
+                f"SELECT name FROM customers WHERE id = {100 + i}",
+                None,
+                session,
+                dialect="postgres",
+            )
+            clock.now += 60
+        late = Session(user="mallory", ticket="T-420")
+        with pytest.raises(Throttled) as info:
+            guard.authorize(
+                "SELECT name FROM customers WHERE id = 120", None, late, dialect="postgres"
+            )
+        assert info.value.reason == "throttle.distinct_customers"
+        assert info.value.retry_after is not None
+        event = sink.events[-1]
+        assert event["accessguard.outcome"] == "throttled"
+        assert event["accessguard.limit"] == "distinct_customers: 20 per 1 hour"
+        assert event["accessguard.count"] == 21
+        assert event["accessguard.window.seconds"] == 3600
+        clock.now += 3600
+        guard.authorize("SELECT name FROM customers WHERE id = 120", None, late, dialect="postgres")
+        guard.close()
+
+    def test_statements_per_minute(self, sink: MemoryAuditSink) -> None:
+        """The 121st statement in a minute is throttled; the next minute it passes."""
+        clock = Clock()
+        guard = Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=sink, throttle_clock=clock
+        )
+        session = Session(user="dave")
+        for _ in range(120):
+            guard.authorize(
+                "SELECT title FROM products WHERE id = 1", None, session, dialect="postgres"
+            )
+        with pytest.raises(Throttled) as info:
+            guard.authorize(
+                "SELECT title FROM products WHERE id = 1", None, session, dialect="postgres"
+            )
+        assert info.value.reason == "throttle.statements"
+        clock.now += 61
+        guard.authorize(
+            "SELECT title FROM products WHERE id = 1", None, session, dialect="postgres"
+        )
+        guard.close()
+
+    @db
+    def test_row_cap_refuses_before_rows_are_handed_over(
+        self, scenario_dsn: str, sink: MemoryAuditSink
+    ) -> None:
+        """A 501-row read of a scoped table is throttled without returning a row."""
+        with psycopg.connect(scenario_dsn, autocommit=True) as admin:
+            admin.execute(
+                "INSERT INTO orders (id, customer_id, status, total_cents) "
+                "SELECT 100000 + g, 42, 'bulk', 1 FROM generate_series(1, 498) g"
+            )
+        guard = Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
+        )
+        with guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn:
+            cur = conn.cursor()
+            with pytest.raises(Throttled) as info:
+                cur.execute("SELECT id FROM orders WHERE customer_id = 42")
+            assert info.value.reason == "throttle.rows"
+            assert cur.fetchall() == []
+            with conn.cursor(name="big") as named:
+                named.execute("SELECT id FROM orders WHERE customer_id = 42")
+                assert len(named.fetchmany(500)) == 500
+                with pytest.raises(Throttled):
+                    named.fetchone()
+        assert sink.reasons() == ["throttle.rows", "throttle.rows"]
+        guard.close()
+
+    def test_sqlite_fetchall_over_cap_returns_nothing(self, sink: MemoryAuditSink) -> None:
+        """On DB-API cursors the cap is enforced at fetch: fetchall over it raises."""
+        shop = sqlite3.connect(":memory:")
+        scenario.load_sqlite(shop)
+        shop.executemany(
+            "INSERT INTO orders (id, customer_id, status, total_cents) VALUES (?, 42, 'bulk', 1)",
+            [(100000 + i,) for i in range(498)],
+        )
+        guard = Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
+        )
+        conn = guard.wrap(shop, user="alice", ticket="T-100")
+        cur = conn.execute("SELECT id FROM orders WHERE customer_id = 42")
+        with pytest.raises(Throttled):
+            cur.fetchall()
+        guard.close()
+
+    def test_two_guards_share_redis(self, redis_url: str, sink: MemoryAuditSink) -> None:
+        """Two guards on one Redis see one count of mallory's customers."""
+        clock = Clock()
+        guards = [
+            Guard.from_directory(
+                scenario.policies_dir(),
+                tickets=scenario.tickets(),
+                audit=sink,
+                throttle_storage=redis_url,
+                throttle_clock=clock,
+            )
+            for _ in range(2)
+        ]
+        for i in range(20):
+            guards[i % 2].authorize(
+                f"SELECT name FROM customers WHERE id = {100 + i}",
+                None,
+                Session(user="mallory", ticket=f"T-4{i:02d}"),
+                dialect="postgres",
+            )
+        with pytest.raises(Throttled):
+            guards[0].authorize(
+                "SELECT name FROM customers WHERE id = 120",
+                None,
+                Session(user="mallory", ticket="T-420"),
+                dialect="postgres",
+            )
+        for guard in guards:
+            guard.close()
+
+    def test_redis_down_refuses(self, sink: MemoryAuditSink) -> None:
+        """With the shared store unreachable, statements are refused and audited."""
+        guard = Guard.from_directory(
+            scenario.policies_dir(),
+            tickets=scenario.tickets(),
+            audit=sink,
+            throttle_storage="redis://127.0.0.1:1/0",
+        )
+        with pytest.raises(Throttled) as info:
+            guard.authorize(
+                "SELECT name FROM customers WHERE id = 42",
+                None,
+                Session(user="alice", ticket="T-100"),
+                dialect="postgres",
+            )
+        assert info.value.reason == "throttle.store_unavailable"
+        assert sink.reasons() == ["throttle.store_unavailable"]
+        guard.close()

@@ -23,40 +23,56 @@ class CountingCursor:
     _session: Session
     _current: Authorized | None = None
     _fetched: int = 0
+    #: the last statement was refused after it ran: its result is withheld
+    _withheld: bool = False
 
     def _begin(self, ok: Authorized) -> None:
         """A new statement was sent: count its rows from zero."""
         self._current = ok
         self._fetched = 0
+        self._withheld = False
+
+    def _withhold(self, ok: Authorized, count: int) -> Exception:
+        """Refuse the rest of the result: nothing more is handed over from this cursor."""
+        self._current = None
+        self._withheld = True
+        return self._guard.over_row_cap(ok, count)
 
     def _count(self, n: int) -> None:
         ok = self._current
         if ok is None or n <= 0:
             return
         if ok.row_cap is not None and self._fetched + n > ok.row_cap:
-            self._current = None
-            raise self._guard.over_row_cap(ok, self._fetched + n)
+            raise self._withhold(ok, self._fetched + n)
         self._fetched += n
         if ok.tally is not None:
             ok.tally.add(n)
 
     def fetchone(self) -> Any:
+        if self._withheld:
+            return None
         row = self._raw.fetchone()
         if row is not None:
             self._count(1)
         return row
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
+        if self._withheld:
+            return []
         rows = list(self._raw.fetchmany() if size is None else self._raw.fetchmany(size))
         self._count(len(rows))
         return rows
 
     def fetchall(self) -> list[Any]:
+        if self._withheld:
+            return []
         rows = list(self._raw.fetchall())
         self._count(len(rows))
         return rows
 
     def __iter__(self) -> Iterator[Any]:
+        if self._withheld:
+            return
         for row in self._raw:
             self._count(1)
             yield row

@@ -93,8 +93,7 @@ class GuardedCursor(CountingCursor):
             and self._raw.rowcount > ok.row_cap
             and ok.facts.kind == "select"
         ):
-            self._current = None
-            raise self._guard.over_row_cap(ok, self._raw.rowcount)
+            raise self._withhold(ok, self._raw.rowcount)
         return self
 
     def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:

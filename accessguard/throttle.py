@@ -1,0 +1,522 @@
+"""Volume limits: distinct customers and statements per rolling window, rows per statement.
+
+The limits are policy: ``limits.toml`` beside ``policy.csv``, its format
+documented at its top, read by :func:`load_limits` (errors name file and line).
+:class:`Throttle` counts per employee in moving windows ("the last hour", not
+"this clock hour"; an entry leaves ``per`` after it was made):
+
+- **statements** it let through;
+- **distinct customers** statements were proven to touch, each kept with the
+  last time it was read: a customer already in the window does not count again.
+
+``check()`` peeks, ``record()`` consumes, ``hit()`` does both in one step (the
+guard calls ``hit``). The statement rate is checked first; a statement it
+refuses consumes nothing (``limits``' ``hit``). A statement the
+distinct-customers limit refuses adds no customer but counts against the
+statement rate: it was issued and audited, and a flood of them is then refused
+by the cheaper check.
+
+Storage: ``memory://`` (default, one process) keeps both windows on the
+injected clock. ``limits``' MemoryStorage calls ``time.time()`` itself, so its
+moving window (at most ``count`` entries younger than ``per``) is reimplemented
+here and tests freeze time instead of sleeping. ``redis://host:port/db`` is
+shared by every instance on that URL: statements use ``limits``'
+``MovingWindowRateLimiter`` (``wrap_exceptions=True``; entries stamped with the
+host's wall clock); distinct customers use a sorted set per employee (member =
+customer id, score = last read), checked and updated atomically by one Lua
+script that is given ``now`` from the injected clock. Keys start with
+``accessguard:<user>/``. Any storage error raises
+:class:`ThrottleStoreUnavailable`: a failing store never lets a statement through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import threading
+import time
+import tomllib
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
+
+import redis
+from limits import RateLimitItemPerSecond
+from limits.errors import StorageError
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from accessguard.catalog import toml_error
+from accessguard.errors import AccessGuardError, ConfigurationError, PolicyError, Reason, Throttled
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
+
+#: The role every employee holds (as in policy.csv): its limits always apply.
+EVERYONE = "everyone"
+
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_DURATION = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$")
+_UNITS = {"day": 86400, "hour": 3600, "minute": 60, "second": 1}
+_WINDOWED = ("distinct_customers", "statements")
+_LIMIT_KEYS = frozenset({*_WINDOWED, "rows_per_statement"})
+_HEADER = re.compile(r"""^\s*\[\[?(?P<key>(?:[^\]"']|"[^"]*"|'[^']*')+)\]""")
+_ASSIGN = re.compile(r"""^\s*(?P<key>(?:[\w\-.\s]|"[^"]*"|'[^']*')+?)\s*=""")
+
+_Mode = Literal["peek", "hit", "record"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Window:
+    """At most ``count`` per rolling ``seconds``."""
+
+    count: int
+    seconds: int
+
+    @property
+    def per(self) -> str:
+        """The window in words, e.g. ``1 hour``."""
+        unit, size = next((u, s) for u, s in _UNITS.items() if self.seconds % s == 0)
+        n = self.seconds // size
+        return f"{n} {unit}{'' if n == 1 else 's'}"
+
+    def __str__(self) -> str:
+        return f"{self.count} per {self.per}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    """One section of the limits file: a role, optionally only under one ticket kind."""
+
+    role: str
+    ticket_kind: str | None = None
+    distinct_customers: Window | None = None
+    statements: Window | None = None
+    rows_per_statement: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EffectiveLimits:
+    """The limits on one statement: the most restrictive of the rules that apply."""
+
+    distinct_customers: Window | None = None
+    statements: Window | None = None
+    rows_per_statement: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Every rule of a limits file. All rules of one limit share one window length."""
+
+    rules: tuple[Rule, ...] = ()
+    version: str = ""
+
+    def for_roles(self, roles: frozenset[str], ticket_kind: str | None) -> EffectiveLimits:
+        """Merge the rules of ``roles`` and ``everyone``: general, or for ``ticket_kind``."""
+        rules = [
+            r
+            for r in self.rules
+            if (r.role in roles or r.role == EVERYONE) and r.ticket_kind in (None, ticket_kind)
+        ]
+        customers = [r.distinct_customers for r in rules if r.distinct_customers]
+        statements = [r.statements for r in rules if r.statements]
+        rows = [r.rows_per_statement for r in rules if r.rows_per_statement is not None]
+        return EffectiveLimits(
+            distinct_customers=min(customers, key=lambda w: w.count, default=None),
+            statements=min(statements, key=lambda w: w.count, default=None),
+            rows_per_statement=min(rows, default=None),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """Why a statement is throttled, and when it could pass."""
+
+    reason: Reason
+    #: the limit that refused it, e.g. ``distinct_customers: 20 per 1 hour``
+    limit: str
+    window_seconds: int
+    #: what the window would hold with this statement (e.g. 21 distinct customers)
+    count: int
+    #: seconds until it could pass; ``math.inf`` when it alone exceeds the limit
+    retry_after: float
+    message: str
+
+    def error(self) -> Throttled:
+        """The exception the guard raises for this verdict."""
+        return Throttled(
+            self.message, reason=self.reason, limit=self.limit, retry_after=self.retry_after
+        )
+
+
+def _verdict(name: str, window: Window, count: int, retry_after: float) -> Verdict:
+    is_rate = name == "statements"
+    return Verdict(
+        reason=Reason.THROTTLE_STATEMENTS if is_rate else Reason.THROTTLE_DISTINCT_CUSTOMERS,
+        limit=f"{name}: {window}",
+        window_seconds=window.seconds,
+        count=count,
+        retry_after=max(0.0, retry_after),
+        message=f"Throttled: this statement would make {count} {name.replace('_', ' ')} "
+        f"in {window.per}; the limit is {window.count}.",
+    )
+
+
+class ThrottleStoreUnavailable(AccessGuardError):
+    """The throttle's store failed (e.g. Redis unreachable): the statement is refused."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason=Reason.THROTTLE_STORE_UNAVAILABLE)
+
+
+class Throttle:
+    """Counts statements and distinct customers per employee against ``limits``."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        storage: str = "memory://",
+        clock: Callable[[], float] = time.time,
+        timeout: float = 1.0,
+    ) -> None:
+        self.limits = limits
+        self._effective: dict[tuple[frozenset[str], str | None], EffectiveLimits] = {}
+        self._store: _MemoryStore | _RedisStore
+        scheme = urlsplit(storage).scheme
+        if scheme == "memory":
+            self._store = _MemoryStore(clock)
+        elif scheme in {"redis", "rediss"}:
+            self._store = _RedisStore(storage, clock, timeout)
+        else:  # not the whole URL: it may hold a password
+            raise ConfigurationError(f"throttle storage must be memory:// or redis://: {scheme}")
+
+    def check(
+        self, user: str, roles: frozenset[str], ticket_kind: str | None, subjects: frozenset[int]
+    ) -> Verdict | None:
+        """Peek: the verdict this statement would get now, or None. Consumes nothing."""
+        return self._run("peek", user, roles, ticket_kind, subjects)
+
+    def hit(
+        self, user: str, roles: frozenset[str], ticket_kind: str | None, subjects: frozenset[int]
+    ) -> Verdict | None:
+        """Check and consume in one step: None when the statement may run (it is counted)."""
+        return self._run("hit", user, roles, ticket_kind, subjects)
+
+    def record(
+        self, user: str, roles: frozenset[str], ticket_kind: str | None, subjects: frozenset[int]
+    ) -> None:
+        """Consume for a statement that ran: its customers are added even past the limit.
+
+        The statement itself is counted as ``hit`` counts it (a full moving window
+        takes no more entries). Prefer ``hit``: ``check`` then ``record`` is not atomic.
+        """
+        self._run("record", user, roles, ticket_kind, subjects)
+
+    def row_cap(self, roles: frozenset[str], ticket_kind: str | None) -> int | None:
+        """The most rows one statement may return from a scoped table, or None."""
+        return self._limits(roles, ticket_kind).rows_per_statement
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        self._store.close()
+
+    def _run(
+        self,
+        mode: _Mode,
+        user: str,
+        roles: frozenset[str],
+        ticket_kind: str | None,
+        subjects: frozenset[int],
+    ) -> Verdict | None:
+        limits = self._limits(roles, ticket_kind)
+        try:
+            verdict = None
+            if limits.statements:
+                verdict = self._store.statements(user, limits.statements, mode)
+            if limits.distinct_customers and subjects and (verdict is None or mode == "record"):
+                verdict = self._store.customers(user, limits.distinct_customers, subjects, mode)
+        except (StorageError, redis.RedisError, OSError) as exc:  # StorageError: from limits
+            cause = exc.storage_error if isinstance(exc, StorageError) else exc
+            message = f"The throttle store is unavailable ({type(cause).__name__}): refused."
+            raise ThrottleStoreUnavailable(message) from exc
+        return verdict
+
+    def _limits(self, roles: frozenset[str], ticket_kind: str | None) -> EffectiveLimits:
+        found = self._effective.get((roles, ticket_kind))
+        if found is None:
+            if len(self._effective) > 1024:  # role sets x ticket kinds: few
+                self._effective.clear()
+            found = self._effective[roles, ticket_kind] = self.limits.for_roles(roles, ticket_kind)
+        return found
+
+
+class _MemoryStore:
+    """One process: both windows on the injected clock, under one lock."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._statements: dict[tuple[str, int], deque[float]] = {}
+        self._customers: dict[str, dict[int, float]] = {}
+
+    def statements(self, user: str, window: Window, mode: _Mode) -> Verdict | None:
+        with self._lock:
+            now = self._clock()
+            times = self._statements.setdefault((user, window.seconds), deque())
+            while times and times[0] <= now - window.seconds:
+                times.popleft()
+            if len(times) >= window.count:  # a slot frees when the (len - count)th oldest leaves
+                retry = times[len(times) - window.count] + window.seconds - now
+                return _verdict("statements", window, len(times) + 1, retry)
+            if mode != "peek":
+                times.append(now)
+        return None
+
+    def customers(
+        self, user: str, window: Window, subjects: frozenset[int], mode: _Mode
+    ) -> Verdict | None:
+        with self._lock:
+            now = self._clock()
+            seen = self._customers.setdefault(user, {})
+            if mode != "record" and (verdict := _customers_verdict(window, now, seen, subjects)):
+                return verdict
+            if mode != "peek":
+                for customer in [c for c, t in seen.items() if t <= now - window.seconds]:
+                    del seen[customer]
+                seen.update(dict.fromkeys(subjects, now))
+        return None
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _customers_verdict(
+    window: Window, now: float, seen: Mapping[int, float], subjects: frozenset[int]
+) -> Verdict | None:
+    """After the statement, the window holds every subject plus the others still in it."""
+    others = sorted(t for c, t in seen.items() if t > now - window.seconds and c not in subjects)
+    total = len(others) + len(subjects)
+    if total <= window.count:
+        return None
+    excess = total - window.count  # this many others must leave the window first
+    retry = others[excess - 1] + window.seconds - now if excess <= len(others) else math.inf
+    return _verdict("distinct_customers", window, total, retry)
+
+
+# _customers_verdict's rule, atomic in Redis. KEYS[1]: the employee's sorted set.
+# ARGV: now, mode, since (now - window), window seconds, count, customer ids.
+# Returns nil, or {customers after the statement, score of the entry whose
+# leaving lets the statement pass (nil: never)}.
+_CUSTOMERS_LUA = """
+local key, mode, since, count = KEYS[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[5])
+local wanted, nsubjects = {}, #ARGV - 5
+for i = 6, #ARGV do wanted[ARGV[i]] = true end
+if mode ~= 'record' then
+  local members, others = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'), {}
+  for i = 1, #members, 2 do
+    if not wanted[members[i]] and tonumber(members[i + 1]) > since then
+      others[#others + 1] = members[i + 1]
+    end
+  end
+  local total = #others + nsubjects
+  if total > count then return {total, others[total - count] or false} end
+end
+if mode ~= 'peek' then
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[3])
+  for i = 6, #ARGV do redis.call('ZADD', key, ARGV[1], ARGV[i]) end
+  redis.call('EXPIRE', key, ARGV[4])
+end
+return false
+"""
+
+
+class _RedisStore:
+    """Shared through Redis: limits' moving window for statements, one Lua script for customers."""
+
+    def __init__(self, url: str, clock: Callable[[], float], timeout: float) -> None:
+        self._clock = clock
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        storage = RedisStorage(
+            url,
+            connection_pool=self._redis.connection_pool,
+            key_prefix="accessguard",
+            wrap_exceptions=True,
+        )
+        self._limiter = MovingWindowRateLimiter(storage)
+        self._customers = self._redis.register_script(_CUSTOMERS_LUA)
+
+    def statements(self, user: str, window: Window, mode: _Mode) -> Verdict | None:
+        # key: accessguard:<user>/statements/<count>/<seconds>/second
+        item = RateLimitItemPerSecond(window.count, window.seconds, namespace=user)
+        take = self._limiter.test if mode == "peek" else self._limiter.hit
+        if take(item, "statements"):
+            return None
+        reset, remaining = self._limiter.get_window_stats(item, "statements")
+        # limits stamps entries with the wall clock, so the wait is measured on it too
+        return _verdict("statements", window, window.count - remaining + 1, reset - time.time())
+
+    def customers(
+        self, user: str, window: Window, subjects: frozenset[int], mode: _Mode
+    ) -> Verdict | None:
+        now = float(self._clock())
+        args: list[str | int] = [repr(now), mode, repr(now - window.seconds), window.seconds]
+        key = f"accessguard:{user}/customers"
+        reply = self._customers(keys=[key], args=[*args, window.count, *sorted(subjects)])
+        if not reply:
+            return None
+        total, oldest = reply
+        retry = math.inf if oldest is None else float(oldest) + window.seconds - now
+        return _verdict("distinct_customers", window, int(total), retry)
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def load_limits(
+    path: Path,
+    *,
+    known_roles: frozenset[str] | None = None,
+    known_ticket_kinds: frozenset[str] | None = None,
+) -> Limits:
+    """Read ``limits.toml``; a malformed file raises PolicyError naming file and line.
+
+    With ``known_roles`` (or ``known_ticket_kinds``), a name not in it is an error too.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"cannot read limits file ({exc.strerror})", path=str(path)) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message, line = toml_error(exc)
+        raise PolicyError(f"not valid TOML: {message}", path=str(path), line=line) from exc
+    reader = _Reader(str(path), text, known_roles, known_ticket_kinds)
+    version = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return Limits(rules=reader.rules(data), version=version)
+
+
+class _Reader:
+    """Turns a parsed limits file into rules; every error names its line."""
+
+    def __init__(
+        self, path: str, text: str, roles: frozenset[str] | None, kinds: frozenset[str] | None
+    ) -> None:
+        self.path, self.known_roles, self.known_kinds = path, roles, kinds
+        self.lines = _key_lines(text)
+        self.windows: dict[str, Window] = {}  # the first window of each limit: all must match
+
+    def error(self, message: str, *keys: str) -> PolicyError:
+        """A PolicyError at the line of the longest known prefix of ``keys``."""
+        for n in range(len(keys), 0, -1):
+            if (line := self.lines.get(keys[:n])) is not None:
+                return PolicyError(message, path=self.path, line=line)
+        return PolicyError(message, path=self.path)
+
+    def rules(self, data: dict[str, object]) -> tuple[Rule, ...]:
+        for key in data.keys() - {"roles"}:
+            raise self.error(f"unknown key {key!r}: the file holds [roles.<role>] sections", key)
+        roles = self.table(data.get("roles", {}), ("roles",))
+        rules: list[Rule] = []
+        for role, value in roles.items():
+            keys = ("roles", role)
+            self.name("role", role, self.known_roles, keys)
+            section = self.table(value, keys)
+            kinds = self.table(section.pop("ticket_kinds", {}), (*keys, "ticket_kinds"))
+            rules.append(self.rule(role, None, section, keys))
+            for kind, sub in kinds.items():
+                sub_keys = (*keys, "ticket_kinds", kind)
+                self.name("ticket kind", kind, self.known_kinds, sub_keys)
+                rules.append(self.rule(role, kind, self.table(sub, sub_keys), sub_keys))
+        # a section that sets nothing (e.g. only ticket_kinds below it) is no rule
+        return tuple(r for r in rules if r != Rule(role=r.role, ticket_kind=r.ticket_kind))
+
+    def table(self, value: object, keys: tuple[str, ...]) -> dict[str, object]:
+        if not isinstance(value, dict):
+            raise self.error(f"[{'.'.join(keys)}] must be a table", *keys)
+        return dict(value)
+
+    def name(
+        self, what: str, name: str, known: frozenset[str] | None, keys: tuple[str, ...]
+    ) -> None:
+        if name == "*":
+            raise self.error(f'"*" is not a {what}: [roles.{EVERYONE}] is every employee', *keys)
+        if not _NAME.match(name):
+            raise self.error(f"{what} {name!r} must be a lower-case name", *keys)
+        if known is not None and name not in known and name != EVERYONE:
+            raise self.error(f"unknown {what} {name!r}", *keys)
+
+    def rule(
+        self, role: str, kind: str | None, section: dict[str, object], keys: tuple[str, ...]
+    ) -> Rule:
+        if unknown := sorted(section.keys() - _LIMIT_KEYS):
+            allowed = ", ".join(sorted(_LIMIT_KEYS | ({"ticket_kinds"} if kind is None else set())))
+            message = f"[{'.'.join(keys)}] has unknown key {unknown[0]!r} (allowed: {allowed})"
+            raise self.error(message, *keys, unknown[0])
+        found = {k: self.window(section[k], (*keys, k)) for k in _WINDOWED if k in section}
+        for name, window in found.items():
+            first = self.windows.setdefault(name, window)
+            if first.seconds != window.seconds:  # else "most restrictive" has no meaning
+                message = f"every {name} limit must use one window ({first.per}), not {window.per}"
+                raise self.error(message, *keys, name)
+        rows = section.get("rows_per_statement")
+        cap = None if rows is None else self.count(rows, (*keys, "rows_per_statement"))
+        return Rule(
+            role=role,
+            ticket_kind=kind,
+            distinct_customers=found.get("distinct_customers"),
+            statements=found.get("statements"),
+            rows_per_statement=cap,
+        )
+
+    def window(self, value: object, keys: tuple[str, ...]) -> Window:
+        if not isinstance(value, dict) or value.keys() != {"count", "per"}:
+            raise self.error(f'{keys[-1]} must be {{ count = N, per = "DURATION" }}', *keys)
+        count = self.count(value["count"], (*keys, "count"))
+        per = value["per"]
+        match = _DURATION.match(per) if isinstance(per, str) else None
+        if match is None or int(match[1]) == 0:
+            message = f'{keys[-1]}.per must be a duration like "1 minute" or "2 hours", not {per!r}'
+            raise self.error(message, *keys, "per")
+        return Window(count=count, seconds=int(match[1]) * _UNITS[match[2]])
+
+    def count(self, value: object, keys: tuple[str, ...]) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            message = f"{'.'.join(keys[-2:])} must be a whole number of at least 1, not {value!r}"
+            raise self.error(message, *keys)
+        return value
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """The first line of every table and key in ``text``, by dotted path."""
+    found: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if header := _HEADER.match(raw):
+            table = path = _dotted(header["key"])
+        elif assign := _ASSIGN.match(raw):
+            path = table + _dotted(assign["key"])
+        else:
+            continue
+        for n in range(1, len(path) + 1):
+            found.setdefault(path[:n], number)
+    return found
+
+
+def _dotted(key: str) -> tuple[str, ...]:
+    """``roles."*".x`` -> ("roles", "*", "x"), as tomllib reads it."""
+    try:
+        node: object = tomllib.loads(f"{key} = 0")
+    except tomllib.TOMLDecodeError:
+        return ()
+    path: list[str] = []
+    while isinstance(node, dict) and len(node) == 1:
+        ((name, node),) = node.items()
+        path.append(str(name))
+    return tuple(path)
