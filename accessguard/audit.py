@@ -217,12 +217,23 @@ class Verification:
 
 def verify(path: str | Path) -> Verification:
     """Check the hash chain of a JSON-lines audit file; name the first broken line."""
+    return verify_events(_parsed(Path(path)))
+
+
+def _parsed(path: Path) -> Iterator[tuple[int, Any]]:
+    for lineno, line in _lines(path):
+        try:
+            yield lineno, json.loads(line)
+        except ValueError:
+            yield lineno, None
+
+
+def verify_events(events: Iterable[tuple[int, Any]]) -> Verification:
+    """Check the chain of (position, event) pairs; None for an unreadable event."""
     prev = GENESIS
     count = 0
-    for lineno, line in _lines(Path(path)):
-        try:
-            event = json.loads(line)
-        except ValueError:
+    for lineno, event in events:
+        if event is None:
             return Verification(False, count, lineno, "not valid JSON")
         if not isinstance(event, dict) or HASH not in event:
             return Verification(False, count, lineno, "no event.hash field")

@@ -8,18 +8,28 @@ event for every refusal, and raises. Adapters (psycopg, DB-API) call
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from accessguard import metrics
 from accessguard.analysis import Facts, Param, analyze, subject_marker
 from accessguard.audit import Auditor, AuditSink, as_sink, utcnow
 from accessguard.decision import Context, Decision, decide
-from accessguard.errors import AccessDenied, AccessGuardError, Reason, Throttled
+from accessguard.errors import (
+    AccessDenied,
+    AccessGuardError,
+    ConfigurationError,
+    Reason,
+    Throttled,
+)
 from accessguard.ledger import Access, Ledger, Tally
 from accessguard.policy import EVERYONE, Policy, load_policy
 from accessguard.throttle import Limits, Throttle, ThrottleStoreUnavailable, load_limits
@@ -97,6 +107,9 @@ class Guard:
         )
         self._cache: OrderedDict[tuple[str, str, bool, str], Facts] = OrderedDict()
         self._plans: dict[tuple[str, str, str, str | None, object], Plan] = {}
+        self._bound: ContextVar[Session | None] = ContextVar(
+            f"accessguard_session_{id(self)}", default=None
+        )
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
@@ -127,7 +140,9 @@ class Guard:
         facts = self._cache.get(key)
         if facts is not None:
             return facts
+        started = time.perf_counter()
         facts = analyze(sql, catalog=self.policy.catalog, dialect=dialect, params=params)
+        metrics.ANALYSIS.observe(time.perf_counter() - started)
         with self._lock:
             self._cache[key] = facts
             if len(self._cache) > self._cache_size:
@@ -169,7 +184,10 @@ class Guard:
             params=params,
         )
         facts = self.analyze(sql, dialect=dialect, params=params is not None)
-        return facts, decide(facts, context, self.policy), context
+        started = time.perf_counter()
+        decision = decide(facts, context, self.policy)
+        metrics.DECIDE.observe(time.perf_counter() - started)
+        return facts, decision, context
 
     def authorize(self, sql: str, params: Params, session: Session, *, dialect: str) -> Authorized:
         """Decide; on refusal audit and raise; on allow return what to send.
@@ -212,6 +230,7 @@ class Guard:
                 self._plans.clear()
             self._plans[key] = plan
         row_cap = self._throttle(plan) if self.throttle is not None else None
+        metrics.ALLOWED.inc()
         if self.audit_allowed:
             self._audit(plan.decision, plan.context, plan.facts)
         return Authorized(
@@ -357,6 +376,9 @@ class Guard:
         window: int | None = None,
         count: int | None = None,
     ) -> None:
+        metrics.DECISIONS.labels(outcome=decision.outcome, reason=str(decision.reason or "")).inc()
+        if decision.outcome == "throttled":
+            metrics.THROTTLED.labels(reason=str(decision.reason)).inc()
         redacted = facts.redacted if facts is not None else None
         ticket = context.ticket
         fields: dict[str, Any] = {
@@ -387,7 +409,10 @@ class Guard:
             fields["accessguard.limit"] = decision.limit
             fields["accessguard.window.seconds"] = window
             fields["accessguard.count"] = count
-            fields["accessguard.retry_after"] = decision.retry_after
+            retry = decision.retry_after
+            fields["accessguard.retry_after"] = (
+                retry if retry is not None and math.isfinite(retry) else None
+            )
         self.auditor.emit(**fields)
 
     # ------------------------------------------------------------------ connections
@@ -411,6 +436,31 @@ class Guard:
 
         return wrap_connection(self, connection, session, dialect=dialect)
 
+    # ------------------------------------------------------------------ sessions
+
+    @contextmanager
+    def acting_as(self, *, user: str, ticket: str | None = None) -> Iterator[Session]:
+        """Bind the employee for this context (thread or asyncio task) and what it calls.
+
+        Instrumented sessions (SQLAlchemy, Django, pools) take the employee from
+        here; nested bindings restore the outer one on exit.
+        """
+        token = self._bound.set(Session(user=user, ticket=ticket))
+        try:
+            yield self._bound.get()  # type: ignore[misc] # set just above
+        finally:
+            self._bound.reset(token)
+
+    def current_session(self) -> Session:
+        """The employee bound by ``acting_as``; ConfigurationError when none is."""
+        session = self._bound.get()
+        if session is None:
+            raise ConfigurationError(
+                "No employee is bound: wrap the work in guard.acting_as(user=..., ticket=...).",
+                reason="session.unbound",
+            )
+        return session
+
     def close(self) -> None:
         """Flush the access ledger and release what the guard holds."""
         try:
@@ -418,9 +468,10 @@ class Guard:
         finally:
             if self.throttle is not None:
                 self.throttle.close()
-            close = getattr(self.tickets, "close", None)
-            if callable(close):
-                close()
+            for owned in (self.tickets, self.ledger.sink, self.auditor.sink):
+                close = getattr(owned, "close", None)
+                if callable(close):
+                    close()
 
     def __enter__(self) -> Guard:
         return self

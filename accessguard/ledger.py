@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from accessguard.audit import AuditSink, Event
+from accessguard.errors import AuditError
 
 #: identity of an aggregated entry
 Key = tuple[str, str | None, str, int, str]
@@ -98,6 +99,7 @@ class Ledger:
         self._pending: dict[Key, Entry] = {}
         self._wake = threading.Event()
         self._closed = False
+        self._failure: Exception | None = None
         self._thread = threading.Thread(target=self._run, name="accessguard-ledger", daemon=True)
         self._thread.start()
         _LEDGERS.add(self)
@@ -105,7 +107,13 @@ class Ledger:
     # ------------------------------------------------------------------ recording
 
     def record(self, accesses: tuple[Access, ...]) -> Tally:
-        """Count one statement for each access; return the tally its cursor adds rows to."""
+        """Count one statement for each access; return the tally its cursor adds rows to.
+
+        Raises AuditError while the sink is failing (after one synchronous retry):
+        a statement that could not be accounted for is not run.
+        """
+        if self._failure is not None:
+            self._recover()
         self._bump(accesses, statements=1, rows=0)
         return Tally(self, accesses)
 
@@ -139,7 +147,9 @@ class Ledger:
             events = [self._event(e) for e in batch.values()]
             try:
                 self.sink.write(events)
-            except Exception:
+                self._failure = None
+            except Exception as exc:
+                self._failure = exc
                 with self._lock:  # put the counts back: nothing is lost
                     for key, entry in batch.items():
                         mine = self._pending.get(key)
@@ -179,6 +189,15 @@ class Ledger:
             "accessguard.last": _iso(entry.last),
             "accessguard.policy.version": access.policy_version,
         }
+
+    def _recover(self) -> None:
+        try:
+            self.flush()
+        except Exception as exc:
+            raise AuditError(
+                "The access ledger cannot be written; statements on customer data are refused "
+                f"until it can ({type(exc).__name__})."
+            ) from exc
 
     def _run(self) -> None:
         while not self._closed:

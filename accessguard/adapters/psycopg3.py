@@ -13,6 +13,7 @@ client-side binding cursor (``ClientCursor``) is analyzed on its merged text.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -179,6 +180,14 @@ class GuardedCursor(CountingCursor):
         self.close()
 
 
+class GuardedTransaction:
+    """What ``with conn.transaction() as tx`` yields: never the raw connection."""
+
+    def __init__(self, conn: GuardedConnection, savepoint_name: str | None) -> None:
+        self.connection = conn
+        self.savepoint_name = savepoint_name
+
+
 class GuardedConnection:
     """A psycopg 3 connection acting for one employee on one ticket."""
 
@@ -216,8 +225,13 @@ class GuardedConnection:
             kind="pipeline",
         )
 
-    def transaction(self, *args: Any, **kwargs: Any) -> Any:
-        return self._raw.transaction(*args, **kwargs)
+    @contextmanager
+    def transaction(
+        self, savepoint_name: str | None = None, *, force_rollback: bool = False
+    ) -> Iterator[GuardedTransaction]:
+        """psycopg's transaction block; what it yields leads back to this guarded connection."""
+        with self._raw.transaction(savepoint_name, force_rollback=force_rollback) as tx:
+            yield GuardedTransaction(self, tx.savepoint_name)
 
     def commit(self) -> None:
         self._raw.commit()

@@ -10,8 +10,7 @@ import hashlib
 
 import sqlglot
 from sqlglot.errors import SqlglotError
-from sqlglot.tokenizer_core import Token
-from sqlglot.tokenizer_core import TokenType
+from sqlglot.tokenizer_core import Token, TokenType
 
 _LITERALS = frozenset(
     {
