@@ -63,7 +63,8 @@ class TestPostgresSink:
             parts = {
                 r[0]
                 for r in conn.execute(
-                    "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE 'events_2026_%'"
+                    "SELECT relname FROM pg_class "
+                    "WHERE relkind = 'r' AND relname LIKE 'events_2026_%'"
                 )
             }
         assert parts == {"events_2026_11", "events_2026_12"}
