@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,44 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--format", default="text", choices=["text", "json"])
     check.add_argument("sql", help="the statement ($1, $2 ... for parameters)")
 
+    explain = sub.add_parser("explain", help="what the guard sees in one statement, and why")
+    explain.add_argument("--policies", required=True, type=Path, help="policy directory")
+    explain.add_argument("--tickets", required=True, type=Path, help="tickets (YAML or JSON)")
+    explain.add_argument("--user", required=True, help="the employee")
+    explain.add_argument("--ticket", default=None, help="the ticket the employee works under")
+    explain.add_argument("--dialect", default="postgres", choices=["postgres", "sqlite"])
+    explain.add_argument("sql", help="the statement")
+
+    test = sub.add_parser("test", help="run policy test files (YAML cases) against a policy")
+    test.add_argument("--policies", required=True, type=Path, help="policy directory")
+    test.add_argument("files", nargs="+", type=Path, metavar="FILE", help="policy test files")
+
+    lint = sub.add_parser("lint", help="check a policy directory for mistakes")
+    lint.add_argument("--policies", required=True, type=Path, help="policy directory")
+
+    replay = sub.add_parser("replay", help="re-decide audited statements under a new policy")
+    replay.add_argument("--audit", required=True, type=Path, help="a JSON-lines audit file")
+    replay.add_argument("--policies", required=True, type=Path, help="the proposed policy")
+    replay.add_argument(
+        "--current",
+        type=Path,
+        default=None,
+        help="compare with this policy instead of the recorded outcomes",
+    )
+    replay.add_argument(
+        "--tickets",
+        type=Path,
+        default=None,
+        help="tickets as they are now (default: as the events describe them)",
+    )
+
     demo = sub.add_parser("demo", help="run the reference scenario on an embedded SQLite")
+    demo.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="write the HTML report here (default: in the temp directory)",
+    )
     demo.add_argument(
         "--audit",
         type=Path,
@@ -40,9 +77,38 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="read and verify audit trails")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    verify = audit_sub.add_parser("verify", help="check the hash chain of an audit file")
-    verify.add_argument("file", type=Path)
+    verify = audit_sub.add_parser("verify", help="check the hash chain of an audit trail")
+    verify.add_argument("file", type=Path, nargs="?", help="a JSON-lines audit file")
+    verify.add_argument("--dsn", help="read the PostgreSQL sink instead of a file")
+
+    who = audit_sub.add_parser("who-read", help="every employee who read one customer's data")
+    _source_options(who)
+    who.add_argument("--customer", required=True, help="the customer id")
+    who.add_argument(
+        "--product",
+        action="store_true",
+        help="--customer names a product (reviews are scoped by product)",
+    )
+    who.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
+    who.add_argument("--format", default="text", choices=["text", "json"])
+
+    what = audit_sub.add_parser("what-read", help="every customer one employee read")
+    _source_options(what)
+    what.add_argument("--user", required=True, help="the employee")
+    what.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
+    what.add_argument("--format", default="text", choices=["text", "json"])
+
+    report = audit_sub.add_parser("report", help="write a self-contained HTML report")
+    _source_options(report)
+    report.add_argument("--out", required=True, type=Path, help="the HTML file to write")
+    report.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
     return parser
+
+
+def _source_options(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audit", type=Path, help="a JSON-lines audit file")
+    source.add_argument("--dsn", help="the PostgreSQL sink")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,17 +116,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args)
+        if args.command in _TOOLS:
+            code, text = _TOOLS[args.command](args)
+            print(text)
+            return code
         if args.command == "demo":
             from accessguard.demo import run
 
-            return run(audit_path=args.audit)
-        return _audit_verify(args)
+            return run(audit_path=args.audit, report_path=args.report)
+        if args.audit_command == "verify":
+            return _audit_verify(args)
+        return _investigate(args)
+    except ValueError as exc:  # a bad --since, --customer
+        print(f"accessguard: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except AccessGuardError as exc:
         print(f"accessguard: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         print(f"accessguard: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _explain(args: argparse.Namespace) -> tuple[int, str]:
+    from accessguard.authoring import explain_command
+
+    return explain_command(args)
+
+
+def _test(args: argparse.Namespace) -> tuple[int, str]:
+    from accessguard.authoring import policy_test_command
+
+    return policy_test_command(args)
+
+
+def _lint(args: argparse.Namespace) -> tuple[int, str]:
+    from accessguard.lint import lint_command
+
+    return lint_command(args)
+
+
+def _replay(args: argparse.Namespace) -> tuple[int, str]:
+    from accessguard.replay import replay_command
+
+    return replay_command(args)
+
+
+_TOOLS: dict[str, Callable[[argparse.Namespace], tuple[int, str]]] = {
+    "explain": _explain,
+    "test": _test,
+    "lint": _lint,
+    "replay": _replay,
+}
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -93,17 +200,58 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from accessguard.audit import verify
+    from accessguard.audit import verify, verify_events
 
-    result = verify(args.file)
+    if (args.file is None) == (args.dsn is None):
+        print("accessguard: audit verify takes a FILE or --dsn", file=sys.stderr)
+        return EXIT_USAGE
+    if args.dsn is not None:
+        from accessguard.pgsink import read_events as read_pg
+
+        name = "accessguard.events"
+        result = verify_events(enumerate(read_pg(args.dsn), 1))
+    else:
+        name = str(args.file)
+        result = verify(args.file)
     if result.ok:
-        print(f"{args.file}: chain intact, {result.events} events")
+        print(f"{name}: chain intact, {result.events} events")
         return EXIT_OK
     print(
-        f"{args.file}:{result.broken_line}: chain broken: {result.problem} "
+        f"{name}:{result.broken_line}: chain broken: {result.problem} "
         f"({result.events} events verified before it)"
     )
     return EXIT_REFUSED
+
+
+def _investigate(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from accessguard import investigate
+
+    if args.dsn is not None:
+        from accessguard.pgsink import read_events as read_pg
+
+        events = list(read_pg(args.dsn))
+    else:
+        events = investigate.events_from_file(args.audit)
+    since = investigate.cutoff(args.since, now=dt.datetime.now(dt.UTC))
+    if args.audit_command == "report":
+        from accessguard.report import write_report
+
+        write_report(events, args.out, since=since)
+        print(f"wrote {args.out}")
+        return EXIT_OK
+    rows: list[investigate.Reader] | list[investigate.Touch]
+    if args.audit_command == "who-read":
+        scope = "product" if args.product else "customer"
+        rows = investigate.who_read(events, customer=int(args.customer), since=since, scope=scope)
+    else:
+        rows = investigate.what_read(events, user=args.user, since=since)
+    if args.format == "json":
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        print(investigate.render_table(rows) if rows else "no reads recorded")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

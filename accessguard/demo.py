@@ -18,6 +18,8 @@ from accessguard import scenario
 from accessguard.audit import read_events, verify
 from accessguard.errors import AccessGuardError
 from accessguard.guard import Guard
+from accessguard.investigate import render_table, who_read
+from accessguard.report import write_report
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,12 @@ STORY = (
         "UPDATE reviews SET hidden = TRUE WHERE product_id = 9 AND id = 91",
     ),
     Step(
+        "erin checks the account flags of the same customer under T-300",
+        "erin",
+        "T-300",
+        "SELECT customer_id, banned, reason FROM account_flags WHERE customer_id = 42",
+    ),
+    Step(
         "carol hides it under her review_abuse ticket T-200",
         "carol",
         "T-200",
@@ -83,8 +91,9 @@ STORY = (
 )
 
 
-def run(*, audit_path: Path | None = None) -> int:
-    """Run the story; print each decision, the audit trail and its verification."""
+def run(*, audit_path: Path | None = None, report_path: Path | None = None) -> int:
+    """Run the story; print each decision, the audit trail, who read customer 42, a report."""
+    report = report_path or Path(tempfile.gettempdir()) / "accessguard-demo-report.html"
     with tempfile.TemporaryDirectory(prefix="accessguard-demo-") as tmp:
         audit = audit_path or Path(tmp) / "audit.jsonl"
         db = sqlite3.connect(Path(tmp) / "shop.db")
@@ -95,6 +104,8 @@ def run(*, audit_path: Path | None = None) -> int:
         print("accessguard demo: the marketplace support desk, on an embedded SQLite\n")
         for number, step in enumerate(STORY, 1):
             _play(number, step, guard, db)
+        _mallory(guard, db)
+        guard.close()  # flushes the access ledger
         db.close()
         _show_trail(audit)
         result = verify(audit)
@@ -103,7 +114,27 @@ def run(*, audit_path: Path | None = None) -> int:
             + ("chain intact" if result.ok else f"BROKEN at line {result.broken_line}")
             + f", {result.events} events"
         )
+        events = list(read_events(audit))
+        print("\nwho read customer 42?")
+        print(render_table(who_read(events, customer=42, since=None)))
+        write_report(events, report)
+        print(f"\nreport: {report}")
         return 0 if result.ok else 1
+
+
+def _mallory(guard: Guard, db: sqlite3.Connection) -> None:
+    """mallory works through her thirty tickets in one sitting; the 21st customer waits."""
+    print("mallory reads the customers of her thirty open tickets, one after another")
+    refused = 0
+    for i in range(30):
+        conn = guard.wrap(db, user="mallory", ticket=f"T-4{i:02d}")
+        try:
+            conn.execute("SELECT name, email FROM customers WHERE id = ?", (100 + i,)).fetchall()
+        except AccessGuardError as exc:
+            if not refused:
+                print(f"   customer {100 + i}: REFUSED {exc.reason}: {exc.message}")
+            refused += 1
+    print(f"   -> {30 - refused} customers read, {refused} refused\n")
 
 
 def _play(number: int, step: Step, guard: Guard, db: sqlite3.Connection) -> None:
@@ -128,14 +159,18 @@ def _play(number: int, step: Step, guard: Guard, db: sqlite3.Connection) -> None
 
 def _show_trail(audit: Path) -> None:
     events = list(read_events(audit))
-    print(f"audit trail ({audit.name}, {len(events)} events, one per refusal):")
-    for event in events:
+    refusals = [e for e in events if e.get("event.action") == "query"]
+    ledger = [e for e in events if e.get("event.action") == "ledger"]
+    print(f"audit trail ({audit.name}): {len(refusals)} refusals, {len(ledger)} ledger entries")
+    for event in refusals[:8]:
         print(
-            f"  {event['@timestamp'][11:23]}  {event['accessguard.outcome']:<8} "
-            f"{event['user.name']:<6} {event['accessguard.ticket.id'] or '-':<6} "
-            f"{event['event.reason']:<24} {event['db.query.text'] or '<unreadable>'}"
+            f"  {event['@timestamp'][11:23]}  {event['accessguard.outcome']:<9} "
+            f"{event['user.name']:<7} {event['accessguard.ticket.id'] or '-':<6} "
+            f"{event['event.reason']:<28} {event['db.query.text'] or '<unreadable>'}"
         )
         print(
             f"  {'':12}  hash {event['event.hash'][:16]}  "
             f"prev {event['accessguard.chain.prev'][:16]}"
         )
+    if len(refusals) > 8:
+        print(f"  ... {len(refusals) - 8} more")

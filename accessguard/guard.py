@@ -27,6 +27,7 @@ from accessguard.errors import (
     AccessDenied,
     AccessGuardError,
     ConfigurationError,
+    PolicyError,
     Reason,
     Throttled,
 )
@@ -37,6 +38,8 @@ from accessguard.tickets import Ticket, TicketStore, as_store
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from accessguard.watch import PolicyWatcher
 
 Params = Sequence[Any] | Mapping[str, Any] | None
 
@@ -106,7 +109,8 @@ class Guard:
             pseudonym_key=ledger_pseudonym_key,
         )
         self._cache: OrderedDict[tuple[str, str, bool, str], Facts] = OrderedDict()
-        self._plans: dict[tuple[str, str, str, str | None, object], Plan] = {}
+        self._plans: dict[tuple[str, str, str, str | None, object, str], Plan] = {}
+        self.directory: Path | None = None
         self._bound: ContextVar[Session | None] = ContextVar(
             f"accessguard_session_{id(self)}", default=None
         )
@@ -130,18 +134,76 @@ class Guard:
         limits_file = Path(path) / LIMITS_FILE
         if "limits" not in options and limits_file.exists():
             options["limits"] = load_limits(limits_file, known_roles=policy.known_roles)
-        return cls(policy, tickets=tickets, audit=audit, **options)
+        guard = cls(policy, tickets=tickets, audit=audit, **options)
+        guard.directory = Path(path)
+        return guard
+
+    def reload(self) -> bool:
+        """Load the policy directory again; swap it in atomically, or keep the last good one.
+
+        A malformed edit is reported (an audit event naming the file and line,
+        and the return value False) and the running policy stays in force. The
+        next statement after a successful reload is decided by the new policy.
+        """
+        if self.directory is None:
+            raise ConfigurationError("reload() needs a guard made with Guard.from_directory")
+        old = self.policy.version
+        try:
+            policy = load_policy(self.directory)
+            limits_file = self.directory / LIMITS_FILE
+            limits = (
+                load_limits(limits_file, known_roles=policy.known_roles)
+                if limits_file.exists()
+                else None
+            )
+        except PolicyError as exc:
+            self.auditor.emit(
+                **{
+                    "event.kind": "event",
+                    "event.category": ["configuration"],
+                    "event.action": "policy.reload",
+                    "event.outcome": "failure",
+                    "event.reason": "policy.invalid",
+                    "message": exc.message,
+                    "accessguard.policy.version": old,
+                }
+            )
+            return False
+        if self.throttle is not None and limits is not None:
+            self.throttle.set_limits(limits)
+        self.policy = policy
+        self._plans = {}
+        if policy.version != old:
+            self.auditor.emit(
+                **{
+                    "event.kind": "event",
+                    "event.category": ["configuration"],
+                    "event.action": "policy.reload",
+                    "event.outcome": "success",
+                    "message": f"policy {old} replaced by {policy.version}",
+                    "accessguard.policy.version": policy.version,
+                }
+            )
+        return True
 
     # ------------------------------------------------------------------ deciding
 
-    def analyze(self, sql: str, *, dialect: str = "postgres", params: bool = False) -> Facts:
+    def analyze(
+        self,
+        sql: str,
+        *,
+        dialect: str = "postgres",
+        params: bool = False,
+        policy: Policy | None = None,
+    ) -> Facts:
         """Facts for ``sql``, cached by its text (and the schema version)."""
-        key = (sql, dialect, params, self.policy.catalog.version)
+        catalog = (policy or self.policy).catalog
+        key = (sql, dialect, params, catalog.version)
         facts = self._cache.get(key)
         if facts is not None:
             return facts
         started = time.perf_counter()
-        facts = analyze(sql, catalog=self.policy.catalog, dialect=dialect, params=params)
+        facts = analyze(sql, catalog=catalog, dialect=dialect, params=params)
         metrics.ANALYSIS.observe(time.perf_counter() - started)
         with self._lock:
             self._cache[key] = facts
@@ -170,22 +232,28 @@ class Guard:
             sql, params = convert_query(sql, params)
         found = self.tickets.get(ticket) if ticket is not None else None
         session = Session(user=user, ticket=ticket)
-        _facts, decision, _ctx = self._decide(sql, params, session, dialect, found)
+        _facts, decision, _ctx = self._decide(sql, params, session, dialect, found, self.policy)
         return decision
 
-    def _decide(
-        self, sql: str, params: Params, session: Session, dialect: str, ticket: Ticket | None
+    def _decide(  # noqa: PLR0913, PLR0917 - one decision's inputs
+        self,
+        sql: str,
+        params: Params,
+        session: Session,
+        dialect: str,
+        ticket: Ticket | None,
+        policy: Policy,
     ) -> tuple[Facts, Decision, Context]:
         context = Context(
             user=session.user,
-            roles=self.policy.roles_of(session.user),
+            roles=policy.roles_of(session.user),
             ticket_id=session.ticket,
             ticket=ticket,
             params=params,
         )
-        facts = self.analyze(sql, dialect=dialect, params=params is not None)
+        facts = self.analyze(sql, dialect=dialect, params=params is not None, policy=policy)
         started = time.perf_counter()
-        decision = decide(facts, context, self.policy)
+        decision = decide(facts, context, policy)
         metrics.DECIDE.observe(time.perf_counter() - started)
         return facts, decision, context
 
@@ -199,12 +267,15 @@ class Guard:
         carries the row scope still equals the ticket's subject; otherwise it
         is decided afresh.
         """
+        policy = self.policy  # one policy for the whole decision, even across a reload
         try:
             ticket = self.tickets.get(session.ticket) if session.ticket is not None else None
-            key = (sql, dialect, session.user, session.ticket, _shape(params))
+            key = (sql, dialect, session.user, session.ticket, _shape(params), policy.version)
             plan = self._plans.get(key)
             if plan is None or not plan.holds(ticket, params):
-                facts, decision, context = self._decide(sql, params, session, dialect, ticket)
+                facts, decision, context = self._decide(
+                    sql, params, session, dialect, ticket, policy
+                )
                 plan = None
         except AccessGuardError:
             raise
@@ -225,7 +296,7 @@ class Guard:
                 raise AccessDenied(
                     decision.message, reason=decision.reason or Reason.INTERNAL_ERROR
                 )
-            plan = self._plan(facts, decision, context, ticket)
+            plan = self._plan(facts, decision, context, ticket, policy)
             if len(self._plans) >= self._cache_size:
                 self._plans.clear()
             self._plans[key] = plan
@@ -244,7 +315,12 @@ class Guard:
         )
 
     def _plan(
-        self, facts: Facts, decision: Decision, context: Context, ticket: Ticket | None
+        self,
+        facts: Facts,
+        decision: Decision,
+        context: Context,
+        ticket: Ticket | None,
+        policy: Policy,
     ) -> Plan:
         valid = context.valid
         subjects = dict(decision.subjects)
@@ -267,7 +343,7 @@ class Guard:
                 fingerprint=facts.fingerprint or "",
                 tables=decision.tables,
                 columns=decision.columns,
-                policy_version=self.policy.version,
+                policy_version=policy.version,
             )
             for scope, subject in decision.subjects
         )
@@ -435,6 +511,12 @@ class Guard:
         from accessguard.adapters import wrap_connection
 
         return wrap_connection(self, connection, session, dialect=dialect)
+
+    def watch(self, *, interval: float = 2.0, dsn: str | None = None) -> PolicyWatcher:
+        """Reload on changes to the policy directory (and on NOTIFY when ``dsn`` is given)."""
+        from accessguard.watch import PolicyWatcher
+
+        return PolicyWatcher(self, interval=interval, dsn=dsn).start()
 
     # ------------------------------------------------------------------ sessions
 

@@ -216,6 +216,11 @@ class Throttle:
         """
         self._run("record", user, roles, ticket_kind, subjects)
 
+    def set_limits(self, limits: Limits) -> None:
+        """Apply new limits (a policy reload); the counts so far are kept."""
+        self._effective = {}
+        self.limits = limits
+
     def row_cap(self, roles: frozenset[str], ticket_kind: str | None) -> int | None:
         """The most rows one statement may return from a scoped table, or None."""
         return self._limits(roles, ticket_kind).rows_per_statement

@@ -110,3 +110,72 @@ class TestDemo:
         assert "REFUSED column.not_allowed" in out
         assert "chain intact" in out
         assert "tok_" not in out
+
+
+@pytest.fixture(scope="module")
+def trail(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's audit trail: alice and erin read customer 42, mallory twenty customers."""
+    audit = tmp_path_factory.mktemp("demo") / "audit.jsonl"
+    report = audit.parent / "report.html"
+    assert main(["demo", "--audit", str(audit), "--report", str(report)]) == 0
+    return audit
+
+
+class TestAuditQuestions:
+    def test_who_read_names_alice_and_erin(
+        self, trail: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """who-read --customer 42 --format json lists exactly alice and erin with counts."""
+        capsys.readouterr()
+        assert (
+            main(
+                ["audit", "who-read", "--audit", str(trail), "--customer", "42", "--format", "json"]
+            )
+            == 0
+        )
+        rows = json.loads(capsys.readouterr().out)
+        assert [(r["user"], r["ticket"]) for r in rows] == [("alice", "T-100"), ("erin", "T-300")]
+        assert [r["statements"] for r in rows] == [2, 1]
+        assert [r["rows"] for r in rows] == [4, 1]
+        assert {"columns", "first", "last"} <= set(rows[0])
+
+    def test_what_read_lists_mallorys_twenty_customers(
+        self, trail: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """what-read --user mallory lists the twenty customers she was allowed to read."""
+        capsys.readouterr()
+        assert (
+            main(
+                [
+                    "audit",
+                    "what-read",
+                    "--audit",
+                    str(trail),
+                    "--user",
+                    "mallory",
+                    "--since",
+                    "1h",
+                    "--format",
+                    "json",
+                ]
+            )
+            == 0
+        )
+        rows = json.loads(capsys.readouterr().out)
+        assert sorted(r["customer"] for r in rows) == list(range(100, 120))
+
+    def test_report_is_written(self, trail: Path, tmp_path: Path) -> None:
+        """audit report writes one self-contained HTML file that highlights mallory."""
+        out = tmp_path / "report.html"
+        assert main(["audit", "report", "--audit", str(trail), "--out", str(out)]) == 0
+        html = out.read_text()
+        assert "far above peers" in html
+        assert "mallory" in html
+        assert "http://" not in html
+
+    def test_bad_since_is_a_usage_error(self, trail: Path) -> None:
+        """An unreadable --since exits 2."""
+        assert (
+            main(["audit", "what-read", "--audit", str(trail), "--user", "x", "--since", "soon"])
+            == 2
+        )

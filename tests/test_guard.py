@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,6 +25,7 @@ from accessguard import (
 )
 from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink
+from accessguard.watch import PolicyWatcher, notify_policy_change
 
 db = pytest.mark.db
 
@@ -494,3 +496,95 @@ class TestLimits:
         assert info.value.reason == "throttle.store_unavailable"
         assert sink.reasons() == ["throttle.store_unavailable"]
         guard.close()
+
+
+class TestReload:
+    """A changed policy directory takes effect atomically; a bad edit keeps the last good one."""
+
+    @pytest.fixture
+    def policy_dir(self, tmp_path: Path) -> Path:
+        target = tmp_path / "policies"
+        shutil.copytree(scenario.policies_dir(), target)
+        return target
+
+    def test_new_rule_takes_effect_on_next_statement(
+        self, policy_dir: Path, sink: MemoryAuditSink
+    ) -> None:
+        """After reload, a cached plan of the old policy is not served."""
+        guard = Guard.from_directory(policy_dir, tickets=scenario.tickets(), audit=sink)
+        session = Session(user="dave")
+        q = "SELECT name FROM sellers WHERE id = 1"
+        with pytest.raises(AccessDenied):
+            guard.authorize(q, None, session, dialect="postgres")
+        with (policy_dir / "policy.csv").open("a") as fh:
+            fh.write("p, analyst, -, sellers.name, read\np, analyst, -, sellers.id, read\n")
+        old = guard.policy.version
+        assert guard.reload()
+        guard.authorize(q, None, session, dialect="postgres")
+        assert guard.policy.version != old
+        (policy_dir / "policy.csv").write_text(
+            (policy_dir / "policy.csv")
+            .read_text()
+            .replace("p, analyst, -, sellers.name, read\n", "")
+        )
+        assert guard.reload()
+        with pytest.raises(AccessDenied):
+            guard.authorize(q, None, session, dialect="postgres")
+        guard.close()
+
+    def test_bad_edit_keeps_last_good_policy(self, policy_dir: Path, sink: MemoryAuditSink) -> None:
+        """A malformed edit is reported with file and line; enforcement continues unchanged."""
+        guard = Guard.from_directory(policy_dir, tickets=scenario.tickets(), audit=sink)
+        version = guard.policy.version
+        with (policy_dir / "policy.csv").open("a") as fh:
+            fh.write("p, analyst, -, sellers.*\n")
+        assert not guard.reload()
+        assert guard.policy.version == version
+        event = sink.events[-1]
+        assert event["event.action"] == "policy.reload"
+        assert event["event.outcome"] == "failure"
+        assert "policy.csv:" in event["message"]
+        guard.authorize(
+            "SELECT name FROM customers WHERE id = 42",
+            None,
+            Session(user="alice", ticket="T-100"),
+            dialect="postgres",
+        )
+        guard.close()
+
+    def test_watcher_reloads_on_file_change(self, policy_dir: Path, sink: MemoryAuditSink) -> None:
+        """The directory watcher notices an edit and reloads without a restart."""
+        guard = Guard.from_directory(policy_dir, tickets=scenario.tickets(), audit=sink)
+        watcher = PolicyWatcher(guard, interval=3600)
+        assert not watcher.poll()
+        with (policy_dir / "policy.csv").open("a") as fh:
+            fh.write("p, analyst, -, sellers.name, read\n")
+        assert watcher.poll()
+        assert guard.check("SELECT name FROM sellers", user="dave").allowed
+        guard.close()
+
+    @db
+    def test_instances_reload_together_through_notify(
+        self, policy_dir: Path, sink: MemoryAuditSink, scenario_dsn: str
+    ) -> None:
+        """Two guards listening on PostgreSQL reload when one deploy script notifies."""
+        guards = [
+            Guard.from_directory(policy_dir, tickets=scenario.tickets(), audit=sink)
+            for _ in range(2)
+        ]
+        watchers = [PolicyWatcher(g, interval=3600, dsn=scenario_dsn).start() for g in guards]
+        try:
+            for w in watchers:
+                assert w.ready.wait(10)
+            with (policy_dir / "policy.csv").open("a") as fh:
+                fh.write("p, analyst, -, sellers.name, read\n")
+            notify_policy_change(scenario_dsn)
+            for w in watchers:
+                assert w.reloaded.wait(10)
+            for g in guards:
+                assert g.check("SELECT name FROM sellers", user="dave").allowed
+        finally:
+            for w in watchers:
+                w.stop()
+            for g in guards:
+                g.close()

@@ -41,7 +41,7 @@ def rewrite(
         assert isinstance(param, exp.Parameter | exp.Placeholder)  # noqa: S101 - find_all's type
         keys.append(param_key(param))
         param.replace(_column(f"__ag_p{len(keys) - 1}__"))
-    text = tree.sql(dialect=dialect, comments=False)
+    text = tree.sql(dialect=dialect, comments=False, copy=False)  # our own tree: no deepcopy
     if escape_percent:
         text = text.replace("%", "%%")
     order: list[int | str] = []
