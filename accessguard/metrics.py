@@ -8,7 +8,7 @@ every call here is a no-op.
 name                                        type       labels
 ==========================================  =========  ================================
 accessguard_decisions_total                 counter    outcome, reason
-accessguard_rows_fetched_total              counter    (rows handed over by guarded cursors)
+accessguard_rows_fetched_total              counter    (scoped rows, as the ledger flushes)
 accessguard_throttled_total                 counter    reason
 accessguard_analysis_seconds                histogram  (first sight of a statement)
 accessguard_decision_seconds                histogram  (a decision not served from a plan)
@@ -45,7 +45,7 @@ if prometheus_client is not None:
         ["outcome", "reason"],
     )
     ROWS: Any = prometheus_client.Counter(
-        "accessguard_rows_fetched", "Rows handed over by guarded cursors."
+        "accessguard_rows_fetched", "Rows of scoped tables handed over, counted by the ledger."
     )
     THROTTLED: Any = prometheus_client.Counter(
         "accessguard_throttled", "Statements refused by a volume limit.", ["reason"]

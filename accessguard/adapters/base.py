@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from accessguard import metrics
-
 if TYPE_CHECKING:
     from accessguard.guard import Authorized, Guard, Session
 
@@ -47,7 +45,6 @@ class CountingCursor:
         if ok.row_cap is not None and self._fetched + n > ok.row_cap:
             raise self._withhold(ok, self._fetched + n)
         self._fetched += n
-        metrics.ROWS.inc(n)
         if ok.tally is not None:
             ok.tally.add(n)
 

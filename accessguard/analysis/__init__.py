@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+import threading
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -80,7 +81,7 @@ def analyze(
 ) -> Facts:
     """Analyze one statement. ``params``: whether parameters will be bound (escapes %)."""
     try:
-        tokens = Dialect.get_or_raise(dialect).tokenize(sql)
+        tokens = _tokenizer(dialect).tokenize(sql)
     except Exception:  # noqa: BLE001 - fail closed: what does not tokenize is refused
         return Facts(
             kind="unknown",
@@ -90,9 +91,7 @@ def analyze(
         )
     redacted = redact_tokens(tokens)
     facts = _analyze_guarded(sql, tokens, catalog, dialect, params=params)
-    return replace(
-        facts, redacted=redacted, fingerprint=fingerprint(redacted), dialect=dialect
-    ).derived()
+    return facts.derived(redacted=redacted, fingerprint=fingerprint(redacted), dialect=dialect)
 
 
 def _analyze_guarded(
@@ -135,10 +134,10 @@ def _analyze(
             problem=Reason.SQL_UNANALYZABLE,
             detail="the statement contains a name reserved by the guard",
         )
-    grammar = Dialect.get_or_raise(dialect)
+    grammar = _dialect(dialect)
     if dialect == "sqlite" and any(t.token_type == TokenType.PLACEHOLDER for t in tokens):
         sql = _number_qmarks(sql)
-        tokens = grammar.tokenize(sql)
+        tokens = _tokenizer(dialect).tokenize(sql)
     statements = [s for s in grammar.parser().parse(tokens, sql) if s is not None]
     if len(statements) != 1:
         detail = "an empty statement" if not statements else "more than one statement in one call"
@@ -191,6 +190,29 @@ def _analyze(
         sent=sent,
         param_order=order,
     )
+
+
+_DIALECTS: dict[str, Dialect] = {}
+_LOCAL = threading.local()
+
+
+def _dialect(name: str) -> Dialect:
+    """One Dialect instance per name (sqlglot builds a new one per lookup)."""
+    found = _DIALECTS.get(name)
+    if found is None:
+        found = _DIALECTS[name] = Dialect.get_or_raise(name)
+    return found
+
+
+def _tokenizer(name: str) -> Any:
+    """A tokenizer per thread and dialect: they keep state while tokenizing."""
+    tokenizers: dict[str, Any] | None = getattr(_LOCAL, "tokenizers", None)
+    if tokenizers is None:
+        tokenizers = _LOCAL.tokenizers = {}
+    found = tokenizers.get(name)
+    if found is None:
+        found = tokenizers[name] = _dialect(name).tokenizer()
+    return found
 
 
 def _number_qmarks(sql: str) -> str:

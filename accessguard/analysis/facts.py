@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from accessguard.errors import Reason
 
@@ -74,10 +75,11 @@ class Facts:
     def columns(self) -> frozenset[str]:
         return frozenset(f"{t.rsplit('.', 1)[-1]}.{c}" for t, c in self.reads | self.writes)
 
-    def derived(self) -> Facts:
-        """A copy with the derived fields filled in."""
+    def derived(self, **fields: Any) -> Facts:
+        """A copy with ``fields`` set and the derived fields filled in."""
         return replace(
             self,
+            **fields,
             accesses=frozenset(
                 {(t, c, "read") for t, c in self.reads} | {(t, c, "update") for t, c in self.writes}
             ),

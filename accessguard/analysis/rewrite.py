@@ -41,7 +41,9 @@ def rewrite(
         assert isinstance(param, exp.Parameter | exp.Placeholder)  # noqa: S101 - find_all's type
         keys.append(param_key(param))
         param.replace(_column(f"__ag_p{len(keys) - 1}__"))
-    text = tree.sql(dialect=dialect, comments=False, copy=False)  # our own tree: no deepcopy
+    from accessguard.analysis import _dialect
+
+    text = _dialect(dialect).generate(tree, comments=False, copy=False)  # our tree: no copy
     if escape_percent:
         text = text.replace("%", "%%")
     order: list[int | str] = []
