@@ -170,12 +170,32 @@ def row_scope_bound(facts: Facts, context: Context, policy: Policy) -> Denial | 
     return None
 
 
+def watchlist_respected(facts: Facts, context: Context, policy: Policy) -> Denial | None:
+    """A watch-listed customer (or product) is read only under the ticket kinds listed for it."""
+    watched = policy.watchlist.watched
+    ticket = context.valid
+    if not watched or ticket is None:
+        return None
+    for ref in facts.scopes:
+        subject = _subject(context, ref.scope)
+        entry = watched.get((ref.scope, subject)) if subject is not None else None
+        if entry is not None and ticket.kind not in entry[0]:
+            needed = " or ".join(sorted(entry[0]))
+            return Denial(
+                Reason.SUBJECT_WATCHED,
+                f"The {ref.scope} of ticket {ticket.id} is on the watch-list ({entry[1]}): "
+                f"reading it needs a {needed} ticket.",
+            )
+    return None
+
+
 CHECKS: tuple[Check, ...] = (
     analyzable,
     params_match,
     statement_kind_allowed,
     grants_cover,
     row_scope_bound,
+    watchlist_respected,
 )
 
 

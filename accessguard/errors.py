@@ -49,6 +49,7 @@ class Reason(enum.StrEnum):
     # rows
     ROW_SCOPE_UNBOUND = "row_scope.unbound"
     ROW_SCOPE_OTHER_SUBJECT = "row_scope.other_subject"
+    SUBJECT_WATCHED = "subject.watched"
     # volume limits
     THROTTLE_DISTINCT_CUSTOMERS = "throttle.distinct_customers"
     THROTTLE_ROWS = "throttle.rows"

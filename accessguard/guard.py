@@ -32,7 +32,7 @@ from accessguard.errors import (
     Throttled,
 )
 from accessguard.ledger import Access, Ledger, Tally
-from accessguard.policy import EVERYONE, Policy, load_policy
+from accessguard.policy import EVERYONE, SHADOW_FILE, Policy, load_policy
 from accessguard.throttle import Limits, Throttle, ThrottleStoreUnavailable, load_limits
 from accessguard.tickets import Ticket, TicketStore, as_store
 
@@ -91,8 +91,11 @@ class Guard:
         ledger_pseudonym_key: bytes | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
         cache_size: int = 4096,
+        shadow: Policy | None = None,
     ) -> None:
         self.policy = policy
+        #: candidate rules evaluated beside the enforced ones, audited as "would deny"
+        self.shadow = shadow
         self.tickets = as_store(tickets)
         self.auditor = Auditor(as_sink(audit), clock=clock)
         self.audit_allowed = audit_allowed
@@ -134,6 +137,8 @@ class Guard:
         limits_file = Path(path) / LIMITS_FILE
         if "limits" not in options and limits_file.exists():
             options["limits"] = load_limits(limits_file, known_roles=policy.known_roles)
+        if "shadow" not in options and (Path(path) / SHADOW_FILE).exists():
+            options["shadow"] = load_policy(path, policy_file=SHADOW_FILE)
         guard = cls(policy, tickets=tickets, audit=audit, **options)
         guard.directory = Path(path)
         return guard
@@ -150,6 +155,12 @@ class Guard:
         old = self.policy.version
         try:
             policy = load_policy(self.directory)
+            shadow_file = self.directory / SHADOW_FILE
+            shadow = (
+                load_policy(self.directory, policy_file=SHADOW_FILE)
+                if shadow_file.exists()
+                else None
+            )
             limits_file = self.directory / LIMITS_FILE
             limits = (
                 load_limits(limits_file, known_roles=policy.known_roles)
@@ -172,6 +183,7 @@ class Guard:
         if self.throttle is not None and limits is not None:
             self.throttle.set_limits(limits)
         self.policy = policy
+        self.shadow = shadow
         self._plans = {}
         if policy.version != old:
             self.auditor.emit(
@@ -302,6 +314,8 @@ class Guard:
             self._plans[key] = plan
         row_cap = self._throttle(plan) if self.throttle is not None else None
         metrics.ALLOWED.inc()
+        if plan.notices:
+            self._notify(plan)
         if self.audit_allowed:
             self._audit(plan.decision, plan.context, plan.facts)
         return Authorized(
@@ -347,7 +361,31 @@ class Guard:
             )
             for scope, subject in decision.subjects
         )
+        notices: list[Decision] = []
+        if self.shadow is not None:
+            shadow_context = replace(context, roles=self.shadow.roles_of(context.user))
+            verdict = decide(facts, shadow_context, self.shadow)
+            if not verdict.allowed:
+                notices.append(replace(verdict, outcome="allowed", limit="shadow"))
+        for scope, subject in decision.subjects:
+            if (scope, subject) in policy.watchlist.canaries:
+                notices.append(
+                    replace(
+                        decision,
+                        limit="canary",
+                        message=f"Canary {scope} read: no legitimate work touches it.",
+                    )
+                )
+            elif (scope, subject) in policy.watchlist.watched:
+                notices.append(
+                    replace(
+                        decision,
+                        limit="watchlist",
+                        message=f"Watch-listed {scope} read under ticket {context.ticket_id}.",
+                    )
+                )
         return Plan(
+            notices=tuple(notices),
             facts=facts,
             decision=decision,
             context=context,
@@ -391,6 +429,23 @@ class Guard:
         if not decision.subjects:
             return None
         return self.throttle.row_cap(context.roles, plan.kind)
+
+    def _notify(self, plan: Plan) -> None:
+        """Audit what an allowed statement must not do silently: shadow denials, watched reads."""
+        for notice in plan.notices:
+            extra: dict[str, Any] = {}
+            if notice.limit == "shadow":
+                extra = {
+                    "accessguard.shadow.outcome": "denied",
+                    "accessguard.shadow.reason": str(notice.reason),
+                    "accessguard.shadow.version": self.shadow.version if self.shadow else None,
+                    "message": f"would deny: {notice.message}",
+                }
+            else:
+                extra = {"accessguard.watch": notice.limit}
+                if notice.limit == "canary":
+                    extra |= {"event.kind": "alert", "log.level": "critical"}
+            self._audit(replace(notice, limit=None), plan.context, plan.facts, extra=extra)
 
     def over_row_cap(self, ok: Authorized, count: int) -> Throttled:
         """Audit a statement whose result passed its row cap; return the error to raise."""
@@ -451,6 +506,7 @@ class Guard:
         dialect: str = "postgres",
         window: int | None = None,
         count: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         metrics.DECISIONS.labels(outcome=decision.outcome, reason=str(decision.reason or "")).inc()
         if decision.outcome == "throttled":
@@ -481,6 +537,12 @@ class Guard:
         }
         if len(decision.tables) == 1:
             fields["db.collection.name"] = decision.tables[0]
+        if decision.subjects and decision.allowed:
+            fields["accessguard.subjects"] = [
+                {"kind": scope, "id": subject} for scope, subject in decision.subjects
+            ]
+        if extra:
+            fields.update(extra)
         if decision.limit is not None:
             fields["accessguard.limit"] = decision.limit
             fields["accessguard.window.seconds"] = window
@@ -581,6 +643,8 @@ class Plan:
     checks: tuple[tuple[int | str, int], ...]
     accesses: tuple[Access, ...]
     customers: frozenset[int]
+    #: audit events every execution writes (shadow denials, watch-list and canary reads)
+    notices: tuple[Decision, ...] = ()
 
     def holds(self, ticket: Ticket | None, params: Params) -> bool:
         """Whether this plan's decision still applies to ``ticket`` and ``params``."""

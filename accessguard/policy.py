@@ -22,6 +22,7 @@ import casbin
 
 from accessguard.catalog import Catalog, load_catalog
 from accessguard.errors import PolicyError
+from accessguard.watchlist import WATCHLIST_FILE, Watchlist, load_watchlist
 
 NO_TICKET = "-"
 EVERYONE = "everyone"
@@ -29,6 +30,7 @@ ACTIONS = frozenset({"read", "update"})
 
 MODEL_FILE = "model.conf"
 POLICY_FILE = "policy.csv"
+SHADOW_FILE = "policy.shadow.csv"
 SCHEMA_FILE = "schema.toml"
 
 _WORD = re.compile(r"^(-|[A-Za-z_][A-Za-z0-9_.@-]*(\.\*)?)$")
@@ -65,6 +67,7 @@ class Policy:
     #: access -> the ticket kinds under which some rule grants it
     kinds_for: dict[Access, frozenset[str]]
     _enforcer: casbin.Enforcer = field(repr=False, compare=False)
+    watchlist: Watchlist = field(default_factory=Watchlist)
     _granted: dict[tuple[frozenset[str], str | None], frozenset[Access]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -110,14 +113,18 @@ class Policy:
         ]
 
 
-def load_policy(directory: str | Path) -> Policy:
-    """Load model.conf, policy.csv and schema.toml from ``directory``; PolicyError on any fault."""
+def load_policy(directory: str | Path, *, policy_file: str = POLICY_FILE) -> Policy:
+    """Load model.conf, policy.csv and schema.toml from ``directory``; PolicyError on any fault.
+
+    ``policy_file="policy.shadow.csv"`` loads the shadow policy: the candidate
+    rules a new restriction is rolled out with (see ``Guard``).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise PolicyError("policy directory does not exist", path=str(directory))
     catalog = load_catalog(directory / SCHEMA_FILE)
     model_path = directory / MODEL_FILE
-    policy_path = directory / POLICY_FILE
+    policy_path = directory / policy_file
     model_text = _read(model_path)
     policy_text = _read(policy_path)
     rules, groupings = _parse_policy(policy_text, str(policy_path), catalog)
@@ -132,8 +139,9 @@ def load_policy(directory: str | Path) -> Policy:
     user_roles = {
         user: frozenset(enforcer.get_implicit_roles_for_user(user)) | {EVERYONE} for user in users
     }
+    watchlist = load_watchlist(directory / WATCHLIST_FILE)
     digest = hashlib.sha256()
-    for text in (model_text, policy_text, _read(directory / SCHEMA_FILE)):
+    for text in (model_text, policy_text, _read(directory / SCHEMA_FILE), watchlist.text):
         digest.update(text.encode())
         digest.update(b"\0")
     return Policy(
@@ -145,6 +153,7 @@ def load_policy(directory: str | Path) -> Policy:
         user_roles=user_roles,
         kinds_for={k: frozenset(v) for k, v in kinds.items()},
         _enforcer=enforcer,
+        watchlist=watchlist,
     )
 
 

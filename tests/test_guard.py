@@ -588,3 +588,86 @@ class TestReload:
                 w.stop()
             for g in guards:
                 g.close()
+
+
+class TestWatchlistAndShadow:
+    """Watch-listed customers need a stronger ticket; canaries alert; shadow rules only audit."""
+
+    @pytest.fixture
+    def policy_dir(self, tmp_path: Path) -> Path:
+        target = tmp_path / "policies"
+        shutil.copytree(scenario.policies_dir(), target)
+        (target / "limits.toml").unlink()
+        return target
+
+    def tickets(self) -> list[Ticket]:
+        return [
+            *scenario.tickets(),
+            Ticket(id="T-900", assignee="alice", kind="order_issue", status="open", customer_id=7),
+            Ticket(
+                id="T-901", assignee="alice", kind="order_issue", status="open", customer_id=150
+            ),
+        ]
+
+    def test_watched_customer_needs_the_stronger_kind(
+        self, policy_dir: Path, sink: MemoryAuditSink
+    ) -> None:
+        """An ordinary order_issue ticket for a watch-listed customer does not open its data."""
+        guard = Guard.from_directory(policy_dir, tickets=self.tickets(), audit=sink)
+        with pytest.raises(AccessDenied) as info:
+            guard.authorize(
+                "SELECT name FROM customers WHERE id = 7",
+                None,
+                Session(user="alice", ticket="T-900"),
+                dialect="postgres",
+            )
+        assert info.value.reason == "subject.watched"
+        assert "employee relative" in info.value.message
+        guard.close()
+
+    def test_canary_read_raises_an_alert(self, policy_dir: Path, sink: MemoryAuditSink) -> None:
+        """Reading a canary customer is allowed by the ticket but alerts at once, every time."""
+        guard = Guard.from_directory(policy_dir, tickets=self.tickets(), audit=sink)
+        for _ in range(2):
+            guard.authorize(
+                "SELECT name FROM customers WHERE id = 150",
+                None,
+                Session(user="alice", ticket="T-901"),
+                dialect="postgres",
+            )
+        alerts = [e for e in sink.events if e.get("accessguard.watch") == "canary"]
+        assert len(alerts) == 2
+        assert alerts[0]["event.kind"] == "alert"
+        assert alerts[0]["user.name"] == "alice"
+        assert alerts[0]["accessguard.subjects"] == [{"kind": "customer", "id": 150}]
+        guard.close()
+
+    def test_shadow_rule_audits_without_blocking(
+        self, policy_dir: Path, sink: MemoryAuditSink
+    ) -> None:
+        """A restriction in policy.shadow.csv is audited as 'would deny'; the read still runs."""
+        text = (policy_dir / "policy.csv").read_text()
+        (policy_dir / "policy.shadow.csv").write_text(
+            text.replace("p, support_agent, order_issue, customers.phone, read\n", "")
+        )
+        guard = Guard.from_directory(policy_dir, tickets=scenario.tickets(), audit=sink)
+        session = Session(user="alice", ticket="T-100")
+        guard.authorize(
+            "SELECT phone FROM customers WHERE id = 42", None, session, dialect="postgres"
+        )
+        guard.authorize(
+            "SELECT email FROM customers WHERE id = 42", None, session, dialect="postgres"
+        )
+        (notice,) = [e for e in sink.events if "accessguard.shadow.outcome" in e]
+        assert notice["accessguard.outcome"] == "allowed"
+        assert notice["accessguard.shadow.reason"] == "column.not_allowed"
+        assert notice["message"].startswith("would deny:")
+        assert notice["accessguard.columns"] == ["customers.id", "customers.phone"]
+        with pytest.raises(AccessDenied):  # enforced rules stay enforced
+            guard.authorize(
+                "SELECT card_token FROM payments WHERE customer_id = 42",
+                None,
+                session,
+                dialect="postgres",
+            )
+        guard.close()

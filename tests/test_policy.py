@@ -130,3 +130,19 @@ class TestErrors:
         """A policy directory that does not exist is a PolicyError, not a crash."""
         with pytest.raises(PolicyError):
             load_policy(tmp_path / "nope")
+
+
+class TestWatchlist:
+    def test_shipped_watchlist_loads(self) -> None:
+        """The scenario's watch-list names customer 7 and canary 150."""
+        assert ("customer", 7) in POLICY.watchlist.watched
+        assert ("customer", 150) in POLICY.watchlist.canaries
+
+    def test_malformed_watchlist_names_its_line(self, policy_dir: Path) -> None:
+        """A [[watch]] entry without ticket_kinds fails at load with file and line."""
+        path = policy_dir / "watchlist.toml"
+        path.write_text('[[canary]]\nids = [1]\n\n[[watch]]\nids = [2]\n')
+        with pytest.raises(PolicyError) as info:
+            load_policy(policy_dir)
+        assert info.value.path == str(path)
+        assert info.value.line == 4
