@@ -37,7 +37,7 @@ class Context:
     ticket_id: str | None = None
     #: the ticket as the store returned it (None: not asked for, or not found)
     ticket: Ticket | None = None
-    params: Sequence[Any] | Mapping[str, Any] | None = None
+    params: Sequence[Any] | Mapping[Any, Any] | None = None
     valid: Ticket | None = field(init=False, default=None)
     ticket_problem: Denial | None = field(init=False, default=None)
 
@@ -110,7 +110,7 @@ def params_match(facts: Facts, context: Context, policy: Policy) -> Denial | Non
     if params is None:
         given: frozenset[int | str] = frozenset()
     elif isinstance(params, Mapping):
-        given = frozenset(str(k) for k in params)
+        given = frozenset(params)
     else:
         given = frozenset(range(len(params)))
     if given != facts.params:
@@ -298,13 +298,13 @@ def _bound_to(
     return None
 
 
-def _resolve(value: Const | Param, params: Sequence[Any] | Mapping[str, Any] | None) -> int | None:
+def _resolve(value: Const | Param, params: Sequence[Any] | Mapping[Any, Any] | None) -> int | None:
     if isinstance(value, Const):
         return value.value
     if params is None:
         return None
     try:
-        raw = params[str(value.key)] if isinstance(params, Mapping) else params[int(value.key)]
+        raw = params[value.key] if isinstance(params, Mapping) else params[int(value.key)]
     except (KeyError, IndexError, TypeError, ValueError):
         return None
     if isinstance(raw, bool) or not isinstance(raw, int):

@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from accessguard import metrics
-from accessguard.analysis import Facts, Param, analyze, subject_marker
+from accessguard.analysis import (
+    Facts,
+    Param,
+    analyze,
+    fingerprint,
+    redact_tokens,
+    render,
+    shape,
+    subject_marker,
+)
 from accessguard.audit import Auditor, AuditSink, as_sink, utcnow
 from accessguard.decision import Context, Decision, decide
 from accessguard.errors import (
@@ -113,6 +122,8 @@ class Guard:
         )
         self._cache: OrderedDict[tuple[str, str, bool, str], Facts] = OrderedDict()
         self._plans: dict[tuple[str, str, str, str | None, object, str], Plan] = {}
+        #: plans of statements' literal-free shapes (see accessguard.analysis.shape)
+        self._shapes: dict[tuple[str, str, str, str | None, object, str], Plan] = {}
         self.directory: Path | None = None
         self._bound: ContextVar[Session | None] = ContextVar(
             f"accessguard_session_{id(self)}", default=None
@@ -185,6 +196,7 @@ class Guard:
         self.policy = policy
         self.shadow = shadow
         self._plans = {}
+        self._shapes = {}
         if policy.version != old:
             self.auditor.emit(
                 **{
@@ -255,6 +267,8 @@ class Guard:
         dialect: str,
         ticket: Ticket | None,
         policy: Policy,
+        *,
+        escape: bool | None = None,
     ) -> tuple[Facts, Decision, Context]:
         context = Context(
             user=session.user,
@@ -263,7 +277,8 @@ class Guard:
             ticket=ticket,
             params=params,
         )
-        facts = self.analyze(sql, dialect=dialect, params=params is not None, policy=policy)
+        escape = params is not None if escape is None else escape
+        facts = self.analyze(sql, dialect=dialect, params=escape, policy=policy)
         started = time.perf_counter()
         decision = decide(facts, context, policy)
         metrics.DECIDE.observe(time.perf_counter() - started)
@@ -284,11 +299,16 @@ class Guard:
             ticket = self.tickets.get(session.ticket) if session.ticket is not None else None
             key = (sql, dialect, session.user, session.ticket, _shape(params), policy.version)
             plan = self._plans.get(key)
+            sent = plan.sql if plan is not None else ""
             if plan is None or not plan.holds(ticket, params):
-                facts, decision, context = self._decide(
-                    sql, params, session, dialect, ticket, policy
-                )
                 plan = None
+                shaped = self._by_shape(sql, params, session, dialect, ticket, policy)
+                if shaped is not None:
+                    plan, sent = shaped
+                else:
+                    facts, decision, context = self._decide(
+                        sql, params, session, dialect, ticket, policy
+                    )
         except AccessGuardError:
             raise
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies
@@ -312,6 +332,7 @@ class Guard:
             if len(self._plans) >= self._cache_size:
                 self._plans.clear()
             self._plans[key] = plan
+            sent = plan.sql
         row_cap = self._throttle(plan) if self.throttle is not None else None
         metrics.ALLOWED.inc()
         if plan.notices:
@@ -319,7 +340,7 @@ class Guard:
         if self.audit_allowed:
             self._audit(plan.decision, plan.context, plan.facts)
         return Authorized(
-            sql=plan.sql,
+            sql=sent,
             params=_reorder(plan.facts, params),
             decision=plan.decision,
             facts=plan.facts,
@@ -327,6 +348,47 @@ class Guard:
             row_cap=row_cap,
             tally=self.ledger.record(plan.accesses) if plan.accesses else None,
         )
+
+    def _by_shape(  # noqa: PLR0913, PLR0917 - one decision's inputs
+        self,
+        sql: str,
+        params: Params,
+        session: Session,
+        dialect: str,
+        ticket: Ticket | None,
+        policy: Policy,
+    ) -> tuple[Plan, str] | None:
+        """An allowed plan for the statement's literal-free shape, and its sent SQL.
+
+        None when the statement has no literal, or its shape is not allowed as
+        such (the caller then decides the text itself, with exact reasons).
+        """
+        found = shape(sql, dialect)
+        if found is None:
+            return None
+        lifted, tokens = found
+        combined = _combine(params, lifted.values)
+        key = (lifted.text, dialect, session.user, session.ticket, _shape(params), policy.version)
+        plan = self._shapes.get(key)
+        if plan is None or not plan.holds(ticket, combined):
+            facts, decision, context = self._decide(
+                lifted.text,
+                combined,
+                session,
+                dialect,
+                ticket,
+                policy,
+                escape=params is not None,
+            )
+            if not decision.allowed:
+                return None
+            redacted = redact_tokens(tokens)  # the statement's own, not its shape's
+            facts = replace(facts, redacted=redacted, fingerprint=fingerprint(redacted))
+            plan = self._plan(facts, decision, context, ticket, policy)
+            if len(self._shapes) >= self._cache_size:
+                self._shapes.clear()
+            self._shapes[key] = plan
+        return plan, render(plan.sql, lifted, escape_percent=params is not None)
 
     def _plan(
         self,
@@ -655,6 +717,15 @@ class Plan:
             if type(value) is not int or value != subject:
                 return False
         return True
+
+
+def _combine(params: Params, literals: Mapping[str, Any]) -> dict[Any, Any]:
+    """Bound values and lifted literals in one mapping, keyed like the facts' Params."""
+    if params is None:
+        return dict(literals)
+    if isinstance(params, Mapping):
+        return {**params, **literals}
+    return {**dict(enumerate(params)), **literals}
 
 
 def _shape(params: Params) -> object:

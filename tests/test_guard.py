@@ -671,3 +671,80 @@ class TestWatchlistAndShadow:
                 dialect="postgres",
             )
         guard.close()
+
+
+class TestShapes:
+    """Statements that differ only in literals share one analysis and one plan."""
+
+    @pytest.fixture
+    def guard(self, tmp_path: Path, sink: MemoryAuditSink) -> Iterator[Guard]:
+        target = tmp_path / "policies"
+        shutil.copytree(scenario.policies_dir(), target)
+        (target / "limits.toml").unlink()
+        guard = Guard.from_directory(target, tickets=scenario.tickets(), audit=sink)
+        yield guard
+        guard.close()
+
+    def test_varying_literals_are_analyzed_once(self, guard: Guard) -> None:
+        """Ten statements differing in a literal cost one analysis, and each keeps its literal."""
+        session = Session(user="alice", ticket="T-100")
+        sents = [
+            guard.authorize(
+                f"SELECT id, status FROM orders WHERE customer_id = 42 AND id > {n}",
+                None,
+                session,
+                dialect="postgres",
+            ).sql
+            for n in range(10)
+        ]
+        assert len(guard._shapes) == 1
+        assert len(guard._cache) == 1
+        assert all(sent.endswith(f"id > {n}") for n, sent in enumerate(sents))
+        assert all("public.orders WHERE customer_id = 42" in sent for sent in sents)
+
+    def test_scope_literal_is_checked_every_time(self, guard: Guard) -> None:
+        """The shape's plan never serves another customer: the scope literal is re-checked."""
+        session = Session(user="alice", ticket="T-100")
+        guard.authorize(
+            "SELECT name FROM customers WHERE id = 42 AND name <> 'a'",
+            None,
+            session,
+            dialect="postgres",
+        )
+        with pytest.raises(AccessDenied) as info:
+            guard.authorize(
+                "SELECT name FROM customers WHERE id = 7 AND name <> 'a'",
+                None,
+                session,
+                dialect="postgres",
+            )
+        assert info.value.reason == "row_scope.other_subject"
+        with pytest.raises(AccessDenied):
+            guard.authorize(
+                "SELECT name FROM customers WHERE id = '42' AND name <> 'a'",
+                None,
+                session,
+                dialect="postgres",
+            )
+
+    @pytest.mark.parametrize(
+        "literal", ["'p%'", "E'p\\\\%'", "$$p%$$", "$tag$it's$tag$", "U&'p\\0025'"]
+    )
+    def test_literals_come_back_exactly_as_written(self, guard: Guard, literal: str) -> None:
+        """Each literal is put back verbatim; % is escaped only when parameters are bound."""
+        session = Session(user="alice", ticket="T-100")
+        q = f"SELECT id FROM orders WHERE customer_id = 42 AND status LIKE {literal}"
+        plain = guard.authorize(q, None, session, dialect="postgres").sql
+        assert plain.endswith(f"LIKE {literal}")
+        bound = guard.authorize(q + " AND id > $1", [1], session, dialect="postgres").sql
+        assert f"LIKE {literal.replace('%', '%%')} AND id > %s" in bound
+
+    @db
+    def test_shaped_statements_return_the_right_rows(self, guard: Guard, scenario_dsn: str) -> None:
+        """Through a real connection, varying literals return exactly their rows."""
+        with guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn:
+            for n, expected in ((420, 3), (421, 2), (422, 1), (423, 0)):
+                rows = conn.execute(
+                    f"SELECT id FROM orders WHERE customer_id = 42 AND id > {n} AND status <> 'x%'"
+                ).fetchall()
+                assert len(rows) == expected

@@ -19,6 +19,7 @@ from sqlglot.tokenizer_core import Token, TokenType
 from accessguard.analysis.facts import Const, Facts, Param, ScopeRef, Value, subject_marker
 from accessguard.analysis.redact import fingerprint, redact, redact_tokens
 from accessguard.analysis.rewrite import rewrite
+from accessguard.analysis.shape import Shape, render, shape_of
 from accessguard.analysis.walker import Refusal, Walker
 from accessguard.catalog import Catalog
 from accessguard.errors import Reason
@@ -28,10 +29,14 @@ __all__ = [
     "Facts",
     "Param",
     "ScopeRef",
+    "Shape",
     "Value",
     "analyze",
     "fingerprint",
     "redact",
+    "redact_tokens",
+    "render",
+    "shape",
     "subject_marker",
 ]
 
@@ -213,6 +218,16 @@ def _tokenizer(name: str) -> Any:
     if found is None:
         found = tokenizers[name] = _dialect(name).tokenizer()
     return found
+
+
+def shape(sql: str, dialect: str) -> tuple[Shape, list[Token]] | None:
+    """The statement's literal-free shape and its tokens; None if it has no literal."""
+    try:
+        tokens = _tokenizer(dialect).tokenize(sql)
+    except Exception:  # noqa: BLE001 - not shaped: the caller analyzes the text itself
+        return None
+    found = shape_of(sql, tokens, dialect)
+    return (found, tokens) if found is not None else None
 
 
 def _number_qmarks(sql: str) -> str:

@@ -39,7 +39,11 @@ def rewrite(
     keys: list[int | str] = []
     for param in list(tree.find_all(exp.Parameter, exp.Placeholder)):
         assert isinstance(param, exp.Parameter | exp.Placeholder)  # noqa: S101 - find_all's type
-        keys.append(param_key(param))
+        key = param_key(param)
+        if isinstance(key, str) and key.startswith("#"):  # a literal: put back as written
+            param.replace(_column(f"__ag_lit{key[1:]}__"))
+            continue
+        keys.append(key)
         param.replace(_column(f"__ag_p{len(keys) - 1}__"))
     from accessguard.analysis import _dialect
 

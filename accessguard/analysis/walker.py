@@ -19,6 +19,7 @@ from accessguard.analysis.functions import (
     SCALAR_NODES,
     UNIT_FUNCS,
 )
+from accessguard.analysis.shape import LITERAL_BASE
 from accessguard.catalog import Catalog, TableSpec
 from accessguard.errors import Reason
 
@@ -560,7 +561,10 @@ def param_key(node: exp.Parameter | exp.Placeholder) -> int | str:
     if isinstance(node, exp.Parameter):
         inner = node.this
         if isinstance(inner, exp.Literal) and not inner.is_string and inner.this.isdigit():
-            return int(inner.this) - 1
+            number = int(inner.this)
+            if number >= LITERAL_BASE:  # a literal lifted out by shape_of
+                return f"#{number - LITERAL_BASE}"
+            return number - 1
         refuse(Reason.SQL_UNANALYZABLE, "a parameter the analyser cannot read")
     name = node.this
     if isinstance(name, exp.Identifier):
@@ -570,4 +574,6 @@ def param_key(node: exp.Parameter | exp.Placeholder) -> int | str:
     text = str(name)
     if text.startswith("_agq") and text[4:].isdigit():
         return int(text[4:])
+    if text.startswith("_agl") and text[4:].isdigit():
+        return f"#{text[4:]}"
     return text
