@@ -284,7 +284,15 @@ class Guard:
         metrics.DECIDE.observe(time.perf_counter() - started)
         return facts, decision, context
 
-    def authorize(self, sql: str, params: Params, session: Session, *, dialect: str) -> Authorized:
+    def authorize(
+        self,
+        sql: str,
+        params: Params,
+        session: Session,
+        *,
+        dialect: str,
+        convert: Callable[[str, Any], tuple[str, list[Any]]] | None = None,
+    ) -> Authorized:
         """Decide; on refusal audit and raise; on allow return what to send.
 
         The hot path: an allowed statement is remembered as a plan keyed by its
@@ -293,6 +301,10 @@ class Guard:
         reassigned ticket is a different value) and every bound value that
         carries the row scope still equals the ticket's subject; otherwise it
         is decided afresh.
+
+        ``convert`` (psycopg's ``%s`` -> ``$n`` conversion, for positional
+        parameters, which it leaves in order) is applied only when the plan
+        must be made: a repeated statement skips it.
         """
         policy = self.policy  # one policy for the whole decision, even across a reload
         try:
@@ -302,6 +314,8 @@ class Guard:
             sent = plan.sql if plan is not None else ""
             if plan is None or not plan.holds(ticket, params):
                 plan = None
+                if convert is not None and params is not None:
+                    sql, params = self._convert(convert, sql, params, session)
                 shaped = self._by_shape(sql, params, session, dialect, ticket, policy)
                 if shaped is not None:
                     plan, sent = shaped
@@ -348,6 +362,24 @@ class Guard:
             row_cap=row_cap,
             tally=self.ledger.record(plan.accesses) if plan.accesses else None,
         )
+
+    def _convert(
+        self,
+        convert: Callable[[str, Any], tuple[str, list[Any]]],
+        sql: str,
+        params: Params,
+        session: Session,
+    ) -> tuple[str, list[Any]]:
+        """The driver's placeholder conversion; a mismatch is a refusal, audited."""
+        try:
+            return convert(sql, params)
+        except Exception as exc:
+            raise self.refuse(
+                Reason.SQL_PARAMS_MISMATCH,
+                "Refused: the placeholders do not match the values bound to them.",
+                session,
+                kind="unknown",
+            ) from exc
 
     def _by_shape(  # noqa: PLR0913, PLR0917 - one decision's inputs
         self,

@@ -71,6 +71,10 @@ class GuardedCursor(CountingCursor):
             return guard.authorize(merged, None, session, dialect=DIALECT)
         if params is None:
             return guard.authorize(text, None, session, dialect=DIALECT)
+        if type(params) is list or type(params) is tuple:
+            # positional: the plan is keyed by the text as written; psycopg's
+            # conversion (which keeps the order) runs only when a plan is made
+            return guard.authorize(text, params, session, dialect=DIALECT, convert=convert_query)
         try:
             converted, values = convert_query(text, params)
         except (psycopg.Error, TypeError) as exc:
