@@ -699,6 +699,34 @@ class Guard:
             )
         return session
 
+    async def connect_async(
+        self, conninfo: str = "", *, user: str, ticket: str | None = None, **kwargs: Any
+    ) -> Any:
+        """Open a psycopg 3 AsyncConnection and return it guarded."""
+        from accessguard.adapters.aio import AsyncGuardedConnection
+
+        return await AsyncGuardedConnection.connect(
+            self, conninfo, Session(user=user, ticket=ticket), **kwargs
+        )
+
+    def wrap_async(self, connection: Any, *, user: str, ticket: str | None = None) -> Any:
+        """Guard an open psycopg 3 AsyncConnection."""
+        from accessguard.adapters.aio import wrap_async
+
+        return wrap_async(self, connection, Session(user=user, ticket=ticket))
+
+    def pool(self, conninfo: str = "", **kwargs: Any) -> Any:
+        """A psycopg_pool ConnectionPool whose checkouts are guarded per employee."""
+        from accessguard.adapters.pool import GuardedPool
+
+        return GuardedPool(self, conninfo, **kwargs)
+
+    def instrument(self, engine: Any) -> Any:
+        """Guard every statement a SQLAlchemy 2 Engine sends (Core and ORM)."""
+        from accessguard.adapters.sqlalchemy import instrument
+
+        return instrument(self, engine)
+
     def close(self) -> None:
         """Flush the access ledger and release what the guard holds."""
         try:

@@ -10,6 +10,7 @@ PATH, the screenshot shown in the README (examples/report.png).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 import sqlite3
@@ -27,6 +28,14 @@ from accessguard.report import write_report
 now = [dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)]
 
 
+def clock() -> dt.datetime:
+    return now[0]
+
+
+def seconds() -> float:
+    return now[0].timestamp()
+
+
 def at(hour: int, minute: int) -> None:
     now[0] = now[0].replace(hour=hour, minute=minute)
 
@@ -34,17 +43,19 @@ def at(hour: int, minute: int) -> None:
 def main(out: Path) -> None:
     audit = out / "audit.jsonl"
     guard = Guard.from_directory(
-        scenario.policies_dir(), tickets=scenario.tickets(), audit=audit,
-        clock=lambda: now[0], throttle_clock=lambda: now[0].timestamp(), ledger_interval=3600,
+        scenario.policies_dir(),
+        tickets=scenario.tickets(),
+        audit=audit,
+        clock=clock,
+        throttle_clock=seconds,
+        ledger_interval=3600,
     )
     shop = sqlite3.connect(":memory:")
     scenario.load_sqlite(shop)
 
     def run(user: str, ticket: str | None, sql: str, params: tuple[Any, ...] = ()) -> None:
-        try:
+        with contextlib.suppress(AccessGuardError):  # refused and audited
             guard.wrap(shop, user=user, ticket=ticket).execute(sql, params).fetchall()
-        except AccessGuardError:
-            pass  # refused and audited
 
     for hour, minute in ((8, 10), (9, 30), (11, 0), (14, 20), (16, 5)):
         at(hour, minute)
@@ -67,10 +78,18 @@ def main(out: Path) -> None:
     for i in range(30):
         at(15, i)
         customer = (100 + i,)
-        run("mallory", f"T-{400 + i}",
-            "SELECT id, status, total_cents FROM orders WHERE customer_id = ?", customer)
-        run("mallory", f"T-{400 + i}",
-            "SELECT name, email, phone, address FROM customers WHERE id = ?", customer)
+        run(
+            "mallory",
+            f"T-{400 + i}",
+            "SELECT id, status, total_cents FROM orders WHERE customer_id = ?",
+            customer,
+        )
+        run(
+            "mallory",
+            f"T-{400 + i}",
+            "SELECT name, email, phone, address FROM customers WHERE id = ?",
+            customer,
+        )
         guard.ledger.flush()
     guard.close()
     events = list(read_events(audit))
@@ -78,13 +97,27 @@ def main(out: Path) -> None:
     report = out / "report.html"
     write_report(events, report, generated=dt.datetime(2026, 3, 2, 18, 0, tzinfo=dt.UTC))
     print(report)
-    if shutil.which("chromium"):
+    chromium = shutil.which("chromium")
+    if chromium:
         subprocess.run(  # noqa: S603 - a fixed command line
-            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={out / 'chromium'}",
-             f"--screenshot={out / 'report.png'}", "--window-size=1280,2600", report.as_uri()],
-            check=True, capture_output=True, timeout=120,
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={out / 'chromium'}",
+                f"--screenshot={out / 'report.png'}",
+                "--window-size=1280,2600",
+                report.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         print(out / "report.png")
 

@@ -19,6 +19,10 @@ def wrap_connection(guard: Guard, connection: Any, session: Session, *, dialect:
         from accessguard.adapters.psycopg3 import GuardedConnection
 
         return GuardedConnection(guard, connection, session)
+    if isinstance(connection, psycopg.AsyncConnection):
+        raise ConfigurationError(
+            "an AsyncConnection is guarded with guard.wrap_async(...) or guard.connect_async(...)"
+        )
     from accessguard.adapters.dbapi import GuardedDbapiConnection
 
     if isinstance(connection, sqlite3.Connection):

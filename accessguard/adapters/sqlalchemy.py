@@ -1,0 +1,252 @@
+"""Guard a SQLAlchemy 2 Engine (psycopg 3 dialect): every statement it sends, Core and ORM.
+
+``instrument(guard, engine)`` adds three engine event listeners:
+
+- ``before_cursor_execute`` (``retval=True``): takes the employee bound by
+  ``guard.acting_as`` (none bound: ``ConfigurationError``, nothing is sent),
+  converts SQLAlchemy's ``%(name)s`` / ``%s`` text with psycopg's own converter
+  (what psycopg would send), lets the guard decide, and hands SQLAlchemy the
+  guarded SQL and its positional parameters to pass to the cursor unchanged.
+  executemany checks every parameter set before anything is sent.
+- ``after_cursor_execute``: counts the result's rows for the access ledger and
+  enforces the per-statement row cap. SQLAlchemy's psycopg cursors are
+  client-side, so after ``execute`` the whole result is in client memory: the
+  count is exactly the rows PostgreSQL handed over, whether or not the
+  application reads them all (``Result.first()`` is counted for every row the
+  statement returned). A result over the cap is refused before SQLAlchemy
+  builds a Result from it, and its cursor is closed.
+- ``handle_error``: SQLAlchemy wraps driver errors in ``sqlalchemy.exc.DBAPIError``
+  subclasses; a refusal (``AccessGuardError``) reaches the caller as itself.
+
+Passed through unchecked: only the SAVEPOINT / RELEASE SAVEPOINT / ROLLBACK TO
+SAVEPOINT statements SQLAlchemy compiles itself for ``begin_nested()``,
+recognised by their compiled construct *and* their exact text (no data, no
+parameters).
+
+Refused: server-side cursors (``stream_results`` / ``yield_per``), whose rows
+cannot be counted through engine events; executemany through a client-side
+binding cursor (``ClientCursor``), whose merged statements differ per row.
+
+Not guarded, by SQLAlchemy's design: ``engine.raw_connection()`` and any
+driver connection reached through ``Connection.connection`` skip engine
+events. Wrap such a connection yourself:
+``guard.wrap(engine.raw_connection().driver_connection, user=..., ticket=...)``.
+Engine-level reflection (``MetaData.reflect``, ``autoload_with``) reads the
+system catalogs, which the guard refuses: reflect on an engine that is not
+instrumented, or declare the tables.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import psycopg
+from sqlalchemy import event
+from sqlalchemy.engine.interfaces import ExecuteStyle
+from sqlalchemy.sql.expression import (
+    ReleaseSavepointClause,
+    RollbackToSavepointClause,
+    SavepointClause,
+)
+
+from accessguard.adapters.psycopg3 import DIALECT, convert_query
+from accessguard.errors import AccessDenied, AccessGuardError, ConfigurationError, Reason
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from accessguard.guard import Authorized, Guard, Session
+
+_DRIVERS = frozenset({"psycopg", "psycopg_async"})
+_SAVEPOINT_TEXT = re.compile(
+    r"(?:SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT) [A-Za-z_][A-Za-z0-9_]{0,62}"
+)
+_SAVEPOINT_CLAUSES = (SavepointClause, ReleaseSavepointClause, RollbackToSavepointClause)
+
+#: engines instrumented so far, and the guard of each
+_INSTRUMENTED: weakref.WeakKeyDictionary[Engine, Guard] = weakref.WeakKeyDictionary()
+
+
+def instrument(guard: Guard, engine: Engine | AsyncEngine) -> Engine | AsyncEngine:
+    """Guard every statement ``engine`` sends; return the engine. Idempotent per guard."""
+    sync_engine = cast("Engine", getattr(engine, "sync_engine", engine))  # AsyncEngine: its core
+    dialect = sync_engine.dialect
+    if dialect.name != "postgresql" or dialect.driver not in _DRIVERS:
+        raise ConfigurationError(
+            "guard.instrument() supports SQLAlchemy's psycopg 3 dialect "
+            f"(postgresql+psycopg://), not {dialect.name}+{dialect.driver}",
+            reason="integration.unsupported",
+        )
+    known = _INSTRUMENTED.get(sync_engine)
+    if known is guard:
+        return engine
+    if known is not None:
+        raise ConfigurationError(
+            "this engine is already instrumented by another guard",
+            reason="integration.unsupported",
+        )
+    listener = _Listener(guard)
+    event.listen(sync_engine, "before_cursor_execute", listener.before, retval=True)
+    event.listen(sync_engine, "after_cursor_execute", listener.after)
+    event.listen(sync_engine, "handle_error", listener.handle_error)
+    _INSTRUMENTED[sync_engine] = guard
+    return engine
+
+
+class _Listener:
+    """The engine events of one guard: decide before, count after, surface refusals."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        #: what each psycopg cursor was last allowed to run (read by ``after``)
+        self.sent: weakref.WeakKeyDictionary[Any, Authorized] = weakref.WeakKeyDictionary()
+
+    def before(  # noqa: PLR0913, PLR0917 - SQLAlchemy's event signature
+        self,
+        conn: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: ExecutionContext | None,
+        executemany: bool,
+    ) -> tuple[str, Any]:
+        session = self.guard.current_session()  # ConfigurationError: nothing is sent
+        driver_cursor = _driver_cursor(cursor)
+        self.sent.pop(driver_cursor, None)
+        if _own_savepoint(statement, parameters, context):
+            return statement, parameters
+        if isinstance(driver_cursor, psycopg.ServerCursor | psycopg.AsyncServerCursor):
+            raise self._refuse(
+                "Server-side cursors (stream_results, yield_per) are not available on an "
+                "instrumented engine: their rows could not be counted.",
+                session,
+            )
+        if not isinstance(driver_cursor, psycopg.Cursor | psycopg.AsyncCursor):
+            raise self._refuse("An unknown cursor type cannot be guarded.", session)
+        client = isinstance(driver_cursor, psycopg.ClientCursor | psycopg.AsyncClientCursor)
+        # "insertmanyvalues" batches arrive flagged executemany but are each one
+        # cursor.execute() of a multi-row INSERT with one parameter set.
+        if executemany and not _one_execute(context):
+            return self._many(driver_cursor, statement, parameters, session, client=client)
+        # SQLAlchemy sends no parameters at all (so psycopg reads % literally)
+        # only when the set is empty and the context says so.
+        bare = not parameters and context is not None and context.no_parameters
+        ok = self._authorize(
+            driver_cursor, statement, None if bare else parameters, session, client=client
+        )
+        self.sent[driver_cursor] = ok
+        if bare or client:
+            return ok.sql, None
+        return ok.sql, ok.params if ok.params is not None else []
+
+    def _many(
+        self,
+        driver_cursor: Any,
+        statement: str,
+        parameters: Any,
+        session: Session,
+        *,
+        client: bool,
+    ) -> tuple[str, Any]:
+        if client:
+            raise self._refuse(
+                "executemany through a client-side binding cursor is not available on an "
+                "instrumented engine.",
+                session,
+            )
+        batch = [
+            self._authorize(driver_cursor, statement, params, session, client=False)
+            for params in parameters
+        ]
+        if not batch:
+            return statement, parameters
+        if len({ok.sql for ok in batch}) != 1:  # one statement, one shape: never guess
+            raise AccessDenied(
+                "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
+            )
+        return batch[0].sql, [ok.params if ok.params is not None else [] for ok in batch]
+
+    def _authorize(
+        self, driver_cursor: Any, statement: str, params: Any, session: Session, *, client: bool
+    ) -> Authorized:
+        guard = self.guard
+        if client:
+            # psycopg merges values into the text (even inside comments):
+            # analyze and send exactly the merged text, with no parameters.
+            merged = driver_cursor.mogrify(statement, params) if params is not None else statement
+            return guard.authorize(merged, None, session, dialect=DIALECT)
+        if params is None:
+            return guard.authorize(statement, None, session, dialect=DIALECT)
+        if not isinstance(params, Mapping | Sequence) or isinstance(params, str | bytes):
+            raise guard.refuse(
+                Reason.SQL_PARAMS_MISMATCH,
+                "Refused: the statement's parameters are neither a mapping nor a sequence.",
+                session,
+                kind="unknown",
+            )
+        try:
+            converted, values = convert_query(statement, params)
+        except (psycopg.Error, TypeError) as exc:
+            raise guard.refuse(
+                Reason.SQL_PARAMS_MISMATCH,
+                "Refused: the placeholders do not match the values bound to them.",
+                session,
+                kind="unknown",
+            ) from exc
+        return guard.authorize(converted, values, session, dialect=DIALECT)
+
+    def _refuse(self, message: str, session: Session) -> AccessDenied:
+        return self.guard.refuse(Reason.PATH_FORBIDDEN, message, session, kind="unknown")
+
+    def after(  # noqa: PLR0913, PLR0917 - SQLAlchemy's event signature
+        self,
+        conn: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: ExecutionContext | None,
+        executemany: bool,
+    ) -> None:
+        ok = self.sent.pop(_driver_cursor(cursor), None)
+        if ok is None or cursor.description is None:
+            return
+        count = max(int(cursor.rowcount), 0)
+        if ok.row_cap is not None and count > ok.row_cap and ok.facts.kind == "select":
+            raise self.guard.over_row_cap(ok, count)  # SQLAlchemy closes the cursor
+        if ok.tally is not None:
+            ok.tally.add(count)
+
+    @staticmethod
+    def handle_error(context: ExceptionContext) -> BaseException | None:
+        """Raise a refusal as itself, not wrapped in ``sqlalchemy.exc.DBAPIError``."""
+        original = context.original_exception
+        if isinstance(original, AccessGuardError):
+            # a copy, so the one raised has the original as its cause, not itself
+            return copy.copy(original)
+        return None
+
+
+def _one_execute(context: ExecutionContext | None) -> bool:
+    """Whether SQLAlchemy runs this as one cursor.execute() despite the executemany flag."""
+    return getattr(context, "execute_style", None) is ExecuteStyle.INSERTMANYVALUES
+
+
+def _driver_cursor(cursor: Any) -> Any:
+    """The psycopg cursor under SQLAlchemy's async adaptor (itself for the sync dialect)."""
+    return getattr(cursor, "_cursor", cursor)
+
+
+def _own_savepoint(statement: str, parameters: Any, context: ExecutionContext | None) -> bool:
+    """Whether this is a savepoint statement SQLAlchemy itself compiled (begin_nested)."""
+    compiled = getattr(context, "compiled", None)
+    return (
+        compiled is not None
+        and isinstance(compiled.statement, _SAVEPOINT_CLAUSES)
+        and not parameters
+        and _SAVEPOINT_TEXT.fullmatch(statement) is not None
+    )

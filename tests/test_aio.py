@@ -1,0 +1,254 @@
+"""The guard on psycopg's AsyncConnection: the same paths and refusals as the sync adapter."""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+from casefiles import PgServerLike, RedteamCase, database_copy, load_redteam_cases
+from test_redteam import ALLOWED_EQUIVALENT, KNOWN_BUGS, TIMEOUT
+
+from accessguard import AccessDenied, AccessGuardError, Guard, Throttled, scenario
+from accessguard.adapters.aio import AsyncGuardedConnection, wrap_async
+from accessguard.guard import Session
+from accessguard.testing import MemoryAuditSink
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+    from _pytest.mark.structures import ParameterSet
+
+pytestmark = pytest.mark.anyio
+db = pytest.mark.db
+
+ALICE = Session(user="alice", ticket="T-100")
+CASES = load_redteam_cases()
+Rows = list[tuple[Any, ...]]
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """psycopg's async connections run on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture
+def sink() -> MemoryAuditSink:
+    return MemoryAuditSink()
+
+
+@pytest.fixture
+def guard(sink: MemoryAuditSink) -> Iterator[Guard]:
+    """The scenario's guard, with its volume limits."""
+    with Guard.from_directory(
+        scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
+    ) as guard:
+        yield guard
+
+
+@pytest.fixture
+async def alice(guard: Guard, scenario_dsn: str) -> AsyncIterator[AsyncGuardedConnection]:
+    async with await AsyncGuardedConnection.connect(guard, scenario_dsn, ALICE) as aconn:
+        yield aconn
+
+
+@db
+class TestAsyncPaths:
+    async def test_connect_async_is_the_contract_entry_point(
+        self, guard: Guard, scenario_dsn: str
+    ) -> None:
+        """`async with await guard.connect_async(...)` yields a guarded connection."""
+        async with await guard.connect_async(scenario_dsn, user="alice", ticket="T-100") as aconn:
+            cur = await aconn.execute("SELECT name, email FROM customers WHERE id = %s", [42])
+            assert await cur.fetchall() == [("Name-0042", "c0042@mail.example")]
+            with pytest.raises(AccessDenied):
+                await aconn.execute("SELECT email FROM customers")
+
+    async def test_named_parameters_and_escaped_percent(
+        self, alice: AsyncGuardedConnection
+    ) -> None:
+        """%(name)s placeholders and %% escapes are analyzed as psycopg sends them."""
+        cur = await alice.execute(
+            "SELECT id FROM orders WHERE customer_id = %(c)s AND status LIKE 'p%%'", {"c": 42}
+        )
+        assert await cur.fetchall() == [(422,)]
+
+    async def test_cursor_fetch_paths(self, alice: AsyncGuardedConnection) -> None:
+        """fetchone, fetchmany, fetchall and async iteration all work."""
+        cur = alice.cursor()
+        await cur.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+        assert await cur.fetchone() == (421,)
+        assert await cur.fetchmany(1) == [(422,)]
+        assert await cur.fetchall() == [(423,)]
+        await cur.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+        assert [row[0] async for row in cur] == [421, 422, 423]
+
+    async def test_named_server_side_cursor(self, alice: AsyncGuardedConnection) -> None:
+        """A named (server-side) async cursor is guarded too."""
+        async with alice.cursor(name="browse") as cur:
+            await cur.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+            assert await cur.fetchall() == [(421,), (422,), (423,)]
+        async with alice.cursor(name="leak") as cur:
+            with pytest.raises(AccessDenied):
+                await cur.execute("SELECT email FROM customers")
+
+    async def test_stream_is_checked_when_called(self, alice: AsyncGuardedConnection) -> None:
+        """cursor.stream() is decided before anything is sent, at the call itself."""
+        cur = alice.cursor()
+        stream = cur.stream("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+        assert [row[0] async for row in stream] == [421, 422, 423]
+        with pytest.raises(AccessDenied):
+            cur.stream("SELECT email FROM customers")
+
+    async def test_copy_and_pipeline_are_refused(
+        self, alice: AsyncGuardedConnection, sink: MemoryAuditSink
+    ) -> None:
+        """COPY and pipeline mode are refused outright, and audited."""
+        with pytest.raises(AccessDenied):
+            alice.cursor().copy("COPY customers TO STDOUT")
+        with pytest.raises(AccessDenied):
+            alice.pipeline()
+        assert sink.reasons() == ["statement.forbidden", "path.forbidden"]
+
+    async def test_executemany_checks_every_parameter_set(
+        self, alice: AsyncGuardedConnection
+    ) -> None:
+        """One out-of-scope row in executemany refuses the whole batch before sending."""
+        cur = alice.cursor()
+        stmt = "UPDATE orders SET status = %s WHERE customer_id = %s AND id = %s"
+        with pytest.raises(AccessDenied):
+            await cur.executemany(stmt, [("refunded", 42, 421), ("refunded", 7, 71)])
+        await cur.executemany(stmt, [("refunded", 42, 421), ("refunded", 42, 422)])
+        await cur.execute("SELECT id, status FROM orders WHERE customer_id = 42 ORDER BY id")
+        assert (await cur.fetchall())[:2] == [(421, "refunded"), (422, "refunded")]
+
+    async def test_wrapped_client_cursor_is_analyzed_on_merged_text(
+        self, guard: Guard, scenario_dsn: str
+    ) -> None:
+        """wrap_async on an AsyncClientCursor connection decides on the merged text."""
+        raw = await psycopg.AsyncConnection.connect(
+            scenario_dsn, cursor_factory=psycopg.AsyncClientCursor
+        )
+        try:
+            conn = wrap_async(guard, raw, ALICE)
+            with pytest.raises(AccessDenied):
+                await conn.execute(
+                    "SELECT id, name, email FROM customers WHERE id = 42 -- %s", ["\nOR true --"]
+                )
+            cur = await conn.execute("SELECT name FROM customers WHERE id = %s", [42])
+            assert await cur.fetchall() == [("Name-0042",)]
+        finally:
+            await raw.close()
+
+    async def test_refusal_is_a_permission_error(self, alice: AsyncGuardedConnection) -> None:
+        """A refusal is an AccessGuardError and psycopg's InsufficientPrivilege."""
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+            await alice.execute("SELECT card_token FROM payments WHERE customer_id = 42")
+        assert isinstance(info.value, AccessGuardError)
+
+    async def test_ledger_counts_rows_handed_over(self, scenario_dsn: str) -> None:
+        """The access ledger counts the statement and exactly the rows fetched."""
+        sink = MemoryAuditSink()
+        guard = Guard.from_directory(scenario.policies_dir(), tickets=scenario.tickets(),
+                                     audit=sink)
+        async with await AsyncGuardedConnection.connect(guard, scenario_dsn, ALICE) as aconn:
+            cur = await aconn.execute("SELECT id FROM orders WHERE customer_id = 42")
+            assert len(await cur.fetchall()) == 3
+        guard.close()
+        ledger = [e for e in sink.events if e["event.action"] == "ledger"]
+        assert sum(e["accessguard.rows"] for e in ledger) == 3
+        assert sum(e["accessguard.statements"] for e in ledger) == 1
+
+    async def test_row_cap_refuses_before_rows_are_handed_over(
+        self, alice: AsyncGuardedConnection, scenario_dsn: str, sink: MemoryAuditSink
+    ) -> None:
+        """Past 500 rows of a scoped table: refused at execute, or at the fetch that passes it."""
+        async with await psycopg.AsyncConnection.connect(scenario_dsn, autocommit=True) as admin:
+            await admin.execute(
+                "INSERT INTO orders (id, customer_id, status, total_cents) "
+                "SELECT 100000 + g, 42, 'bulk', 1 FROM generate_series(1, 498) g"
+            )
+        cur = alice.cursor()
+        with pytest.raises(Throttled) as info:
+            await cur.execute("SELECT id FROM orders WHERE customer_id = 42")
+        assert info.value.reason == "throttle.rows"
+        assert await cur.fetchall() == []
+        async with alice.cursor(name="big") as named:
+            await named.execute("SELECT id FROM orders WHERE customer_id = 42")
+            assert len(await named.fetchmany(500)) == 500
+            with pytest.raises(Throttled):
+                await named.fetchone()
+        assert sink.reasons() == ["throttle.rows", "throttle.rows"]
+
+
+# ---------------------------------------------------------------------- red team
+
+
+def _cases() -> list[ParameterSet]:
+    return [
+        pytest.param(
+            case, id=case.id,
+            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["server", case.id])]
+            if ("server", case.id) in KNOWN_BUGS else [],
+        )
+        for case in CASES
+    ]
+
+
+@pytest.fixture(scope="module")
+def redteam_db(pg_server: PgServerLike, scenario_template: str) -> Iterator[str]:
+    """One scenario copy for the module's red-team cases (each rolled back)."""
+    with database_copy(pg_server, scenario_template, prefix="ag_aio") as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="module")
+def unlimited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
+    """A guard on a copy of the policies without limits.toml (90 statements in a minute)."""
+    policies: Path = tmp_path_factory.mktemp("policies") / "policies"
+    shutil.copytree(scenario.policies_dir(), policies)
+    (policies / "limits.toml").unlink()
+    with Guard.from_directory(policies, tickets=scenario.tickets(),
+                              audit=MemoryAuditSink()) as guard:
+        yield guard
+
+
+def _reference(guard: Guard, dsn: str, case: RedteamCase) -> Rows | AccessGuardError:
+    """What the sync psycopg adapter (tested against alice's view) returns for ``case``."""
+    with guard.connect(dsn, user="alice", ticket="T-100", options=TIMEOUT) as conn:
+        try:
+            cur = conn.execute(case.sql, case.params)
+            return list(cur.fetchall()) if cur.description is not None else []
+        except AccessGuardError as exc:
+            return exc
+        finally:
+            conn.rollback()
+
+
+@db
+class TestAsyncRedteam:
+    @pytest.mark.parametrize("case", _cases())
+    async def test_case(self, case: RedteamCase, unlimited: Guard, redteam_db: str) -> None:
+        """Attacks are refused; allowed cases return what the sync adapter returns."""
+        conn = await AsyncGuardedConnection.connect(unlimited, redteam_db, ALICE, options=TIMEOUT)
+        try:
+            cur = conn.cursor()
+            await cur.execute(case.sql, case.params)
+            rows: Rows | AccessGuardError = (
+                await cur.fetchall() if cur.description is not None else []
+            )
+        except AccessGuardError as exc:
+            rows = exc
+        finally:
+            await conn.rollback()
+            await conn.close()
+        if not (case.allowed or case.id in ALLOWED_EQUIVALENT):
+            assert isinstance(rows, AccessGuardError), "an attack was not refused"
+            return
+        assert not isinstance(rows, AccessGuardError), f"refused: {rows}"
+        expected = _reference(unlimited, redteam_db, case)
+        assert not isinstance(expected, AccessGuardError)
+        assert sorted(rows, key=repr) == sorted(expected, key=repr)
