@@ -15,11 +15,12 @@ handed over.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from accessguard.adapters.psycopg3 import DIALECT, _query_text, convert_query
+from accessguard.adapters.base import RowCounter
+from accessguard.adapters.psycopg3 import _query_text, authorize_statement
 from accessguard.errors import AccessDenied, Reason
 
 if TYPE_CHECKING:
@@ -35,36 +36,8 @@ def wrap_async(
     return AsyncGuardedConnection(guard, aconn, session)
 
 
-class AsyncCountingCursor:
+class AsyncCountingCursor(RowCounter):
     """The async counterpart of ``base.CountingCursor``: counts the rows handed over."""
-
-    _raw: Any
-    _guard: Guard
-    _session: Session
-    _current: Authorized | None = None
-    _fetched: int = 0
-    #: the last statement was refused after it ran: its result is withheld
-    _withheld: bool = False
-
-    def _begin(self, ok: Authorized) -> None:
-        self._current = ok
-        self._fetched = 0
-        self._withheld = False
-
-    def _withhold(self, ok: Authorized, count: int) -> Exception:
-        self._current = None
-        self._withheld = True
-        return self._guard.over_row_cap(ok, count)
-
-    def _count(self, n: int) -> None:
-        ok = self._current
-        if ok is None or n <= 0:
-            return
-        if ok.row_cap is not None and self._fetched + n > ok.row_cap:
-            raise self._withhold(ok, self._fetched + n)
-        self._fetched += n
-        if ok.tally is not None:
-            ok.tally.add(n)
 
     async def fetchone(self) -> Any:
         if self._withheld:
@@ -108,28 +81,15 @@ class AsyncGuardedCursor(AsyncCountingCursor):
     # ------------------------------------------------------------------ sending
 
     def _authorize(self, query: Any, params: Any) -> Authorized:
-        """What the sync ``GuardedCursor._authorize`` does; no I/O, so no await."""
-        guard, session = self._guard, self._session
-        # _query_text only reads .info.encoding and adapts Composables: an
-        # AsyncConnection serves both (its annotation names the sync class).
-        text = _query_text(query, cast("psycopg.Connection[Any]", self._conn._raw))
-        if isinstance(self._raw, psycopg.AsyncClientCursor):
-            # client-side binding merges values into the text (even inside
-            # comments): analyze and send exactly the merged text.
-            merged = self._raw.mogrify(text, params) if params is not None else text
-            return guard.authorize(merged, None, session, dialect=DIALECT)
-        if params is None:
-            return guard.authorize(text, None, session, dialect=DIALECT)
-        try:
-            converted, values = convert_query(text, params)
-        except (psycopg.Error, TypeError) as exc:
-            raise guard.refuse(
-                Reason.SQL_PARAMS_MISMATCH,
-                "Refused: the placeholders do not match the values bound to them.",
-                session,
-                kind="unknown",
-            ) from exc
-        return guard.authorize(converted, values, session, dialect=DIALECT)
+        """What the sync cursor does; no I/O, so no await."""
+        client = isinstance(self._raw, psycopg.AsyncClientCursor)
+        return authorize_statement(
+            self._guard,
+            self._session,
+            _query_text(query, self._conn._raw),
+            params,
+            mogrify=self._raw.mogrify if client else None,
+        )
 
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncGuardedCursor:
         ok = self._authorize(query, params)

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from accessguard.guard import Authorized, Guard, Session
 
 
-class CountingCursor:
-    """Base of the guarded cursors: ``_raw`` is the driver's cursor."""
+class RowCounter:
+    """The row accounting every guarded cursor shares, sync or async."""
 
     _raw: Any
     _guard: Guard
@@ -47,6 +47,10 @@ class CountingCursor:
         self._fetched += n
         if ok.tally is not None:
             ok.tally.add(n)
+
+
+class CountingCursor(RowCounter):
+    """Base of the sync guarded cursors: ``_raw`` is the driver's cursor."""
 
     def fetchone(self) -> Any:
         if self._withheld:

@@ -69,7 +69,7 @@ from django.db import connections
 from django.db.backends.signals import connection_created
 from django.utils.module_loading import import_string
 
-from accessguard.adapters.psycopg3 import DIALECT, convert_query
+from accessguard.adapters.psycopg3 import authorize_statement
 from accessguard.errors import AccessDenied, ConfigurationError, Reason
 from accessguard.guard import Guard
 from accessguard.tickets import FileTicketStore
@@ -155,24 +155,9 @@ class GuardExecuteWrapper:
     def _authorize(
         self, raw: Any, sql: str, params: Any, session: Session, *, client: bool
     ) -> Authorized:
-        guard = self.guard
-        if client:
-            # client-side binding merges values into the text (even inside
-            # comments): analyze and send exactly the merged text.
-            merged = raw.mogrify(sql, params) if params is not None else sql
-            return guard.authorize(merged, None, session, dialect=DIALECT)
-        if params is None:
-            return guard.authorize(sql, None, session, dialect=DIALECT)
-        try:
-            converted, values = convert_query(sql, params)
-        except (psycopg.Error, TypeError) as exc:
-            raise guard.refuse(
-                Reason.SQL_PARAMS_MISMATCH,
-                "Refused: the placeholders do not match the values bound to them.",
-                session,
-                kind="unknown",
-            ) from exc
-        return guard.authorize(converted, values, session, dialect=DIALECT)
+        return authorize_statement(
+            self.guard, session, sql, params, mogrify=raw.mogrify if client else None
+        )
 
     def _count(self, raw: Any, ok: Authorized) -> None:
         """Count the result's rows (all in client memory now); over the cap, withhold them."""

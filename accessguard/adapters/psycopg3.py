@@ -12,7 +12,7 @@ client-side binding cursor (``ClientCursor``) is analyzed on its merged text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,41 @@ def convert_query(query: str, params: Sequence[Any] | Mapping[str, Any]) -> tupl
     return converted.decode(), list(values)
 
 
-def _query_text(query: Any, conn: psycopg.Connection[Any]) -> str:
+def authorize_statement(
+    guard: Guard,
+    session: Session,
+    text: str,
+    params: Any,
+    *,
+    mogrify: Callable[[str, Any], str] | None = None,
+) -> Authorized:
+    """Decide one statement as psycopg will send it (every psycopg-based adapter's one path).
+
+    With client-side binding (``mogrify`` given) the values are merged into the
+    text, even inside comments: the merged text is analyzed and sent, with no
+    parameters. Otherwise ``%s`` / ``%(name)s`` become ``$n`` first; for
+    positional parameters (whose order that keeps) only when a plan is made.
+    """
+    if mogrify is not None:
+        merged = mogrify(text, params) if params is not None else text
+        return guard.authorize(merged, None, session, dialect=DIALECT)
+    if params is None:
+        return guard.authorize(text, None, session, dialect=DIALECT)
+    if type(params) is list or type(params) is tuple:
+        return guard.authorize(text, params, session, dialect=DIALECT, convert=convert_query)
+    try:
+        converted, values = convert_query(text, params)
+    except (psycopg.Error, TypeError) as exc:
+        raise guard.refuse(
+            Reason.SQL_PARAMS_MISMATCH,
+            "Refused: the placeholders do not match the values bound to them.",
+            session,
+            kind="unknown",
+        ) from exc
+    return guard.authorize(converted, values, session, dialect=DIALECT)
+
+
+def _query_text(query: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
     if isinstance(query, str):
         return query
     if isinstance(query, bytes | bytearray | memoryview):
@@ -62,29 +96,14 @@ class GuardedCursor(CountingCursor):
     # ------------------------------------------------------------------ sending
 
     def _authorize(self, query: Any, params: Any) -> Authorized:
-        guard, session = self._guard, self._session
-        text = _query_text(query, self._conn._raw)
-        if isinstance(self._raw, psycopg.ClientCursor):
-            # client-side binding merges values into the text (even inside
-            # comments): analyze and send exactly the merged text.
-            merged = self._raw.mogrify(text, params) if params is not None else text
-            return guard.authorize(merged, None, session, dialect=DIALECT)
-        if params is None:
-            return guard.authorize(text, None, session, dialect=DIALECT)
-        if type(params) is list or type(params) is tuple:
-            # positional: the plan is keyed by the text as written; psycopg's
-            # conversion (which keeps the order) runs only when a plan is made
-            return guard.authorize(text, params, session, dialect=DIALECT, convert=convert_query)
-        try:
-            converted, values = convert_query(text, params)
-        except (psycopg.Error, TypeError) as exc:
-            raise guard.refuse(
-                Reason.SQL_PARAMS_MISMATCH,
-                "Refused: the placeholders do not match the values bound to them.",
-                session,
-                kind="unknown",
-            ) from exc
-        return guard.authorize(converted, values, session, dialect=DIALECT)
+        client = isinstance(self._raw, psycopg.ClientCursor)
+        return authorize_statement(
+            self._guard,
+            self._session,
+            _query_text(query, self._conn._raw),
+            params,
+            mogrify=self._raw.mogrify if client else None,
+        )
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
         ok = self._authorize(query, params)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import copy
 import re
 import weakref
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
@@ -53,7 +52,7 @@ from sqlalchemy.sql.expression import (
     SavepointClause,
 )
 
-from accessguard.adapters.psycopg3 import DIALECT, convert_query
+from accessguard.adapters.psycopg3 import authorize_statement
 from accessguard.errors import AccessDenied, AccessGuardError, ConfigurationError, Reason
 
 if TYPE_CHECKING:
@@ -174,31 +173,13 @@ class _Listener:
     def _authorize(
         self, driver_cursor: Any, statement: str, params: Any, session: Session, *, client: bool
     ) -> Authorized:
-        guard = self.guard
-        if client:
-            # psycopg merges values into the text (even inside comments):
-            # analyze and send exactly the merged text, with no parameters.
-            merged = driver_cursor.mogrify(statement, params) if params is not None else statement
-            return guard.authorize(merged, None, session, dialect=DIALECT)
-        if params is None:
-            return guard.authorize(statement, None, session, dialect=DIALECT)
-        if not isinstance(params, Mapping | Sequence) or isinstance(params, str | bytes):
-            raise guard.refuse(
-                Reason.SQL_PARAMS_MISMATCH,
-                "Refused: the statement's parameters are neither a mapping nor a sequence.",
-                session,
-                kind="unknown",
-            )
-        try:
-            converted, values = convert_query(statement, params)
-        except (psycopg.Error, TypeError) as exc:
-            raise guard.refuse(
-                Reason.SQL_PARAMS_MISMATCH,
-                "Refused: the placeholders do not match the values bound to them.",
-                session,
-                kind="unknown",
-            ) from exc
-        return guard.authorize(converted, values, session, dialect=DIALECT)
+        return authorize_statement(
+            self.guard,
+            session,
+            statement,
+            params,
+            mogrify=driver_cursor.mogrify if client else None,
+        )
 
     def _refuse(self, message: str, session: Session) -> AccessDenied:
         return self.guard.refuse(Reason.PATH_FORBIDDEN, message, session, kind="unknown")
