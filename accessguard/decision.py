@@ -135,7 +135,17 @@ def grants_cover(facts: Facts, context: Context, policy: Policy) -> Denial | Non
     """Every column read or written is granted to one of the employee's roles."""
     ticket, problem = context.valid, context.ticket_problem
     kind = ticket.kind if ticket is not None else None
-    if facts.accesses <= policy.granted(context.roles, kind):
+    granted = policy.granted(context.roles, kind)
+    if facts.accesses <= granted:
+        # a table read without naming a column (count(*), EXISTS, SELECT FROM t)
+        # still needs one readable column: no rule, no rows
+        readable = {t for t, _c, action in granted if action == "read"}
+        for table in sorted(facts.tables - readable):
+            name = table.rsplit(".", 1)[-1]
+            return Denial(
+                Reason.COLUMN_NOT_ALLOWED,
+                f"No rule lets {_roles_text(context.roles)} read any column of {name}.",
+            )
         return None
     accesses: list[Access] = sorted((t, c, "read") for t, c in facts.reads)
     accesses += sorted((t, c, "update") for t, c in facts.writes)

@@ -30,6 +30,7 @@ from accessguard.analysis import (
     shape,
     subject_marker,
 )
+from accessguard.analysis.crosscheck import verify_sent
 from accessguard.audit import Auditor, AuditSink, as_sink, utcnow
 from accessguard.decision import Context, Decision, decide
 from accessguard.errors import (
@@ -253,7 +254,14 @@ class Guard:
         if dialect == "postgres" and params is not None:
             from accessguard.adapters.psycopg3 import convert_query
 
-            sql, params = convert_query(sql, params)
+            try:
+                sql, params = convert_query(sql, params)
+            except Exception:  # noqa: BLE001 - any conversion error is this refusal
+                return Decision(
+                    outcome="denied",
+                    reason=Reason.SQL_PARAMS_MISMATCH,
+                    message="Refused: the placeholders do not match the values bound to them.",
+                )
         found = self.tickets.get(ticket) if ticket is not None else None
         session = Session(user=user, ticket=ticket)
         _facts, decision, _ctx = self._decide(sql, params, session, dialect, found, self.policy)
@@ -342,7 +350,17 @@ class Guard:
                 raise AccessDenied(
                     decision.message, reason=decision.reason or Reason.INTERNAL_ERROR
                 )
-            plan = self._plan(facts, decision, context, ticket, policy)
+            try:
+                plan = self._plan(facts, decision, context, ticket, policy)
+            except _Unverified as exc:
+                refused = replace(
+                    decision,
+                    outcome="denied",
+                    reason=Reason.SQL_PARSER_DISAGREEMENT,
+                    message=f"Refused: the SQL to send failed its check ({exc.problem}).",
+                )
+                self._audit(refused, context, facts)
+                raise AccessDenied(refused.message, reason=Reason.SQL_PARSER_DISAGREEMENT) from None
             if len(self._plans) >= self._cache_size:
                 self._plans.clear()
             self._plans[key] = plan
@@ -416,7 +434,10 @@ class Guard:
                 return None
             redacted = redact_tokens(tokens)  # the statement's own, not its shape's
             facts = replace(facts, redacted=redacted, fingerprint=fingerprint(redacted))
-            plan = self._plan(facts, decision, context, ticket, policy)
+            try:
+                plan = self._plan(facts, decision, context, ticket, policy)
+            except _Unverified:
+                return None  # decided again on the text itself, which audits the refusal
             if len(self._shapes) >= self._cache_size:
                 self._shapes.clear()
             self._shapes[key] = plan
@@ -455,6 +476,23 @@ class Guard:
             )
             for scope, subject in decision.subjects
         )
+        sent = self._sent_sql(facts, decision)
+        if facts.dialect == "postgres":
+            # the second wall, checked by PostgreSQL's parser before the plan is trusted
+            scoped = {
+                t: spec.scope_column or ""
+                for t in facts.tables
+                if (spec := policy.catalog.tables.get(t)) is not None and spec.scope is not None
+            }
+            problem = verify_sent(
+                sent,
+                facts,
+                scoped,
+                pyformat=bool(facts.params),
+                subjects=[subject for _scope, subject in decision.subjects],
+            )
+            if problem is not None:
+                raise _Unverified(problem)
         notices: list[Decision] = []
         if self.shadow is not None:
             shadow_context = replace(context, roles=self.shadow.roles_of(context.user))
@@ -485,7 +523,7 @@ class Guard:
             context=context,
             ticket=ticket,
             kind=kind,
-            sql=self._sent_sql(facts, decision),
+            sql=sent,
             checks=checks,
             accesses=accesses,
             customers=frozenset(i for scope, i in decision.subjects if scope == "customer"),
@@ -749,6 +787,14 @@ class Guard:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _Unverified(Exception):
+    """PostgreSQL's parser does not read the SQL to send as the second wall promises."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

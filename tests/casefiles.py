@@ -117,8 +117,9 @@ def load_scenario_cases(path: Path = SCENARIO_FILE) -> list[ScenarioCase]:
     """Read and validate scenario.yaml."""
     cases: list[ScenarioCase] = []
     for entry in _entries(path):
-        case_id = _check_keys(entry, {"id", "user", "ticket", "sql", "expect"},
-                              {"params", "reason"})
+        case_id = _check_keys(
+            entry, {"id", "user", "ticket", "sql", "expect"}, {"params", "reason"}
+        )
         ticket = entry["ticket"]
         if ticket is not None and not isinstance(ticket, str):
             raise TypeError(f"{case_id}: ticket must be a string or null")
@@ -129,10 +130,17 @@ def load_scenario_cases(path: Path = SCENARIO_FILE) -> list[ScenarioCase]:
             raise ValueError(f"{case_id}: reason must be a dotted code like column.not_allowed")
         if reason is not None and entry["expect"] == "allowed":
             raise ValueError(f"{case_id}: an allowed case has no reason")
-        cases.append(ScenarioCase(
-            id=case_id, user=entry["user"], ticket=ticket, sql=entry["sql"],
-            params=_params(entry.get("params"), case_id), expect=entry["expect"], reason=reason,
-        ))
+        cases.append(
+            ScenarioCase(
+                id=case_id,
+                user=entry["user"],
+                ticket=ticket,
+                sql=entry["sql"],
+                params=_params(entry.get("params"), case_id),
+                expect=entry["expect"],
+                reason=reason,
+            )
+        )
     _unique([c.id for c in cases], path)
     return cases
 
@@ -144,10 +152,16 @@ def load_redteam_cases(path: Path = REDTEAM_FILE) -> list[RedteamCase]:
         case_id = _check_keys(entry, {"id", "category", "expected", "sql", "why"}, {"params"})
         if entry["expected"] not in ("allow", "deny"):
             raise ValueError(f"{case_id}: expected must be allow or deny")
-        cases.append(RedteamCase(
-            id=case_id, category=entry["category"], expected=entry["expected"],
-            sql=entry["sql"], why=entry["why"], params=_params(entry.get("params"), case_id),
-        ))
+        cases.append(
+            RedteamCase(
+                id=case_id,
+                category=entry["category"],
+                expected=entry["expected"],
+                sql=entry["sql"],
+                why=entry["why"],
+                params=_params(entry.get("params"), case_id),
+            )
+        )
     _unique([c.id for c in cases], path)
     return cases
 

@@ -152,8 +152,9 @@ class TestAsyncPaths:
     async def test_ledger_counts_rows_handed_over(self, scenario_dsn: str) -> None:
         """The access ledger counts the statement and exactly the rows fetched."""
         sink = MemoryAuditSink()
-        guard = Guard.from_directory(scenario.policies_dir(), tickets=scenario.tickets(),
-                                     audit=sink)
+        guard = Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
+        )
         async with await AsyncGuardedConnection.connect(guard, scenario_dsn, ALICE) as aconn:
             cur = await aconn.execute("SELECT id FROM orders WHERE customer_id = 42")
             assert len(await cur.fetchall()) == 3
@@ -190,9 +191,11 @@ class TestAsyncPaths:
 def _cases() -> list[ParameterSet]:
     return [
         pytest.param(
-            case, id=case.id,
+            case,
+            id=case.id,
             marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["server", case.id])]
-            if ("server", case.id) in KNOWN_BUGS else [],
+            if ("server", case.id) in KNOWN_BUGS
+            else [],
         )
         for case in CASES
     ]
@@ -211,8 +214,9 @@ def unlimited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
     policies: Path = tmp_path_factory.mktemp("policies") / "policies"
     shutil.copytree(scenario.policies_dir(), policies)
     (policies / "limits.toml").unlink()
-    with Guard.from_directory(policies, tickets=scenario.tickets(),
-                              audit=MemoryAuditSink()) as guard:
+    with Guard.from_directory(
+        policies, tickets=scenario.tickets(), audit=MemoryAuditSink()
+    ) as guard:
         yield guard
 
 

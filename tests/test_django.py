@@ -57,8 +57,11 @@ def use_database(dsn: str, **options: Any) -> None:
     connection.close()
     info = conninfo_to_dict(dsn)
     connection.settings_dict.update(
-        NAME=info["dbname"], USER=info.get("user", ""), HOST=info.get("host", ""),
-        PORT=str(info.get("port", "")), OPTIONS=options,
+        NAME=info["dbname"],
+        USER=info.get("user", ""),
+        HOST=info.get("host", ""),
+        PORT=str(info.get("port", "")),
+        OPTIONS=options,
     )
 
 
@@ -71,8 +74,9 @@ def sink() -> MemoryAuditSink:
 def guard(sink: MemoryAuditSink) -> Iterator[Guard]:
     """The scenario's guard (with its limits), named by settings.ACCESSGUARD."""
     with (
-        Guard.from_directory(scenario.policies_dir(), tickets=scenario.tickets(),
-                             audit=sink) as guard,
+        Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
+        ) as guard,
         override_settings(ACCESSGUARD={"GUARD": guard}),
     ):
         yield guard
@@ -158,8 +162,11 @@ class TestMiddleware:
     def test_guard_built_from_settings(self, tmp_path: Path) -> None:
         """POLICIES / TICKETS / AUDIT build the guard once; refusals go to the audit file."""
         audit = tmp_path / "audit.jsonl"
-        config = {"POLICIES": str(scenario.policies_dir()),
-                  "TICKETS": str(scenario.tickets_file()), "AUDIT": str(audit)}
+        config = {
+            "POLICIES": str(scenario.policies_dir()),
+            "TICKETS": str(scenario.tickets_file()),
+            "AUDIT": str(audit),
+        }
         with override_settings(ACCESSGUARD=config):
             assert get_guard() is get_guard()
             with pytest.raises(AccessDenied):
@@ -189,17 +196,18 @@ class TestGuarded:
         """Django's default client-side binding: a value ending a comment cannot add SQL."""
         with guarded(connection, guard=guard, user="alice", ticket="T-100"):
             with pytest.raises(AccessDenied):
-                fetch("SELECT id, name, email FROM customers WHERE id = 42 -- %s",
-                      ["\nOR true --"])
-            assert fetch("SELECT id FROM orders WHERE customer_id = %s AND status LIKE 'p%%'",
-                         [42]) == [(422,)]
+                fetch("SELECT id, name, email FROM customers WHERE id = 42 -- %s", ["\nOR true --"])
+            assert fetch(
+                "SELECT id FROM orders WHERE customer_id = %s AND status LIKE 'p%%'", [42]
+            ) == [(422,)]
 
     def test_server_side_binding(self, guard: Guard, scenario_db: str) -> None:
         """With server_side_binding the statement is decided in psycopg's $n form."""
         use_database(scenario_db, server_side_binding=True)
         with guarded(connection, guard=guard, user="alice", ticket="T-100"):
-            assert fetch("SELECT id FROM orders WHERE customer_id = %(c)s AND status LIKE 'p%%'",
-                         {"c": 42}) == [(422,)]
+            assert fetch(
+                "SELECT id FROM orders WHERE customer_id = %(c)s AND status LIKE 'p%%'", {"c": 42}
+            ) == [(422,)]
             with pytest.raises(AccessDenied):
                 fetch(QUERY, [7])
 
@@ -230,7 +238,9 @@ class TestGuarded:
             with connection.cursor() as cur:
                 cur.executemany(update, [("y", 42, 421), ("y", 42, 422)])
             assert fetch("SELECT id, status FROM orders WHERE customer_id = 42 ORDER BY id") == [
-                (421, "y"), (422, "y"), (423, "shipped")
+                (421, "y"),
+                (422, "y"),
+                (423, "shipped"),
             ]
 
     def test_paths_past_execute_are_refused(self, guard: Guard) -> None:
@@ -249,8 +259,9 @@ class TestGuarded:
         with connection.cursor() as cur:  # unguarded again: Django's own cursor class
             assert type(cur.cursor).__name__ == "Cursor"
 
-    def test_ledger_and_row_cap(self, guard: Guard, sink: MemoryAuditSink,
-                                scenario_db: str) -> None:
+    def test_ledger_and_row_cap(
+        self, guard: Guard, sink: MemoryAuditSink, scenario_db: str
+    ) -> None:
         """Rows returned are counted; a result over the row cap is refused and withheld."""
         with guarded(connection, guard=guard, user="alice", ticket="T-100"):
             assert len(fetch("SELECT id FROM orders WHERE customer_id = %s", [42])) == 3
@@ -277,9 +288,11 @@ class TestGuarded:
 def _cases() -> list[ParameterSet]:
     return [
         pytest.param(
-            case, id=case.id,
+            case,
+            id=case.id,
             marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["client", case.id])]
-            if ("client", case.id) in KNOWN_BUGS else [],
+            if ("client", case.id) in KNOWN_BUGS
+            else [],
         )
         for case in CASES
     ]
@@ -298,8 +311,9 @@ def unlimited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
     policies: Path = tmp_path_factory.mktemp("policies") / "policies"
     shutil.copytree(scenario.policies_dir(), policies)
     (policies / "limits.toml").unlink()
-    with Guard.from_directory(policies, tickets=scenario.tickets(),
-                              audit=MemoryAuditSink()) as guard:
+    with Guard.from_directory(
+        policies, tickets=scenario.tickets(), audit=MemoryAuditSink()
+    ) as guard:
         yield guard
 
 

@@ -141,7 +141,7 @@ class TestWatchlist:
     def test_malformed_watchlist_names_its_line(self, policy_dir: Path) -> None:
         """A [[watch]] entry without ticket_kinds fails at load with file and line."""
         path = policy_dir / "watchlist.toml"
-        path.write_text('[[canary]]\nids = [1]\n\n[[watch]]\nids = [2]\n')
+        path.write_text("[[canary]]\nids = [1]\n\n[[watch]]\nids = [2]\n")
         with pytest.raises(PolicyError) as info:
             load_policy(policy_dir)
         assert info.value.path == str(path)

@@ -127,7 +127,8 @@ class TestCheckout:
             alice = executor.submit(work, pool, "alice", "T-100")
             bob = executor.submit(work, pool, "bob", None)
             assert (alice.result(timeout=30), bob.result(timeout=30)) == (
-                "allowed", "ticket.required"
+                "allowed",
+                "ticket.required",
             )
 
     def test_nobody_bound_is_refused(self, pool: GuardedPool) -> None:
@@ -153,9 +154,11 @@ class TestCheckout:
 def _cases() -> list[ParameterSet]:
     return [
         pytest.param(
-            case, id=case.id,
+            case,
+            id=case.id,
             marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["server", case.id])]
-            if ("server", case.id) in KNOWN_BUGS else [],
+            if ("server", case.id) in KNOWN_BUGS
+            else [],
         )
         for case in CASES
     ]
@@ -171,8 +174,9 @@ def redteam_pool(
     (policies / "limits.toml").unlink()
     with (
         database_copy(pg_server, scenario_template, prefix="ag_pool") as dsn,
-        Guard.from_directory(policies, tickets=scenario.tickets(),
-                             audit=MemoryAuditSink()) as guard,
+        Guard.from_directory(
+            policies, tickets=scenario.tickets(), audit=MemoryAuditSink()
+        ) as guard,
         GuardedPool(guard, dsn, min_size=1, max_size=2, kwargs={"options": TIMEOUT}) as pool,
     ):
         yield pool

@@ -80,15 +80,32 @@ DROP SCHEMA archive CASCADE;
 #: Distinctive seed values (accessguard/scenario/seed.sql): none may reach an
 #: exception message or an audit event.
 SEED_MARKERS = (
-    "@mail.example", "c0007@mail.example", "tok_", "Name-00", "+1-555-", "Apt 0", "Flag-0",
-    "Review-0", "@sellers.example", "@archive.example", "Archived-0", "kw-p",
+    "@mail.example",
+    "c0007@mail.example",
+    "tok_",
+    "Name-00",
+    "+1-555-",
+    "Apt 0",
+    "Flag-0",
+    "Review-0",
+    "@sellers.example",
+    "@archive.example",
+    "Archived-0",
+    "kw-p",
 )
 
 #: Audit fields that are hashes or clock readings: they may contain any digits by chance.
-_MACHINE_FIELDS = frozenset({
-    "@timestamp", "event.hash", "accessguard.chain.prev", "accessguard.fingerprint",
-    "accessguard.policy.version", "accessguard.first", "accessguard.last",
-})
+_MACHINE_FIELDS = frozenset(
+    {
+        "@timestamp",
+        "event.hash",
+        "accessguard.chain.prev",
+        "accessguard.fingerprint",
+        "accessguard.policy.version",
+        "accessguard.first",
+        "accessguard.last",
+    }
+)
 
 #: String literals of the SQL shorter than three characters ('p', ',') cannot be
 #: told from the event's own text and are not checked; neither are words of the
@@ -106,9 +123,11 @@ def _params(test: str, cases: list[RedteamCase]) -> list[ParameterSet]:
     """The cases as pytest parameters, with their ids, known bugs of ``test`` marked xfail."""
     return [
         pytest.param(
-            case, id=case.id,
+            case,
+            id=case.id,
             marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[test, case.id])]
-            if (test, case.id) in KNOWN_BUGS else [],
+            if (test, case.id) in KNOWN_BUGS
+            else [],
         )
         for case in cases
     ]
@@ -124,8 +143,9 @@ def scenario_db(pg_server: PgServerLike, scenario_template: str) -> Iterator[str
 @pytest.fixture(scope="module")
 def alice_view_db(pg_server: PgServerLike, scenario_template: str) -> Iterator[str]:
     """DSN of a database holding only what alice may see on T-100 (read only in the tests)."""
-    with database_copy(pg_server, scenario_template, prefix="ag_alice_view",
-                       setup=ALICE_VIEW_SQL) as dsn:
+    with database_copy(
+        pg_server, scenario_template, prefix="ag_alice_view", setup=ALICE_VIEW_SQL
+    ) as dsn:
         yield dsn
 
 
@@ -139,7 +159,8 @@ def audit_path(tmp_path: Path) -> Path:
 def guard(audit_path: Path) -> Iterator[Guard]:
     """A guard on the scenario's policies and tickets, auditing to ``audit_path``; closed after."""
     with Guard.from_directory(
-        accessguard.scenario.policies_dir(), tickets=accessguard.scenario.tickets(),
+        accessguard.scenario.policies_dir(),
+        tickets=accessguard.scenario.tickets(),
         audit=audit_path,
     ) as guard:
         yield guard
@@ -182,14 +203,13 @@ def _run_on_view(view_dsn: str, case: RedteamCase, *, client: bool) -> Rows | No
             conn.rollback()
 
 
-def _judge(case: RedteamCase, outcome: Rows | AccessDenied | None, view_dsn: str, *,
-           client: bool) -> None:
+def _judge(
+    case: RedteamCase, outcome: Rows | AccessDenied | None, view_dsn: str, *, client: bool
+) -> None:
     """Assert the case's expectation on what the guarded connection did."""
     if isinstance(outcome, AccessDenied):
         assert not case.allowed, f"refused a legitimate statement: {outcome}"
-        assert case.id not in ALLOWED_EQUIVALENT, (
-            "refused now: remove it from ALLOWED_EQUIVALENT"
-        )
+        assert case.id not in ALLOWED_EQUIVALENT, "refused now: remove it from ALLOWED_EQUIVALENT"
         return
     if not case.allowed:
         assert case.id in ALLOWED_EQUIVALENT, (
@@ -222,8 +242,9 @@ def _audit_texts(path: Path) -> tuple[list[str], list[str]]:
     every: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         event = json.loads(line)
-        text = json.dumps({k: v for k, v in event.items() if k not in _MACHINE_FIELDS},
-                          ensure_ascii=False)
+        text = json.dumps(
+            {k: v for k, v in event.items() if k not in _MACHINE_FIELDS}, ensure_ascii=False
+        )
         every.append(text)
         if event.get("accessguard.outcome") != "allowed":
             refusals.append(text)
@@ -264,8 +285,9 @@ class TestCheck:
 @pytest.mark.db
 class TestServerBinding:
     @pytest.mark.parametrize("case", _params("server", CASES))
-    def test_case(self, case: RedteamCase, guard: Guard, scenario_db: str,
-                  alice_view_db: str) -> None:
+    def test_case(
+        self, case: RedteamCase, guard: Guard, scenario_db: str, alice_view_db: str
+    ) -> None:
         """Through guard.connect(), a case returns alice's view's rows or is refused as expected."""
         conn = guard.connect(scenario_db, user=USER, ticket=TICKET, options=TIMEOUT)
         try:
@@ -278,8 +300,9 @@ class TestServerBinding:
 @pytest.mark.db
 class TestClientBinding:
     @pytest.mark.parametrize("case", _params("client", CASES))
-    def test_case(self, case: RedteamCase, guard: Guard, scenario_db: str,
-                  alice_view_db: str) -> None:
+    def test_case(
+        self, case: RedteamCase, guard: Guard, scenario_db: str, alice_view_db: str
+    ) -> None:
         """Through a wrapped ClientCursor connection, the same expectations hold."""
         raw = psycopg.connect(scenario_db, options=TIMEOUT, cursor_factory=psycopg.ClientCursor)
         conn = guard.wrap(raw, user=USER, ticket=TICKET)
@@ -293,8 +316,9 @@ class TestClientBinding:
 @pytest.mark.db
 class TestNoLeaks:
     @pytest.mark.parametrize("case", _params("leaks", CASES))
-    def test_no_literal_or_row_data(self, case: RedteamCase, guard: Guard, audit_path: Path,
-                                    alice_view_db: str) -> None:
+    def test_no_literal_or_row_data(
+        self, case: RedteamCase, guard: Guard, audit_path: Path, alice_view_db: str
+    ) -> None:
         """No refusal message or audit event carries a literal of the case or any seed data."""
         messages: list[str] = []
         refused = 0

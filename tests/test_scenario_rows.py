@@ -49,9 +49,11 @@ def _params(cases: list[ScenarioCase]) -> list[ParameterSet]:
     """The cases as pytest parameters, with their ids, known bugs marked xfail."""
     return [
         pytest.param(
-            case, id=case.id,
+            case,
+            id=case.id,
             marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[case.id])]
-            if case.id in KNOWN_BUGS else [],
+            if case.id in KNOWN_BUGS
+            else [],
         )
         for case in cases
     ]
@@ -78,7 +80,8 @@ def audit_path(tmp_path: Path) -> Path:
 def guard(audit_path: Path) -> Iterator[Guard]:
     """A guard on the scenario's policies and tickets, auditing to ``audit_path``; closed after."""
     with Guard.from_directory(
-        accessguard.scenario.policies_dir(), tickets=accessguard.scenario.tickets(),
+        accessguard.scenario.policies_dir(),
+        tickets=accessguard.scenario.tickets(),
         audit=audit_path,
     ) as guard:
         yield guard
@@ -123,7 +126,8 @@ class TestCaseFile:
         policy = load_policy(accessguard.scenario.policies_dir())
         columns = [
             f"{spec.name}.{column}"
-            for spec in policy.catalog.tables.values() if spec.reachable
+            for spec in policy.catalog.tables.values()
+            if spec.reachable
             for column in spec.columns
         ]
         missing = [c for c in columns if not any(f"-read-{c}" in case.id for case in CASES)]
@@ -187,8 +191,12 @@ class TestPostgres:
         """Every denied case writes exactly one matching audit event, and the file verifies."""
         denied = [c for c in CASES if not c.allowed and c.id not in KNOWN_BUGS]
         for number, case in enumerate(denied, 1):
-            with guard.connect(scenario_dsn, user=case.user, ticket=case.ticket,
-                               options=TIMEOUT) as conn, pytest.raises(AccessDenied):
+            with (
+                guard.connect(
+                    scenario_dsn, user=case.user, ticket=case.ticket, options=TIMEOUT
+                ) as conn,
+                pytest.raises(AccessDenied),
+            ):
                 conn.execute(case.sql, case.params)
             events = _events(audit_path)
             assert len(events) == number, case.id

@@ -145,8 +145,10 @@ class TestCore:
         self, engine: Engine, sink: MemoryAuditSink
     ) -> None:
         """A multi-row INSERT ... RETURNING batch is decided on its real statement."""
-        rows = [{"id": 9001, "customer_id": 42, "status": "x"},
-                {"id": 9002, "customer_id": 42, "status": "y"}]
+        rows = [
+            {"id": 9001, "customer_id": 42, "status": "x"},
+            {"id": 9002, "customer_id": 42, "status": "y"},
+        ]
         with engine.connect() as conn, pytest.raises(AccessDenied) as info:
             conn.execute(insert(Order).returning(Order.id), rows)
         assert info.value.reason == "statement.forbidden"  # no rule lets alice insert
@@ -156,8 +158,9 @@ class TestCore:
         self, guard: Guard, scenario_dsn: str
     ) -> None:
         """With psycopg's ClientCursor the merged text is decided; executemany is refused."""
-        engine = create_engine(url(scenario_dsn),
-                               connect_args={"cursor_factory": psycopg.ClientCursor})
+        engine = create_engine(
+            url(scenario_dsn), connect_args={"cursor_factory": psycopg.ClientCursor}
+        )
         guard.instrument(engine)
         try:
             with engine.connect() as conn:
@@ -197,8 +200,9 @@ class TestCore:
             )
         assert info.value.reason == "path.forbidden"
 
-    def test_ledger_counts_the_rows_returned(self, engine: Engine, guard: Guard,
-                                             sink: MemoryAuditSink) -> None:
+    def test_ledger_counts_the_rows_returned(
+        self, engine: Engine, guard: Guard, sink: MemoryAuditSink
+    ) -> None:
         """The ledger gets one statement and the rows the result held."""
         with engine.connect() as conn:
             conn.execute(text("SELECT id FROM orders WHERE customer_id = 42")).all()
@@ -249,8 +253,9 @@ class TestBinding:
     def test_instrument_is_idempotent_and_single_guard(self, engine: Engine, guard: Guard) -> None:
         """Instrumenting twice is harmless; a second guard on one engine is refused."""
         assert instrument(guard, engine) is engine
-        other = Guard.from_directory(scenario.policies_dir(), tickets=scenario.tickets(),
-                                     audit=MemoryAuditSink())
+        other = Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=MemoryAuditSink()
+        )
         with pytest.raises(ConfigurationError):
             other.instrument(engine)
 
@@ -342,9 +347,11 @@ class TestAsyncEngine:
 def _cases() -> list[ParameterSet]:
     return [
         pytest.param(
-            case, id=case.id,
+            case,
+            id=case.id,
             marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["server", case.id])]
-            if ("server", case.id) in KNOWN_BUGS else [],
+            if ("server", case.id) in KNOWN_BUGS
+            else [],
         )
         for case in CASES
     ]
@@ -356,8 +363,9 @@ def unlimited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
     policies: Path = tmp_path_factory.mktemp("policies") / "policies"
     shutil.copytree(scenario.policies_dir(), policies)
     (policies / "limits.toml").unlink()
-    with Guard.from_directory(policies, tickets=scenario.tickets(),
-                              audit=MemoryAuditSink()) as guard:
+    with Guard.from_directory(
+        policies, tickets=scenario.tickets(), audit=MemoryAuditSink()
+    ) as guard:
         yield guard
 
 
@@ -403,8 +411,9 @@ def _reference(guard: Guard, dsn: str, case: RedteamCase) -> Rows | AccessGuardE
 @db
 class TestSqlalchemyRedteam:
     @pytest.mark.parametrize("case", _cases())
-    def test_case(self, case: RedteamCase, unlimited: Guard,
-                  redteam_engine: tuple[Engine, str]) -> None:
+    def test_case(
+        self, case: RedteamCase, unlimited: Guard, redteam_engine: tuple[Engine, str]
+    ) -> None:
         """Attacks are refused; allowed cases return what the sync adapter returns."""
         engine, dsn = redteam_engine
         with unlimited.acting_as(user="alice", ticket="T-100"), engine.connect() as conn:

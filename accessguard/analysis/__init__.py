@@ -16,6 +16,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import SqlglotError
 from sqlglot.tokenizer_core import Token, TokenType
 
+from accessguard.analysis.crosscheck import crosscheck
 from accessguard.analysis.facts import Const, Facts, Param, ScopeRef, Value, subject_marker
 from accessguard.analysis.redact import fingerprint, redact, redact_tokens
 from accessguard.analysis.rewrite import rewrite
@@ -96,6 +97,16 @@ def analyze(
         )
     redacted = redact_tokens(tokens)
     facts = _analyze_guarded(sql, tokens, catalog, dialect, params=params)
+    if facts.problem is None and dialect == "postgres":
+        # a second opinion from PostgreSQL's own parser (libpg_query)
+        detail = crosscheck(sql, facts, default_schema=catalog.default_schema)
+        if detail is not None:
+            facts = Facts(
+                kind=facts.kind,
+                tables=facts.tables,
+                problem=Reason.SQL_PARSER_DISAGREEMENT,
+                detail=f"PostgreSQL reads the statement differently: {detail}",
+            )
     return facts.derived(redacted=redacted, fingerprint=fingerprint(redacted), dialect=dialect)
 
 

@@ -20,19 +20,13 @@ from sqlglot.tokenizer_core import Token, TokenType
 LITERAL_BASE = 10001
 LITERAL_MARK = re.compile(r"__ag_lit(\d+)__")
 
-_LITERALS = frozenset(
-    {
-        TokenType.STRING,
-        TokenType.NUMBER,
-        TokenType.BIT_STRING,
-        TokenType.HEX_STRING,
-        TokenType.BYTE_STRING,
-        TokenType.NATIONAL_STRING,
-        TokenType.RAW_STRING,
-        TokenType.HEREDOC_STRING,
-        TokenType.UNICODE_STRING,
-    }
-)
+#: The only literals lifted out and later pasted back: a run of digits, and a
+#: plain quoted string with no backslash (quotes doubled). On these two forms
+#: sqlglot and PostgreSQL agree where the literal starts and ends; dollar
+#: quotes (sqlglot accepts tags PostgreSQL reads as ``$1`` and a comment),
+#: E'', U&'', B'' and X'' stay in the shape and are regenerated instead.
+_PLAIN_STRING = re.compile(r"'[^'\\]*(?:''[^'\\]*)*'")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +61,12 @@ def shape_of(sql: str, tokens: list[Token], dialect: str) -> Shape | None:
             if kind == TokenType.NUMBER and token.text.isdigit() and int(token.text) >= 10000:
                 return None  # the user's own $10001 would collide with ours
             continue
-        if kind not in _LITERALS:
+        if kind == TokenType.NUMBER:
+            if not _DIGITS.fullmatch(sql, token.start, token.end + 1):
+                continue
+        elif kind != TokenType.STRING or not _PLAIN_STRING.fullmatch(
+            sql, token.start, token.end + 1
+        ):
             continue
         index = len(sources)
         pieces.append(sql[last : token.start])

@@ -225,10 +225,8 @@ class Walker:
             self.expr(target, env, ctes)
             if isinstance(proj, exp.Alias):
                 names.add(ident(proj.args["alias"]))
-            elif isinstance(proj, exp.Column):
-                names.add(ident(proj.this))
             else:
-                names.add(proj.alias_or_name.lower() or "?column?")
+                names.add(_output_name(proj))
         return frozenset(names)
 
     # ------------------------------------------------------------------ FROM
@@ -400,6 +398,10 @@ class Walker:
             if isinstance(node.parent, exp.Count):
                 return
             refuse(Reason.SQL_UNANALYZABLE, "* outside the select list")
+        if isinstance(node, exp.DataType) and node.sql(dialect="postgres").lower().startswith(
+            ("reg", '"reg')
+        ):
+            refuse(Reason.CATALOG_FORBIDDEN, "casts to reg* types read the system catalogs")
         if isinstance(node, exp.Var):
             if isinstance(node.parent, UNIT_FUNCS) and node.arg_key in ("unit", "this"):
                 return
@@ -437,30 +439,47 @@ class Walker:
     def _resolve(
         self, node: exp.Column, env: Env, *, record: bool
     ) -> tuple[Source, str, Env] | None:
+        """Resolve a column as PostgreSQL does; None for an output name or a whole-row reference.
+
+        A bare ORDER BY item names an output column first. Otherwise an
+        unqualified name is looked for as a column at every level, innermost
+        first; then as an output name (a bare GROUP BY item of this SELECT);
+        last as a whole-row reference to a FROM item.
+        """
         if node.args.get("db") or node.args.get("catalog"):
             refuse(Reason.SQL_UNANALYZABLE, "schema-qualified column references are not analyzed")
         column = ident(node.this)
         qualifier = node.args.get("table")
         scope: Env | None = env
-        while scope is not None:
-            if qualifier is not None:
-                source = scope.sources.get(ident(qualifier))
+        if qualifier is not None:
+            name = ident(qualifier)
+            while scope is not None:
+                source = scope.sources.get(name)
                 if source is not None:
                     if not source.has(column):
                         refuse(Reason.COLUMN_UNKNOWN, f"{source.alias} has no column {column}")
                     return source, column, scope
-            else:
-                hits = [s for s in scope.sources.values() if s.has(column)]
-                if len(hits) > 1:
-                    refuse(Reason.SQL_UNANALYZABLE, f"column {column} is ambiguous")
-                if hits:
-                    return hits[0], column, scope
-                if column in scope.sources:  # a whole-row reference: every column
-                    if record:
-                        self._read_all(scope.sources[column])
-                    return None
-                if scope is env and column in env.outputs:
-                    return None
+                scope = scope.parent
+            refuse(Reason.COLUMN_UNKNOWN, f"no table named {name} for column {column}")
+        if not node.this.quoted and column in _SPECIAL_NAMES:
+            refuse(Reason.FUNCTION_FORBIDDEN, f"{column.upper()} reads session state")
+        if column in env.outputs and _bare_sort_item(node):
+            return None  # a bare ORDER BY name is the output column first (GROUP BY: last)
+        while scope is not None:
+            hits = [s for s in scope.sources.values() if s.has(column)]
+            if len(hits) > 1:
+                refuse(Reason.SQL_UNANALYZABLE, f"column {column} is ambiguous")
+            if hits:
+                return hits[0], column, scope
+            scope = scope.parent
+        if column in env.outputs and _bare_sort_or_group_item(node):
+            return None
+        scope = env
+        while scope is not None:
+            if column in scope.sources:  # a whole-row reference: every column
+                if record:
+                    self._read_all(scope.sources[column])
+                return None
             scope = scope.parent
         refuse(Reason.COLUMN_UNKNOWN, f"column {column} is not in any table of the statement")
 
@@ -523,6 +542,42 @@ class Walker:
         self.nodes += 1
         if self.nodes > MAX_NODES:
             refuse(Reason.SQL_UNANALYZABLE, "the statement is too large to analyze")
+
+
+#: Unquoted, these words are SQL functions of the session, not columns.
+_SPECIAL_NAMES = frozenset(
+    {
+        "user",
+        "current_user",
+        "current_role",
+        "session_user",
+        "system_user",
+        "current_catalog",
+        "current_schema",
+    }
+)
+
+
+def _bare_sort_item(node: exp.Column) -> bool:
+    parent = node.parent
+    return isinstance(parent, exp.Ordered) and isinstance(parent.parent, exp.Order)
+
+
+def _bare_sort_or_group_item(node: exp.Column) -> bool:
+    parent = node.parent
+    if isinstance(parent, exp.Ordered):
+        return isinstance(parent.parent, exp.Order)
+    return isinstance(parent, exp.Group)
+
+
+def _output_name(proj: exp.Expression) -> str:
+    """The name PostgreSQL gives a select-list item that has no alias."""
+    target = proj
+    while isinstance(target, exp.Cast | exp.TryCast):
+        target = target.this
+    if isinstance(target, exp.Column) and isinstance(target.this, exp.Identifier):
+        return ident(target.this)
+    return "?column?"
 
 
 def _conjuncts(conditions: list[exp.Expression]) -> list[exp.Expression]:
