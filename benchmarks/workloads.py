@@ -344,6 +344,65 @@ def policy_lines(bench: Bench) -> list[Result]:
 
 
 #: name -> workload, in run order; a workload may report several rows
+_GENEROUS_LIMITS = """
+[roles.everyone]
+statements = { count = 1000000000, per = "1 minute" }
+rows_per_statement = 500
+
+[roles.support_agent]
+distinct_customers = { count = 1000000, per = "1 hour" }
+"""
+
+
+def throttle(bench: Bench) -> list[Result]:
+    """The volume limits' added cost: the same guarded point lookup with limits, without."""
+    from accessguard.throttle import load_limits
+
+    path = bench.tmp / "limits-generous.toml"
+    path.write_text(_GENEROUS_LIMITS, encoding="utf-8")
+    limits = load_limits(path)
+    without = _fetch(bench.as_user("alice", "T-100"), POINT, [42])
+    results = []
+    for name, storage in (
+        ("throttle_memory", "memory://"),
+        ("throttle_redis", "redis://127.0.0.1:6379/14"),
+    ):
+        guard = Guard(
+            bench.guard.policy,
+            tickets=scenario.tickets(),
+            audit=bench.tmp / f"{name}.jsonl",
+            limits=limits,
+            throttle_storage=storage,
+        )
+        try:
+            limited = _fetch(guard.wrap(bench.raw, user="alice", ticket="T-100"), POINT, [42])
+            limited(0)
+        except Exception as exc:  # noqa: BLE001 - e.g. no Redis here: report, do not abort
+            print(f"  {name}: skipped ({type(exc).__name__})")
+            guard.close()
+            continue
+        n = bench.count(3000)
+        samples = interleave(
+            [without, limited],
+            count=n,
+            rounds=bench.rounds,
+            warmup=bench.warmup(n),
+            counter=bench.counter,
+        )
+        results.append(
+            summarize(
+                samples,
+                workload=name,
+                kind="latency",
+                baseline="guarded, no limits",
+                subject=f"guarded, limits in {storage.split(':')[0]}",
+                note="alice's point lookup; limits that never refuse: what counting costs",
+            )
+        )
+        guard.close()
+    return results
+
+
 WORKLOADS: dict[str, Callable[[Bench], list[Result]]] = {
     "point_lookup_param": point_lookup_param,
     "point_lookup_literal_varying": point_lookup_literal_varying,
@@ -354,6 +413,7 @@ WORKLOADS: dict[str, Callable[[Bench], list[Result]]] = {
     "first_sight": first_sight,
     "policy_lines": policy_lines,
     "threads_8": threads_8,
+    "throttle": throttle,
 }
 
 #: report rows -> the workload that produces them (for --workloads)

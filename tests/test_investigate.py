@@ -21,6 +21,7 @@ from accessguard.investigate import (
     what_read,
     who_read,
 )
+from accessguard.report import write_report
 from accessguard.summary import summarize
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
@@ -506,3 +507,46 @@ def run_workload(tmp_path: Path) -> Path:
         guard.close()
         shop.close()
     return path
+
+
+@pytest.mark.db
+class TestScriptedWorkloadOnPostgres:
+    def test_who_read_what_read_and_report(self, scenario_dsn: str, tmp_path: Path) -> None:
+        """On real PostgreSQL: alice and erin read 42, mallory twenty customers, a few refusals."""
+        policies = tmp_path / "policies"
+        shutil.copytree(scenario.policies_dir(), policies)
+        audit = tmp_path / "audit.jsonl"
+        guard = Guard.from_directory(policies, tickets=scenario.tickets(), audit=audit)
+        with guard.connect(scenario_dsn, user="alice", ticket="T-100") as alice:
+            for _ in range(3):
+                alice.execute("SELECT name, email FROM customers WHERE id = %s", [42]).fetchall()
+            alice.execute("SELECT id, status FROM orders WHERE customer_id = 42").fetchall()
+            with pytest.raises(AccessDenied):
+                alice.execute("SELECT email FROM customers")
+        with guard.connect(scenario_dsn, user="erin", ticket="T-300") as erin:
+            erin.execute("SELECT banned FROM account_flags WHERE customer_id = 42").fetchall()
+        with (
+            guard.connect(scenario_dsn, user="mallory", ticket=None) as mallory,
+            pytest.raises(AccessDenied),
+        ):
+            mallory.execute("SELECT card_token FROM payments WHERE customer_id = 100")
+        for i in range(20):
+            with guard.connect(scenario_dsn, user="mallory", ticket=f"T-4{i:02d}") as conn:
+                conn.execute(
+                    "SELECT name, email FROM customers WHERE id = %s", [100 + i]
+                ).fetchall()
+        guard.close()
+        events = events_from_file(audit)
+        readers = who_read(events, customer=42, since=None)
+        assert [(r.user, r.ticket, r.statements, r.rows) for r in readers] == [
+            ("alice", "T-100", 4, 6),
+            ("erin", "T-300", 1, 1),
+        ]
+        touched = what_read(events, user="mallory", since=None)
+        assert sorted(t.customer for t in touched) == list(range(100, 120))
+        assert all(t.statements == 1 and t.rows == 1 for t in touched)
+        summary = summarize(events, since=None)
+        assert [e.user for e in summary.employees if e.outlier] == ["mallory"]
+        report = tmp_path / "report.html"
+        write_report(events, report)
+        assert "far above peers" in report.read_text()
