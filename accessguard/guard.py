@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -42,6 +42,7 @@ from accessguard.errors import (
     Throttled,
 )
 from accessguard.ledger import Access, Ledger, Tally
+from accessguard.plan import Params, Plan, Unverified, combine, params_shape, reorder
 from accessguard.policy import EVERYONE, SHADOW_FILE, Policy, load_policy
 from accessguard.throttle import Limits, Throttle, ThrottleStoreUnavailable, load_limits
 from accessguard.tickets import Ticket, TicketStore, as_store
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 
     from accessguard.watch import PolicyWatcher
 
-Params = Sequence[Any] | Mapping[str, Any] | None
 
 _DB_SYSTEM = {"postgres": "postgresql", "sqlite": "sqlite"}
 LIMITS_FILE = "limits.toml"
@@ -317,7 +317,7 @@ class Guard:
         policy = self.policy  # one policy for the whole decision, even across a reload
         try:
             ticket = self.tickets.get(session.ticket) if session.ticket is not None else None
-            key = (sql, dialect, session.user, session.ticket, _shape(params), policy.version)
+            key = (sql, dialect, session.user, session.ticket, params_shape(params), policy.version)
             plan = self._plans.get(key)
             sent = plan.sql if plan is not None else ""
             if plan is None or not plan.holds(ticket, params):
@@ -352,7 +352,7 @@ class Guard:
                 )
             try:
                 plan = self._plan(facts, decision, context, ticket, policy)
-            except _Unverified as exc:
+            except Unverified as exc:
                 refused = replace(
                     decision,
                     outcome="denied",
@@ -373,7 +373,7 @@ class Guard:
             self._audit(plan.decision, plan.context, plan.facts)
         return Authorized(
             sql=sent,
-            params=_reorder(plan.facts, params),
+            params=reorder(plan.facts, params),
             decision=plan.decision,
             facts=plan.facts,
             context=plan.context,
@@ -417,8 +417,15 @@ class Guard:
         if found is None:
             return None
         lifted, tokens = found
-        combined = _combine(params, lifted.values)
-        key = (lifted.text, dialect, session.user, session.ticket, _shape(params), policy.version)
+        combined = combine(params, lifted.values)
+        key = (
+            lifted.text,
+            dialect,
+            session.user,
+            session.ticket,
+            params_shape(params),
+            policy.version,
+        )
         plan = self._shapes.get(key)
         if plan is None or not plan.holds(ticket, combined):
             facts, decision, context = self._decide(
@@ -436,7 +443,7 @@ class Guard:
             facts = replace(facts, redacted=redacted, fingerprint=fingerprint(redacted))
             try:
                 plan = self._plan(facts, decision, context, ticket, policy)
-            except _Unverified:
+            except Unverified:
                 return None  # decided again on the text itself, which audits the refusal
             if len(self._shapes) >= self._cache_size:
                 self._shapes.clear()
@@ -492,7 +499,7 @@ class Guard:
                 subjects=[subject for _scope, subject in decision.subjects],
             )
             if problem is not None:
-                raise _Unverified(problem)
+                raise Unverified(problem)
         notices: list[Decision] = []
         if self.shadow is not None:
             shadow_context = replace(context, roles=self.shadow.roles_of(context.user))
@@ -787,67 +794,3 @@ class Guard:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-class _Unverified(Exception):
-    """PostgreSQL's parser does not read the SQL to send as the second wall promises."""
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Plan:
-    """An allowed statement for one employee and ticket, ready to send again."""
-
-    facts: Facts
-    decision: Decision
-    context: Context
-    ticket: Ticket | None
-    kind: str | None
-    sql: str
-    #: (parameter key, subject id) pairs that must hold on every execution
-    checks: tuple[tuple[int | str, int], ...]
-    accesses: tuple[Access, ...]
-    customers: frozenset[int]
-    #: audit events every execution writes (shadow denials, watch-list and canary reads)
-    notices: tuple[Decision, ...] = ()
-
-    def holds(self, ticket: Ticket | None, params: Params) -> bool:
-        """Whether this plan's decision still applies to ``ticket`` and ``params``."""
-        if ticket is not self.ticket and ticket != self.ticket:
-            return False
-        for key, subject in self.checks:
-            value = params[key]  # type: ignore[index] # checks exist only when params do
-            if type(value) is not int or value != subject:
-                return False
-        return True
-
-
-def _combine(params: Params, literals: Mapping[str, Any]) -> dict[Any, Any]:
-    """Bound values and lifted literals in one mapping, keyed like the facts' Params."""
-    if params is None:
-        return dict(literals)
-    if isinstance(params, Mapping):
-        return {**params, **literals}
-    return {**dict(enumerate(params)), **literals}
-
-
-def _shape(params: Params) -> object:
-    if params is None:
-        return None
-    if type(params) is list or type(params) is tuple or not isinstance(params, Mapping):
-        return len(params)
-    return tuple(params)
-
-
-def _reorder(facts: Facts, params: Params) -> Params:
-    """The bound values in the order the sent SQL uses them."""
-    if params is None:
-        return None
-    if facts.in_order and (type(params) is list or type(params) is tuple):
-        return params
-    if isinstance(params, Mapping):
-        return {str(k): params[str(k)] for k in facts.param_order}
-    return [params[int(k)] for k in facts.param_order]
