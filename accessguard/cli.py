@@ -172,9 +172,13 @@ _TOOLS: dict[str, Callable[[argparse.Namespace], tuple[int, str]]] = {
 
 def _check(args: argparse.Namespace) -> int:
     from accessguard.guard import Guard
+    from accessguard.testing import MemoryAuditSink
     from accessguard.tickets import FileTicketStore
 
-    guard = Guard.from_directory(args.policies, tickets=FileTicketStore(args.tickets))
+    # a dry run for the security team: its refusals are shown, not audited
+    guard = Guard.from_directory(
+        args.policies, tickets=FileTicketStore(args.tickets), audit=MemoryAuditSink()
+    )
     decision = guard.check(args.sql, user=args.user, ticket=args.ticket, dialect=args.dialect)
     if args.format == "json":
         out: dict[str, Any] = {

@@ -7,6 +7,7 @@ event for every refusal, and raises. Adapters (psycopg, DB-API) call
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import threading
@@ -99,6 +100,7 @@ class Guard:
         ledger: AuditSink | str | Path | None = None,
         ledger_interval: float = 1.0,
         ledger_pseudonym_key: bytes | None = None,
+        ledger_spool: str | Path | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
         cache_size: int = 4096,
         shadow: Policy | None = None,
@@ -114,7 +116,7 @@ class Guard:
             if limits is not None
             else None
         )
-        ledger_sink = self.auditor.sink if ledger is None else as_sink(ledger)
+        ledger_sink = self.auditor.sink if ledger is None else _ledger_sink(ledger, ledger_spool)
         self.ledger = Ledger(
             ledger_sink,
             clock=time.time if clock is utcnow else (lambda: clock().timestamp()),
@@ -245,26 +247,45 @@ class Guard:
         ticket: str | None = None,
         dialect: str = "postgres",
     ) -> Decision:
-        """Decide without a database and without side effects (nothing is audited).
+        """Decide without a database. Nothing is sent, nothing is counted against
+        the volume limits or the ledger; like every refusal, a refused decision
+        writes one audit event.
 
         ``sql`` uses the dialect's native placeholders (``$1`` for PostgreSQL,
         ``?`` for SQLite) or psycopg's ``%s`` / ``%(name)s`` when ``params`` are
         given for PostgreSQL.
         """
+        session = Session(user=user, ticket=ticket)
         if dialect == "postgres" and params is not None:
             from accessguard.adapters.psycopg3 import convert_query
 
             try:
                 sql, params = convert_query(sql, params)
             except Exception:  # noqa: BLE001 - any conversion error is this refusal
+                message = "Refused: the placeholders do not match the values bound to them."
+                self.refuse(Reason.SQL_PARAMS_MISMATCH, message, session, kind="unknown")
                 return Decision(
-                    outcome="denied",
-                    reason=Reason.SQL_PARAMS_MISMATCH,
-                    message="Refused: the placeholders do not match the values bound to them.",
+                    outcome="denied", reason=Reason.SQL_PARAMS_MISMATCH, message=message
                 )
-        found = self.tickets.get(ticket) if ticket is not None else None
-        session = Session(user=user, ticket=ticket)
-        _facts, decision, _ctx = self._decide(sql, params, session, dialect, found, self.policy)
+        try:
+            found = self.tickets.get(ticket) if ticket is not None else None
+            facts, decision, context = self._decide(
+                sql, params, session, dialect, found, self.policy
+            )
+        except AccessGuardError:
+            raise
+        except Exception:  # noqa: BLE001 - fail closed: an internal error denies
+            decision = Decision(
+                outcome="denied",
+                reason=Reason.INTERNAL_ERROR,
+                message="Refused: the guard failed while deciding.",
+            )
+            self.refuse(
+                Reason.INTERNAL_ERROR, decision.message, session, kind="unknown", dialect=dialect
+            )
+            return decision
+        if not decision.allowed:
+            self._audit(decision, context, facts)
         return decision
 
     def _decide(  # noqa: PLR0913, PLR0917 - one decision's inputs
@@ -794,3 +815,17 @@ class Guard:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _ledger_sink(ledger: AuditSink | str | Path, spool: str | Path | None) -> AuditSink:
+    """A sink object, a JSON-lines file path, or a PostgreSQL DSN (the PostgresSink)."""
+    if isinstance(ledger, str) and ledger.startswith(("postgresql://", "postgres://")):
+        from accessguard.pgsink import PostgresSink
+
+        sink = PostgresSink(ledger, spool=spool)
+        # an insert-only role cannot create the table: it was set up already;
+        # if not, the first write fails and the ledger refuses (audit.sink_unavailable)
+        with contextlib.suppress(Exception):
+            sink.setup()
+        return sink
+    return as_sink(ledger)

@@ -228,12 +228,18 @@ class TestSqlite:
 
 
 class TestCheck:
-    def test_check_decides_without_side_effects(self, guard: Guard, sink: MemoryAuditSink) -> None:
-        """guard.check() decides with no database and audits nothing."""
+    def test_check_decides_without_a_database(self, guard: Guard, sink: MemoryAuditSink) -> None:
+        """guard.check() decides with no database; a refusal writes exactly one audit event."""
         decision = guard.check("SELECT email FROM customers", user="alice", ticket="T-100")
         assert decision.outcome == "denied"
         assert decision.reason == "row_scope.unbound"
-        assert sink.events == []
+        assert sink.reasons() == ["row_scope.unbound"]
+        assert guard.check(
+            "SELECT email FROM customers WHERE id = 42", user="alice", ticket="T-100"
+        ).allowed
+        assert sink.reasons() == ["row_scope.unbound"]
+        guard.ledger.flush()
+        assert [e["event.action"] for e in sink.events] == ["query"]  # no ledger entry either
 
     def test_check_with_psycopg_parameters(self, guard: Guard) -> None:
         """check() binds %s parameters like psycopg does."""

@@ -12,6 +12,7 @@ from accessguard import AuditError, Guard, scenario
 from accessguard.audit import verify_events
 from accessguard.guard import Session
 from accessguard.pgsink import PostgresSink, read_events
+from accessguard.testing import MemoryAuditSink
 
 pytestmark = pytest.mark.db
 
@@ -154,3 +155,19 @@ class TestPostgresSink:
             with psycopg.connect(scenario_dsn, autocommit=True) as conn:
                 conn.execute("DROP OWNED BY ag_writer_test")
                 conn.execute("DROP ROLE ag_writer_test")
+
+    def test_ledger_dsn_names_the_postgres_sink(self, scenario_dsn: str, policies: Path) -> None:
+        """ledger='postgresql://...' writes the ledger to the PostgreSQL sink (contract)."""
+        guard = Guard.from_directory(
+            policies, tickets=scenario.tickets(), ledger=scenario_dsn, audit=MemoryAuditSink()
+        )
+        guard.authorize(
+            "SELECT name FROM customers WHERE id = 42",
+            None,
+            Session(user="alice", ticket="T-100"),
+            dialect="postgres",
+        )
+        guard.close()
+        (event,) = read_events(scenario_dsn)
+        assert event["accessguard.subject.id"] == 42
+        assert event["accessguard.statements"] == 1

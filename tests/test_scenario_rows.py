@@ -148,14 +148,17 @@ class TestCaseFile:
 class TestCheck:
     @pytest.mark.parametrize("case", _params(CASES))
     def test_decision(self, case: ScenarioCase, guard: Guard, audit_path: Path) -> None:
-        """guard.check() gives the case's outcome and reason, and audits nothing."""
+        """guard.check() gives the case's outcome and reason; a refusal writes one event."""
         decision = guard.check(case.sql, case.params, user=case.user, ticket=case.ticket)
         assert decision.outcome == case.expect, decision.message
         if case.reason is not None:
             assert decision.reason == case.reason, decision.message
+        events = [e for e in _events(audit_path) if e.get("event.action") == "query"]
         if case.allowed:
             assert decision.reason is None
-        assert _events(audit_path) == []
+            assert events == []
+        else:
+            assert [e["event.reason"] for e in events] == [decision.reason]
 
 
 @pytest.mark.db
