@@ -154,7 +154,12 @@ def _analyze(
     if dialect == "sqlite" and any(t.token_type == TokenType.PLACEHOLDER for t in tokens):
         sql = _number_qmarks(sql)
         tokens = _tokenizer(dialect).tokenize(sql)
-    statements = [s for s in grammar.parser().parse(tokens, sql) if s is not None]
+    # a trailing "; -- comment" comes back as a Semicolon node: it is not a statement
+    statements = [
+        s
+        for s in grammar.parser().parse(tokens, sql)
+        if s is not None and not isinstance(s, exp.Semicolon)
+    ]
     if len(statements) != 1:
         detail = "an empty statement" if not statements else "more than one statement in one call"
         return Facts(kind="multiple", problem=Reason.SQL_UNANALYZABLE, detail=detail)

@@ -204,9 +204,19 @@ class Walker:
             self.expr(node.args["order"], env, ctes)
         for key in ("limit", "offset"):
             mod = node.args.get(key)
-            if mod is not None:
-                self._only_args(mod, {"this", "expression"})
-                self.expr(mod.args.get("expression") or mod.this, Env(None), ctes)
+            if mod is None:
+                continue
+            if isinstance(mod, exp.Fetch):  # FETCH FIRST n ROWS ONLY: a LIMIT by another name
+                options = mod.args.get("limit_options")
+                if options is not None and (
+                    options.args.get("percent") or options.args.get("with_ties")
+                ):
+                    refuse(Reason.SQL_UNANALYZABLE, "FETCH ... PERCENT / WITH TIES is not analyzed")
+                if mod.args.get("count") is not None:
+                    self.expr(mod.args["count"], Env(None), ctes)
+                continue
+            self._only_args(mod, {"this", "expression"})
+            self.expr(mod.args.get("expression") or mod.this, Env(None), ctes)
 
     def _projections(self, node: exp.Select, env: Env, ctes: dict[str, Source]) -> frozenset[str]:
         names: set[str] = set()
