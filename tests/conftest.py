@@ -32,7 +32,9 @@ import redis
 from hypothesis import settings
 from psycopg import sql
 
+from accessguard import Guard, scenario
 from accessguard.scenario import load_postgres
+from accessguard.testing import MemoryAuditSink
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -210,3 +212,18 @@ def redis_url(_redis_server: str) -> str:
     with redis.Redis.from_url(_redis_server) as client:
         client.flushdb()
     return _redis_server
+
+
+@pytest.fixture
+def sink() -> MemoryAuditSink:
+    """An in-memory audit sink to read the events a test produced."""
+    return MemoryAuditSink()
+
+
+@pytest.fixture
+def guard(sink: MemoryAuditSink) -> Iterator[Guard]:
+    """The scenario's guard, with its volume limits, auditing to ``sink``."""
+    with Guard.from_directory(
+        scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
+    ) as guard:
+        yield guard

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 from casefiles import PgServerLike, RedteamCase, database_copy, load_redteam_cases
-from test_redteam import ALLOWED_EQUIVALENT, KNOWN_BUGS, TIMEOUT
+from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params
 
 from accessguard import AccessDenied, AccessGuardError, Guard, Throttled, scenario
 from accessguard.adapters.aio import AsyncGuardedConnection, wrap_async
@@ -33,20 +33,6 @@ Rows = list[tuple[Any, ...]]
 def anyio_backend() -> str:
     """psycopg's async connections run on asyncio."""
     return "asyncio"
-
-
-@pytest.fixture
-def sink() -> MemoryAuditSink:
-    return MemoryAuditSink()
-
-
-@pytest.fixture
-def guard(sink: MemoryAuditSink) -> Iterator[Guard]:
-    """The scenario's guard, with its volume limits."""
-    with Guard.from_directory(
-        scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
-    ) as guard:
-        yield guard
 
 
 @pytest.fixture
@@ -189,16 +175,7 @@ class TestAsyncPaths:
 
 
 def _cases() -> list[ParameterSet]:
-    return [
-        pytest.param(
-            case,
-            id=case.id,
-            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["server", case.id])]
-            if ("server", case.id) in KNOWN_BUGS
-            else [],
-        )
-        for case in CASES
-    ]
+    return redteam_params("server")
 
 
 @pytest.fixture(scope="module")

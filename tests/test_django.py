@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory, override_settings
 from psycopg.conninfo import conninfo_to_dict
-from test_redteam import ALLOWED_EQUIVALENT, KNOWN_BUGS, TIMEOUT
+from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params
 
 from accessguard import (
     AccessDenied,
@@ -286,16 +286,7 @@ class TestGuarded:
 
 
 def _cases() -> list[ParameterSet]:
-    return [
-        pytest.param(
-            case,
-            id=case.id,
-            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["client", case.id])]
-            if ("client", case.id) in KNOWN_BUGS
-            else [],
-        )
-        for case in CASES
-    ]
+    return redteam_params("client")
 
 
 @pytest.fixture(scope="module")

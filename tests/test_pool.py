@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from casefiles import PgServerLike, RedteamCase, database_copy, load_redteam_cases
-from test_redteam import ALLOWED_EQUIVALENT, KNOWN_BUGS, TIMEOUT
+from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params
 
 from accessguard import AccessDenied, AccessGuardError, ConfigurationError, Guard, scenario
 from accessguard.adapters.pool import GuardedPool
@@ -152,16 +152,7 @@ class TestCheckout:
 
 
 def _cases() -> list[ParameterSet]:
-    return [
-        pytest.param(
-            case,
-            id=case.id,
-            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["server", case.id])]
-            if ("server", case.id) in KNOWN_BUGS
-            else [],
-        )
-        for case in CASES
-    ]
+    return redteam_params("server")
 
 
 @pytest.fixture(scope="module")

@@ -119,8 +119,9 @@ _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 Rows = list[tuple[Any, ...]]
 
 
-def _params(test: str, cases: list[RedteamCase]) -> list[ParameterSet]:
+def redteam_params(test: str, cases: list[RedteamCase] | None = None) -> list[ParameterSet]:
     """The cases as pytest parameters, with their ids, known bugs of ``test`` marked xfail."""
+    cases = CASES if cases is None else cases
     return [
         pytest.param(
             case,
@@ -272,7 +273,7 @@ class TestCaseFile:
 
 
 class TestCheck:
-    @pytest.mark.parametrize("case", _params("check", CASES))
+    @pytest.mark.parametrize("case", redteam_params("check", CASES))
     def test_decision(self, case: RedteamCase, guard: Guard) -> None:
         """guard.check() allows the allow cases, denies the deny cases bar the documented set."""
         decision = guard.check(case.sql, case.params, user=USER, ticket=TICKET)
@@ -284,7 +285,7 @@ class TestCheck:
 
 @pytest.mark.db
 class TestServerBinding:
-    @pytest.mark.parametrize("case", _params("server", CASES))
+    @pytest.mark.parametrize("case", redteam_params("server", CASES))
     def test_case(
         self, case: RedteamCase, guard: Guard, scenario_db: str, alice_view_db: str
     ) -> None:
@@ -299,7 +300,7 @@ class TestServerBinding:
 
 @pytest.mark.db
 class TestClientBinding:
-    @pytest.mark.parametrize("case", _params("client", CASES))
+    @pytest.mark.parametrize("case", redteam_params("client", CASES))
     def test_case(
         self, case: RedteamCase, guard: Guard, scenario_db: str, alice_view_db: str
     ) -> None:
@@ -315,7 +316,7 @@ class TestClientBinding:
 
 @pytest.mark.db
 class TestNoLeaks:
-    @pytest.mark.parametrize("case", _params("leaks", CASES))
+    @pytest.mark.parametrize("case", redteam_params("leaks", CASES))
     def test_no_literal_or_row_data(
         self, case: RedteamCase, guard: Guard, audit_path: Path, alice_view_db: str
     ) -> None:

@@ -11,7 +11,7 @@ import sqlalchemy.exc
 from casefiles import PgServerLike, RedteamCase, database_copy, load_redteam_cases
 from sqlalchemy import BigInteger, ForeignKey, Text, create_engine, insert, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
-from test_redteam import ALLOWED_EQUIVALENT, KNOWN_BUGS, TIMEOUT
+from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params
 
 from accessguard import (
     AccessDenied,
@@ -61,20 +61,6 @@ class Order(Base):
 def url(dsn: str) -> str:
     """The SQLAlchemy URL of a libpq URL, on the psycopg 3 dialect."""
     return dsn.replace("postgresql://", "postgresql+psycopg://", 1)
-
-
-@pytest.fixture
-def sink() -> MemoryAuditSink:
-    return MemoryAuditSink()
-
-
-@pytest.fixture
-def guard(sink: MemoryAuditSink) -> Iterator[Guard]:
-    """The scenario's guard, with its volume limits."""
-    with Guard.from_directory(
-        scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
-    ) as guard:
-        yield guard
 
 
 @pytest.fixture
@@ -345,16 +331,7 @@ class TestAsyncEngine:
 
 
 def _cases() -> list[ParameterSet]:
-    return [
-        pytest.param(
-            case,
-            id=case.id,
-            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["server", case.id])]
-            if ("server", case.id) in KNOWN_BUGS
-            else [],
-        )
-        for case in CASES
-    ]
+    return redteam_params("server")
 
 
 @pytest.fixture(scope="module")
