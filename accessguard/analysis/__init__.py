@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from typing import Any
@@ -150,6 +151,15 @@ def _analyze(
             problem=Reason.SQL_UNANALYZABLE,
             detail="the statement contains a name reserved by the guard",
         )
+    for before, after in itertools.pairwise(tokens):
+        if before.token_type == TokenType.IDENTIFIER and after.token_type == TokenType.L_PAREN:
+            # "LOWER"(x): sqlglot reads lower(x), PostgreSQL a function that
+            # does not exist; a quoted name before a parenthesis is not analyzed
+            return Facts(
+                kind="unknown",
+                problem=Reason.SQL_UNANALYZABLE,
+                detail="a quoted name followed by a parenthesis is not analyzed",
+            )
     grammar = _dialect(dialect)
     if dialect == "sqlite" and any(t.token_type == TokenType.PLACEHOLDER for t in tokens):
         sql = _number_qmarks(sql)
