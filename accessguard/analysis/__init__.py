@@ -151,6 +151,13 @@ def _analyze(
             problem=Reason.SQL_UNANALYZABLE,
             detail="the statement contains a name reserved by the guard",
         )
+    if "\v" in sql:
+        # whitespace to sqlglot and PostgreSQL 16+, a syntax error to PostgreSQL 15
+        return Facts(
+            kind="unknown",
+            problem=Reason.SQL_UNANALYZABLE,
+            detail="a vertical tab is read differently by PostgreSQL versions",
+        )
     for before, after in itertools.pairwise(tokens):
         if before.token_type == TokenType.IDENTIFIER and after.token_type == TokenType.L_PAREN:
             # "LOWER"(x): sqlglot reads lower(x), PostgreSQL a function that
