@@ -227,3 +227,15 @@ def guard(sink: MemoryAuditSink) -> Iterator[Guard]:
         scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
     ) as guard:
         yield guard
+
+
+@pytest.fixture(scope="module")
+def unlimited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
+    """A guard on a copy of the policies without limits.toml (many statements in a minute)."""
+    policies: Path = tmp_path_factory.mktemp("policies") / "policies"
+    shutil.copytree(scenario.policies_dir(), policies)
+    (policies / "limits.toml").unlink()
+    with Guard.from_directory(
+        policies, tickets=scenario.tickets(), audit=MemoryAuditSink()
+    ) as guard:
+        yield guard

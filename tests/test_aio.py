@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 from casefiles import PgServerLike, RedteamCase, database_copy, load_redteam_cases
-from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params
+from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params, reference_result
 
 from accessguard import AccessDenied, AccessGuardError, Guard, Throttled, scenario
 from accessguard.adapters.aio import AsyncGuardedConnection, wrap_async
@@ -17,7 +16,6 @@ from accessguard.testing import MemoryAuditSink
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
-    from pathlib import Path
 
     from _pytest.mark.structures import ParameterSet
 
@@ -185,30 +183,6 @@ def redteam_db(pg_server: PgServerLike, scenario_template: str) -> Iterator[str]
         yield dsn
 
 
-@pytest.fixture(scope="module")
-def unlimited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
-    """A guard on a copy of the policies without limits.toml (90 statements in a minute)."""
-    policies: Path = tmp_path_factory.mktemp("policies") / "policies"
-    shutil.copytree(scenario.policies_dir(), policies)
-    (policies / "limits.toml").unlink()
-    with Guard.from_directory(
-        policies, tickets=scenario.tickets(), audit=MemoryAuditSink()
-    ) as guard:
-        yield guard
-
-
-def _reference(guard: Guard, dsn: str, case: RedteamCase) -> Rows | AccessGuardError:
-    """What the sync psycopg adapter (tested against alice's view) returns for ``case``."""
-    with guard.connect(dsn, user="alice", ticket="T-100", options=TIMEOUT) as conn:
-        try:
-            cur = conn.execute(case.sql, case.params)
-            return list(cur.fetchall()) if cur.description is not None else []
-        except AccessGuardError as exc:
-            return exc
-        finally:
-            conn.rollback()
-
-
 @db
 class TestAsyncRedteam:
     @pytest.mark.parametrize("case", _cases())
@@ -230,6 +204,6 @@ class TestAsyncRedteam:
             assert isinstance(rows, AccessGuardError), "an attack was not refused"
             return
         assert not isinstance(rows, AccessGuardError), f"refused: {rows}"
-        expected = _reference(unlimited, redteam_db, case)
+        expected = reference_result(unlimited, redteam_db, case)
         assert not isinstance(expected, AccessGuardError)
         assert sorted(rows, key=repr) == sorted(expected, key=repr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import TYPE_CHECKING, Any
 
 import django
@@ -14,7 +13,7 @@ from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory, override_settings
 from psycopg.conninfo import conninfo_to_dict
-from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params
+from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params, reference_result
 
 from accessguard import (
     AccessDenied,
@@ -296,32 +295,6 @@ def redteam_db(pg_server: PgServerLike, scenario_template: str) -> Iterator[str]
         connection.close()
 
 
-@pytest.fixture(scope="module")
-def unlimited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
-    """A guard on a copy of the policies without limits.toml (90 statements in a minute)."""
-    policies: Path = tmp_path_factory.mktemp("policies") / "policies"
-    shutil.copytree(scenario.policies_dir(), policies)
-    (policies / "limits.toml").unlink()
-    with Guard.from_directory(
-        policies, tickets=scenario.tickets(), audit=MemoryAuditSink()
-    ) as guard:
-        yield guard
-
-
-def _reference(guard: Guard, dsn: str, case: RedteamCase) -> Rows | AccessGuardError:
-    """What the psycopg adapter on a ClientCursor (tested against alice's view) returns."""
-    raw = psycopg.connect(dsn, options=TIMEOUT, cursor_factory=psycopg.ClientCursor)
-    conn = guard.wrap(raw, user="alice", ticket="T-100")
-    try:
-        cur = conn.execute(case.sql, case.params)
-        return list(cur.fetchall()) if cur.description is not None else []
-    except AccessGuardError as exc:
-        return exc
-    finally:
-        raw.rollback()
-        raw.close()
-
-
 @db
 class TestDjangoRedteam:
     @pytest.mark.parametrize("case", _cases())
@@ -345,6 +318,6 @@ class TestDjangoRedteam:
             assert isinstance(rows, AccessGuardError), "an attack was not refused"
             return
         assert isinstance(rows, list), f"refused: {rows}"
-        expected = _reference(unlimited, redteam_db, case)
+        expected = reference_result(unlimited, redteam_db, case)
         assert not isinstance(expected, AccessGuardError)
         assert sorted(rows, key=repr) == sorted(expected, key=repr)

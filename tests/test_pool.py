@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from casefiles import PgServerLike, RedteamCase, database_copy, load_redteam_cases
-from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params
+from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params, run_case
 
 from accessguard import AccessDenied, AccessGuardError, ConfigurationError, Guard, scenario
 from accessguard.adapters.pool import GuardedPool
@@ -175,13 +175,7 @@ def redteam_pool(
 
 def _run(pool: GuardedPool, case: RedteamCase, *, user: str) -> Rows | AccessGuardError:
     with pool.connection(user=user, ticket="T-100") as conn:
-        try:
-            cur = conn.execute(case.sql, case.params)
-            return list(cur.fetchall()) if cur.description is not None else []
-        except AccessGuardError as exc:
-            return exc
-        finally:
-            conn.rollback()
+        return run_case(conn, case)
 
 
 @db

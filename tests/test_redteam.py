@@ -119,6 +119,26 @@ _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 Rows = list[tuple[Any, ...]]
 
 
+def reference_result(guard: Guard, dsn: str, case: RedteamCase) -> Rows | AccessGuardError:
+    """What the sync psycopg adapter (tested against alice's view) returns for ``case``.
+
+    The other integrations' red-team suites compare their results with it.
+    """
+    with guard.connect(dsn, user="alice", ticket="T-100", options=TIMEOUT) as conn:
+        return run_case(conn, case)
+
+
+def run_case(conn: Any, case: RedteamCase) -> Rows | AccessGuardError:
+    """The case's rows on a guarded psycopg-like connection, or the refusal; rolled back."""
+    try:
+        cur = conn.execute(case.sql, case.params)
+        return list(cur.fetchall()) if cur.description is not None else []
+    except AccessGuardError as exc:
+        return exc
+    finally:
+        conn.rollback()
+
+
 def redteam_params(test: str, cases: list[RedteamCase] | None = None) -> list[ParameterSet]:
     """The cases as pytest parameters, with their ids, known bugs of ``test`` marked xfail."""
     cases = CASES if cases is None else cases

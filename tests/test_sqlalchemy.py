@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -11,7 +10,7 @@ import sqlalchemy.exc
 from casefiles import PgServerLike, RedteamCase, database_copy, load_redteam_cases
 from sqlalchemy import BigInteger, ForeignKey, Text, create_engine, insert, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
-from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params
+from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params, reference_result
 
 from accessguard import (
     AccessDenied,
@@ -26,7 +25,6 @@ from accessguard.testing import MemoryAuditSink
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from _pytest.mark.structures import ParameterSet
     from sqlalchemy.engine import Connection, Engine
@@ -335,18 +333,6 @@ def _cases() -> list[ParameterSet]:
 
 
 @pytest.fixture(scope="module")
-def unlimited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
-    """A guard on a copy of the policies without limits.toml (90 statements in a minute)."""
-    policies: Path = tmp_path_factory.mktemp("policies") / "policies"
-    shutil.copytree(scenario.policies_dir(), policies)
-    (policies / "limits.toml").unlink()
-    with Guard.from_directory(
-        policies, tickets=scenario.tickets(), audit=MemoryAuditSink()
-    ) as guard:
-        yield guard
-
-
-@pytest.fixture(scope="module")
 def redteam_engine(
     pg_server: PgServerLike, scenario_template: str, unlimited: Guard
 ) -> Iterator[tuple[Engine, str]]:
@@ -373,18 +359,6 @@ def _run(conn: Connection, case: RedteamCase) -> Rows | AccessGuardError:
         conn.rollback()
 
 
-def _reference(guard: Guard, dsn: str, case: RedteamCase) -> Rows | AccessGuardError:
-    """What the sync psycopg adapter (tested against alice's view) returns for ``case``."""
-    with guard.connect(dsn, user="alice", ticket="T-100", options=TIMEOUT) as conn:
-        try:
-            cur = conn.execute(case.sql, case.params)
-            return list(cur.fetchall()) if cur.description is not None else []
-        except AccessGuardError as exc:
-            return exc
-        finally:
-            conn.rollback()
-
-
 @db
 class TestSqlalchemyRedteam:
     @pytest.mark.parametrize("case", _cases())
@@ -399,6 +373,6 @@ class TestSqlalchemyRedteam:
             assert isinstance(rows, AccessGuardError), "an attack was not refused"
             return
         assert not isinstance(rows, AccessGuardError), f"refused: {rows}"
-        expected = _reference(unlimited, dsn, case)
+        expected = reference_result(unlimited, dsn, case)
         assert not isinstance(expected, AccessGuardError)
         assert sorted(rows, key=repr) == sorted(expected, key=repr)
