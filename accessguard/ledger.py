@@ -2,14 +2,21 @@
 
 Every allowed statement that touches a scoped table is accounted for here:
 one statement per subject (customer or product) its proven scope names, and
-the rows the application actually fetched from the cursor. Recording is an
-in-memory update under a lock; a background thread flushes aggregated
-entries to the sink every ``interval`` seconds (and when ``max_pending``
-entries wait, in the caller's thread: a full buffer blocks, it never drops).
-``close()`` (also at interpreter exit) flushes what is left.
+the rows the application actually fetched from the cursor.
+
+Recording is on every statement's path, so it takes no lock and reads no
+clock: a statement appends its plan's ``Tally`` to a queue (a
+``collections.deque``, whose ``append`` is atomic), a fetch appends
+``(tally, rows)``. A background thread drains the queue every ``interval``
+seconds, counts it (``collections.Counter``, in C), adds the counts to the
+pending entries and writes them to the sink. When ``max_pending`` updates
+wait, the caller drains and writes them itself: a full buffer blocks, it
+never drops. ``close()`` (also at interpreter exit) writes what is left.
 
 Entries aggregate identical (employee, ticket, subject, fingerprint) within one
-flush window; statements and rows add up exactly across entries.
+flush window; statements and rows add up exactly across entries. Their
+``first`` and ``last`` times are those of the drains that counted them, so
+they are accurate to the flush interval.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import hmac
 import threading
 import time
 import weakref
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 
 from accessguard import metrics
 from accessguard.audit import AuditSink, Event
@@ -64,18 +73,28 @@ class Entry:
     rows: int = 0
 
 
-@dataclass(slots=True)
-class Tally:  # not frozen: one is made per statement, on the hot path
-    """What a cursor holds to add the rows it hands over to its statement's entries."""
+class Tally:
+    """One plan's accesses, and the handle its statements count themselves with.
 
-    ledger: Ledger
-    accesses: tuple[Access, ...]
-    rows: int = field(default=0)
+    Made once per plan, shared by every execution of it: ``Ledger.record``
+    counts a statement, ``add`` the rows a cursor handed over. Neither takes a
+    lock or allocates more than a pair.
+    """
+
+    __slots__ = ("_queue", "accesses", "ledger")
+
+    def __init__(self, ledger: Ledger, accesses: tuple[Access, ...]) -> None:
+        self.ledger = ledger
+        self.accesses = accesses
+        self._queue = ledger._queue
 
     def add(self, n: int) -> None:
+        """Count ``n`` rows handed over for each of the accesses."""
         if n > 0:
-            self.rows += n
-            self.ledger.add_rows(self.accesses, n)
+            queue = self._queue
+            queue.append((self, n))
+            if len(queue) >= self.ledger._max_pending:
+                self.ledger.flush()
 
 
 class Ledger:
@@ -87,7 +106,7 @@ class Ledger:
         *,
         clock: Callable[[], float] = time.time,
         interval: float = 1.0,
-        max_pending: int = 10_000,
+        max_pending: int = 100_000,
         pseudonym_key: bytes | None = None,
     ) -> None:
         self.sink = sink
@@ -97,6 +116,8 @@ class Ledger:
         self._key = pseudonym_key
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
+        #: statements (a Tally) and fetches ((Tally, rows)) not yet counted
+        self._queue: deque[Tally | tuple[Tally, int]] = deque()
         self._pending: dict[Key, Entry] = {}
         self._wake = threading.Event()
         self._closed = False
@@ -107,33 +128,44 @@ class Ledger:
 
     # ------------------------------------------------------------------ recording
 
-    def record(self, accesses: tuple[Access, ...]) -> Tally:
-        """Count one statement for each access; return the tally its cursor adds rows to.
+    def tally(self, accesses: tuple[Access, ...]) -> Tally:
+        """The handle a plan's statements are counted with (one per plan, not per statement)."""
+        return Tally(self, accesses)
+
+    def record(self, tally: Tally) -> None:
+        """Count one statement for each of the tally's accesses.
 
         Raises AuditError while the sink is failing (after one synchronous retry):
         a statement that could not be accounted for is not run.
         """
         if self._failure is not None:
             self._recover()
-        self._bump(accesses, statements=1, rows=0)
-        return Tally(self, accesses)
+        queue = self._queue
+        queue.append(tally)
+        if len(queue) >= self._max_pending:
+            self.flush()
 
-    def add_rows(self, accesses: tuple[Access, ...], n: int) -> None:
-        self._bump(accesses, statements=0, rows=n)
-
-    def _bump(self, accesses: tuple[Access, ...], *, statements: int, rows: int) -> None:
-        now = self._clock()  # one clock read and one lock per call: this is the hot path
-        with self._lock:
-            for access in accesses:
-                entry = self._pending.get(access.key)
+    def _drain(self) -> None:
+        """Move the queued updates into the pending entries (under the lock)."""
+        queue = self._queue
+        # exactly the updates queued so far; later appends wait for the next drain
+        counts = Counter(islice(iter(queue.popleft, _END), len(queue)))
+        if not counts:
+            return
+        now = self._clock()
+        pending = self._pending
+        for item, times in counts.items():
+            if isinstance(item, Tally):
+                tally, statements, rows = item, times, 0
+            else:
+                tally, statements, rows = item[0], 0, item[1] * times
+            for access in tally.accesses:
+                entry = pending.get(access.key)
                 if entry is None:
-                    entry = self._pending[access.key] = Entry(access, first=now, last=now)
+                    entry = pending[access.key] = Entry(access, first=now, last=now)
                 entry.statements += statements
                 entry.rows += rows
                 entry.last = now
-            full = len(self._pending) >= self._max_pending
-        if full:
-            self.flush()
 
     # ------------------------------------------------------------------ flushing
 
@@ -141,6 +173,7 @@ class Ledger:
         """Write every pending entry now (blocks until the sink has them)."""
         with self._flush_lock:
             with self._lock:
+                self._drain()
                 batch = self._pending
                 self._pending = {}
             if not batch:
@@ -221,7 +254,9 @@ class Ledger:
 
     @property
     def pending(self) -> int:
+        """Entries waiting to be written (after counting what is queued)."""
         with self._lock:
+            self._drain()
             return len(self._pending)
 
 
@@ -230,6 +265,8 @@ def _iso(timestamp: float) -> str:
 
 
 _LEDGERS: weakref.WeakSet[Ledger] = weakref.WeakSet()
+#: never queued: ends the C-level drain loop if the queue empties early
+_END: object = object()
 
 
 @atexit.register

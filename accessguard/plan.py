@@ -14,7 +14,8 @@ from typing import Any
 
 from accessguard.analysis import Facts
 from accessguard.decision import Context, Decision
-from accessguard.ledger import Access
+from accessguard.ledger import Tally
+from accessguard.policy import Policy
 from accessguard.tickets import Ticket
 
 Params = Sequence[Any] | Mapping[str, Any] | None
@@ -32,6 +33,8 @@ class Unverified(Exception):
 class Plan:
     """An allowed statement for one employee and ticket, ready to send again."""
 
+    #: the policy it was decided by: a reload (or a new schema) makes a new one
+    policy: Policy
     facts: Facts
     decision: Decision
     context: Context
@@ -40,13 +43,16 @@ class Plan:
     sql: str
     #: (parameter key, subject id) pairs that must hold on every execution
     checks: tuple[tuple[int | str, int], ...]
-    accesses: tuple[Access, ...]
+    #: the ledger handle of its accesses; None when it touches no scoped table
+    tally: Tally | None
     customers: frozenset[int]
     #: audit events every execution writes (shadow denials, watch-list and canary reads)
     notices: tuple[Decision, ...] = ()
 
-    def holds(self, ticket: Ticket | None, params: Params) -> bool:
-        """Whether this plan's decision still applies to ``ticket`` and ``params``."""
+    def holds(self, policy: Policy, ticket: Ticket | None, params: Params) -> bool:
+        """Whether its decision still applies under ``policy``, to ``ticket`` and ``params``."""
+        if policy is not self.policy:
+            return False
         if ticket is not self.ticket and ticket != self.ticket:
             return False
         for key, subject in self.checks:

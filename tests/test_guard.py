@@ -24,6 +24,7 @@ from accessguard import (
     scenario,
 )
 from accessguard.guard import Session
+from accessguard.policy import load_policy
 from accessguard.testing import MemoryAuditSink
 from accessguard.watch import PolicyWatcher, notify_policy_change
 
@@ -326,6 +327,54 @@ class TestPlanCache:
         with pytest.raises(AccessDenied) as info:
             guard.authorize(q, None, session, dialect="postgres")
         assert info.value.reason == reason
+
+    def test_plan_of_a_replaced_policy_is_never_served(
+        self, tmp_path: Path, guard: Guard
+    ) -> None:
+        """A plan is bound to the policy that decided it, even if no reload clears the cache."""
+        target = tmp_path / "policies"
+        shutil.copytree(scenario.policies_dir(), target)
+        policy_csv = target / "policy.csv"
+        policy_csv.write_text(
+            "\n".join(
+                line
+                for line in policy_csv.read_text().splitlines()
+                if "customers.name" not in line and "customers.*" not in line
+            )
+            + "\n"
+        )
+        q = "SELECT name FROM customers WHERE id = $1"
+        session = Session(user="alice", ticket="T-100")
+        for _ in range(3):
+            guard.authorize(q, [42], session, dialect="postgres")
+        guard.policy = load_policy(target)  # swapped in as reload does, caches left as they are
+        with pytest.raises(AccessDenied) as info:
+            guard.authorize(q, [42], session, dialect="postgres")
+        assert info.value.reason == "column.not_allowed"
+
+    def test_new_schema_takes_effect_on_next_statement(
+        self, tmp_path: Path, sink: MemoryAuditSink
+    ) -> None:
+        """A column dropped from schema.toml is unknown on the next statement after reload."""
+        target = tmp_path / "policies"
+        shutil.copytree(scenario.policies_dir(), target)
+        guard = Guard.from_directory(target, tickets=scenario.tickets(), audit=sink)
+        session = Session(user="alice", ticket="T-100")
+        literal = "SELECT phone FROM customers WHERE id = 42"
+        bound = "SELECT phone FROM customers WHERE id = $1"
+        for _ in range(3):
+            guard.authorize(literal, None, session, dialect="postgres")
+            guard.authorize(bound, [42], session, dialect="postgres")
+        schema = target / "schema.toml"
+        schema.write_text(schema.read_text().replace('"email", "phone",', '"email",'))
+        policy_csv = target / "policy.csv"  # a rule may not name a column the schema lacks
+        policy_csv.write_text(policy_csv.read_text().replace("customers.phone", "customers.email"))
+        assert guard.reload()
+        for q, params in ((literal, None), (bound, [42])):
+            with pytest.raises(AccessDenied) as info:
+                guard.authorize(q, params, session, dialect="postgres")
+            assert info.value.reason == "column.unknown"
+        guard.close()
 
     def test_ledger_counts_every_cached_execution(self, store: MemoryTicketStore) -> None:
         """Executions served from the plan are all counted in the ledger."""

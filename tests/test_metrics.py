@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import prometheus_client
@@ -53,4 +54,28 @@ class TestMetrics:
             == denied + 1
         )
         assert sample("accessguard_analysis_seconds_count") == analyses + 2
+        guard.close()
+
+    def test_allowed_counts_add_up_across_threads(self, tmp_path: Path) -> None:
+        """Each thread counts in its own cell; a scrape sees every thread's statements."""
+        policies = tmp_path / "policies"
+        shutil.copytree(scenario.policies_dir(), policies)
+        (policies / "limits.toml").unlink()
+        guard = Guard.from_directory(policies, tickets=scenario.tickets(), audit=MemoryAuditSink())
+        before = sample("accessguard_decisions_total", {"outcome": "allowed", "reason": ""})
+        session = Session(user="alice", ticket="T-100")
+
+        def work() -> None:
+            for _ in range(500):
+                guard.authorize(
+                    "SELECT name FROM customers WHERE id = $1", [42], session, dialect="postgres"
+                )
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        after = sample("accessguard_decisions_total", {"outcome": "allowed", "reason": ""})
+        assert after == before + 2000
         guard.close()

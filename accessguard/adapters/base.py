@@ -63,14 +63,18 @@ class CountingCursor(RowCounter):
     def fetchmany(self, size: int | None = None) -> list[Any]:
         if self._withheld:
             return []
-        rows = list(self._raw.fetchmany() if size is None else self._raw.fetchmany(size))
+        rows = self._raw.fetchmany() if size is None else self._raw.fetchmany(size)
+        if type(rows) is not list:
+            rows = list(rows)
         self._count(len(rows))
         return rows
 
     def fetchall(self) -> list[Any]:
         if self._withheld:
             return []
-        rows = list(self._raw.fetchall())
+        rows = self._raw.fetchall()
+        if type(rows) is not list:
+            rows = list(rows)
         self._count(len(rows))
         return rows
 

@@ -92,23 +92,35 @@ class GuardedCursor(CountingCursor):
         self._raw = raw
         self._guard = conn._guard
         self._session = conn._session
+        self._mogrify = raw.mogrify if isinstance(raw, psycopg.ClientCursor) else None
 
     # ------------------------------------------------------------------ sending
 
     def _authorize(self, query: Any, params: Any) -> Authorized:
-        client = isinstance(self._raw, psycopg.ClientCursor)
         return authorize_statement(
             self._guard,
             self._session,
-            _query_text(query, self._conn._raw),
+            query if type(query) is str else _query_text(query, self._conn._raw),
             params,
-            mogrify=self._raw.mogrify if client else None,
+            mogrify=self._mogrify,
         )
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
-        ok = self._authorize(query, params)
+        if (
+            type(query) is str
+            and (params is None or type(params) is list or type(params) is tuple)
+            and self._mogrify is None
+        ):  # what authorize_statement does for this, the common case, minus a call
+            ok = self._guard.authorize(
+                query, params, self._session, dialect=DIALECT, convert=convert_query
+            )
+        else:
+            ok = self._authorize(query, params)
         self._raw.execute(ok.sql, ok.params, **kwargs)
-        self._begin(ok)
+        # what _begin does, inline: this is every statement's path
+        self._current = ok
+        self._fetched = 0
+        self._withheld = False
         # a client-side cursor holds the whole result already: refuse it
         # before a single row is handed over.
         if (
@@ -238,7 +250,7 @@ class GuardedConnection:
         return GuardedCursor(self, raw)
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
-        return self.cursor().execute(query, params, **kwargs)
+        return GuardedCursor(self, self._raw.cursor()).execute(query, params, **kwargs)
 
     def pipeline(self) -> Any:
         raise self._guard.refuse(
