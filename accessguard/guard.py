@@ -30,6 +30,7 @@ from accessguard.analysis import (
     render,
     shape,
     subject_marker,
+    with_redaction,
 )
 from accessguard.analysis.crosscheck import verify_sent
 from accessguard.audit import Auditor, AuditSink, as_sink, utcnow
@@ -138,7 +139,7 @@ class Guard:
             interval=ledger_interval,
             pseudonym_key=ledger_pseudonym_key,
         )
-        self._cache: OrderedDict[tuple[str, str, bool, str], Facts] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str, bool, str, bool], Facts] = OrderedDict()
         #: allowed plans by (text, dialect, employee, ticket id, parameters' shape); each
         #: holds the policy it was decided by and is used only while that policy is
         self._plans: dict[tuple[str, str, str, str | None, object], Plan] = {}
@@ -239,15 +240,19 @@ class Guard:
         dialect: str = "postgres",
         params: bool = False,
         policy: Policy | None = None,
+        sending: bool = True,
     ) -> Facts:
-        """Facts for ``sql``, cached by its text (and the schema version)."""
+        """Facts for ``sql``, cached by its text (and the schema version).
+
+        ``sending=False``: for a decision only (see ``accessguard.analysis.analyze``).
+        """
         catalog = (policy or self.policy).catalog
-        key = (sql, dialect, params, catalog.version)
+        key = (sql, dialect, params, catalog.version, sending)
         facts = self._cache.get(key)
         if facts is not None:
             return facts
         started = time.perf_counter()
-        facts = analyze(sql, catalog=catalog, dialect=dialect, params=params)
+        facts = analyze(sql, catalog=catalog, dialect=dialect, params=params, sending=sending)
         metrics.ANALYSIS.observe(time.perf_counter() - started)
         with self._lock:
             self._cache[key] = facts
@@ -287,7 +292,7 @@ class Guard:
         try:
             found = self.tickets.get(ticket) if ticket is not None else None
             facts, decision, context = self._decide(
-                sql, params, session, dialect, found, self.policy
+                sql, params, session, dialect, found, self.policy, sending=False
             )
         except AccessGuardError:
             raise
@@ -302,7 +307,7 @@ class Guard:
             )
             return decision
         if not decision.allowed:
-            self._audit(decision, context, facts)
+            self._audit(decision, context, with_redaction(facts, sql))
         return decision
 
     def _decide(  # noqa: PLR0913, PLR0917 - one decision's inputs
@@ -315,6 +320,7 @@ class Guard:
         policy: Policy,
         *,
         escape: bool | None = None,
+        sending: bool = True,
     ) -> tuple[Facts, Decision, Context]:
         context = Context(
             user=session.user,
@@ -324,7 +330,9 @@ class Guard:
             params=params,
         )
         escape = params is not None if escape is None else escape
-        facts = self.analyze(sql, dialect=dialect, params=escape, policy=policy)
+        facts = self.analyze(
+            sql, dialect=dialect, params=escape, policy=policy, sending=sending
+        )
         started = time.perf_counter()
         decision = decide(facts, context, policy)
         metrics.DECIDE.observe(time.perf_counter() - started)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+from dataclasses import replace
 from typing import Any
 
 import sqlglot
@@ -40,6 +41,7 @@ __all__ = [
     "render",
     "shape",
     "subject_marker",
+    "with_redaction",
 ]
 
 MAX_SQL_LENGTH = 100_000
@@ -84,9 +86,21 @@ logging.getLogger("sqlglot").addFilter(_DropUnsupportedSyntax())
 
 
 def analyze(
-    sql: str, *, catalog: Catalog, dialect: str = "postgres", params: bool = False
+    sql: str,
+    *,
+    catalog: Catalog,
+    dialect: str = "postgres",
+    params: bool = False,
+    sending: bool = True,
 ) -> Facts:
-    """Analyze one statement. ``params``: whether parameters will be bound (escapes %)."""
+    """Analyze one statement. ``params``: whether parameters will be bound (escapes %).
+
+    ``sending=False`` (a decision only, as ``Guard.check`` makes) leaves out
+    what only the statement actually sent needs: the rewritten SQL
+    (``Facts.sent``, ``param_order``) and the redacted text and fingerprint
+    (``with_redaction`` adds those to a refusal's facts). Everything the
+    decision reads, the PostgreSQL cross-check included, is the same.
+    """
     try:
         tokens = _tokenizer(dialect).tokenize(sql)
     except Exception:  # noqa: BLE001 - fail closed: what does not tokenize is refused
@@ -96,8 +110,8 @@ def analyze(
             detail="the statement does not tokenize",
             dialect=dialect,
         )
-    redacted = redact_tokens(tokens)
-    facts = _analyze_guarded(sql, tokens, catalog, dialect, params=params)
+    redacted = redact_tokens(tokens) if sending else None
+    facts = _analyze_guarded(sql, tokens, catalog, dialect, params=params, sending=sending)
     if facts.problem is None and dialect == "postgres":
         # a second opinion from PostgreSQL's own parser (libpg_query)
         detail = crosscheck(sql, facts, default_schema=catalog.default_schema)
@@ -111,11 +125,19 @@ def analyze(
     return facts.derived(redacted=redacted, fingerprint=fingerprint(redacted), dialect=dialect)
 
 
-def _analyze_guarded(
-    sql: str, tokens: list[Token], catalog: Catalog, dialect: str, *, params: bool
+def with_redaction(facts: Facts, sql: str) -> Facts:
+    """``facts`` with the redacted text and fingerprint of ``sql`` (for its audit event)."""
+    if facts.redacted is not None:
+        return facts
+    redacted = redact(sql, dialect=facts.dialect)
+    return replace(facts, redacted=redacted, fingerprint=fingerprint(redacted))
+
+
+def _analyze_guarded(  # noqa: PLR0913 - one statement's inputs
+    sql: str, tokens: list[Token], catalog: Catalog, dialect: str, *, params: bool, sending: bool
 ) -> Facts:
     try:
-        return _analyze(sql, tokens, catalog, dialect, params=params)
+        return _analyze(sql, tokens, catalog, dialect, params=params, sending=sending)
     except Refusal as refusal:
         return Facts(kind="unknown", problem=refusal.reason, detail=refusal.detail)
     except SqlglotError:
@@ -136,8 +158,8 @@ def _analyze_guarded(
         )
 
 
-def _analyze(
-    sql: str, tokens: list[Token], catalog: Catalog, dialect: str, *, params: bool
+def _analyze(  # noqa: PLR0913 - one statement's inputs
+    sql: str, tokens: list[Token], catalog: Catalog, dialect: str, *, params: bool, sending: bool
 ) -> Facts:
     if len(sql) > MAX_SQL_LENGTH:
         return Facts(
@@ -145,7 +167,8 @@ def _analyze(
             problem=Reason.SQL_UNANALYZABLE,
             detail="the statement is too long to analyze",
         )
-    if "__ag_" in sql.lower() or "_agq" in sql.lower():
+    lowered = sql.lower()
+    if "__ag_" in lowered or "_agq" in lowered:
         return Facts(
             kind="unknown",
             problem=Reason.SQL_UNANALYZABLE,
@@ -158,7 +181,8 @@ def _analyze(
             problem=Reason.SQL_UNANALYZABLE,
             detail="a vertical tab is read differently by PostgreSQL versions",
         )
-    for before, after in itertools.pairwise(tokens):
+    # an IDENTIFIER token is a quoted name, and every quoted name holds a quote
+    for before, after in itertools.pairwise(tokens if _QUOTES & set(sql) else ()):
         if before.token_type == TokenType.IDENTIFIER and after.token_type == TokenType.L_PAREN:
             # "LOWER"(x): sqlglot reads lower(x), PostgreSQL a function that
             # does not exist; a quoted name before a parenthesis is not analyzed
@@ -216,7 +240,10 @@ def _analyze(
             problem=Reason.STATEMENT_FORBIDDEN,
             detail=f"{kind.upper()} statements are never allowed through the guard",
         )
-    sent, order = rewrite(tree, walker.physical, dialect=dialect, escape_percent=params)
+    sent: str | None = None
+    order: tuple[int | str, ...] = ()
+    if sending:
+        sent, order = rewrite(tree, walker.physical, dialect=dialect, escape_percent=params)
     return Facts(
         kind=kind,
         tables=frozenset(walker.tables),
@@ -229,6 +256,9 @@ def _analyze(
         param_order=order,
     )
 
+
+#: characters that open a quoted name in any dialect we read (sqlglot IDENTIFIER tokens)
+_QUOTES = frozenset('"`[')
 
 _DIALECTS: dict[str, Dialect] = {}
 _LOCAL = threading.local()
