@@ -242,6 +242,23 @@ class TestCheck:
         guard.ledger.flush()
         assert [e["event.action"] for e in sink.events] == ["query"]  # no ledger entry either
 
+    def test_check_refusal_audits_redacted_text_and_fingerprint(
+        self, guard: Guard, sink: MemoryAuditSink
+    ) -> None:
+        """check() analyzes without redacting; its refusal's event still has both, no literal."""
+        guard.check("SELECT email FROM customers WHERE name = 'Ann'", user="alice", ticket="T-100")
+        (event,) = sink.events
+        assert event["db.query.text"] == "SELECT email FROM customers WHERE name = ?"
+        assert event["accessguard.fingerprint"]
+        assert guard.check("SELECT name FROM customers WHERE id = 42", user="alice", ticket="T-100")
+        allowed = guard.authorize(
+            "SELECT name FROM customers WHERE id = 42",
+            None,
+            Session(user="alice", ticket="T-100"),
+            dialect="postgres",
+        )  # after check() of the same text: analyzed again for sending, never without
+        assert "public.customers" in allowed.sql
+
     def test_check_with_psycopg_parameters(self, guard: Guard) -> None:
         """check() binds %s parameters like psycopg does."""
         ok = guard.check(
