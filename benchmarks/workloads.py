@@ -270,7 +270,8 @@ def first_sight(bench: Bench) -> list[Result]:
                 subject="guard.check (cold)",
                 goal=FIRST_SIGHT,
                 note=f"{user}: a statement never seen before (new table alias each time); "
-                "guard.check = tokenize, parse, analyze, rewrite, redact, decide",
+                "guard.check = tokenize, parse, analyze, PostgreSQL cross-check, decide "
+                "(no rewrite, no redaction: only the SQL sent needs them)",
             )
         )
     return results
