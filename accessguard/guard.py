@@ -364,14 +364,7 @@ class Guard:
         try:
             ticket_id = session.ticket
             ticket = self.tickets.get(ticket_id) if ticket_id is not None else None
-            kind = type(params)
-            key = (
-                sql,
-                dialect,
-                session.user,
-                ticket_id,
-                len(params) if kind is list or kind is tuple else params_shape(params),  # type: ignore[arg-type]
-            )
+            key = (sql, dialect, session.user, ticket_id, params_shape(params))
             plan = self._plans.get(key)
             if plan is not None and plan.holds(policy, ticket, params):
                 sent = plan.sql  # the hot path: a repeated statement whose decision holds
@@ -414,8 +407,6 @@ class Guard:
         tally = plan.tally
         if tally is not None:
             self.ledger.record(tally)
-        if plan.facts.in_order and (kind is list or kind is tuple or params is None):
-            return Authorized(sent, params, plan, row_cap, tally)
         return Authorized(sent, reorder(plan.facts, params), plan, row_cap, tally)
 
     def _allowed_plan(

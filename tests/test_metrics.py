@@ -19,13 +19,18 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return value or 0.0
 
 
+def unlimited_guard(tmp_path: Path) -> Guard:
+    """The scenario's guard without volume limits (thousands of statements)."""
+    policies = tmp_path / "policies"
+    shutil.copytree(scenario.policies_dir(), policies)
+    (policies / "limits.toml").unlink()
+    return Guard.from_directory(policies, tickets=scenario.tickets(), audit=MemoryAuditSink())
+
+
 class TestMetrics:
     def test_decisions_and_latencies_are_counted(self, tmp_path: Path) -> None:
         """Allowed and denied decisions and first-sight analysis show up in the registry."""
-        policies = tmp_path / "policies"
-        shutil.copytree(scenario.policies_dir(), policies)
-        (policies / "limits.toml").unlink()
-        guard = Guard.from_directory(policies, tickets=scenario.tickets(), audit=MemoryAuditSink())
+        guard = unlimited_guard(tmp_path)
         allowed = sample("accessguard_decisions_total", {"outcome": "allowed", "reason": ""})
         denied = sample(
             "accessguard_decisions_total", {"outcome": "denied", "reason": "row_scope.unbound"}
@@ -58,10 +63,7 @@ class TestMetrics:
 
     def test_allowed_counts_add_up_across_threads(self, tmp_path: Path) -> None:
         """Each thread counts in its own cell; a scrape sees every thread's statements."""
-        policies = tmp_path / "policies"
-        shutil.copytree(scenario.policies_dir(), policies)
-        (policies / "limits.toml").unlink()
-        guard = Guard.from_directory(policies, tickets=scenario.tickets(), audit=MemoryAuditSink())
+        guard = unlimited_guard(tmp_path)
         before = sample("accessguard_decisions_total", {"outcome": "allowed", "reason": ""})
         session = Session(user="alice", ticket="T-100")
 

@@ -106,16 +106,7 @@ class GuardedCursor(CountingCursor):
         )
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
-        if (
-            type(query) is str
-            and (params is None or type(params) is list or type(params) is tuple)
-            and self._mogrify is None
-        ):  # what authorize_statement does for this, the common case, minus a call
-            ok = self._guard.authorize(
-                query, params, self._session, dialect=DIALECT, convert=convert_query
-            )
-        else:
-            ok = self._authorize(query, params)
+        ok = self._authorize(query, params)
         self._raw.execute(ok.sql, ok.params, **kwargs)
         # what _begin does, inline: this is every statement's path
         self._current = ok
