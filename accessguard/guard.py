@@ -33,6 +33,7 @@ from accessguard.analysis import (
     with_redaction,
 )
 from accessguard.analysis.crosscheck import verify_sent
+from accessguard.analysis.shape import quick_shape
 from accessguard.audit import Auditor, AuditSink, as_sink, utcnow
 from accessguard.decision import Context, Decision, decide
 from accessguard.errors import (
@@ -330,9 +331,7 @@ class Guard:
             params=params,
         )
         escape = params is not None if escape is None else escape
-        facts = self.analyze(
-            sql, dialect=dialect, params=escape, policy=policy, sending=sending
-        )
+        facts = self.analyze(sql, dialect=dialect, params=escape, policy=policy, sending=sending)
         started = time.perf_counter()
         decision = decide(facts, context, policy)
         metrics.DECIDE.observe(time.perf_counter() - started)
@@ -465,6 +464,14 @@ class Guard:
         None when the statement has no literal, or its shape is not allowed as
         such (the caller then decides the text itself, with exact reasons).
         """
+        escape = params is not None
+        quick = quick_shape(sql, dialect)
+        if quick is not None:
+            # only shape_of's templates, made from real tokens, are ever keys
+            key = (quick.text, dialect, session.user, session.ticket, params_shape(params))
+            plan = self._shapes.get(key)
+            if plan is not None and plan.holds(policy, ticket, combine(params, quick.values)):
+                return plan, render(plan.sql, quick, escape_percent=escape)
         found = shape(sql, dialect)
         if found is None:
             return None
@@ -480,7 +487,7 @@ class Guard:
                 dialect,
                 ticket,
                 policy,
-                escape=params is not None,
+                escape=escape,
             )
             if not decision.allowed:
                 return None
@@ -493,7 +500,7 @@ class Guard:
             if len(self._shapes) >= self._cache_size:
                 self._shapes.clear()
             self._shapes[key] = plan
-        return plan, render(plan.sql, lifted, escape_percent=params is not None)
+        return plan, render(plan.sql, lifted, escape_percent=escape)
 
     def _plan(
         self,

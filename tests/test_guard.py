@@ -23,6 +23,7 @@ from accessguard import (
     Ticket,
     scenario,
 )
+from accessguard.analysis import shape
 from accessguard.guard import Session
 from accessguard.policy import load_policy
 from accessguard.testing import MemoryAuditSink
@@ -345,9 +346,7 @@ class TestPlanCache:
             guard.authorize(q, None, session, dialect="postgres")
         assert info.value.reason == reason
 
-    def test_plan_of_a_replaced_policy_is_never_served(
-        self, tmp_path: Path, guard: Guard
-    ) -> None:
+    def test_plan_of_a_replaced_policy_is_never_served(self, tmp_path: Path, guard: Guard) -> None:
         """A plan is bound to the policy that decided it, even if no reload clears the cache."""
         target = tmp_path / "policies"
         shutil.copytree(scenario.policies_dir(), target)
@@ -773,6 +772,30 @@ class TestShapes:
         assert len(guard._cache) == 1
         assert all(sent.endswith(f"id > {n}") for n, sent in enumerate(sents))
         assert all("public.orders WHERE customer_id = 42" in sent for sent in sents)
+
+    def test_a_known_shape_is_found_without_the_tokenizer(
+        self, guard: Guard, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Once a shape is known, its statements skip sqlglot's tokenizer; new shapes do not."""
+        session = Session(user="alice", ticket="T-100")
+        q = "SELECT id FROM orders WHERE customer_id = 42 AND id > {n} AND status <> 'x'"
+        guard.authorize(q.format(n=1), None, session, dialect="postgres")
+        tokenized: list[str] = []
+
+        def counting(sql: str, dialect: str) -> object:
+            tokenized.append(sql)
+            return shape(sql, dialect)
+
+        monkeypatch.setattr("accessguard.guard.shape", counting)
+        sent = guard.authorize(q.format(n=2), None, session, dialect="postgres").sql
+        assert sent.endswith("id > 2 AND status <> 'x'")
+        assert tokenized == []
+        # a new template is tokenized once, then known
+        commented = q + " -- it's"
+        guard.authorize(commented.format(n=3), None, session, dialect="postgres")
+        guard.authorize(commented.format(n=4), None, session, dialect="postgres")
+        assert tokenized == [commented.format(n=3)]
+        assert len(guard._shapes) == 2
 
     def test_scope_literal_is_checked_every_time(self, guard: Guard) -> None:
         """The shape's plan never serves another customer: the scope literal is re-checked."""

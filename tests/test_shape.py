@@ -1,0 +1,218 @@
+"""Literal lifting: ``shape_of`` from sqlglot's tokens, ``quick_shape`` by regex.
+
+The guard trusts a ``quick_shape`` template only when it equals one
+``shape_of`` made from real tokens. These properties check the argument that
+makes this safe against both sqlglot's tokenizer and PostgreSQL's own lexer
+(pglast's ``scan``): whenever the quick template of a statement is a template
+the tokenizer produces, the tokenizer lifts exactly the same literals from the
+statement, and PostgreSQL reads each of them as one literal token.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import cycle
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from pglast.parser import ParseError, scan
+from strategies import CORPUS
+
+from accessguard.analysis import shape
+from accessguard.analysis.shape import LITERAL_BASE, Shape, quick_shape
+
+#: Fragments chosen to sit on every lexical boundary the scan must respect:
+#: comments, quoted identifiers, prefixed and dollar-quoted strings, numbers
+#: with dots, exponents, radix prefixes and separators, parameters, unicode.
+FRAGMENTS = (
+    "SELECT ",
+    "FROM ",
+    "WHERE ",
+    "orders",
+    "t1",
+    "x",
+    "é",
+    "_",
+    " ",
+    "\n",
+    ", ",
+    "=",
+    "-",
+    "(",
+    ")",
+    ".",
+    "*",
+    "5",
+    "42",
+    "007",
+    "1.5",
+    ".5",
+    "1e5",
+    "0x1F",
+    "0b1",
+    "1_000",
+    "'a'",
+    "'it''s'",
+    "''",
+    "'a\\b'",
+    "'",
+    '"',
+    "E'x'",
+    "U&'d'",
+    "B'01'",
+    "X'ff'",
+    "N'n'",
+    "$$a$$",
+    "$q$ 5 $q$",
+    "$1",
+    "$",
+    ":1",
+    "?",
+    "@",
+    "#",
+    '"c 1"',
+    '"c""d"',
+    "-- 1\n",
+    "/* 2 */",
+    "/* /* 3 */ */",
+    "/*",
+    "*/",
+    "--",
+    "%s",
+    "%%",
+    "'%'",
+    "::int",
+    "[",
+    "]",
+)
+
+#: PostgreSQL's string constants: plain, bit, hex, unicode-escaped
+STRINGS = frozenset({"SCONST", "BCONST", "XCONST", "USCONST"})
+
+statements = st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=14).map("".join)
+
+
+def placeholder(index: int) -> str:
+    return f"${LITERAL_BASE + index}"
+
+
+def canonical(template: str, count: int) -> str:
+    """The template with fixed literals in its placeholders (alternately a number and a string)."""
+    literals = cycle(("1", "'a'"))
+    for index in reversed(range(count)):  # $10010 before $1001
+        template = template.replace(placeholder(index), next(literals))
+    return template
+
+
+def slow(sql: str) -> Shape | None:
+    found = shape(sql, "postgres")
+    return found[0] if found is not None else None
+
+
+@given(statements)
+@example("SELECT 5, $q$ $10002 $q$")
+@example("SELECT 1 /* ' */ , 2 -- '")
+@example('SELECT "a 1", 2')
+@example("SELECT $1 = '', 2")
+@example("SELECT X'ff'\n'a', 2")
+def test_a_quick_template_the_tokenizer_makes_lifts_the_same_literals(sql: str) -> None:
+    """If the tokenizer would make the quick template, it lifts exactly what the regex did."""
+    quick = quick_shape(sql, "postgres")
+    if quick is None:
+        return
+    count = len(quick.sources)
+    twin = slow(canonical(quick.text, count))
+    if twin is None or twin.text != quick.text:
+        return  # the guard would never hold this template: the statement goes the slow way
+    tokenized = slow(sql)
+    if tokenized is not None:
+        assert tokenized == quick  # the quick lift adds nothing the tokenizer's would not
+        return
+    # sqlglot's tokenizer fails on the statement itself (it rejects ``$1 = ''``)
+    # though the template it made from a twin fits: PostgreSQL's lexer must then
+    # read each lifted literal as one constant, as in the twin.
+    try:
+        lexed = [(t.start, t.end + 1, t.name) for t in scan(sql)]
+    except ParseError:
+        return  # PostgreSQL refuses the whole statement ("trailing junk"): nothing runs
+    pieces = re.split(r"\$1[0-9]{4}", quick.text)
+    start = 0
+    for index, source in enumerate(quick.sources):
+        start += len(pieces[index])
+        end = start + len(source)
+        if source.startswith("'"):
+            # PostgreSQL joins 'a'<newline>'b' (or X'ff'<newline>'b') into one
+            # constant where sqlglot
+            # reads two; both lifts agree on it, and the SQL sent is regenerated
+            # from sqlglot's tree, so the server runs what was analyzed.
+            assert any(
+                name in STRINGS and (a == start or b == end) and a <= start and end <= b
+                for a, b, name in lexed
+            ), index
+        else:
+            assert (start, end, "ICONST") in lexed, index
+        start = end
+
+
+@pytest.mark.parametrize("sql", CORPUS)
+def test_quick_and_tokenized_shapes_agree_on_the_corpus(sql: str) -> None:
+    """On every statement of the case files, the two lifts agree or the quick one is unusable."""
+    quick, tokenized = quick_shape(sql, "postgres"), slow(sql)
+    if quick is not None and tokenized is not None and quick.text == tokenized.text:
+        assert quick == tokenized
+    if tokenized is not None:  # the template re-filled with other literals is found again
+        refilled = canonical(tokenized.text, len(tokenized.sources))
+        again = quick_shape(refilled, "postgres")
+        if quick is not None and quick.text == tokenized.text:
+            assert again is not None
+            assert again.text == tokenized.text
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1 FROM t WHERE a = $10001",  # the user's own placeholder-like parameter
+        "SELECT 1 FROM t WHERE a = 2 -- $10002",
+        "SELECT 1, $q$ $10002 $q$",
+        "SELECT :_agl0, 1",
+    ],
+)
+def test_statements_naming_a_placeholder_are_not_shaped(sql: str) -> None:
+    """A template's placeholders must be the only ones in it, so neither lift shapes these."""
+    assert quick_shape(sql, "postgres") is None
+    assert slow(sql) is None
+
+
+@pytest.mark.parametrize(
+    ("sql", "kept"),
+    [
+        ("SELECT t1 FROM x WHERE y = 2", "t1"),
+        ("SELECT $1, 2", "$1"),
+        ("SELECT E'x', 2", "E'x'"),
+        ("SELECT U&'d', 2", "U&'d'"),
+        ("SELECT 1.5, 2", "1.5"),
+        ("SELECT 0x1F, 2", "0x1F"),
+        ("SELECT 1_000, 2", "1_000"),
+        ('SELECT "c 1", 2', '"c 1"'),
+        ("SELECT 2 -- 3", "-- 3"),
+        ("SELECT 2 /* 'x' */", "/* 'x' */"),
+        ("SELECT 'a\\b', 2", "'a\\b'"),
+    ],
+)
+def test_quick_shape_lifts_only_free_standing_literals(sql: str, kept: str) -> None:
+    quick = quick_shape(sql, "postgres")
+    assert quick is not None
+    assert kept in quick.text
+    assert re.search(r"\$10001\b", quick.text)
+
+
+def test_quick_shape_values_match_the_tokenizer() -> None:
+    sql = "SELECT 'it''s', 007, '' FROM t WHERE b = 'a%b'"
+    quick = quick_shape(sql, "postgres")
+    assert quick is not None
+    assert quick.values == {"#0": "it's", "#1": 7, "#2": "", "#3": "a%b"}
+    assert quick == slow(sql)
+    sqlite = quick_shape(sql, "sqlite")
+    assert sqlite is not None
+    assert sqlite.text == "SELECT :_agl0, :_agl1, :_agl2 FROM t WHERE b = :_agl3"
