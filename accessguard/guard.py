@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +44,10 @@ from accessguard.errors import (
     Reason,
     Throttled,
 )
-from accessguard.ledger import Access, Ledger, Tally
-from accessguard.plan import Params, Plan, Unverified, combine, params_shape, reorder
-from accessguard.policy import EVERYONE, SHADOW_FILE, Policy, load_policy
+from accessguard.lane import Authorized, Convert, Lane, Session
+from accessguard.ledger import Access, Ledger
+from accessguard.plan import Params, Plan, Unverified, combine, params_shape
+from accessguard.policy import SHADOW_FILE, Policy, load_policy
 from accessguard.throttle import Limits, Throttle, ThrottleStoreUnavailable, load_limits
 from accessguard.tickets import Ticket, TicketStore, as_store
 
@@ -56,49 +57,10 @@ if TYPE_CHECKING:
     from accessguard.watch import PolicyWatcher
 
 
+__all__ = ["Authorized", "Guard", "Session"]
+
 _DB_SYSTEM = {"postgres": "postgresql", "sqlite": "sqlite"}
 LIMITS_FILE = "limits.toml"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Session:
-    """The employee a connection acts for, and the ticket they work under."""
-
-    user: str
-    ticket: str | None = None
-
-
-class Authorized:
-    """What an adapter sends after an allow: the guarded SQL and its parameters.
-
-    ``row_cap`` is the most rows the cursor may hand over; ``tally`` receives
-    the rows it does hand over (the access ledger), when the statement touches
-    a scoped table. Made on every statement: a slotted class built from
-    positions, not a keyword-only dataclass (a third of the cost).
-    """
-
-    __slots__ = ("params", "plan", "row_cap", "sql", "tally")
-
-    def __init__(
-        self, sql: str, params: Params, plan: Plan, row_cap: int | None, tally: Tally | None
-    ) -> None:
-        self.sql = sql
-        self.params = params
-        self.plan = plan
-        self.row_cap = row_cap
-        self.tally = tally
-
-    @property
-    def decision(self) -> Decision:
-        return self.plan.decision
-
-    @property
-    def facts(self) -> Facts:
-        return self.plan.facts
-
-    @property
-    def context(self) -> Context:
-        return self.plan.context
 
 
 class Guard:
@@ -141,11 +103,9 @@ class Guard:
             pseudonym_key=ledger_pseudonym_key,
         )
         self._cache: OrderedDict[tuple[str, str, bool, str, bool], Facts] = OrderedDict()
-        #: allowed plans by (text, dialect, employee, ticket id, parameters' shape); each
-        #: holds the policy it was decided by and is used only while that policy is
-        self._plans: dict[tuple[str, str, str, str | None, object], Plan] = {}
-        #: plans of statements' literal-free shapes (see accessguard.analysis.shape)
-        self._shapes: dict[tuple[str, str, str, str | None, object], Plan] = {}
+        #: the plans of each (employee, ticket id, dialect); every plan holds the
+        #: policy it was decided by and is used only while that policy is
+        self._lanes: dict[tuple[str, str | None, str], Lane] = {}
         self.directory: Path | None = None
         self._bound: ContextVar[Session | None] = ContextVar(
             f"accessguard_session_{id(self)}", default=None
@@ -217,8 +177,7 @@ class Guard:
             self.throttle.set_limits(limits)
         self.policy = policy
         self.shadow = shadow
-        self._plans = {}
-        self._shapes = {}
+        self._lanes = {}  # lanes still held by connections re-plan: their plans' policy is gone
         if policy.version != old:
             self.auditor.emit(
                 **{
@@ -344,69 +303,65 @@ class Guard:
         session: Session,
         *,
         dialect: str,
-        convert: Callable[[str, Any], tuple[str, list[Any]]] | None = None,
+        convert: Convert | None = None,
     ) -> Authorized:
         """Decide; on refusal audit and raise; on allow return what to send.
 
-        The hot path: an allowed statement is remembered as a plan keyed by its
-        text, the employee, the ticket and the parameters' shape. The next
-        execution reuses the plan only if the ticket is unchanged (a closed or
-        reassigned ticket is a different value) and every bound value that
-        carries the row scope still equals the ticket's subject; otherwise it
-        is decided afresh.
+        The hot path: an allowed statement is remembered as a plan of the
+        employee's lane (``Guard.lane``), keyed by its text and the
+        parameters' shape. The next execution reuses the plan only if the
+        policy and the ticket are unchanged (a closed or reassigned ticket is a
+        different value) and every bound value that carries the row scope
+        still equals the ticket's subject; otherwise it is decided afresh.
 
         ``convert`` (psycopg's ``%s`` -> ``$n`` conversion, for positional
         parameters, which it leaves in order) is applied only when the plan
         must be made: a repeated statement skips it.
         """
-        policy = self.policy  # one policy for the whole decision, even across a reload
-        try:
-            ticket_id = session.ticket
-            ticket = self.tickets.get(ticket_id) if ticket_id is not None else None
-            key = (sql, dialect, session.user, ticket_id, params_shape(params))
-            plan = self._plans.get(key)
-            if plan is not None and plan.holds(policy, ticket, params):
-                sent = plan.sql  # the hot path: a repeated statement whose decision holds
-            else:
-                plan = None
-                if convert is not None and params is not None:
-                    sql, params = self._convert(convert, sql, params, session)
-                shaped = self._by_shape(sql, params, session, dialect, ticket, policy)
-                if shaped is not None:
-                    plan, sent = shaped
-                else:
-                    facts, decision, context = self._decide(
-                        sql, params, session, dialect, ticket, policy
-                    )
-        except AccessGuardError:
-            raise
-        except Exception:  # noqa: BLE001 - fail closed: an internal error denies
-            plan = ticket = None
-            facts = Facts(kind="unknown", problem=Reason.INTERNAL_ERROR, dialect=dialect)
-            decision = Decision(
-                outcome="denied",
-                reason=Reason.INTERNAL_ERROR,
-                message="Refused: the guard failed while deciding.",
-            )
-            context = Context(
-                user=session.user, roles=frozenset({EVERYONE}), ticket_id=session.ticket
-            )
-        if plan is None:
-            plan = self._allowed_plan(facts, decision, context, ticket, policy)
-            if len(self._plans) >= self._cache_size:
-                self._plans.clear()
-            self._plans[key] = plan
-            sent = plan.sql
-        row_cap = self._throttle(plan) if self.throttle is not None else None
-        metrics.DECISIONS.allowed()
-        if plan.notices:
-            self._notify(plan)
-        if self.audit_allowed:
-            self._audit(plan.decision, plan.context, plan.facts)
-        tally = plan.tally
-        if tally is not None:
-            self.ledger.record(tally)
-        return Authorized(sent, reorder(plan.facts, params), plan, row_cap, tally)
+        return self.lane(session, dialect).authorize(sql, params, convert)
+
+    def lane(self, session: Session, dialect: str) -> Lane:
+        """The plans and hot path of one employee on one ticket (adapters keep theirs)."""
+        key = (session.user, session.ticket, dialect)
+        lane = self._lanes.get(key)
+        if lane is None:
+            if len(self._lanes) >= self._cache_size:
+                self._lanes.clear()
+            lane = self._lanes.setdefault(key, Lane(self, session, dialect, limit=self._cache_size))
+        return lane
+
+    def _fresh(  # noqa: PLR0913, PLR0917 - one decision's inputs
+        self,
+        lane: Lane,
+        sql: str,
+        params: Params,
+        ticket: Ticket | None,
+        policy: Policy,
+        convert: Convert | None,
+    ) -> tuple[Plan, str, bool]:
+        """The slow path: (plan, SQL to send, whether the plan is of this exact text).
+
+        A refusal (or an unverified rewrite) is audited and raised.
+        """
+        session, dialect = lane.session, lane.dialect
+        if convert is not None and params is not None:
+            sql, params = self._convert(convert, sql, params, session)
+        shaped = self._by_shape(lane, sql, params, ticket, policy)
+        if shaped is not None:
+            return shaped[0], shaped[1], False
+        facts, decision, context = self._decide(sql, params, session, dialect, ticket, policy)
+        plan = self._allowed_plan(facts, decision, context, ticket, policy)
+        return plan, plan.sql, True
+
+    def _failed(self, session: Session, dialect: str) -> AccessDenied:
+        """Audit a decision the guard could not finish (an internal error); return the error."""
+        return self.refuse(
+            Reason.INTERNAL_ERROR,
+            "Refused: the guard failed while deciding.",
+            session,
+            kind="unknown",
+            dialect=dialect,
+        )
 
     def _allowed_plan(
         self,
@@ -450,12 +405,11 @@ class Guard:
                 kind="unknown",
             ) from exc
 
-    def _by_shape(  # noqa: PLR0913, PLR0917 - one decision's inputs
+    def _by_shape(
         self,
+        lane: Lane,
         sql: str,
         params: Params,
-        session: Session,
-        dialect: str,
         ticket: Ticket | None,
         policy: Policy,
     ) -> tuple[Plan, str] | None:
@@ -464,12 +418,13 @@ class Guard:
         None when the statement has no literal, or its shape is not allowed as
         such (the caller then decides the text itself, with exact reasons).
         """
+        session, dialect = lane.session, lane.dialect
         escape = params is not None
         quick = quick_shape(sql, dialect)
         if quick is not None:
             # only shape_of's templates, made from real tokens, are ever keys
-            key = (quick.text, dialect, session.user, session.ticket, params_shape(params))
-            plan = self._shapes.get(key)
+            key = (quick.text, params_shape(params))
+            plan = lane.shapes.get(key)
             if plan is not None and plan.holds(policy, ticket, combine(params, quick.values)):
                 return plan, render(plan.sql, quick, escape_percent=escape)
         found = shape(sql, dialect)
@@ -477,8 +432,8 @@ class Guard:
             return None
         lifted, tokens = found
         combined = combine(params, lifted.values)
-        key = (lifted.text, dialect, session.user, session.ticket, params_shape(params))
-        plan = self._shapes.get(key)
+        key = (lifted.text, params_shape(params))
+        plan = lane.shapes.get(key)
         if plan is None or not plan.holds(policy, ticket, combined):
             facts, decision, context = self._decide(
                 lifted.text,
@@ -497,9 +452,7 @@ class Guard:
                 plan = self._plan(facts, decision, context, ticket, policy)
             except Unverified:
                 return None  # decided again on the text itself, which audits the refusal
-            if len(self._shapes) >= self._cache_size:
-                self._shapes.clear()
-            self._shapes[key] = plan
+            lane.remember_shape(key, plan)
         return plan, render(plan.sql, lifted, escape_percent=escape)
 
     def _plan(

@@ -92,7 +92,9 @@ class TestAgreement:
     def test_sent_sql_keeps_the_second_wall(self, case: AttackCase, guard: Guard) -> None:
         """For every legitimate case, the SQL connect() would send passes verify_sent."""
         ok = authorize_statement(
-            guard, Session(user=case.user, ticket=case.ticket), case.sql, case.params
+            guard.lane(Session(user=case.user, ticket=case.ticket), "postgres"),
+            case.sql,
+            case.params,
         )
         subjects = {s for _scope, s in ok.decision.subjects}
         assert (
@@ -219,7 +221,9 @@ class TestDisagreement:
         # analyser and PostgreSQL's parser see it, and the statement is refused.
         with pytest.raises(AccessGuardError):
             authorize_statement(
-                guard, ALICE if case.user == "alice" else ERIN, case.sql, case.params
+                guard.lane(ALICE if case.user == "alice" else ERIN, "postgres"),
+                case.sql,
+                case.params,
             )
 
     def test_dollar_quotes_are_never_lifted(self) -> None:

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -345,6 +346,72 @@ class TestPlanCache:
         with pytest.raises(AccessDenied) as info:
             guard.authorize(q, None, session, dialect="postgres")
         assert info.value.reason == reason
+
+    @db
+    def test_connections_of_one_employee_share_plans(
+        self, guard: Guard, scenario_dsn: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A plan made on one connection serves the employee's next connection (a pool's)."""
+        decided: list[tuple[str, str | None]] = []
+        fresh = guard._fresh
+
+        def counting(lane: Any, sql: str, *rest: Any) -> Any:
+            decided.append((lane.session.user, lane.session.ticket))
+            return fresh(lane, sql, *rest)
+
+        monkeypatch.setattr(guard, "_fresh", counting)
+        q = "SELECT name FROM customers WHERE id = %s"
+        for user, ticket in [("alice", "T-100"), ("alice", "T-100"), ("mallory", "T-400")]:
+            with guard.connect(scenario_dsn, user=user, ticket=ticket) as conn:
+                customer = 42 if user == "alice" else 100
+                assert len(conn.execute(q, [customer]).fetchall()) == 1
+                assert len(conn.execute(q, [customer]).fetchall()) == 1
+        assert decided == [("alice", "T-100"), ("mallory", "T-400")]
+
+    def test_a_lane_held_across_a_reload_decides_under_the_new_policy(
+        self, tmp_path: Path, sink: MemoryAuditSink
+    ) -> None:
+        """A connection opened before a reload keeps its lane; its old plans are not served."""
+        target = tmp_path / "policies"
+        shutil.copytree(scenario.policies_dir(), target)
+        guard = Guard.from_directory(target, tickets=scenario.tickets(), audit=sink)
+        session = Session(user="alice", ticket="T-100")
+        lane = guard.lane(session, "postgres")  # what an open connection holds
+        q = "SELECT name FROM customers WHERE id = $1"
+        for _ in range(3):
+            lane.authorize(q, [42])
+        policy_csv = target / "policy.csv"
+        policy_csv.write_text(
+            "\n".join(
+                line
+                for line in policy_csv.read_text().splitlines()
+                if "customers.name" not in line and "customers.*" not in line
+            )
+            + "\n"
+        )
+        assert guard.reload()
+        assert guard.lane(session, "postgres") is not lane
+        with pytest.raises(AccessDenied) as info:
+            lane.authorize(q, [42])
+        assert info.value.reason == "column.not_allowed"
+
+    def test_ticket_store_failure_on_a_cached_plan_denies(
+        self, guard: Guard, sink: MemoryAuditSink
+    ) -> None:
+        """The store is asked on every statement: failing there, a remembered plan is refused."""
+        q = "SELECT name FROM customers WHERE id = $1"
+        session = Session(user="alice", ticket="T-100")
+        guard.authorize(q, [42], session, dialect="postgres")
+
+        class Broken:
+            def get(self, _ticket_id: str) -> Ticket | None:
+                raise RuntimeError("store down")
+
+        guard.tickets = Broken()
+        with pytest.raises(AccessDenied) as info:
+            guard.authorize(q, [42], session, dialect="postgres")
+        assert info.value.reason == "internal.error"
+        assert sink.reasons() == ["internal.error"]
 
     def test_plan_of_a_replaced_policy_is_never_served(self, tmp_path: Path, guard: Guard) -> None:
         """A plan is bound to the policy that decided it, even if no reload clears the cache."""
@@ -768,7 +835,7 @@ class TestShapes:
             ).sql
             for n in range(10)
         ]
-        assert len(guard._shapes) == 1
+        assert len(guard.lane(session, "postgres").shapes) == 1
         assert len(guard._cache) == 1
         assert all(sent.endswith(f"id > {n}") for n, sent in enumerate(sents))
         assert all("public.orders WHERE customer_id = 42" in sent for sent in sents)
@@ -795,7 +862,7 @@ class TestShapes:
         guard.authorize(commented.format(n=3), None, session, dialect="postgres")
         guard.authorize(commented.format(n=4), None, session, dialect="postgres")
         assert tokenized == [commented.format(n=3)]
-        assert len(guard._shapes) == 2
+        assert len(guard.lane(session, "postgres").shapes) == 2
 
     def test_scope_literal_is_checked_every_time(self, guard: Guard) -> None:
         """The shape's plan never serves another customer: the scope literal is re-checked."""

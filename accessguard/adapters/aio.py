@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from accessguard.adapters.base import RowCounter
-from accessguard.adapters.psycopg3 import _query_text, authorize_statement
+from accessguard.adapters.psycopg3 import DIALECT, _query_text, authorize_statement
 from accessguard.errors import AccessDenied, Reason
 
 if TYPE_CHECKING:
@@ -84,8 +84,7 @@ class AsyncGuardedCursor(AsyncCountingCursor):
         """What the sync cursor does; no I/O, so no await."""
         client = isinstance(self._raw, psycopg.AsyncClientCursor)
         return authorize_statement(
-            self._guard,
-            self._session,
+            self._guard.lane(self._session, DIALECT),
             _query_text(query, self._conn._raw),
             params,
             mogrify=self._raw.mogrify if client else None,

@@ -69,7 +69,7 @@ from django.db import connections
 from django.db.backends.signals import connection_created
 from django.utils.module_loading import import_string
 
-from accessguard.adapters.psycopg3 import authorize_statement
+from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
 from accessguard.errors import AccessDenied, ConfigurationError, Reason
 from accessguard.guard import Guard
 from accessguard.tickets import FileTicketStore
@@ -156,7 +156,7 @@ class GuardExecuteWrapper:
         self, raw: Any, sql: str, params: Any, session: Session, *, client: bool
     ) -> Authorized:
         return authorize_statement(
-            self.guard, session, sql, params, mogrify=raw.mogrify if client else None
+            self.guard.lane(session, DIALECT), sql, params, mogrify=raw.mogrify if client else None
         )
 
     def _count(self, raw: Any, ok: Authorized) -> None:

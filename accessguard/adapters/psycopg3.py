@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from accessguard.guard import Authorized, Guard, Session
+    from accessguard.lane import Lane
 
 DIALECT = "postgres"
 
@@ -39,8 +40,7 @@ def convert_query(query: str, params: Sequence[Any] | Mapping[str, Any]) -> tupl
 
 
 def authorize_statement(
-    guard: Guard,
-    session: Session,
+    lane: Lane,
     text: str,
     params: Any,
     *,
@@ -48,28 +48,29 @@ def authorize_statement(
 ) -> Authorized:
     """Decide one statement as psycopg will send it (every psycopg-based adapter's one path).
 
-    With client-side binding (``mogrify`` given) the values are merged into the
+    ``lane``: the employee's (``guard.lane(session, "postgres")``). With
+    client-side binding (``mogrify`` given) the values are merged into the
     text, even inside comments: the merged text is analyzed and sent, with no
     parameters. Otherwise ``%s`` / ``%(name)s`` become ``$n`` first; for
     positional parameters (whose order that keeps) only when a plan is made.
     """
-    if mogrify is not None:
-        merged = mogrify(text, params) if params is not None else text
-        return guard.authorize(merged, None, session, dialect=DIALECT)
-    if params is None:
-        return guard.authorize(text, None, session, dialect=DIALECT)
-    if type(params) is list or type(params) is tuple:
-        return guard.authorize(text, params, session, dialect=DIALECT, convert=convert_query)
-    try:
-        converted, values = convert_query(text, params)
-    except (psycopg.Error, TypeError) as exc:
-        raise guard.refuse(
-            Reason.SQL_PARAMS_MISMATCH,
-            "Refused: the placeholders do not match the values bound to them.",
-            session,
-            kind="unknown",
-        ) from exc
-    return guard.authorize(converted, values, session, dialect=DIALECT)
+    if mogrify is None:
+        if type(params) is list or type(params) is tuple:
+            return lane.authorize(text, params, convert_query)
+        if params is None:
+            return lane.authorize(text, None)
+        try:
+            converted, values = convert_query(text, params)
+        except (psycopg.Error, TypeError) as exc:
+            raise lane.guard.refuse(
+                Reason.SQL_PARAMS_MISMATCH,
+                "Refused: the placeholders do not match the values bound to them.",
+                lane.session,
+                kind="unknown",
+            ) from exc
+        return lane.authorize(converted, values)
+    merged = mogrify(text, params) if params is not None else text
+    return lane.authorize(merged, None)
 
 
 def _query_text(query: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
@@ -92,21 +93,28 @@ class GuardedCursor(CountingCursor):
         self._raw = raw
         self._guard = conn._guard
         self._session = conn._session
+        self._lane = conn._lane
         self._mogrify = raw.mogrify if isinstance(raw, psycopg.ClientCursor) else None
 
     # ------------------------------------------------------------------ sending
 
     def _authorize(self, query: Any, params: Any) -> Authorized:
         return authorize_statement(
-            self._guard,
-            self._session,
+            self._lane,
             query if type(query) is str else _query_text(query, self._conn._raw),
             params,
             mogrify=self._mogrify,
         )
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
-        ok = self._authorize(query, params)
+        if type(query) is str and (type(params) is list or type(params) is tuple):
+            # the common case, straight to the lane: authorize_statement's first branch
+            if self._mogrify is None:
+                ok = self._lane.authorize(query, params, convert_query)
+            else:
+                ok = self._authorize(query, params)
+        else:
+            ok = self._authorize(query, params)
         self._raw.execute(ok.sql, ok.params, **kwargs)
         # what _begin does, inline: this is every statement's path
         self._current = ok
@@ -221,6 +229,7 @@ class GuardedConnection:
         self._guard = guard
         self._raw = raw
         self._session = session
+        self._lane = guard.lane(session, DIALECT)
 
     @classmethod
     def connect(

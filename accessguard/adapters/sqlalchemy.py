@@ -52,7 +52,7 @@ from sqlalchemy.sql.expression import (
     SavepointClause,
 )
 
-from accessguard.adapters.psycopg3 import authorize_statement
+from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
 from accessguard.errors import AccessDenied, AccessGuardError, ConfigurationError, Reason
 
 if TYPE_CHECKING:
@@ -174,8 +174,7 @@ class _Listener:
         self, driver_cursor: Any, statement: str, params: Any, session: Session, *, client: bool
     ) -> Authorized:
         return authorize_statement(
-            self.guard,
-            session,
+            self.guard.lane(session, DIALECT),
             statement,
             params,
             mogrify=driver_cursor.mogrify if client else None,

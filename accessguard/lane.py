@@ -1,0 +1,137 @@
+"""The hot path: one employee's statements, and the plans that let them run again cheaply.
+
+A ``Lane`` is the guard's state for one employee on one ticket in one
+dialect. ``Guard.lane`` hands out one per (employee, ticket, dialect) and
+every adapter connection keeps its own for as long as it lives, so a
+repeated statement costs one dictionary lookup and a few identity checks
+before it is sent:
+
+- the plan was made under the policy in force (a reload, or a new schema,
+  makes a new policy object);
+- the ticket the store returns now is the one the plan was decided with (a
+  closed, reassigned or edited ticket is another value);
+- every bound value that carries the row scope equals the ticket's subject.
+
+Anything else goes to the guard's slow path (``Guard._fresh``), which
+decides the statement afresh, audits a refusal and raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from accessguard import metrics
+from accessguard.errors import AccessGuardError
+from accessguard.ledger import Tally
+from accessguard.plan import Params, Plan, params_shape, reorder
+
+if TYPE_CHECKING:
+    from accessguard.analysis import Facts
+    from accessguard.decision import Context, Decision
+    from accessguard.guard import Guard
+
+#: psycopg's ``%s`` -> ``$n`` conversion (or any driver's), applied only to make a plan
+Convert = Callable[[str, Any], tuple[str, list[Any]]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    """The employee a connection acts for, and the ticket they work under."""
+
+    user: str
+    ticket: str | None = None
+
+
+class Authorized(NamedTuple):
+    """What an adapter sends after an allow: the guarded SQL and its parameters.
+
+    ``row_cap`` is the most rows the cursor may hand over; ``tally`` receives
+    the rows it does hand over (the access ledger), when the statement touches
+    a scoped table. Made on every statement, so the lane builds it with
+    ``tuple.__new__`` (a call into C; a class's ``__init__`` is a Python frame).
+    """
+
+    sql: str
+    params: Params
+    plan: Plan
+    row_cap: int | None
+    tally: Tally | None
+
+    @property
+    def decision(self) -> Decision:
+        return self.plan.decision
+
+    @property
+    def facts(self) -> Facts:
+        return self.plan.facts
+
+    @property
+    def context(self) -> Context:
+        return self.plan.context
+
+
+_authorized = tuple.__new__
+
+
+class Lane:
+    """One employee on one ticket in one dialect: their plans, and the path that reuses them."""
+
+    __slots__ = ("_limit", "dialect", "guard", "plans", "session", "shapes")
+
+    def __init__(self, guard: Guard, session: Session, dialect: str, *, limit: int) -> None:
+        self.guard = guard
+        self.session = session
+        self.dialect = dialect
+        #: allowed plans by (statement text, parameters' shape)
+        self.plans: dict[tuple[str, object], Plan] = {}
+        #: plans of statements' literal-free shapes (see accessguard.analysis.shape)
+        self.shapes: dict[tuple[str, object], Plan] = {}
+        self._limit = limit
+
+    def authorize(self, sql: str, params: Params, convert: Convert | None = None) -> Authorized:
+        """Decide one statement; on refusal audit and raise; on allow return what to send.
+
+        ``convert`` (for positional parameters, which it leaves in order) is
+        applied only when a plan must be made: a repeated statement skips it.
+        """
+        guard = self.guard
+        policy = guard.policy  # one policy for the whole decision, even across a reload
+        try:
+            shape = len(params) if type(params) is list or type(params) is tuple else None
+            key = (sql, shape if shape is not None else params_shape(params))
+            ticket_id = self.session.ticket
+            ticket = guard.tickets.get(ticket_id) if ticket_id is not None else None
+            plan = self.plans.get(key)
+            if plan is not None and plan.holds(policy, ticket, params):
+                sent = plan.sql  # the hot path: a repeated statement whose decision holds
+            else:
+                plan, sent, exact = guard._fresh(self, sql, params, ticket, policy, convert)
+                if exact:
+                    if len(self.plans) >= self._limit:
+                        self.plans.clear()
+                    self.plans[key] = plan
+        except AccessGuardError:
+            raise
+        except Exception:  # noqa: BLE001 - fail closed: an internal error denies, audited
+            raise guard._failed(self.session, self.dialect) from None
+        # what every allowed execution does, plan reused or new
+        row_cap = guard._throttle(plan) if guard.throttle is not None else None
+        metrics.DECISIONS.allowed()
+        if plan.notices:
+            guard._notify(plan)
+        if guard.audit_allowed:
+            guard._audit(plan.decision, plan.context, plan.facts)
+        tally = plan.tally
+        if tally is not None:
+            guard.ledger.record(tally)
+        if params is not None and (shape is None or not plan.facts.in_order):
+            params = reorder(plan.facts, params)  # else: positional, already in sent order
+        return _authorized(Authorized, (sent, params, plan, row_cap, tally))
+
+    def remember_shape(self, key: tuple[str, object], plan: Plan) -> None:
+        """Keep the plan of a literal-free shape (bounded like the plans)."""
+        if len(self.shapes) >= self._limit:
+            self.shapes.clear()
+        self.shapes[key] = plan
