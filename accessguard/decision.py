@@ -139,8 +139,7 @@ def grants_cover(facts: Facts, context: Context, policy: Policy) -> Denial | Non
     if facts.accesses <= granted:
         # a table read without naming a column (count(*), EXISTS, SELECT FROM t)
         # still needs one readable column: no rule, no rows
-        readable = {t for t, _c, action in granted if action == "read"}
-        for table in sorted(facts.tables - readable):
+        for table in sorted(facts.tables - policy.readable(context.roles, kind)):
             name = table.rsplit(".", 1)[-1]
             return Denial(
                 Reason.COLUMN_NOT_ALLOWED,

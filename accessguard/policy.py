@@ -71,6 +71,9 @@ class Policy:
     _granted: dict[tuple[frozenset[str], str | None], frozenset[Access]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    _readable: dict[tuple[frozenset[str], str | None], frozenset[str]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def known_roles(self) -> frozenset[str]:
@@ -95,6 +98,17 @@ class Policy:
             if len(self._granted) > 4096:
                 self._granted.clear()
             self._granted[key] = found
+        return found
+
+    def readable(self, roles: frozenset[str], kind: str | None) -> frozenset[str]:
+        """The tables ``roles`` may read some column of (with ticket ``kind``, as ``granted``)."""
+        key = (roles, kind)
+        found = self._readable.get(key)
+        if found is None:
+            found = frozenset(t for t, _c, action in self.granted(roles, kind) if action == "read")
+            if len(self._readable) > 4096:
+                self._readable.clear()
+            self._readable[key] = found
         return found
 
     def allows(self, roles: frozenset[str], kind: str, access: Access) -> bool:

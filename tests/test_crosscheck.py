@@ -281,6 +281,45 @@ class TestDisagreement:
         assert "2 oddly named tables" in detail
 
 
+class TestExpressionFields:
+    """With no sub-select in the tree, the WITH walk may leave expressions out."""
+
+    @staticmethod
+    def _with_trees() -> list[Any]:
+        """Parse trees of every case-file statement with a WITH item and no SubLink."""
+        texts = [sql for _id, sql, _p in _legit()] + [c.sql for c in CASES]
+        trees = []
+        for sql in texts:
+            try:
+                text = parse_sql_json(convert_query(sql, [0] * 20)[0] if "%s" in sql else sql)
+            except Exception:  # noqa: BLE001, S112 - PostgreSQL rejects it: nothing to compare
+                continue
+            if '"ctename":' in text and '"SubLink":' not in text:
+                trees.append(json.loads(text))
+        return trees
+
+    def test_the_short_walk_agrees_on_every_with_statement(self) -> None:
+        """Leaving EXPRESSION_FIELDS out changes no relation set where no SubLink exists."""
+        trees = self._with_trees()
+        assert len(trees) >= 10  # the corpus has WITH statements; the test must see them
+        for tree in trees:
+            assert relations(tree, expressions=False) == relations(tree)
+
+    def test_a_sub_select_in_a_with_statement_is_still_walked(self) -> None:
+        """A table named only inside a WHERE sub-select is seen: SubLink turns the walk on."""
+        sql = (
+            "WITH c AS (SELECT id FROM customers WHERE id = 42) "
+            "SELECT id FROM c WHERE id IN (SELECT customer_id FROM orders WHERE customer_id = 42)"
+        )
+        facts = analyze(sql, catalog=CATALOG, sending=False)
+        assert facts.problem is None
+        assert crosscheck(sql, facts) is None
+        without_orders = replace(facts, tables=facts.tables - {"public.orders"})
+        detail = crosscheck(sql, without_orders)
+        assert detail is not None
+        assert "public.orders" in detail
+
+
 class TestNeverRaises:
     @given(arbitrary_sql())
     def test_arbitrary_text(self, sql: str) -> None:

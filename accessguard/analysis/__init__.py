@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
 from dataclasses import replace
 from typing import Any
@@ -111,7 +112,10 @@ def analyze(
             dialect=dialect,
         )
     redacted = redact_tokens(tokens) if sending else None
-    facts = _analyze_guarded(sql, tokens, catalog, dialect, params=params, sending=sending)
+    final = {"redacted": redacted, "fingerprint": fingerprint(redacted), "dialect": dialect}
+    facts = _analyze_guarded(
+        sql, tokens, catalog, dialect, params=params, sending=sending, final=final
+    )
     if facts.problem is None and dialect == "postgres":
         # a second opinion from PostgreSQL's own parser (libpg_query)
         detail = crosscheck(sql, facts, default_schema=catalog.default_schema)
@@ -122,7 +126,9 @@ def analyze(
                 problem=Reason.SQL_PARSER_DISAGREEMENT,
                 detail=f"PostgreSQL reads the statement differently: {detail}",
             )
-    return facts.derived(redacted=redacted, fingerprint=fingerprint(redacted), dialect=dialect)
+    if facts.problem is None:
+        return facts  # built whole by _analyze: no second copy on the allowed path
+    return facts.derived(**final)
 
 
 def with_redaction(facts: Facts, sql: str) -> Facts:
@@ -134,10 +140,17 @@ def with_redaction(facts: Facts, sql: str) -> Facts:
 
 
 def _analyze_guarded(  # noqa: PLR0913 - one statement's inputs
-    sql: str, tokens: list[Token], catalog: Catalog, dialect: str, *, params: bool, sending: bool
+    sql: str,
+    tokens: list[Token],
+    catalog: Catalog,
+    dialect: str,
+    *,
+    params: bool,
+    sending: bool,
+    final: dict[str, Any],
 ) -> Facts:
     try:
-        return _analyze(sql, tokens, catalog, dialect, params=params, sending=sending)
+        return _analyze(sql, tokens, catalog, dialect, params=params, sending=sending, final=final)
     except Refusal as refusal:
         return Facts(kind="unknown", problem=refusal.reason, detail=refusal.detail)
     except SqlglotError:
@@ -159,8 +172,20 @@ def _analyze_guarded(  # noqa: PLR0913 - one statement's inputs
 
 
 def _analyze(  # noqa: PLR0913 - one statement's inputs
-    sql: str, tokens: list[Token], catalog: Catalog, dialect: str, *, params: bool, sending: bool
+    sql: str,
+    tokens: list[Token],
+    catalog: Catalog,
+    dialect: str,
+    *,
+    params: bool,
+    sending: bool,
+    final: dict[str, Any],
 ) -> Facts:
+    """The facts of one statement; without a problem, built whole (``final`` included).
+
+    ``final``: the fields analyze() sets last (redacted text, fingerprint,
+    dialect); ``sending``: also rewrite it into the SQL to send.
+    """
     if len(sql) > MAX_SQL_LENGTH:
         return Facts(
             kind="unknown",
@@ -182,7 +207,7 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
             detail="a vertical tab is read differently by PostgreSQL versions",
         )
     # an IDENTIFIER token is a quoted name, and every quoted name holds a quote
-    for before, after in itertools.pairwise(tokens if _QUOTES & set(sql) else ()):
+    for before, after in itertools.pairwise(tokens if _QUOTES.search(sql) else ()):
         if before.token_type == TokenType.IDENTIFIER and after.token_type == TokenType.L_PAREN:
             # "LOWER"(x): sqlglot reads lower(x), PostgreSQL a function that
             # does not exist; a quoted name before a parenthesis is not analyzed
@@ -191,14 +216,13 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
                 problem=Reason.SQL_UNANALYZABLE,
                 detail="a quoted name followed by a parenthesis is not analyzed",
             )
-    grammar = _dialect(dialect)
     if dialect == "sqlite" and any(t.token_type == TokenType.PLACEHOLDER for t in tokens):
         sql = _number_qmarks(sql)
         tokens = _tokenizer(dialect).tokenize(sql)
     # a trailing "; -- comment" comes back as a Semicolon node: it is not a statement
     statements = [
         s
-        for s in grammar.parser().parse(tokens, sql)
+        for s in _parser(dialect).parse(tokens, sql)
         if s is not None and not isinstance(s, exp.Semicolon)
     ]
     if len(statements) != 1:
@@ -244,7 +268,8 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
     order: tuple[int | str, ...] = ()
     if sending:
         sent, order = rewrite(tree, walker.physical, dialect=dialect, escape_percent=params)
-    return Facts(
+    return Facts.build(
+        **final,
         kind=kind,
         tables=frozenset(walker.tables),
         reads=frozenset(walker.reads),
@@ -258,7 +283,7 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
 
 
 #: characters that open a quoted name in any dialect we read (sqlglot IDENTIFIER tokens)
-_QUOTES = frozenset('"`[')
+_QUOTES = re.compile(r'["`\[]')
 
 _DIALECTS: dict[str, Dialect] = {}
 _LOCAL = threading.local()
@@ -269,6 +294,17 @@ def _dialect(name: str) -> Dialect:
     found = _DIALECTS.get(name)
     if found is None:
         found = _DIALECTS[name] = Dialect.get_or_raise(name)
+    return found
+
+
+def _parser(name: str) -> Any:
+    """A parser per thread and dialect: sqlglot's parse() resets it before each statement."""
+    parsers: dict[str, Any] | None = getattr(_LOCAL, "parsers", None)
+    if parsers is None:
+        parsers = _LOCAL.parsers = {}
+    found = parsers.get(name)
+    if found is None:
+        found = parsers[name] = _dialect(name).parser()
     return found
 
 

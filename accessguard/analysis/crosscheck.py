@@ -78,6 +78,7 @@ KINDS: dict[str, str] = {
 
 #: Nodes that change data or the schema when they appear inside another statement.
 _WRITERS = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+_WRITER_KEYS = tuple(f'"{name}":' for name in sorted(_WRITERS))
 
 _CHARS = r'(?:[^"\\]|\\.)*'
 _TOP = re.compile(r'\{"stmt":\{"(\w+)":')
@@ -115,11 +116,15 @@ def _crosscheck(sql: str, facts: Facts, default_schema: str) -> str | None:
     kind = "create" if name == "SelectStmt" and '"intoClause":' in text else _kind(name)
     if kind != facts.kind:
         return f"PostgreSQL's parser reads a {kind.upper()} statement, the analyser a {facts.kind}"
-    writers = sum(text.count(f'"{w}":') for w in _WRITERS) - (name in _WRITERS)
+    writers = sum(text.count(key) for key in _WRITER_KEYS) - (name in _WRITERS)
     if writers:
         return "PostgreSQL's parser finds a data-modifying statement inside the statement"
     if '"ctename":' in text:  # WITH items hide table names: read the tree
-        seen = relations(json.loads(text), default_schema=default_schema)
+        # with no sub-select anywhere, no expression can name a relation:
+        # the walk leaves them out (verify_sent, the second wall, walks all)
+        expressions = '"SubLink":' in text
+        tree = json.loads(text)
+        seen = relations(tree, default_schema=default_schema, expressions=expressions)
     else:
         seen = relations_in_json(text, default_schema=default_schema)
     mine = set(facts.tables)
@@ -149,6 +154,8 @@ def _kind(name: str) -> str:
 
 
 def _qualified(catalog: str | None, schema: str, rel: str) -> str:
+    if catalog is None and "\\" not in schema and "\\" not in rel:
+        return f"{schema}.{rel}"  # nothing to unescape (most names)
     return ".".join(_unescape(p) for p in (catalog, schema, rel) if p is not None)
 
 
@@ -156,43 +163,100 @@ def _unescape(text: str) -> str:
     return text if "\\" not in text else str(json.loads(f'"{text}"'))
 
 
-def relations(tree: dict[str, Any], *, default_schema: str = DEFAULT_SCHEMA) -> set[str]:
-    """Schema-qualified names of the relations a parse tree names, WITH items excluded."""
+#: Fields of PostgreSQL's raw parse nodes that hold only expressions. In the
+#: grammar a relation (RangeVar) is named by FROM, INTO, a DML target, a
+#: locking clause or a utility statement, never by an expression except
+#: through a sub-select (SubLink): with no SubLink in the tree these fields
+#: name no relation.
+EXPRESSION_FIELDS = frozenset(
+    {
+        "targetList",
+        "distinctClause",
+        "whereClause",
+        "groupClause",
+        "havingClause",
+        "windowClause",
+        "sortClause",
+        "limitOffset",
+        "limitCount",
+        "valuesLists",
+        "returningList",
+        "quals",
+    }
+)
+
+
+def relations(
+    tree: dict[str, Any], *, default_schema: str = DEFAULT_SCHEMA, expressions: bool = True
+) -> set[str]:
+    """Schema-qualified names of the relations a parse tree names, WITH items excluded.
+
+    ``expressions=False`` (only for a tree with no SubLink) leaves out the
+    fields in ``EXPRESSION_FIELDS``.
+    """
     found: set[str] = set()
-    # (node, names of WITH items visible at that node)
-    stack: list[tuple[Any, frozenset[str]]] = [(tree, frozenset())]
+    skip = frozenset() if expressions else EXPRESSION_FIELDS
+    _collect(tree, frozenset(), found, default_schema, skip)
+    return found
+
+
+def _collect(
+    root: Any,
+    visible: frozenset[str],
+    found: set[str],
+    default_schema: str,
+    skip: frozenset[str],
+) -> None:
+    """Add the relations under ``root`` to ``found``; ``visible``: WITH names in scope there.
+
+    Only dicts and lists are pushed (a parse tree is mostly strings and
+    numbers), and the names in scope change only at a WITH clause, whose
+    items and statement are walked by a call of their own: the loop carries
+    no scope per node. Fields named in ``skip`` are not walked.
+    """
+    stack = [root]
+    pop, push = stack.pop, stack.append
     while stack:
-        item, visible = stack.pop()
-        if isinstance(item, list):
-            stack.extend((x, visible) for x in item)
+        item = pop()
+        if type(item) is list:
+            for child in item:
+                if type(child) is dict or type(child) is list:
+                    push(child)
             continue
-        if not isinstance(item, dict):
+        if type(item) is not dict:
             continue
         if "relname" in item:  # a RangeVar (a FROM item, UPDATE's target, INTO's table)
             found.update(_range_var(item, visible, default_schema))
             continue
         with_ = item.get("withClause")
-        if isinstance(with_, dict):
-            visible = _push_with(with_, visible, stack)
-        for key, value in item.items():
-            if key != "withClause":
-                stack.append((value, visible))
-    return found
+        if type(with_) is dict:
+            after = _walk_with(with_, visible, found, default_schema, skip)
+            rest = {k: v for k, v in item.items() if k != "withClause"}
+            _collect(rest, after, found, default_schema, skip)
+            continue
+        for key, child in item.items():
+            if (type(child) is dict or type(child) is list) and key not in skip:
+                push(child)
 
 
-def _push_with(
-    with_: dict[str, Any], visible: frozenset[str], stack: list[tuple[Any, frozenset[str]]]
+def _walk_with(
+    with_: dict[str, Any],
+    visible: frozenset[str],
+    found: set[str],
+    default_schema: str,
+    skip: frozenset[str],
 ) -> frozenset[str]:
-    """Queue the WITH items' bodies with the names each may see; return the names after them."""
+    """Walk the WITH items' bodies with the names each may see; return the names after them."""
     ctes = [c.get("CommonTableExpr", {}) for c in with_.get("ctes") or [] if isinstance(c, dict)]
     names = [str(c.get("ctename", "")) for c in ctes]
     if with_.get("recursive"):
         every = visible | frozenset(names)
-        stack.extend((cte, every) for cte in ctes)
+        for cte in ctes:
+            _collect(cte, every, found, default_schema, skip)
         return every
     so_far = visible
     for cte, name in zip(ctes, names, strict=True):
-        stack.append((cte, so_far))
+        _collect(cte, so_far, found, default_schema, skip)
         so_far = so_far | {name}
     return so_far
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 from accessguard.errors import Reason
@@ -75,18 +75,35 @@ class Facts:
     def columns(self) -> frozenset[str]:
         return frozenset(f"{t.rsplit('.', 1)[-1]}.{c}" for t, c in self.reads | self.writes)
 
-    def derived(self, **fields: Any) -> Facts:
-        """A copy with ``fields`` set and the derived fields filled in."""
-        return replace(
-            self,
-            **fields,
+    @classmethod
+    def build(cls, **values: Any) -> Facts:
+        """Facts with the derived fields filled in, in one construction (the analyser's path)."""
+        reads: frozenset[tuple[str, str]] = values.get("reads", frozenset())
+        writes: frozenset[tuple[str, str]] = values.get("writes", frozenset())
+        tables: frozenset[str] = values.get("tables", frozenset())
+        order: tuple[int | str, ...] = values.get("param_order", ())
+        return cls(
+            **values,
             accesses=frozenset(
-                {(t, c, "read") for t, c in self.reads} | {(t, c, "update") for t, c in self.writes}
+                {(t, c, "read") for t, c in reads} | {(t, c, "update") for t, c in writes}
             ),
-            table_names=tuple(sorted(t.rsplit(".", 1)[-1] for t in self.tables)),
-            column_names=tuple(sorted(self.columns)),
-            in_order=self.param_order == tuple(range(len(self.param_order))),
+            table_names=tuple(sorted(t.rsplit(".", 1)[-1] for t in tables)),
+            column_names=tuple(sorted({f"{t.rsplit('.', 1)[-1]}.{c}" for t, c in reads | writes})),
+            in_order=order == tuple(range(len(order))),
         )
+
+    def derived(self, **values: Any) -> Facts:
+        """A copy with ``values`` set and the derived fields filled in."""
+        given = {name: getattr(self, name) for name in _GIVEN}
+        return Facts.build(**(given | values))
+
+
+#: the fields an analysis sets; the others are derived from them (Facts.build)
+_GIVEN = tuple(
+    f.name
+    for f in fields(Facts)
+    if f.name not in ("accesses", "table_names", "column_names", "in_order")
+)
 
 
 #: Text the sent SQL carries where a scope subject id goes (replaced per execution).

@@ -7,6 +7,7 @@ denied until someone teaches the walker what it reads.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -391,35 +392,42 @@ class Walker:
     # ------------------------------------------------------------------ expressions
 
     def expr(self, node: exp.Expression, env: Env, ctes: dict[str, Source]) -> None:
-        self._count()
-        if isinstance(node, exp.Column):
-            self._column(node, env)
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            refuse(Reason.SQL_UNANALYZABLE, "the statement is too large to analyze")
+        cls = type(node)
+        branch = _BRANCHES.get(cls)
+        if branch is None:
+            branch = _BRANCHES[cls] = _branch(cls)
+        if branch is _Branch.SCALAR:
+            pass
+        elif branch is _Branch.COLUMN:
+            self._column(node, env)  # type: ignore[arg-type] # a Column by its branch
             return
-        if isinstance(node, exp.Subquery | exp.Select | exp.SetOperation):
+        elif branch is _Branch.QUERY:
             self.query(node, env, ctes)
             return
-        if isinstance(node, exp.Exists):
+        elif branch is _Branch.EXISTS:
             self.query(node.this, env, ctes)
             return
-        if isinstance(node, exp.Parameter | exp.Placeholder):
-            self.params.add(param_key(node))
+        elif branch is _Branch.PARAM:
+            self.params.add(param_key(node))  # type: ignore[arg-type] # by its branch
             return
-        if isinstance(node, exp.Star):
+        elif branch is _Branch.STAR:
             if isinstance(node.parent, exp.Count):
                 return
             refuse(Reason.SQL_UNANALYZABLE, "* outside the select list")
-        if isinstance(node, exp.DataType) and node.sql(dialect="postgres").lower().startswith(
-            ("reg", '"reg')
-        ):
-            refuse(Reason.CATALOG_FORBIDDEN, "casts to reg* types read the system catalogs")
-        if isinstance(node, exp.Var):
+        elif branch is _Branch.TYPE:
+            if _reads_catalog(node):  # type: ignore[arg-type] # a DataType by its branch
+                refuse(Reason.CATALOG_FORBIDDEN, "casts to reg* types read the system catalogs")
+        elif branch is _Branch.VAR:
             if isinstance(node.parent, UNIT_FUNCS) and node.arg_key in ("unit", "this"):
                 return
             refuse(Reason.SQL_UNANALYZABLE, f"the word {node.name.upper()} is not analyzed")
-        if isinstance(node, exp.Func) and not isinstance(node, SCALAR_NODES):
-            self._function(node)
-        elif not isinstance(node, SCALAR_NODES):
-            refuse(Reason.SQL_UNANALYZABLE, f"{type(node).__name__} is not analyzed")
+        elif branch is _Branch.FUNCTION:
+            self._function(node)  # type: ignore[arg-type] # a Func by its branch
+        else:
+            refuse(Reason.SQL_UNANALYZABLE, f"{cls.__name__} is not analyzed")
         for child in node.iter_expressions():
             self.expr(child, env, ctes)
 
@@ -566,6 +574,76 @@ _SPECIAL_NAMES = frozenset(
         "current_schema",
     }
 )
+
+
+#: sqlglot's own type names whose PostgreSQL spelling is not a reg* type: a DataType
+#: of one of these and nothing else is generated as that name (checked at import)
+_PLAIN_TYPES = frozenset(
+    t
+    for t in exp.DataType.Type
+    if t is not exp.DataType.Type.USERDEFINED
+    and not exp.DataType(this=t).sql(dialect="postgres").lower().startswith(("reg", '"reg'))
+)
+
+
+def _reads_catalog(node: exp.DataType) -> bool:
+    """Whether a type is a reg* type (a cast to one looks names up in the system catalogs).
+
+    A type sqlglot knows, with no other argument, is decided by its name
+    alone; anything else (a name sqlglot keeps as text, a qualified or
+    parameterised type) by the SQL PostgreSQL would read.
+    """
+    if node.this in _PLAIN_TYPES and not any(
+        value for key, value in node.args.items() if key != "this"
+    ):
+        return False
+    return node.sql(dialect="postgres").lower().startswith(("reg", '"reg'))
+
+
+class _Branch(enum.Enum):
+    """What ``Walker.expr`` does with a node, by its class."""
+
+    COLUMN = "column"
+    QUERY = "query"
+    EXISTS = "exists"
+    PARAM = "param"
+    STAR = "star"
+    TYPE = "type"  # a scalar node, after the reg* check
+    VAR = "var"
+    FUNCTION = "function"  # a function call, after the allowlist check
+    SCALAR = "scalar"
+    REFUSED = "refused"
+
+
+def _branch(cls: type[exp.Expression]) -> _Branch:
+    """The branch of a node class: the first of the walker's tests it passes, in order.
+
+    ``issubclass`` of the class answers as ``isinstance`` of any instance, so
+    remembering the answer per class (``_BRANCHES``) changes no decision.
+    """
+    if issubclass(cls, exp.Column):
+        return _Branch.COLUMN
+    if issubclass(cls, exp.Subquery | exp.Select | exp.SetOperation):
+        return _Branch.QUERY
+    if issubclass(cls, exp.Exists):
+        return _Branch.EXISTS
+    if issubclass(cls, exp.Parameter | exp.Placeholder):
+        return _Branch.PARAM
+    if issubclass(cls, exp.Star):
+        return _Branch.STAR
+    if issubclass(cls, exp.DataType):
+        return _Branch.TYPE if issubclass(cls, SCALAR_NODES) else _Branch.REFUSED
+    if issubclass(cls, exp.Var):
+        return _Branch.VAR
+    if issubclass(cls, exp.Func) and not issubclass(cls, SCALAR_NODES):
+        return _Branch.FUNCTION
+    if not issubclass(cls, SCALAR_NODES):
+        return _Branch.REFUSED
+    return _Branch.SCALAR
+
+
+#: node class -> its branch, learnt on first sight (dict writes are atomic: no lock)
+_BRANCHES: dict[type[exp.Expression], _Branch] = {}
 
 
 def _bare_sort_item(node: exp.Column) -> bool:
