@@ -52,14 +52,18 @@ def _latency(  # noqa: PLR0913 - one report row, by keyword
     goal: Goal | None,
     note: str,
     sent: tuple[Step, str] | None = None,
+    floor: Step | None = None,
 ) -> Result:
     """Guarded against raw; with ``sent``, also raw psycopg sending the guard's rewritten SQL.
 
     The third contender splits the overhead: what the rewritten statement
-    costs the server, against what the guard costs in Python.
+    costs the server, against what the guard costs in Python. ``floor`` (a
+    fourth) is the least a guard written in Python adds (see ``_floor``).
     """
     n = bench.count(count)
     steps = [raw, guarded] if sent is None else [raw, guarded, sent[0]]
+    if floor is not None:
+        steps.append(floor)
     samples = interleave(
         steps, count=n, rounds=bench.rounds, warmup=bench.warmup(n), counter=bench.counter
     )
@@ -74,6 +78,12 @@ def _latency(  # noqa: PLR0913 - one report row, by keyword
             "server_side_ratio": server.ratio,
         }
         note += f"; raw psycopg sending the guard's rewritten SQL: ratio {server.ratio:.3f}"
+    if floor is not None:
+        least = summarize(
+            samples, workload=name, kind="latency", baseline="", subject="", subject_index=-1
+        )
+        details |= {"python_floor_us": least.subject_value, "python_floor_ratio": least.ratio}
+        note += f"; the Python floor (see _floor): ratio {least.ratio:.3f}"
     return summarize(
         samples,
         workload=name,
@@ -104,6 +114,49 @@ def _sent(
     return (_fetch(bench.raw, text, bound), text)
 
 
+def _floor(bench: Bench, query: str, params: list[Any], user: str, ticket: str) -> Step:
+    """The least a guard written in Python adds to a repeated statement: a bound, not a guard.
+
+    What every guarded execution must do, written inline with no wrapper
+    object and no call of its own: ask the ticket store, find the plan by
+    text, check that the policy and the ticket are the plan's and that the
+    scope value is its subject, queue the statement and then its rows for the
+    ledger; the SQL sent is the guard's rewritten SQL on the raw connection.
+    Its ratio against raw is what pure Python costs on this machine before
+    any design choice of accessguard's.
+    """
+    from collections import deque
+
+    from accessguard.adapters.psycopg3 import convert_query
+    from accessguard.guard import Session
+
+    guard = bench.guard
+    plan = guard.authorize(
+        query, params, Session(user=user, ticket=ticket), dialect="postgres", convert=convert_query
+    ).plan
+    plans = {query: plan}
+    tickets, raw = guard.tickets, bench.raw
+    queue: deque[object] = deque()
+
+    def step(_i: int) -> object:
+        now = tickets.get(ticket)
+        found = plans[query]
+        if found.policy is not guard.policy or found.ticket is not now:
+            raise RuntimeError("floor: the plan no longer holds")
+        for key, subject in found.checks:
+            value = params[int(key)]
+            if type(value) is not int or value != subject:
+                raise RuntimeError("floor: the scope value is not the subject")
+        queue.append(found)
+        rows = raw.execute(found.sql, params).fetchall()
+        queue.append((found, len(rows)))
+        if len(queue) > 100_000:
+            queue.clear()
+        return rows
+
+    return step
+
+
 def _same_rows(name: str, raw: Step, guarded: Step) -> None:
     """A benchmark of a statement the guard refuses, or answers differently, is void."""
     expected, got = raw(0), guarded(0)
@@ -125,6 +178,7 @@ def point_lookup_param(bench: Bench) -> list[Result]:
             goal=REPEATED,
             note="alice on T-100, customers by primary key, bound parameter, same text every time",
             sent=_sent(bench, POINT, [42], "alice", "T-100"),
+            floor=_floor(bench, POINT, [42], "alice", "T-100"),
         )
     ]
 
