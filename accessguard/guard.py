@@ -12,6 +12,7 @@ import datetime as dt
 import math
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -106,6 +107,10 @@ class Guard:
         #: the plans of each (employee, ticket id, dialect); every plan holds the
         #: policy it was decided by and is used only while that policy is
         self._lanes: dict[tuple[str, str | None, str], Lane] = {}
+        #: every lane made, the map's and those only connections still hold: their plans
+        #: together stay within 2 x cache_size (past it, every lane forgets its plans)
+        self._every_lane: weakref.WeakSet[Lane] = weakref.WeakSet()
+        self._planned = 0
         self.directory: Path | None = None
         self._bound: ContextVar[Session | None] = ContextVar(
             f"accessguard_session_{id(self)}", default=None
@@ -318,17 +323,33 @@ class Guard:
         parameters, which it leaves in order) is applied only when the plan
         must be made: a repeated statement skips it.
         """
-        return self.lane(session, dialect).authorize(sql, params, convert)
+        try:
+            lane = self.lane(session, dialect)
+        except Exception:  # noqa: BLE001 - fail closed: an internal error denies, audited
+            raise self._failed(session, dialect) from None
+        return lane.authorize(sql, params, convert)
 
     def lane(self, session: Session, dialect: str) -> Lane:
         """The plans and hot path of one employee on one ticket (adapters keep theirs)."""
         key = (session.user, session.ticket, dialect)
         lane = self._lanes.get(key)
         if lane is None:
-            if len(self._lanes) >= self._cache_size:
-                self._lanes.clear()
-            lane = self._lanes.setdefault(key, Lane(self, session, dialect, limit=self._cache_size))
+            with self._lock:
+                if len(self._lanes) >= self._cache_size:
+                    self._lanes.clear()
+                lane = self._lanes.setdefault(key, Lane(self, session, dialect))
+                self._every_lane.add(lane)
         return lane
+
+    def _count_plan(self) -> None:
+        """One more plan kept by a lane; past the budget, every lane forgets its plans."""
+        self._planned += 1  # approximate across threads: it only says when to forget
+        if self._planned > 2 * self._cache_size:
+            with self._lock:
+                self._planned = 0
+                lanes = list(self._every_lane)
+            for lane in lanes:
+                lane.forget()
 
     def _fresh(  # noqa: PLR0913, PLR0917 - one decision's inputs
         self,
@@ -452,7 +473,7 @@ class Guard:
                 plan = self._plan(facts, decision, context, ticket, policy)
             except Unverified:
                 return None  # decided again on the text itself, which audits the refusal
-            lane.remember_shape(key, plan)
+            lane.remember(lane.shapes, key, plan)
         return plan, render(plan.sql, lifted, escape_percent=escape)
 
     def _plan(

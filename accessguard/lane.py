@@ -78,9 +78,9 @@ _authorized = tuple.__new__
 class Lane:
     """One employee on one ticket in one dialect: their plans, and the path that reuses them."""
 
-    __slots__ = ("_limit", "dialect", "guard", "plans", "session", "shapes")
+    __slots__ = ("__weakref__", "dialect", "guard", "plans", "session", "shapes")
 
-    def __init__(self, guard: Guard, session: Session, dialect: str, *, limit: int) -> None:
+    def __init__(self, guard: Guard, session: Session, dialect: str) -> None:
         self.guard = guard
         self.session = session
         self.dialect = dialect
@@ -88,7 +88,6 @@ class Lane:
         self.plans: dict[tuple[str, object], Plan] = {}
         #: plans of statements' literal-free shapes (see accessguard.analysis.shape)
         self.shapes: dict[tuple[str, object], Plan] = {}
-        self._limit = limit
 
     def authorize(self, sql: str, params: Params, convert: Convert | None = None) -> Authorized:
         """Decide one statement; on refusal audit and raise; on allow return what to send.
@@ -100,6 +99,10 @@ class Lane:
         policy = guard.policy  # one policy for the whole decision, even across a reload
         try:
             shape = len(params) if type(params) is list or type(params) is tuple else None
+            if convert is not None and params is not None and shape is None:
+                # not positional: convert now, so the plan and the values sent agree
+                sql, params = guard._convert(convert, sql, params, self.session)
+                shape, convert = len(params), None
             key = (sql, shape if shape is not None else params_shape(params))
             ticket_id = self.session.ticket
             ticket = guard.tickets.get(ticket_id) if ticket_id is not None else None
@@ -109,9 +112,7 @@ class Lane:
             else:
                 plan, sent, exact = guard._fresh(self, sql, params, ticket, policy, convert)
                 if exact:
-                    if len(self.plans) >= self._limit:
-                        self.plans.clear()
-                    self.plans[key] = plan
+                    self.remember(self.plans, key, plan)
         except AccessGuardError:
             raise
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies, audited
@@ -130,8 +131,14 @@ class Lane:
             params = reorder(plan.facts, params)  # else: positional, already in sent order
         return _authorized(Authorized, (sent, params, plan, row_cap, tally))
 
-    def remember_shape(self, key: tuple[str, object], plan: Plan) -> None:
-        """Keep the plan of a literal-free shape (bounded like the plans)."""
-        if len(self.shapes) >= self._limit:
-            self.shapes.clear()
-        self.shapes[key] = plan
+    def remember(
+        self, table: dict[tuple[str, object], Plan], key: tuple[str, object], plan: Plan
+    ) -> None:
+        """Keep a plan in ``table`` (``plans`` or ``shapes``), within the guard's budget."""
+        self.guard._count_plan()
+        table[key] = plan
+
+    def forget(self) -> None:
+        """Drop every plan (the guard's budget is spent); the next statements re-plan."""
+        self.plans.clear()
+        self.shapes.clear()

@@ -78,8 +78,9 @@ class MemoryTicketStore:
 
     def __init__(self, tickets: Iterable[Ticket] = ()) -> None:
         self._tickets = {t.id: t for t in tickets}
-        #: asked on every statement: the dict's own lookup, a call into C with no frame
-        self.get: Callable[[str], Ticket | None] = self._tickets.get
+
+    def get(self, ticket_id: str) -> Ticket | None:
+        return self._tickets.get(ticket_id)
 
     def put(self, ticket: Ticket) -> None:
         self._tickets[ticket.id] = ticket

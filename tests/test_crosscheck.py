@@ -24,6 +24,7 @@ from accessguard import Guard
 from accessguard.adapters.psycopg3 import authorize_statement, convert_query
 from accessguard.analysis import Facts, analyze, shape
 from accessguard.analysis.crosscheck import (
+    _relations_short,
     crosscheck,
     relations,
     relations_in_json,
@@ -281,29 +282,47 @@ class TestDisagreement:
         assert "2 oddly named tables" in detail
 
 
-class TestExpressionFields:
-    """With no sub-select in the tree, the WITH walk may leave expressions out."""
+class TestShortWalk:
+    """The WITH walk leaves expressions out only when counting proves nothing hides there."""
 
     @staticmethod
-    def _with_trees() -> list[Any]:
-        """Parse trees of every case-file statement with a WITH item and no SubLink."""
+    def _with_texts() -> list[str]:
+        """libpg_query JSON of every case-file statement with a WITH item."""
         texts = [sql for _id, sql, _p in _legit()] + [c.sql for c in CASES]
-        trees = []
+        out = []
         for sql in texts:
             try:
                 text = parse_sql_json(convert_query(sql, [0] * 20)[0] if "%s" in sql else sql)
             except Exception:  # noqa: BLE001, S112 - PostgreSQL rejects it: nothing to compare
                 continue
-            if '"ctename":' in text and '"SubLink":' not in text:
-                trees.append(json.loads(text))
-        return trees
+            if '"ctename":' in text:
+                out.append(text)
+        return out
 
     def test_the_short_walk_agrees_on_every_with_statement(self) -> None:
-        """Leaving EXPRESSION_FIELDS out changes no relation set where no SubLink exists."""
-        trees = self._with_trees()
-        assert len(trees) >= 10  # the corpus has WITH statements; the test must see them
-        for tree in trees:
-            assert relations(tree, expressions=False) == relations(tree)
+        """_relations_short answers as the whole walk on the corpus' WITH statements."""
+        texts = self._with_texts()
+        assert len(texts) >= 20  # the corpus has WITH statements; the test must see them
+        shortened = 0
+        for text in texts:
+            tree = json.loads(text)
+            assert _relations_short(tree, text, "public") == relations(tree)
+            shortened += relations(tree, expressions=False) == relations(tree)
+        assert shortened >= 10  # and most of them are answered by the short walk
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "WITH x AS (SELECT 1 AS a) SELECT JSON_ARRAY(SELECT secret FROM customers) FROM x",
+            "WITH x AS (SELECT 1 AS a) SELECT a FROM x ORDER BY JSON_ARRAY(SELECT 1 FROM orders)",
+            "WITH x AS (SELECT 1 AS a) SELECT a FROM x WHERE a IN (SELECT 1 FROM customers)",
+        ],
+    )
+    def test_a_query_inside_an_expression_is_walked(self, sql: str) -> None:
+        """A relation named inside an expression (a sub-select, JSON_ARRAY's query) is seen."""
+        detail = crosscheck(sql, Facts(kind="select"))
+        assert detail is not None
+        assert "public.customers" in detail or "public.orders" in detail
 
     def test_a_sub_select_in_a_with_statement_is_still_walked(self) -> None:
         """A table named only inside a WHERE sub-select is seen: SubLink turns the walk on."""

@@ -413,6 +413,47 @@ class TestPlanCache:
         assert info.value.reason == "internal.error"
         assert sink.reasons() == ["internal.error"]
 
+    def test_plans_of_every_lane_stay_within_the_budget(self, sink: MemoryAuditSink) -> None:
+        """Lanes held by connections (even dropped from the map) share one bound on plans."""
+        guard = Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=sink, cache_size=5
+        )
+        held = [guard.lane(Session(user="alice", ticket=f"X-{i}"), "postgres") for i in range(40)]
+        for lane in held:
+            for q in ("SELECT id, title FROM products WHERE id = 3", "SELECT title FROM products"):
+                lane.authorize(q, None)
+        kept = sum(len(lane.plans) + len(lane.shapes) for lane in held)
+        assert 0 < kept <= 2 * 5 + 1
+        assert len(guard._lanes) <= 5
+
+    def test_mapping_parameters_with_convert_are_sent_converted(self, guard: Guard) -> None:
+        """A named-parameter statement converted by the lane sends values in $n order, twice."""
+        from accessguard.adapters.psycopg3 import convert_query
+
+        session = Session(user="alice", ticket="T-100")
+        q = "SELECT name FROM customers WHERE id = %(c)s AND name <> %(n)s"
+        for _ in range(2):
+            ok = guard.authorize(
+                q, {"n": "x", "c": 42}, session, dialect="postgres", convert=convert_query
+            )
+            assert list(ok.params or []) == [42, "x"]
+
+    def test_a_copied_ticket_store_reads_its_own_tickets(self) -> None:
+        """MemoryTicketStore.get reads the store it is called on (a deep copy included)."""
+        import copy
+
+        store = MemoryTicketStore(scenario.tickets())
+        twin = copy.deepcopy(store)
+        base = twin.get("T-100")
+        assert base is not None
+        twin.put(replace(base, status="closed"))
+        closed = twin.get("T-100")
+        assert closed is not None
+        assert closed.status == "closed"
+        still = store.get("T-100")
+        assert still is not None
+        assert still.status == "open"
+
     def test_plan_of_a_replaced_policy_is_never_served(self, tmp_path: Path, guard: Guard) -> None:
         """A plan is bound to the policy that decided it, even if no reload clears the cache."""
         target = tmp_path / "policies"

@@ -120,11 +120,8 @@ def _crosscheck(sql: str, facts: Facts, default_schema: str) -> str | None:
     if writers:
         return "PostgreSQL's parser finds a data-modifying statement inside the statement"
     if '"ctename":' in text:  # WITH items hide table names: read the tree
-        # with no sub-select anywhere, no expression can name a relation:
-        # the walk leaves them out (verify_sent, the second wall, walks all)
-        expressions = '"SubLink":' in text
         tree = json.loads(text)
-        seen = relations(tree, default_schema=default_schema, expressions=expressions)
+        seen = _relations_short(tree, text, default_schema)
     else:
         seen = relations_in_json(text, default_schema=default_schema)
     mine = set(facts.tables)
@@ -163,11 +160,10 @@ def _unescape(text: str) -> str:
     return text if "\\" not in text else str(json.loads(f'"{text}"'))
 
 
-#: Fields of PostgreSQL's raw parse nodes that hold only expressions. In the
-#: grammar a relation (RangeVar) is named by FROM, INTO, a DML target, a
-#: locking clause or a utility statement, never by an expression except
-#: through a sub-select (SubLink): with no SubLink in the tree these fields
-#: name no relation.
+#: Fields of PostgreSQL's raw parse nodes that hold expressions. Relations
+#: (RangeVar) are named by FROM, INTO, DML targets and locking clauses; an
+#: expression names one only through a query inside it (a sub-select, or
+#: JSON_ARRAY(SELECT ...)), which ``_relations_short`` detects by counting.
 EXPRESSION_FIELDS = frozenset(
     {
         "targetList",
@@ -191,13 +187,30 @@ def relations(
 ) -> set[str]:
     """Schema-qualified names of the relations a parse tree names, WITH items excluded.
 
-    ``expressions=False`` (only for a tree with no SubLink) leaves out the
-    fields in ``EXPRESSION_FIELDS``.
+    ``expressions=False`` leaves out the fields in ``EXPRESSION_FIELDS``: the
+    answer is whole only if no relation is named inside an expression (see
+    ``_relations_short``).
     """
     found: set[str] = set()
     skip = frozenset() if expressions else EXPRESSION_FIELDS
     _collect(tree, frozenset(), found, default_schema, skip)
     return found
+
+
+def _relations_short(tree: dict[str, Any], text: str, default_schema: str) -> set[str]:
+    """``relations(tree)``, walking expressions only when a relation hides in one.
+
+    A parse tree's expressions are most of it, and seldom name a relation.
+    The short walk counts the RangeVars it meets (CTE references included);
+    every RangeVar of the JSON text has exactly one ``"relname":`` key (a
+    quote inside a string value is escaped), so equal counts prove it met
+    them all. Otherwise the whole tree is walked.
+    """
+    found: set[str] = set()
+    met = _collect(tree, frozenset(), found, default_schema, EXPRESSION_FIELDS)
+    if met == text.count('"relname":'):
+        return found
+    return relations(tree, default_schema=default_schema)
 
 
 def _collect(
@@ -206,14 +219,16 @@ def _collect(
     found: set[str],
     default_schema: str,
     skip: frozenset[str],
-) -> None:
+) -> int:
     """Add the relations under ``root`` to ``found``; ``visible``: WITH names in scope there.
 
     Only dicts and lists are pushed (a parse tree is mostly strings and
     numbers), and the names in scope change only at a WITH clause, whose
     items and statement are walked by a call of their own: the loop carries
-    no scope per node. Fields named in ``skip`` are not walked.
+    no scope per node. Fields named in ``skip`` are not walked. Returns how
+    many RangeVars it met (CTE references included).
     """
+    met = 0
     stack = [root]
     pop, push = stack.pop, stack.append
     while stack:
@@ -227,16 +242,18 @@ def _collect(
             continue
         if "relname" in item:  # a RangeVar (a FROM item, UPDATE's target, INTO's table)
             found.update(_range_var(item, visible, default_schema))
+            met += 1
             continue
         with_ = item.get("withClause")
         if type(with_) is dict:
-            after = _walk_with(with_, visible, found, default_schema, skip)
+            after, inside = _walk_with(with_, visible, found, default_schema, skip)
             rest = {k: v for k, v in item.items() if k != "withClause"}
-            _collect(rest, after, found, default_schema, skip)
+            met += inside + _collect(rest, after, found, default_schema, skip)
             continue
         for key, child in item.items():
             if (type(child) is dict or type(child) is list) and key not in skip:
                 push(child)
+    return met
 
 
 def _walk_with(
@@ -245,20 +262,24 @@ def _walk_with(
     found: set[str],
     default_schema: str,
     skip: frozenset[str],
-) -> frozenset[str]:
-    """Walk the WITH items' bodies with the names each may see; return the names after them."""
+) -> tuple[frozenset[str], int]:
+    """Walk the WITH items' bodies with the names each may see.
+
+    Returns the names visible after them, and how many RangeVars it met.
+    """
     ctes = [c.get("CommonTableExpr", {}) for c in with_.get("ctes") or [] if isinstance(c, dict)]
     names = [str(c.get("ctename", "")) for c in ctes]
+    met = 0
     if with_.get("recursive"):
         every = visible | frozenset(names)
         for cte in ctes:
-            _collect(cte, every, found, default_schema, skip)
-        return every
+            met += _collect(cte, every, found, default_schema, skip)
+        return every, met
     so_far = visible
     for cte, name in zip(ctes, names, strict=True):
-        _collect(cte, so_far, found, default_schema, skip)
+        met += _collect(cte, so_far, found, default_schema, skip)
         so_far = so_far | {name}
-    return so_far
+    return so_far, met
 
 
 def _range_var(body: dict[str, Any], visible: frozenset[str], default_schema: str) -> set[str]:
