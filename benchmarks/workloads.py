@@ -203,8 +203,29 @@ def point_lookup_literal_varying(bench: Bench) -> list[Result]:
             goal=VARYING,
             note="orders of customer 42 with an inlined literal new in every statement "
             "(AND id <> n): a text the guard has never seen",
+            sent=_sent_varying(bench),
         )
     ]
+
+
+def _sent_varying(bench: Bench) -> tuple[Step, str] | None:
+    """Raw psycopg sending what the guard sends for VARYING_SQL, with n new every time.
+
+    Each text is new to the server too, so it parses and plans the rewritten
+    statement (its scope filter included) every time: this contender is that
+    cost alone. The guard's SQL for one probe value, with the value put back
+    per statement.
+    """
+    probe = 987_654_321
+    found = _sent(bench, VARYING_SQL.format(n=probe), [], "alice", "T-100")
+    if found is None or found[1].count(str(probe)) != 1:
+        return None
+    template = found[1].replace(str(probe), "{n}")
+
+    def step(i: int) -> object:
+        return bench.raw.execute(template.format(n=1_000_000 + i)).fetchall()
+
+    return step, template
 
 
 def three_table_join(bench: Bench) -> list[Result]:

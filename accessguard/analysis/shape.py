@@ -20,8 +20,7 @@ known shape and the statement goes the tokenizer's way.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlglot.tokenizer_core import Token, TokenType
 
@@ -57,9 +56,8 @@ _QUICK = re.compile(
 _HIGH_PARAMETER = re.compile(r"\$[0-9]{5}")
 
 
-@dataclass(frozen=True, slots=True)
-class Shape:
-    """A statement with its literals lifted out."""
+class Shape(NamedTuple):
+    """A statement with its literals lifted out (a tuple: made for every statement)."""
 
     text: str
     #: the literals' values (int for whole numbers, else their text), by ``#i`` key
@@ -113,7 +111,7 @@ def shape_of(sql: str, tokens: list[Token], dialect: str) -> Shape | None:
     if not sources:
         return None
     pieces.append(sql[last:])
-    return Shape(text="".join(pieces), values=values, sources=tuple(sources))
+    return Shape("".join(pieces), values, tuple(sources))
 
 
 def quick_shape(sql: str, dialect: str) -> Shape | None:
@@ -138,12 +136,13 @@ def quick_shape(sql: str, dialect: str) -> Shape | None:
         pieces.append(sql[last : match.start()])
         pieces.append(f"${LITERAL_BASE + index}" if postgres else f":_agl{index}")
         sources.append(source)
-        values[literal_key(index)] = literal_value(source, number=group == 2)
+        # literal_key / literal_value, inline: this runs for every literal of every statement
+        values[f"#{index}"] = int(source) if group == 2 else source[1:-1].replace("''", "'")
         last = match.end()
     if not sources:
         return None
     pieces.append(sql[last:])
-    return Shape(text="".join(pieces), values=values, sources=tuple(sources))
+    return Shape("".join(pieces), values, tuple(sources))
 
 
 def render(template: str, shape: Shape, *, escape_percent: bool) -> str:
@@ -151,4 +150,25 @@ def render(template: str, shape: Shape, *, escape_percent: bool) -> str:
     sources = shape.sources
     if escape_percent:
         sources = tuple(s.replace("%", "%%") for s in sources)
-    return LITERAL_MARK.sub(lambda m: sources[int(m.group(1))], template)
+    split = _SPLIT.get(template)
+    if split is None:
+        split = _split(template)
+    texts, order = split
+    pieces = [texts[0]]
+    for at, index in enumerate(order, 1):
+        pieces.append(sources[index])
+        pieces.append(texts[at])
+    return "".join(pieces)
+
+
+#: templates cut at their literal markers once: (texts between, literal index of each marker)
+_SPLIT: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+
+
+def _split(template: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    parts = LITERAL_MARK.split(template)
+    split = (tuple(parts[0::2]), tuple(int(i) for i in parts[1::2]))
+    if len(_SPLIT) >= 4096:
+        _SPLIT.clear()
+    _SPLIT[template] = split
+    return split
