@@ -78,7 +78,7 @@ _authorized = tuple.__new__
 class Lane:
     """One employee on one ticket in one dialect: their plans, and the path that reuses them."""
 
-    __slots__ = ("__weakref__", "dialect", "guard", "plans", "session", "shapes")
+    __slots__ = ("__weakref__", "dialect", "guard", "once", "plans", "session", "shapes")
 
     def __init__(self, guard: Guard, session: Session, dialect: str) -> None:
         self.guard = guard
@@ -88,6 +88,8 @@ class Lane:
         self.plans: dict[tuple[str, object], Plan] = {}
         #: plans of statements' literal-free shapes (see accessguard.analysis.shape)
         self.shapes: dict[tuple[str, object], Plan] = {}
+        #: texts served once by a shape plan: a second time, they get a plan of their own
+        self.once: dict[tuple[str, object], None] = {}
 
     def authorize(self, sql: str, params: Params, convert: Convert | None = None) -> Authorized:
         """Decide one statement; on refusal audit and raise; on allow return what to send.
@@ -113,6 +115,12 @@ class Lane:
                 plan, sent, exact = guard._fresh(self, sql, params, ticket, policy, convert)
                 if exact:
                     self.remember(self.plans, key, plan)
+                elif key in self.once:  # a repeated text with inlined literals: skip shaping
+                    self.remember(self.plans, key, plan.exactly(sent))
+                else:
+                    if len(self.once) >= guard._cache_size:
+                        self.once.clear()
+                    self.once[key] = None
         except AccessGuardError:
             raise
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies, audited
@@ -142,3 +150,4 @@ class Lane:
         """Drop every plan (the guard's budget is spent); the next statements re-plan."""
         self.plans.clear()
         self.shapes.clear()
+        self.once.clear()

@@ -9,7 +9,7 @@ the guard makes and keeps them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from accessguard.analysis import Facts
@@ -48,6 +48,20 @@ class Plan:
     customers: frozenset[int]
     #: audit events every execution writes (shadow denials, watch-list and canary reads)
     notices: tuple[Decision, ...] = ()
+
+    def exactly(self, sent: str) -> Plan:
+        """This shape plan as the plan of one statement text, whose SQL to send is ``sent``.
+
+        The checks of the text's literals held when its shape was found, under
+        this plan's ticket; the text's literals never change, and ``holds``
+        still requires that ticket: only the bound parameters' checks remain.
+        """
+        checks = tuple(
+            (key, subject)
+            for key, subject in self.checks
+            if not (isinstance(key, str) and key.startswith("#"))
+        )
+        return replace(self, sql=sent, checks=checks)
 
     def holds(self, policy: Policy, ticket: Ticket | None, params: Params) -> bool:
         """Whether its decision still applies under ``policy``, to ``ticket`` and ``params``."""

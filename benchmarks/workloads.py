@@ -208,6 +208,26 @@ def point_lookup_literal_varying(bench: Bench) -> list[Result]:
     ]
 
 
+def point_lookup_literal_repeated(bench: Bench) -> list[Result]:
+    repeated = VARYING_SQL.format(n=1_000_000)
+    raw = _fetch(bench.raw, repeated, None)
+    guarded = _fetch(bench.as_user("alice", "T-100"), repeated, None)
+    _same_rows("point_lookup_literal_repeated", raw, guarded)
+    return [
+        _latency(
+            bench,
+            "point_lookup_literal_repeated",
+            raw,
+            guarded,
+            count=5000,
+            goal=REPEATED,
+            note="the varying statement with one literal, the same text every time (code that "
+            "builds SQL text): from its second execution it has a plan of its own",
+            sent=_sent(bench, repeated, [], "alice", "T-100"),
+        )
+    ]
+
+
 def _sent_varying(bench: Bench) -> tuple[Step, str] | None:
     """Raw psycopg sending what the guard sends for VARYING_SQL, with n new every time.
 
@@ -482,6 +502,7 @@ def throttle(bench: Bench) -> list[Result]:
 WORKLOADS: dict[str, Callable[[Bench], list[Result]]] = {
     "point_lookup_param": point_lookup_param,
     "point_lookup_literal_varying": point_lookup_literal_varying,
+    "point_lookup_literal_repeated": point_lookup_literal_repeated,
     "three_table_join": three_table_join,
     "large_analytic": large_analytic,
     "refused_statement": refused_statement,

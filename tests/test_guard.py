@@ -905,6 +905,38 @@ class TestShapes:
         assert tokenized == [commented.format(n=3)]
         assert len(guard.lane(session, "postgres").shapes) == 2
 
+    def test_a_repeated_literal_statement_skips_shaping(
+        self, guard: Guard, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Seen twice, a text with inlined literals gets a plan of its own; nothing stale."""
+        from accessguard.analysis.shape import quick_shape
+
+        shaped: list[str] = []
+
+        def counting(sql: str, dialect: str) -> object:
+            shaped.append(sql)
+            return quick_shape(sql, dialect)
+
+        monkeypatch.setattr("accessguard.guard.quick_shape", counting)
+        store = guard.tickets
+        assert isinstance(store, MemoryTicketStore)
+        session = Session(user="alice", ticket="T-100")
+        q = "SELECT id FROM orders WHERE customer_id = 42 AND id > 7 AND status <> 'x'"
+        sents = [guard.authorize(q, None, session, dialect="postgres").sql for _ in range(5)]
+        assert shaped == [q, q]  # the first two executions only
+        assert len(set(sents)) == 1
+        assert sents[0].endswith("id > 7 AND status <> 'x'")
+        # another literal is another text: shaped, with its own literal sent
+        other = guard.authorize(q.replace("> 7", "> 8"), None, session, dialect="postgres")
+        assert other.sql.endswith("id > 8 AND status <> 'x'")
+        # the ticket moves to another customer: the text's own plan is not served
+        base = store.get("T-100")
+        assert base is not None
+        store.put(replace(base, customer_id=7))
+        with pytest.raises(AccessDenied) as info:
+            guard.authorize(q, None, session, dialect="postgres")
+        assert info.value.reason == "row_scope.other_subject"
+
     def test_scope_literal_is_checked_every_time(self, guard: Guard) -> None:
         """The shape's plan never serves another customer: the scope literal is re-checked."""
         session = Session(user="alice", ticket="T-100")
