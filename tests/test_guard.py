@@ -309,6 +309,26 @@ def test_audit_file_holds_no_row_data(tmp_path: Path) -> None:
     assert "tok_71" not in text
 
 
+def guard_on_a_copy(tmp_path: Path, sink: MemoryAuditSink) -> tuple[Guard, Path]:
+    """A guard on a copy of the scenario's policy directory (to edit and reload), and the copy."""
+    target = tmp_path / "policies"
+    shutil.copytree(scenario.policies_dir(), target)
+    return Guard.from_directory(target, tickets=scenario.tickets(), audit=sink), target
+
+
+def revoke_customer_names(directory: Path) -> None:
+    """Edit a policy copy: no rule grants customers.name any more."""
+    policy_csv = directory / "policy.csv"
+    policy_csv.write_text(
+        "\n".join(
+            line
+            for line in policy_csv.read_text().splitlines()
+            if "customers.name" not in line and "customers.*" not in line
+        )
+        + "\n"
+    )
+
+
 class TestPlanCache:
     """An allowed statement is remembered; nothing stale may ever be served from it."""
 
@@ -372,23 +392,13 @@ class TestPlanCache:
         self, tmp_path: Path, sink: MemoryAuditSink
     ) -> None:
         """A connection opened before a reload keeps its lane; its old plans are not served."""
-        target = tmp_path / "policies"
-        shutil.copytree(scenario.policies_dir(), target)
-        guard = Guard.from_directory(target, tickets=scenario.tickets(), audit=sink)
+        guard, target = guard_on_a_copy(tmp_path, sink)
         session = Session(user="alice", ticket="T-100")
         lane = guard.lane(session, "postgres")  # what an open connection holds
         q = "SELECT name FROM customers WHERE id = $1"
         for _ in range(3):
             lane.authorize(q, [42])
-        policy_csv = target / "policy.csv"
-        policy_csv.write_text(
-            "\n".join(
-                line
-                for line in policy_csv.read_text().splitlines()
-                if "customers.name" not in line and "customers.*" not in line
-            )
-            + "\n"
-        )
+        revoke_customer_names(target)
         assert guard.reload()
         assert guard.lane(session, "postgres") is not lane
         with pytest.raises(AccessDenied) as info:
@@ -458,15 +468,7 @@ class TestPlanCache:
         """A plan is bound to the policy that decided it, even if no reload clears the cache."""
         target = tmp_path / "policies"
         shutil.copytree(scenario.policies_dir(), target)
-        policy_csv = target / "policy.csv"
-        policy_csv.write_text(
-            "\n".join(
-                line
-                for line in policy_csv.read_text().splitlines()
-                if "customers.name" not in line and "customers.*" not in line
-            )
-            + "\n"
-        )
+        revoke_customer_names(target)
         q = "SELECT name FROM customers WHERE id = $1"
         session = Session(user="alice", ticket="T-100")
         for _ in range(3):
@@ -480,9 +482,7 @@ class TestPlanCache:
         self, tmp_path: Path, sink: MemoryAuditSink
     ) -> None:
         """A column dropped from schema.toml is unknown on the next statement after reload."""
-        target = tmp_path / "policies"
-        shutil.copytree(scenario.policies_dir(), target)
-        guard = Guard.from_directory(target, tickets=scenario.tickets(), audit=sink)
+        guard, target = guard_on_a_copy(tmp_path, sink)
         session = Session(user="alice", ticket="T-100")
         literal = "SELECT phone FROM customers WHERE id = 42"
         bound = "SELECT phone FROM customers WHERE id = $1"

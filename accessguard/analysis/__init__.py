@@ -10,6 +10,7 @@ import itertools
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -299,23 +300,23 @@ def _dialect(name: str) -> Dialect:
 
 def _parser(name: str) -> Any:
     """A parser per thread and dialect: sqlglot's parse() resets it before each statement."""
-    parsers: dict[str, Any] | None = getattr(_LOCAL, "parsers", None)
-    if parsers is None:
-        parsers = _LOCAL.parsers = {}
-    found = parsers.get(name)
-    if found is None:
-        found = parsers[name] = _dialect(name).parser()
-    return found
+    return _per_thread("parsers", name, lambda dialect: dialect.parser())
 
 
 def _tokenizer(name: str) -> Any:
     """A tokenizer per thread and dialect: they keep state while tokenizing."""
-    tokenizers: dict[str, Any] | None = getattr(_LOCAL, "tokenizers", None)
-    if tokenizers is None:
-        tokenizers = _LOCAL.tokenizers = {}
-    found = tokenizers.get(name)
+    return _per_thread("tokenizers", name, lambda dialect: dialect.tokenizer())
+
+
+def _per_thread(slot: str, name: str, make: Callable[[Dialect], Any]) -> Any:
+    """This thread's object in ``slot`` for dialect ``name``, made by ``make`` once."""
+    made: dict[str, Any] | None = getattr(_LOCAL, slot, None)
+    if made is None:
+        made = {}
+        setattr(_LOCAL, slot, made)
+    found = made.get(name)
     if found is None:
-        found = tokenizers[name] = _dialect(name).tokenizer()
+        found = made[name] = make(_dialect(name))
     return found
 
 
