@@ -105,7 +105,8 @@ class Lane:
                 # not positional: convert now, so the plan and the values sent agree
                 sql, params = guard._convert(convert, sql, params, self.session)
                 shape, convert = len(params), None
-            key = (sql, shape if shape is not None else params_shape(params))
+            # the shape, and whether the driver converts the text: one text, two readings
+            key = (sql, (shape if shape is not None else params_shape(params), convert is None))
             ticket_id = self.session.ticket
             ticket = guard.tickets.get(ticket_id) if ticket_id is not None else None
             plan = self.plans.get(key)
