@@ -107,14 +107,7 @@ class GuardedCursor(CountingCursor):
         )
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
-        if type(query) is str and (type(params) is list or type(params) is tuple):
-            # the common case, straight to the lane: authorize_statement's first branch
-            if self._mogrify is None:
-                ok = self._lane.authorize(query, params, convert_query)
-            else:
-                ok = self._authorize(query, params)
-        else:
-            ok = self._authorize(query, params)
+        ok = self._authorize(query, params)
         self._raw.execute(ok.sql, ok.params, **kwargs)
         # what _begin does, inline: this is every statement's path
         self._current = ok
