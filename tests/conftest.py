@@ -8,7 +8,9 @@ Fixtures:
 - ``scenario_dsn`` (function): a libpq DSN of a fresh database holding the
   reference scenario, cloned from a template built once per session; dropped
   after the test, so a test may write freely.
-- ``redis_url`` (function): ``redis://127.0.0.1:6379/15``, flushed before the test.
+- ``redis_url`` (function): ``redis://127.0.0.1:6379/15``, flushed before the test
+  (``ACCESSGUARD_TEST_REDIS_DB`` picks another database, so two test runs on
+  one machine do not flush each other's counters).
 
 A missing service skips its tests, or fails them when ``CI=true``.
 """
@@ -44,7 +46,7 @@ settings.register_profile("ci", deadline=None, derandomize=True, max_examples=20
 settings.register_profile("dev", deadline=None, max_examples=50)
 settings.load_profile("ci" if _IN_CI else "dev")
 
-_REDIS_URL = "redis://127.0.0.1:6379/15"
+_REDIS_URL = f"redis://127.0.0.1:6379/{int(os.environ.get('ACCESSGUARD_TEST_REDIS_DB', '15'))}"
 
 
 def _unavailable(message: str) -> NoReturn:
@@ -197,7 +199,7 @@ def scenario_dsn(pg_server: PgServer, scenario_template: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def _redis_server() -> str:
-    """URL of a reachable Redis database reserved for tests (db 15)."""
+    """URL of a reachable Redis database reserved for tests (db 15 unless configured)."""
     try:
         with redis.Redis.from_url(_REDIS_URL, socket_connect_timeout=2) as client:
             client.ping()
@@ -208,7 +210,7 @@ def _redis_server() -> str:
 
 @pytest.fixture
 def redis_url(_redis_server: str) -> str:
-    """URL of an empty Redis database (db 15, flushed before the test)."""
+    """URL of an empty Redis database (flushed before the test)."""
     with redis.Redis.from_url(_redis_server) as client:
         client.flushdb()
     return _redis_server
