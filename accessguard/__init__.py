@@ -3,27 +3,75 @@
 Wrap a database connection; every statement is parsed, checked against the
 Casbin policy in ``policies/`` and the employee's open ticket, scoped to that
 ticket's customer, and every refusal is written to a hash-chained audit log.
+
+The names below are imported on first use (PEP 562), so ``accessguard --help``
+and ``import accessguard.errors`` do not load sqlglot, psycopg and casbin.
 """
 
 from __future__ import annotations
 
-from accessguard.analysis import Facts
-from accessguard.audit import AuditSink, JsonlSink, verify
-from accessguard.decision import Decision
-from accessguard.errors import (
-    AccessDenied,
-    AccessGuardError,
-    AuditError,
-    ConfigurationError,
-    PolicyError,
-    Reason,
-    Throttled,
-)
-from accessguard.guard import Guard
-from accessguard.policy import Policy, load_policy
-from accessguard.tickets import FileTicketStore, MemoryTicketStore, PostgresTicketStore, Ticket
+import importlib
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from accessguard.analysis import Facts
+    from accessguard.audit import AuditSink, JsonlSink, verify
+    from accessguard.decision import Decision
+    from accessguard.errors import (
+        AccessDenied,
+        AccessGuardError,
+        AuditError,
+        ConfigurationError,
+        PolicyError,
+        Reason,
+        Throttled,
+    )
+    from accessguard.guard import Guard
+    from accessguard.policy import Policy, load_policy
+    from accessguard.tickets import FileTicketStore, MemoryTicketStore, PostgresTicketStore, Ticket
+
+try:
+    __version__ = metadata.version("accessguard")
+except metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+    __version__ = "0.1.0"
+
+#: public name -> the module that defines it
+_HOMES = {
+    "AccessDenied": "accessguard.errors",
+    "AccessGuardError": "accessguard.errors",
+    "AuditError": "accessguard.errors",
+    "AuditSink": "accessguard.audit",
+    "ConfigurationError": "accessguard.errors",
+    "Decision": "accessguard.decision",
+    "Facts": "accessguard.analysis",
+    "FileTicketStore": "accessguard.tickets",
+    "Guard": "accessguard.guard",
+    "JsonlSink": "accessguard.audit",
+    "MemoryTicketStore": "accessguard.tickets",
+    "Policy": "accessguard.policy",
+    "PolicyError": "accessguard.errors",
+    "PostgresTicketStore": "accessguard.tickets",
+    "Reason": "accessguard.errors",
+    "Throttled": "accessguard.errors",
+    "Ticket": "accessguard.tickets",
+    "load_policy": "accessguard.policy",
+    "verify": "accessguard.audit",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'accessguard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
 
 __all__ = [
     "AccessDenied",

@@ -1,0 +1,7 @@
+"""``python -m accessguard``: the same command as ``accessguard``."""
+
+from __future__ import annotations
+
+from accessguard.cli import main
+
+raise SystemExit(main())
