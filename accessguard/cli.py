@@ -14,11 +14,12 @@ from accessguard.errors import AccessGuardError
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per option
     parser = argparse.ArgumentParser(
         prog="accessguard",
         description="Ticket-bound access control and audit for database sessions.",
     )
+    parser.add_argument("--version", action="version", version=f"accessguard {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = sub.add_parser("check", help="decide one statement without a database")
@@ -75,6 +76,24 @@ def _parser() -> argparse.ArgumentParser:
         help="write the audit trail here (default: a temporary file)",
     )
 
+    scenario = sub.add_parser("scenario", help="the reference scenario's data")
+    scenario_sub = scenario.add_subparsers(dest="scenario_command", required=True, metavar="ACTION")
+    load = scenario_sub.add_parser(
+        "load",
+        help="(re)create the scenario's tables and rows in a PostgreSQL database "
+        "(drops the scenario's tables there first)",
+    )
+    load.add_argument("dsn", help="libpq connection string of the database to fill")
+
+    schema = sub.add_parser("schema", help="draft schema.toml from a live database")
+    schema_sub = schema.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
+    pull = schema_sub.add_parser(
+        "pull", help="tables, columns, keys and foreign keys as a schema.toml to review"
+    )
+    pull.add_argument("dsn", help="libpq connection string (an administrator's, not a guarded one)")
+    pull.add_argument("--schema", default="public", help="the database schema to read")
+    pull.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
+
     audit = sub.add_parser("audit", help="read and verify audit trails")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = audit_sub.add_parser("verify", help="check the hash chain of an audit trail")
@@ -120,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             code, text = _TOOLS[args.command](args)
             print(text)
             return code
+        if args.command == "scenario":
+            return _scenario_load(args)
+        if args.command == "schema":
+            return _schema_pull(args)
         if args.command == "demo":
             from accessguard.demo import run
 
@@ -136,6 +159,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"accessguard: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("accessguard")
+    except metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "unknown"
+
+
+def _scenario_load(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from accessguard.scenario import load_postgres
+
+    try:
+        with psycopg.connect(args.dsn) as conn:
+            load_postgres(conn)
+    except psycopg.Error as exc:
+        print(f"accessguard: scenario load: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print("loaded the reference scenario (9 tables) into the database")
+    return EXIT_OK
+
+
+def _schema_pull(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from accessguard.schema_pull import pull, render
+
+    try:
+        with psycopg.connect(args.dsn) as conn:
+            tables = pull(conn, args.schema)
+            source = conn.info.dbname
+    except psycopg.Error as exc:
+        print(f"accessguard: schema pull: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if not tables:
+        print(f"accessguard: schema pull: no tables in schema {args.schema!r}", file=sys.stderr)
+        return EXIT_REFUSED
+    text = render(tables, schema=args.schema, source=source)
+    if args.out is None:
+        print(text, end="")
+    else:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out} ({sum(1 for t in tables if t.name)} tables): review it")
+    return EXIT_OK
 
 
 def _explain(args: argparse.Namespace) -> tuple[int, str]:

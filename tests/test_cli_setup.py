@@ -1,0 +1,128 @@
+"""The first-hour commands: --version, python -m accessguard, scenario load, schema pull."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from typing import TYPE_CHECKING
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from accessguard import scenario
+from accessguard.catalog import load_catalog
+from accessguard.cli import main
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from casefiles import PgServerLike
+
+
+class TestEntryPoints:
+    def test_module_runs_the_command_and_prints_the_version(self) -> None:
+        """`python -m accessguard --version` prints the installed version and exits 0."""
+        done = subprocess.run(
+            [sys.executable, "-m", "accessguard", "--version"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "PYTHONWARNINGS": "error"},
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("accessguard ")
+        assert done.stdout.split()[1][0].isdigit()
+
+    def test_help_does_not_import_the_driver_or_the_parser(self) -> None:
+        """`accessguard --help` loads neither sqlglot nor casbin (a fast first command)."""
+        code = (
+            "import sys\n"
+            "from accessguard.cli import main\n"
+            "try:\n"
+            "    main(['--help'])\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print(sorted(m for m in ('sqlglot', 'casbin', 'structlog') if m in sys.modules))\n"
+        )
+        done = subprocess.run(  # noqa: S603 - our own interpreter, our own code
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.fixture
+def empty_db(pg_server: PgServerLike) -> Iterator[str]:
+    """DSN of a new, empty database (dropped after the test)."""
+    name = f"ag_empty_{uuid.uuid4().hex[:10]}"
+    with pg_server.admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        with pg_server.admin() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.mark.db
+class TestScenarioLoad:
+    def test_load_fills_an_empty_database(
+        self, empty_db: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`scenario load DSN` creates the scenario's tables with its rows."""
+        assert main(["scenario", "load", empty_db]) == 0
+        assert "loaded" in capsys.readouterr().out
+        with psycopg.connect(empty_db) as conn:
+            orders = conn.execute("SELECT count(*) FROM orders WHERE customer_id = 42").fetchone()
+        assert orders == (3,)  # seed.sql: customer 42 has three orders
+
+    def test_unreachable_database_exits_one(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A database that cannot be reached is reported with exit code 1, no traceback."""
+        dsn = "postgresql://postgres@127.0.0.1:5432/ag_no_such_database_x"
+        assert main(["scenario", "load", dsn]) == 1
+        assert "scenario load" in capsys.readouterr().err
+
+
+@pytest.mark.db
+class TestSchemaPull:
+    def test_pulled_schema_loads_and_matches_the_declared_columns(
+        self, scenario_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The pulled schema.toml loads, and every table has the columns the scenario declares."""
+        out = tmp_path / "schema.toml"
+        assert main(["schema", "pull", scenario_dsn, "--out", str(out)]) == 0
+        assert "review it" in capsys.readouterr().out
+        pulled = load_catalog(out)
+        declared = load_catalog(scenario.policies_dir() / "schema.toml")
+        for name, spec in declared.tables.items():
+            assert pulled.tables[name].columns == spec.columns, name
+
+    def test_keys_are_comments_and_scopes_are_marked_as_guesses(
+        self, scenario_dsn: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Keys and foreign keys appear as comments; every guessed scope says so."""
+        assert main(["schema", "pull", scenario_dsn]) == 0
+        text = capsys.readouterr().out
+        assert "# foreign key: order_id -> orders.id" in text
+        assert "# primary key: id" in text
+        scope_lines = [line for line in text.splitlines() if line.startswith("scope =")]
+        assert scope_lines
+        assert all("# guessed: review" in line for line in scope_lines)
+        orders = text.split("[tables.orders]")[1].split("[tables.")[0]
+        assert 'scope = "customer"' in orders
+        assert 'scope_column = "customer_id"' in orders
+
+    def test_a_drifted_column_shows_up(self, scenario_dsn: str) -> None:
+        """A column a DBA added (not in schema.toml) is in the pulled draft."""
+        with psycopg.connect(scenario_dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE customers ADD COLUMN ssn text")
+        with psycopg.connect(scenario_dsn) as conn:
+            from accessguard.schema_pull import pull
+
+            tables = {t.name: t for t in pull(conn)}
+        assert tables["customers"].columns[-1] == "ssn"
