@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
 
     lint = sub.add_parser("lint", help="check a policy directory for mistakes")
     lint.add_argument("--policies", required=True, type=Path, help="policy directory")
+    lint.add_argument("--strict", action="store_true", help="fail on warnings too")
+    lint.add_argument("--format", default="text", choices=["text", "json"])
 
     replay = sub.add_parser("replay", help="re-decide audited statements under a new policy")
     replay.add_argument("--audit", required=True, type=Path, help="a JSON-lines audit file")

@@ -23,18 +23,26 @@ warning  rule.shadowed               every access the line grants is granted any
                                      (every employee holds ``everyone``), or by
                                      a ``TABLE.*`` line of the same role and kind
 =======  ==========================  =============================================
+
+Edits that open or silently weaken access (a ticket-kind rule on an unscoped
+table, a role typo on a ``g`` line, a near-duplicate ticket kind, a missing
+limits or watch-list file) are warnings from ``accessguard.lint_access``.
+``--strict`` makes every warning fail.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
+import json
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from accessguard import lint_access
 from accessguard.catalog import Catalog, load_catalog
 from accessguard.errors import PolicyError
 from accessguard.guard import LIMITS_FILE
@@ -92,7 +100,8 @@ def lint(policies_dir: Path) -> list[Finding]:
     directory = Path(policies_dir)
     findings: list[Finding] = []
     catalog = _catalog(directory / SCHEMA_FILE, findings)
-    rules, groupings = _read_policy(directory / POLICY_FILE, catalog, findings)
+    rules, grouping_lines = _read_policy(directory / POLICY_FILE, catalog, findings)
+    groupings = list(grouping_lines)
     try:
         load_policy(directory)
     except PolicyError as exc:
@@ -102,6 +111,13 @@ def lint(policies_dir: Path) -> list[Finding]:
     findings += _no_members(path, rules, groupings)
     findings += _shadowed(path, rules, groupings)
     findings += _limits(directory / LIMITS_FILE, rules, groupings)
+    for found in (
+        *lint_access.unscoped_tables(path, list(rules), catalog),
+        *lint_access.unknown_roles(path, grouping_lines, list(rules)),
+        *lint_access.similar_kinds(path, list(rules)),
+        *lint_access.missing_files(directory),
+    ):
+        findings.append(_found(*found))
     return sorted(findings, key=lambda f: (f.path, f.line or 0, f.code))
 
 
@@ -113,15 +129,19 @@ def render(findings: list[Finding]) -> str:
     return "\n".join([*(str(f) for f in findings), summary])
 
 
-def exit_code(findings: list[Finding]) -> int:
-    """1 when any finding is an error; warnings do not fail."""
-    return 1 if any(f.severity == ERROR for f in findings) else 0
+def exit_code(findings: list[Finding], *, strict: bool = False) -> int:
+    """1 when any finding is an error (with ``strict``, any finding at all)."""
+    failing = findings if strict else [f for f in findings if f.severity == ERROR]
+    return 1 if failing else 0
 
 
 def lint_command(args: argparse.Namespace) -> tuple[int, str]:
-    """``accessguard lint --policies DIR``."""
+    """``accessguard lint --policies DIR [--strict] [--format json]``."""
     findings = lint(args.policies)
-    return exit_code(findings), render(findings)
+    code = exit_code(findings, strict=getattr(args, "strict", False))
+    if getattr(args, "format", "text") == "json":
+        return code, json.dumps([dataclasses.asdict(f) for f in findings], indent=2)
+    return code, render(findings)
 
 
 # ---------------------------------------------------------------------- reading
@@ -143,14 +163,14 @@ def _catalog(path: Path, findings: list[Finding]) -> Catalog | None:
 
 def _read_policy(
     path: Path, catalog: Catalog | None, findings: list[Finding]
-) -> tuple[list[_Rule], list[tuple[str, str]]]:
+) -> tuple[list[_Rule], dict[tuple[str, str], int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         findings.append(_found(str(path), None, ERROR, "file.invalid", f"cannot read ({exc})"))
-        return [], []
+        return [], {}
     rules: list[_Rule] = []
-    groupings: list[tuple[str, str]] = []
+    groupings: dict[tuple[str, str], int] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -160,7 +180,7 @@ def _read_policy(
         if problem is not None:
             findings.append(_found(str(path), lineno, ERROR, "policy.syntax", problem))
         elif fields[0] == "g":
-            groupings.append((fields[1], fields[2]))
+            groupings.setdefault((fields[1], fields[2]), lineno)
         else:
             role, kind, obj, action = fields[1:]
             found = _object(obj, action, catalog)
