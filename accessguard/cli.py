@@ -29,7 +29,15 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     check.add_argument("--ticket", default=None, help="the ticket the employee works under")
     check.add_argument("--dialect", default="postgres", choices=["postgres", "sqlite"])
     check.add_argument("--format", default="text", choices=["text", "json"])
-    check.add_argument("sql", help="the statement ($1, $2 ... for parameters)")
+    check.add_argument(
+        "--param",
+        action="append",
+        default=None,
+        metavar="VALUE",
+        help="a value bound to the next %%s placeholder (repeat; JSON such as 42 or "
+        '"x", else plain text)',
+    )
+    check.add_argument("sql", help="the statement (%%s placeholders with --param)")
 
     explain = sub.add_parser("explain", help="what the guard sees in one statement, and why")
     explain.add_argument("--policies", required=True, type=Path, help="policy directory")
@@ -252,7 +260,10 @@ def _check(args: argparse.Namespace) -> int:
     guard = Guard.from_directory(
         args.policies, tickets=FileTicketStore(args.tickets), audit=MemoryAuditSink()
     )
-    decision = guard.check(args.sql, user=args.user, ticket=args.ticket, dialect=args.dialect)
+    params = None if args.param is None else [_value(v) for v in args.param]
+    decision = guard.check(
+        args.sql, params, user=args.user, ticket=args.ticket, dialect=args.dialect
+    )
     if args.format == "json":
         out: dict[str, Any] = {
             "outcome": decision.outcome,
@@ -274,6 +285,14 @@ def _check(args: argparse.Namespace) -> int:
         if decision.columns:
             print(f"columns: {', '.join(decision.columns)}")
     return EXIT_OK if decision.allowed else EXIT_REFUSED
+
+
+def _value(text: str) -> Any:
+    """A --param value: JSON when it parses (42, 4.2, "x", null), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _audit_verify(args: argparse.Namespace) -> int:

@@ -126,3 +126,35 @@ class TestSchemaPull:
 
             tables = {t.name: t for t in pull(conn)}
         assert tables["customers"].columns[-1] == "ssn"
+
+
+class TestCheckParameters:
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [("42", 0), ("7", 1), ('"42"', 1)],
+        ids=["own-customer", "other-customer", "text-not-an-id"],
+    )
+    def test_param_values_are_bound(
+        self, value: str, expected: int, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`check --param` binds values to %s: the ticket's customer is allowed, another is not."""
+        code = main(
+            [
+                "check",
+                "--policies",
+                str(scenario.policies_dir()),
+                "--tickets",
+                str(scenario.tickets_file()),
+                "--user",
+                "alice",
+                "--ticket",
+                "T-100",
+                "--param",
+                value,
+                "SELECT email FROM customers WHERE id = %s",
+            ]
+        )
+        out = capsys.readouterr().out
+        assert code == expected, out
+        if expected:
+            assert "denied" in out
