@@ -202,14 +202,15 @@ def main() -> None:
     parser.add_argument("--dsn", default=DEFAULT_DSN, help="database to (re)load and record on")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--mark-known", action="store_true", help="set known from today's guard")
+    parser.add_argument("--known-from", type=Path, help="keep known marks of this file (--out)")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     prepare(args.dsn)
     cases = record(args.dsn)
     if args.mark_known:
         mark_known(cases, args.dsn)
-    elif args.out.exists():
-        old = {c["id"]: c.get("known") for c in yaml.safe_load(args.out.read_text(encoding="utf-8")) or []}
+    elif (source := args.known_from or args.out).exists():
+        old = {c["id"]: c.get("known") for c in yaml.safe_load(source.read_text(encoding="utf-8")) or []}
         for case in cases:
             if old.get(case["id"]) and case["expected"] == "allow":
                 case["known"] = old[case["id"]]
