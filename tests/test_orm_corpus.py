@@ -91,7 +91,7 @@ def _params(raw: object, case_id: str, *, many: bool) -> Params | list[Params]:
     if many:
         if not isinstance(raw, list) or not raw:
             raise TypeError(f"{case_id}: executemany params must be a non-empty list")
-        return [_params(p, case_id, many=False) for p in raw]  # type: ignore[misc]
+        return [_params(p, case_id, many=False) for p in raw]
     if raw is None or isinstance(raw, list):
         return raw
     if isinstance(raw, dict) and all(isinstance(k, str) for k in raw):
@@ -208,7 +208,7 @@ def _state(conn: psycopg.Connection[Any], *, outside: bool) -> dict[str, str | N
     """
     digests: dict[str, str | None] = {}
     for table, key in _TABLES:
-        where = pgsql.SQL("")
+        where: pgsql.Composable = pgsql.SQL("")
         if outside and table in ("customers", "orders", "payments"):
             column = "id" if table == "customers" else "customer_id"
             where = pgsql.SQL(" WHERE {} IS DISTINCT FROM {}").format(
@@ -308,7 +308,6 @@ class TestReplay:
             raw.close()
 
 
-
 @pytest.mark.db
 class TestRegeneration:
     def test_recorder_reproduces_the_file(self, pg_server: PgServerLike, tmp_path: Path) -> None:
@@ -318,8 +317,16 @@ class TestRegeneration:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         try:
             subprocess.run(  # noqa: S603 - our own script, with this interpreter
-                [sys.executable, str(RECORDER), "--dsn", pg_server.dsn(name), "--out", str(out),
-                 "--known-from", str(ORM_FILE)],
+                [
+                    sys.executable,
+                    str(RECORDER),
+                    "--dsn",
+                    pg_server.dsn(name),
+                    "--out",
+                    str(out),
+                    "--known-from",
+                    str(ORM_FILE),
+                ],
                 check=True,
                 capture_output=True,
                 env=env,

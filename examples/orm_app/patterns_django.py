@@ -277,7 +277,9 @@ def window(_db: object, s: Subject) -> None:
 
 @pattern("functions-math")
 def functions_math(_db: object, s: Subject) -> None:
-    list(mine(s).annotate(sq=Power("total_cents", 2), root=Sqrt("total_cents")).values("sq", "root"))
+    list(
+        mine(s).annotate(sq=Power("total_cents", 2), root=Sqrt("total_cents")).values("sq", "root")
+    )
 
 
 @pattern("functions-text")
@@ -327,7 +329,7 @@ def tz_dates(_db: object, s: Subject) -> None:
     list(mine(s).dates("created_at", "day"))
 
 
-# ---------------------------------------------------------------- writes (orders.status)
+# ---------------------------------------------------------------- writes: orders.status only
 
 
 @pattern("save-update-fields")
@@ -363,7 +365,8 @@ def bulk_update(_db: object, s: Subject) -> None:
 @pattern("update-case")
 def update_case(_db: object, s: Subject) -> None:
     done = Case(
-        When(status="shipped", then=Value("delivered")), default=F("status"), output_field=TextField()
+        When(status="shipped", then=Value("delivered")),
+        default=F("status"),
+        output_field=TextField(),
     )
     mine(s).update(status=done)
-

@@ -10,11 +10,7 @@ from typing import TYPE_CHECKING
 
 from sa_models import Customer, Order, Payment
 from sqlalchemy import (
-    BigInteger,
-    ForeignKey,
-    MetaData,
     Numeric,
-    Text,
     and_,
     case,
     cast,
@@ -27,14 +23,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
     contains_eager,
     defer,
     joinedload,
     load_only,
-    mapped_column,
-    relationship,
     selectinload,
     subqueryload,
 )
@@ -67,7 +59,6 @@ def get_payment(session: Session, s: Subject) -> None:
 @pattern("refresh-order")
 def refresh_order(session: Session, s: Subject) -> None:
     order = session.scalars(select(Order).where(Order.customer_id == s.customer)).first()
-    assert order is not None
     session.refresh(order)
 
 
@@ -387,7 +378,7 @@ def json_arrow(session: Session, s: Subject) -> None:
     session.execute(stmt).all()
 
 
-# ---------------------------------------------------------------- writes (orders.status)
+# ---------------------------------------------------------------- writes: orders.status only
 
 
 @pattern("flush-update-status")
@@ -437,59 +428,3 @@ def update_returning(session: Session, s: Subject) -> None:
 def bulk_update_by_pk(session: Session, s: Subject) -> None:
     rows = [{"id": s.orders[0], "status": "refunded"}, {"id": s.orders[1], "status": "refunded"}]
     session.execute(update(Order), rows)
-
-
-# ---------------------------------------------------------------- MetaData(schema="public")
-
-
-class PublicBase(DeclarativeBase):
-    metadata = MetaData(schema="public")
-
-
-class PublicCustomer(PublicBase):
-    __tablename__ = "customers"
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    name: Mapped[str | None] = mapped_column(Text)
-    email: Mapped[str | None] = mapped_column(Text)
-    orders: Mapped[list[PublicOrder]] = relationship(order_by="PublicOrder.id")
-
-
-class PublicOrder(PublicBase):
-    __tablename__ = "orders"
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    customer_id: Mapped[int] = mapped_column(ForeignKey("public.customers.id"))
-    status: Mapped[str | None] = mapped_column(Text)
-
-
-@pattern("public-select")
-def public_select(session: Session, s: Subject) -> None:
-    stmt = select(PublicOrder).where(PublicOrder.customer_id == s.customer)
-    session.scalars(stmt.order_by(PublicOrder.id)).all()
-
-
-@pattern("public-get-customer")
-def public_get_customer(session: Session, s: Subject) -> None:
-    session.get(PublicCustomer, s.customer)
-
-
-@pattern("public-joinedload")
-def public_joinedload(session: Session, s: Subject) -> None:
-    stmt = select(PublicCustomer).options(joinedload(PublicCustomer.orders))
-    session.scalars(stmt.where(PublicCustomer.id == s.customer)).unique().all()
-
-
-@pattern("public-count")
-def public_count(session: Session, s: Subject) -> None:
-    stmt = select(func.count(PublicOrder.id)).where(PublicOrder.customer_id == s.customer)
-    session.scalar(stmt)
-
-
-@pattern("public-flush-update")
-def public_flush_update(session: Session, s: Subject) -> None:
-    order = session.scalars(
-        select(PublicOrder).where(PublicOrder.customer_id == s.customer, PublicOrder.id == s.order)
-    ).one()
-    order.status = "refunded"
-    session.flush()

@@ -32,6 +32,7 @@ from accessguard.testing import MemoryAuditSink
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parents[1] / "tests" / "cases" / "orm.yaml"
+ALICE_T100 = {"user": "alice", "ticket": "T-100"}
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/accessguard_orm_corpus"
 
 HEADER = """\
@@ -107,12 +108,13 @@ def prepare(dsn: str) -> None:
 
 def run_sqlalchemy(dsn: str, recorder: Recorder) -> list[tuple[str, Pattern, Any]]:
     """The SQLAlchemy patterns, with a runner taking (pattern, subject)."""
-    import patterns_sqlalchemy  # noqa: PLC0415 - after sys.path holds this folder
+    import patterns_sqlalchemy
+    import patterns_sqlalchemy_public
 
     engine = create_engine(dsn.replace("postgresql://", "postgresql+psycopg://", 1))
 
     @event.listens_for(engine, "before_cursor_execute")
-    def _record(_conn: Any, _cur: Any, statement: str, params: Any, _ctx: Any, many: bool) -> None:  # noqa: FBT001
+    def _record(_conn: Any, _cur: Any, statement: str, params: Any, _ctx: Any, many: bool) -> None:
         recorder.add(statement, params, many=many)
 
     def run(func: Pattern, subject: Subject) -> None:
@@ -122,18 +124,19 @@ def run_sqlalchemy(dsn: str, recorder: Recorder) -> list[tuple[str, Pattern, Any
             finally:
                 session.rollback()
 
-    return [(name, func, run) for name, func in patterns_sqlalchemy.PATTERNS]
+    patterns = patterns_sqlalchemy.PATTERNS + patterns_sqlalchemy_public.PATTERNS
+    return [(name, func, run) for name, func in patterns]
 
 
 def run_django(dsn: str, recorder: Recorder) -> list[tuple[str, Pattern, Any]]:
     """The Django patterns, with a runner taking (pattern, subject)."""
-    import settings  # noqa: PLC0415
+    import settings
 
     settings.configure(dsn)
-    import patterns_django  # noqa: PLC0415 - needs the configured app registry
-    from django.db import connection, transaction  # noqa: PLC0415
+    import patterns_django
+    from django.db import connection, transaction
 
-    def wrapper(execute: Any, statement: str, params: Any, many: bool, context: Any) -> Any:  # noqa: FBT001
+    def wrapper(execute: Any, statement: str, params: Any, many: bool, context: Any) -> Any:
         recorder.add(statement, params, many=many)
         return execute(statement, params, many, context)
 
@@ -145,22 +148,40 @@ def run_django(dsn: str, recorder: Recorder) -> list[tuple[str, Pattern, Any]]:
     return [(name, func, run) for name, func in patterns_django.PATTERNS]
 
 
-def cases_of(orm: str, name: str, legit: list[dict[str, Any]], twin: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def cases_of(
+    orm: str, name: str, legit: list[dict[str, Any]], twin: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """One allow case per legitimate statement, one deny case per statement its twin changed."""
     if len(legit) != len(twin):
         raise RuntimeError(f"{orm}/{name}: the twin sent {len(twin)} statements, not {len(legit)}")
     binding = "client" if orm == "django" else "server"
     cases: list[dict[str, Any]] = []
     for n, (good, bad) in enumerate(zip(legit, twin, strict=True), start=1):
-        case_id = f"{'sa' if orm == 'sqlalchemy' else 'dj'}-{name}" + (f"-{n}" if len(legit) > 1 else "")
+        case_id = f"{'sa' if orm == 'sqlalchemy' else 'dj'}-{name}" + (
+            f"-{n}" if len(legit) > 1 else ""
+        )
         base = {"orm": orm, "pattern": name, "binding": binding}
         if good["many"]:
             base["many"] = True
-        cases.append({**base, "id": case_id, "sql": good["sql"], "params": good["params"], "expected": "allow"})
+        cases.append(
+            {
+                **base,
+                "id": case_id,
+                "sql": good["sql"],
+                "params": good["params"],
+                "expected": "allow",
+            }
+        )
         if (bad["sql"], bad["params"]) != (good["sql"], good["params"]):
             cases.append(
-                {**base, "id": f"{case_id}-twin", "sql": bad["sql"], "params": bad["params"],
-                 "expected": "deny", "twin_of": case_id}
+                {
+                    **base,
+                    "id": f"{case_id}-twin",
+                    "sql": bad["sql"],
+                    "params": bad["params"],
+                    "expected": "deny",
+                    "twin_of": case_id,
+                }
             )
     return cases
 
@@ -169,7 +190,10 @@ def record(dsn: str) -> list[dict[str, Any]]:
     """Every case, in pattern order (SQLAlchemy first)."""
     recorder = Recorder()
     cases: list[dict[str, Any]] = []
-    for orm, runners in (("sqlalchemy", run_sqlalchemy(dsn, recorder)), ("django", run_django(dsn, recorder))):
+    for orm, runners in (
+        ("sqlalchemy", run_sqlalchemy(dsn, recorder)),
+        ("django", run_django(dsn, recorder)),
+    ):
         for index, (name, func, run) in enumerate(runners):
             run(func, ALICE)
             legit = recorder.take()
@@ -180,18 +204,24 @@ def record(dsn: str) -> list[dict[str, Any]]:
 
 def mark_known(cases: list[dict[str, Any]], dsn: str) -> None:
     """Set ``known`` on the allow cases the guard refuses today (decided on what psycopg sends)."""
-    with Guard.from_directory(scenario.policies_dir(), tickets=scenario.tickets(), audit=MemoryAuditSink()) as guard, \
-            psycopg.connect(dsn, cursor_factory=psycopg.ClientCursor) as conn:
+    with (
+        Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=MemoryAuditSink()
+        ) as guard,
+        psycopg.connect(dsn, cursor_factory=psycopg.ClientCursor) as conn,
+    ):
         for case in cases:
             case.pop("known", None)
             if case["expected"] != "allow":
                 continue
             sets = case["params"] if case.get("many") else [case["params"]]
             for params in sets:
-                text = case["sql"]
-                if case["binding"] == "client" and params is not None:
-                    text, params = conn.cursor().mogrify(text, params), None
-                decision = guard.check(text, params, user="alice", ticket="T-100")
+                if case["binding"] == "client" and params is not None:  # what ClientCursor sends
+                    decision = guard.check(
+                        conn.cursor().mogrify(case["sql"], params), None, **ALICE_T100
+                    )
+                else:
+                    decision = guard.check(case["sql"], params, **ALICE_T100)
                 if not decision.allowed:
                     case["known"] = f"over-refusal: {decision.reason} (issue 16)"
                     break
@@ -210,7 +240,10 @@ def main() -> None:
     if args.mark_known:
         mark_known(cases, args.dsn)
     elif (source := args.known_from or args.out).exists():
-        old = {c["id"]: c.get("known") for c in yaml.safe_load(source.read_text(encoding="utf-8")) or []}
+        old = {
+            c["id"]: c.get("known")
+            for c in yaml.safe_load(source.read_text(encoding="utf-8")) or []
+        }
         for case in cases:
             if old.get(case["id"]) and case["expected"] == "allow":
                 case["known"] = old[case["id"]]

@@ -1,3 +1,4 @@
+# ruff: noqa: DJ001 - the scenario's text columns are nullable; the models say so
 """Django 5 models of the support desk: only the columns a support_agent may read.
 
 ``managed = False``: the tables exist already (``accessguard scenario load DSN``).
@@ -19,6 +20,9 @@ class Customer(models.Model):
         managed = False
         db_table = "customers"
 
+    def __str__(self) -> str:
+        return f"customer {self.id}"
+
 
 class Order(models.Model):
     id = models.BigIntegerField(primary_key=True)
@@ -31,6 +35,9 @@ class Order(models.Model):
         managed = False
         db_table = "orders"
 
+    def __str__(self) -> str:
+        return f"order {self.id}"
+
 
 class Payment(models.Model):
     id = models.BigIntegerField(primary_key=True)
@@ -42,3 +49,6 @@ class Payment(models.Model):
     class Meta:
         managed = False
         db_table = "payments"
+
+    def __str__(self) -> str:
+        return f"payment {self.id}"
