@@ -21,8 +21,7 @@ from typing import Any
 
 import psycopg
 import yaml
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from demo import prepare
 from sqlalchemy import create_engine, event
 from sqlalchemy.orm import Session
 from subject import ALICE, TWINS, Pattern, Subject
@@ -94,16 +93,6 @@ def _plain(params: Any) -> Any:
     if isinstance(params, str):
         return str(params)
     raise TypeError(f"cannot record a parameter of type {type(params).__name__}")
-
-
-def prepare(dsn: str) -> None:
-    """Create the database if missing and (re)load the reference scenario into it."""
-    name = str(conninfo_to_dict(dsn)["dbname"])
-    with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True) as admin:
-        if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    with psycopg.connect(dsn) as conn:
-        scenario.load_postgres(conn)
 
 
 def run_sqlalchemy(dsn: str, recorder: Recorder) -> list[tuple[str, Pattern, Any]]:
