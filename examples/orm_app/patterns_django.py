@@ -172,6 +172,41 @@ def union(_db: object, s: Subject) -> None:
     list(mine(s).filter(status="pending").union(mine(s).filter(status="shipped")))
 
 
+@pattern("only")
+def only(_db: object, s: Subject) -> None:
+    list(mine(s).only("status"))
+
+
+@pattern("defer")
+def defer(_db: object, s: Subject) -> None:
+    list(mine(s).defer("created_at"))
+
+
+@pattern("first-by-pk")
+def first_by_pk(_db: object, s: Subject) -> None:
+    mine(s).filter(pk=s.order).first()
+
+
+@pattern("exists-by-pk")
+def exists_by_pk(_db: object, s: Subject) -> None:
+    Order.objects.filter(pk=s.order).exists()
+
+
+@pattern("count-distinct")
+def count_distinct(_db: object, s: Subject) -> None:
+    mine(s).aggregate(n=Count("status", distinct=True))
+
+
+@pattern("select-for-update")
+def select_for_update(_db: object, s: Subject) -> None:
+    list(mine(s).filter(pk=s.order).select_for_update())
+
+
+@pattern("filter-span-parent")
+def filter_span_parent(_db: object, s: Subject) -> None:
+    list(Order.objects.filter(customer__id=s.customer, customer__name__startswith="Name"))
+
+
 # ---------------------------------------------------------------- relationships
 
 
@@ -327,46 +362,3 @@ def tz_truncdate(_db: object, s: Subject) -> None:
 @pattern("tz-dates")
 def tz_dates(_db: object, s: Subject) -> None:
     list(mine(s).dates("created_at", "day"))
-
-
-# ---------------------------------------------------------------- writes: orders.status only
-
-
-@pattern("save-update-fields")
-def save_update_fields(_db: object, s: Subject) -> None:
-    order = Order.objects.get(pk=s.order, customer_id=s.customer)
-    order.status = "refunded"
-    order.save(update_fields=["status"])
-
-
-@pattern("queryset-update-pk")
-def queryset_update_pk(_db: object, s: Subject) -> None:
-    Order.objects.filter(pk=s.order, customer_id=s.customer).update(status="refunded")
-
-
-@pattern("queryset-update-customer")
-def queryset_update_customer(_db: object, s: Subject) -> None:
-    mine(s).filter(status="pending").update(status="on_hold")
-
-
-@pattern("queryset-update-f")
-def queryset_update_f(_db: object, s: Subject) -> None:
-    mine(s).filter(pk=s.order).update(status=Upper(F("status")))
-
-
-@pattern("bulk-update")
-def bulk_update(_db: object, s: Subject) -> None:
-    orders = list(mine(s).order_by("id")[:2])
-    for order in orders:
-        order.status = "refunded"
-    Order.objects.bulk_update(orders, ["status"])
-
-
-@pattern("update-case")
-def update_case(_db: object, s: Subject) -> None:
-    done = Case(
-        When(status="shipped", then=Value("delivered")),
-        default=F("status"),
-        output_field=TextField(),
-    )
-    mine(s).update(status=done)

@@ -19,7 +19,6 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import (
@@ -29,6 +28,7 @@ from sqlalchemy.orm import (
     load_only,
     selectinload,
     subqueryload,
+    with_parent,
 )
 from subject import Subject, registry
 
@@ -378,53 +378,24 @@ def json_arrow(session: Session, s: Subject) -> None:
     session.execute(stmt).all()
 
 
-# ---------------------------------------------------------------- writes: orders.status only
+@pattern("relationship-compare")
+def relationship_compare(session: Session, s: Subject) -> None:
+    customer = session.get(Customer, s.customer)
+    session.scalars(select(Order).where(Order.customer == customer)).all()
 
 
-@pattern("flush-update-status")
-def flush_update(session: Session, s: Subject) -> None:
-    order = session.scalars(
-        select(Order).where(Order.customer_id == s.customer, Order.id == s.order)
-    ).one()
-    order.status = "refunded"
-    session.flush()
+@pattern("with-parent")
+def with_parent_orders(session: Session, s: Subject) -> None:
+    customer = session.get(Customer, s.customer)
+    session.scalars(select(Order).where(with_parent(customer, Customer.orders))).all()
 
 
-@pattern("flush-update-two")
-def flush_update_two(session: Session, s: Subject) -> None:
-    orders = session.scalars(
-        select(Order).where(Order.customer_id == s.customer).order_by(Order.id)
-    ).all()
-    orders[0].status = "refunded"
-    orders[1].status = "refunded"
-    session.flush()
+@pattern("get-with-options")
+def get_with_options(session: Session, s: Subject) -> None:
+    session.get(Customer, s.customer, options=[selectinload(Customer.orders)])
 
 
-@pattern("update-where-scoped")
-def update_scoped(session: Session, s: Subject) -> None:
-    stmt = update(Order).where(Order.id == s.order, Order.customer_id == s.customer)
-    session.execute(stmt.values(status="refunded"))
-
-
-@pattern("update-customer-orders")
-def update_customer_orders(session: Session, s: Subject) -> None:
-    stmt = update(Order).where(Order.customer_id == s.customer, Order.status == "pending")
-    session.execute(stmt.values(status="on_hold"))
-
-
-@pattern("update-synchronize-fetch")
-def update_fetch(session: Session, s: Subject) -> None:
-    stmt = update(Order).where(Order.customer_id == s.customer).values(status="on_hold")
-    session.execute(stmt.execution_options(synchronize_session="fetch"))
-
-
-@pattern("update-returning")
-def update_returning(session: Session, s: Subject) -> None:
-    stmt = update(Order).where(Order.id == s.order, Order.customer_id == s.customer)
-    session.execute(stmt.values(status="refunded").returning(Order.id, Order.status)).all()
-
-
-@pattern("bulk-update-by-pk")
-def bulk_update_by_pk(session: Session, s: Subject) -> None:
-    rows = [{"id": s.orders[0], "status": "refunded"}, {"id": s.orders[1], "status": "refunded"}]
-    session.execute(update(Order), rows)
+@pattern("for-update")
+def for_update(session: Session, s: Subject) -> None:
+    stmt = select(Order).where(Order.customer_id == s.customer, Order.id == s.order)
+    session.scalars(stmt.with_for_update()).one()

@@ -99,6 +99,7 @@ def run_sqlalchemy(dsn: str, recorder: Recorder) -> list[tuple[str, Pattern, Any
     """The SQLAlchemy patterns, with a runner taking (pattern, subject)."""
     import patterns_sqlalchemy
     import patterns_sqlalchemy_public
+    import patterns_sqlalchemy_writes
 
     engine = create_engine(dsn.replace("postgresql://", "postgresql+psycopg://", 1))
 
@@ -113,7 +114,11 @@ def run_sqlalchemy(dsn: str, recorder: Recorder) -> list[tuple[str, Pattern, Any
             finally:
                 session.rollback()
 
-    patterns = patterns_sqlalchemy.PATTERNS + patterns_sqlalchemy_public.PATTERNS
+    patterns = (
+        patterns_sqlalchemy.PATTERNS
+        + patterns_sqlalchemy_writes.PATTERNS
+        + patterns_sqlalchemy_public.PATTERNS
+    )
     return [(name, func, run) for name, func in patterns]
 
 
@@ -122,7 +127,8 @@ def run_django(dsn: str, recorder: Recorder) -> list[tuple[str, Pattern, Any]]:
     import settings
 
     settings.configure(dsn)
-    import patterns_django
+    import patterns_django  # after settings.configure: the models need the app registry
+    import patterns_django_writes
     from django.db import connection, transaction
 
     def wrapper(execute: Any, statement: str, params: Any, many: bool, context: Any) -> Any:
@@ -134,7 +140,8 @@ def run_django(dsn: str, recorder: Recorder) -> list[tuple[str, Pattern, Any]]:
             func(connection, subject)
             transaction.set_rollback(True)
 
-    return [(name, func, run) for name, func in patterns_django.PATTERNS]
+    patterns = patterns_django.PATTERNS + patterns_django_writes.PATTERNS
+    return [(name, func, run) for name, func in patterns]
 
 
 def cases_of(
