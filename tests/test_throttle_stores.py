@@ -389,3 +389,22 @@ class TestGuardReload:
             reloading_guard.authorize(query, None, session, dialect="postgres")
         assert caught.value.limit == "statements: 100 per 1 minute"
         assert sink.reasons() == ["throttle.statements"]
+
+    def test_a_failing_store_refuses_and_audits(
+        self, policy_dir: Path, redis_url: str, sink: MemoryAuditSink
+    ) -> None:
+        """A script error in Redis (a key of the wrong type) refuses the statement, audited."""
+        with redis.Redis.from_url(redis_url) as client:
+            client.set("accessguard:alice/customers", "not a sorted set")
+        with Guard.from_directory(
+            policy_dir, tickets=scenario.tickets(), audit=sink, throttle_storage=redis_url
+        ) as guard:
+            with pytest.raises(Throttled) as caught:
+                guard.authorize(
+                    "SELECT name FROM customers WHERE id = 42",
+                    None,
+                    Session(user="alice", ticket="T-100"),
+                    dialect="postgres",
+                )
+            assert caught.value.reason == "throttle.store_unavailable"
+        assert sink.reasons() == ["throttle.store_unavailable"]
