@@ -52,6 +52,7 @@ import time
 import tomllib
 from collections import deque
 from dataclasses import dataclass
+from importlib import resources
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
@@ -331,51 +332,8 @@ def _customers_verdict(
     return _verdict("distinct_customers", window, total, retry)
 
 
-# _MemoryStore.count, atomic in Redis: one round trip per statement.
-# KEYS: the employee's statements (member: a unique id, score: when) and
-# customers (member: customer id, score: last read) sorted sets.
-# ARGV: now, mode, then per window (statements, customers) the oldest time
-# that has left it ('' when no limit applies), its count and its seconds,
-# then the new statement's member and the customer ids. Times are passed and
-# returned as strings: a Lua number prints with 14 digits, a double needs 17.
-# Returns false, or {1 statements | 2 customers, the count with this
-# statement, the time of the entry whose leaving lets it pass (false: never)}.
-_COUNT_LUA = """
-local now, mode = ARGV[1], ARGV[2]
-local verdict = false
-if ARGV[3] ~= '' then
-  local key, count = KEYS[1], tonumber(ARGV[4])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[3])
-  local n = redis.call('ZCARD', key)
-  if n >= count then
-    local at = redis.call('ZRANGE', key, n - count, n - count, 'WITHSCORES')
-    verdict = {1, n + 1, at[2]}
-  elseif mode ~= 'peek' then
-    redis.call('ZADD', key, now, ARGV[9])
-    redis.call('EXPIRE', key, ARGV[5])
-  end
-end
-if ARGV[6] == '' or #ARGV < 10 or (verdict and mode ~= 'record') then return verdict end
-local key, since, count = KEYS[2], tonumber(ARGV[6]), tonumber(ARGV[7])
-if mode ~= 'record' then
-  local wanted, others = {}, {}
-  for i = 10, #ARGV do wanted[ARGV[i]] = true end
-  local members = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-  for i = 1, #members, 2 do
-    if not wanted[members[i]] and tonumber(members[i + 1]) > since then
-      others[#others + 1] = members[i + 1]
-    end
-  end
-  local total = #others + #ARGV - 9
-  if total > count then return {2, total, others[total - count] or false} end
-end
-if mode ~= 'peek' then
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[6])
-  for i = 10, #ARGV do redis.call('ZADD', key, now, ARGV[i]) end
-  redis.call('EXPIRE', key, ARGV[8])
-end
-return false
-"""
+#: _MemoryStore.count, atomic in Redis (one round trip): see throttle.lua
+_COUNT_LUA = resources.files(__package__).joinpath("throttle.lua").read_text(encoding="utf-8")
 
 
 class _RedisStore:
