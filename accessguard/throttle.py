@@ -347,7 +347,7 @@ class _RedisStore:
         # EVALSHA; on NOSCRIPT (a restarted or failed-over Redis) it loads the script again
         self._script = self._redis.register_script(_COUNT_LUA)
         self._ids = itertools.count()
-        self._instance = secrets.token_hex(6)  # statement ids are unique across instances
+        self._instance = secrets.token_hex(8)  # statement ids are unique across instances
 
     def count(
         self, user: str, limits: EffectiveLimits, subjects: frozenset[int], mode: _Mode
