@@ -36,7 +36,8 @@ class Replayed:
 
     ``outcome``: allowed | denied | needs values (the grants cover it; whether
     its rows are in scope depends on values the audit redacted) | denied by
-    row scope (recorded only) | unreplayable.
+    row scope (recorded only) | throttled (recorded only: its grants and row
+    scope passed, a volume limit refused it) | unreplayable.
     """
 
     outcome: str
@@ -61,7 +62,7 @@ class ReplayReport:
 
     baseline: str
     statements: int
-    #: (recorded outcome, statements): allowed, denied, denied by row scope
+    #: (recorded outcome, statements): allowed, denied, denied by row scope, throttled
     recorded: tuple[tuple[str, int], ...]
     unchanged: int
     unreplayable: int
@@ -88,6 +89,11 @@ class ReplayReport:
                 f"  e.g. {c.example}"
                 for c in group
             ]
+        if throttled := dict(self.recorded).get(THROTTLED):
+            out.append(
+                f"throttled: {throttled} (their grants and row scope passed, so they are "
+                "re-decided like allowed ones; volume limits are not replayed)"
+            )
         if self.unreplayable:
             out.append(
                 f"could not replay: {self.unreplayable} (no statement text, or the redacted "
@@ -100,6 +106,7 @@ class ReplayReport:
 NEWLY_DENIED, NEWLY_ALLOWED = "newly denied", "newly allowed"
 MAY_ALLOW, MAY_DENY = "may newly allow", "may newly deny"
 NEEDS_VALUES = "needs values"
+THROTTLED = "throttled"
 _CHANGES = {
     NEWLY_DENIED: "by the reason the proposed policy gives",
     NEWLY_ALLOWED: "by the reason that no longer stops them",
@@ -139,7 +146,10 @@ def replay(
     pass but whose rows depend on a redacted id is "needs values", never
     guessed. Tickets are as recorded (open and assigned to the employee unless
     the refusal said otherwise) unless ``tickets`` gives their state. Throttles
-    are not replayed (they depend on the volume at the time). Ledger entries
+    are not replayed (they depend on the volume at the time): a throttled
+    statement is recorded as throttled, never as allowed, and is re-decided on
+    its grants, so the proposed policy may newly deny it but never newly
+    allows it. Ledger entries
     (allowed reads) keep only a fingerprint of the statement: one is replayed
     when another event of the file carries the text with that fingerprint.
     """
@@ -216,8 +226,10 @@ def _count(event: Mapping[str, Any]) -> int:
 def _statement(event: Mapping[str, Any], text: object, weight: int) -> _Statement:
     outcome = str(event.get("accessguard.outcome") or "")
     reason = event.get("event.reason")
-    if outcome in ("allowed", "throttled"):  # throttled: grants and scope had passed
+    if outcome == "allowed":
         recorded = Replayed(outcome="allowed", reason=None, recorded=True)
+    elif outcome == THROTTLED:  # refused, though its grants and row scope had passed
+        recorded = Replayed(outcome=THROTTLED, reason=str(reason), recorded=True)
     elif reason in _SCOPE_REASONS:
         recorded = Replayed(outcome="denied by row scope", reason=str(reason), recorded=True)
     else:
@@ -299,7 +311,7 @@ def _change(before: Replayed, after: Replayed) -> str | None:
             return None
         return MAY_DENY if before.outcome == NEEDS_VALUES else NEWLY_DENIED
     if after.outcome == "allowed":
-        if before.outcome == "allowed":
+        if before.outcome in ("allowed", THROTTLED):  # the same grants, the same volume limits
             return None
         return MAY_ALLOW if before.outcome == NEEDS_VALUES else NEWLY_ALLOWED
     # needs values: the row scope decides, as it did whenever it decided before

@@ -11,42 +11,52 @@ documented at its top, read by :func:`load_limits` (errors name file and line).
 
 ``check()`` peeks, ``record()`` consumes, ``hit()`` does both in one step (the
 guard calls ``hit``). The statement rate is checked first; a statement it
-refuses consumes nothing (``limits``' ``hit``). A statement the
+refuses consumes nothing (as in ``limits``' ``hit``). A statement the
 distinct-customers limit refuses adds no customer but counts against the
 statement rate: it was issued and audited, and a flood of them is then refused
 by the cheaper check.
 
+Each employee has one statement window and one customer window, whatever
+limit applies: two rules (e.g. one for a ticket kind) are two ceilings on the
+same counts, and a reload (``set_limits``) changes the ceilings, never the
+counts.
+
 Storage: ``memory://`` (default, one process) keeps both windows on the
-injected clock. ``limits``' MemoryStorage calls ``time.time()`` itself, so its
-moving window (at most ``count`` entries younger than ``per``) is reimplemented
-here and tests freeze time instead of sleeping. ``redis://host:port/db`` is
-shared by every instance on that URL: statements use ``limits``'
-``MovingWindowRateLimiter`` (``wrap_exceptions=True``; entries stamped with the
-host's wall clock); distinct customers use a sorted set per employee (member =
-customer id, score = last read), checked and updated atomically by one Lua
-script that is given ``now`` from the injected clock. Keys start with
-``accessguard:<user>/``. Any storage error raises
-:class:`ThrottleStoreUnavailable`: a failing store never lets a statement through.
+injected clock. The ``limits`` library is not used: its storages read
+``time.time()`` themselves (tests could not freeze time, Redis and memory
+could not be compared step by step), its moving window keys hold the
+limit's count (a second rule or a reload started a fresh window) and it
+cannot count distinct customers. ``redis://host:port/db`` is shared by every
+instance on that URL: two sorted sets per employee, ``accessguard:<user>/statements``
+(one entry per statement let through, score = when) and
+``accessguard:<user>/customers`` (member = customer id, score = last read),
+checked and updated atomically by one Lua script given ``now`` from the
+injected clock: one round trip per statement, the memory store's steps
+exactly. Entries older than the window are dropped on each count, and a key
+expires one window after its last entry (a reload that lengthens a window
+finds at most the old window's entries). Any storage error raises
+:class:`ThrottleStoreUnavailable`: a failing store never lets a statement
+through.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import math
 import re
+import secrets
 import threading
 import time
 import tomllib
 from collections import deque
 from dataclasses import dataclass
+from importlib import resources
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 import redis
-from limits import RateLimitItemPerSecond
-from limits.errors import StorageError
-from limits.storage import RedisStorage
-from limits.strategies import MovingWindowRateLimiter
 
 from accessguard.catalog import toml_error
 from accessguard.errors import AccessGuardError, ConfigurationError, PolicyError, Reason, Throttled
@@ -217,7 +227,7 @@ class Throttle:
         self._run("record", user, roles, ticket_kind, subjects)
 
     def set_limits(self, limits: Limits) -> None:
-        """Apply new limits (a policy reload); the counts so far are kept."""
+        """Apply new limits (a policy reload): the limits change, the windows and counts stay."""
         self._effective = {}
         self.limits = limits
 
@@ -238,17 +248,13 @@ class Throttle:
         subjects: frozenset[int],
     ) -> Verdict | None:
         limits = self._limits(roles, ticket_kind)
+        if limits.statements is None and (limits.distinct_customers is None or not subjects):
+            return None
         try:
-            verdict = None
-            if limits.statements:
-                verdict = self._store.statements(user, limits.statements, mode)
-            if limits.distinct_customers and subjects and (verdict is None or mode == "record"):
-                verdict = self._store.customers(user, limits.distinct_customers, subjects, mode)
-        except (StorageError, redis.RedisError, OSError) as exc:  # StorageError: from limits
-            cause = exc.storage_error if isinstance(exc, StorageError) else exc
-            message = f"The throttle store is unavailable ({type(cause).__name__}): refused."
+            return self._store.count(user, limits, subjects, mode)
+        except (redis.RedisError, OSError) as exc:
+            message = f"The throttle store is unavailable ({type(exc).__name__}): refused."
             raise ThrottleStoreUnavailable(message) from exc
-        return verdict
 
     def _limits(self, roles: frozenset[str], ticket_kind: str | None) -> EffectiveLimits:
         found = self._effective.get((roles, ticket_kind))
@@ -260,39 +266,53 @@ class Throttle:
 
 
 class _MemoryStore:
-    """One process: both windows on the injected clock, under one lock."""
+    """One process: both windows of each employee on the injected clock, under one lock."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._statements: dict[tuple[str, int], deque[float]] = {}
+        #: per employee, whatever limit applies: the times of the statements let through
+        self._statements: dict[str, deque[float]] = {}
+        #: per employee: customer -> the last time a statement let through read it
         self._customers: dict[str, dict[int, float]] = {}
 
-    def statements(self, user: str, window: Window, mode: _Mode) -> Verdict | None:
+    def count(
+        self, user: str, limits: EffectiveLimits, subjects: frozenset[int], mode: _Mode
+    ) -> Verdict | None:
+        """The rate first, then the customers; the Redis script runs the same steps."""
         with self._lock:
             now = self._clock()
-            times = self._statements.setdefault((user, window.seconds), deque())
-            while times and times[0] <= now - window.seconds:
-                times.popleft()
-            if len(times) >= window.count:  # a slot frees when the (len - count)th oldest leaves
-                retry = times[len(times) - window.count] + window.seconds - now
-                return _verdict("statements", window, len(times) + 1, retry)
-            if mode != "peek":
+            verdict = None
+            if limits.statements:
+                verdict = self._statement(user, limits.statements, now, mode)
+            if limits.distinct_customers and subjects and (verdict is None or mode == "record"):
+                verdict = self._customer(user, limits.distinct_customers, subjects, now, mode)
+            return verdict
+
+    def _statement(self, user: str, window: Window, now: float, mode: _Mode) -> Verdict | None:
+        times = self._statements.setdefault(user, deque())
+        while times and times[0] <= now - window.seconds:
+            times.popleft()
+        if len(times) >= window.count:  # a slot frees when the (len - count)th oldest leaves
+            retry = times[len(times) - window.count] + window.seconds - now
+            return _verdict("statements", window, len(times) + 1, retry)
+        if mode != "peek":
+            if times and times[-1] > now:  # the clock stepped back: keep the times in order
+                bisect.insort(times, now)
+            else:
                 times.append(now)
         return None
 
-    def customers(
-        self, user: str, window: Window, subjects: frozenset[int], mode: _Mode
+    def _customer(
+        self, user: str, window: Window, subjects: frozenset[int], now: float, mode: _Mode
     ) -> Verdict | None:
-        with self._lock:
-            now = self._clock()
-            seen = self._customers.setdefault(user, {})
-            if mode != "record" and (verdict := _customers_verdict(window, now, seen, subjects)):
-                return verdict
-            if mode != "peek":
-                for customer in [c for c, t in seen.items() if t <= now - window.seconds]:
-                    del seen[customer]
-                seen.update(dict.fromkeys(subjects, now))
+        seen = self._customers.setdefault(user, {})
+        if mode != "record" and (verdict := _customers_verdict(window, now, seen, subjects)):
+            return verdict
+        if mode != "peek":
+            for customer in [c for c, t in seen.items() if t <= now - window.seconds]:
+                del seen[customer]
+            seen.update(dict.fromkeys(subjects, now))
         return None
 
     def close(self) -> None:
@@ -312,72 +332,48 @@ def _customers_verdict(
     return _verdict("distinct_customers", window, total, retry)
 
 
-# _customers_verdict's rule, atomic in Redis. KEYS[1]: the employee's sorted set.
-# ARGV: now, mode, since (now - window), window seconds, count, customer ids.
-# Returns nil, or {customers after the statement, score of the entry whose
-# leaving lets the statement pass (nil: never)}.
-_CUSTOMERS_LUA = """
-local key, mode, since, count = KEYS[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[5])
-local wanted, nsubjects = {}, #ARGV - 5
-for i = 6, #ARGV do wanted[ARGV[i]] = true end
-if mode ~= 'record' then
-  local members, others = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'), {}
-  for i = 1, #members, 2 do
-    if not wanted[members[i]] and tonumber(members[i + 1]) > since then
-      others[#others + 1] = members[i + 1]
-    end
-  end
-  local total = #others + nsubjects
-  if total > count then return {total, others[total - count] or false} end
-end
-if mode ~= 'peek' then
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[3])
-  for i = 6, #ARGV do redis.call('ZADD', key, ARGV[1], ARGV[i]) end
-  redis.call('EXPIRE', key, ARGV[4])
-end
-return false
-"""
+#: _MemoryStore.count, atomic in Redis (one round trip): see throttle.lua
+_COUNT_LUA = resources.files(__package__).joinpath("throttle.lua").read_text(encoding="utf-8")
 
 
 class _RedisStore:
-    """Shared through Redis: limits' moving window for statements, one Lua script for customers."""
+    """Shared through Redis: both windows of each employee, one Lua script, one round trip."""
 
     def __init__(self, url: str, clock: Callable[[], float], timeout: float) -> None:
         self._clock = clock
         self._redis = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
-        storage = RedisStorage(
-            url,
-            connection_pool=self._redis.connection_pool,
-            key_prefix="accessguard",
-            wrap_exceptions=True,
-        )
-        self._limiter = MovingWindowRateLimiter(storage)
-        self._customers = self._redis.register_script(_CUSTOMERS_LUA)
+        # EVALSHA; on NOSCRIPT (a restarted or failed-over Redis) it loads the script again
+        self._script = self._redis.register_script(_COUNT_LUA)
+        self._ids = itertools.count()
+        self._instance = secrets.token_hex(8)  # statement ids are unique across instances
 
-    def statements(self, user: str, window: Window, mode: _Mode) -> Verdict | None:
-        # key: accessguard:<user>/statements/<count>/<seconds>/second
-        item = RateLimitItemPerSecond(window.count, window.seconds, namespace=user)
-        take = self._limiter.test if mode == "peek" else self._limiter.hit
-        if take(item, "statements"):
-            return None
-        reset, remaining = self._limiter.get_window_stats(item, "statements")
-        # limits stamps entries with the wall clock, so the wait is measured on it too
-        return _verdict("statements", window, window.count - remaining + 1, reset - time.time())
-
-    def customers(
-        self, user: str, window: Window, subjects: frozenset[int], mode: _Mode
+    def count(
+        self, user: str, limits: EffectiveLimits, subjects: frozenset[int], mode: _Mode
     ) -> Verdict | None:
+        """Run the script; its reply becomes the verdict the memory store would give."""
         now = float(self._clock())
-        args: list[str | int] = [repr(now), mode, repr(now - window.seconds), window.seconds]
-        key = f"accessguard:{user}/customers"
-        reply = self._customers(keys=[key], args=[*args, window.count, *sorted(subjects)])
+        rate, customers = limits.statements, limits.distinct_customers
+        args: list[str | int] = [repr(now), mode]
+        for window in (rate, customers):
+            args += (
+                [repr(now - window.seconds), window.count, window.seconds] if window else ["", 0, 0]
+            )
+        args.append(f"{self._instance}:{next(self._ids)}")
+        if customers:
+            args += sorted(subjects)
+        keys = [f"accessguard:{user}/statements", f"accessguard:{user}/customers"]
+        reply = self._script(keys=keys, args=args)
         if not reply:
             return None
-        total, oldest = reply
+        which, count, oldest = reply
+        window = rate if which == 1 else customers
+        if window is None:  # the script answers only for a limit it was given
+            raise redis.ResponseError("unexpected reply from the throttle script")
+        name = "statements" if which == 1 else "distinct_customers"
         retry = math.inf if oldest is None else float(oldest) + window.seconds - now
-        return _verdict("distinct_customers", window, int(total), retry)
+        return _verdict(name, window, int(count), retry)
 
     def close(self) -> None:
         self._redis.close()

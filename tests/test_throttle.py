@@ -605,17 +605,18 @@ class TestRedis:
             two.close()
 
     def test_keys_are_prefixed_with_accessguard_and_the_user(self, redis_url: str) -> None:
-        """Every key the throttle writes starts with accessguard:<user>/."""
+        """Each employee has two keys, accessguard:<user>/statements and /customers."""
         throttle = Throttle(LIMITS, storage=redis_url)
         throttle.hit("mallory", AGENT, "order_issue", MALLORY[0])
+        throttle.set_limits(limits(statements=Window(count=7, seconds=60)))
+        throttle.hit("mallory", AGENT, "order_issue", MALLORY[1])
         throttle.close()
         with redis.Redis.from_url(redis_url) as client:
             keys = sorted(k.decode() for k in client.keys("*"))
-            assert keys == [
-                "accessguard:mallory/customers",
-                "accessguard:mallory/statements/120/60/second",
-            ]
+            assert keys == ["accessguard:mallory/customers", "accessguard:mallory/statements"]
             assert 0 < client.ttl("accessguard:mallory/customers") <= 3600
+            assert 0 < client.ttl("accessguard:mallory/statements") <= 60
+            assert client.zcard("accessguard:mallory/statements") == 2
 
     def test_lua_script_agrees_with_the_memory_store(
         self, redis_url: str, clock: FrozenClock
