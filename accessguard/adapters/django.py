@@ -182,7 +182,7 @@ class GuardExecuteWrapper:
             )
         ok = _authorize(guard, raw, sql, params, session, client=client)
         sent = None if client or params is None else ok.params
-        if ok.row_cap is None or ok.facts.kind == "select":
+        if ok.row_cap is None or ok.facts.kind == "select" or "returning" not in ok.sql.lower():
             result = execute(ok.sql, sent, False, context)
             _count(guard, raw, ok)
             return result
