@@ -301,6 +301,15 @@ class TestGuarded:
             small = (
                 "UPDATE orders SET status = 'y' WHERE customer_id = 42 AND id < 500 RETURNING id"
             )
+            transaction.set_autocommit(False)  # Django's manual transactions: never committed
+            try:
+                assert len(fetch(small.replace("'y'", "'manual'"))) == 3
+                transaction.rollback()
+            finally:
+                transaction.set_autocommit(True)
+            with psycopg.connect(scenario_db) as admin:
+                manual = "SELECT count(*) FROM orders WHERE status = 'manual'"
+                assert admin.execute(manual).fetchall() == [(0,)]
             assert len(fetch(small)) == 3
         with psycopg.connect(scenario_db) as admin:
             statuses = admin.execute(
@@ -309,7 +318,7 @@ class TestGuarded:
         assert statuses == [("bulk", 2000), ("y", 3)]
         guard.close()
         ledger = [e for e in sink.events if e["event.action"] == "ledger"]
-        assert sum(e["accessguard.rows"] for e in ledger) == 3
+        assert sum(e["accessguard.rows"] for e in ledger) == 6  # the rolled-back rows were read
         assert sink.reasons()[:2] == ["throttle.rows", "throttle.rows"]
 
 

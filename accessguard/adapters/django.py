@@ -58,8 +58,8 @@ Rows are counted after ``execute`` from the client-side result (all of it is
 in client memory then): exactly the rows PostgreSQL handed over, read or not.
 A result over the row cap is refused and its cursor closed before a row is
 read; that holds for writes that return rows (``UPDATE ... RETURNING``) too,
-which run in their own transaction (a savepoint inside one) so that a refused
-write is also undone. executemany on a client-side binding cursor sends each
+which run inside a savepoint (a transaction of their own in autocommit) so
+that a refused write is also undone. executemany on a client-side binding cursor sends each
 merged statement on its own (all checked first): ``rowcount`` is then the last
 statement's.
 
@@ -77,7 +77,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,9 +186,10 @@ class GuardExecuteWrapper:
             result = execute(ok.sql, sent, False, context)
             _count(guard, raw, ok)
             return result
-        # a write under a row cap may return rows (RETURNING): over the cap it is
-        # refused and undone, so in its own transaction (a savepoint inside one)
-        with raw.connection.transaction():
+        # a write under a row cap that returns rows: over the cap it is refused
+        # and undone, so it runs inside a savepoint (a transaction of its own
+        # in autocommit), rolled back on any error
+        with _undoable(raw.connection):
             result = execute(ok.sql, sent, False, context)
             _count(guard, raw, ok)
         return result
@@ -244,6 +245,32 @@ def _count(guard: Guard, raw: Any, ok: Authorized) -> None:
         raise guard.over_row_cap(ok, count)
     if ok.tally is not None:
         ok.tally.add(count)
+
+
+_UNDO = '"_accessguard_row_cap"'
+
+
+@contextmanager
+def _undoable(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Run the block inside a savepoint (autocommit: a transaction) that an error rolls back.
+
+    Sent on the driver connection itself: the guard's own statements, no data.
+    Unlike psycopg's ``transaction()``, never commits a transaction Django
+    manages (``AUTOCOMMIT = False``): outside autocommit it only adds a savepoint.
+    """
+    began = bool(conn.autocommit)
+    conn.execute("BEGIN" if began else f"SAVEPOINT {_UNDO}")
+    try:
+        yield
+    except BaseException:
+        with suppress(psycopg.Error):  # a lost connection rolls back by itself
+            if began:
+                conn.execute("ROLLBACK")
+            else:
+                conn.execute(f"ROLLBACK TO SAVEPOINT {_UNDO}")
+                conn.execute(f"RELEASE SAVEPOINT {_UNDO}")
+        raise
+    conn.execute("COMMIT" if began else f"RELEASE SAVEPOINT {_UNDO}")
 
 
 def _refuse_path(guard: Guard, message: str, session: Session) -> AccessDenied:
