@@ -7,6 +7,7 @@ view returned) it is refused (``session.unbound``) and audited.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import threading
@@ -245,6 +246,29 @@ class TestAsync:
         finally:
             await sync_to_async(connections.close_all)()
         assert b"".join(parts) == b"name\nName-0042\nrefused:row_scope.unbound\n"
+
+    async def test_concurrent_async_requests(self) -> None:
+        """Async and sync views served at once under ASGI each act for their own employee."""
+        client = AsyncClient()
+        who = [("alice", "T-100"), ("bob", None), ("erin", "T-300"), ("mallory", "T-400")] * 2
+        try:
+            responses = await asyncio.gather(
+                *(
+                    client.get(view, headers=as_user(user, ticket))
+                    for user, ticket in who
+                    for view in ("/async/", "/customer/")
+                )
+            )
+        finally:
+            await sync_to_async(connections.close_all)()
+        expected = {
+            "alice": [["Name-0042"]],
+            "bob": "refused:ticket.required",
+            "erin": [["Name-0042"]],
+            "mallory": "refused:row_scope.other_subject",
+        }
+        got = [json.loads(r.content)["rows"] for r in responses]
+        assert got == [expected[user] for user, _t in who for _view in (1, 2)]
 
 
 @db
