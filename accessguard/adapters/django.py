@@ -359,7 +359,11 @@ def unguarded(*, by: str, reason: str, guard: Guard | None = None) -> Iterator[N
     if not (isinstance(by, str) and by.strip() and isinstance(reason, str) and reason.strip()):
         raise ConfigurationError("unguarded() needs by= (who) and reason= (why)")
     chosen = guard if guard is not None else _active_guard()
-    if chosen._bound.get() is not None:  # the guard's own binding
+    try:
+        chosen.current_session()
+    except ConfigurationError:
+        pass  # nobody bound: the only place an opt-out may open
+    else:
         raise ConfigurationError(
             "unguarded() is for work that acts for no employee: an employee is bound here"
         )
