@@ -17,6 +17,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.apps import AppConfig
 from django.db import connection, connections
+from django.db.backends.signals import connection_created
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.test import AsyncClient, Client, override_settings
 from django.urls import path
@@ -353,6 +354,25 @@ class TestInstall:
         config = AppConfig.create("accessguard.adapters.django.AccessGuardConfig")
         assert isinstance(config, AccessGuardConfig)
         assert config.label == "accessguard"
+
+    def test_receivers_of_apps_listed_before_run_first(self) -> None:
+        """After ready(), connection set-up by earlier apps' receivers (contrib.postgres) runs."""
+        found: list[object] = []
+
+        def setup(*, connection: Any, **_kwargs: Any) -> None:
+            with connection.cursor() as cur:  # like contrib.postgres reading pg_type
+                cur.execute("SELECT count(*) FROM pg_type WHERE typname = %s", ["hstore"])
+                found.append(cur.fetchone())
+
+        connection_created.connect(setup, dispatch_uid="test.setup")
+        try:
+            AppConfig.create("accessguard.adapters.django.AccessGuardConfig").ready()
+            connection.close()
+            del connections["default"]
+            assert attempt(QUERY, [42]) == "refused:session.unbound"
+        finally:
+            connection_created.disconnect(dispatch_uid="test.setup")
+        assert found == [(0,)]
 
     def test_execute_wrapper_blocks_cannot_remove_the_guard(self) -> None:
         """A user's connection.execute_wrapper() block never pops the guard off."""

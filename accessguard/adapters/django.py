@@ -21,8 +21,10 @@ the guard for the employee bound in the current context. With nobody bound
 (a thread the view started, which contextvars do not follow; code after the
 view returned; a management command) it is refused with ``ConfigurationError``
 (``session.unbound``) and audited. Add
-``"accessguard.adapters.django.AccessGuardConfig"`` to ``INSTALLED_APPS`` so
-this holds from ``django.setup()`` on, in every process.
+``"accessguard.adapters.django.AccessGuardConfig"`` to ``INSTALLED_APPS``, last,
+so this holds from ``django.setup()`` on, in every process, and the
+``connection_created`` set-up of the apps before it (``django.contrib.postgres``
+reads ``pg_type``) runs before the guard takes the new connection over.
 
 ``AccessGuardMiddleware`` binds the employee resolved from the request (by
 default ``request.user.get_username()`` and the ``X-Ticket`` header; nobody for
@@ -636,11 +638,12 @@ def _install_open() -> None:
             install(db)
 
 
-connection_created.connect(_on_connection_created, dispatch_uid="accessguard.connection_created")
+_CREATED_UID = "accessguard.connection_created"
+connection_created.connect(_on_connection_created, dispatch_uid=_CREATED_UID)
 
 
 class AccessGuardConfig(AppConfig):
-    """``INSTALLED_APPS += ["accessguard.adapters.django.AccessGuardConfig"]``.
+    """``INSTALLED_APPS += ["accessguard.adapters.django.AccessGuardConfig"]`` (last).
 
     Loads the guard with Django itself, so the guarded aliases are guarded in
     every process (web workers, management commands, shells), not only once a
@@ -652,6 +655,11 @@ class AccessGuardConfig(AppConfig):
     verbose_name = "accessguard"
 
     def ready(self) -> None:
+        # the guard takes over a new connection after the connection_created
+        # receivers of the apps listed before it (django.contrib.postgres reads
+        # pg_type there): list this app last
+        connection_created.disconnect(dispatch_uid=_CREATED_UID)
+        connection_created.connect(_on_connection_created, dispatch_uid=_CREATED_UID)
         _install_open()
 
 
