@@ -139,10 +139,13 @@ class TestMiddleware:
         with pytest.raises(ConfigurationError):
             through_middleware(request_as(None), lambda: fetch("SELECT 1"))
 
-    def test_guard_removed_after_the_request(self) -> None:
-        """The execute wrapper lives for the request only."""
+    def test_guard_stays_after_the_request(self, sink: MemoryAuditSink) -> None:
+        """After the request, the alias is still guarded: with nobody bound, refused and audited."""
         through_middleware(request_as("alice", "T-100"), lambda: fetch(QUERY, [42]))
-        assert connection.execute_wrappers == []
+        with pytest.raises(ConfigurationError) as info:
+            fetch(QUERY, [42])
+        assert info.value.reason == "session.unbound"
+        assert sink.reasons() == ["session.unbound"]
 
     def test_resolver_and_header_settings(self, guard: Guard) -> None:
         """RESOLVER and TICKET_HEADER settings choose who the request acts for."""
@@ -255,8 +258,8 @@ class TestGuarded:
                 assert isinstance(info.value.__cause__, AccessDenied)
             with connection.chunked_cursor() as named, pytest.raises(AccessDenied):
                 named.execute("SELECT id FROM orders WHERE customer_id = 42")
-        with connection.cursor() as cur:  # unguarded again: Django's own cursor class
-            assert type(cur.cursor).__name__ == "Cursor"
+        with connection.cursor() as cur, pytest.raises(ConfigurationError):
+            cur.copy("COPY customers TO STDOUT")  # the alias stays guarded: nobody bound now
 
     def test_ledger_and_row_cap(
         self, guard: Guard, sink: MemoryAuditSink, scenario_db: str
@@ -279,6 +282,44 @@ class TestGuarded:
         ledger = [e for e in sink.events if e["event.action"] == "ledger"]
         assert sum(e["accessguard.rows"] for e in ledger) == 3
         assert sink.reasons()[0] == "throttle.rows"
+
+    def test_update_returning_is_capped_and_undone(
+        self, guard: Guard, sink: MemoryAuditSink, scenario_db: str
+    ) -> None:
+        """UPDATE ... RETURNING over the row cap is refused, rolled back, and hands no row over."""
+        with psycopg.connect(scenario_db, autocommit=True) as admin:
+            admin.execute(
+                "INSERT INTO orders (id, customer_id, status, total_cents) "
+                "SELECT 100000 + g, 42, 'bulk', 1 FROM generate_series(1, 2000) g"
+            )
+        update = "UPDATE orders SET status = 'x' WHERE customer_id = 42 RETURNING id, status"
+        with guarded(connection, guard=guard, user="alice", ticket="T-100"):
+            with pytest.raises(Throttled), connection.cursor() as cur:
+                cur.execute(update)
+            with pytest.raises(Throttled), transaction.atomic(), connection.cursor() as cur:
+                cur.execute(update)  # inside a transaction: its savepoint is rolled back
+            small = (
+                "UPDATE orders SET status = 'y' WHERE customer_id = 42 AND id < 500 RETURNING id"
+            )
+            transaction.set_autocommit(False)  # Django's manual transactions: never committed
+            try:
+                assert len(fetch(small.replace("'y'", "'manual'"))) == 3
+                transaction.rollback()
+            finally:
+                transaction.set_autocommit(True)
+            with psycopg.connect(scenario_db) as admin:
+                manual = "SELECT count(*) FROM orders WHERE status = 'manual'"
+                assert admin.execute(manual).fetchall() == [(0,)]
+            assert len(fetch(small)) == 3
+        with psycopg.connect(scenario_db) as admin:
+            statuses = admin.execute(
+                "SELECT status, count(*) FROM orders WHERE customer_id = 42 GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+        assert statuses == [("bulk", 2000), ("y", 3)]
+        guard.close()
+        ledger = [e for e in sink.events if e["event.action"] == "ledger"]
+        assert sum(e["accessguard.rows"] for e in ledger) == 6  # the rolled-back rows were read
+        assert sink.reasons()[:2] == ["throttle.rows", "throttle.rows"]
 
 
 # ---------------------------------------------------------------------- red team

@@ -218,12 +218,95 @@ class TestCore:
             raw.close()
 
 
+BULK = (
+    "INSERT INTO orders (id, customer_id, status, total_cents) "
+    "SELECT 100000 + g, 42, 'bulk', 1 FROM generate_series(1, 2000) g"
+)
+UPDATE_ALL = "UPDATE orders SET status = 'x' WHERE customer_id = 42 RETURNING id, status"
+
+
+def statuses(dsn: str) -> Rows:
+    """Customer 42's order statuses and their counts, read past the guard."""
+    with psycopg.connect(dsn) as admin:
+        return admin.execute(
+            "SELECT status, count(*) FROM orders WHERE customer_id = 42 GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+
+
+def ledger_rows(guard: Guard, sink: MemoryAuditSink) -> int:
+    guard.close()
+    return sum(e["accessguard.rows"] for e in sink.events if e["event.action"] == "ledger")
+
+
+@db
+@pytest.mark.usefixtures("alice")
+class TestReturning:
+    @pytest.fixture(autouse=True)
+    def _bulk(self, scenario_dsn: str) -> None:
+        """Customer 42 gets 2,003 orders (the issue's numbers)."""
+        with psycopg.connect(scenario_dsn, autocommit=True) as admin:
+            admin.execute(BULK)
+
+    def test_update_returning_over_the_cap_is_refused_and_undone(
+        self, engine: Engine, guard: Guard, sink: MemoryAuditSink, scenario_dsn: str
+    ) -> None:
+        """UPDATE ... RETURNING of 2,003 rows is throttled, hands nothing over, changes nothing."""
+        with engine.connect() as conn:
+            with pytest.raises(Throttled) as info:
+                conn.execute(text(UPDATE_ALL))
+            assert info.value.reason == "throttle.rows"
+            small = (
+                "UPDATE orders SET status = 'y' WHERE customer_id = 42 AND id < 500 RETURNING id"
+            )
+            assert len(conn.execute(text(small)).all()) == 3
+            conn.commit()
+        assert statuses(scenario_dsn) == [("bulk", 2000), ("y", 3)]
+        assert sink.reasons() == ["throttle.rows"]
+        assert ledger_rows(guard, sink) == 3
+
+    def test_autocommit_update_returning_is_undone(self, engine: Engine, scenario_dsn: str) -> None:
+        """On an AUTOCOMMIT connection the over-cap write is rolled back too."""
+        with engine.connect() as conn:
+            auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+            with pytest.raises(Throttled):
+                auto.execute(text(UPDATE_ALL))
+            small = (
+                "UPDATE orders SET status = 'y' WHERE customer_id = 42 AND id = 421 RETURNING id"
+            )
+            assert auto.execute(text(small)).all() == [(421,)]
+        assert statuses(scenario_dsn) == [("bulk", 2000), ("pending", 1), ("shipped", 1), ("y", 1)]
+
+    def test_orm_update_returning_is_capped(self, engine: Engine, scenario_dsn: str) -> None:
+        """The ORM's update().returning() is capped like a SELECT."""
+        from sqlalchemy import update
+
+        stmt = update(Order).where(Order.customer_id == 42).values(status="z").returning(Order.id)
+        with Session(engine) as session:
+            with pytest.raises(Throttled):
+                session.execute(stmt)
+            session.commit()
+        assert ("z", 2003) not in statuses(scenario_dsn)
+
+    def test_failed_write_leaves_the_connection_usable(self, engine: Engine) -> None:
+        """A capped write that fails in the database (autocommit) leaves no transaction open."""
+        bad = "UPDATE orders SET status = 'x' WHERE customer_id = 42 AND id = 1 / 0 RETURNING id"
+        query = text("SELECT id FROM orders WHERE id = 421 AND customer_id = 42")
+        with engine.connect() as conn:
+            auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+            with pytest.raises(sqlalchemy.exc.DataError):
+                auto.execute(text(bad))
+            assert auto.execute(query).all() == [(421,)]
+
+
 @db
 class TestBinding:
-    def test_nobody_bound_is_refused(self, engine: Engine) -> None:
-        """With no employee bound, a statement is refused with ConfigurationError."""
-        with engine.connect() as conn, pytest.raises(ConfigurationError):
+    def test_nobody_bound_is_refused(self, engine: Engine, sink: MemoryAuditSink) -> None:
+        """With no employee bound, a statement is refused (session.unbound) and audited."""
+        with engine.connect() as conn, pytest.raises(ConfigurationError) as info:
             conn.execute(text("SELECT title FROM products WHERE id = 1"))
+        assert info.value.reason == "session.unbound"
+        assert sink.reasons() == ["session.unbound"]
+        assert sink.events[0]["accessguard.integration"] == "sqlalchemy"
 
     def test_binding_follows_the_context(self, engine: Engine, guard: Guard) -> None:
         """One engine serves alice and bob, each with their own rights."""
@@ -323,6 +406,47 @@ class TestAsyncEngine:
         guard.close()
         ledger = [e for e in sink.events if e["event.action"] == "ledger"]
         assert sum(e["accessguard.rows"] for e in ledger) == 3
+
+    async def test_async_engine_refusals_and_caps(
+        self, guard: Guard, scenario_dsn: str, sink: MemoryAuditSink
+    ) -> None:
+        """AsyncEngine: unbound reads are audited; over-cap reads and writes refused, undone."""
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        with psycopg.connect(scenario_dsn, autocommit=True) as admin:
+            admin.execute(BULK)
+        engine = create_async_engine(url(scenario_dsn))
+        guard.instrument(engine)
+        try:
+            async with engine.connect() as conn:
+                with pytest.raises(ConfigurationError):
+                    await conn.execute(text("SELECT name FROM customers WHERE id = 42"))
+                with guard.acting_as(user="alice", ticket="T-100"):
+                    rows = await conn.execute(text("SELECT name FROM customers WHERE id = 42"))
+                    assert rows.all() == [("Name-0042",)]
+                    with pytest.raises(AccessDenied) as denied:
+                        await conn.execute(text("SELECT name FROM customers WHERE id = 7"))
+                    assert denied.value.reason == "row_scope.other_subject"
+                    with pytest.raises(Throttled):
+                        await conn.execute(text("SELECT id FROM orders WHERE customer_id = 42"))
+                    with pytest.raises(Throttled):
+                        await conn.execute(text(UPDATE_ALL))
+                    await conn.commit()
+        finally:
+            await engine.dispose()
+        assert statuses(scenario_dsn) == [
+            ("bulk", 2000),
+            ("cancelled", 1),
+            ("pending", 1),
+            ("shipped", 1),
+        ]
+        assert sink.reasons() == [
+            "session.unbound",
+            "row_scope.other_subject",
+            "throttle.rows",
+            "throttle.rows",
+        ]
+        assert ledger_rows(guard, sink) == 1
 
 
 # ---------------------------------------------------------------------- red team

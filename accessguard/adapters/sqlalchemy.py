@@ -3,20 +3,28 @@
 ``instrument(guard, engine)`` adds three engine event listeners:
 
 - ``before_cursor_execute`` (``retval=True``): takes the employee bound by
-  ``guard.acting_as`` (none bound: ``ConfigurationError``, nothing is sent),
+  ``guard.acting_as`` (none bound: ``ConfigurationError``, reason
+  ``session.unbound``, audited; nothing is sent),
   converts SQLAlchemy's ``%(name)s`` / ``%s`` text with psycopg's own converter
   (what psycopg would send), lets the guard decide, and hands SQLAlchemy the
   guarded SQL and its positional parameters to pass to the cursor unchanged.
   executemany checks every parameter set before anything is sent.
 - ``after_cursor_execute``: counts the result's rows for the access ledger and
-  enforces the per-statement row cap. SQLAlchemy's psycopg cursors are
-  client-side, so after ``execute`` the whole result is in client memory: the
-  count is exactly the rows PostgreSQL handed over, whether or not the
+  enforces the per-statement row cap, on every statement that returns rows
+  (``UPDATE ... RETURNING`` as much as ``SELECT``). SQLAlchemy's psycopg cursors
+  are client-side, so after ``execute`` the whole result is in client memory:
+  the count is exactly the rows PostgreSQL handed over, whether or not the
   application reads them all (``Result.first()`` is counted for every row the
   statement returned). A result over the cap is refused before SQLAlchemy
-  builds a Result from it, and its cursor is closed.
+  builds a Result from it, and its cursor is closed. A capped write with
+  ``RETURNING`` runs inside a savepoint the guard sends on the driver
+  connection (a transaction of its own under AUTOCOMMIT): over the cap it is
+  rolled back, so a refused write changes nothing. An insertmanyvalues
+  ``INSERT ... RETURNING`` is refused before its first batch when its
+  parameter sets (one row each at most) could pass the cap.
 - ``handle_error``: SQLAlchemy wraps driver errors in ``sqlalchemy.exc.DBAPIError``
-  subclasses; a refusal (``AccessGuardError``) reaches the caller as itself.
+  subclasses; a refusal (``AccessGuardError``) reaches the caller as itself. A
+  capped write that failed in the database has its savepoint rolled back.
 
 Passed through unchecked: only the SAVEPOINT / RELEASE SAVEPOINT / ROLLBACK TO
 SAVEPOINT statements SQLAlchemy compiles itself for ``begin_nested()``,
@@ -38,6 +46,7 @@ instrumented, or declare the tables.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import weakref
@@ -51,7 +60,9 @@ from sqlalchemy.sql.expression import (
     RollbackToSavepointClause,
     SavepointClause,
 )
+from sqlalchemy.util import concurrency
 
+from accessguard.adapters.binding import bound_session
 from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
 from accessguard.errors import AccessDenied, AccessGuardError, ConfigurationError, Reason
 
@@ -66,6 +77,12 @@ _SAVEPOINT_TEXT = re.compile(
     r"(?:SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT) [A-Za-z_][A-Za-z0-9_]{0,62}"
 )
 _SAVEPOINT_CLAUSES = (SavepointClause, ReleaseSavepointClause, RollbackToSavepointClause)
+
+INTEGRATION = "sqlalchemy"
+#: the savepoint that makes a capped write undoable (sent on the driver connection itself)
+_UNDO = "_accessguard_row_cap"
+#: SQLAlchemy's greenlet bridge: runs a coroutine from the sync event hooks (AsyncEngine)
+_await: Any = getattr(concurrency, "await_", None) or concurrency.await_only
 
 #: engines instrumented so far, and the guard of each
 _INSTRUMENTED: weakref.WeakKeyDictionary[Engine, Guard] = weakref.WeakKeyDictionary()
@@ -104,6 +121,8 @@ class _Listener:
         self.guard = guard
         #: what each psycopg cursor was last allowed to run (read by ``after``)
         self.sent: weakref.WeakKeyDictionary[Any, Authorized] = weakref.WeakKeyDictionary()
+        #: cursors running a capped write: True if the guard began its transaction itself
+        self.undo: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
     def before(  # noqa: PLR0913, PLR0917 - SQLAlchemy's event signature
         self,
@@ -114,9 +133,10 @@ class _Listener:
         context: ExecutionContext | None,
         executemany: bool,
     ) -> tuple[str, Any]:
-        session = self.guard.current_session()  # ConfigurationError: nothing is sent
+        session = bound_session(self.guard, integration=INTEGRATION)  # nobody: audited
         driver_cursor = _driver_cursor(cursor)
         self.sent.pop(driver_cursor, None)
+        self._end_undo(driver_cursor, undo=True)  # a previous statement's, if it never ended
         if _own_savepoint(statement, parameters, context):
             return statement, parameters
         if isinstance(driver_cursor, psycopg.ServerCursor | psycopg.AsyncServerCursor):
@@ -138,6 +158,11 @@ class _Listener:
         ok = self._authorize(
             driver_cursor, statement, None if bare else parameters, session, client=client
         )
+        if ok.row_cap is not None and ok.facts.kind != "select":
+            if executemany:
+                self._cap_batches(ok, context)
+            else:
+                self._begin_undo(driver_cursor, ok)
         self.sent[driver_cursor] = ok
         if bare or client:
             return ok.sql, None
@@ -192,23 +217,76 @@ class _Listener:
         context: ExecutionContext | None,
         executemany: bool,
     ) -> None:
-        ok = self.sent.pop(_driver_cursor(cursor), None)
-        if ok is None or cursor.description is None:
+        driver_cursor = _driver_cursor(cursor)
+        ok = self.sent.pop(driver_cursor, None)
+        if ok is None:
             return
-        count = max(int(cursor.rowcount), 0)
-        if ok.row_cap is not None and count > ok.row_cap and ok.facts.kind == "select":
+        count = max(int(cursor.rowcount), 0) if cursor.description is not None else 0
+        # every statement that returns rows is capped, UPDATE ... RETURNING as
+        # much as SELECT; an over-cap write is undone (its savepoint rolled back)
+        over = ok.row_cap is not None and count > ok.row_cap
+        self._end_undo(driver_cursor, undo=over)
+        if over:
             raise self.guard.over_row_cap(ok, count)  # SQLAlchemy closes the cursor
-        if ok.tally is not None:
+        if count and ok.tally is not None:
             ok.tally.add(count)
 
-    @staticmethod
-    def handle_error(context: ExceptionContext) -> BaseException | None:
+    def _cap_batches(self, ok: Authorized, context: ExecutionContext | None) -> None:
+        """An insertmanyvalues INSERT ... RETURNING: refused before its first batch is sent
+        if its rows (at most one per parameter set, all batches together) could pass the cap.
+        """
+        compiled = getattr(context, "compiled", None)
+        rows = len(getattr(context, "compiled_parameters", None) or ())
+        if (
+            ok.row_cap is not None
+            and rows > ok.row_cap
+            and getattr(compiled, "effective_returning", None)
+        ):
+            raise self.guard.over_row_cap(ok, rows)
+
+    def _begin_undo(self, driver_cursor: Any, ok: Authorized) -> None:
+        """Before a capped write that may return rows: a savepoint (or a transaction) to undo."""
+        if "returning" not in ok.sql.lower():
+            return  # no RETURNING: no rows, nothing to cap
+        raw = driver_cursor.connection
+        began = bool(raw.autocommit)
+        _run(raw, "BEGIN" if began else f"SAVEPOINT {_UNDO}")
+        self.undo[driver_cursor] = began
+
+    def _end_undo(self, driver_cursor: Any, *, undo: bool) -> None:
+        began = self.undo.pop(driver_cursor, None)
+        if began is None:
+            return
+        raw = driver_cursor.connection
+        if began:
+            _run(raw, "ROLLBACK" if undo else "COMMIT")
+        elif undo:
+            _run(raw, f"ROLLBACK TO SAVEPOINT {_UNDO}")
+            _run(raw, f"RELEASE SAVEPOINT {_UNDO}")
+        else:
+            _run(raw, f"RELEASE SAVEPOINT {_UNDO}")
+
+    def handle_error(self, context: ExceptionContext) -> BaseException | None:
         """Raise a refusal as itself, not wrapped in ``sqlalchemy.exc.DBAPIError``."""
+        cursor = getattr(context.execution_context, "cursor", None)
+        if cursor is not None:
+            driver_cursor = _driver_cursor(cursor)
+            self.sent.pop(driver_cursor, None)
+            with contextlib.suppress(Exception):  # the driver error is what is raised
+                self._end_undo(driver_cursor, undo=True)
         original = context.original_exception
         if isinstance(original, AccessGuardError):
             # a copy, so the one raised has the original as its cause, not itself
             return copy.copy(original)
         return None
+
+
+def _run(raw: Any, sql: str) -> None:
+    """Send one of the guard's own statements on the driver connection (sync or async)."""
+    if isinstance(raw, psycopg.AsyncConnection):
+        _await(raw.execute(sql))
+    else:
+        raw.execute(sql)
 
 
 def _one_execute(context: ExecutionContext | None) -> bool:
