@@ -7,11 +7,17 @@
 Inputs (engine ``mutate``, deterministic for a seed): token mutations of every
 statement of the case files (tests/cases/*.yaml), SELECTs from the grammar of
 tests/strategies.py (joins, WHERE trees, subqueries, name-resolution tricks),
-mutated grammar SELECTs, and random text. Engine ``atheris`` (if installed)
-lets libFuzzer drive the same generators from its byte inputs instead.
+mutated grammar SELECTs, random text, and crafted adversarial text (one unit,
+such as an unclosed comment or quote, repeated up to past the length limit;
+lone surrogates), each crafted unit once at the start and then at random.
+Engine ``atheris`` (if installed) lets libFuzzer drive the same generators
+from its byte inputs instead.
 
-For every input: ``analyze`` and ``decide`` must not raise (a *crash*). For every
-allowed one (a *leak* otherwise):
+For every input: ``analyze`` and ``decide`` must not raise, and guard.connect()'s
+path must raise nothing outside ``AccessGuardError`` (a *crash*). The time of
+each input (both paths) is measured: the summary gives the worst one and how
+many took over a second (*slow*; the goal is none). For every allowed one (a
+*leak* otherwise):
 
 - the kind is SELECT or UPDATE and every scope value is the constant 42;
 - every column read or written is granted to alice (``Policy.allows``);
@@ -50,7 +56,7 @@ from pglast.parser import ParseError, parse_sql_json
 import accessguard.scenario
 from accessguard import AccessGuardError, Guard
 from accessguard.adapters.psycopg3 import authorize_statement, convert_query
-from accessguard.analysis import Const, Facts, Param, analyze, subject_marker
+from accessguard.analysis import MAX_SQL_LENGTH, Const, Facts, Param, analyze, subject_marker
 from accessguard.analysis.crosscheck import crosscheck, verify_sent
 from accessguard.decision import Context, decide
 from accessguard.guard import Session
@@ -89,6 +95,9 @@ class Tally:
     connect_allowed: int = 0
     connect_only: int = 0
     connect_leaks: int = 0
+    #: the longest time one input took (both paths), and how many took over a second
+    worst_input_s: float = 0.0
+    slow: int = 0
     kinds: Counter[str] = field(default_factory=Counter)
     findings: dict[str, list[str]] = field(default_factory=dict)
 
@@ -145,7 +154,49 @@ def generate(rng: random.Random) -> Input:
     if pick < 0.90:
         sql, params = rng.choice(strategies.CORPUS_WITH_PARAMS)
         return strategies.mutate(sql, rng, rng.randint(0, 3)), list(params)
-    return "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 80))), None
+    if pick < 0.99:
+        return "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 80))), None
+    return crafted(rng), None
+
+
+#: Units that once made a scan quadratic, or that no encoder accepts, repeated
+#: into long statements: unclosed comments and quotes, nesting, long digit runs.
+UNITS = (
+    "/*a",
+    "/*",
+    "--a\n",
+    "'a",
+    "'",
+    '"a',
+    "$a$",
+    "$$",
+    "(",
+    "E'\\",
+    "1",
+    "a,",
+    " OR id = 42",
+    "\\'",
+    "''",
+    "*/",
+    "\ud800",
+    "x\udcff",
+)
+#: statement sizes crafted: small, large, just under and past the length limit
+SIZES = (100, 10_000, MAX_SQL_LENGTH - 20, MAX_SQL_LENGTH + 10)
+
+
+def crafted(rng: random.Random, unit: str | None = None, size: int | None = None) -> str:
+    """``SELECT 1 `` and one unit repeated to about ``size`` characters."""
+    unit = unit if unit is not None else rng.choice(UNITS)
+    size = size if size is not None else rng.choice(SIZES)
+    return "SELECT 1 " + unit * max(1, (size - 9) // len(unit))
+
+
+def crafted_all() -> list[str]:
+    """Every unit at every size, and one statement of ten megabytes."""
+    rng = random.Random(0)
+    found = [crafted(rng, unit, size) for unit in UNITS for size in SIZES]
+    return [*found, "SELECT 1 " + "/*a" * 3_333_330]
 
 
 # ---------------------------------------------------------------------- checking
@@ -160,6 +211,7 @@ class Checker:
             policy_dir, tickets=accessguard.scenario.tickets(), audit=_NullSink()
         )
         self.session = Session(user=USER, ticket=TICKET)
+        self.lane = self.guard.lane(self.session, "postgres")
         self.catalog = policy.catalog
         self.keep = keep
         tickets = {t.id: t for t in accessguard.scenario.tickets()}
@@ -179,6 +231,7 @@ class Checker:
         """Decide ``sql`` both ways (the text, and guard.connect()'s path); facts if allowed."""
         tally = self.tally
         tally.inputs += 1
+        started = time.perf_counter()
         try:
             facts = self._decide_text(sql, params)
         except Exception as exc:  # noqa: BLE001 - a crash is what we count
@@ -186,6 +239,13 @@ class Checker:
             tally.note("crash", sql, f"{type(exc).__name__}: {exc}", self.keep)
             return None
         self._connect_path(sql, params, allowed_by_text=facts is not None)
+        took = time.perf_counter() - started
+        if took > tally.worst_input_s:
+            tally.worst_input_s = took
+            tally.findings["worst input"] = [f"{took:.3f}s :: {sql[:200]!r} ({len(sql)} chars)"]
+        if took > 1.0:
+            tally.slow += 1
+            tally.note("slow (over 1 s)", sql, f"{took:.3f}s, {len(sql)} chars", self.keep)
         if facts is None:
             return None
         tally.allowed += 1
@@ -218,7 +278,7 @@ class Checker:
         """What guard.connect() would send: the same decision, and a sound SQL text."""
         tally = self.tally
         try:
-            ok = authorize_statement(self.guard, self.session, sql, params)
+            ok = authorize_statement(self.lane, sql, params)
         except AccessGuardError:
             return
         except Exception as exc:  # noqa: BLE001 - a crash of the connect path
@@ -402,6 +462,8 @@ def summary(tally: Tally, elapsed: float) -> dict[str, Any]:
         "connect_allowed": tally.connect_allowed,
         "connect_only_allowed": tally.connect_only,
         "connect_leaks": tally.connect_leaks,
+        "worst_input_s": round(tally.worst_input_s, 3),
+        "slow_inputs": tally.slow,
         "elapsed_s": round(elapsed, 1),
         "inputs_per_s": round(tally.inputs / elapsed, 1) if elapsed else None,
     }
@@ -416,7 +478,8 @@ def progress(tally: Tally, start: float) -> None:
         f"disagreements={tally.disagreements} pg_checked={tally.pg_checked} "
         f"pg_leaks={tally.pg_leaks} pg_fidelity={tally.pg_fidelity} "
         f"sent_unparsable={tally.unparsable} connect_only={tally.connect_only} "
-        f"connect_leaks={tally.connect_leaks}",
+        f"connect_leaks={tally.connect_leaks} worst_input={tally.worst_input_s:.3f}s "
+        f"slow={tally.slow}",
         flush=True,
     )
 
@@ -425,8 +488,9 @@ def run_mutate(checker: Checker, oracle: Oracle | None, args: argparse.Namespace
     """The seeded engine: ``random.Random(seed)`` drives every choice."""
     rng = random.Random(args.seed)
     start = time.perf_counter()
+    first = crafted_all()
     for i in range(1, args.inputs + 1):
-        sql, params = generate(rng)
+        sql, params = (first.pop(), None) if first else generate(rng)
         facts = checker.check(sql, params)
         if facts is not None and oracle is not None and params is None:
             oracle.compare(sql, checker.tally, args.examples)
