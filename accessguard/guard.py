@@ -26,9 +26,12 @@ from accessguard.analysis import (
     Facts,
     Param,
     analyze,
+    as_text,
+    audit_text,
     fingerprint,
     redact_tokens,
     render,
+    screen,
     shape,
     subject_marker,
     with_redaction,
@@ -200,7 +203,7 @@ class Guard:
 
     def analyze(
         self,
-        sql: str,
+        sql: str | bytes,
         *,
         dialect: str = "postgres",
         params: bool = False,
@@ -212,6 +215,8 @@ class Guard:
         ``sending=False``: for a decision only (see ``accessguard.analysis.analyze``).
         """
         catalog = (policy or self.policy).catalog
+        if not isinstance(sql, str) or screen(sql) is not None:  # refused, never cached
+            return analyze(sql, catalog=catalog, dialect=dialect)
         key = (sql, dialect, params, catalog.version, sending)
         facts = self._cache.get(key)
         if facts is not None:
@@ -227,7 +232,7 @@ class Guard:
 
     def check(
         self,
-        sql: str,
+        sql: str | bytes,
         params: Params = None,
         *,
         user: str,
@@ -240,14 +245,20 @@ class Guard:
 
         ``sql`` uses the dialect's native placeholders (``$1`` for PostgreSQL,
         ``?`` for SQLite) or psycopg's ``%s`` / ``%(name)s`` when ``params`` are
-        given for PostgreSQL.
+        given for PostgreSQL. Bytes are read as UTF-8; a statement that is too
+        long or not valid text is refused (``sql.unanalyzable``) before any scan.
         """
         session = Session(user=user, ticket=ticket)
+        text, unscreened = as_text(sql)
+        if unscreened is None:
+            sql = text
+        else:
+            params = None  # nothing of it is read, the placeholders neither: analyze refuses it
         if dialect == "postgres" and params is not None:
             from accessguard.adapters.psycopg3 import convert_query
 
             try:
-                sql, params = convert_query(sql, params)
+                sql, params = convert_query(text, params)
             except Exception:  # noqa: BLE001 - any conversion error is this refusal
                 message = "Refused: the placeholders do not match the values bound to them."
                 self.refuse(Reason.SQL_PARAMS_MISMATCH, message, session, kind="unknown")
@@ -277,7 +288,7 @@ class Guard:
 
     def _decide(  # noqa: PLR0913, PLR0917 - one decision's inputs
         self,
-        sql: str,
+        sql: str | bytes,
         params: Params,
         session: Session,
         dialect: str,
@@ -365,11 +376,12 @@ class Guard:
         A refusal (or an unverified rewrite) is audited and raised.
         """
         session, dialect = lane.session, lane.dialect
-        if convert is not None and params is not None:
-            sql, params = self._convert(convert, sql, params, session)
-        shaped = self._by_shape(lane, sql, params, ticket, policy)
-        if shaped is not None:
-            return shaped[0], shaped[1], False
+        if screen(sql) is None:  # else no scan runs: analyze refuses it, audited below
+            if convert is not None and params is not None:
+                sql, params = self._convert(convert, sql, params, session)
+            shaped = self._by_shape(lane, sql, params, ticket, policy)
+            if shaped is not None:
+                return shaped[0], shaped[1], False
         facts, decision, context = self._decide(sql, params, session, dialect, ticket, policy)
         plan = self._allowed_plan(facts, decision, context, ticket, policy)
         return plan, plan.sql, True
@@ -415,7 +427,27 @@ class Guard:
         params: Params,
         session: Session,
     ) -> tuple[str, list[Any]]:
-        """The driver's placeholder conversion; a mismatch is a refusal, audited."""
+        """The driver's placeholder conversion; a mismatch is a refusal, audited.
+
+        A statement ``screen`` stops is refused first (no conversion scans it).
+        """
+        unscreened = screen(sql)
+        if unscreened is not None:
+            facts = analyze(sql, catalog=self.policy.catalog, dialect="postgres")
+            decision = Decision(
+                outcome="denied",
+                reason=Reason.SQL_UNANALYZABLE,
+                message=f"Refused: {unscreened}.",
+                kind="unknown",
+            )
+            context = Context(
+                user=session.user,
+                roles=self.policy.roles_of(session.user),
+                ticket_id=session.ticket,
+                ticket=None,
+            )
+            self._audit(decision, context, facts)
+            raise AccessDenied(decision.message, reason=Reason.SQL_UNANALYZABLE)
         try:
             return convert(sql, params)
         except Exception as exc:
@@ -677,7 +709,7 @@ class Guard:
         metrics.DECISIONS.decided(decision.outcome, str(decision.reason or ""))
         if decision.outcome == "throttled":
             metrics.THROTTLED.labels(reason=str(decision.reason)).inc()
-        redacted = facts.redacted if facts is not None else None
+        redacted = audit_text(facts.redacted) if facts is not None else None
         ticket = context.ticket
         fields: dict[str, Any] = {
             "event.kind": "event",
