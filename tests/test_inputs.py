@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from accessguard import AccessDenied, AccessGuardError, Guard, scenario
-from accessguard.analysis import Facts, analyze, as_text
+from accessguard.analysis import MAX_TOKENS, Facts, analyze, as_text
 from accessguard.analysis.redact import MAX_AUDIT_TEXT, MAX_SQL_LENGTH
 from accessguard.analysis.shape import LITERAL_BASE, MAX_DIGITS, quick_shape
 from accessguard.policy import load_policy
@@ -129,6 +129,24 @@ class TestCraftedInputs:
                 "SELECT name FROM customers WHERE id = 42 AND name <> 'Zoë'"
             ).fetchall()
         assert rows
+
+
+class TestTokenLimit:
+    def test_too_many_tokens_is_refused_before_parsing(
+        self, guard: Guard, sink: MemoryAuditSink
+    ) -> None:
+        """A statement of more than MAX_TOKENS tokens is refused, with its text redacted."""
+        sql = "SELECT name FROM customers WHERE email = 'x' AND id IN (" + "42," * MAX_TOKENS
+        decision = guard.check(sql + "42)", user="alice", ticket="T-100")
+        assert decision.reason == "sql.unanalyzable"
+        assert "tokens" in decision.message
+        assert "'x'" not in sink.events[0]["db.query.text"]
+
+    def test_a_long_in_list_under_the_limit_is_allowed(self, guard: Guard) -> None:
+        """An IN list of a few thousand values stays well under the token limit."""
+        values = ", ".join(["42"] * 3000)
+        sql = f"SELECT name FROM customers WHERE id = 42 AND id IN ({values})"
+        assert guard.check(sql, user="alice", ticket="T-100").allowed
 
 
 class TestQuickShape:

@@ -6,7 +6,8 @@
 Bounded before anything scans the text: ``screen`` (the length, the type,
 the encoding) runs first, in O(1) for ASCII text, so no regular expression
 and no tokenizer ever sees a statement longer than ``MAX_SQL_LENGTH`` or one
-that is not valid Unicode; every scan that follows is linear in the text.
+that is not valid Unicode; every scan that follows is linear in the text, and
+nothing after the tokenizer runs on more than ``MAX_TOKENS`` tokens.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from accessguard.catalog import Catalog
 from accessguard.errors import Reason
 
 __all__ = [
+    "MAX_SQL_LENGTH",
+    "MAX_TOKENS",
     "Const",
     "Facts",
     "Param",
@@ -63,6 +66,9 @@ __all__ = [
 
 #: how long a statement may be as bytes, before it is decoded
 _MAX_BYTES = 4 * MAX_SQL_LENGTH
+#: the most tokens a statement may have: what runs after the tokenizer (the
+#: parser, the walker, PostgreSQL's parser, the rewrite) is bounded by it
+MAX_TOKENS = 20_000
 
 #: Statement kinds that are never allowed, whatever the policy says.
 _FORBIDDEN_KINDS: dict[type[exp.Expr], str] = {
@@ -171,6 +177,16 @@ def analyze(
             problem=Reason.SQL_UNANALYZABLE,
             detail="the statement does not tokenize",
             dialect=dialect,
+        )
+    if len(tokens) > MAX_TOKENS:
+        redacted = redact_tokens(tokens)
+        return Facts(
+            kind="unknown",
+            problem=Reason.SQL_UNANALYZABLE,
+            detail=f"the statement has {len(tokens)} tokens, more than {MAX_TOKENS}",
+            dialect=dialect,
+            redacted=redacted,
+            fingerprint=fingerprint(redacted),
         )
     redacted = redact_tokens(tokens) if sending else None
     final = {"redacted": redacted, "fingerprint": fingerprint(redacted), "dialect": dialect}
@@ -411,6 +427,8 @@ def shape(sql: str, dialect: str) -> tuple[Shape, list[Token]] | None:
         tokens = _tokenizer(dialect).tokenize(sql)
     except Exception:  # noqa: BLE001 - not shaped: the caller analyzes the text itself
         return None
+    if len(tokens) > MAX_TOKENS:
+        return None  # analyze refuses it
     found = shape_of(sql, tokens, dialect)
     return (found, tokens) if found is not None else None
 
