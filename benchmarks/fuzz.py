@@ -14,10 +14,10 @@ Engine ``atheris`` (if installed) lets libFuzzer drive the same generators
 from its byte inputs instead.
 
 For every input: ``analyze`` and ``decide`` must not raise, and guard.connect()'s
-path must raise nothing outside ``AccessGuardError`` (a *crash*). The time of
-each input (both paths) is measured: the summary gives the worst one and how
-many took over a second (*slow*; the goal is none). For every allowed one (a
-*leak* otherwise):
+path must raise nothing outside ``AccessGuardError`` (a *crash*). Each input's
+time on each path (check()'s analyze + decide; the connect path) is measured:
+the summary gives the worst of each and how many took over a second on one
+path (*slow*; the goal is none). For every allowed one (a *leak* otherwise):
 
 - the kind is SELECT or UPDATE and every scope value is the constant 42;
 - every column read or written is granted to alice (``Policy.allows``);
@@ -95,8 +95,9 @@ class Tally:
     connect_allowed: int = 0
     connect_only: int = 0
     connect_leaks: int = 0
-    #: the longest time one input took (both paths), and how many took over a second
-    worst_input_s: float = 0.0
+    #: the longest time one input took on each path, and how many took over a second
+    worst_text_s: float = 0.0
+    worst_connect_s: float = 0.0
     slow: int = 0
     kinds: Counter[str] = field(default_factory=Counter)
     findings: dict[str, list[str]] = field(default_factory=dict)
@@ -238,14 +239,18 @@ class Checker:
             tally.crashes += 1
             tally.note("crash", sql, f"{type(exc).__name__}: {exc}", self.keep)
             return None
+        text_s = time.perf_counter() - started
         self._connect_path(sql, params, allowed_by_text=facts is not None)
-        took = time.perf_counter() - started
-        if took > tally.worst_input_s:
-            tally.worst_input_s = took
-            tally.findings["worst input"] = [f"{took:.3f}s :: {sql[:200]!r} ({len(sql)} chars)"]
-        if took > 1.0:
-            tally.slow += 1
-            tally.note("slow (over 1 s)", sql, f"{took:.3f}s, {len(sql)} chars", self.keep)
+        connect_s = time.perf_counter() - started - text_s
+        for path, took in (("text", text_s), ("connect", connect_s)):
+            if took > getattr(tally, f"worst_{path}_s"):
+                setattr(tally, f"worst_{path}_s", took)
+                tally.findings[f"worst input ({path} path)"] = [
+                    f"{took:.3f}s :: {sql[:200]!r} ({len(sql)} chars)"
+                ]
+            if took > 1.0:
+                tally.slow += 1
+                tally.note(f"slow ({path} path, over 1 s)", sql, f"{took:.3f}s", self.keep)
         if facts is None:
             return None
         tally.allowed += 1
@@ -462,7 +467,9 @@ def summary(tally: Tally, elapsed: float) -> dict[str, Any]:
         "connect_allowed": tally.connect_allowed,
         "connect_only_allowed": tally.connect_only,
         "connect_leaks": tally.connect_leaks,
-        "worst_input_s": round(tally.worst_input_s, 3),
+        "worst_input_s": round(max(tally.worst_text_s, tally.worst_connect_s), 3),
+        "worst_text_s": round(tally.worst_text_s, 3),
+        "worst_connect_s": round(tally.worst_connect_s, 3),
         "slow_inputs": tally.slow,
         "elapsed_s": round(elapsed, 1),
         "inputs_per_s": round(tally.inputs / elapsed, 1) if elapsed else None,
@@ -478,7 +485,8 @@ def progress(tally: Tally, start: float) -> None:
         f"disagreements={tally.disagreements} pg_checked={tally.pg_checked} "
         f"pg_leaks={tally.pg_leaks} pg_fidelity={tally.pg_fidelity} "
         f"sent_unparsable={tally.unparsable} connect_only={tally.connect_only} "
-        f"connect_leaks={tally.connect_leaks} worst_input={tally.worst_input_s:.3f}s "
+        f"connect_leaks={tally.connect_leaks} worst_text={tally.worst_text_s:.3f}s "
+        f"worst_connect={tally.worst_connect_s:.3f}s "
         f"slow={tally.slow}",
         flush=True,
     )
