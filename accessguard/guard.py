@@ -148,8 +148,10 @@ class Guard:
         """Load the policy directory again; swap it in atomically, or keep the last good one.
 
         A malformed edit is reported (an audit event naming the file and line,
-        and the return value False) and the running policy stays in force. The
-        next statement after a successful reload is decided by the new policy.
+        and the return value False) and the running policy stays in force; so
+        is an undecodable or empty file, and any other error while loading
+        (never raised: a watcher thread calling this must not die). The next
+        statement after a successful reload is decided by the new policy.
         """
         if self.directory is None:
             raise ConfigurationError("reload() needs a guard made with Guard.from_directory")
@@ -168,7 +170,12 @@ class Guard:
                 if limits_file.exists()
                 else None
             )
-        except PolicyError as exc:
+        except Exception as exc:  # noqa: BLE001 - fail closed: the last good policy stays
+            message = (
+                exc.message
+                if isinstance(exc, PolicyError)
+                else f"cannot load the policy directory ({type(exc).__name__})"
+            )
             self.auditor.emit(
                 **{
                     "event.kind": "event",
@@ -176,7 +183,7 @@ class Guard:
                     "event.action": "policy.reload",
                     "event.outcome": "failure",
                     "event.reason": "policy.invalid",
-                    "message": exc.message,
+                    "message": message,
                     "accessguard.policy.version": old,
                 }
             )
