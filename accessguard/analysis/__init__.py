@@ -179,14 +179,14 @@ def analyze(
             dialect=dialect,
         )
     if len(tokens) > MAX_TOKENS:
-        redacted = redact_tokens(tokens)
+        whole = redact_tokens(tokens)
         return Facts(
             kind="unknown",
             problem=Reason.SQL_UNANALYZABLE,
             detail=f"the statement has {len(tokens)} tokens, more than {MAX_TOKENS}",
             dialect=dialect,
-            redacted=redacted,
-            fingerprint=fingerprint(redacted),
+            redacted=whole,
+            fingerprint=fingerprint(whole),
         )
     redacted = redact_tokens(tokens) if sending else None
     final = {"redacted": redacted, "fingerprint": fingerprint(redacted), "dialect": dialect}
