@@ -59,6 +59,7 @@ class Reason(enum.StrEnum):
     AUDIT_SINK_UNAVAILABLE = "audit.sink_unavailable"
     INTERNAL_ERROR = "internal.error"
     PATH_FORBIDDEN = "path.forbidden"
+    SESSION_UNBOUND = "session.unbound"
 
 
 class AccessGuardError(Exception):

@@ -254,8 +254,10 @@ class Guard:
         ``?`` for SQLite) or psycopg's ``%s`` / ``%(name)s`` when ``params`` are
         given for PostgreSQL. Bytes are read as UTF-8; a statement that is too
         long or not valid text is refused (``sql.unanalyzable``) before any scan.
+        A ``user`` that is None, empty or not a string is refused
+        (``ConfigurationError``, ``session.unbound``), audited.
         """
-        session = Session(user=user, ticket=ticket)
+        session = self.bind(user, ticket)
         text, unscreened = as_text(sql)
         if unscreened is None:
             sql = text
@@ -343,15 +345,22 @@ class Guard:
         """
         try:
             lane = self.lane(session, dialect)
+        except AccessGuardError:
+            raise
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies, audited
             raise self._failed(session, dialect) from None
         return lane.authorize(sql, params, convert)
 
     def lane(self, session: Session, dialect: str) -> Lane:
-        """The plans and hot path of one employee on one ticket (adapters keep theirs)."""
+        """The plans and hot path of one employee on one ticket (adapters keep theirs).
+
+        A session whose employee is not a name (None, empty, not a string) gets
+        no lane: ``ConfigurationError`` (``session.unbound``), audited.
+        """
         key = (session.user, session.ticket, dialect)
         lane = self._lanes.get(key)
         if lane is None:
+            self.bind(session.user, session.ticket)
             with self._lock:
                 if len(self._lanes) >= self._cache_size:
                     self._lanes.clear()
@@ -766,15 +775,13 @@ class Guard:
         """Open a psycopg 3 connection and return it guarded for ``user`` on ``ticket``."""
         from accessguard.adapters.psycopg3 import GuardedConnection
 
-        return GuardedConnection.connect(
-            self, conninfo, Session(user=user, ticket=ticket), **kwargs
-        )
+        return GuardedConnection.connect(self, conninfo, self.bind(user, ticket), **kwargs)
 
     def wrap(
         self, connection: Any, *, user: str, ticket: str | None = None, dialect: str | None = None
     ) -> Any:
         """Guard an open connection: psycopg 3, sqlite3 or any DB-API 2.0 one (with ``dialect``)."""
-        session = Session(user=user, ticket=ticket)
+        session = self.bind(user, ticket)
         from accessguard.adapters import wrap_connection
 
         return wrap_connection(self, connection, session, dialect=dialect)
@@ -787,6 +794,25 @@ class Guard:
 
     # ------------------------------------------------------------------ sessions
 
+    def bind(self, user: object, ticket: object = None) -> Session:
+        """The session of ``user`` on ``ticket``, or an audited refusal.
+
+        ``user`` must be an employee's name: a non-empty string of valid text
+        (None, "", blanks or another type would bind an anonymous employee);
+        ``ticket`` a ticket id or None. Else ``ConfigurationError`` with
+        ``session.unbound``, after one audit event (that names neither).
+        """
+        problem = _binding_problem(user, ticket)
+        if problem is None:
+            return Session(user=user, ticket=ticket)  # type: ignore[arg-type] # checked above
+        message = f"Refused: {problem}; bind an employee by name (user=...)."
+        decision = Decision(
+            outcome="denied", reason=Reason.SESSION_UNBOUND, message=message, kind="unknown"
+        )
+        context = Context(user="", roles=frozenset(), ticket_id=None, ticket=None)
+        self._audit(decision, context, None, extra={"user.name": None})
+        raise ConfigurationError(message, reason=Reason.SESSION_UNBOUND)
+
     @contextmanager
     def acting_as(self, *, user: str, ticket: str | None = None) -> Iterator[Session]:
         """Bind the employee for this context (thread or asyncio task) and what it calls.
@@ -794,7 +820,7 @@ class Guard:
         Instrumented sessions (SQLAlchemy, Django, pools) take the employee from
         here; nested bindings restore the outer one on exit.
         """
-        token = self._bound.set(Session(user=user, ticket=ticket))
+        token = self._bound.set(self.bind(user, ticket))
         try:
             yield self._bound.get()  # type: ignore[misc] # set just above
         finally:
@@ -817,14 +843,14 @@ class Guard:
         from accessguard.adapters.aio import AsyncGuardedConnection
 
         return await AsyncGuardedConnection.connect(
-            self, conninfo, Session(user=user, ticket=ticket), **kwargs
+            self, conninfo, self.bind(user, ticket), **kwargs
         )
 
     def wrap_async(self, connection: Any, *, user: str, ticket: str | None = None) -> Any:
         """Guard an open psycopg 3 AsyncConnection."""
         from accessguard.adapters.aio import wrap_async
 
-        return wrap_async(self, connection, Session(user=user, ticket=ticket))
+        return wrap_async(self, connection, self.bind(user, ticket))
 
     def pool(self, conninfo: str = "", **kwargs: Any) -> Any:
         """A psycopg_pool ConnectionPool whose checkouts are guarded per employee."""
@@ -860,6 +886,21 @@ class Guard:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _binding_problem(user: object, ticket: object) -> str | None:
+    """Why ``user`` and ``ticket`` cannot be bound (see ``Guard.bind``); None if they can."""
+    if not isinstance(user, str) or not user.strip():
+        return "no employee is named (the user is None, empty or not a string)"
+    if ticket is not None and (not isinstance(ticket, str) or not ticket.strip()):
+        return "the ticket is not a ticket id (a non-empty string, or None)"
+    for text in (user, ticket):
+        if isinstance(text, str) and not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return "the employee or ticket name is not valid text"
+    return None
 
 
 def _ledger_sink(ledger: AuditSink | str | Path, spool: str | Path | None) -> AuditSink:
