@@ -32,8 +32,10 @@ from accessguard.analysis import (
     redact_tokens,
     render,
     screen,
+    screen_placeholders,
     shape,
     subject_marker,
+    unanalyzable,
     with_redaction,
 )
 from accessguard.analysis.crosscheck import verify_sent
@@ -264,6 +266,9 @@ class Guard:
         else:
             params = None  # nothing of it is read, the placeholders neither: analyze refuses it
         if dialect == "postgres" and params is not None:
+            unread = screen_placeholders(text)
+            if unread is not None:
+                return self._unscreened(text, unread, session)
             from accessguard.adapters.psycopg3 import convert_query
 
             try:
@@ -445,25 +450,13 @@ class Guard:
     ) -> tuple[str, list[Any]]:
         """The driver's placeholder conversion; a mismatch is a refusal, audited.
 
-        A statement ``screen`` stops is refused first (no conversion scans it).
+        A statement ``screen`` or ``screen_placeholders`` stops is refused
+        first (no conversion scans it).
         """
-        unscreened = screen(sql)
+        unscreened = screen(sql) or screen_placeholders(sql)
         if unscreened is not None:
-            facts = analyze(sql, catalog=self.policy.catalog, dialect="postgres")
-            decision = Decision(
-                outcome="denied",
-                reason=Reason.SQL_UNANALYZABLE,
-                message=f"Refused: {unscreened}.",
-                kind="unknown",
-            )
-            context = Context(
-                user=session.user,
-                roles=self.policy.roles_of(session.user),
-                ticket_id=session.ticket,
-                ticket=None,
-            )
-            self._audit(decision, context, facts)
-            raise AccessDenied(decision.message, reason=Reason.SQL_UNANALYZABLE)
+            refused = self._unscreened(sql, unscreened, session)
+            raise AccessDenied(refused.message, reason=Reason.SQL_UNANALYZABLE)
         try:
             return convert(sql, params)
         except Exception as exc:
@@ -473,6 +466,23 @@ class Guard:
                 session,
                 kind="unknown",
             ) from exc
+
+    def _unscreened(self, sql: str, problem: str, session: Session) -> Decision:
+        """Audit the refusal of a statement no scan may read (``problem``); return it."""
+        decision = Decision(
+            outcome="denied",
+            reason=Reason.SQL_UNANALYZABLE,
+            message=f"Refused: {problem}.",
+            kind="unknown",
+        )
+        context = Context(
+            user=session.user,
+            roles=self.policy.roles_of(session.user),
+            ticket_id=session.ticket,
+            ticket=None,
+        )
+        self._audit(decision, context, unanalyzable(sql, problem, dialect="postgres"))
+        return decision
 
     def _by_shape(
         self,

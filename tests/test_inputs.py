@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from accessguard import AccessDenied, AccessGuardError, Guard, scenario
-from accessguard.analysis import MAX_TOKENS, Facts, analyze, as_text
+from accessguard.analysis import MAX_TOKENS, Facts, analyze, as_text, screen_placeholders
 from accessguard.analysis.redact import MAX_AUDIT_TEXT, MAX_SQL_LENGTH
 from accessguard.analysis.shape import LITERAL_BASE, MAX_DIGITS, quick_shape
 from accessguard.policy import load_policy
@@ -129,6 +129,37 @@ class TestCraftedInputs:
                 "SELECT name FROM customers WHERE id = 42 AND name <> 'Zoë'"
             ).fetchall()
         assert rows
+
+
+UNCLOSED_PLACEHOLDERS = "SELECT name FROM customers WHERE id = %s " + "%(a" * 30000
+
+
+class TestPlaceholders:
+    def test_check_refuses_unclosed_placeholders_before_converting(
+        self, guard: Guard, sink: MemoryAuditSink
+    ) -> None:
+        """Thousands of unclosed %( are refused before psycopg's quadratic scan reads them."""
+        decision = guard.check(UNCLOSED_PLACEHOLDERS, [42], user="alice", ticket="T-100")
+        assert decision.reason == "sql.unanalyzable"
+        assert "placeholders" in decision.message
+        assert len(sink.events) == 1
+
+    def test_ordinary_placeholders_pass(self) -> None:
+        """Named and positional placeholders, and a literal %( far from any ), are read."""
+        assert screen_placeholders("SELECT %(a)s, %(bb)s, %s, '%(' || ')'") is None
+
+    @pytest.mark.db
+    def test_execute_refuses_unclosed_placeholders(
+        self, guard: Guard, sink: MemoryAuditSink, scenario_dsn: str
+    ) -> None:
+        """execute() with positional values refuses the text before converting it."""
+        with (
+            guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn,
+            pytest.raises(AccessDenied) as info,
+        ):
+            conn.execute(UNCLOSED_PLACEHOLDERS, [42])
+        assert info.value.reason == "sql.unanalyzable"
+        assert len(sink.events) == 1
 
 
 class TestTokenLimit:

@@ -59,8 +59,10 @@ __all__ = [
     "redact_tokens",
     "render",
     "screen",
+    "screen_placeholders",
     "shape",
     "subject_marker",
+    "unanalyzable",
     "with_redaction",
 ]
 
@@ -128,6 +130,31 @@ def screen(sql: object) -> str | None:
     return None
 
 
+#: the most characters psycopg's placeholder scan may read (see screen_placeholders)
+MAX_PLACEHOLDER_SCAN = 1_000_000
+
+
+def screen_placeholders(sql: str) -> str | None:
+    """Why psycopg's ``%s`` / ``%(name)s`` conversion must not read ``sql``; None when it may.
+
+    Its regular expression reads from every ``%(`` to the next ``)``: a text of
+    unclosed ``%(`` takes quadratic time (100 KB: about 30 s). This adds up
+    what it would read, in one linear pass, and stops past ``MAX_PLACEHOLDER_SCAN``.
+    """
+    cost, close = 0, -1
+    at = sql.find("%(")
+    while at != -1:
+        if close < at:
+            close = sql.find(")", at)
+            if close == -1:
+                close = len(sql)
+        cost += close - at
+        if cost > MAX_PLACEHOLDER_SCAN:
+            return "the statement's placeholders cannot be read (too many unclosed %()"
+        at = sql.find("%(", at + 2)
+    return None
+
+
 def as_text(sql: str | bytes | bytearray | memoryview) -> tuple[str, str | None]:
     """``sql`` as text, and why it cannot be analyzed (``screen``; None when it can).
 
@@ -169,6 +196,9 @@ def analyze(
     sql, unscreened = as_text(sql)
     if unscreened is not None:
         return unanalyzable(sql, unscreened, dialect=dialect)
+    oversized = _oversized(sql, dialect)
+    if oversized is not None:
+        return oversized
     try:
         tokens = _tokenizer(dialect).tokenize(sql)
     except Exception:  # noqa: BLE001 - fail closed: what does not tokenize is refused
@@ -179,15 +209,7 @@ def analyze(
             dialect=dialect,
         )
     if len(tokens) > MAX_TOKENS:
-        whole = redact_tokens(tokens)
-        return Facts(
-            kind="unknown",
-            problem=Reason.SQL_UNANALYZABLE,
-            detail=f"the statement has {len(tokens)} tokens, more than {MAX_TOKENS}",
-            dialect=dialect,
-            redacted=whole,
-            fingerprint=fingerprint(whole),
-        )
+        return _too_many_tokens(sql, tokens, dialect)
     redacted = redact_tokens(tokens) if sending else None
     final = {"redacted": redacted, "fingerprint": fingerprint(redacted), "dialect": dialect}
     facts = _analyze_guarded(
@@ -206,6 +228,33 @@ def analyze(
     if facts.problem is None:
         return facts  # built whole by _analyze: no second copy on the allowed path
     return facts.derived(**final)
+
+
+def _too_many_tokens(sql: str, tokens: list[Token], dialect: str) -> Facts:
+    """The refusal of a statement of more than ``MAX_TOKENS`` tokens, kept for this thread.
+
+    Remembered (the last one only) so the connect path, which tokenizes a
+    statement to shape it before analyzing it, does not tokenize it twice.
+    """
+    whole = redact_tokens(tokens)
+    facts = Facts(
+        kind="unknown",
+        problem=Reason.SQL_UNANALYZABLE,
+        detail=f"the statement has {len(tokens)} tokens, more than {MAX_TOKENS}",
+        dialect=dialect,
+        redacted=whole,
+        fingerprint=fingerprint(whole),
+    )
+    _LOCAL.oversized = (dialect, sql, facts)
+    return facts
+
+
+def _oversized(sql: str, dialect: str) -> Facts | None:
+    """This thread's refusal of ``sql`` for its token count, if it was the last one made."""
+    last: tuple[str, str, Facts] | None = getattr(_LOCAL, "oversized", None)
+    if last is not None and last[0] == dialect and last[1] == sql:
+        return last[2]
+    return None
 
 
 def unanalyzable(sql: str, detail: str, *, dialect: str) -> Facts:
@@ -421,14 +470,15 @@ def shape(sql: str, dialect: str) -> tuple[Shape, list[Token]] | None:
 
     None too for a statement ``screen`` stops: it is not tokenized.
     """
-    if screen(sql) is not None:
+    if screen(sql) is not None or _oversized(sql, dialect) is not None:
         return None
     try:
         tokens = _tokenizer(dialect).tokenize(sql)
     except Exception:  # noqa: BLE001 - not shaped: the caller analyzes the text itself
         return None
     if len(tokens) > MAX_TOKENS:
-        return None  # analyze refuses it
+        _too_many_tokens(sql, tokens, dialect)  # analyze refuses it, without tokenizing again
+        return None
     found = shape_of(sql, tokens, dialect)
     return (found, tokens) if found is not None else None
 
