@@ -467,6 +467,23 @@ class Guard:
                 kind="unknown",
             ) from exc
 
+    def refuse_unreadable(
+        self, sql: str | bytes, session: Session, *, placeholders: bool = False
+    ) -> None:
+        """Raise the audited refusal of a text no scan may read; return if it may be read.
+
+        For adapters, before anything of theirs scans the text: too long, not
+        valid text (bytes: not UTF-8), or with ``placeholders`` (psycopg's
+        conversion to run next) too many unclosed ``%(``. ``AccessDenied``
+        with ``sql.unanalyzable``, after one audit event.
+        """
+        text, problem = as_text(sql)
+        if problem is None and placeholders:
+            problem = screen_placeholders(text)
+        if problem is not None:
+            refused = self._unscreened(text, problem, session)
+            raise AccessDenied(refused.message, reason=Reason.SQL_UNANALYZABLE)
+
     def _unscreened(self, sql: str, problem: str, session: Session) -> Decision:
         """Audit the refusal of a statement no scan may read (``problem``); return it."""
         decision = Decision(

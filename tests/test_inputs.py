@@ -22,6 +22,7 @@ from accessguard import AccessDenied, AccessGuardError, Guard, scenario
 from accessguard.analysis import MAX_TOKENS, Facts, analyze, as_text, screen_placeholders
 from accessguard.analysis.redact import MAX_AUDIT_TEXT, MAX_SQL_LENGTH
 from accessguard.analysis.shape import LITERAL_BASE, MAX_DIGITS, quick_shape
+from accessguard.lane import Session
 from accessguard.policy import load_policy
 from accessguard.testing import MemoryAuditSink
 
@@ -160,6 +161,34 @@ class TestPlaceholders:
             conn.execute(UNCLOSED_PLACEHOLDERS, [42])
         assert info.value.reason == "sql.unanalyzable"
         assert len(sink.events) == 1
+
+
+class TestRefuseUnreadable:
+    @pytest.mark.parametrize(
+        ("text", "placeholders"),
+        [
+            (b"SELECT '\xff'", False),
+            ("SELECT '\udcff'", False),
+            ("SELECT 1 " + "/*a" * 40000, False),
+            (UNCLOSED_PLACEHOLDERS, True),
+        ],
+        ids=["bytes", "surrogate", "too-long", "placeholders"],
+    )
+    def test_an_unreadable_text_is_refused_for_adapters(
+        self, guard: Guard, sink: MemoryAuditSink, text: str | bytes, *, placeholders: bool
+    ) -> None:
+        """refuse_unreadable() raises sql.unanalyzable with one event for what no scan may read."""
+        session = Session(user="alice", ticket="T-100")
+        with pytest.raises(AccessDenied) as info:
+            guard.refuse_unreadable(text, session, placeholders=placeholders)
+        assert info.value.reason == "sql.unanalyzable"
+        assert len(sink.events) == 1
+
+    def test_a_readable_text_passes(self, guard: Guard, sink: MemoryAuditSink) -> None:
+        """A plain statement with placeholders is let through to the adapter, unaudited."""
+        session = Session(user="alice", ticket="T-100")
+        guard.refuse_unreadable("SELECT %(a)s", session, placeholders=True)
+        assert sink.events == []
 
 
 class TestTokenLimit:
