@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from accessguard import AccessDenied, AccessGuardError, Guard, scenario
 from accessguard.analysis import MAX_TOKENS, Facts, analyze, as_text, screen_placeholders
 from accessguard.analysis.redact import MAX_AUDIT_TEXT, MAX_SQL_LENGTH
-from accessguard.analysis.shape import LITERAL_BASE, MAX_DIGITS, quick_shape
 from accessguard.lane import Session
 from accessguard.policy import load_policy
 from accessguard.testing import MemoryAuditSink
@@ -207,21 +206,6 @@ class TestTokenLimit:
         values = ", ".join(["42"] * 3000)
         sql = f"SELECT name FROM customers WHERE id = 42 AND id IN ({values})"
         assert guard.check(sql, user="alice", ticket="T-100").allowed
-
-
-class TestQuickShape:
-    def test_an_unclosed_comment_runs_to_the_end(self) -> None:
-        """An unclosed comment swallows the rest of the text, as a one-pass scan must."""
-        found = quick_shape("SELECT 1 /* 2", "postgres")
-        assert found is not None
-        assert found.text == f"SELECT ${LITERAL_BASE} /* 2"
-
-    def test_a_long_digit_run_stays_in_the_template(self) -> None:
-        """A digit run too long for any integer column is not lifted (int() would raise)."""
-        digits = "7" * (MAX_DIGITS + 1)
-        found = quick_shape(f"SELECT {digits}, 2", "postgres")
-        assert found is not None
-        assert found.text == f"SELECT {digits}, ${LITERAL_BASE}"
 
 
 class TestAsText:
