@@ -101,6 +101,13 @@ class Guard:
             if limits is not None
             else None
         )
+        #: how to make a throttle when a reload brings limits.toml to a guard without one
+        self._throttle_options: dict[str, Any] = {
+            "storage": throttle_storage,
+            "clock": throttle_clock,
+        }
+        #: whether the running limits came from the directory's limits.toml
+        self._limits_from_file = False
         ledger_sink = self.auditor.sink if ledger is None else _ledger_sink(ledger, ledger_spool)
         self.ledger = Ledger(
             ledger_sink,
@@ -138,12 +145,14 @@ class Guard:
         """
         policy = load_policy(path)
         limits_file = Path(path) / LIMITS_FILE
-        if "limits" not in options and limits_file.exists():
-            options["limits"] = load_limits(limits_file, known_roles=policy.known_roles)
         if "shadow" not in options and (Path(path) / SHADOW_FILE).exists():
             options["shadow"] = load_policy(path, policy_file=SHADOW_FILE)
+        from_file = "limits" not in options and limits_file.exists()
+        if from_file:
+            options["limits"] = load_limits(limits_file, known_roles=policy.known_roles)
         guard = cls(policy, tickets=tickets, audit=audit, **options)
         guard.directory = Path(path)
+        guard._limits_from_file = from_file
         return guard
 
     def reload(self) -> bool:
@@ -152,7 +161,10 @@ class Guard:
         A malformed edit is reported (an audit event naming the file and line,
         and the return value False) and the running policy stays in force; so
         is an undecodable or empty file, and any other error while loading
-        (never raised: a watcher thread calling this must not die). The next
+        (never raised: a watcher thread calling this must not die). A
+        limits.toml added to a guard that had none starts its limits; one
+        removed is a failed reload (the running limits stay until a restart:
+        a deleted file is not a switch that turns them off). The next
         statement after a successful reload is decided by the new policy.
         """
         if self.directory is None:
@@ -172,6 +184,14 @@ class Guard:
                 if limits_file.exists()
                 else None
             )
+            if limits is None and self._limits_from_file:
+                raise PolicyError(  # noqa: TRY301 - reported like every failed load below
+                    "the limits file was removed; the running limits stay until a restart",
+                    path=str(limits_file),
+                )
+            throttle = self.throttle
+            if throttle is None and limits is not None:
+                throttle = Throttle(limits, **self._throttle_options)
         except Exception as exc:  # noqa: BLE001 - fail closed: the last good policy stays
             message = (
                 exc.message
@@ -190,8 +210,10 @@ class Guard:
                 }
             )
             return False
-        if self.throttle is not None and limits is not None:
-            self.throttle.set_limits(limits)
+        if throttle is not None and limits is not None:
+            throttle.set_limits(limits)
+            self._limits_from_file = True
+        self.throttle = throttle
         self.policy = policy
         self.shadow = shadow
         self._lanes = {}  # lanes still held by connections re-plan: their plans' policy is gone

@@ -16,6 +16,7 @@ import pytest
 from accessguard import Guard, PolicyError, scenario
 from accessguard.policy import load_policy
 from accessguard.testing import MemoryAuditSink
+from accessguard.throttle import load_limits
 from accessguard.watch import PolicyWatcher
 
 SHADOW = "p, analyst, -, products.title, read\ng, dave, analyst\n"
@@ -98,6 +99,34 @@ class TestUndecodableOrEmpty:
         assert copy_guard.policy.version == version
         assert copy_guard.throttle.limits is limits
         assert len(failures(sink)) == 1
+
+
+class TestLimitsFile:
+    def test_limits_added_while_running_take_effect(
+        self, policy_dir: Path, sink: MemoryAuditSink
+    ) -> None:
+        """A limits.toml added to a guard that had none is enforced after the reload."""
+        limits = policy_dir / "limits.toml"
+        text = limits.read_text()
+        limits.unlink()
+        with Guard.from_directory(policy_dir, tickets=scenario.tickets(), audit=sink) as guard:
+            assert guard.throttle is None
+            limits.write_text(text)
+            assert guard.reload()
+            assert guard.throttle is not None
+            assert guard.throttle.limits.version == load_limits(limits).version
+
+    def test_limits_removed_while_running_stay_in_force(
+        self, copy_guard: Guard, policy_dir: Path, sink: MemoryAuditSink
+    ) -> None:
+        """Deleting limits.toml is no switch: the reload fails, audited, the limits stay."""
+        assert copy_guard.throttle is not None
+        version, limits = copy_guard.policy.version, copy_guard.throttle.limits
+        (policy_dir / "limits.toml").unlink()
+        assert not copy_guard.reload()
+        assert copy_guard.policy.version == version
+        assert copy_guard.throttle.limits is limits
+        assert any("limits.toml" in m for m in failures(sink))
 
 
 class TestVersion:
