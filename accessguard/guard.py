@@ -141,7 +141,9 @@ class Guard:
     ) -> Guard:
         """Load the policy files in ``path``: model.conf, policy.csv, schema.toml, limits.toml.
 
-        Without a ``limits.toml`` the guard has no volume limits.
+        (and watchlist.toml, policy.shadow.csv when present). Without a
+        ``limits.toml`` the guard has no volume limits; an empty or
+        undecodable one, like any such policy file, is a PolicyError.
         """
         policy = load_policy(path)
         limits_file = Path(path) / LIMITS_FILE
