@@ -141,8 +141,8 @@ class Guard:
     ) -> Guard:
         """Load the policy files in ``path``: model.conf, policy.csv, schema.toml, limits.toml.
 
-        (and watchlist.toml, policy.shadow.csv when present). Without a
-        ``limits.toml`` the guard has no volume limits; an empty or
+        watchlist.toml and policy.shadow.csv are read too when present. Without
+        a ``limits.toml`` the guard has no volume limits; an empty or
         undecodable one, like any such policy file, is a PolicyError.
         """
         policy = load_policy(path)
