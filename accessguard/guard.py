@@ -26,11 +26,16 @@ from accessguard.analysis import (
     Facts,
     Param,
     analyze,
+    as_text,
+    audit_text,
     fingerprint,
     redact_tokens,
     render,
+    screen,
+    screen_placeholders,
     shape,
     subject_marker,
+    unanalyzable,
     with_redaction,
 )
 from accessguard.analysis.crosscheck import verify_sent
@@ -96,6 +101,13 @@ class Guard:
             if limits is not None
             else None
         )
+        #: how to make a throttle when a reload brings limits.toml to a guard without one
+        self._throttle_options: dict[str, Any] = {
+            "storage": throttle_storage,
+            "clock": throttle_clock,
+        }
+        #: whether the running limits came from the directory's limits.toml
+        self._limits_from_file = False
         ledger_sink = self.auditor.sink if ledger is None else _ledger_sink(ledger, ledger_spool)
         self.ledger = Ledger(
             ledger_sink,
@@ -129,24 +141,33 @@ class Guard:
     ) -> Guard:
         """Load the policy files in ``path``: model.conf, policy.csv, schema.toml, limits.toml.
 
-        Without a ``limits.toml`` the guard has no volume limits.
+        watchlist.toml and policy.shadow.csv are read too when present. Without
+        a ``limits.toml`` the guard has no volume limits; an empty or
+        undecodable one, like any such policy file, is a PolicyError.
         """
         policy = load_policy(path)
         limits_file = Path(path) / LIMITS_FILE
-        if "limits" not in options and limits_file.exists():
-            options["limits"] = load_limits(limits_file, known_roles=policy.known_roles)
         if "shadow" not in options and (Path(path) / SHADOW_FILE).exists():
             options["shadow"] = load_policy(path, policy_file=SHADOW_FILE)
+        from_file = "limits" not in options and limits_file.exists()
+        if from_file:
+            options["limits"] = load_limits(limits_file, known_roles=policy.known_roles)
         guard = cls(policy, tickets=tickets, audit=audit, **options)
         guard.directory = Path(path)
+        guard._limits_from_file = from_file
         return guard
 
     def reload(self) -> bool:
         """Load the policy directory again; swap it in atomically, or keep the last good one.
 
         A malformed edit is reported (an audit event naming the file and line,
-        and the return value False) and the running policy stays in force. The
-        next statement after a successful reload is decided by the new policy.
+        and the return value False) and the running policy stays in force; so
+        is an undecodable or empty file, and any other error while loading
+        (never raised: a watcher thread calling this must not die). A
+        limits.toml added to a guard that had none starts its limits; one
+        removed is a failed reload (the running limits stay until a restart:
+        a deleted file is not a switch that turns them off). The next
+        statement after a successful reload is decided by the new policy.
         """
         if self.directory is None:
             raise ConfigurationError("reload() needs a guard made with Guard.from_directory")
@@ -165,7 +186,20 @@ class Guard:
                 if limits_file.exists()
                 else None
             )
-        except PolicyError as exc:
+            if limits is None and self._limits_from_file:
+                raise PolicyError(  # noqa: TRY301 - reported like every failed load below
+                    "the limits file was removed; the running limits stay until a restart",
+                    path=str(limits_file),
+                )
+            throttle = self.throttle
+            if throttle is None and limits is not None:
+                throttle = Throttle(limits, **self._throttle_options)
+        except Exception as exc:  # noqa: BLE001 - fail closed: the last good policy stays
+            message = (
+                exc.message
+                if isinstance(exc, PolicyError)
+                else f"cannot load the policy directory ({type(exc).__name__})"
+            )
             self.auditor.emit(
                 **{
                     "event.kind": "event",
@@ -173,13 +207,15 @@ class Guard:
                     "event.action": "policy.reload",
                     "event.outcome": "failure",
                     "event.reason": "policy.invalid",
-                    "message": exc.message,
+                    "message": message,
                     "accessguard.policy.version": old,
                 }
             )
             return False
-        if self.throttle is not None and limits is not None:
-            self.throttle.set_limits(limits)
+        if throttle is not None and limits is not None:
+            throttle.set_limits(limits)
+            self._limits_from_file = True
+        self.throttle = throttle
         self.policy = policy
         self.shadow = shadow
         self._lanes = {}  # lanes still held by connections re-plan: their plans' policy is gone
@@ -200,7 +236,7 @@ class Guard:
 
     def analyze(
         self,
-        sql: str,
+        sql: str | bytes,
         *,
         dialect: str = "postgres",
         params: bool = False,
@@ -212,6 +248,8 @@ class Guard:
         ``sending=False``: for a decision only (see ``accessguard.analysis.analyze``).
         """
         catalog = (policy or self.policy).catalog
+        if not isinstance(sql, str) or screen(sql) is not None:  # refused, never cached
+            return analyze(sql, catalog=catalog, dialect=dialect)
         key = (sql, dialect, params, catalog.version, sending)
         facts = self._cache.get(key)
         if facts is not None:
@@ -227,7 +265,7 @@ class Guard:
 
     def check(
         self,
-        sql: str,
+        sql: str | bytes,
         params: Params = None,
         *,
         user: str,
@@ -240,14 +278,25 @@ class Guard:
 
         ``sql`` uses the dialect's native placeholders (``$1`` for PostgreSQL,
         ``?`` for SQLite) or psycopg's ``%s`` / ``%(name)s`` when ``params`` are
-        given for PostgreSQL.
+        given for PostgreSQL. Bytes are read as UTF-8; a statement that is too
+        long or not valid text is refused (``sql.unanalyzable``) before any scan.
+        A ``user`` that is None, empty or not a string is refused
+        (``ConfigurationError``, ``session.unbound``), audited.
         """
-        session = Session(user=user, ticket=ticket)
+        session = self.bind(user, ticket)
+        text, unscreened = as_text(sql)
+        if unscreened is None:
+            sql = text
+        else:
+            params = None  # nothing of it is read, the placeholders neither: analyze refuses it
         if dialect == "postgres" and params is not None:
+            unread = screen_placeholders(text)
+            if unread is not None:
+                return self._unscreened(text, unread, session)
             from accessguard.adapters.psycopg3 import convert_query
 
             try:
-                sql, params = convert_query(sql, params)
+                sql, params = convert_query(text, params)
             except Exception:  # noqa: BLE001 - any conversion error is this refusal
                 message = "Refused: the placeholders do not match the values bound to them."
                 self.refuse(Reason.SQL_PARAMS_MISMATCH, message, session, kind="unknown")
@@ -277,7 +326,7 @@ class Guard:
 
     def _decide(  # noqa: PLR0913, PLR0917 - one decision's inputs
         self,
-        sql: str,
+        sql: str | bytes,
         params: Params,
         session: Session,
         dialect: str,
@@ -325,15 +374,22 @@ class Guard:
         """
         try:
             lane = self.lane(session, dialect)
+        except AccessGuardError:
+            raise
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies, audited
             raise self._failed(session, dialect) from None
         return lane.authorize(sql, params, convert)
 
     def lane(self, session: Session, dialect: str) -> Lane:
-        """The plans and hot path of one employee on one ticket (adapters keep theirs)."""
+        """The plans and hot path of one employee on one ticket (adapters keep theirs).
+
+        A session whose employee is not a name (None, empty, not a string) gets
+        no lane: ``ConfigurationError`` (``session.unbound``), audited.
+        """
         key = (session.user, session.ticket, dialect)
         lane = self._lanes.get(key)
         if lane is None:
+            self.bind(session.user, session.ticket)
             with self._lock:
                 if len(self._lanes) >= self._cache_size:
                     self._lanes.clear()
@@ -365,11 +421,12 @@ class Guard:
         A refusal (or an unverified rewrite) is audited and raised.
         """
         session, dialect = lane.session, lane.dialect
-        if convert is not None and params is not None:
-            sql, params = self._convert(convert, sql, params, session)
-        shaped = self._by_shape(lane, sql, params, ticket, policy)
-        if shaped is not None:
-            return shaped[0], shaped[1], False
+        if screen(sql) is None:  # else no scan runs: analyze refuses it, audited below
+            if convert is not None and params is not None:
+                sql, params = self._convert(convert, sql, params, session)
+            shaped = self._by_shape(lane, sql, params, ticket, policy)
+            if shaped is not None:
+                return shaped[0], shaped[1], False
         facts, decision, context = self._decide(sql, params, session, dialect, ticket, policy)
         plan = self._allowed_plan(facts, decision, context, ticket, policy)
         return plan, plan.sql, True
@@ -415,7 +472,15 @@ class Guard:
         params: Params,
         session: Session,
     ) -> tuple[str, list[Any]]:
-        """The driver's placeholder conversion; a mismatch is a refusal, audited."""
+        """The driver's placeholder conversion; a mismatch is a refusal, audited.
+
+        A statement ``screen`` or ``screen_placeholders`` stops is refused
+        first (no conversion scans it).
+        """
+        unscreened = screen(sql) or screen_placeholders(sql)
+        if unscreened is not None:
+            refused = self._unscreened(sql, unscreened, session)
+            raise AccessDenied(refused.message, reason=Reason.SQL_UNANALYZABLE)
         try:
             return convert(sql, params)
         except Exception as exc:
@@ -425,6 +490,40 @@ class Guard:
                 session,
                 kind="unknown",
             ) from exc
+
+    def refuse_unreadable(
+        self, sql: str | bytes, session: Session, *, placeholders: bool = False
+    ) -> None:
+        """Raise the audited refusal of a text no scan may read; return if it may be read.
+
+        For adapters, before anything of theirs scans the text: too long, not
+        valid text (bytes: not UTF-8), or with ``placeholders`` (psycopg's
+        conversion to run next) too many unclosed ``%(``. ``AccessDenied``
+        with ``sql.unanalyzable``, after one audit event.
+        """
+        text, problem = as_text(sql)
+        if problem is None and placeholders:
+            problem = screen_placeholders(text)
+        if problem is not None:
+            refused = self._unscreened(text, problem, session)
+            raise AccessDenied(refused.message, reason=Reason.SQL_UNANALYZABLE)
+
+    def _unscreened(self, sql: str, problem: str, session: Session) -> Decision:
+        """Audit the refusal of a statement no scan may read (``problem``); return it."""
+        decision = Decision(
+            outcome="denied",
+            reason=Reason.SQL_UNANALYZABLE,
+            message=f"Refused: {problem}.",
+            kind="unknown",
+        )
+        context = Context(
+            user=session.user,
+            roles=self.policy.roles_of(session.user),
+            ticket_id=session.ticket,
+            ticket=None,
+        )
+        self._audit(decision, context, unanalyzable(sql, problem, dialect="postgres"))
+        return decision
 
     def _by_shape(
         self,
@@ -677,7 +776,7 @@ class Guard:
         metrics.DECISIONS.decided(decision.outcome, str(decision.reason or ""))
         if decision.outcome == "throttled":
             metrics.THROTTLED.labels(reason=str(decision.reason)).inc()
-        redacted = facts.redacted if facts is not None else None
+        redacted = audit_text(facts.redacted) if facts is not None else None
         ticket = context.ticket
         fields: dict[str, Any] = {
             "event.kind": "event",
@@ -727,15 +826,13 @@ class Guard:
         """Open a psycopg 3 connection and return it guarded for ``user`` on ``ticket``."""
         from accessguard.adapters.psycopg3 import GuardedConnection
 
-        return GuardedConnection.connect(
-            self, conninfo, Session(user=user, ticket=ticket), **kwargs
-        )
+        return GuardedConnection.connect(self, conninfo, self.bind(user, ticket), **kwargs)
 
     def wrap(
         self, connection: Any, *, user: str, ticket: str | None = None, dialect: str | None = None
     ) -> Any:
         """Guard an open connection: psycopg 3, sqlite3 or any DB-API 2.0 one (with ``dialect``)."""
-        session = Session(user=user, ticket=ticket)
+        session = self.bind(user, ticket)
         from accessguard.adapters import wrap_connection
 
         return wrap_connection(self, connection, session, dialect=dialect)
@@ -748,6 +845,25 @@ class Guard:
 
     # ------------------------------------------------------------------ sessions
 
+    def bind(self, user: object, ticket: object = None) -> Session:
+        """The session of ``user`` on ``ticket``, or an audited refusal.
+
+        ``user`` must be an employee's name: a non-empty string of valid text
+        (None, "", blanks or another type would bind an anonymous employee);
+        ``ticket`` a ticket id or None. Else ``ConfigurationError`` with
+        ``session.unbound``, after one audit event (that names neither).
+        """
+        problem = _binding_problem(user, ticket)
+        if problem is None:
+            return Session(user=user, ticket=ticket)  # type: ignore[arg-type] # checked above
+        message = f"Refused: {problem}; bind an employee by name (user=...)."
+        decision = Decision(
+            outcome="denied", reason=Reason.SESSION_UNBOUND, message=message, kind="unknown"
+        )
+        context = Context(user="", roles=frozenset(), ticket_id=None, ticket=None)
+        self._audit(decision, context, None, extra={"user.name": None})
+        raise ConfigurationError(message, reason=Reason.SESSION_UNBOUND)
+
     @contextmanager
     def acting_as(self, *, user: str, ticket: str | None = None) -> Iterator[Session]:
         """Bind the employee for this context (thread or asyncio task) and what it calls.
@@ -755,7 +871,7 @@ class Guard:
         Instrumented sessions (SQLAlchemy, Django, pools) take the employee from
         here; nested bindings restore the outer one on exit.
         """
-        token = self._bound.set(Session(user=user, ticket=ticket))
+        token = self._bound.set(self.bind(user, ticket))
         try:
             yield self._bound.get()  # type: ignore[misc] # set just above
         finally:
@@ -778,14 +894,14 @@ class Guard:
         from accessguard.adapters.aio import AsyncGuardedConnection
 
         return await AsyncGuardedConnection.connect(
-            self, conninfo, Session(user=user, ticket=ticket), **kwargs
+            self, conninfo, self.bind(user, ticket), **kwargs
         )
 
     def wrap_async(self, connection: Any, *, user: str, ticket: str | None = None) -> Any:
         """Guard an open psycopg 3 AsyncConnection."""
         from accessguard.adapters.aio import wrap_async
 
-        return wrap_async(self, connection, Session(user=user, ticket=ticket))
+        return wrap_async(self, connection, self.bind(user, ticket))
 
     def pool(self, conninfo: str = "", **kwargs: Any) -> Any:
         """A psycopg_pool ConnectionPool whose checkouts are guarded per employee."""
@@ -821,6 +937,21 @@ class Guard:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _binding_problem(user: object, ticket: object) -> str | None:
+    """Why ``user`` and ``ticket`` cannot be bound (see ``Guard.bind``); None if they can."""
+    if not isinstance(user, str) or not user.strip():
+        return "no employee is named (the user is None, empty or not a string)"
+    if ticket is not None and (not isinstance(ticket, str) or not ticket.strip()):
+        return "the ticket is not a ticket id (a non-empty string, or None)"
+    for text in (user, ticket):
+        if isinstance(text, str) and not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return "the employee or ticket name is not valid text"
+    return None
 
 
 def _ledger_sink(ledger: AuditSink | str | Path, spool: str | Path | None) -> AuditSink:

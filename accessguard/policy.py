@@ -22,7 +22,7 @@ import casbin
 
 from accessguard.catalog import Catalog, load_catalog
 from accessguard.errors import PolicyError
-from accessguard.watchlist import WATCHLIST_FILE, Watchlist, load_watchlist
+from accessguard.watchlist import WATCHLIST_FILE, Watchlist, parse_watchlist
 
 NO_TICKET = "-"
 EVERYONE = "everyone"
@@ -32,6 +32,11 @@ MODEL_FILE = "model.conf"
 POLICY_FILE = "policy.csv"
 SHADOW_FILE = "policy.shadow.csv"
 SCHEMA_FILE = "schema.toml"
+LIMITS_FILE = "limits.toml"
+#: every file of a policy directory: all of them (those present) make its version
+POLICY_FILES = (MODEL_FILE, POLICY_FILE, SHADOW_FILE, SCHEMA_FILE, WATCHLIST_FILE, LIMITS_FILE)
+#: files that may be absent (each with its meaning then: no shadow, no watch-list, no limits)
+OPTIONAL_FILES = frozenset({SHADOW_FILE, WATCHLIST_FILE, LIMITS_FILE})
 
 _WORD = re.compile(r"^(-|[A-Za-z_][A-Za-z0-9_.@-]*(\.\*)?)$")
 
@@ -132,15 +137,26 @@ def load_policy(directory: str | Path, *, policy_file: str = POLICY_FILE) -> Pol
 
     ``policy_file="policy.shadow.csv"`` loads the shadow policy: the candidate
     rules a new restriction is rolled out with (see ``Guard``).
+
+    Every file of the directory that is present (``POLICY_FILES``, limits and
+    shadow included) must be UTF-8 text with something besides comments in
+    it: an undecodable or empty file is a PolicyError naming it, as a
+    malformed one is. All of them make the policy's version, so an edit to
+    any of them is a new version.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise PolicyError("policy directory does not exist", path=str(directory))
+    texts = {
+        name: read_text(directory / name)
+        for name in dict.fromkeys((*POLICY_FILES, policy_file))
+        if name not in OPTIONAL_FILES or name == policy_file or (directory / name).exists()
+    }
     catalog = load_catalog(directory / SCHEMA_FILE)
     model_path = directory / MODEL_FILE
     policy_path = directory / policy_file
-    model_text = _read(model_path)
-    policy_text = _read(policy_path)
+    model_text = texts[MODEL_FILE]
+    policy_text = texts[policy_file]
     rules, groupings = _parse_policy(policy_text, str(policy_path), catalog)
     enforcer = _build_enforcer(model_path, model_text, rules, groupings)
     grants: dict[tuple[str, str], set[Access]] = defaultdict(set)
@@ -153,11 +169,11 @@ def load_policy(directory: str | Path, *, policy_file: str = POLICY_FILE) -> Pol
     user_roles = {
         user: frozenset(enforcer.get_implicit_roles_for_user(user)) | {EVERYONE} for user in users
     }
-    watchlist = load_watchlist(directory / WATCHLIST_FILE)
-    digest = hashlib.sha256()
-    for text in (model_text, policy_text, _read(directory / SCHEMA_FILE), watchlist.text):
+    watchlist = parse_watchlist(texts.get(WATCHLIST_FILE, ""), directory / WATCHLIST_FILE)
+    digest = hashlib.sha256(policy_file.encode())
+    for name, text in sorted(texts.items()):
+        digest.update(f"\0{name}\0".encode())
         digest.update(text.encode())
-        digest.update(b"\0")
     return Policy(
         directory=directory,
         catalog=catalog,
@@ -171,11 +187,21 @@ def load_policy(directory: str | Path, *, policy_file: str = POLICY_FILE) -> Pol
     )
 
 
-def _read(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A policy file's text; PolicyError (file, and line) if it cannot be read, is not
+    UTF-8, or holds nothing but blank lines and ``#`` comments."""
     try:
-        return path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise PolicyError(f"cannot read file ({exc.strerror})", path=str(path)) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PolicyError("not valid UTF-8 text", path=str(path), line=line) from exc
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        raise PolicyError("the file is empty (only blank lines and comments)", path=str(path))
+    return text
 
 
 def _parse_policy(

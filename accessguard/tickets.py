@@ -21,6 +21,8 @@ import yaml
 from accessguard.errors import ConfigurationError, PolicyError
 
 _FIELDS = ("id", "assignee", "kind", "status", "customer_id", "product_id")
+#: the statuses a ticket file may give (only "open" justifies access)
+STATUSES = frozenset({"open", "closed"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,8 +121,22 @@ class FileTicketStore:
 
 
 def read_ticket_file(path: Path) -> list[Ticket]:
-    """Parse a YAML/JSON ticket file; errors name the file (and entry)."""
-    text = path.read_text(encoding="utf-8")
+    """Parse a YAML/JSON ticket file; errors (PolicyError) name the file and line.
+
+    Each ticket id appears once, and each status is one of ``STATUSES``: a
+    duplicate id (which one would count?) or a misspelt status is an error,
+    not a ticket silently replaced or closed.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"cannot read ticket file ({exc.strerror})", path=str(path)) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            "not valid UTF-8 text", path=str(path), line=raw.count(b"\n", 0, exc.start) + 1
+        ) from exc
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -133,15 +149,43 @@ def read_ticket_file(path: Path) -> list[Ticket]:
         data = data.get("tickets")
     if not isinstance(data, list):
         raise PolicyError("expected a list of tickets (or tickets: [...])", path=str(path))
+    lines = _entry_lines(text)
     tickets = []
+    first: dict[str, int | None] = {}
     for i, entry in enumerate(data, 1):
+        at = lines[i - 1] if i <= len(lines) else None
         if not isinstance(entry, dict):
-            raise PolicyError(f"ticket #{i} is not a mapping", path=str(path))
+            raise PolicyError(f"ticket #{i} is not a mapping", path=str(path), line=at)
         try:
-            tickets.append(Ticket.from_mapping(entry))
+            ticket = Ticket.from_mapping(entry)
         except ValueError as exc:
-            raise PolicyError(f"ticket #{i}: {exc}", path=str(path)) from exc
+            raise PolicyError(f"ticket #{i}: {exc}", path=str(path), line=at) from exc
+        if ticket.status not in STATUSES:
+            raise PolicyError(
+                f"ticket {ticket.id}: unknown status {ticket.status!r} "
+                f"({' or '.join(sorted(STATUSES, reverse=True))})",
+                path=str(path),
+                line=at,
+            )
+        if ticket.id in first:
+            where = f" (first on line {first[ticket.id]})" if first[ticket.id] else ""
+            raise PolicyError(f"ticket {ticket.id} appears twice{where}", path=str(path), line=at)
+        first[ticket.id] = at
+        tickets.append(ticket)
     return tickets
+
+
+def _entry_lines(text: str) -> list[int]:
+    """The line each ticket entry starts on (JSON read as the YAML it is); [] if unknown."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return []
+    if isinstance(node, yaml.MappingNode):
+        node = next((v for k, v in node.value if k.value == "tickets"), None)
+    if not isinstance(node, yaml.SequenceNode):
+        return []
+    return [item.start_mark.line + 1 for item in node.value]
 
 
 class PostgresTicketStore:

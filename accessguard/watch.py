@@ -1,17 +1,21 @@
 """Hot reload: pick up a changed policy directory, in one process or in all of them.
 
-``PolicyWatcher`` polls the policy directory (model.conf, policy.csv,
-schema.toml, limits.toml) and calls ``guard.reload()`` when a file changes.
+``PolicyWatcher`` polls the policy directory (every file in it: model.conf,
+policy.csv, policy.shadow.csv, schema.toml, watchlist.toml, limits.toml, and
+any file added) and calls ``guard.reload()`` when one changes, appears or
+goes away.
 Given a DSN it also LISTENs on a PostgreSQL channel, so every application
 instance reloads when one of them (or a deploy script) calls
 ``notify_policy_change``. It speaks pycasbin's watcher interface
 (``set_update_callback`` / ``update``), written on psycopg 3 because the
 published Casbin watchers pin old clients and can miss notifications.
-A reload that fails keeps the last good policy (see ``Guard.reload``).
+A reload that fails keeps the last good policy (see ``Guard.reload``), and
+nothing a reload raises stops the watcher: it counts the failure and goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -26,18 +30,24 @@ if TYPE_CHECKING:
 
 CHANNEL = "accessguard_policy"
 _TICK = 0.5  # seconds between looks at the stop flag
-_FILES = ("model.conf", "policy.csv", "schema.toml", "limits.toml")
+
+Stamp = tuple[tuple[str, int, int, int, int], ...]
 
 
-def stamp(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    """What identifies the directory's current contents (name, mtime, size per file)."""
+def stamp(directory: Path) -> Stamp:
+    """What identifies the directory's current contents: per file its name, inode,
+    mtime, ctime and size (a file renamed over another changes its inode). A
+    directory that cannot be listed has the empty stamp."""
     out = []
-    for name in _FILES:
-        try:
-            st = (directory / name).stat()
-        except FileNotFoundError:
-            continue
-        out.append((name, st.st_mtime_ns, st.st_size))
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError:
+        return ()
+    for path in entries:
+        with contextlib.suppress(OSError):  # gone between the listing and the look
+            st = path.stat()
+            if path.is_file():
+                out.append((path.name, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size))
     return tuple(out)
 
 
@@ -68,6 +78,8 @@ class PolicyWatcher:
         self.dsn = dsn
         self.channel = channel
         self.reloads = 0
+        #: reloads that raised (the guard's own reload never does; a callback may)
+        self.failures = 0
         self._callback: Callable[..., Any] = self._reload
         self._stamp = stamp(self.directory)
         self._stop = threading.Event()
@@ -112,8 +124,15 @@ class PolicyWatcher:
         if current == self._stamp:
             return False
         self._stamp = current
-        self._callback()
+        self._call()
         return True
+
+    def _call(self) -> None:
+        """Run the reload callback; whatever it raises is counted, never propagated."""
+        try:
+            self._callback()
+        except Exception:  # noqa: BLE001 - the watcher must outlive any one reload
+            self.failures += 1
 
     def _reload(self) -> None:
         self.guard.reload()
@@ -129,7 +148,7 @@ class PolicyWatcher:
                 continue
             try:
                 self._listen()
-            except psycopg.Error:  # server away: keep polling files, retry the listen
+            except Exception:  # noqa: BLE001 - server away (or worse): keep polling, retry the listen
                 self.poll()
                 self._stop.wait(self.interval)
 
@@ -143,7 +162,7 @@ class PolicyWatcher:
                 # short waits keep stop() responsive; files are polled every interval
                 for _notify in conn.notifies(timeout=_TICK):
                     self._stamp = stamp(self.directory)
-                    self._callback()
+                    self._call()
                 if time.monotonic() >= next_poll:
                     self.poll()
                     next_poll = time.monotonic() + self.interval

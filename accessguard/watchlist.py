@@ -54,7 +54,19 @@ def load_watchlist(path: Path) -> Watchlist:
     """Read ``watchlist.toml`` (an absent file is an empty watch-list)."""
     if not path.exists():
         return Watchlist()
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PolicyError("not valid UTF-8 text", path=str(path), line=line) from exc
+    return parse_watchlist(text, path)
+
+
+def parse_watchlist(text: str, path: Path) -> Watchlist:
+    """The watch-list in ``text`` (read from ``path``); empty text is an empty watch-list."""
+    if not text:
+        return Watchlist()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -7,11 +7,17 @@
 Inputs (engine ``mutate``, deterministic for a seed): token mutations of every
 statement of the case files (tests/cases/*.yaml), SELECTs from the grammar of
 tests/strategies.py (joins, WHERE trees, subqueries, name-resolution tricks),
-mutated grammar SELECTs, and random text. Engine ``atheris`` (if installed)
-lets libFuzzer drive the same generators from its byte inputs instead.
+mutated grammar SELECTs, random text, and crafted adversarial text (one unit,
+such as an unclosed comment or quote, repeated up to past the length limit;
+lone surrogates), each crafted unit once at the start and then at random.
+Engine ``atheris`` (if installed) lets libFuzzer drive the same generators
+from its byte inputs instead.
 
-For every input: ``analyze`` and ``decide`` must not raise (a *crash*). For every
-allowed one (a *leak* otherwise):
+For every input: ``analyze`` and ``decide`` must not raise, and guard.connect()'s
+path must raise nothing outside ``AccessGuardError`` (a *crash*). Each input's
+time on each path (check()'s analyze + decide; the connect path) is measured:
+the summary gives the worst of each and how many took over a second on one
+path (*slow*; the goal is none). For every allowed one (a *leak* otherwise):
 
 - the kind is SELECT or UPDATE and every scope value is the constant 42;
 - every column read or written is granted to alice (``Policy.allows``);
@@ -48,9 +54,18 @@ import psycopg
 from pglast.parser import ParseError, parse_sql_json
 
 import accessguard.scenario
-from accessguard import AccessGuardError, Guard
+from accessguard import AccessGuardError, Guard, analysis
 from accessguard.adapters.psycopg3 import authorize_statement, convert_query
-from accessguard.analysis import Const, Facts, Param, analyze, subject_marker
+from accessguard.analysis import (
+    MAX_SQL_LENGTH,
+    Const,
+    Facts,
+    Param,
+    analyze,
+    screen,
+    screen_placeholders,
+    subject_marker,
+)
 from accessguard.analysis.crosscheck import crosscheck, verify_sent
 from accessguard.decision import Context, decide
 from accessguard.guard import Session
@@ -89,6 +104,10 @@ class Tally:
     connect_allowed: int = 0
     connect_only: int = 0
     connect_leaks: int = 0
+    #: the longest time one input took on each path, and how many took over a second
+    worst_text_s: float = 0.0
+    worst_connect_s: float = 0.0
+    slow: int = 0
     kinds: Counter[str] = field(default_factory=Counter)
     findings: dict[str, list[str]] = field(default_factory=dict)
 
@@ -145,7 +164,55 @@ def generate(rng: random.Random) -> Input:
     if pick < 0.90:
         sql, params = rng.choice(strategies.CORPUS_WITH_PARAMS)
         return strategies.mutate(sql, rng, rng.randint(0, 3)), list(params)
-    return "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 80))), None
+    if pick < 0.99:
+        return "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 80))), None
+    return with_values(crafted(rng))
+
+
+#: Units that once made a scan quadratic, or that no encoder accepts, repeated
+#: into long statements: unclosed comments and quotes, nesting, long digit runs.
+UNITS = (
+    "/*a",
+    "/*",
+    "--a\n",
+    "'a",
+    "'",
+    '"a',
+    "$a$",
+    "$$",
+    "(",
+    "E'\\",
+    "1",
+    "a,",
+    " OR id = 42",
+    "\\'",
+    "''",
+    "*/",
+    "\ud800",
+    "x\udcff",
+    "%(a",
+)
+#: statement sizes crafted: small, large, just under and past the length limit
+SIZES = (100, 10_000, MAX_SQL_LENGTH - 20, MAX_SQL_LENGTH + 10)
+
+
+def crafted(rng: random.Random, unit: str | None = None, size: int | None = None) -> str:
+    """``SELECT 1 `` and one unit repeated to about ``size`` characters."""
+    unit = unit if unit is not None else rng.choice(UNITS)
+    size = size if size is not None else rng.choice(SIZES)
+    return "SELECT 1 " + unit * max(1, (size - 9) // len(unit))
+
+
+def with_values(sql: str) -> Input:
+    """A crafted statement, with a bound value when it holds psycopg placeholders."""
+    return sql, ([42] if "%" in sql else None)
+
+
+def crafted_all() -> list[Input]:
+    """Every unit at every size, and one statement of ten megabytes."""
+    rng = random.Random(0)
+    found = [with_values(crafted(rng, unit, size)) for unit in UNITS for size in SIZES]
+    return [*found, ("SELECT 1 " + "/*a" * 3_333_330, None)]
 
 
 # ---------------------------------------------------------------------- checking
@@ -160,6 +227,7 @@ class Checker:
             policy_dir, tickets=accessguard.scenario.tickets(), audit=_NullSink()
         )
         self.session = Session(user=USER, ticket=TICKET)
+        self.lane = self.guard.lane(self.session, "postgres")
         self.catalog = policy.catalog
         self.keep = keep
         tickets = {t.id: t for t in accessguard.scenario.tickets()}
@@ -179,13 +247,29 @@ class Checker:
         """Decide ``sql`` both ways (the text, and guard.connect()'s path); facts if allowed."""
         tally = self.tally
         tally.inputs += 1
+        started = time.perf_counter()
         try:
             facts = self._decide_text(sql, params)
         except Exception as exc:  # noqa: BLE001 - a crash is what we count
             tally.crashes += 1
             tally.note("crash", sql, f"{type(exc).__name__}: {exc}", self.keep)
             return None
+        text_s = time.perf_counter() - started
+        # each path on its own, as a guard runs one per statement: no refusal
+        # the text path remembered for this thread may shorten the connect path
+        vars(analysis._LOCAL).pop("oversized", None)
+        started = time.perf_counter()
         self._connect_path(sql, params, allowed_by_text=facts is not None)
+        connect_s = time.perf_counter() - started
+        for path, took in (("text", text_s), ("connect", connect_s)):
+            if took > getattr(tally, f"worst_{path}_s"):
+                setattr(tally, f"worst_{path}_s", took)
+                tally.findings[f"worst input ({path} path)"] = [
+                    f"{took:.3f}s :: {sql[:200]!r} ({len(sql)} chars)"
+                ]
+            if took > 1.0:
+                tally.slow += 1
+                tally.note(f"slow ({path} path, over 1 s)", sql, f"{took:.3f}s", self.keep)
         if facts is None:
             return None
         tally.allowed += 1
@@ -204,6 +288,8 @@ class Checker:
         """analyze() + decide() on the text (psycopg's conversion first): facts if allowed."""
         values: list[Any] | None = None
         if params is not None:
+            if screen(sql) or screen_placeholders(sql):  # as check() does, before converting
+                return None
             try:
                 sql, values = convert_query(sql, params)
             except (psycopg.Error, TypeError):
@@ -218,7 +304,7 @@ class Checker:
         """What guard.connect() would send: the same decision, and a sound SQL text."""
         tally = self.tally
         try:
-            ok = authorize_statement(self.guard, self.session, sql, params)
+            ok = authorize_statement(self.lane, sql, params)
         except AccessGuardError:
             return
         except Exception as exc:  # noqa: BLE001 - a crash of the connect path
@@ -402,6 +488,10 @@ def summary(tally: Tally, elapsed: float) -> dict[str, Any]:
         "connect_allowed": tally.connect_allowed,
         "connect_only_allowed": tally.connect_only,
         "connect_leaks": tally.connect_leaks,
+        "worst_input_s": round(max(tally.worst_text_s, tally.worst_connect_s), 3),
+        "worst_text_s": round(tally.worst_text_s, 3),
+        "worst_connect_s": round(tally.worst_connect_s, 3),
+        "slow_inputs": tally.slow,
         "elapsed_s": round(elapsed, 1),
         "inputs_per_s": round(tally.inputs / elapsed, 1) if elapsed else None,
     }
@@ -416,7 +506,9 @@ def progress(tally: Tally, start: float) -> None:
         f"disagreements={tally.disagreements} pg_checked={tally.pg_checked} "
         f"pg_leaks={tally.pg_leaks} pg_fidelity={tally.pg_fidelity} "
         f"sent_unparsable={tally.unparsable} connect_only={tally.connect_only} "
-        f"connect_leaks={tally.connect_leaks}",
+        f"connect_leaks={tally.connect_leaks} worst_text={tally.worst_text_s:.3f}s "
+        f"worst_connect={tally.worst_connect_s:.3f}s "
+        f"slow={tally.slow}",
         flush=True,
     )
 
@@ -425,8 +517,9 @@ def run_mutate(checker: Checker, oracle: Oracle | None, args: argparse.Namespace
     """The seeded engine: ``random.Random(seed)`` drives every choice."""
     rng = random.Random(args.seed)
     start = time.perf_counter()
+    first = crafted_all()
     for i in range(1, args.inputs + 1):
-        sql, params = generate(rng)
+        sql, params = first.pop() if first else generate(rng)
         facts = checker.check(sql, params)
         if facts is not None and oracle is not None and params is None:
             oracle.compare(sql, checker.tally, args.examples)

@@ -20,7 +20,7 @@ from pglast.parser import ParseError, scan
 from strategies import CORPUS
 
 from accessguard.analysis import shape
-from accessguard.analysis.shape import LITERAL_BASE, Shape, quick_shape
+from accessguard.analysis.shape import LITERAL_BASE, MAX_DIGITS, Shape, quick_shape
 
 #: Fragments chosen to sit on every lexical boundary the scan must respect:
 #: comments, quoted identifiers, prefixed and dollar-quoted strings, numbers
@@ -81,6 +81,7 @@ FRAGMENTS = (
     "--",
     "%s",
     "%%",
+    "7" * 101,  # longer than MAX_DIGITS: stays in the template
     "'%'",
     "::int",
     "[",
@@ -216,3 +217,18 @@ def test_quick_shape_values_match_the_tokenizer() -> None:
     sqlite = quick_shape(sql, "sqlite")
     assert sqlite is not None
     assert sqlite.text == "SELECT :_agl0, :_agl1, :_agl2 FROM t WHERE b = :_agl3"
+
+
+class TestQuickShape:
+    def test_an_unclosed_comment_runs_to_the_end(self) -> None:
+        """An unclosed comment swallows the rest of the text, as a one-pass scan must."""
+        found = quick_shape("SELECT 1 /* 2", "postgres")
+        assert found is not None
+        assert found.text == f"SELECT ${LITERAL_BASE} /* 2"
+
+    def test_a_long_digit_run_stays_in_the_template(self) -> None:
+        """A digit run too long for any integer column is not lifted (int() would raise)."""
+        digits = "7" * (MAX_DIGITS + 1)
+        found = quick_shape(f"SELECT {digits}, 2", "postgres")
+        assert found is not None
+        assert found.text == f"SELECT {digits}, ${LITERAL_BASE}"

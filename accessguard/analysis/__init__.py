@@ -2,6 +2,12 @@
 
 ``analyze`` never raises: whatever it cannot fully account for comes back as
 ``Facts.problem`` (``sql.unanalyzable`` and friends), and the decision denies.
+
+Bounded before anything scans the text: ``screen`` (the length, the type,
+the encoding) runs first, in O(1) for ASCII text, so no regular expression
+and no tokenizer ever sees a statement longer than ``MAX_SQL_LENGTH`` or one
+that is not valid Unicode; every scan that follows is linear in the text, and
+nothing after the tokenizer runs on more than ``MAX_TOKENS`` tokens.
 """
 
 from __future__ import annotations
@@ -22,7 +28,14 @@ from sqlglot.tokenizer_core import Token, TokenType
 
 from accessguard.analysis.crosscheck import crosscheck
 from accessguard.analysis.facts import Const, Facts, Param, ScopeRef, Value, subject_marker
-from accessguard.analysis.redact import fingerprint, redact, redact_tokens
+from accessguard.analysis.redact import (
+    MAX_SQL_LENGTH,
+    audit_text,
+    digest,
+    fingerprint,
+    redact,
+    redact_tokens,
+)
 from accessguard.analysis.rewrite import rewrite
 from accessguard.analysis.shape import Shape, render, shape_of
 from accessguard.analysis.walker import Refusal, Walker
@@ -30,6 +43,8 @@ from accessguard.catalog import Catalog
 from accessguard.errors import Reason
 
 __all__ = [
+    "MAX_SQL_LENGTH",
+    "MAX_TOKENS",
     "Const",
     "Facts",
     "Param",
@@ -37,16 +52,25 @@ __all__ = [
     "Shape",
     "Value",
     "analyze",
+    "as_text",
+    "audit_text",
     "fingerprint",
     "redact",
     "redact_tokens",
     "render",
+    "screen",
+    "screen_placeholders",
     "shape",
     "subject_marker",
+    "unanalyzable",
     "with_redaction",
 ]
 
-MAX_SQL_LENGTH = 100_000
+#: how long a statement may be as bytes, before it is decoded
+_MAX_BYTES = 4 * MAX_SQL_LENGTH
+#: the most tokens a statement may have: what runs after the tokenizer (the
+#: parser, the walker, PostgreSQL's parser, the rewrite) is bounded by it
+MAX_TOKENS = 20_000
 
 #: Statement kinds that are never allowed, whatever the policy says.
 _FORBIDDEN_KINDS: dict[type[exp.Expr], str] = {
@@ -87,8 +111,72 @@ class _DropUnsupportedSyntax(logging.Filter):
 logging.getLogger("sqlglot").addFilter(_DropUnsupportedSyntax())
 
 
+def screen(sql: object) -> str | None:
+    """Why ``sql`` must not reach any regular expression or tokenizer; None when it may.
+
+    Not text, longer than ``MAX_SQL_LENGTH``, or holding a lone surrogate
+    (text no UTF-8 encoder, PostgreSQL or the audit file, accepts). O(1) for
+    ASCII text; one encoding pass at C speed otherwise.
+    """
+    if not isinstance(sql, str):
+        return "the statement is not text"
+    if len(sql) > MAX_SQL_LENGTH:
+        return f"the statement is {len(sql)} characters long, more than {MAX_SQL_LENGTH}"
+    if not sql.isascii():
+        try:
+            sql.encode("utf-8")
+        except UnicodeEncodeError:
+            return "the statement is not valid Unicode text (a lone surrogate)"
+    return None
+
+
+#: the most characters psycopg's placeholder scan may read (see screen_placeholders)
+MAX_PLACEHOLDER_SCAN = 1_000_000
+
+
+def screen_placeholders(sql: str) -> str | None:
+    """Why psycopg's ``%s`` / ``%(name)s`` conversion must not read ``sql``; None when it may.
+
+    Its regular expression reads from every ``%(`` to the next ``)``: a text of
+    unclosed ``%(`` takes quadratic time (100 KB: about 30 s). This adds up
+    what it would read, in one linear pass, and stops past ``MAX_PLACEHOLDER_SCAN``.
+    """
+    cost, close = 0, -1
+    at = sql.find("%(")
+    while at != -1:
+        if close < at:
+            close = sql.find(")", at)
+            if close == -1:
+                close = len(sql)
+        cost += close - at
+        if cost > MAX_PLACEHOLDER_SCAN:
+            return "the statement's placeholders cannot be read (too many unclosed %()"
+        at = sql.find("%(", at + 2)
+    return None
+
+
+def as_text(sql: str | bytes | bytearray | memoryview) -> tuple[str, str | None]:
+    """``sql`` as text, and why it cannot be analyzed (``screen``; None when it can).
+
+    Bytes must be UTF-8; undecodable ones come back decoded with replacement
+    characters (for the audit event's redacted text), with their problem.
+    """
+    if isinstance(sql, bytes | bytearray | memoryview):
+        data = bytes(sql)
+        if len(data) > _MAX_BYTES:
+            return "", f"the statement is {len(data)} bytes long, more than {_MAX_BYTES}"
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data.decode("utf-8", "replace"), "the statement is not valid UTF-8"
+        return text, screen(text)
+    if not isinstance(sql, str):
+        return "", "the statement is not text"
+    return sql, screen(sql)
+
+
 def analyze(
-    sql: str,
+    sql: str | bytes,
     *,
     catalog: Catalog,
     dialect: str = "postgres",
@@ -102,7 +190,15 @@ def analyze(
     (``Facts.sent``, ``param_order``) and the redacted text and fingerprint
     (``with_redaction`` adds those to a refusal's facts). Everything the
     decision reads, the PostgreSQL cross-check included, is the same.
+
+    ``sql`` passes ``screen`` before anything scans it (bytes: as UTF-8).
     """
+    sql, unscreened = as_text(sql)
+    if unscreened is not None:
+        return unanalyzable(sql, unscreened, dialect=dialect)
+    oversized = _oversized(sql, dialect)
+    if oversized is not None:
+        return oversized
     try:
         tokens = _tokenizer(dialect).tokenize(sql)
     except Exception:  # noqa: BLE001 - fail closed: what does not tokenize is refused
@@ -112,6 +208,8 @@ def analyze(
             detail="the statement does not tokenize",
             dialect=dialect,
         )
+    if len(tokens) > MAX_TOKENS:
+        return _too_many_tokens(sql, tokens, dialect)
     redacted = redact_tokens(tokens) if sending else None
     final = {"redacted": redacted, "fingerprint": fingerprint(redacted), "dialect": dialect}
     facts = _analyze_guarded(
@@ -132,11 +230,64 @@ def analyze(
     return facts.derived(**final)
 
 
-def with_redaction(facts: Facts, sql: str) -> Facts:
+def _too_many_tokens(sql: str, tokens: list[Token], dialect: str) -> Facts:
+    """The refusal of a statement of more than ``MAX_TOKENS`` tokens, kept for this thread.
+
+    Remembered (the last one only) so the connect path, which tokenizes a
+    statement to shape it before analyzing it, does not tokenize it twice.
+    """
+    whole = redact_tokens(tokens)
+    facts = Facts(
+        kind="unknown",
+        problem=Reason.SQL_UNANALYZABLE,
+        detail=f"the statement has {len(tokens)} tokens, more than {MAX_TOKENS}",
+        dialect=dialect,
+        redacted=whole,
+        fingerprint=fingerprint(whole),
+    )
+    _LOCAL.oversized = (dialect, sql, facts)
+    return facts
+
+
+def _oversized(sql: str, dialect: str) -> Facts | None:
+    """This thread's refusal of ``sql`` for its token count, if it was the last one made."""
+    last: tuple[str, str, Facts] | None = getattr(_LOCAL, "oversized", None)
+    if last is not None and last[0] == dialect and last[1] == sql:
+        return last[2]
+    return None
+
+
+def unanalyzable(sql: str, detail: str, *, dialect: str) -> Facts:
+    """The refusal of a statement ``screen`` stops, with what its audit event may show.
+
+    The redacted text is of its first characters at most (``redact``); the
+    fingerprint of a statement too long to redact whole is a hash of its length
+    and its first ``MAX_SQL_LENGTH`` characters (bounded work, whatever its size).
+    """
+    redacted = redact(sql, dialect=dialect) if sql else None
+    if len(sql) <= MAX_SQL_LENGTH and redacted is not None:
+        found = fingerprint(redacted)
+    else:
+        found = digest(f"{len(sql)}:{sql[:MAX_SQL_LENGTH]}") if sql else None
+    return Facts(
+        kind="unknown",
+        problem=Reason.SQL_UNANALYZABLE,
+        detail=detail,
+        dialect=dialect,
+        redacted=redacted,
+        fingerprint=found,
+    )
+
+
+def with_redaction(facts: Facts, sql: str | bytes) -> Facts:
     """``facts`` with the redacted text and fingerprint of ``sql`` (for its audit event)."""
     if facts.redacted is not None:
         return facts
-    redacted = redact(sql, dialect=facts.dialect)
+    text, unscreened = as_text(sql)
+    if unscreened is not None:
+        found = unanalyzable(text, unscreened, dialect=facts.dialect)
+        return replace(facts, redacted=found.redacted, fingerprint=found.fingerprint)
+    redacted = redact(text, dialect=facts.dialect)
     return replace(facts, redacted=redacted, fingerprint=fingerprint(redacted))
 
 
@@ -187,12 +338,6 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
     ``final``: the fields analyze() sets last (redacted text, fingerprint,
     dialect); ``sending``: also rewrite it into the SQL to send.
     """
-    if len(sql) > MAX_SQL_LENGTH:
-        return Facts(
-            kind="unknown",
-            problem=Reason.SQL_UNANALYZABLE,
-            detail="the statement is too long to analyze",
-        )
     lowered = sql.lower()
     if "__ag_" in lowered or "_agq" in lowered:
         return Facts(
@@ -321,10 +466,18 @@ def _per_thread(slot: str, name: str, make: Callable[[Dialect], Any]) -> Any:
 
 
 def shape(sql: str, dialect: str) -> tuple[Shape, list[Token]] | None:
-    """The statement's literal-free shape and its tokens; None if it has no literal."""
+    """The statement's literal-free shape and its tokens; None if it has no literal.
+
+    None too for a statement ``screen`` stops: it is not tokenized.
+    """
+    if screen(sql) is not None or _oversized(sql, dialect) is not None:
+        return None
     try:
         tokens = _tokenizer(dialect).tokenize(sql)
     except Exception:  # noqa: BLE001 - not shaped: the caller analyzes the text itself
+        return None
+    if len(tokens) > MAX_TOKENS:
+        _too_many_tokens(sql, tokens, dialect)  # analyze refuses it, without tokenizing again
         return None
     found = shape_of(sql, tokens, dialect)
     return (found, tokens) if found is not None else None

@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 
 from sqlglot.tokenizer_core import Token, TokenType
 
+from accessguard.analysis.redact import MAX_SQL_LENGTH
+
 #: first PostgreSQL parameter number used for literals; Param key ``#i``
 LITERAL_BASE = 10001
 LITERAL_MARK = re.compile(r"__ag_lit(\d+)__")
@@ -35,16 +37,22 @@ LITERAL_MARK = re.compile(r"__ag_lit(\d+)__")
 #: E'', U&'', B'' and X'' stay in the shape and are regenerated instead.
 _PLAIN_STRING = re.compile(r"'[^'\\]*(?:''[^'\\]*)*'")
 _DIGITS = re.compile(r"[0-9]+")
+#: a longer digit run is no bigint: it stays in the shape (int() of thousands
+#: of digits raises, and would cost quadratic time below that)
+MAX_DIGITS = 100
 
 #: quick_shape's scan: quoted identifiers and comments are passed over; a
 #: literal is lifted only where no identifier, parameter or string prefix
 #: touches it (``t1``, ``$1``, ``:1``, ``E'..'``, ``U&'..'``, ``1.5``, ``0x1F``,
 #: ``1_000`` all stay in the template, which then matches no known shape).
+#: Linear time: no branch can fail after a long scan more than once (an
+#: unclosed comment runs to the end of the text, as an unclosed quote can
+#: only be the last quote), so no input makes it quadratic.
 _QUICK = re.compile(
     r"""
     (?=["'/\-0-9])  # most characters start nothing: fail them fast
     (?:
-      "[^"]*" | --[^\n]* | /\*(?:[^*]|\*(?!/))*\*/
+      "[^"]*" | --[^\n]* | /\*(?:[^*]|\*(?!/))*(?:\*/|\Z)
     | (?<![\w$&'.:?@#])('[^'\\]*(?:''[^'\\]*)*')(?!')
     | (?<![\w$.:?@#])([0-9]+)(?![\w.$])
     )
@@ -81,7 +89,7 @@ def literal_value(source: str, *, number: bool) -> Any:
 
 def shape_of(sql: str, tokens: list[Token], dialect: str) -> Shape | None:
     """The statement's shape, or None when it has no literal (or cannot be shaped safely)."""
-    if "_agl" in sql or _HIGH_PARAMETER.search(sql) is not None:
+    if len(sql) > MAX_SQL_LENGTH or "_agl" in sql or _HIGH_PARAMETER.search(sql) is not None:
         return None  # the template's placeholders must be the only ones in it
     pieces: list[str] = []
     values: dict[str, Any] = {}
@@ -95,7 +103,9 @@ def shape_of(sql: str, tokens: list[Token], dialect: str) -> Shape | None:
         if after_dollar:
             continue  # $1 is a parameter, not a literal
         if kind == TokenType.NUMBER:
-            if not _DIGITS.fullmatch(sql, token.start, token.end + 1):
+            if token.end + 1 - token.start > MAX_DIGITS or not _DIGITS.fullmatch(
+                sql, token.start, token.end + 1
+            ):
                 continue
         elif kind != TokenType.STRING or not _PLAIN_STRING.fullmatch(
             sql, token.start, token.end + 1
@@ -120,7 +130,7 @@ def quick_shape(sql: str, dialect: str) -> Shape | None:
     To be trusted only when its text equals a shape ``shape_of`` produced (see
     the module docstring); its values and sources then equal ``shape_of``'s.
     """
-    if "_agl" in sql or _HIGH_PARAMETER.search(sql) is not None:
+    if len(sql) > MAX_SQL_LENGTH or "_agl" in sql or _HIGH_PARAMETER.search(sql) is not None:
         return None
     pieces: list[str] = []
     values: dict[str, Any] = {}
@@ -131,8 +141,10 @@ def quick_shape(sql: str, dialect: str) -> Shape | None:
         group = match.lastindex
         if group is None:
             continue  # a quoted identifier or a comment
-        index = len(sources)
         source = match.group(group)
+        if group == 2 and len(source) > MAX_DIGITS:
+            continue  # left in the template, as shape_of leaves it
+        index = len(sources)
         pieces.append(sql[last : match.start()])
         pieces.append(f"${LITERAL_BASE + index}" if postgres else f":_agl{index}")
         sources.append(source)
