@@ -182,6 +182,24 @@ class TestNoUndeclaredColumn:
         assert {r[0] for r in rows} == {42}
 
 
+#: ``created_at`` in the first ON names no column of p or x, so PostgreSQL reads the
+#: outer customers.created_at (not allowed to alice); an analysis that resolves it to
+#: orders.created_at (joined later; allowed) would turn the statement into an oracle
+MISATTRIBUTED = (
+    "SELECT c.name FROM customers c WHERE c.id = 42 AND EXISTS (SELECT 1 FROM payments p "
+    "JOIN products x ON created_at > '2000-01-01' JOIN orders o ON o.id = p.order_id "
+    "WHERE p.customer_id = 42 AND o.customer_id = 42)"
+)
+
+
+@pytest.mark.db
+class TestMisattribution:
+    def test_a_misattributed_column_does_not_exist_for_the_server(self, alice: Any) -> None:
+        """A column the analysis gives to another table is absent from what the server sees."""
+        with pytest.raises((AccessDenied, psycopg.errors.UndefinedColumn)):
+            alice.execute(MISATTRIBUTED).fetchall()
+
+
 @pytest.mark.db
 class TestSqlite:
     def test_sqlite_star_returns_declared_columns(self, guard: Guard) -> None:

@@ -21,9 +21,10 @@ against 172 / 415 us for ``analyze`` itself; ``parse_sql`` alone costs 60 /
 are plain words and never quote a literal of the statement.
 
 ``verify_sent`` runs the same parser on the other end: the SQL the guard is
-about to send must read no table the analysis did not see, and every scoped
-table only through its scope filter (the second wall), whatever rewrite or
-literal splicing produced it.
+about to send must read no table the analysis did not see, and every table
+only through a subquery projecting exactly the columns the analysis
+attributes to it, filtered to the subject when the table is scoped (the
+second wall), whatever rewrite or literal splicing produced it.
 """
 
 from __future__ import annotations
