@@ -218,6 +218,15 @@ class TestSqlite:
                 "SELECT count(*) FROM orders WHERE customer_id = ?", (42,)
             ).fetchone()
             assert count == len(rows)
+            returned = conn.execute(
+                "UPDATE orders SET status = 'x' WHERE customer_id = ? RETURNING *", (42,)
+            ).fetchall()
+            assert len(returned) == len(rows)
+            assert not _leaks(returned)
+            assert conn.execute(
+                "SELECT 1 FROM customers c WHERE c.id = ? AND EXISTS (SELECT 1 FROM products)",
+                (42,),
+            ).fetchall() == [(1,)]
         finally:
             conn.close()
 
