@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,10 +253,18 @@ def read_drift(catalog: Catalog, connection: Any) -> Drift | None:
         cursor = connection.cursor()
         try:
             cursor.execute(LIVE_COLUMNS_SQL, (schemas,))
-            rows = [(str(s), str(t), str(c)) for s, t, c in cursor.fetchall()]
+            rows = [_live_row(row) for row in cursor.fetchall()]
         finally:
             cursor.close()
     finally:
         if int(info.transaction_status) != 0:
             connection.rollback()
     return drift(catalog, rows)
+
+
+def _live_row(row: Any) -> tuple[str, str, str]:
+    """(schema, table, column) of one row, whatever the connection's row factory makes."""
+    if isinstance(row, Mapping):
+        return str(row["table_schema"]), str(row["table_name"]), str(row["column_name"])
+    schema, table, column = row
+    return str(schema), str(table), str(column)

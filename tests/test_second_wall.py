@@ -347,12 +347,13 @@ class TestDrift:
     def test_wrap_leaves_the_connection_idle(
         self, guard: Guard, sink: MemoryAuditSink, drifted: str
     ) -> None:
-        """wrap() reads the catalog through the raw connection and leaves no transaction open."""
-        raw = psycopg.connect(drifted)
+        """wrap() reads the catalog through the raw connection (dict rows too), leaves it idle."""
+        raw = psycopg.connect(drifted, row_factory=psycopg.rows.dict_row)
         with pytest.warns(SchemaDriftWarning):
             conn = guard.wrap(raw, user="alice", ticket="T-100")
         assert raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert [e.get("event.action") for e in sink.events] == ["schema.drift"]
+        assert sink.events[0]["accessguard.schema.missing_tables"] == []
         conn.close()
 
     @pytest.mark.db
