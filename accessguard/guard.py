@@ -744,9 +744,10 @@ class Guard:
         session = Session(user=user, ticket=ticket)
         from accessguard.adapters import wrap_connection
 
+        guarded = wrap_connection(self, connection, session, dialect=dialect)
         if dialect in (None, "postgres"):
-            self._check_schema(connection)
-        return wrap_connection(self, connection, session, dialect=dialect)
+            self._check_schema(connection)  # the raw connection, before any statement
+        return guarded
 
     def _check_schema(self, raw: Any) -> None:
         """At the first connection to a PostgreSQL database: report drift from schema.toml.
