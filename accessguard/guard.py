@@ -37,7 +37,7 @@ from accessguard.analysis import (
 from accessguard.analysis.crosscheck import verify_sent
 from accessguard.analysis.shape import quick_shape
 from accessguard.audit import Auditor, AuditSink, as_sink, utcnow
-from accessguard.catalog import SchemaDriftWarning, database_key, read_drift
+from accessguard.catalog import Drift, SchemaDriftWarning, database_key, read_drift
 from accessguard.decision import Context, Decision, decide
 from accessguard.errors import (
     AccessDenied,
@@ -776,24 +776,28 @@ class Guard:
             with self._lock:
                 self._schemas_seen.discard(key)
             return
-        if not found.found:
-            return
-        self.auditor.emit(
-            **{
-                "event.kind": "event",
-                "event.category": ["configuration", "database"],
-                "event.action": "schema.drift",
-                "event.outcome": "unknown",
-                "event.reason": "schema.drift",
-                "message": found.message,
-                "accessguard.schema.undeclared": list(found.undeclared),
-                "accessguard.schema.missing": list(found.missing),
-                "accessguard.schema.missing_tables": list(found.missing_tables),
-                "accessguard.policy.version": self.policy.version,
-            }
-        )
+        if found.found:
+            self._report_drift(found)
+
+    def _report_drift(self, found: Drift) -> None:
+        """Audit and warn schema drift; a report only, so a failing sink does not stop service."""
+        with contextlib.suppress(AccessGuardError):  # the warning below still tells
+            self.auditor.emit(
+                **{
+                    "event.kind": "event",
+                    "event.category": ["configuration", "database"],
+                    "event.action": "schema.drift",
+                    "event.outcome": "unknown",
+                    "event.reason": "schema.drift",
+                    "message": found.message,
+                    "accessguard.schema.undeclared": list(found.undeclared),
+                    "accessguard.schema.missing": list(found.missing),
+                    "accessguard.schema.missing_tables": list(found.missing_tables),
+                    "accessguard.policy.version": self.policy.version,
+                }
+            )
         with contextlib.suppress(Exception):  # -W error must not turn a report into a refusal
-            warnings.warn(found.message, SchemaDriftWarning, stacklevel=3)
+            warnings.warn(found.message, SchemaDriftWarning, stacklevel=4)
 
     def watch(self, *, interval: float = 2.0, dsn: str | None = None) -> PolicyWatcher:
         """Reload on changes to the policy directory (and on NOTIFY when ``dsn`` is given)."""

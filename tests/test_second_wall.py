@@ -364,3 +364,15 @@ class TestDrift:
         with guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn:
             conn.execute("SELECT name FROM customers WHERE id = 42").fetchall()
         assert not [e for e in sink.events if e.get("event.action") == "schema.drift"]
+
+    @pytest.mark.db
+    def test_a_failing_sink_does_not_stop_service(
+        self, guard: Guard, sink: MemoryAuditSink, drifted: str
+    ) -> None:
+        """Drift is a report: with the audit sink down the warning still tells, the guard serves."""
+        sink.fail = True
+        with (
+            pytest.warns(SchemaDriftWarning, match=r"orders\.ssn"),
+            guard.connect(drifted, user="dave") as conn,
+        ):
+            assert conn.execute("SELECT title FROM products WHERE id = 9").fetchall()
