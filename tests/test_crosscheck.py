@@ -400,6 +400,7 @@ class TestVerifySent:
             ),
             ("SELECT (", set(), "rejects"),
             ("SELECT 1; SELECT 2", set(), "2 statements"),
+            ("SELECT (WITH x AS (SELECT 1) SELECT 1 FROM x) FROM x", set(), "also reads public.x"),
         ],
     )
     def test_refuses(self, sent: str, tables: set[str], what: str) -> None:

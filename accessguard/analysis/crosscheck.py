@@ -373,11 +373,14 @@ def _verify_sent(
     stmts = tree.get("stmts") or []
     if len(stmts) != 1:
         return f"PostgreSQL's parser reads {len(stmts)} statements in the SQL to send"
-    extra = relations(tree) - set(facts.tables)
+    with_items = '"ctename":' in text
+    seen = relations(tree) if with_items else relations_in_json(text)  # equal without WITH
+    extra = seen - set(facts.tables)
     if extra:
         return f"the SQL to send also reads {_names(extra)}"
     reads = _by_table(facts.reads)
-    ctes = {_unescape(n) for n in re.findall(rf'"ctename":"({_CHARS})"', text)}
+    names = re.findall(rf'"ctename":"({_CHARS})"', text) if with_items else ()
+    ctes = {_unescape(n) for n in names}
     for body, owner, key in _range_vars(stmts[0]["stmt"]):
         if body.get("schemaname") is None:
             if body.get("relname") in ctes:
@@ -518,25 +521,35 @@ def _range_vars(root: Any) -> Iterator[tuple[dict[str, Any], Owner | None, str]]
 
     The owner is None when anything else (a join, a function call, ...) sits
     between the RangeVar and the statement node. A SELECT that is a FROM
-    subquery (``RangeSubselect.subquery``) is named ``SubSelect``.
+    subquery (``RangeSubselect.subquery``) is named ``SubSelect``. Only dicts
+    and lists are pushed (a parse tree is mostly strings and numbers).
     """
     stack: list[tuple[Any, Owner | None, str]] = [(root, None, "")]
+    pop, push = stack.pop, stack.append
     while stack:
-        item, owner, key = stack.pop()
-        if isinstance(item, list):
-            stack.extend((x, owner, key) for x in item)
-        elif isinstance(item, dict):
-            if "RangeVar" in item:
-                yield item["RangeVar"], owner, key
-            elif "relname" in item:
-                yield item, owner, key
-            else:
-                for name, value in item.items():
-                    if name in ("SelectStmt", "UpdateStmt") and isinstance(value, dict):
-                        kind = "SubSelect" if key == "subquery" and name == "SelectStmt" else name
-                        stack.extend((child, (kind, value), sub) for sub, child in value.items())
-                    else:
-                        stack.append((value, None, name))
+        item, owner, key = pop()
+        if type(item) is list:
+            for child in item:
+                if type(child) is dict or type(child) is list:
+                    push((child, owner, key))
+            continue
+        if type(item) is not dict:
+            continue
+        body = item.get("RangeVar")
+        if type(body) is dict:
+            yield body, owner, key
+            continue
+        if "relname" in item:
+            yield item, owner, key
+            continue
+        for name, value in item.items():
+            if type(value) is dict and name in ("SelectStmt", "UpdateStmt"):
+                kind = "SubSelect" if key == "subquery" and name == "SelectStmt" else name
+                for sub, child in value.items():
+                    if type(child) is dict or type(child) is list:
+                        push((child, (kind, value), sub))
+            elif type(value) is dict or type(value) is list:
+                push((value, None, name))
 
 
 def _is_filter(expr: Any, column: str, *, qualified: bool, subjects: Collection[int]) -> bool:
