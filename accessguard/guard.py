@@ -12,6 +12,7 @@ import datetime as dt
 import math
 import threading
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +42,7 @@ from accessguard.analysis import (
 from accessguard.analysis.crosscheck import verify_sent
 from accessguard.analysis.shape import quick_shape
 from accessguard.audit import Auditor, AuditSink, as_sink, utcnow
+from accessguard.catalog import Drift, SchemaDriftWarning, database_key, read_drift
 from accessguard.decision import Context, Decision, decide
 from accessguard.errors import (
     AccessDenied,
@@ -129,6 +131,8 @@ class Guard:
         )
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        #: the databases (and schema versions) whose catalog was compared with schema.toml
+        self._schemas_seen: set[tuple[object, ...]] = set()
 
     @classmethod
     def from_directory(
@@ -826,7 +830,9 @@ class Guard:
         """Open a psycopg 3 connection and return it guarded for ``user`` on ``ticket``."""
         from accessguard.adapters.psycopg3 import GuardedConnection
 
-        return GuardedConnection.connect(self, conninfo, self.bind(user, ticket), **kwargs)
+        conn = GuardedConnection.connect(self, conninfo, self.bind(user, ticket), **kwargs)
+        self._check_schema(conn._raw)  # the raw connection, before any statement
+        return conn
 
     def wrap(
         self, connection: Any, *, user: str, ticket: str | None = None, dialect: str | None = None
@@ -835,7 +841,60 @@ class Guard:
         session = self.bind(user, ticket)
         from accessguard.adapters import wrap_connection
 
-        return wrap_connection(self, connection, session, dialect=dialect)
+        guarded = wrap_connection(self, connection, session, dialect=dialect)
+        if dialect in (None, "postgres"):
+            self._check_schema(connection)  # the raw connection, before any statement
+        return guarded
+
+    def _check_schema(self, raw: Any) -> None:
+        """At the first connection to a PostgreSQL database: report drift from schema.toml.
+
+        Reads information_schema through ``raw`` (the raw connection, never a
+        guarded one). A difference is audited (``schema.drift``) and warned
+        (``SchemaDriftWarning``), by table and column names only. Never raises
+        and never refuses: the second wall sends no column schema.toml lacks.
+        """
+        catalog = self.policy.catalog
+        database = database_key(raw)
+        if database is None:
+            return
+        key = (*database, catalog.version)
+        with self._lock:
+            if key in self._schemas_seen:
+                return
+            self._schemas_seen.add(key)
+        try:
+            found = read_drift(catalog, raw)
+        except Exception:  # noqa: BLE001 - a report only: the connection is still guarded
+            with self._lock:
+                self._schemas_seen.discard(key)
+            return
+        if found is None:  # inside the application's transaction: at the next connection
+            with self._lock:
+                self._schemas_seen.discard(key)
+            return
+        if found.found:
+            self._report_drift(found)
+
+    def _report_drift(self, found: Drift) -> None:
+        """Audit and warn schema drift; a report only, so a failing sink does not stop service."""
+        with contextlib.suppress(AccessGuardError):  # the warning below still tells
+            self.auditor.emit(
+                **{
+                    "event.kind": "event",
+                    "event.category": ["configuration", "database"],
+                    "event.action": "schema.drift",
+                    "event.outcome": "unknown",
+                    "event.reason": "schema.drift",
+                    "message": found.message,
+                    "accessguard.schema.undeclared": list(found.undeclared),
+                    "accessguard.schema.missing": list(found.missing),
+                    "accessguard.schema.missing_tables": list(found.missing_tables),
+                    "accessguard.policy.version": self.policy.version,
+                }
+            )
+        with contextlib.suppress(Exception):  # -W error must not turn a report into a refusal
+            warnings.warn(found.message, SchemaDriftWarning, stacklevel=4)
 
     def watch(self, *, interval: float = 2.0, dsn: str | None = None) -> PolicyWatcher:
         """Reload on changes to the policy directory (and on NOTIFY when ``dsn`` is given)."""
