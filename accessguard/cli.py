@@ -7,9 +7,12 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accessguard.errors import AccessGuardError
+
+if TYPE_CHECKING:
+    from accessguard.chain import Verification
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
@@ -204,27 +207,48 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from accessguard.audit import verify, verify_events
+    from accessguard.chain import KEY_ENV, load_key, verify
 
     if (args.file is None) == (args.dsn is None):
         print("accessguard: audit verify takes a FILE or --dsn", file=sys.stderr)
         return EXIT_USAGE
+    key = load_key()
     if args.dsn is not None:
-        from accessguard.pgsink import read_events as read_pg
+        from accessguard.pgsink import verify as verify_pg
 
         name = "accessguard.events"
-        result = verify_events(enumerate(read_pg(args.dsn), 1))
+        result = verify_pg(args.dsn, key=key)
     else:
         name = str(args.file)
-        result = verify(args.file)
+        result = verify(args.file, key=key)
+    print(describe(name, result, key_env=KEY_ENV))
+    return EXIT_OK if result.ok else EXIT_REFUSED
+
+
+def describe(name: str, result: Verification, *, key_env: str = "ACCESSGUARD_AUDIT_KEY") -> str:
+    """What ``audit verify`` prints for one trail."""
+    lines = []
     if result.ok:
-        print(f"{name}: chain intact, {result.events} events")
-        return EXIT_OK
-    print(
-        f"{name}:{result.broken_line}: chain broken: {result.problem} "
-        f"({result.events} events verified before it)"
-    )
-    return EXIT_REFUSED
+        keyed = (
+            f"keyed (key id {result.key})"
+            if result.keyed
+            else f"unkeyed: tamper-evident only against naive edits (set {key_env})"
+        )
+        checkpoint = (
+            f", checkpoint at event {result.checkpoint}" if result.checkpoint is not None else ""
+        )
+        lines.append(f"{name}: chain intact, {result.events} events, {keyed}{checkpoint}")
+    else:
+        where = f"{name}:{result.broken_line}" if result.broken_line is not None else name
+        lines.append(
+            f"{where}: chain broken: {result.problem} ({result.events} events verified before it)"
+        )
+    if result.torn_line is not None:
+        lines.append(
+            f"{name}:{result.torn_line}: torn last line (an interrupted write, not tampering; "
+            "the next write cuts it off)"
+        )
+    return "\n".join(lines)
 
 
 def _investigate(args: argparse.Namespace) -> int:
