@@ -44,6 +44,9 @@ KEY_ID = "accessguard.chain.key"
 KEY_ENV = "ACCESSGUARD_AUDIT_KEY"
 CHECKPOINT_SUFFIX = ".checkpoint"
 _MIN_KEY_BYTES = 16
+#: the key ``accessguard demo`` signs with. It is public, so a trail keyed with it
+#: is verified like an unkeyed one: tamper-evident only against naive edits.
+DEMO_KEY = hashlib.sha256(b"accessguard public demo key").digest()
 _NUL = "\x00"
 
 Event = dict[str, Any]
@@ -291,13 +294,20 @@ class Verification:
 
     @property
     def keyed(self) -> bool:
-        return self.key is not None
+        """Keyed with a secret key (not none, not the public demo key)."""
+        return self.key is not None and self.key != key_id(DEMO_KEY)
+
+    @property
+    def demo(self) -> bool:
+        return self.key == key_id(DEMO_KEY)
 
 
 class ChainCheck:
     """Verifies a trail one event at a time (``feed``), so readers can verify as they read."""
 
     def __init__(self, key: bytes | None, *, checkpoint: Checkpoint | None = None) -> None:
+        if key is None and checkpoint is not None and checkpoint.key == key_id(DEMO_KEY):
+            key = DEMO_KEY  # public: verified, and reported as no better than unkeyed
         self.key = key
         self.kid = key_id(key)
         self.prev = GENESIS
@@ -322,6 +332,8 @@ class ChainCheck:
         if not isinstance(event, dict) or not isinstance(event.get(HASH), str):
             return "no event.hash field"
         kid, seq = event.get(KEY_ID), event.get(SEQ)
+        if kid is not None and self.key is None and self.count == 0 and kid == key_id(DEMO_KEY):
+            self.key, self.kid = DEMO_KEY, kid
         if kid is not None and self.key is None:
             return f"keyed with key id {kid}: set {KEY_ENV} to verify it"
         if kid != self.kid:
@@ -399,8 +411,17 @@ def verify_events(
     return check.finish(last + 1)
 
 
-def verify(path: str | Path, *, key: bytes | _FromEnv | None = FROM_ENV) -> Verification:
-    """Check a JSON-lines trail, and its checkpoint beside it; name the first broken line."""
+def verify(
+    path: str | Path,
+    *,
+    key: bytes | _FromEnv | None = FROM_ENV,
+    collect: list[Event] | None = None,
+) -> Verification:
+    """Check a JSON-lines trail, and its checkpoint beside it; name the first broken line.
+
+    With ``collect``, every readable event is appended to it as it is read,
+    also past a broken line (the verdict says where the chain stopped holding).
+    """
     trail = Path(path)
     try:
         cp = read_checkpoint(trail)
@@ -411,10 +432,11 @@ def verify(path: str | Path, *, key: bytes | _FromEnv | None = FROM_ENV) -> Veri
             False,
             0,
             problem="the trail is missing (deleted?)",
-            checkpoint=(cp.seq if cp is not None else None),
+            checkpoint=cp.seq if cp is not None else None,
         )
     check = ChainCheck(load_key(key), checkpoint=cp)
     lineno = torn = 0
+    failure: Verification | None = None
     with trail.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.endswith(b"\n"):
@@ -422,10 +444,17 @@ def verify(path: str | Path, *, key: bytes | _FromEnv | None = FROM_ENV) -> Veri
                 break
             if not raw.strip():
                 continue
-            problem = check.feed(_parse(raw))
-            if problem is not None:
-                return Verification(False, check.count, lineno, problem, key=check.kid)
-    result = check.finish(lineno + 1)
+            event = _parse(raw)
+            if failure is None:
+                problem = check.feed(event)
+                if problem is not None:
+                    failure = Verification(False, check.count, lineno, problem, key=check.kid)
+            if collect is not None:
+                if isinstance(event, dict):
+                    collect.append(event)
+            elif failure is not None:
+                break
+    result = failure or check.finish(lineno + 1)
     if torn:
         return Verification(
             result.ok,

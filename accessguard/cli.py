@@ -229,11 +229,12 @@ def describe(name: str, result: Verification, *, key_env: str = "ACCESSGUARD_AUD
     """What ``audit verify`` prints for one trail."""
     lines = []
     if result.ok:
-        keyed = (
-            f"keyed (key id {result.key})"
-            if result.keyed
-            else f"unkeyed: tamper-evident only against naive edits (set {key_env})"
-        )
+        if result.keyed:
+            keyed = f"keyed (key id {result.key})"
+        elif result.demo:
+            keyed = "keyed with the public demo key: tamper-evident only against naive edits"
+        else:
+            keyed = f"unkeyed: tamper-evident only against naive edits (set {key_env})"
         checkpoint = (
             f", checkpoint at event {result.checkpoint}" if result.checkpoint is not None else ""
         )
@@ -256,19 +257,27 @@ def _investigate(args: argparse.Namespace) -> int:
 
     from accessguard import investigate
 
-    if args.dsn is not None:
-        from accessguard.pgsink import read_events as read_pg
-
-        events = list(read_pg(args.dsn))
-    else:
-        events = investigate.events_from_file(args.audit)
     since = investigate.cutoff(args.since, now=dt.datetime.now(dt.UTC))
+    if args.dsn is not None:
+        from accessguard.pgsink import verified_events
+
+        name = "accessguard.events"
+        verdicts: list[Verification] = []
+        events = list(verified_events(args.dsn, problems=verdicts))
+        verdict = verdicts[0]
+    else:
+        name = str(args.audit)
+        events, verdict = investigate.verified_events(args.audit)
+    code = EXIT_OK if verdict.ok else EXIT_REFUSED
+    if not verdict.ok or verdict.torn_line is not None or not verdict.keyed:
+        # verified as read: a broken trail is said so, and fails the command
+        print(f"accessguard: {describe(name, verdict)}", file=sys.stderr)
     if args.audit_command == "report":
         from accessguard.report import write_report
 
         write_report(events, args.out, since=since)
         print(f"wrote {args.out}")
-        return EXIT_OK
+        return code
     rows: list[investigate.Reader] | list[investigate.Touch]
     if args.audit_command == "who-read":
         scope = "product" if args.product else "customer"
@@ -279,7 +288,7 @@ def _investigate(args: argparse.Namespace) -> int:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
         print(investigate.render_table(rows) if rows else "no reads recorded")
-    return EXIT_OK
+    return code
 
 
 if __name__ == "__main__":

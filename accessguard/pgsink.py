@@ -476,13 +476,17 @@ class _PgCheck:
             latest = cps[-1][1] if cps else None
             check = ChainCheck(self.key, checkpoint=latest)
             position = 0
+            failure: Verification | None = None
             for position, row in enumerate(conn.execute(_ALL), 1):
                 event = dict(row[-1])
-                problem = check.feed(event) or _columns_differ(row, event)
-                if problem:
-                    self.result = Verification(False, check.count, position, problem, key=check.kid)
-                    return
-                yield event
+                if failure is None:
+                    problem = check.feed(event) or _columns_differ(row, event)
+                    if problem:
+                        failure = Verification(False, check.count, position, problem, key=check.kid)
+                yield event  # also past a broken row: the verdict says where it broke
+        if failure is not None:
+            self.result = failure
+            return
         if forged is not None:
             self.result = Verification(
                 False,
