@@ -10,7 +10,8 @@ import psycopg
 import pytest
 
 from accessguard import AuditError
-from accessguard.chain import HASH, PREV, SEQ, chain_hash
+from accessguard.chain import HASH, KEY_ENV, PREV, SEQ, chain_hash
+from accessguard.cli import main
 from accessguard.pgsink import PostgresSink, read_events, verify
 
 pytestmark = pytest.mark.db
@@ -228,3 +229,16 @@ class TestNeverStalls:
         sink = PostgresSink(scenario_dsn, key=KEY, spool=tmp_path / "no-dir" / "spool")
         with pytest.raises(AuditError, match="spool"):
             sink.check()
+
+
+class TestCommand:
+    def test_verify_dsn_exits_zero_then_one_after_tampering(
+        self, trail: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """audit verify --dsn uses the key from the environment and names what broke."""
+        monkeypatch.setenv(KEY_ENV, KEY.hex())
+        assert main(["audit", "verify", "--dsn", trail]) == 0
+        assert "chain intact, 6 events, keyed" in capsys.readouterr().out
+        TAMPERINGS["delete-last-rows"](trail)
+        assert main(["audit", "verify", "--dsn", trail]) == 1
+        assert "checkpoint vouches for 6" in capsys.readouterr().out

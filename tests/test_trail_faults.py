@@ -47,6 +47,33 @@ _DISK_FULL = textwrap.dedent("""
 """)
 
 
+_SPOOL_FULL = textwrap.dedent("""
+    import json, os, resource, sys
+    from accessguard.pgsink import PostgresSink
+    from accessguard.errors import AuditError
+
+    dsn, spool = sys.argv[1], sys.argv[2]
+    sink = PostgresSink(dsn, spool=spool, retry_interval=3600)  # the database does not exist
+    for n in range(3):
+        sink.write([{"event.action": "query", "n": n, "pad": "x" * 200}])
+    size = os.path.getsize(spool)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, hard))
+    refused = 0
+    for n in range(3, 6):
+        try:
+            sink.write([{"event.action": "query", "n": n, "pad": "x" * 200}])
+        except AuditError:
+            refused += 1
+    after_full = os.path.getsize(spool)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    sink.write([{"event.action": "query", "n": 6, "pad": "x" * 200}])
+    print(json.dumps({"size": size, "after_full": after_full, "refused": refused,
+                      "spooled": sink.spooled}))
+    sink._closed = True
+""")
+
+
 @pytest.fixture
 def policies(tmp_path: Path) -> Path:
     target = tmp_path / "policies"
@@ -73,6 +100,27 @@ class TestDiskFull:
         assert result.ok, result.problem
         assert result.torn_line is None
         assert [e["n"] for e in read_events(path)] == [0, 1, 2, 6]
+
+    @pytest.mark.db
+    def test_full_disk_under_the_spool_refuses_cleanly_and_recovers(
+        self, tmp_path: Path, scenario_dsn: str
+    ) -> None:
+        """The spool's batches are all or nothing too: no torn line, and it goes on with room."""
+        dsn = scenario_dsn.rsplit("/", 1)[0] + "/accessguard_no_such_database"
+        spool = tmp_path / "ledger.spool"
+        out = subprocess.run(  # noqa: S603 - our own interpreter and script
+            [sys.executable, "-c", _SPOOL_FULL, dsn, str(spool)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        report = json.loads(out.stdout)
+        assert report["refused"] == 3
+        assert report["after_full"] == report["size"]
+        assert report["spooled"] == 4
+        lines = spool.read_text().splitlines()
+        assert [json.loads(line).get("n") for line in lines[1:]] == [0, 1, 2, 6]
 
 
 class TestConstruction:
