@@ -275,3 +275,15 @@ class TestCommand:
         tamper(trail, "truncate-tail")
         assert main(["audit", "verify", str(trail)]) == 1
         assert "checkpoint vouches for 6" in capsys.readouterr().out
+
+
+class TestBadCharacters:
+    def test_nul_and_lone_surrogate_are_escaped_and_verify(self, tmp_path: Path) -> None:
+        """A NUL or a lone surrogate in any field or key is escaped; the batch is written."""
+        path = tmp_path / "audit.jsonl"
+        sink = JsonlSink(path, key=KEY, fsync=False)
+        sink.write([{"event.action": "query", "db.query.text": "a\x00b\ud800c", "k\ud801": 1}])
+        (event,) = read_events(path)
+        assert event["db.query.text"] == "a\\u0000b\\ud800c"
+        assert event["k\\ud801"] == 1
+        assert verify(path, key=KEY).ok
