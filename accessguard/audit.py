@@ -36,7 +36,6 @@ from accessguard.chain import (
     Checkpoint,
     CheckpointUnreadableError,
     Head,
-    Verification,
     canonical,
     chain_hash,
     head_of,
@@ -45,12 +44,11 @@ from accessguard.chain import (
     load_key,
     read_checkpoint,
     seal,
-    verify,
-    verify_events,
     vouch,
     write_checkpoint,
 )
 from accessguard.errors import AuditError
+from accessguard.verification import Verification, verify, verify_events
 
 __all__ = [
     "GENESIS",

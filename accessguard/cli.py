@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from accessguard.errors import AccessGuardError
 
 if TYPE_CHECKING:
-    from accessguard.chain import Verification
+    from accessguard.verification import Verification
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
@@ -207,14 +207,15 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from accessguard.chain import KEY_ENV, load_key, verify
+    from accessguard.chain import KEY_ENV, load_key
+    from accessguard.verification import verify
 
     if (args.file is None) == (args.dsn is None):
         print("accessguard: audit verify takes a FILE or --dsn", file=sys.stderr)
         return EXIT_USAGE
     key = load_key()
     if args.dsn is not None:
-        from accessguard.pgsink import verify as verify_pg
+        from accessguard.pgverify import verify as verify_pg
 
         name = "accessguard.events"
         result = verify_pg(args.dsn, key=key)
@@ -259,7 +260,7 @@ def _investigate(args: argparse.Namespace) -> int:
 
     since = investigate.cutoff(args.since, now=dt.datetime.now(dt.UTC))
     if args.dsn is not None:
-        from accessguard.pgsink import verified_events
+        from accessguard.pgverify import verified_events
 
         name = "accessguard.events"
         verdicts: list[Verification] = []

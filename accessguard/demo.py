@@ -17,11 +17,12 @@ from pathlib import Path
 
 from accessguard import scenario
 from accessguard.audit import JsonlSink, read_events
-from accessguard.chain import DEMO_KEY, verify
+from accessguard.chain import DEMO_KEY
 from accessguard.errors import AccessGuardError
 from accessguard.guard import Guard
 from accessguard.investigate import render_table, who_read
 from accessguard.report import write_report
+from accessguard.verification import verify
 
 
 @dataclass(frozen=True, slots=True)

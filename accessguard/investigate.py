@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from accessguard.audit import read_events
-from accessguard.chain import FROM_ENV, Verification, load_key, verify
+from accessguard.chain import FROM_ENV, load_key
+from accessguard.verification import Verification, verify
 
 Event = Mapping[str, Any]
 Subject = int | str  # an id, or its keyed-hash pseudonym

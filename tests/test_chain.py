@@ -19,9 +19,9 @@ from accessguard.chain import (
     checkpoint_path,
     key_id,
     load_key,
-    verify,
 )
 from accessguard.cli import main
+from accessguard.verification import verify
 
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))

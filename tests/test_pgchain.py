@@ -13,7 +13,8 @@ import pytest
 from accessguard import AuditError
 from accessguard.chain import HASH, KEY_ENV, PREV, SEQ, chain_hash
 from accessguard.cli import main
-from accessguard.pgsink import PostgresSink, read_events, verify
+from accessguard.pgsink import PostgresSink, read_events
+from accessguard.pgverify import verify
 
 pytestmark = pytest.mark.db
 
@@ -208,6 +209,11 @@ class TestNeverStalls:
         try:
             for n in range(5):
                 sink.write([_event(n)])
+            # stop its deliverer before the server is back: this test delivers by hand
+            sink._closed = True
+            sink._wake.set()
+            assert sink._thread is not None
+            sink._thread.join(timeout=60)
         finally:
             _outage(scenario_dsn, down=False)
         # deliver one chunk, then "crash": the sink's memory of its progress is lost
@@ -215,9 +221,6 @@ class TestNeverStalls:
         events, after = sink._spool.read(start, limit=2)  # type: ignore[union-attr]
         with sink._db_lock:
             sink._insert(events, mark=(token, after))
-        sink._closed = True
-        sink._wake.set()
-        with sink._db_lock:
             sink._drop_connection()
         again = PostgresSink(scenario_dsn, key=KEY, spool=spool, retry_interval=3600)
         assert again.deliver()

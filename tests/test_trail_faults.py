@@ -14,9 +14,9 @@ import pytest
 
 from accessguard import AccessDenied, AuditError, Guard, scenario
 from accessguard.audit import read_events
-from accessguard.chain import verify
 from accessguard.guard import Session
 from accessguard.pgsink import PostgresSink
+from accessguard.verification import verify
 
 KEY = bytes(range(32))
 
