@@ -151,9 +151,8 @@ class JsonlSink:
             _write_all(fd, data, end)
             if self._fsync:
                 os.fsync(fd)
-            write_checkpoint(
-                self.path, Checkpoint.of(new, self._key, end=end + len(data)), fsync=self._fsync
-            )
+            # the batch is on disk first: a checkpoint lost in a crash is only behind it
+            write_checkpoint(self.path, Checkpoint.of(new, self._key, end=end + len(data)))
         except BaseException:
             with contextlib.suppress(OSError):  # all or nothing: cut the batch back off
                 os.ftruncate(fd, end)

@@ -8,8 +8,10 @@ threat model are described in ``accessguard.chain``.
 
 from __future__ import annotations
 
+import fcntl
 import hmac
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,9 +186,14 @@ def verify(
     """
     trail = Path(path)
     try:
-        cp = read_checkpoint(trail)
+        cp = _checkpoint_of(trail)
     except CheckpointUnreadableError:
-        return Verification(False, 0, problem="the checkpoint beside the trail is unreadable")
+        return Verification(
+            False,
+            0,
+            problem="the checkpoint beside the trail is unreadable (tampered, or torn by a "
+            "power loss)",
+        )
     if not trail.exists():
         return Verification(
             False,
@@ -226,6 +233,19 @@ def verify(
             torn_line=torn,
         )
     return result
+
+
+def _checkpoint_of(trail: Path) -> Checkpoint | None:
+    """The checkpoint, read under the trail's shared lock (never half-written by a writer)."""
+    try:
+        fd = os.open(trail, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return read_checkpoint(trail)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return read_checkpoint(trail)
+    finally:
+        os.close(fd)
 
 
 def _parse(raw: bytes) -> Any:

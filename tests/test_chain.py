@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,25 @@ class TestBadCharacters:
         assert event["db.query.text"] == "a\\u0000b\\ud800c"
         assert event["k\\ud801"] == 1
         assert verify(path, key=KEY).ok
+
+
+class TestConcurrentVerify:
+    def test_verify_while_writers_append_never_reports_tampering(self, tmp_path: Path) -> None:
+        """verify reads the checkpoint under the trail's lock before the lines: no false alarm."""
+        path = tmp_path / "audit.jsonl"
+        JsonlSink(path, key=KEY).check()
+
+        def work(worker: int) -> None:
+            write_events(path, 60, start=worker * 1000)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(2)]
+        for t in threads:
+            t.start()
+        verdicts = []
+        while any(t.is_alive() for t in threads):
+            verdicts.append(verify(path, key=KEY))
+        for t in threads:
+            t.join()
+        verdicts.append(verify(path, key=KEY))
+        assert all(v.ok for v in verdicts), [v.problem for v in verdicts if not v.ok][:1]
+        assert verdicts[-1].events == 120
