@@ -296,12 +296,17 @@ class PostgresSink:
             self._start_deliverer()
 
     def _start_deliverer(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
+        """Start the deliverer unless one runs (holding _lock, or before any writer exists)."""
+        if self._thread is None and not self._closed:
             self._thread = threading.Thread(target=self._run, name="accessguard-spool", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
-        while not self._closed and self._pending:
+        while True:
+            with self._lock:  # the decision to stop and a new spooled batch never cross
+                if self._closed or not self._pending:
+                    self._thread = None
+                    return
             try:
                 self.deliver()
             except (psycopg.Error, AuditError, OSError):
@@ -380,10 +385,12 @@ class PostgresSink:
 
         What cannot be delivered stays in the spool for the next sink on it.
         """
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            thread = self._thread
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        if thread is not None:
+            thread.join(timeout=30)
         if self._pending:
             with contextlib.suppress(psycopg.Error, AuditError, OSError):
                 self.deliver()
