@@ -121,9 +121,9 @@ class PostgresSink:
     ) -> None:
         self.dsn = dsn
         self.spool = Path(spool) if spool is not None else None
-        self._spool = Spool(spool) if spool is not None else None
         self._connect = connect or (lambda d: psycopg.connect(d, autocommit=False))
         self._key = load_key(key)
+        self._spool = Spool(spool, key=self._key) if spool is not None else None
         self.key_id = key_id(self._key)
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()  # writers: direct insert, or append to the spool
@@ -135,7 +135,7 @@ class PostgresSink:
         #: events wait in the spool: every batch goes there too, to keep the order
         self._pending = self._spool is not None and self._spool.size() > 0
         #: the spool being delivered: its token and how far it was delivered
-        self._cursor: tuple[str, int] | None = None
+        self._cursor: tuple[str, int, str] | None = None
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -325,8 +325,8 @@ class PostgresSink:
                 cursor = self._cursor or self._resume()
                 if cursor is None:
                     return self._finish(0)
-                token, offset = cursor
-                events, after = self._spool.read(offset, limit=self._chunk)
+                token, offset, prev = cursor
+                events, after, last = self._spool.read(offset, prev, limit=self._chunk)
                 if not events:
                     if self._finish(offset):
                         return True
@@ -337,9 +337,9 @@ class PostgresSink:
                 except psycopg.Error:
                     self._drop_connection()
                     raise
-                self._cursor = (token, after)
+                self._cursor = (token, after, last)
 
-    def _resume(self) -> tuple[str, int] | None:
+    def _resume(self) -> tuple[str, int, str] | None:
         """Where delivery of the spool stopped, as the database recorded it."""
         assert self._spool is not None  # noqa: S101 - checked by the caller
         named = self._spool.token()
@@ -355,7 +355,8 @@ class PostgresSink:
                 self._drop_connection()
                 raise
         done = row[0] if row and row[0] is not None else start
-        self._cursor = (token, max(start, int(done)))
+        offset = max(start, int(done))
+        self._cursor = (token, offset, self._spool.mac_before(offset))
         return self._cursor
 
     def _finish(self, offset: int) -> bool:

@@ -35,6 +35,7 @@ from accessguard.chain import (
     load_key,
     read_checkpoint,
 )
+from accessguard.spool import TAMPERED
 
 __all__ = ["ChainCheck", "Verification", "verify", "verify_events"]
 
@@ -115,6 +116,8 @@ class ChainCheck:
             return "does not link to the line before (deleted or reordered lines?)"
         if not hmac.compare_digest(chain_hash(self.prev, event, self.key), event[HASH]):
             return "its content does not match its " + ("MAC" if self.key else "hash")
+        if event.get(TAMPERED):
+            return "it was altered in the local spool before it was delivered"
         return None
 
     def finish(self, line: int | None) -> Verification:

@@ -218,8 +218,11 @@ class TestNeverStalls:
         finally:
             _outage(scenario_dsn, down=False)
         # deliver one chunk, then "crash": the sink's memory of its progress is lost
-        token, start = sink._spool.token()  # type: ignore[union-attr,misc]
-        events, after = sink._spool.read(start, limit=2)  # type: ignore[union-attr]
+        assert sink._spool is not None
+        named = sink._spool.token()
+        assert named is not None
+        token, start = named
+        events, after, _mac = sink._spool.read(start, token, limit=2)
         with sink._db_lock:
             sink._insert(events, mark=(token, after))
             sink._drop_connection()
@@ -228,6 +231,29 @@ class TestNeverStalls:
         again.close()
         assert [e["n"] for e in read_events(scenario_dsn)] == [0, 1, 2, 3, 4]
         assert verify(scenario_dsn, key=KEY).ok
+
+    def test_event_altered_in_the_spool_is_delivered_flagged_and_fails_verify(
+        self, scenario_dsn: str, tmp_path: Path
+    ) -> None:
+        """With the key, spool lines are MAC-chained: an edit before delivery fails verify."""
+        spool = tmp_path / "spool"
+        sink = PostgresSink(scenario_dsn, key=KEY, spool=spool, retry_interval=3600)
+        sink.setup()
+        _outage(scenario_dsn, down=True)
+        try:
+            sink.write([_event(0), _event(1), _event(2)])
+        finally:
+            _outage(scenario_dsn, down=False)
+        text = spool.read_text()
+        assert '"user.name": "alice"' in text
+        spool.write_text(text.replace('"user.name": "alice"', '"user.name": "bob"', 1))
+        sink.close()
+        events = list(read_events(scenario_dsn))
+        assert [e.get("accessguard.spool.tampered") for e in events] == [True, None, None]
+        result = verify(scenario_dsn, key=KEY)
+        assert not result.ok
+        assert result.broken_line == 1
+        assert "spool" in result.problem
 
     def test_unwritable_spool_fails_the_check(self, scenario_dsn: str, tmp_path: Path) -> None:
         """A sink whose spool cannot be written fails its construction check."""
