@@ -15,11 +15,15 @@ beside the trail: ``FILE.checkpoint`` for a JSON-lines file, the
 or emptied no longer reaches its checkpoint; a trail or checkpoint that was
 deleted is reported, never passed.
 
-Threat model: someone who can write the trail but does not hold the key can
-delete, cut, reorder, edit or replace lines, and delete the checkpoint; each
-of these fails ``verify``. They cannot make a changed trail verify. They can
-roll the trail and its checkpoint back together to a copy they kept earlier
-(ship checkpoints off the host to catch that) and they can stop the trail.
+Threat model: someone who can write the trail (and its checkpoint, and the
+spool) but does not hold the key can delete, cut, reorder, edit, forge or
+replace events, and delete or forge the checkpoint; each of these fails
+``verify``. They cannot make a changed trail verify. They can destroy the
+trail, which ``verify`` reports until a guard starts a new one in its place;
+they can roll a trail and its checkpoint back together to a copy they kept
+earlier; they can stop the guard (every refusal then fails closed). Keep a
+copy of the checkpoints off the host to catch the last two. Without a key,
+anyone can recompute the chain: it holds only against naive edits.
 """
 
 from __future__ import annotations
@@ -301,7 +305,7 @@ def vouch(
                 f"it is keyed with key id {head.key} and this guard has "
                 + (f"key id {kid}" if kid else f"no key (set {KEY_ENV})")
                 if head.key
-                else "it was written without a key; start a new file for the keyed chain"
+                else "it was written without a key; start a new trail for the keyed chain"
             )
         if key is not None and not hmac.compare_digest(
             chain_hash(str(last.get(PREV, "")), last, key), head.hash
