@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from accessguard import AuditError, ConfigurationError
 from accessguard.audit import Auditor, JsonlSink, read_events
@@ -310,3 +312,32 @@ class TestConcurrentVerify:
         verdicts.append(verify(path, key=KEY))
         assert all(v.ok for v in verdicts), [v.problem for v in verdicts if not v.ok][:1]
         assert verdicts[-1].events == 120
+
+
+class TestProperties:
+    @given(
+        index=st.integers(0, 5),
+        field=st.sampled_from(["user.name", "n", "event.action", "@timestamp", SEQ]),
+        value=st.one_of(st.text(max_size=8), st.integers(-3, 9)),
+        rehash=st.booleans(),
+    )
+    @settings(max_examples=60, deadline=None)
+    def test_any_change_without_the_key_fails_verify(
+        self,
+        tmp_path_factory: pytest.TempPathFactory,
+        index: int,
+        field: str,
+        value: object,
+        rehash: bool,
+    ) -> None:
+        """Changing any field of any event, re-hashed or not, fails verify unless it is a no-op."""
+        path = tmp_path_factory.mktemp("prop") / "audit.jsonl"
+        write_events(path, 6)
+        events = lines_of(path)
+        changed = events[index].get(field) != value
+        events[index][field] = value
+        if rehash:
+            rewrite(path, events, from_index=index)
+        else:
+            path.write_text("".join(json.dumps(e) + "\n" for e in events))
+        assert verify(path, key=KEY).ok == (not changed and not rehash)
