@@ -92,16 +92,16 @@ class Guard:
         self.tickets = as_store(tickets)
         self.auditor = Auditor(as_sink(audit), clock=clock)
         self.audit_allowed = audit_allowed
-        self.throttle = (
-            Throttle(limits, storage=throttle_storage, clock=throttle_clock)
-            if limits is not None
-            else None
-        )
         ledger_sink = self.auditor.sink if ledger is None else _ledger_sink(ledger, ledger_spool)
         for sink in {id(s): s for s in (self.auditor.sink, ledger_sink)}.values():
             check = getattr(sink, "check", None)
             if callable(check):
                 check()  # unwritable now: raise AuditError here, not at the first event
+        self.throttle = (
+            Throttle(limits, storage=throttle_storage, clock=throttle_clock)
+            if limits is not None
+            else None
+        )
         self.ledger = Ledger(
             ledger_sink,
             clock=time.time if clock is utcnow else (lambda: clock().timestamp()),
