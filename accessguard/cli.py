@@ -7,9 +7,12 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accessguard.errors import AccessGuardError
+
+if TYPE_CHECKING:
+    from accessguard.verification import Verification
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
@@ -296,27 +299,50 @@ def _value(text: str) -> Any:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from accessguard.audit import verify, verify_events
+    from accessguard.chain import KEY_ENV, load_key
+    from accessguard.verification import verify
 
     if (args.file is None) == (args.dsn is None):
         print("accessguard: audit verify takes a FILE or --dsn", file=sys.stderr)
         return EXIT_USAGE
+    key = load_key()
     if args.dsn is not None:
-        from accessguard.pgsink import read_events as read_pg
+        from accessguard.pgverify import verify as verify_pg
 
         name = "accessguard.events"
-        result = verify_events(enumerate(read_pg(args.dsn), 1))
+        result = verify_pg(args.dsn, key=key)
     else:
         name = str(args.file)
-        result = verify(args.file)
+        result = verify(args.file, key=key)
+    print(describe(name, result, key_env=KEY_ENV))
+    return EXIT_OK if result.ok else EXIT_REFUSED
+
+
+def describe(name: str, result: Verification, *, key_env: str = "ACCESSGUARD_AUDIT_KEY") -> str:
+    """What ``audit verify`` prints for one trail."""
+    lines = []
     if result.ok:
-        print(f"{name}: chain intact, {result.events} events")
-        return EXIT_OK
-    print(
-        f"{name}:{result.broken_line}: chain broken: {result.problem} "
-        f"({result.events} events verified before it)"
-    )
-    return EXIT_REFUSED
+        if result.keyed:
+            keyed = f"keyed (key id {result.key})"
+        elif result.demo:
+            keyed = "keyed with the public demo key: tamper-evident only against naive edits"
+        else:
+            keyed = f"unkeyed: tamper-evident only against naive edits (set {key_env})"
+        checkpoint = (
+            f", checkpoint at event {result.checkpoint}" if result.checkpoint is not None else ""
+        )
+        lines.append(f"{name}: chain intact, {result.events} events, {keyed}{checkpoint}")
+    else:
+        where = f"{name}:{result.broken_line}" if result.broken_line is not None else name
+        lines.append(
+            f"{where}: chain broken: {result.problem} ({result.events} events verified before it)"
+        )
+    if result.torn_line is not None:
+        lines.append(
+            f"{name}:{result.torn_line}: torn last line (an interrupted write, not tampering; "
+            "the next write cuts it off)"
+        )
+    return "\n".join(lines)
 
 
 def _investigate(args: argparse.Namespace) -> int:
@@ -324,19 +350,27 @@ def _investigate(args: argparse.Namespace) -> int:
 
     from accessguard import investigate
 
-    if args.dsn is not None:
-        from accessguard.pgsink import read_events as read_pg
-
-        events = list(read_pg(args.dsn))
-    else:
-        events = investigate.events_from_file(args.audit)
     since = investigate.cutoff(args.since, now=dt.datetime.now(dt.UTC))
+    if args.dsn is not None:
+        from accessguard.pgverify import verified_events
+
+        name = "accessguard.events"
+        verdicts: list[Verification] = []
+        events = list(verified_events(args.dsn, problems=verdicts))
+        verdict = verdicts[0]
+    else:
+        name = str(args.audit)
+        events, verdict = investigate.verified_events(args.audit)
+    code = EXIT_OK if verdict.ok else EXIT_REFUSED
+    if not verdict.ok or verdict.torn_line is not None or not verdict.keyed:
+        # verified as read: a broken trail is said so, and fails the command
+        print(f"accessguard: {describe(name, verdict)}", file=sys.stderr)
     if args.audit_command == "report":
         from accessguard.report import write_report
 
         write_report(events, args.out, since=since)
         print(f"wrote {args.out}")
-        return EXIT_OK
+        return code
     rows: list[investigate.Reader] | list[investigate.Touch]
     if args.audit_command == "who-read":
         scope = "product" if args.product else "customer"
@@ -347,7 +381,7 @@ def _investigate(args: argparse.Namespace) -> int:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
         print(investigate.render_table(rows) if rows else "no reads recorded")
-    return EXIT_OK
+    return code
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from accessguard.decision import Context, Decision, decide
 from accessguard.errors import (
     AccessDenied,
     AccessGuardError,
+    AuditError,
     ConfigurationError,
     PolicyError,
     Reason,
@@ -98,6 +99,11 @@ class Guard:
         self.tickets = as_store(tickets)
         self.auditor = Auditor(as_sink(audit), clock=clock)
         self.audit_allowed = audit_allowed
+        ledger_sink = self.auditor.sink if ledger is None else _ledger_sink(ledger, ledger_spool)
+        for sink in {id(s): s for s in (self.auditor.sink, ledger_sink)}.values():
+            check = getattr(sink, "check", None)
+            if callable(check):
+                check()  # unwritable now: raise AuditError here, not at the first event
         self.throttle = (
             Throttle(limits, storage=throttle_storage, clock=throttle_clock)
             if limits is not None
@@ -110,12 +116,12 @@ class Guard:
         }
         #: whether the running limits came from the directory's limits.toml
         self._limits_from_file = False
-        ledger_sink = self.auditor.sink if ledger is None else _ledger_sink(ledger, ledger_spool)
         self.ledger = Ledger(
             ledger_sink,
             clock=time.time if clock is utcnow else (lambda: clock().timestamp()),
             interval=ledger_interval,
             pseudonym_key=ledger_pseudonym_key,
+            refused=self._ledger_refused,
         )
         self._cache: OrderedDict[tuple[str, str, bool, str, bool], Facts] = OrderedDict()
         #: the plans of each (employee, ticket id, dialect); every plan holds the
@@ -822,6 +828,30 @@ class Guard:
             )
         self.auditor.emit(**fields)
 
+    def _ledger_refused(self, accesses: tuple[Access, ...], error: AuditError) -> None:
+        """Audit a statement refused because the ledger cannot be written (best effort)."""
+        access = accesses[0]
+        fields = {
+            "event.kind": "event",
+            "event.category": ["database", "iam"],
+            "event.type": ["denied"],
+            "event.action": "query",
+            "event.outcome": "failure",
+            "event.reason": str(error.reason),
+            "message": error.message,
+            "accessguard.outcome": "denied",
+            "user.name": access.user,
+            "user.roles": sorted(access.roles),
+            "accessguard.ticket.id": access.ticket_id,
+            "accessguard.ticket.kind": access.ticket_kind,
+            "accessguard.tables": list(access.tables),
+            "accessguard.columns": list(access.columns),
+            "accessguard.fingerprint": access.fingerprint,
+            "accessguard.policy.version": access.policy_version,
+        }
+        with contextlib.suppress(AuditError):  # the audit sink is down too: still refused
+            self.auditor.emit(**fields)
+
     # ------------------------------------------------------------------ connections
 
     def connect(
@@ -1020,7 +1050,7 @@ def _ledger_sink(ledger: AuditSink | str | Path, spool: str | Path | None) -> Au
 
         sink = PostgresSink(ledger, spool=spool)
         # an insert-only role cannot create the table: it was set up already;
-        # if not, the first write fails and the ledger refuses (audit.sink_unavailable)
+        # if not, the construction check (PostgresSink.check) says so
         with contextlib.suppress(Exception):
             sink.setup()
         return sink

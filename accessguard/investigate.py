@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from accessguard.audit import read_events
+from accessguard.chain import FROM_ENV, load_key
+from accessguard.verification import Verification, verify
 
 Event = Mapping[str, Any]
 Subject = int | str  # an id, or its keyed-hash pseudonym
@@ -66,8 +68,21 @@ def cutoff(text: str | None, *, now: dt.datetime) -> dt.datetime | None:
 
 
 def events_from_file(path: str | Path) -> list[dict[str, Any]]:
-    """Every event of a JSON-lines audit file."""
+    """Every event of a JSON-lines audit file (unverified: see ``verified_events``)."""
     return list(read_events(path))
+
+
+def verified_events(
+    path: str | Path, *, key: bytes | str | None = FROM_ENV
+) -> tuple[list[dict[str, Any]], Verification]:
+    """Every readable event of a JSON-lines trail, and the verdict of verifying it as read.
+
+    The events go on past a broken line; the verdict names it, so an answer
+    drawn from a broken trail is never mistaken for one from an intact trail.
+    """
+    events: list[dict[str, Any]] = []
+    result = verify(path, key=load_key(key), collect=events)
+    return events, result
 
 
 # ---------------------------------------------------------------------- rows

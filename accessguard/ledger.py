@@ -100,7 +100,7 @@ class Tally:
 class Ledger:
     """Aggregates accesses in memory and flushes them to a sink in the background."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only options
         self,
         sink: AuditSink,
         *,
@@ -108,8 +108,11 @@ class Ledger:
         interval: float = 1.0,
         max_pending: int = 100_000,
         pseudonym_key: bytes | None = None,
+        refused: Callable[[tuple[Access, ...], AuditError], None] | None = None,
     ) -> None:
         self.sink = sink
+        #: told of each statement refused because the sink fails (the guard audits it)
+        self._refused = refused
         self._clock = clock
         self._interval = interval
         self._max_pending = max_pending
@@ -139,7 +142,12 @@ class Ledger:
         a statement that could not be accounted for is not run.
         """
         if self._failure is not None:
-            self._recover()
+            try:
+                self._recover()
+            except AuditError as exc:
+                if self._refused is not None:
+                    self._refused(tally.accesses, exc)
+                raise
         queue = self._queue
         queue.append(tally)
         if len(queue) >= self._max_pending:
