@@ -39,6 +39,10 @@ class TableSpec:
     #: False for tables no guarded session may touch at all (e.g. ``tickets``).
     reachable: bool = True
     column_set: frozenset[str] = field(default=frozenset(), repr=False)
+    #: the primary key column (``key = "id"``), None when not declared
+    key: str | None = None
+    #: foreign keys: (column, referenced qualified table, referenced column)
+    references: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -99,6 +103,8 @@ def load_catalog(path: Path) -> Catalog:
         line = _line_of(text, name)
         spec_table = _table_spec(name, spec, default_schema, str(path), line)
         tables[spec_table.qualified] = spec_table
+    for spec_table in tables.values():
+        check_references(spec_table, tables, str(path), _line_of(text, spec_table.name))
     version = hashlib.sha256(text.encode()).hexdigest()[:12]
     return Catalog(tables=tables, default_schema=default_schema, version=version)
 
@@ -108,7 +114,15 @@ def _table_spec(
 ) -> TableSpec:
     if not isinstance(spec, dict):
         raise PolicyError(f"[tables.{name}] must be a table", path=path, line=line)
-    unknown = set(spec) - {"schema", "columns", "scope", "scope_column", "reachable"}
+    unknown = set(spec) - {
+        "schema",
+        "columns",
+        "scope",
+        "scope_column",
+        "reachable",
+        "key",
+        "references",
+    }
     if unknown:
         raise PolicyError(
             f"[tables.{name}] has unknown keys: {', '.join(sorted(unknown))}", path=path, line=line
@@ -142,15 +156,78 @@ def _table_spec(
     reachable = spec.get("reachable", True)
     if not isinstance(reachable, bool):
         raise PolicyError(f"[tables.{name}] reachable must be true or false", path=path, line=line)
+    schema = spec.get("schema", default_schema)
+    key, references = read_keys(name, spec, columns, default_schema, path, line)
     return TableSpec(
-        schema=spec.get("schema", default_schema),
+        schema=schema,
         name=name,
         columns=tuple(columns),
         scope=scope,
         scope_column=scope_column,
         reachable=reachable,
         column_set=frozenset(columns),
+        key=key,
+        references=references,
     )
+
+
+def read_keys(  # noqa: PLR0913, PLR0917 - one section's inputs
+    name: str,
+    spec: dict[str, Any],
+    columns: list[str],
+    default_schema: str,
+    path: str,
+    line: int | None,
+) -> tuple[str | None, tuple[tuple[str, str, str], ...]]:
+    """A section's ``key = "id"`` and ``references = { order_id = "orders.id" }``.
+
+    A referenced table may be named bare (the default schema) or
+    ``schema.table``; ``check_references`` checks it exists once every
+    section is read.
+    """
+    key = spec.get("key")
+    if key is not None and (not isinstance(key, str) or key not in columns):
+        raise PolicyError(f"[tables.{name}] key must name one of its columns", path=path, line=line)
+    raw = spec.get("references", {})
+    if not isinstance(raw, dict):
+        raise PolicyError(
+            f'[tables.{name}] references must be a table: {{ column = "table.column" }}',
+            path=path,
+            line=line,
+        )
+    references: list[tuple[str, str, str]] = []
+    for column, target in raw.items():
+        if column not in columns:
+            raise PolicyError(
+                f"[tables.{name}] references names {column!r}, not one of its columns",
+                path=path,
+                line=line,
+            )
+        parts = target.split(".") if isinstance(target, str) else []
+        if len(parts) not in {2, 3} or not all(_NAME.match(p) for p in parts):
+            raise PolicyError(
+                f'[tables.{name}] references.{column} must be "table.column"',
+                path=path,
+                line=line,
+            )
+        table = ".".join(parts[:-1]) if len(parts) > 2 else f"{default_schema}.{parts[0]}"
+        references.append((column, table, parts[-1]))
+    return key, tuple(references)
+
+
+def check_references(
+    spec: TableSpec, tables: Mapping[str, TableSpec], path: str, line: int | None
+) -> None:
+    """Every foreign key of ``spec`` names a declared table and one of its columns."""
+    for column, table, target in spec.references:
+        found = tables.get(table)
+        if found is None or target not in found.column_set:
+            raise PolicyError(
+                f"[tables.{spec.name}] references.{column} names {table}.{target}, "
+                "which schema.toml does not declare",
+                path=path,
+                line=line,
+            )
 
 
 # ---------------------------------------------------------------------- drift

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from accessguard.analysis.facts import Const, Facts, Param, ScopeRef
+from accessguard.analysis.facts import Const, Facts, KeyBinding, Param, ScopeRef
 from accessguard.catalog import SCOPE_KINDS
 from accessguard.errors import Reason
 from accessguard.policy import EVERYONE, NO_TICKET, Access, Policy
@@ -285,6 +285,8 @@ def _missing_grant(
 def _bound_to(
     ref: ScopeRef, subject: int, context: Context, table: str, ticket_id: str
 ) -> Denial | None:
+    if not ref.values and ref.key is not None:
+        return key_checkable(ref.key, context.params, table)
     if not ref.values:
         return Denial(
             Reason.ROW_SCOPE_UNBOUND,
@@ -303,6 +305,22 @@ def _bound_to(
                 Reason.ROW_SCOPE_OTHER_SUBJECT,
                 f"The statement reads {table} rows of a {ref.scope} that ticket "
                 f"{ticket_id} is not about.",
+            )
+    return None
+
+
+def key_checkable(key: KeyBinding, params: Any, table: str) -> Denial | None:
+    """A key-bound reference is allowed (its rows are probed) when every key value is an integer.
+
+    Whether the rows belong to the ticket's subject is not decided here: the
+    plan carries a probe the adapter runs before the statement is sent
+    (``accessguard.probes``); an adapter that cannot run it refuses.
+    """
+    for value in key.values:
+        if _resolve(value, params) is None:
+            return Denial(
+                Reason.ROW_SCOPE_UNBOUND,
+                f"The {key.column} bound for {table} is not an integer the guard can check.",
             )
     return None
 

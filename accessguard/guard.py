@@ -57,6 +57,7 @@ from accessguard.lane import Authorized, Convert, Lane, Session
 from accessguard.ledger import Access, Ledger
 from accessguard.plan import Params, Plan, Unverified, combine, params_shape
 from accessguard.policy import SHADOW_FILE, Policy, load_policy
+from accessguard.probes import keyed, plan_probes
 from accessguard.throttle import Limits, Throttle, ThrottleStoreUnavailable, load_limits
 from accessguard.tickets import Ticket, TicketStore, as_store
 
@@ -360,7 +361,7 @@ class Guard:
         metrics.DECIDE.observe(time.perf_counter() - started)
         return facts, decision, context
 
-    def authorize(
+    def authorize(  # noqa: PLR0913 - keyword-only options
         self,
         sql: str,
         params: Params,
@@ -368,6 +369,7 @@ class Guard:
         *,
         dialect: str,
         convert: Convert | None = None,
+        probing: bool = False,
     ) -> Authorized:
         """Decide; on refusal audit and raise; on allow return what to send.
 
@@ -380,7 +382,8 @@ class Guard:
 
         ``convert`` (psycopg's ``%s`` -> ``$n`` conversion, for positional
         parameters, which it leaves in order) is applied only when the plan
-        must be made: a repeated statement skips it.
+        must be made: a repeated statement skips it. ``probing``: the caller
+        runs the returned ``probe`` before sending (``accessguard.probes``).
         """
         try:
             lane = self.lane(session, dialect)
@@ -388,7 +391,7 @@ class Guard:
             raise
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies, audited
             raise self._failed(session, dialect) from None
-        return lane.authorize(sql, params, convert)
+        return lane.authorize(sql, params, convert, probing=probing)
 
     def lane(self, session: Session, dialect: str) -> Lane:
         """The plans and hot path of one employee on one ticket (adapters keep theirs).
@@ -574,8 +577,8 @@ class Guard:
                 policy,
                 escape=escape,
             )
-            if not decision.allowed:
-                return None
+            if not decision.allowed or keyed(facts):
+                return None  # a probe reads the literals of the text itself: no shape plan
             redacted = redact_tokens(tokens)  # the statement's own, not its shape's
             facts = replace(facts, redacted=redacted, fingerprint=fingerprint(redacted))
             try:
@@ -668,6 +671,7 @@ class Guard:
             kind=kind,
             sql=sent,
             checks=checks,
+            probes=plan_probes(facts, policy.catalog, subjects, context) if keyed(facts) else None,
             tally=self.ledger.tally(accesses) if accesses else None,
             customers=frozenset(i for scope, i in decision.subjects if scope == "customer"),
         )

@@ -26,6 +26,7 @@ from accessguard import metrics
 from accessguard.errors import AccessGuardError
 from accessguard.ledger import Tally
 from accessguard.plan import Params, Plan, params_shape, reorder
+from accessguard.probes import Pending, prepare
 
 if TYPE_CHECKING:
     from accessguard.analysis import Facts
@@ -49,7 +50,9 @@ class Authorized(NamedTuple):
 
     ``row_cap`` is the most rows the cursor may hand over; ``tally`` receives
     the rows it does hand over (the access ledger), when the statement touches
-    a scoped table. Made on every statement, so the lane builds it with
+    a scoped table. ``probe``: what the adapter runs first (``probes.run``)
+    when the statement names rows by a key only; the ledger access is then
+    recorded when the probe passes. Made on every statement, so the lane builds it with
     ``tuple.__new__`` (a call into C; a class's ``__init__`` is a Python frame).
     """
 
@@ -58,6 +61,7 @@ class Authorized(NamedTuple):
     plan: Plan
     row_cap: int | None
     tally: Tally | None
+    probe: Pending | None
 
     @property
     def decision(self) -> Decision:
@@ -91,11 +95,20 @@ class Lane:
         #: texts served once by a shape plan: a second time, they get a plan of their own
         self.once: dict[tuple[str, object], None] = {}
 
-    def authorize(self, sql: str, params: Params, convert: Convert | None = None) -> Authorized:
+    def authorize(
+        self,
+        sql: str,
+        params: Params,
+        convert: Convert | None = None,
+        *,
+        probing: bool = False,
+    ) -> Authorized:
         """Decide one statement; on refusal audit and raise; on allow return what to send.
 
         ``convert`` (for positional parameters, which it leaves in order) is
         applied only when a plan must be made: a repeated statement skips it.
+        ``probing``: the caller runs ``Authorized.probe`` before sending
+        (``accessguard.probes``); without it a key-bound statement is refused.
         """
         guard = self.guard
         policy = guard.policy  # one policy for the whole decision, even across a reload
@@ -127,6 +140,7 @@ class Lane:
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies, audited
             raise guard._failed(self.session, self.dialect) from None
         # what every allowed execution does, plan reused or new
+        probe = None if plan.probes is None else prepare(guard, plan, params, probing=probing)
         row_cap = guard._throttle(plan) if guard.throttle is not None else None
         metrics.DECISIONS.allowed()
         if plan.notices:
@@ -134,11 +148,11 @@ class Lane:
         if guard.audit_allowed:
             guard._audit(plan.decision, plan.context, plan.facts)
         tally = plan.tally
-        if tally is not None:
+        if tally is not None and probe is None:  # a probed statement's: when its probe passes
             guard.ledger.record(tally)
         if params is not None and (shape is None or not plan.facts.in_order):
             params = reorder(plan.facts, params)  # else: positional, already in sent order
-        return _authorized(Authorized, (sent, params, plan, row_cap, tally))
+        return _authorized(Authorized, (sent, params, plan, row_cap, tally, probe))
 
     def remember(
         self, table: dict[tuple[str, object], Plan], key: tuple[str, object], plan: Plan

@@ -16,6 +16,7 @@ from accessguard.analysis import Facts
 from accessguard.decision import Context, Decision
 from accessguard.ledger import Tally
 from accessguard.policy import Policy
+from accessguard.probes import Probes
 from accessguard.tickets import Ticket
 
 Params = Sequence[Any] | Mapping[str, Any] | None
@@ -48,6 +49,8 @@ class Plan:
     customers: frozenset[int]
     #: audit events every execution writes (shadow denials, watch-list and canary reads)
     notices: tuple[Decision, ...] = ()
+    #: rows named by a key only, probed before every execution (accessguard.probes)
+    probes: Probes | None = None
 
     def exactly(self, sent: str) -> Plan:
         """This shape plan as the plan of one statement text, whose SQL to send is ``sent``.

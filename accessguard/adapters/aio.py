@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from accessguard import probes
 from accessguard.adapters.base import RowCounter
 from accessguard.adapters.psycopg3 import DIALECT, _query_text, authorize_statement
 from accessguard.errors import AccessDenied, Reason
@@ -88,10 +89,13 @@ class AsyncGuardedCursor(AsyncCountingCursor):
             _query_text(query, self._conn._raw),
             params,
             mogrify=self._raw.mogrify if client else None,
+            probing=True,
         )
 
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncGuardedCursor:
         ok = self._authorize(query, params)
+        if ok.probe is not None:
+            await probes.run_async(self._guard, ok, self._conn._raw)
         await self._raw.execute(ok.sql, ok.params, **kwargs)
         self._begin(ok)
         # a client-side cursor holds the whole result already: refuse it
@@ -113,15 +117,19 @@ class AsyncGuardedCursor(AsyncCountingCursor):
             raise AccessDenied(
                 "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
             )
+        for ok in batch:  # every probe before the first row is written
+            await probes.run_async(self._guard, ok, self._conn._raw)
         await self._raw.executemany(batch[0].sql, [ok.params or () for ok in batch], **kwargs)
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncIterator[Any]:
         """Checked when called (not at the first ``async for`` step), like the sync stream."""
         ok = self._authorize(query, params)
         self._begin(ok)
-        return self._counted(self._raw.stream(ok.sql, ok.params, **kwargs))
+        return self._counted(self._raw.stream(ok.sql, ok.params, **kwargs), ok)
 
-    async def _counted(self, rows: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def _counted(self, rows: AsyncIterator[Any], ok: Authorized) -> AsyncIterator[Any]:
+        # psycopg's stream sends nothing before its first step: the probe runs first
+        await probes.run_async(self._guard, ok, self._conn._raw)
         async for row in rows:
             self._count(1)
             yield row

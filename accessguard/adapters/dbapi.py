@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from accessguard import probes
 from accessguard.adapters.base import CountingCursor
 from accessguard.errors import Reason
 
@@ -32,10 +33,18 @@ class GuardedDbapiCursor(CountingCursor):
     def _authorize(self, query: str, params: Any) -> Authorized:
         if not isinstance(query, str):
             raise TypeError(f"a query must be str, not {type(query).__name__}")
-        return self._guard.authorize(query, params, self._session, dialect=self._conn.dialect)
+        return self._guard.authorize(
+            query, params, self._session, dialect=self._conn.dialect, probing=True
+        )
+
+    def _probe(self, ok: Authorized) -> None:
+        conn = self._conn
+        probes.run(self._guard, ok, conn._raw, qmark=conn.dialect != "postgres")
 
     def execute(self, query: str, params: Any = None) -> GuardedDbapiCursor:
         ok = self._authorize(query, params)
+        if ok.probe is not None:
+            self._probe(ok)
         if ok.params is None:
             self._raw.execute(ok.sql)
         else:
@@ -45,6 +54,8 @@ class GuardedDbapiCursor(CountingCursor):
 
     def executemany(self, query: str, params_seq: Iterable[Any]) -> GuardedDbapiCursor:
         batch = [self._authorize(query, params) for params in params_seq]
+        for ok in batch:  # every probe before the first row is written
+            self._probe(ok)
         if batch:
             self._raw.executemany(batch[0].sql, [ok.params for ok in batch])
         return self

@@ -93,6 +93,7 @@ from django.db import connections
 from django.db.backends.signals import connection_created
 from django.utils.module_loading import import_string
 
+from accessguard import probes
 from accessguard.adapters.binding import bound_session
 from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
 from accessguard.errors import AccessDenied, ConfigurationError, Reason
@@ -183,6 +184,8 @@ class GuardExecuteWrapper:
                 execute, raw, sql, params, context=context, session=session, client=client
             )
         ok = _authorize(guard, raw, sql, params, session, client=client)
+        if ok.probe is not None:
+            probes.run(guard, ok, raw.connection)
         sent = None if client or params is None else ok.params
         if ok.row_cap is None or ok.facts.kind == "select" or "returning" not in ok.sql.lower():
             result = execute(ok.sql, sent, False, context)
@@ -211,6 +214,8 @@ class GuardExecuteWrapper:
         batch = [_authorize(guard, raw, sql, p, session, client=client) for p in params_seq]
         if not batch:
             return execute(sql, params_seq, True, context)
+        for ok in batch:  # every probe before the first row is written
+            probes.run(guard, ok, raw.connection)
         if client:
             # merged statements differ by their values: each is sent on its
             # own, all of them checked before the first is.
@@ -229,7 +234,11 @@ def _authorize(  # noqa: PLR0913 - one statement's inputs
     guard: Guard, raw: Any, sql: str, params: Any, session: Session, *, client: bool
 ) -> Authorized:
     return authorize_statement(
-        guard.lane(session, DIALECT), sql, params, mogrify=raw.mogrify if client else None
+        guard.lane(session, DIALECT),
+        sql,
+        params,
+        mogrify=raw.mogrify if client else None,
+        probing=True,
     )
 
 

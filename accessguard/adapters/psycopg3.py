@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg._queries import PostgresQuery, _query2pg
 
+from accessguard import probes
 from accessguard.adapters.base import CountingCursor
 from accessguard.errors import AccessDenied, Reason
 
@@ -45,6 +46,7 @@ def authorize_statement(
     params: Any,
     *,
     mogrify: Callable[[str, Any], str] | None = None,
+    probing: bool = False,
 ) -> Authorized:
     """Decide one statement as psycopg will send it (every psycopg-based adapter's one path).
 
@@ -53,12 +55,14 @@ def authorize_statement(
     text, even inside comments: the merged text is analyzed and sent, with no
     parameters. Otherwise ``%s`` / ``%(name)s`` become ``$n`` first; for
     positional parameters (whose order that keeps) only when a plan is made.
+    ``probing``: the caller runs ``Authorized.probe`` before sending it
+    (``accessguard.probes.run``); otherwise a key-bound statement is refused.
     """
     if mogrify is None:
         if type(params) is list or type(params) is tuple:
-            return lane.authorize(text, params, convert_query)
+            return lane.authorize(text, params, convert_query, probing=probing)
         if params is None:
-            return lane.authorize(text, None)
+            return lane.authorize(text, None, probing=probing)
         try:
             converted, values = convert_query(text, params)
         except (psycopg.Error, TypeError) as exc:
@@ -68,9 +72,9 @@ def authorize_statement(
                 lane.session,
                 kind="unknown",
             ) from exc
-        return lane.authorize(converted, values)
+        return lane.authorize(converted, values, probing=probing)
     merged = mogrify(text, params) if params is not None else text
-    return lane.authorize(merged, None)
+    return lane.authorize(merged, None, probing=probing)
 
 
 def _query_text(query: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
@@ -104,10 +108,13 @@ class GuardedCursor(CountingCursor):
             query if type(query) is str else _query_text(query, self._conn._raw),
             params,
             mogrify=self._mogrify,
+            probing=True,
         )
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
         ok = self._authorize(query, params)
+        if ok.probe is not None:
+            probes.run(self._guard, ok, self._conn._raw)
         self._raw.execute(ok.sql, ok.params, **kwargs)
         # what _begin does, inline: this is every statement's path
         self._current = ok
@@ -132,10 +139,13 @@ class GuardedCursor(CountingCursor):
             raise AccessDenied(
                 "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
             )
+        for ok in batch:  # every probe before the first row is written
+            probes.run(self._guard, ok, self._conn._raw)
         self._raw.executemany(batch[0].sql, [ok.params or () for ok in batch], **kwargs)
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
         ok = self._authorize(query, params)
+        probes.run(self._guard, ok, self._conn._raw)
         self._begin(ok)
         return self._counted(self._raw.stream(ok.sql, ok.params, **kwargs))
 

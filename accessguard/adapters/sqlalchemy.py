@@ -62,6 +62,7 @@ from sqlalchemy.sql.expression import (
 )
 from sqlalchemy.util import concurrency
 
+from accessguard import probes
 from accessguard.adapters.binding import bound_session
 from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
 from accessguard.errors import AccessDenied, AccessGuardError, ConfigurationError, Reason
@@ -158,6 +159,8 @@ class _Listener:
         ok = self._authorize(
             driver_cursor, statement, None if bare else parameters, session, client=client
         )
+        if ok.probe is not None:
+            _probe(self.guard, ok, driver_cursor.connection)
         if ok.row_cap is not None and ok.facts.kind != "select":
             if executemany:
                 self._cap_batches(ok, context)
@@ -193,6 +196,8 @@ class _Listener:
             raise AccessDenied(
                 "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
             )
+        for ok in batch:  # every probe before the first row is written
+            _probe(self.guard, ok, driver_cursor.connection)
         return batch[0].sql, [ok.params if ok.params is not None else [] for ok in batch]
 
     def _authorize(
@@ -203,6 +208,7 @@ class _Listener:
             statement,
             params,
             mogrify=driver_cursor.mogrify if client else None,
+            probing=True,
         )
 
     def _refuse(self, message: str, session: Session) -> AccessDenied:
@@ -287,6 +293,14 @@ def _run(raw: Any, sql: str) -> None:
         _await(raw.execute(sql))
     else:
         raw.execute(sql)
+
+
+def _probe(guard: Guard, ok: Authorized, raw: Any) -> None:
+    """Run a key-bound statement's probe on the driver connection (sync or async) first."""
+    if isinstance(raw, psycopg.AsyncConnection):
+        _await(probes.run_async(guard, ok, raw))
+    else:
+        probes.run(guard, ok, raw)
 
 
 def _one_execute(context: ExecutionContext | None) -> bool:

@@ -26,16 +26,30 @@ Value = Const | Param
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class KeyBinding:
+    """A declared key or foreign-key ``column`` of a reference, bound to ``values``.
+
+    Found by ``accessguard.analysis.keys`` only for a reference its scope
+    column does not bind; the rows it names are probed (``accessguard.probes``).
+    """
+
+    column: str
+    values: tuple[Value, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ScopeRef:
     """One reference to a scoped table and the values its scope column is bound to.
 
-    ``values`` empty means nothing binds it; the statement can reach any row.
+    ``values`` empty means nothing binds it; the statement can reach any row,
+    unless ``key`` binds it by a declared key (then every row it names is probed).
     Every value must equal the ticket's subject for the reference to be in scope.
     """
 
     table: str
     scope: str
     values: tuple[Value, ...]
+    key: KeyBinding | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,13 +13,14 @@ from typing import NoReturn
 
 from sqlglot import exp
 
-from accessguard.analysis.facts import Const, Param, ScopeRef, Value
+from accessguard.analysis.facts import Const, KeyBinding, Param, ScopeRef, Value
 from accessguard.analysis.functions import (
     ALLOWED_ANONYMOUS,
     ALLOWED_FUNCS,
     SCALAR_NODES,
     UNIT_FUNCS,
 )
+from accessguard.analysis.keys import key_binding
 from accessguard.analysis.shape import LITERAL_BASE
 from accessguard.catalog import Catalog, TableSpec
 from accessguard.errors import Reason
@@ -365,11 +366,13 @@ class Walker:
         for source in env.sources.values():
             if source.spec is not None and source.spec.scope is not None:
                 key = (id(source), source.spec.scope_column or "")
+                values = env.bound.get(key, ())
                 self.scopes.append(
                     ScopeRef(
                         table=source.spec.qualified,
                         scope=source.spec.scope,
-                        values=env.bound.get(key, ()),
+                        values=values,
+                        key=None if values else _key_binding(source, env),
                     )
                 )
 
@@ -644,6 +647,12 @@ def _branch(cls: type[exp.Expression]) -> _Branch:
 
 #: node class -> its branch, learnt on first sight (dict writes are atomic: no lock)
 _BRANCHES: dict[type[exp.Expression], _Branch] = {}
+
+
+def _key_binding(source: Source, env: Env) -> KeyBinding | None:
+    """How ``source`` is bound by a declared key when its scope column is not (keys.py)."""
+    assert source.spec is not None  # noqa: S101 - called for physical sources only
+    return key_binding(source.spec, lambda column: env.bound.get((id(source), column), ()))
 
 
 def _bare_sort_item(node: exp.Column) -> bool:

@@ -1,0 +1,45 @@
+"""Key-bound references: a scoped table named by its key, not by its scope column.
+
+``Session.get(Order, 421)`` sends ``SELECT ... FROM orders WHERE orders.id = $1``:
+nothing binds ``orders.customer_id``, but the statement names its rows by
+the declared primary key (``key = "id"`` in schema.toml), or, for a child
+reached through its parent, by a declared foreign key
+(``payments WHERE order_id IN (...)``, ``references``). Such a binding is
+recorded with its values; the decision allows the statement only with a
+probe that proves, before it is sent, that every row those values name
+belongs to the ticket's subject (``accessguard.probes``).
+
+Only what the walker's union-find found for the reference's own SELECT (or
+UPDATE) counts: equalities and IN lists of constants and parameters among
+the top-level AND conjuncts of its WHERE (and inner joins' ON), the same
+bindings the scope column is read from. Anything else (OR, NOT, ranges,
+subqueries) binds nothing, and the reference stays unbound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from accessguard.analysis.facts import KeyBinding, Value
+from accessguard.catalog import TableSpec
+
+
+def key_columns(spec: TableSpec) -> tuple[str, ...]:
+    """The columns that name rows of ``spec``: its key first, then its foreign keys."""
+    columns = [spec.key] if spec.key is not None else []
+    columns += [column for column, _table, _target in spec.references if column not in columns]
+    return tuple(columns)
+
+
+def key_binding(spec: TableSpec, bound: Callable[[str], tuple[Value, ...]]) -> KeyBinding | None:
+    """The first declared key of ``spec`` that ``bound`` (column -> values) binds, or None.
+
+    The primary key is preferred: it names the fewest rows, through an index.
+    """
+    for column in key_columns(spec):
+        if column == spec.scope_column:
+            continue
+        values = bound(column)
+        if values:
+            return KeyBinding(column=column, values=values)
+    return None
