@@ -57,7 +57,7 @@ from accessguard.lane import Authorized, Convert, Lane, Session
 from accessguard.ledger import Access, Ledger
 from accessguard.plan import Params, Plan, Unverified, combine, params_shape
 from accessguard.policy import SHADOW_FILE, Policy, load_policy
-from accessguard.probes import keyed, plan_probes
+from accessguard.probes import keyed, plan_probes, unprobed
 from accessguard.throttle import Limits, Throttle, ThrottleStoreUnavailable, load_limits
 from accessguard.tickets import Ticket, TicketStore, as_store
 
@@ -289,8 +289,12 @@ class Guard:
 
         ``sql`` uses the dialect's native placeholders (``$1`` for PostgreSQL,
         ``?`` for SQLite) or psycopg's ``%s`` / ``%(name)s`` when ``params`` are
-        given for PostgreSQL. Bytes are read as UTF-8; a statement that is too
-        long or not valid text is refused (``sql.unanalyzable``) before any scan.
+        given for PostgreSQL. A statement bound only by a key
+        (``WHERE orders.id = 421``) is refused ``row_scope.unbound`` here: a
+        guarded connection allows it only after probing the database
+        (``accessguard.probes``), and check has no database. Bytes are read
+        as UTF-8; a statement that is too long or not valid text is refused
+        (``sql.unanalyzable``) before any scan.
         A ``user`` that is None, empty or not a string is refused
         (``ConfigurationError``, ``session.unbound``), audited.
         """
@@ -319,6 +323,8 @@ class Guard:
             facts, decision, context = self._decide(
                 sql, params, session, dialect, found, self.policy, sending=False
             )
+            if decision.allowed and keyed(facts):  # no database to probe: as an adapter without
+                decision = unprobed(facts, decision, context, self.policy.catalog)
         except AccessGuardError:
             raise
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies

@@ -66,7 +66,7 @@ from accessguard.errors import AccessDenied, Reason
 
 if TYPE_CHECKING:
     from accessguard.catalog import Catalog, TableSpec
-    from accessguard.decision import Context
+    from accessguard.decision import Context, Decision
     from accessguard.guard import Guard
     from accessguard.lane import Authorized
     from accessguard.plan import Plan
@@ -142,9 +142,10 @@ def plan_probes(
         format_sql=_sql(found, "%s", dialect),
         qmark_sql=_sql(found, "?", dialect),
         unbound=(
-            f"The statement names {table} rows by {first.column} only, and this connection "
-            f"cannot check that they belong to the {first.scope} of ticket {context.ticket_id}: "
-            f"add a condition {table}.{first.scope_column} = the {first.scope} of the ticket."
+            f"the statement names {table} rows by {first.column} only; that they belong to the "
+            f"{first.scope} of ticket {context.ticket_id} is checked on the database before "
+            "sending, which this path cannot do: add a condition "
+            f"{table}.{first.scope_column} = the {first.scope} of the ticket."
         ),
     )
 
@@ -177,6 +178,20 @@ def _sql(probes: Sequence[Probe], mark: str, dialect: str) -> str:
             f'AND "{probe.scope_column}" {differs} {mark})'
         )
     return "SELECT 1 WHERE " + " OR ".join(parts)
+
+
+def unprobed(facts: Facts, decision: Decision, context: Context, catalog: Catalog) -> Decision:
+    """The refusal of an allowed key-bound ``decision`` where no probe can run (``Guard.check``)."""
+    subjects = dict(decision.subjects)
+    probes = plan_probes(facts, catalog, subjects, context)
+    message = probes.unbound if probes is not None else "the statement cannot be probed."
+    return dataclasses.replace(
+        decision,
+        outcome="denied",
+        reason=Reason.ROW_SCOPE_UNBOUND,
+        message=f"Refused: {message}",
+        subjects=(),
+    )
 
 
 # ---------------------------------------------------------------------- per execution

@@ -285,4 +285,3 @@ def test_plain_types_are_decided_by_name_as_by_their_sql() -> None:
         by_sql = node.sql(dialect="postgres").lower().startswith(("reg", '"reg'))
         assert _reads_catalog(node) is by_sql, kind
     assert _reads_catalog(exp.DataType.build("regclass", dialect="postgres"))
-
