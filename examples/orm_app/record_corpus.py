@@ -6,7 +6,8 @@ customer (42: the legitimate statements) and once for a bad twin (customer 43
 or 7: the same code on another customer's keys, which the guard must refuse).
 Each pattern runs in a transaction that is rolled back. Regenerating gives the
 same file (stable ids, sorted keys); ``known`` marks are kept by case id, or,
-with ``--mark-known``, set from what the guard decides today.
+with ``--mark-known``, set from what the guard decides today (each case run through
+``guard.wrap`` on the database, where key-bound statements are probed).
 
     python examples/orm_app/record_corpus.py [--dsn DSN] [--mark-known]
 """
@@ -14,7 +15,9 @@ with ``--mark-known``, set from what the guard decides today.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.orm import Session
 from subject import ALICE, TWINS, Pattern, Subject
 
-from accessguard import Guard, scenario
+from accessguard import AccessGuardError, Guard, scenario
 from accessguard.testing import MemoryAuditSink
 
 HERE = Path(__file__).resolve().parent
@@ -199,28 +202,43 @@ def record(dsn: str) -> list[dict[str, Any]]:
 
 
 def mark_known(cases: list[dict[str, Any]], dsn: str) -> None:
-    """Set ``known`` on the allow cases the guard refuses today (decided on what psycopg sends)."""
-    with (
-        Guard.from_directory(
-            scenario.policies_dir(), tickets=scenario.tickets(), audit=MemoryAuditSink()
-        ) as guard,
-        psycopg.connect(dsn, cursor_factory=psycopg.ClientCursor) as conn,
-    ):
-        for case in cases:
-            case.pop("known", None)
-            if case["expected"] != "allow":
-                continue
-            sets = case["params"] if case.get("many") else [case["params"]]
-            for params in sets:
-                if case["binding"] == "client" and params is not None:  # what ClientCursor sends
-                    decision = guard.check(
-                        conn.cursor().mogrify(case["sql"], params), None, **ALICE_T100
-                    )
-                else:
-                    decision = guard.check(case["sql"], params, **ALICE_T100)
-                if not decision.allowed:
-                    case["known"] = f"over-refusal: {decision.reason} (issue 16)"
-                    break
+    """Set ``known`` on the allow cases the guard refuses today.
+
+    Each case runs through ``guard.wrap`` on ``dsn`` as the replay test runs it
+    (key-bound statements are decided only there: their probe needs the
+    database), in a transaction rolled back; the policy without volume limits.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        policies = Path(tmp) / "policies"
+        shutil.copytree(scenario.policies_dir(), policies)
+        (policies / "limits.toml").unlink(missing_ok=True)
+        with Guard.from_directory(
+            policies, tickets=scenario.tickets(), audit=MemoryAuditSink()
+        ) as guard:
+            for case in cases:
+                case.pop("known", None)
+                if case["expected"] == "allow":
+                    reason = _refused(guard, dsn, case)
+                    if reason is not None:
+                        case["known"] = f"over-refusal: {reason} (issue 16)"
+
+
+def _refused(guard: Guard, dsn: str, case: dict[str, Any]) -> str | None:
+    """The reason the guard refuses ``case`` on ``dsn`` today (None: accepted); rolled back."""
+    factory = psycopg.ClientCursor if case["binding"] == "client" else psycopg.Cursor
+    with psycopg.connect(dsn, cursor_factory=factory) as raw:
+        conn = guard.wrap(raw, **ALICE_T100)
+        try:
+            cur = conn.cursor()
+            if case.get("many"):
+                cur.executemany(case["sql"], case["params"])
+            else:
+                cur.execute(case["sql"], case["params"])
+        except AccessGuardError as exc:
+            return str(exc.reason)
+        finally:
+            raw.rollback()
+    return None
 
 
 def main() -> None:
