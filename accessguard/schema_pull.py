@@ -9,7 +9,10 @@ is an administrator's tool, never a guarded session. The output is a draft:
 - a table with a ``customer_id`` or ``product_id`` column (or the customer
   and product tables themselves, by their key) gets a *guessed* row scope,
   marked ``# guessed: review``;
-- keys and foreign keys are written as comments, for the reviewer;
+- a one-column primary key becomes ``key = "..."`` and foreign keys to
+  tables of the file become ``references = { column = "table.column" }``
+  (what key-bound statements are probed by); a key of several columns, or a
+  foreign key to a table left out, stays a comment;
 - a table or column whose name schema.toml cannot hold (upper case, spaces)
   is listed in a comment and left out, so it stays unreachable.
 
@@ -106,6 +109,7 @@ def pull(conn: psycopg.Connection[tuple[object, ...]], schema: str = "public") -
 def render(tables: list[PulledTable], *, schema: str = "public", source: str = "") -> str:
     """The tables as schema.toml text, with the guesses and keys as comments."""
     origin = f" of {source}" if source else ""
+    named = {table.name: set(table.columns) for table in tables if table.name}
     lines = [
         f"# Pulled from the live catalog{origin} by `accessguard schema pull`.",
         "# A draft to review: scopes marked 'guessed' come from column names only.",
@@ -118,17 +122,57 @@ def render(tables: list[PulledTable], *, schema: str = "public", source: str = "
             lines += ["", "# left out (names schema.toml cannot hold): " + ", ".join(table.skipped)]
             continue
         lines += ["", f"[tables.{table.name}]"]
-        if table.primary_key:
-            lines.append(f"# primary key: {', '.join(table.primary_key)}")
-        lines += [
-            f"# foreign key: {column} -> {ref_table}.{ref_column}"
-            for column, ref_table, ref_column in table.foreign_keys
-        ]
+        lines += _key_comments(table, named)
         if table.skipped:
             lines.append(f"# left out (names schema.toml cannot hold): {', '.join(table.skipped)}")
         lines.append("columns = [" + ", ".join(f'"{c}"' for c in table.columns) + "]")
+        lines += _keys(table, named)
         guessed = table.scope()
         if guessed is not None:
             lines.append(f'scope = "{guessed[0]}"  # guessed: review')
             lines.append(f'scope_column = "{guessed[1]}"')
     return "\n".join(lines) + "\n"
+
+
+def _declarable(table: PulledTable, named: dict[str, set[str]]) -> list[tuple[str, str, str]]:
+    """The foreign keys schema.toml can declare (one column each, to a column of the file).
+
+    In the table's column order, so a pull is stable.
+    """
+    columns = [fk[0] for fk in table.foreign_keys]
+    found = [
+        (column, ref_table, ref_column)
+        for column, ref_table, ref_column in table.foreign_keys
+        if columns.count(column) == 1
+        and column in table.columns
+        and ref_column in named.get(ref_table, ())
+    ]
+    return sorted(found, key=lambda fk: table.columns.index(fk[0]))
+
+
+def _key_comments(table: PulledTable, named: dict[str, set[str]]) -> list[str]:
+    """Comments for the keys ``_keys`` cannot declare (several columns, a table left out)."""
+    lines: list[str] = []
+    if len(table.primary_key) > 1:
+        lines.append(
+            f"# primary key (several columns, not declared): {', '.join(table.primary_key)}"
+        )
+    declared = _declarable(table, named)
+    lines += [
+        f"# foreign key (not declared): {column} -> {ref_table}.{ref_column}"
+        for column, ref_table, ref_column in table.foreign_keys
+        if (column, ref_table, ref_column) not in declared
+    ]
+    return lines
+
+
+def _keys(table: PulledTable, named: dict[str, set[str]]) -> list[str]:
+    """``key = "id"`` and ``references = { ... }`` lines for ``table``."""
+    lines: list[str] = []
+    if len(table.primary_key) == 1 and table.primary_key[0] in table.columns:
+        lines.append(f'key = "{table.primary_key[0]}"')
+    declared = _declarable(table, named)
+    if declared:
+        pairs = ", ".join(f'{column} = "{ref}.{target}"' for column, ref, target in declared)
+        lines.append(f"references = {{ {pairs} }}")
+    return lines

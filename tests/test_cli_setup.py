@@ -102,14 +102,20 @@ class TestSchemaPull:
         for name, spec in declared.tables.items():
             assert pulled.tables[name].columns == spec.columns, name
 
-    def test_keys_are_comments_and_scopes_are_marked_as_guesses(
-        self, scenario_dsn: str, capsys: pytest.CaptureFixture[str]
+    def test_keys_are_declared_and_scopes_are_marked_as_guesses(
+        self, scenario_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """Keys and foreign keys appear as comments; every guessed scope says so."""
+        """Keys and foreign keys are declared as the scenario has them; guessed scopes say so."""
+        out = tmp_path / "schema.toml"
+        assert main(["schema", "pull", scenario_dsn, "--out", str(out)]) == 0
+        pulled = load_catalog(out)
+        declared = load_catalog(scenario.policies_dir() / "schema.toml")
+        for name, spec in declared.tables.items():
+            assert pulled.tables[name].key == (spec.key or pulled.tables[name].key), name
+            assert set(spec.references) <= set(pulled.tables[name].references), name
         assert main(["schema", "pull", scenario_dsn]) == 0
         text = capsys.readouterr().out
-        assert "# foreign key: order_id -> orders.id" in text
-        assert "# primary key: id" in text
+        assert 'references = { order_id = "orders.id", customer_id = "customers.id" }' in text
         scope_lines = [line for line in text.splitlines() if line.startswith("scope =")]
         assert scope_lines
         assert all("# guessed: review" in line for line in scope_lines)
