@@ -11,6 +11,8 @@ POLICY_SIZE = Goal(name="100,000 policy lines: decision / decision with 10", op=
 THREADS = Goal(name="8 threads: guarded / raw throughput", op=">=", bound=0.9)
 
 POINT = "SELECT id, name, email FROM customers WHERE id = %s"
+#: an order by its primary key only (Session.get): the guard probes its owner first
+KEYED = "SELECT id, customer_id, status FROM orders WHERE orders.id = %s"
 #: varies an integer literal that never excludes a row (customer 42 has 3 orders)
 VARYING_SQL = "SELECT id, status, total_cents FROM orders WHERE customer_id = 42 AND id <> {n}"
 JOIN = (

@@ -20,6 +20,7 @@ from benchmarks.statements import (
     FIRST_SIGHT,
     FIRST_SIGHT_SHAPES,
     JOIN,
+    KEYED,
     POINT,
     POLICY_LINES,
     POLICY_SIZE,
@@ -105,8 +106,8 @@ def _sent(
         from accessguard.guard import Session
 
         converted, values = convert_query(query, params)
-        ok = bench.guard.authorize(
-            converted, values, Session(user=user, ticket=ticket), dialect="postgres"
+        ok = bench.guard.authorize(  # probing: the SQL a probing adapter sends after its probe
+            converted, values, Session(user=user, ticket=ticket), dialect="postgres", probing=True
         )
         text, bound = str(ok.sql), ok.params
     except Exception:  # noqa: BLE001 - a diagnostic only: the row stands without it
@@ -179,6 +180,27 @@ def point_lookup_param(bench: Bench) -> list[Result]:
             note="alice on T-100, customers by primary key, bound parameter, same text every time",
             sent=_sent(bench, POINT, [42], "alice", "T-100"),
             floor=_floor(bench, POINT, [42], "alice", "T-100"),
+        )
+    ]
+
+
+def key_bound_param(bench: Bench) -> list[Result]:
+    raw = _fetch(bench.raw, KEYED, [421])
+    guarded = _fetch(bench.as_user("alice", "T-100"), KEYED, [421])
+    _same_rows("key_bound_param", raw, guarded)
+    return [
+        _latency(
+            bench,
+            "key_bound_param",
+            raw,
+            guarded,
+            count=5000,
+            goal=None,
+            note=(
+                "alice on T-100, orders by primary key only (Session.get): the guard runs its "
+                "probe (one more round trip) before the statement"
+            ),
+            sent=_sent(bench, KEYED, [421], "alice", "T-100"),
         )
     ]
 
@@ -501,6 +523,7 @@ def throttle(bench: Bench) -> list[Result]:
 
 WORKLOADS: dict[str, Callable[[Bench], list[Result]]] = {
     "point_lookup_param": point_lookup_param,
+    "key_bound_param": key_bound_param,
     "point_lookup_literal_varying": point_lookup_literal_varying,
     "point_lookup_literal_repeated": point_lookup_literal_repeated,
     "three_table_join": three_table_join,
