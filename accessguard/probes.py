@@ -258,37 +258,55 @@ def run(guard: Guard, ok: Authorized, connection: Any, *, qmark: bool = False) -
     Nothing to do (one attribute read) for a statement without a probe. On
     success the statement's ledger access is recorded (the lane defers it).
     """
-    pending = ok.probe
-    if pending is None:
-        return
-    cursor = connection.cursor()
-    try:
-        cursor.execute(
-            pending.probes.qmark_sql if qmark else pending.probes.format_sql, pending.values
-        )
-        found = cursor.fetchone() is not None
-    finally:
-        cursor.close()
-    passed(guard, ok, found=found)
+    if ok.probe is not None:
+        run_batch(guard, (ok,), connection, qmark=qmark)
+
+
+def run_batch(
+    guard: Guard, batch: Sequence[Authorized], connection: Any, *, qmark: bool = False
+) -> None:
+    """Every probe of an executemany batch, then (all passed) their ledger accesses."""
+    for ok in batch:
+        pending = ok.probe
+        if pending is None:
+            continue
+        cursor = connection.cursor()
+        try:
+            sql = pending.probes.qmark_sql if qmark else pending.probes.format_sql
+            cursor.execute(sql, pending.values)
+            found = cursor.fetchone() is not None
+        finally:
+            cursor.close()
+        if found:
+            raise _other_subject(guard, ok)
+    _record(guard, batch)
 
 
 async def run_async(guard: Guard, ok: Authorized, connection: Any) -> None:
     """``run`` for a psycopg AsyncConnection."""
-    pending = ok.probe
-    if pending is None:
-        return
-    cursor = connection.cursor()
-    try:
-        await cursor.execute(pending.probes.format_sql, pending.values)
-        found = await cursor.fetchone() is not None
-    finally:
-        await cursor.close()
-    passed(guard, ok, found=found)
+    if ok.probe is not None:
+        await run_batch_async(guard, (ok,), connection)
 
 
-def passed(guard: Guard, ok: Authorized, *, found: bool) -> None:
-    """After a probe ran: refuse (audited) if it ``found`` a row, else record the ledger access."""
-    if found:
-        raise _other_subject(guard, ok)
-    if ok.tally is not None:
-        guard.ledger.record(ok.tally)
+async def run_batch_async(guard: Guard, batch: Sequence[Authorized], connection: Any) -> None:
+    """``run_batch`` for a psycopg AsyncConnection."""
+    for ok in batch:
+        pending = ok.probe
+        if pending is None:
+            continue
+        cursor = connection.cursor()
+        try:
+            await cursor.execute(pending.probes.format_sql, pending.values)
+            found = await cursor.fetchone() is not None
+        finally:
+            await cursor.close()
+        if found:
+            raise _other_subject(guard, ok)
+    _record(guard, batch)
+
+
+def _record(guard: Guard, batch: Sequence[Authorized]) -> None:
+    """The ledger accesses the lane deferred until the probes passed."""
+    for ok in batch:
+        if ok.probe is not None and ok.tally is not None:
+            guard.ledger.record(ok.tally)

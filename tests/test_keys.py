@@ -235,9 +235,9 @@ class TestPsycopg:
         assert info.value.reason == "row_scope.other_subject"
 
     def test_executemany_refused_before_any_write(
-        self, alice: Any, scenario_dsn: str, sink: MemoryAuditSink
+        self, guard: Guard, alice: Any, scenario_dsn: str, sink: MemoryAuditSink
     ) -> None:
-        """executemany with one foreign key in the batch writes none of the batch."""
+        """executemany with one foreign key in the batch writes none of it, and no ledger entry."""
         cur = alice.cursor()
         with pytest.raises(AccessDenied) as info:
             cur.executemany(UPDATE_BY_ID, [["x", 421], ["x", 422], ["x", 71]])
@@ -247,6 +247,8 @@ class TestPsycopg:
         assert status_of(scenario_dsn, 422) == "pending"
         assert status_of(scenario_dsn, 71) == "pending"
         assert other_subject_events(sink) == 1
+        guard.ledger.flush()
+        assert not [e for e in sink.events if e.get("event.action") == "ledger"]
 
     def test_executemany_of_own_orders_writes(self, alice: Any, scenario_dsn: str) -> None:
         """executemany of UPDATEs by key over alice's orders writes every one."""

@@ -117,8 +117,7 @@ class AsyncGuardedCursor(AsyncCountingCursor):
             raise AccessDenied(
                 "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
             )
-        for ok in batch:  # every probe before the first row is written
-            await probes.run_async(self._guard, ok, self._conn._raw)
+        await probes.run_batch_async(self._guard, batch, self._conn._raw)  # before any write
         await self._raw.executemany(batch[0].sql, [ok.params or () for ok in batch], **kwargs)
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncIterator[Any]:

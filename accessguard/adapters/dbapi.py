@@ -54,8 +54,8 @@ class GuardedDbapiCursor(CountingCursor):
 
     def executemany(self, query: str, params_seq: Iterable[Any]) -> GuardedDbapiCursor:
         batch = [self._authorize(query, params) for params in params_seq]
-        for ok in batch:  # every probe before the first row is written
-            self._probe(ok)
+        conn = self._conn  # every probe before the first row is written
+        probes.run_batch(self._guard, batch, conn._raw, qmark=conn.dialect != "postgres")
         if batch:
             self._raw.executemany(batch[0].sql, [ok.params for ok in batch])
         return self

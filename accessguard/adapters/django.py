@@ -214,8 +214,7 @@ class GuardExecuteWrapper:
         batch = [_authorize(guard, raw, sql, p, session, client=client) for p in params_seq]
         if not batch:
             return execute(sql, params_seq, True, context)
-        for ok in batch:  # every probe before the first row is written
-            probes.run(guard, ok, raw.connection)
+        probes.run_batch(guard, batch, raw.connection)  # every probe before the first write
         if client:
             # merged statements differ by their values: each is sent on its
             # own, all of them checked before the first is.

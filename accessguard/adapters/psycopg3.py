@@ -139,8 +139,7 @@ class GuardedCursor(CountingCursor):
             raise AccessDenied(
                 "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
             )
-        for ok in batch:  # every probe before the first row is written
-            probes.run(self._guard, ok, self._conn._raw)
+        probes.run_batch(self._guard, batch, self._conn._raw)  # every probe before any write
         self._raw.executemany(batch[0].sql, [ok.params or () for ok in batch], **kwargs)
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:

@@ -68,6 +68,8 @@ from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
 from accessguard.errors import AccessDenied, AccessGuardError, ConfigurationError, Reason
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -160,7 +162,7 @@ class _Listener:
             driver_cursor, statement, None if bare else parameters, session, client=client
         )
         if ok.probe is not None:
-            _probe(self.guard, ok, driver_cursor.connection)
+            _probe(self.guard, (ok,), driver_cursor.connection)
         if ok.row_cap is not None and ok.facts.kind != "select":
             if executemany:
                 self._cap_batches(ok, context)
@@ -196,8 +198,7 @@ class _Listener:
             raise AccessDenied(
                 "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
             )
-        for ok in batch:  # every probe before the first row is written
-            _probe(self.guard, ok, driver_cursor.connection)
+        _probe(self.guard, batch, driver_cursor.connection)  # every probe before any write
         return batch[0].sql, [ok.params if ok.params is not None else [] for ok in batch]
 
     def _authorize(
@@ -295,12 +296,12 @@ def _run(raw: Any, sql: str) -> None:
         raw.execute(sql)
 
 
-def _probe(guard: Guard, ok: Authorized, raw: Any) -> None:
-    """Run a key-bound statement's probe on the driver connection (sync or async) first."""
+def _probe(guard: Guard, batch: Sequence[Authorized], raw: Any) -> None:
+    """Run key-bound statements' probes on the driver connection (sync or async) first."""
     if isinstance(raw, psycopg.AsyncConnection):
-        _await(probes.run_async(guard, ok, raw))
+        _await(probes.run_batch_async(guard, batch, raw))
     else:
-        probes.run(guard, ok, raw)
+        probes.run_batch(guard, batch, raw)
 
 
 def _one_execute(context: ExecutionContext | None) -> bool:
