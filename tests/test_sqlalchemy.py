@@ -345,12 +345,13 @@ class TestOrm:
             assert customer.orders[0].customer is customer
 
     def test_select_other_customer_is_refused(self, engine: Engine) -> None:
-        """ORM loads that are not proven to stay on customer 42 are refused as AccessDenied."""
+        """ORM loads of another customer's rows (by scope or by key) are refused as AccessDenied."""
         with Session(engine) as session:
             with pytest.raises(AccessDenied):
                 session.scalars(select(Customer).where(Customer.id == 7)).all()
-            with pytest.raises(AccessDenied):
-                session.get(Order, 421)  # by order id: not proven to be customer 42's
+            with pytest.raises(AccessDenied) as info:
+                session.get(Order, 71)  # by order id: customer 7's, found by the probe
+            assert info.value.reason == "row_scope.other_subject"
 
     def test_eager_join_load(self, engine: Engine) -> None:
         """A joined eager load of the relationship is checked as one statement."""
@@ -361,15 +362,16 @@ class TestOrm:
             customer = session.scalars(stmt).one()
             assert [o.status for o in customer.orders] == ["cancelled", "pending", "shipped"]
 
-    def test_flush_unscoped_update_is_refused(self, engine: Engine) -> None:
-        """A flush whose UPDATE is keyed by order id only is refused at flush."""
+    def test_flush_update_by_order_id_is_probed(self, engine: Engine) -> None:
+        """A flush whose UPDATE is keyed by order id only runs once its probe finds 42's order."""
         with Session(engine) as session:
             customer = session.get(Customer, 42)
             assert customer is not None
             order = customer.orders[0]
             order.status = "refunded"
-            with pytest.raises(AccessGuardError):
-                session.flush()
+            session.flush()
+            session.expire_all()
+            assert session.get(Order, order.id).status == "refunded"  # type: ignore[union-attr]
             session.rollback()
 
 
