@@ -36,6 +36,7 @@ from accessguard.decision import Context, Decision, decide
 from accessguard.errors import AccessDenied, AccessGuardError, Reason, Throttled
 from accessguard.guard import Guard, Session
 from accessguard.policy import EVERYONE, NO_TICKET, Access, Policy, Rule, load_policy
+from accessguard.probes import keyed
 from accessguard.testing import MemoryAuditSink
 from accessguard.tickets import FileTicketStore, Ticket
 
@@ -402,6 +403,8 @@ def explain(  # noqa: PLR0913 - the options of `accessguard check`
             *(f"  {line}" for line in _access_lines(facts, context, policy)),
         ]
     verdict = decision.outcome + (f" ({decision.reason})" if decision.reason else "")
+    if decision.allowed and keyed(facts):
+        verdict += " on a guarded connection, after its probe (check alone refuses it)"
     out.append(f"decision:  {verdict}")
     if decision.message:
         out.append(f"           {decision.message}")
@@ -438,6 +441,14 @@ def _scope_lines(facts: Facts, context: Context) -> list[str]:
         table = ref.table.rsplit(".", 1)[-1]
         subject = getattr(ticket, SCOPE_KINDS[ref.scope]) if ticket is not None else None
         want = f"ticket's {ref.scope}: {subject}" if subject is not None else "no ticket subject"
+        if not ref.values and ref.key is not None:
+            shown = [_value_text(v, context.params) for v in ref.key.values]
+            lines.append(
+                f"{table}: named by {ref.key.column} in ({', '.join(shown)}) only: a guarded "
+                f"connection probes that every such row is the ticket's {ref.scope}'s before "
+                f"sending ({want})"
+            )
+            continue
         if not ref.values:
             lines.append(f"{table}: {ref.scope} not bound: any {ref.scope}'s rows ({want})")
             continue
