@@ -57,7 +57,7 @@ from accessguard.lane import Authorized, Convert, Lane, Session
 from accessguard.ledger import Access, Ledger
 from accessguard.plan import Params, Plan, Unverified, combine, params_shape
 from accessguard.policy import SHADOW_FILE, Policy, load_policy
-from accessguard.probes import keyed, plan_probes, unprobed
+from accessguard.probes import keyed, plan_probes, unprobed, with_literals
 from accessguard.throttle import Limits, Throttle, ThrottleStoreUnavailable, load_limits
 from accessguard.tickets import Ticket, TicketStore, as_store
 
@@ -565,7 +565,9 @@ class Guard:
             key = (quick.text, params_shape(params))
             plan = lane.shapes.get(key)
             if plan is not None and plan.holds(policy, ticket, combine(params, quick.values)):
-                return plan, render(plan.sql, quick, escape_percent=escape)
+                return with_literals(plan, quick.values), render(
+                    plan.sql, quick, escape_percent=escape
+                )
         found = shape(sql, dialect)
         if found is None:
             return None
@@ -583,8 +585,8 @@ class Guard:
                 policy,
                 escape=escape,
             )
-            if not decision.allowed or keyed(facts):
-                return None  # a probe reads the literals of the text itself: no shape plan
+            if not decision.allowed:
+                return None
             redacted = redact_tokens(tokens)  # the statement's own, not its shape's
             facts = replace(facts, redacted=redacted, fingerprint=fingerprint(redacted))
             try:
@@ -592,7 +594,7 @@ class Guard:
             except Unverified:
                 return None  # decided again on the text itself, which audits the refusal
             lane.remember(lane.shapes, key, plan)
-        return plan, render(plan.sql, lifted, escape_percent=escape)
+        return with_literals(plan, lifted.values), render(plan.sql, lifted, escape_percent=escape)
 
     def _plan(
         self,

@@ -180,6 +180,26 @@ def _sql(probes: Sequence[Probe], mark: str, dialect: str) -> str:
     return "SELECT 1 WHERE " + " OR ".join(parts)
 
 
+def with_literals(plan: Plan, literals: Mapping[str, Any]) -> Plan:
+    """A shape plan as the plan of one text: its probe's lifted literals (``#i``) as constants.
+
+    The plan of a statement's literal-free shape names the text's literals as
+    parameters ``#i``; the lane reads a probe's values from the bound
+    parameters only, so they are put back here (a value that is not an
+    integer stays a parameter the lane cannot read: refused, fail closed).
+    """
+    probes = plan.probes
+    if probes is None:
+        return plan
+    keys = tuple(
+        Const(literals[str(key.key)])
+        if isinstance(key, Param) and type(literals.get(str(key.key))) is int
+        else key
+        for key in probes.keys
+    )
+    return dataclasses.replace(plan, probes=dataclasses.replace(probes, keys=keys))
+
+
 def unprobed(facts: Facts, decision: Decision, context: Context, catalog: Catalog) -> Decision:
     """The refusal of an allowed key-bound ``decision`` where no probe can run (``Guard.check``)."""
     subjects = dict(decision.subjects)

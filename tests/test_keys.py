@@ -195,6 +195,21 @@ class TestPsycopg:
             alice.execute(ORDER_BY_ID, [72])
         assert info.value.reason == "row_scope.other_subject"
 
+    def test_varying_literal_keys_share_a_shape_and_are_each_probed(
+        self, guard: Guard, alice: Any
+    ) -> None:
+        """``WHERE id = 421`` then ``= 422`` then ``= 71``: one shape plan, each text's own probe."""
+        sql = "SELECT id, customer_id FROM orders WHERE id = {n}"
+        assert alice.execute(sql.format(n=421)).fetchall() == [(421, 42)]
+        assert alice.execute(sql.format(n=422)).fetchall() == [(422, 42)]
+        assert guard.lane(ALICE, "postgres").shapes  # the second text was served by its shape
+        with pytest.raises(AccessDenied) as info:
+            alice.execute(sql.format(n=71))
+        assert info.value.reason == "row_scope.other_subject"
+        with pytest.raises(AccessDenied):  # a text seen twice gets an exact plan: still probed
+            alice.execute(sql.format(n=71))
+        assert alice.execute(sql.format(n=422)).fetchall() == [(422, 42)]
+
     def test_update_own_order_by_key_writes(self, alice: Any, scenario_dsn: str) -> None:
         """The ORM flush ``UPDATE orders SET status WHERE id`` writes alice's order."""
         assert alice.execute(UPDATE_BY_ID, ["refunded", 421]).rowcount == 1
