@@ -198,7 +198,7 @@ class TestPsycopg:
     def test_varying_literal_keys_share_a_shape_and_are_each_probed(
         self, guard: Guard, alice: Any
     ) -> None:
-        """``WHERE id = 421`` then ``= 422`` then ``= 71``: one shape plan, each text's own probe."""
+        """``id = 421``, then ``= 422``, then ``= 71``: one shape plan, each text its own probe."""
         sql = "SELECT id, customer_id FROM orders WHERE id = {n}"
         assert alice.execute(sql.format(n=421)).fetchall() == [(421, 42)]
         assert alice.execute(sql.format(n=422)).fetchall() == [(422, 42)]
