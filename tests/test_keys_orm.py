@@ -138,6 +138,33 @@ class TestSQLAlchemy:
             assert [[p.id for p in o.payments] for o in orders] == [[421], [422], [423]]
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """psycopg's async connections run on asyncio."""
+    return "asyncio"
+
+
+@db
+@pytest.mark.anyio
+async def test_async_engine_probes(guard: Guard, scenario_dsn: str) -> None:
+    """An AsyncEngine runs the probe on its async driver connection: 421 loads, 71 is refused."""
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(scenario_dsn.replace("postgresql://", "postgresql+psycopg://", 1))
+    guard.instrument(engine)
+    try:
+        with guard.acting_as(user="alice", ticket="T-100"):
+            async with AsyncSession(engine) as session:
+                order = await session.get(Order, 421)
+                assert order is not None
+                assert order.customer_id == 42
+                with pytest.raises(AccessDenied) as info:
+                    await session.get(Order, 71)
+        assert info.value.reason == "row_scope.other_subject"
+    finally:
+        await engine.dispose()
+
+
 # ---------------------------------------------------------------------- Django
 
 
