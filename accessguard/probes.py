@@ -248,7 +248,9 @@ def _value(key: Value, params: Any) -> int | None:
         raw = params[key.key] if isinstance(params, Mapping) else params[int(key.key)]
     except (KeyError, IndexError, TypeError, ValueError):
         return None
-    return raw if type(raw) is int else None
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        return None
+    return int(raw)  # psycopg's Int8 (Django) is an int: probed as the value it dumps
 
 
 def refuse(guard: Guard, plan: Plan, reason: Reason, message: str) -> AccessDenied:

@@ -180,6 +180,18 @@ class TestPsycopg:
         assert "431" not in str(info.value)
         assert "71" not in str(info.value)
 
+    def test_int_subclass_keys_are_probed(self, alice: Any) -> None:
+        """psycopg's Int8 (what Django binds server-side) is probed as its value; True is not."""
+        from psycopg.types.numeric import Int8
+
+        assert alice.execute(ORDER_BY_ID, [Int8(421)]).fetchall() == [(421, 42, "cancelled")]
+        with pytest.raises(AccessDenied) as info:
+            alice.execute(ORDER_BY_ID, [Int8(71)])
+        assert info.value.reason == "row_scope.other_subject"
+        with pytest.raises(AccessDenied) as info:
+            alice.execute(ORDER_BY_ID, [True])
+        assert info.value.reason == "row_scope.unbound"
+
     def test_a_key_that_names_no_row_returns_nothing(
         self, alice: Any, sink: MemoryAuditSink
     ) -> None:
