@@ -278,11 +278,10 @@ def test_plain_types_are_decided_by_name_as_by_their_sql() -> None:
     """The walker's reg* shortcut answers as node.sql() does, for every type sqlglot knows."""
     from sqlglot import exp
 
-    from accessguard.analysis.walker import _reads_catalog
+    from accessguard.analysis.nodes import reads_catalog
 
     for kind in exp.DataType.Type:
         node = exp.DataType(this=kind)
         by_sql = node.sql(dialect="postgres").lower().startswith(("reg", '"reg'))
-        assert _reads_catalog(node) is by_sql, kind
-    assert _reads_catalog(exp.DataType.build("regclass", dialect="postgres"))
-
+        assert reads_catalog(node) is by_sql, kind
+    assert reads_catalog(exp.DataType.build("regclass", dialect="postgres"))

@@ -278,6 +278,7 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
         functions=frozenset(walker.functions),
         scopes=tuple(walker.scopes),
         params=frozenset(walker.params),
+        packing=tuple(walker.packed),
         sent=sent,
         param_order=order,
     )

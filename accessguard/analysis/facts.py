@@ -56,6 +56,9 @@ class Facts:
     functions: frozenset[str] = frozenset()
     scopes: tuple[ScopeRef, ...] = ()
     params: frozenset[int | str] = frozenset()
+    #: aggregates (array_agg, string_agg, ...) that pack many rows of a scoped table
+    #: into one result row: the row limit and the ledger could not count those rows
+    packing: tuple[str, ...] = ()
     problem: Reason | None = None
     detail: str = ""
     sent: str | None = None
