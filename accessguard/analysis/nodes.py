@@ -158,7 +158,7 @@ def display_name(node: exp.Func) -> str:
         text = skeleton.sql(dialect="postgres")
     except Exception:  # noqa: BLE001 - a name for a message: fall back to the node's key
         return node.key
-    call = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\(", text)
+    call = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*[(\[]", text)
     if call is not None:
         return call.group(1).lower()
     words = " ".join(text.replace(_ARG, " ").split())
