@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from accessguard.analysis.facts import ScopeRef
+from accessguard.analysis.joins import merge, using_names
 from accessguard.analysis.names import (
     Env,
     Source,
@@ -277,13 +278,27 @@ class Clauses:
         if from_ is not None:
             tree.append(self._add_source(from_.this, env, ctes))
         for join in node.args.get("joins") or ():
-            self._only_args(join, {"this", "on", "side", "kind"})
+            self._only_args(join, {"this", "on", "side", "kind", "using", "method"})
             side = (join.args.get("side") or "").upper()
             kind = (join.args.get("kind") or "").upper()
+            method = (join.args.get("method") or "").upper()
             if kind not in ("", "INNER", "CROSS") or side not in ("", "LEFT", "RIGHT", "FULL"):
                 refuse(Reason.SQL_UNANALYZABLE, f"{side} {kind} JOIN is not analyzed".strip())
+            if method not in ("", "NATURAL"):
+                refuse(Reason.SQL_UNANALYZABLE, f"{method} JOIN is not analyzed")
             source = self._add_source(join.this, env, ctes)
             on = join.args.get("on")
+            if join.args.get("using") or method:
+                if on is not None or kind == "CROSS":
+                    refuse(Reason.SQL_UNANALYZABLE, "a join with both ON and USING")
+                names = using_names(join, tree, source, env)
+                reads, equalities = merge(names, tree, source, env, side=side, strict=postgres)
+                for read_source, column in reads:
+                    if read_source.spec is not None:
+                        self.reads.add((read_source.spec.qualified, column))
+                ons += [(eq, view, True) for eq, view in equalities]
+                tree.append(source)
+                continue
             if postgres and not side and not kind and on is None:
                 tree = [source]  # a comma: a new join tree
             else:

@@ -78,6 +78,20 @@ class Source:
         return column in self.columns
 
 
+@dataclass(eq=False, frozen=True)
+class Merged:
+    """A column a USING or NATURAL join merged: an unqualified ``name`` means it.
+
+    ``source`` carries its value (the left input's column for an inner or
+    left join, the right input's for a right join); ``covers`` are the
+    sources whose column of that name it hides from unqualified lookups.
+    """
+
+    name: str
+    source: Source
+    covers: frozenset[int]
+
+
 @dataclass(eq=False)
 class Env:
     """The sources visible where an expression is resolved, and the enclosing levels.
@@ -96,6 +110,8 @@ class Env:
     bound: dict[tuple[int, str], tuple[Value, ...]] = field(default_factory=dict)
     home: Env | None = None
     wider: dict[str, Source] | None = None
+    #: columns merged by USING / NATURAL joins of the visible join trees
+    merged: list[Merged] = field(default_factory=list)
 
     @property
     def level(self) -> Env:
@@ -108,11 +124,13 @@ class Env:
         ``strict``: PostgreSQL's scoping, nothing to compare; otherwise the
         whole FROM list must agree with the view on every name.
         """
+        ids = {id(s) for s in sources}
         return Env(
             self.parent,
             sources={s.alias: s for s in sources},
             home=self.level,
             wider=None if strict else self.level.sources,
+            merged=[m for m in self.level.merged if m.covers <= ids],
         )
 
 
@@ -121,8 +139,18 @@ class Env:
 Resolved = tuple[Source, str, Env] | None
 
 
-def _column_hits(sources: dict[str, Source], column: str) -> list[Source]:
-    hits = [s for s in sources.values() if s.has(column)]
+def column_hits(sources: dict[str, Source], merged: list[Merged], column: str) -> list[Source]:
+    """The sources an unqualified ``column`` names among ``sources`` (refused if ambiguous).
+
+    A column merged by USING / NATURAL counts once, through the source that
+    carries its value; the columns it merged are hidden.
+    """
+    entries = [m for m in merged if m.name == column]
+    hidden: set[int] = set()
+    for entry in entries:
+        hidden |= entry.covers
+    hits = [m.source for m in entries]
+    hits += [s for s in sources.values() if s.has(column) and id(s) not in hidden]
     if len(hits) > 1:
         refuse(Reason.SQL_UNANALYZABLE, f"column {column} is ambiguous")
     return hits
@@ -167,9 +195,9 @@ def resolve(node: exp.Column, env: Env) -> tuple[Resolved, Source | None]:
     if not node.this.quoted and column in SPECIAL_NAMES:
         refuse(Reason.FUNCTION_FORBIDDEN, f"{column.upper()} reads session state")
     while scope is not None:
-        hits = _column_hits(scope.sources, column)
+        hits = column_hits(scope.sources, scope.merged, column)
         if scope.wider is not None:
-            wide = _column_hits(scope.wider, column)
+            wide = column_hits(scope.wider, scope.level.merged, column)
             _agree(scope, hits[0] if hits else None, wide[0] if wide else None, column)
         if hits:
             return (hits[0], column, scope.level), None
@@ -199,7 +227,7 @@ def bare_name(node: exp.Expression) -> str | None:
 
 def local_input(env: Env, column: str) -> bool:
     """Whether ``column`` names an input column of this level (GROUP BY looks there first)."""
-    return bool(_column_hits(env.level.sources, column))
+    return bool(column_hits(env.level.sources, env.level.merged, column))
 
 
 def outer_input(env: Env, column: str) -> bool:
