@@ -53,6 +53,7 @@ RAW_LEAKS = frozenset(
         "on-sibling-alias-spells-token",
         "on-sibling-alias-probe",
         "on-left-join-outer-token",
+        "outer-keyword-sibling",
         "ob-window-order-alias",
         "on-subquery-in-on-sees-outer",
         "lat-derived-without-lateral",

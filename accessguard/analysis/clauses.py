@@ -282,6 +282,8 @@ class Clauses:
             side = (join.args.get("side") or "").upper()
             kind = (join.args.get("kind") or "").upper()
             method = (join.args.get("method") or "").upper()
+            if kind == "OUTER" and side:
+                kind = ""  # LEFT OUTER JOIN is LEFT JOIN
             if kind not in ("", "INNER", "CROSS") or side not in ("", "LEFT", "RIGHT", "FULL"):
                 refuse(Reason.SQL_UNANALYZABLE, f"{side} {kind} JOIN is not analyzed".strip())
             if method not in ("", "NATURAL"):
