@@ -17,28 +17,33 @@ the guard refuses both. A packing aggregate cannot carry more rows past the
 from __future__ import annotations
 
 import re
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-from casefiles import CASES_DIR, PgServerLike
+from casefiles import CASES_DIR, PgServerLike, load_redteam_cases
+from psycopg import sql as pgsql
 from test_attacks import (
     AttackCase,
     Databases,
     load_attack_cases,
     policies_without_limits,
     run,
+    valid_ticket,
 )
 
 import accessguard.scenario
 from accessguard import AccessDenied, AccessGuardError, Guard, Throttled
 from accessguard.errors import Reason
-from accessguard.policy import load_policy
+from accessguard.policy import Policy, load_policy
 from accessguard.testing import MemoryAuditSink
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from accessguard.tickets import Ticket
 
 SCOPING_FILE = CASES_DIR / "scoping.yaml"
 CASES = load_attack_cases(SCOPING_FILE)
@@ -80,6 +85,15 @@ BEGIN
 END $$;
 CREATE DOMAIN checked_t AS text CHECK (peek(VALUE));
 """
+
+
+#: Every SQL case of the three case files: (file:id, employee, ticket, sql, params).
+Statement = tuple[str, str, str | None, str, Any]
+EVERY_STATEMENT: list[Statement] = [
+    *((f"attacks:{c.id}", c.user, c.ticket, c.sql, c.params) for c in load_attack_cases()),
+    *((f"redteam:{c.id}", "alice", "T-100", c.sql, c.params) for c in load_redteam_cases()),
+    *((f"scoping:{c.id}", c.user, c.ticket, c.sql, c.params) for c in CASES),
+]
 
 
 def _params(cases: list[AttackCase]) -> list[Any]:
@@ -229,3 +243,88 @@ class TestPackingAggregates:
             conn.rollback()
             with pytest.raises(Throttled):
                 conn.execute("SELECT id FROM orders WHERE customer_id = 42").fetchall()
+
+
+class ColumnRoles:
+    """One PostgreSQL role per employee and ticket, granted exactly the policy's columns.
+
+    PostgreSQL checks column privileges on the columns its own name resolution
+    finds (whole-row references, USING and NATURAL columns included), so a
+    statement the guard allows must run under that role without a permission
+    error: otherwise the guard missed a column the statement reads.
+    """
+
+    def __init__(self, dsn: str, policy: Policy, tickets: list[Ticket]) -> None:
+        self._admin = psycopg.connect(dsn, autocommit=True)
+        self._policy, self._tickets = policy, tickets
+        self._prefix = f"ag_cols_{uuid.uuid4().hex[:8]}"
+        self._roles: dict[tuple[str, str | None], str] = {}
+
+    def role(self, user: str, ticket_id: str | None) -> str:
+        """The role for ``user`` on ``ticket_id`` (created on first use)."""
+        found = self._roles.get((user, ticket_id))
+        if found is not None:
+            return found
+        name = f"{self._prefix}_{len(self._roles)}"
+        ticket = valid_ticket(self._tickets, user, ticket_id)
+        kind = ticket.kind if ticket is not None else None
+        role = pgsql.Identifier(name)
+        self._admin.execute(pgsql.SQL("CREATE ROLE {} NOLOGIN").format(role))
+        self._roles[user, ticket_id] = name
+        for table, column, action in sorted(
+            self._policy.granted(self._policy.roles_of(user), kind)
+        ):
+            privilege = "UPDATE" if action == "update" else "SELECT"
+            self._admin.execute(
+                pgsql.SQL("GRANT {} ({}) ON {} TO {}").format(
+                    pgsql.SQL(privilege),
+                    pgsql.Identifier(column),
+                    pgsql.Identifier(*table.split(".")),
+                    role,
+                )
+            )
+        return name
+
+    def close(self) -> None:
+        """Drop every role made (their grants first)."""
+        for name in self._roles.values():
+            self._admin.execute(pgsql.SQL("DROP OWNED BY {}").format(pgsql.Identifier(name)))
+            self._admin.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(name)))
+        self._admin.close()
+
+
+@pytest.fixture(scope="module")
+def column_roles(databases: Databases, policy_dir: Path) -> Iterator[ColumnRoles]:
+    """Roles with the policy's column grants, in the module's full scenario copy."""
+    roles = ColumnRoles(databases.full, load_policy(policy_dir), accessguard.scenario.tickets())
+    try:
+        yield roles
+    finally:
+        roles.close()
+
+
+@pytest.mark.db
+class TestColumnPrivileges:
+    @pytest.mark.parametrize("statement", [pytest.param(s, id=s[0]) for s in EVERY_STATEMENT])
+    def test_allowed_reads_only_granted_columns(
+        self,
+        statement: Statement,
+        scoping_guard: Guard,
+        databases: Databases,
+        column_roles: ColumnRoles,
+    ) -> None:
+        """A statement the guard allows runs under a role holding only the policy's columns."""
+        _id, user, ticket, sql, params = statement
+        if not scoping_guard.check(sql, params, user=user, ticket=ticket).allowed:
+            return
+        role = column_roles.role(user, ticket)
+        with psycopg.connect(databases.full, options="-c statement_timeout=10000") as conn:
+            conn.execute(pgsql.SQL("SET ROLE {}").format(pgsql.Identifier(role)))
+            try:
+                conn.execute(sql, params)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                pytest.fail(f"PostgreSQL reads a column the guard did not see: {exc}")
+            except psycopg.Error:
+                pass  # a statement PostgreSQL rejects otherwise returns nothing
+            finally:
+                conn.rollback()
