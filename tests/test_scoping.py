@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 from casefiles import CASES_DIR, PgServerLike, load_redteam_cases
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql as pgsql
 from test_attacks import (
     AttackCase,
@@ -328,3 +330,71 @@ class TestColumnPrivileges:
                 pass  # a statement PostgreSQL rejects otherwise returns nothing
             finally:
                 conn.rollback()
+
+
+# ---------------------------------------------------------------------- generated statements
+
+#: names that mean different things at different places: forbidden columns, aliases of them
+_NAMES = ("card_token", "card_last4", "email", "t", "n", "a.card_token")
+#: FROM items whose columns shadow (or are named like) forbidden ones; {e} is an expression
+_ITEMS = (
+    "(SELECT card_last4 AS card_token, customer_id FROM payments WHERE customer_id = 42) AS a",
+    "(VALUES (1)) AS b(n)",
+    "(SELECT id AS x, title FROM products WHERE id < 3) AS pr",
+    "LATERAL (SELECT {e} AS t) AS l",
+    "(SELECT {e} AS t) AS l",
+)
+_JOINS = (", {i}", " JOIN {i} ON {e} IS NOT NULL", " LEFT JOIN {i} ON {e} = {e}", " CROSS JOIN {i}")
+
+
+@st.composite
+def _expr(draw: st.DrawFn, depth: int = 0) -> str:
+    """An expression over the tricky names: windows, casts, correlated subqueries."""
+    name = draw(st.sampled_from(_NAMES))
+    if depth > 1 or draw(st.booleans()):
+        return name
+    inner = draw(_expr(depth + 1))
+    shapes = (
+        "lower({}::text)",
+        "rank() OVER (ORDER BY {})",
+        "count(*) OVER (PARTITION BY {})",
+        "(SELECT {} FROM products AS q LIMIT 1)",
+        "({} || '')",
+    )
+    return draw(st.sampled_from(shapes)).format(inner)
+
+
+@st.composite
+def scoping_selects(draw: st.DrawFn) -> str:
+    """A SELECT for alice in which an allowed column is aliased like a forbidden one.
+
+    Either the alias is an output name its own clauses may or may not see
+    (ORDER BY, windows, GROUP BY, WHERE), or a derived table carrying it sits
+    beside other FROM items, joins and correlated subqueries of a scalar
+    subquery whose outer level reads payments.
+    """
+    clause = draw(st.sampled_from((" ORDER BY {}", " WHERE {} IS NOT NULL", " GROUP BY {}", "")))
+    if draw(st.booleans()):
+        window = draw(st.sampled_from(("", ", {} AS w")))
+        head = "SELECT id, card_last4 AS card_token" + window.format(draw(_expr()))
+        return f"{head} FROM payments WHERE customer_id = 42" + clause.format(draw(_expr()))
+    rest = draw(st.lists(st.sampled_from(_ITEMS[1:]), min_size=1, max_size=2, unique=True))
+    from_ = _ITEMS[0]
+    for item in rest:
+        join = draw(st.sampled_from(_JOINS))
+        from_ += join.format(i=item, e="{e}").replace("{e}", draw(_expr(1)))
+    inner = f"SELECT {draw(_expr())} FROM {from_}" + clause.format(draw(_expr())) + " LIMIT 1"
+    return f"SELECT p.id, ({inner}) AS v FROM payments AS p WHERE p.customer_id = 42"
+
+
+@pytest.mark.db
+class TestGeneratedColumnPrivileges:
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(sql=scoping_selects())
+    def test_allowed_reads_only_granted_columns(
+        self, sql: str, scoping_guard: Guard, databases: Databases, column_roles: ColumnRoles
+    ) -> None:
+        """Generated SELECTs the guard allows alice run under her column grants."""
+        TestColumnPrivileges().test_allowed_reads_only_granted_columns(
+            ("generated", "alice", "T-100", sql, None), scoping_guard, databases, column_roles
+        )
