@@ -139,7 +139,7 @@ def check_type(node: exp.DataType) -> None:
         )
 
 
-def display_name(node: exp.Func) -> str:
+def display_name(node: exp.Expr) -> str:
     """The function or operator as PostgreSQL reads it, e.g. ``jsonb_path_exists`` or ``@?``.
 
     Generated from a copy whose arguments are all replaced by one placeholder
@@ -159,10 +159,10 @@ def display_name(node: exp.Func) -> str:
     except Exception:  # noqa: BLE001 - a name for a message: fall back to the node's key
         return node.key
     call = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*[(\[]", text)
-    if call is not None:
+    if call is not None and call.group(1) != _ARG:
         return call.group(1).lower()
     words = " ".join(text.replace(_ARG, " ").split())
-    return f"operator {words}" if words else node.key
+    return f"operator {words}" if words and len(words) <= 20 else node.key
 
 
 _ARG = "ag_arg"

@@ -79,7 +79,7 @@ class Walker(Clauses):
         elif branch is Branch.FUNCTION:
             self._function(node)  # type: ignore[arg-type] # a Func by its branch
         else:
-            refuse(Reason.SQL_UNANALYZABLE, f"{cls.__name__} is not analyzed")
+            refuse(Reason.SQL_UNANALYZABLE, f"{_called(display_name(node))} is not analyzed")
         for child in node.iter_expressions():
             self.expr(child, env, ctes)
 
@@ -151,4 +151,7 @@ class Walker(Clauses):
 
 
 def _called(name: str) -> str:
-    return name if name.startswith("operator ") else f"function {name}"
+    """``name`` as a message says it: an operator as such, anything else as a function."""
+    if name.startswith("operator ") or not name.isidentifier():
+        return name
+    return f"function {name}"
