@@ -419,3 +419,41 @@ class TestPacking:
     def test_packing_the_catalogue_is_not(self) -> None:
         """The same aggregate over an unscoped table packs nothing the row limit counts."""
         assert facts("SELECT array_agg(title) FROM products").packing == ()
+
+
+_JOINED = (
+    "SELECT o.id, p.id FROM orders o JOIN payments p ON p.order_id = o.id "
+    "WHERE o.customer_id = 42 AND p.customer_id = 42"
+)
+_PIVOT = (
+    "SELECT max(CASE WHEN id % 2 = 0 THEN status END), max(CASE WHEN id % 2 = 1 THEN status END) "
+    "FROM orders WHERE customer_id = 42 GROUP BY id / 2"
+)
+_SUBQUERIES = (
+    "SELECT (SELECT status FROM orders WHERE id = 421 AND customer_id = 42), "
+    "(SELECT status FROM orders WHERE id = 422 AND customer_id = 42)"
+)
+_UNION = (
+    "WITH o AS (SELECT id FROM orders WHERE customer_id = 42) "
+    "SELECT id FROM o UNION SELECT id FROM products"
+)
+
+
+class TestRowWeight:
+    @pytest.mark.parametrize(
+        ("sql", "weight"),
+        [
+            ("SELECT title FROM products", 0),
+            ("SELECT id FROM orders WHERE customer_id = 42", 1),
+            ("SELECT count(*) FROM orders WHERE customer_id = 42", 1),
+            (_JOINED, 2),
+            (_PIVOT, 3),
+            (_SUBQUERIES, 2),
+            (_UNION, 1),
+        ],
+    )
+    def test_bounds_scoped_rows_per_result_row(self, sql: str, weight: int) -> None:
+        """row_weight bounds how many scoped rows one result row carries (pivots, subqueries)."""
+        f = facts(sql)
+        assert f.problem is None
+        assert f.row_weight == weight

@@ -279,6 +279,7 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
         scopes=tuple(walker.scopes),
         params=frozenset(walker.params),
         packing=tuple(walker.packed),
+        row_weight=walker.weight,
         sent=sent,
         param_order=order,
     )

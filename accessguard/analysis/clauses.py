@@ -20,13 +20,11 @@ from accessguard.analysis.joins import merge, using_names
 from accessguard.analysis.names import (
     Env,
     Source,
-    bare_name,
     ident,
-    local_input,
-    outer_input,
     refuse,
 )
 from accessguard.analysis.nodes import display_name, output_name
+from accessguard.analysis.ordering import OutputNames
 from accessguard.analysis.rowscope import bind
 from accessguard.catalog import Catalog, TableSpec
 from accessguard.errors import Reason
@@ -55,7 +53,7 @@ OnClause = tuple[exp.Expression, Env, bool]
 
 
 @dataclass(eq=False, kw_only=True)
-class Clauses:
+class Clauses(OutputNames):
     """The walker's state, and its methods for queries and their clauses."""
 
     catalog: Catalog
@@ -74,9 +72,14 @@ class Clauses:
     packed: list[str] = field(default_factory=list)
     #: references to scoped tables seen so far (physical, or a CTE that reads one)
     scoped_count: int = 0
-
-    def expr(self, node: exp.Expression, env: Env, ctes: dict[str, Source]) -> None:
-        raise NotImplementedError  # the Walker's
+    #: while walking a select list (or VALUES row): the weight its scalar subqueries
+    #: carry, and how many of its aggregate calls carry a row's value
+    projecting: bool = False
+    carry: int = 0
+    carriers: int = 0
+    #: the statement's ``Facts.row_weight``, and how deep in queries the walk is
+    weight: int = 0
+    depth: int = 0
 
     def _read_all(self, source: Source) -> None:
         raise NotImplementedError  # the Walker's
@@ -90,12 +93,16 @@ class Clauses:
         with_ = node.args.get("with_")
         if with_ is not None:
             ctes = self._ctes(with_, parent, ctes)
+        saved = self.projecting, self.carry, self.carriers
+        self.projecting, self.carry, self.carriers = False, 0, 0
+        self.depth += 1
         if isinstance(node, exp.Select):
             out = self._select(node, parent, ctes)
         elif isinstance(node, exp.SetOperation):
             self._only_args(node, _SETOP_ARGS_OK)
             out = self.query(node.this, parent, ctes)
-            self.query(node.expression, parent, ctes)
+            other = self.query(node.expression, parent, ctes)
+            out.weight = max(out.weight, other.weight)  # a row comes from one branch
             self._outer_modifiers(node, out.columns, ctes)
         elif isinstance(node, exp.Subquery):
             self._only_args(node, {"this", "alias", "order", "limit", "offset"})
@@ -106,7 +113,14 @@ class Clauses:
         else:
             kind = type(node).__name__.upper()
             refuse(Reason.STATEMENT_FORBIDDEN, f"a {kind} inside a query is not allowed")
-        return Source(out.alias, columns=out.columns, scoped=self.scoped_count > before)
+        self.projecting, self.carry, self.carriers = saved
+        self.depth -= 1
+        if not self.depth:
+            self.weight = out.weight  # the statement itself
+        if self.projecting:  # a scalar subquery of a select list: one row of it per row
+            self.carry += out.weight
+        scoped = self.scoped_count > before
+        return Source(out.alias, columns=out.columns, scoped=scoped, weight=out.weight)
 
     def _ctes(
         self, with_: exp.With, parent: Env | None, ctes: dict[str, Source]
@@ -120,7 +134,7 @@ class Clauses:
             out = self.query(cte.this, parent, scope)
             name = ident(cte.args["alias"].this)
             columns = self._renamed(out.columns, cte.args["alias"])
-            scope[name] = Source(name, columns=columns, scoped=out.scoped)
+            scope[name] = Source(name, columns=columns, scoped=out.scoped, weight=out.weight)
         return scope
 
     @staticmethod
@@ -132,16 +146,21 @@ class Clauses:
     def _values(self, node: exp.Values, parent: Env | None, ctes: dict[str, Source]) -> Source:
         self._only_args(node, {"expressions", "alias"})
         env = Env(parent)
-        width = 0
+        width = weight = 0
         for row in node.expressions:
             items = row.expressions if isinstance(row, exp.Tuple) else [row]
             width = len(items)
+            self.projecting, self.carry = True, 0
             for item in items:
                 self.expr(item, env, ctes)
+            weight = max(weight, self.carry)
+        self.projecting = False
         alias = node.args.get("alias")
         names = frozenset(f"column{i}" for i in range(1, width + 1))
         return Source(
-            ident(alias.this) if alias else "*values*", columns=self._renamed(names, alias)
+            ident(alias.this) if alias else "*values*",
+            columns=self._renamed(names, alias),
+            weight=weight,
         )
 
     def _select(self, node: exp.Select, parent: Env | None, ctes: dict[str, Source]) -> Source:
@@ -155,7 +174,9 @@ class Clauses:
         if where is not None:
             binding.append((where.this, env))
         self.scopes.extend(bind(binding, env))
+        self.projecting = True
         env.outputs = self._projections(node, env, ctes)
+        self.projecting = False
         for on, view, _inner in ons:
             self.expr(on, view, ctes)
         if where is not None:
@@ -175,68 +196,11 @@ class Clauses:
         if self.scoped_count > before:
             self.packed.extend(self.packing)  # over rows of a scoped table: the decision refuses
         self.packing = outer_packing
-        return Source("*select*", columns=env.outputs)
-
-    # ------------------------------------------------------------------ output names
-
-    def _sort_items(self, items: list[exp.Expression], env: Env, ctes: dict[str, Source]) -> None:
-        """ORDER BY / DISTINCT ON of a SELECT: a bare output name first, else an expression."""
-        for item in items:
-            target = item
-            if isinstance(item, exp.Ordered):
-                self._only_args(item, {"this", "desc", "nulls_first"})
-                target = item.this
-            if bare_name(target) in env.outputs:
-                continue  # the output column: what it reads is already counted
-            self.expr(target, env, ctes)
-
-    def _group(self, group: exp.Group, env: Env, ctes: dict[str, Source]) -> None:
-        """GROUP BY: a bare name is a local input column, else an output name, else outer."""
-        self._only_args(group, {"expressions"})
-        for item in group.expressions:
-            name = bare_name(item)
-            if name is not None and name in env.outputs and not local_input(env, name):
-                if self.dialect != "postgres" and outer_input(env, name):
-                    refuse(Reason.SQL_UNANALYZABLE, f"GROUP BY {name} could name an outer column")
-                continue
-            self.expr(item, env, ctes)
-
-    def _outer_modifiers(
-        self, node: exp.Expression, outputs: frozenset[str], ctes: dict[str, Source]
-    ) -> None:
-        """ORDER BY of a set operation or a parenthesized query: output names only."""
-        order = node.args.get("order")
-        if order is not None:
-            self._only_args(order, {"expressions"})
-            for item in order.expressions:
-                target = item.this if isinstance(item, exp.Ordered) else item
-                if isinstance(item, exp.Ordered):
-                    self._only_args(item, {"this", "desc", "nulls_first"})
-                positional = isinstance(target, exp.Literal) and not target.is_string
-                if not positional and bare_name(target) not in outputs:
-                    refuse(
-                        Reason.SQL_UNANALYZABLE,
-                        "ORDER BY after a set operation or a parenthesized query is analyzed "
-                        "only by output column name or position",
-                    )
-        self._limits(node, ctes)
-
-    def _limits(self, node: exp.Expression, ctes: dict[str, Source]) -> None:
-        for key in ("limit", "offset"):
-            mod = node.args.get(key)
-            if mod is None:
-                continue
-            if isinstance(mod, exp.Fetch):  # FETCH FIRST n ROWS ONLY: a LIMIT by another name
-                options = mod.args.get("limit_options")
-                if options is not None and (
-                    options.args.get("percent") or options.args.get("with_ties")
-                ):
-                    refuse(Reason.SQL_UNANALYZABLE, "FETCH ... PERCENT / WITH TIES is not analyzed")
-                if mod.args.get("count") is not None:
-                    self.expr(mod.args["count"], Env(None), ctes)
-                continue
-            self._only_args(mod, {"this", "expression"})
-            self.expr(mod.args.get("expression") or mod.this, Env(None), ctes)
+        # one result row: a row of each FROM item, one more per aggregate or window
+        # call that returns a row's value, and what its scalar subqueries carry
+        base = sum(source.weight for source in env.sources.values())
+        weight = base * (1 + self.carriers) + self.carry
+        return Source("*select*", columns=env.outputs, weight=weight)
 
     def _projections(self, node: exp.Select, env: Env, ctes: dict[str, Source]) -> frozenset[str]:
         names: set[str] = set()
@@ -321,7 +285,8 @@ class Clauses:
             if alias_node is None:
                 refuse(Reason.SQL_UNANALYZABLE, "a subquery in FROM needs an alias")
             columns = self._renamed(out.columns, alias_node)
-            source = Source(ident(alias_node.this), columns=columns, scoped=out.scoped)
+            name = ident(alias_node.this)
+            source = Source(name, columns=columns, scoped=out.scoped, weight=out.weight)
         elif isinstance(item, exp.Lateral) and isinstance(item.this, exp.Subquery):
             self._only_args(item, {"this", "alias", "view", "outer"})
             if item.args.get("view") or item.args.get("outer"):
@@ -330,7 +295,8 @@ class Clauses:
             if alias_node is None:
                 refuse(Reason.SQL_UNANALYZABLE, "a LATERAL subquery needs an alias")
             columns = self._renamed(out.columns, alias_node)
-            source = Source(ident(alias_node.this), columns=columns, scoped=out.scoped)
+            name = ident(alias_node.this)
+            source = Source(name, columns=columns, scoped=out.scoped, weight=out.weight)
         elif isinstance(item, exp.Values):
             source = self.query(item, env.parent, ctes)
         else:
@@ -358,7 +324,7 @@ class Clauses:
         if schema is None and name in ctes:
             cte = ctes[name]
             self.scoped_count += cte.scoped
-            return Source(alias, columns=cte.columns, scoped=cte.scoped)
+            return Source(alias, columns=cte.columns, scoped=cte.scoped, weight=cte.weight)
         if schema in _CATALOG_SCHEMAS or (schema is None and name.startswith("pg_")):
             refuse(Reason.CATALOG_FORBIDDEN, f"system catalog {name} is not reachable")
         spec = self.catalog.lookup(schema, name)
@@ -373,7 +339,9 @@ class Clauses:
         self.physical.append((item, spec))
         scoped = spec.scope is not None
         self.scoped_count += scoped
-        return Source(alias, spec=spec, columns=spec.column_set, node=item, scoped=scoped)
+        return Source(
+            alias, spec=spec, columns=spec.column_set, node=item, scoped=scoped, weight=scoped
+        )
 
     # ------------------------------------------------------------------ helpers
 

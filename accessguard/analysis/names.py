@@ -73,6 +73,8 @@ class Source:
     node: exp.Table | None = None
     #: whether reading it reads a scoped table (the table itself, or inside the query)
     scoped: bool = False
+    #: at most how many rows of scoped tables one of its rows carries values of
+    weight: int = 0
 
     def has(self, column: str) -> bool:
         return column in self.columns

@@ -96,6 +96,8 @@ class Walker(Clauses):
                 refuse(Reason.FUNCTION_FORBIDDEN, f"{_called(display_name(node))} is not allowed")
             if type(node) in PACKING:
                 self.packing.append(display_name(node))
+            if self.projecting and isinstance(node, exp.AggFunc) and type(node) not in _COUNTS:
+                self.carriers += 1  # max(x), sum(CASE ..): a value of one row of the group
         self.functions.add(name)
 
     def _column(self, node: exp.Column, env: Env) -> None:
@@ -142,12 +144,19 @@ class Walker(Clauses):
             self._only_args(returning, {"expressions", "into"})
             if returning.args.get("into"):
                 refuse(Reason.SQL_UNANALYZABLE, "RETURNING INTO is not analyzed")
+            self.projecting = True
             for proj in returning.expressions:
                 target_expr = proj.this if isinstance(proj, exp.Alias) else proj
                 if isinstance(target_expr, exp.Star):
                     self._read_all(source)
                 else:
                     self.expr(target_expr, env, {})
+            self.projecting = False
+            self.weight = source.weight + self.carry
+
+
+#: aggregates that return a number of rows, never a row's value
+_COUNTS = (exp.Count, exp.CountIf)
 
 
 def _called(name: str) -> str:
