@@ -425,6 +425,10 @@ _JOINED = (
     "SELECT o.id, p.id FROM orders o JOIN payments p ON p.order_id = o.id "
     "WHERE o.customer_id = 42 AND p.customer_id = 42"
 )
+_SELF_JOINED = (
+    "SELECT a.status, b.status FROM orders a JOIN orders b ON b.customer_id = a.customer_id "
+    "WHERE a.customer_id = 42"
+)
 _PIVOT = (
     "SELECT max(CASE WHEN id % 2 = 0 THEN status END), max(CASE WHEN id % 2 = 1 THEN status END) "
     "FROM orders WHERE customer_id = 42 GROUP BY id / 2"
@@ -446,7 +450,8 @@ class TestRowWeight:
             ("SELECT title FROM products", 0),
             ("SELECT id FROM orders WHERE customer_id = 42", 1),
             ("SELECT count(*) FROM orders WHERE customer_id = 42", 1),
-            (_JOINED, 2),
+            (_JOINED, 1),
+            (_SELF_JOINED, 2),
             (_PIVOT, 3),
             (_SUBQUERIES, 2),
             (_UNION, 1),

@@ -279,7 +279,7 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
         scopes=tuple(walker.scopes),
         params=frozenset(walker.params),
         packing=tuple(walker.packed),
-        row_weight=walker.weight,
+        row_weight=walker.row_weight,
         sent=sent,
         param_order=order,
     )

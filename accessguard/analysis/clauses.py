@@ -20,8 +20,11 @@ from accessguard.analysis.joins import merge, using_names
 from accessguard.analysis.names import (
     Env,
     Source,
+    Weight,
     ident,
     refuse,
+    weight_max,
+    weight_sum,
 )
 from accessguard.analysis.nodes import display_name, output_name
 from accessguard.analysis.ordering import OutputNames
@@ -75,11 +78,16 @@ class Clauses(OutputNames):
     #: while walking a select list (or VALUES row): the weight its scalar subqueries
     #: carry, and how many of its aggregate calls carry a row's value
     projecting: bool = False
-    carry: int = 0
+    carry: Weight = field(default_factory=dict)
     carriers: int = 0
-    #: the statement's ``Facts.row_weight``, and how deep in queries the walk is
-    weight: int = 0
+    #: the statement's weight (``Facts.row_weight``), and how deep in queries the walk is
+    weight: Weight = field(default_factory=dict)
     depth: int = 0
+
+    @property
+    def row_weight(self) -> int:
+        """At most how many rows of one scoped table a result row carries."""
+        return max(self.weight.values(), default=0)
 
     def _read_all(self, source: Source) -> None:
         raise NotImplementedError  # the Walker's
@@ -94,7 +102,7 @@ class Clauses(OutputNames):
         if with_ is not None:
             ctes = self._ctes(with_, parent, ctes)
         saved = self.projecting, self.carry, self.carriers
-        self.projecting, self.carry, self.carriers = False, 0, 0
+        self.projecting, self.carry, self.carriers = False, {}, 0
         self.depth += 1
         if isinstance(node, exp.Select):
             out = self._select(node, parent, ctes)
@@ -102,7 +110,7 @@ class Clauses(OutputNames):
             self._only_args(node, _SETOP_ARGS_OK)
             out = self.query(node.this, parent, ctes)
             other = self.query(node.expression, parent, ctes)
-            out.weight = max(out.weight, other.weight)  # a row comes from one branch
+            out.weight = weight_max(out.weight, other.weight)  # a row comes from one branch
             self._outer_modifiers(node, out.columns, ctes)
         elif isinstance(node, exp.Subquery):
             self._only_args(node, {"this", "alias", "order", "limit", "offset"})
@@ -118,7 +126,7 @@ class Clauses(OutputNames):
         if not self.depth:
             self.weight = out.weight  # the statement itself
         if self.projecting:  # a scalar subquery of a select list: one row of it per row
-            self.carry += out.weight
+            self.carry = weight_sum(self.carry, out.weight)
         scoped = self.scoped_count > before
         return Source(out.alias, columns=out.columns, scoped=scoped, weight=out.weight)
 
@@ -146,14 +154,14 @@ class Clauses(OutputNames):
     def _values(self, node: exp.Values, parent: Env | None, ctes: dict[str, Source]) -> Source:
         self._only_args(node, {"expressions", "alias"})
         env = Env(parent)
-        width = weight = 0
+        width, weight = 0, Weight()
         for row in node.expressions:
             items = row.expressions if isinstance(row, exp.Tuple) else [row]
             width = len(items)
-            self.projecting, self.carry = True, 0
+            self.projecting, self.carry = True, {}
             for item in items:
                 self.expr(item, env, ctes)
-            weight = max(weight, self.carry)
+            weight = weight_max(weight, self.carry)
         self.projecting = False
         alias = node.args.get("alias")
         names = frozenset(f"column{i}" for i in range(1, width + 1))
@@ -198,8 +206,11 @@ class Clauses(OutputNames):
         self.packing = outer_packing
         # one result row: a row of each FROM item, one more per aggregate or window
         # call that returns a row's value, and what its scalar subqueries carry
-        base = sum(source.weight for source in env.sources.values())
-        weight = base * (1 + self.carriers) + self.carry
+        weight: Weight = {}
+        for source in env.sources.values():
+            weight = weight_sum(weight, source.weight)
+        weight = {t: n * (1 + self.carriers) for t, n in weight.items()}
+        weight = weight_sum(weight, self.carry)
         return Source("*select*", columns=env.outputs, weight=weight)
 
     def _projections(self, node: exp.Select, env: Env, ctes: dict[str, Source]) -> frozenset[str]:
@@ -340,7 +351,12 @@ class Clauses(OutputNames):
         scoped = spec.scope is not None
         self.scoped_count += scoped
         return Source(
-            alias, spec=spec, columns=spec.column_set, node=item, scoped=scoped, weight=scoped
+            alias,
+            spec=spec,
+            columns=spec.column_set,
+            node=item,
+            scoped=scoped,
+            weight={spec.qualified: 1} if scoped else {},
         )
 
     # ------------------------------------------------------------------ helpers

@@ -59,10 +59,10 @@ class Facts:
     #: aggregates (array_agg, string_agg, ...) that pack many rows of a scoped table
     #: into one result row: the row limit and the ledger could not count those rows
     packing: tuple[str, ...] = ()
-    #: at most how many rows of scoped tables one result row carries values of (an
-    #: upper bound: a row of each scoped FROM item, one more per aggregate call such
-    #: as max(CASE ..) and per scalar subquery in the select list). A row limit or a
-    #: ledger that counts result rows undercounts by up to this factor.
+    #: at most how many rows of one scoped table a result row carries values of (an
+    #: upper bound: a row per reference in FROM, times one more per aggregate call
+    #: such as max(CASE ..), plus what select-list scalar subqueries carry). A row
+    #: limit or a ledger that counts result rows undercounts by up to this factor.
     row_weight: int = 0
     problem: Reason | None = None
     detail: str = ""

@@ -63,6 +63,26 @@ def ident(node: exp.Expression | None) -> str:
     refuse(Reason.SQL_UNANALYZABLE, "a name the analyser cannot read")
 
 
+#: scoped table -> at most how many of its rows one row carries values of
+Weight = dict[str, int]
+
+
+def weight_sum(a: Weight, b: Weight) -> Weight:
+    """The weight of a row made of a row of each (a join, a select list)."""
+    out = dict(a)
+    for table, n in b.items():
+        out[table] = out.get(table, 0) + n
+    return out
+
+
+def weight_max(a: Weight, b: Weight) -> Weight:
+    """The weight of a row that comes from one or the other (a set operation)."""
+    out = dict(a)
+    for table, n in b.items():
+        out[table] = max(out.get(table, 0), n)
+    return out
+
+
 @dataclass(eq=False)
 class Source:
     """A relation in a FROM list: a physical table or a derived one (subquery, CTE)."""
@@ -73,8 +93,8 @@ class Source:
     node: exp.Table | None = None
     #: whether reading it reads a scoped table (the table itself, or inside the query)
     scoped: bool = False
-    #: at most how many rows of scoped tables one of its rows carries values of
-    weight: int = 0
+    #: at most how many rows of each scoped table one of its rows carries values of
+    weight: Weight = field(default_factory=dict)
 
     def has(self, column: str) -> bool:
         return column in self.columns

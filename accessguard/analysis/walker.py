@@ -21,7 +21,15 @@ from accessguard.analysis.functions import (
     PACKING_ANONYMOUS,
     UNIT_FUNCS,
 )
-from accessguard.analysis.names import Env, Refusal, Source, ident, refuse, resolve
+from accessguard.analysis.names import (
+    Env,
+    Refusal,
+    Source,
+    ident,
+    refuse,
+    resolve,
+    weight_sum,
+)
 from accessguard.analysis.nodes import (
     BRANCHES,
     Branch,
@@ -152,7 +160,7 @@ class Walker(Clauses):
                 else:
                     self.expr(target_expr, env, {})
             self.projecting = False
-            self.weight = source.weight + self.carry
+            self.weight = weight_sum(source.weight, self.carry)
 
 
 #: aggregates that return a number of rows, never a row's value
