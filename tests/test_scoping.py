@@ -98,6 +98,13 @@ EVERY_STATEMENT: list[Statement] = [
 ]
 
 
+#: A pivot: each result row carries the status of two orders (issue 23's kin).
+PIVOT = (
+    "SELECT max(CASE WHEN id % 2 = 0 THEN status END), max(CASE WHEN id % 2 = 1 THEN status END) "
+    "FROM orders WHERE customer_id = 42 GROUP BY id / 2"
+)
+
+
 def _params(cases: list[AttackCase]) -> list[Any]:
     """The cases as pytest parameters with their ids."""
     return [pytest.param(case, id=case.id) for case in cases]
@@ -245,6 +252,25 @@ class TestPackingAggregates:
             conn.rollback()
             with pytest.raises(Throttled):
                 conn.execute("SELECT id FROM orders WHERE customer_id = 42").fetchall()
+            conn.rollback()
+            with pytest.raises(Throttled):  # 301 result rows, each carrying two orders
+                conn.execute(PIVOT).fetchall()
+
+    def test_ledger_counts_the_rows_a_pivot_carries(
+        self, scenario_dsn: str, guard: Guard, sink: MemoryAuditSink
+    ) -> None:
+        """A pivot's two result rows carry customer 42's three orders: the ledger counts >= 3."""
+        with guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn:
+            rows = conn.execute(PIVOT).fetchall()
+        assert len(rows) == 2
+        guard.close()
+        counted = [
+            int(e.get("accessguard.rows") or 0)
+            for e in sink.events
+            if e.get("event.action") == "ledger" and "orders" in str(e.get("accessguard.tables"))
+        ]
+        assert counted
+        assert min(counted) >= 3
 
 
 class ColumnRoles:
