@@ -198,6 +198,25 @@ def watchlist_respected(facts: Facts, context: Context, policy: Policy) -> Denia
     return None
 
 
+def rows_countable(facts: Facts, context: Context, policy: Policy) -> Denial | None:
+    """No aggregate packs many rows of a scoped table into one result row (issue 23).
+
+    The row limit and the access ledger count result rows: ``array_agg`` or
+    ``string_agg`` over 2,003 orders returns one row, so both would count one.
+    Whether the rows packed are few is not something the analysis can prove
+    (the catalog names no keys), so such a statement is refused; the same
+    aggregates over unscoped tables (the public catalogue) stay allowed.
+    """
+    if facts.packing:
+        return Denial(
+            Reason.AGGREGATE_PACKS_ROWS,
+            f"{facts.packing[0]} would pack many rows of a customer's or product's data into "
+            "one result row, which the row limit and the access ledger cannot count: "
+            "select the rows themselves instead.",
+        )
+    return None
+
+
 CHECKS: tuple[Check, ...] = (
     analyzable,
     params_match,
@@ -205,6 +224,7 @@ CHECKS: tuple[Check, ...] = (
     grants_cover,
     row_scope_bound,
     watchlist_respected,
+    rows_countable,
 )
 
 

@@ -35,6 +35,8 @@ class Reason(enum.StrEnum):
     STATEMENT_FORBIDDEN = "statement.forbidden"
     FUNCTION_FORBIDDEN = "function.forbidden"
     CATALOG_FORBIDDEN = "catalog.forbidden"
+    TYPE_FORBIDDEN = "type.forbidden"
+    AGGREGATE_PACKS_ROWS = "aggregate.packs_rows"
     # objects and grants
     TABLE_UNKNOWN = "table.unknown"
     TABLE_FORBIDDEN = "table.forbidden"

@@ -668,7 +668,7 @@ class Guard:
             kind=kind,
             sql=sent,
             checks=checks,
-            tally=self.ledger.tally(accesses) if accesses else None,
+            tally=self.ledger.tally(accesses, facts.row_weight) if accesses else None,
             customers=frozenset(i for scope, i in decision.subjects if scope == "customer"),
         )
 

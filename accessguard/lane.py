@@ -128,6 +128,8 @@ class Lane:
             raise guard._failed(self.session, self.dialect) from None
         # what every allowed execution does, plan reused or new
         row_cap = guard._throttle(plan) if guard.throttle is not None else None
+        if row_cap is not None and plan.facts.row_weight > 1:
+            row_cap //= plan.facts.row_weight  # each result row carries that many rows
         metrics.DECISIONS.allowed()
         if plan.notices:
             guard._notify(plan)
