@@ -185,11 +185,24 @@ def _version() -> str:
 
 def _scenario_load(args: argparse.Namespace) -> int:
     import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     from accessguard.scenario import load_postgres
 
     try:
-        with psycopg.connect(args.dsn) as conn:
+        try:
+            conn = psycopg.connect(args.dsn)
+        except psycopg.OperationalError as exc:
+            # a missing database is created (through the server's maintenance database)
+            name = conninfo_to_dict(args.dsn).get("dbname")
+            if not name or "does not exist" not in str(exc):
+                raise
+            with psycopg.connect(make_conninfo(args.dsn, dbname="postgres"), autocommit=True) as m:
+                m.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
+            print(f"created database {name}")
+            conn = psycopg.connect(args.dsn)
+        with conn:
             load_postgres(conn)
     except psycopg.Error as exc:
         print(f"accessguard: scenario load: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -81,9 +81,25 @@ class TestScenarioLoad:
             orders = conn.execute("SELECT count(*) FROM orders WHERE customer_id = 42").fetchone()
         assert orders == (3,)  # seed.sql: customer 42 has three orders
 
-    def test_unreachable_database_exits_one(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """A database that cannot be reached is reported with exit code 1, no traceback."""
-        dsn = "postgresql://postgres@127.0.0.1:5432/ag_no_such_database_x"
+    def test_missing_database_is_created(
+        self, pg_server: PgServerLike, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`scenario load` creates the database when it does not exist yet."""
+        name = f"ag_new_{uuid.uuid4().hex[:10]}"
+        try:
+            assert main(["scenario", "load", pg_server.dsn(name)]) == 0
+            assert f"created database {name}" in capsys.readouterr().out
+            with psycopg.connect(pg_server.dsn(name)) as conn:
+                assert conn.execute("SELECT count(*) FROM customers").fetchone() != (0,)
+        finally:
+            with pg_server.admin() as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+    def test_unreachable_server_exits_one(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A server that cannot be reached is reported with exit code 1, no traceback."""
+        dsn = "postgresql://postgres@127.0.0.1:1/ag_x?connect_timeout=2"
         assert main(["scenario", "load", dsn]) == 1
         assert "scenario load" in capsys.readouterr().err
 
