@@ -59,6 +59,8 @@ class Reason(enum.StrEnum):
     AUDIT_SINK_UNAVAILABLE = "audit.sink_unavailable"
     INTERNAL_ERROR = "internal.error"
     PATH_FORBIDDEN = "path.forbidden"
+    GUARD_CLOSED = "guard.closed"
+    SESSION_RETURNED = "session.returned"
 
 
 class AccessGuardError(Exception):

@@ -117,6 +117,8 @@ class Guard:
         )
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        #: set by close(): every statement, and every fetch the ledger would count, is refused
+        self.closed = False
 
     @classmethod
     def from_directory(
@@ -801,6 +803,7 @@ class Guard:
 
     def close(self) -> None:
         """Flush the access ledger and release what the guard holds."""
+        self.closed = True
         try:
             self.ledger.close()
         finally:

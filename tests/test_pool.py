@@ -94,8 +94,9 @@ class TestCheckout:
             cur.execute(QUERY, [42])
         assert conn.closed
         with pool.connection(user="bob"):
-            with pytest.raises(Exception, match="closed"):
+            with pytest.raises(AccessDenied, match="returned to the pool") as info:
                 cur.execute(QUERY, [42])
+            assert info.value.reason == "session.returned"
             with pytest.raises(Exception, match="returned to the pool"):
                 conn.execute(QUERY, [42])
 

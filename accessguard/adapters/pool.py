@@ -17,6 +17,7 @@ named (or bound by ``guard.acting_as``). When the checkout ends:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
@@ -24,9 +25,11 @@ from typing import TYPE_CHECKING, Any, cast
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from accessguard.adapters.psycopg3 import GuardedConnection, GuardedCursor
+from accessguard.adapters.base import NOTHING
+from accessguard.adapters.psycopg3 import DIALECT, GuardedConnection, GuardedCursor
 from accessguard.errors import ConfigurationError
 from accessguard.guard import Session
+from accessguard.lane import Ended
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -49,32 +52,64 @@ _RETURNED = _Returned()
 
 
 class PooledConnection(GuardedConnection):
-    """A guarded connection valid for one checkout only."""
+    """A guarded connection valid for one checkout only: its cursors belong to the checkout."""
 
     def __init__(self, guard: Guard, raw: psycopg.Connection[Any], session: Session) -> None:
         super().__init__(guard, raw, session)
-        self._cursors: list[GuardedCursor] = []
+        #: every cursor made during the checkout, whichever method made it
+        self._cursors: weakref.WeakSet[GuardedCursor] = weakref.WeakSet()
         self._returned = False
 
     def cursor(self, name: str = "", **kwargs: Any) -> GuardedCursor:
         cur = super().cursor(name, **kwargs)
-        self._cursors.append(cur)
+        self._cursors.add(cur)
         return cur
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
+        cur = GuardedCursor(self, self._raw.cursor())
+        self._cursors.add(cur)
+        return cur.execute(query, params, **kwargs)
 
     @property
     def closed(self) -> bool:
         return self._returned or super().closed
 
     def _release(self) -> None:
-        """End the checkout: close its cursors, cut the link to the physical connection."""
+        """End the checkout: close its cursors, cut the link to the physical connection.
+
+        A cursor kept past the checkout refuses every statement from then on
+        (``session.returned``, audited) and holds no result any more.
+        """
+        ended = Ended(self._guard, self._session, DIALECT)
+        self._lane = ended
         try:
-            for cur in self._cursors:
+            for cur in list(self._cursors):
+                cur._lane = ended
+                cur._st = NOTHING
                 if not cur.closed:
                     cur.close()
         finally:
             self._cursors.clear()
             self._returned = True
             self._raw = cast("psycopg.Connection[Any]", _RETURNED)
+
+
+def reset_connection(conn: psycopg.Connection[Any]) -> None:
+    """Forget the previous checkout: ``DISCARD ALL``, and psycopg's record of prepared statements.
+
+    DISCARD ALL drops the server's prepared statements; psycopg would still
+    believe its own exist and fail the next prepared execution
+    (``InvalidSqlStatementName``). So it is sent unprepared, and psycopg's
+    prepared-statement record is cleared with it.
+    """
+    autocommit = conn.autocommit
+    conn.autocommit = True  # DISCARD ALL cannot run inside a transaction block
+    try:
+        conn._prepared.clear()  # also queues a DEALLOCATE ALL: harmless after the DISCARD
+        with conn.cursor() as cur:
+            cur.execute("DISCARD ALL", prepare=False)
+    finally:
+        conn.autocommit = autocommit
 
 
 class GuardedPool:
@@ -121,12 +156,7 @@ class GuardedPool:
 
     def _reset(self, conn: psycopg.Connection[Any]) -> None:
         """On every return (after the pool's rollback): forget the previous checkout."""
-        autocommit = conn.autocommit
-        conn.autocommit = True  # DISCARD ALL cannot run inside a transaction block
-        try:
-            conn.execute("DISCARD ALL")
-        finally:
-            conn.autocommit = autocommit
+        reset_connection(conn)
         if self._after_reset is not None:
             self._after_reset(conn)
 

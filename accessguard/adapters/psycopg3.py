@@ -13,14 +13,13 @@ client-side binding cursor (``ClientCursor``) is analyzed on its merged text.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql as pgsql
 from psycopg._queries import PostgresQuery, _query2pg
 
-from accessguard.adapters.base import CountingCursor
+from accessguard.adapters.base import NOTHING, CountingCursor, Streamed
 from accessguard.errors import AccessDenied, Reason
 
 if TYPE_CHECKING:
@@ -88,6 +87,10 @@ def _query_text(query: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnect
 class GuardedCursor(CountingCursor):
     """A psycopg cursor whose every statement is checked before it is sent."""
 
+    #: the statements of the last executemany, one per result set, and the current one's index
+    _batch: Sequence[Authorized] = (NOTHING,)
+    _index = 0
+
     def __init__(self, conn: GuardedConnection, raw: Any) -> None:
         self._conn = conn
         self._raw = raw
@@ -109,22 +112,19 @@ class GuardedCursor(CountingCursor):
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
         ok = self._authorize(query, params)
         self._raw.execute(ok.sql, ok.params, **kwargs)
-        # what _begin does, inline: this is every statement's path
-        self._current = ok
-        self._fetched = 0
-        self._withheld = False
-        # a client-side cursor holds the whole result already: refuse it
-        # before a single row is handed over.
-        if (
-            ok.row_cap is not None
-            and self._raw.pgresult is not None
-            and self._raw.rowcount > ok.row_cap
-            and ok.facts.kind == "select"
-        ):
-            raise self._withhold(ok, self._raw.rowcount)
+        if ok.row_cap is None:
+            self._st = ok  # what _admit does, inline: this is every statement's path
+        else:
+            # a client-side cursor holds the whole result already: refuse it
+            # before a single row is handed over (a named cursor's is 0 here)
+            result = self._raw.pgresult
+            self._admit(ok, result.ntuples if result is not None else 0)
         return self
 
-    def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
+    def executemany(
+        self, query: Any, params_seq: Iterable[Any], *, returning: bool = False, **kwargs: Any
+    ) -> None:
+        """Every parameter set decided first; each result set read through its own statement."""
         batch = [self._authorize(query, params) for params in params_seq]
         if not batch:
             return
@@ -132,17 +132,36 @@ class GuardedCursor(CountingCursor):
             raise AccessDenied(
                 "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
             )
-        self._raw.executemany(batch[0].sql, [ok.params or () for ok in batch], **kwargs)
+        self._st = NOTHING  # until the batch is back, the old result is gone
+        self._raw.executemany(
+            batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
+        )
+        self._batch = batch
+        self._select(0)
+
+    def _select(self, index: int) -> None:
+        """The batch's result set ``index`` is the driver's current one: admit it."""
+        result = self._raw.pgresult
+        self._admit(self._batch[index], result.ntuples if result is not None else 0)
+        self._index = index
+
+    def nextset(self) -> bool | None:
+        """Move to the next result set (of an executemany with ``returning=True``)."""
+        current = self._st
+        if not self._raw.nextset():
+            return None
+        index = self._index + 1
+        if current is not self._batch[self._index] or index >= len(self._batch):
+            # a result set no statement of ours accounts for: never hand it over
+            self._st = NOTHING
+            return True
+        self._select(index)
+        return True
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+        """Decided when called; its rows pass through its own statement, whatever runs next."""
         ok = self._authorize(query, params)
-        self._begin(ok)
-        return self._counted(self._raw.stream(ok.sql, ok.params, **kwargs))
-
-    def _counted(self, rows: Iterable[Any]) -> Iterator[Any]:
-        for row in rows:
-            self._count(1)
-            yield row
+        return Streamed(self, ok, self._raw.stream(ok.sql, ok.params, **kwargs))
 
     def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
         raise self._guard.refuse(
@@ -156,9 +175,6 @@ class GuardedCursor(CountingCursor):
 
     def scroll(self, value: int, mode: str = "relative") -> None:
         self._raw.scroll(value, mode)
-
-    def nextset(self) -> bool | None:
-        return bool(self._raw.nextset())
 
     @property
     def description(self) -> Any:
@@ -210,9 +226,37 @@ class GuardedCursor(CountingCursor):
 class GuardedTransaction:
     """What ``with conn.transaction() as tx`` yields: never the raw connection."""
 
-    def __init__(self, conn: GuardedConnection, savepoint_name: str | None) -> None:
+    def __init__(self, conn: Any, savepoint_name: str | None) -> None:
+        #: the guarded connection (sync or async) the block runs on
         self.connection = conn
         self.savepoint_name = savepoint_name
+
+
+class TransactionBlock:
+    """``conn.transaction()``: psycopg's block, yielding a ``GuardedTransaction``.
+
+    A class rather than a ``@contextmanager`` generator, whose public ``gen``
+    would lead to psycopg's own Transaction (and through it the raw
+    connection and libpq handle).
+    """
+
+    __slots__ = ("_block", "_conn")
+
+    def __init__(self, conn: GuardedConnection, block: Any) -> None:
+        self._conn = conn
+        self._block = block
+
+    def __enter__(self) -> GuardedTransaction:
+        tx = self._block.__enter__()
+        return GuardedTransaction(self._conn, tx.savepoint_name)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return self._block.__exit__(exc_type, exc, tb)  # type: ignore[no-any-return]
 
 
 class GuardedConnection:
@@ -253,13 +297,13 @@ class GuardedConnection:
             kind="pipeline",
         )
 
-    @contextmanager
     def transaction(
         self, savepoint_name: str | None = None, *, force_rollback: bool = False
-    ) -> Iterator[GuardedTransaction]:
+    ) -> TransactionBlock:
         """psycopg's transaction block; what it yields leads back to this guarded connection."""
-        with self._raw.transaction(savepoint_name, force_rollback=force_rollback) as tx:
-            yield GuardedTransaction(self, tx.savepoint_name)
+        return TransactionBlock(
+            self, self._raw.transaction(savepoint_name, force_rollback=force_rollback)
+        )
 
     def commit(self) -> None:
         self._raw.commit()
