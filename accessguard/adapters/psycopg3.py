@@ -141,9 +141,9 @@ class GuardedCursor(CountingCursor):
 
     def _select(self, index: int) -> None:
         """The batch's result set ``index`` is the driver's current one: admit it."""
+        self._index = index
         result = self._raw.pgresult
         self._admit(self._batch[index], result.ntuples if result is not None else 0)
-        self._index = index
 
     def nextset(self) -> bool | None:
         """Move to the next result set (of an executemany with ``returning=True``)."""
