@@ -227,6 +227,11 @@ class AsyncDriver:
 # ---------------------------------------------------------------------- checks
 
 
+def refusals(sink: MemoryAuditSink) -> list[str]:
+    """The reasons of the audited refusals (the ledger's entries left out)."""
+    return [str(e["event.reason"]) for e in sink.events if e["event.action"] != "ledger"]
+
+
 def check(case: RowCase, run: Run, guard: Guard, sink: MemoryAuditSink) -> None:
     """The case's rows and refusals; the ledger (flushed by closing the guard) counts them all."""
     assert (run.handed, run.refusals) == (case.rows, list(case.refusals))
@@ -313,3 +318,63 @@ class TestRowPaths:
             except AccessGuardError as exc:
                 run.refused(exc)
         check(case, run, guard, sink)
+
+
+class TestClosedGuard:
+    def test_statements_refused_after_close(
+        self, guard: Guard, sink: MemoryAuditSink, bulk_dsn: str
+    ) -> None:
+        """Once the guard is closed, a still-open connection refuses every statement, audited."""
+        with GuardedConnection.connect(guard, bulk_dsn, ALICE) as conn:
+            conn.execute("SELECT id FROM products WHERE id = 1").fetchall()
+            guard.close()
+            with pytest.raises(AccessGuardError) as info:
+                conn.execute("SELECT id FROM products WHERE id = 1")
+            assert info.value.reason == "guard.closed"
+        assert refusals(sink) == ["guard.closed"]
+
+    def test_rows_the_ledger_cannot_record_are_not_handed_over(
+        self, guard: Guard, sink: MemoryAuditSink, bulk_dsn: str
+    ) -> None:
+        """A result of customer data fetched after close is refused: the ledger no longer counts."""
+        with GuardedConnection.connect(guard, bulk_dsn, ALICE) as conn:
+            cur = conn.cursor("open")
+            cur.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+            assert len(cur.fetchmany(10)) == 10
+            stream = conn.cursor().stream("SELECT id FROM orders WHERE customer_id = 42")
+            guard.close()
+            with pytest.raises(AccessGuardError) as info:
+                cur.fetchmany(10)
+            assert info.value.reason == "guard.closed"
+            assert cur.fetchall() == []  # withheld from then on
+            with pytest.raises(AccessGuardError):
+                next(iter(stream))
+            cur.close()
+        assert refusals(sink) == ["guard.closed", "guard.closed"]
+        ledger = [e for e in sink.events if e["event.action"] == "ledger"]
+        assert sum(int(e["accessguard.rows"]) for e in ledger) == 10
+
+    async def test_async_connection_refuses_after_close(
+        self, guard: Guard, sink: MemoryAuditSink, bulk_dsn: str
+    ) -> None:
+        """The async adapter refuses after close too, statements and counted fetches."""
+        async with await AsyncGuardedConnection.connect(guard, bulk_dsn, ALICE) as conn:
+            cur = conn.cursor("open")
+            await cur.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+            guard.close()
+            with pytest.raises(AccessGuardError):
+                await cur.fetchone()
+            with pytest.raises(AccessGuardError):
+                await conn.execute("SELECT id FROM products WHERE id = 1")
+            await cur.close()
+        assert refusals(sink) == ["guard.closed", "guard.closed"]
+
+    def test_dbapi_refuses_after_close(self, guard: Guard, bulk_sqlite: sqlite3.Connection) -> None:
+        """The DB-API wrapper refuses after close (statements and counted fetches)."""
+        conn = GuardedDbapiConnection(guard, bulk_sqlite, ALICE, dialect="sqlite")
+        cur = conn.execute("SELECT id FROM orders WHERE customer_id = 42 AND id < 1000")
+        guard.close()
+        with pytest.raises(AccessGuardError):
+            cur.fetchall()
+        with pytest.raises(AccessGuardError):
+            conn.execute("SELECT id FROM products WHERE id = 1")

@@ -149,6 +149,101 @@ class TestCheckout:
             assert rows.fetchall() == [("refunded",)]
 
 
+@pytest.fixture
+def audited(scenario_dsn: str) -> Iterator[tuple[GuardedPool, MemoryAuditSink]]:
+    """A one-connection pool whose guard audits to a sink the test reads."""
+    sink = MemoryAuditSink()
+    with (
+        Guard.from_directory(scenario.policies_dir(), tickets=scenario.tickets(), audit=sink) as g,
+        GuardedPool(g, scenario_dsn, min_size=1, max_size=1) as pool,
+    ):
+        yield pool, sink
+
+
+@db
+class TestCursorsBelongToTheirCheckout:
+    def test_every_cursor_refuses_after_return(
+        self, audited: tuple[GuardedPool, MemoryAuditSink]
+    ) -> None:
+        """Cursors from execute(), cursor() and named cursors all refuse (audited) once returned."""
+        pool, sink = audited
+        with pool.connection(user="alice", ticket="T-100") as conn:
+            executed = conn.execute(QUERY, [42])
+            plain = conn.cursor()
+            named = conn.cursor("kept")
+            named.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+            assert named.fetchone() == (421,)
+            with conn.transaction() as tx:
+                in_block = tx.connection.cursor()
+        with pool.connection(user="bob") as bobs:  # the same backend, now bob's
+            for cur in (executed, plain, named, in_block):
+                assert cur.closed
+                with pytest.raises(AccessDenied) as info:
+                    cur.execute(QUERY, [42])
+                assert info.value.reason == "session.returned"
+            assert executed.fetchall() == []
+            with pytest.raises(AccessDenied):
+                bobs.execute(QUERY, [42])  # bob himself still has no right to it
+        assert sink.reasons() == ["session.returned"] * 4 + ["ticket.required"]
+
+    def test_a_cursor_made_by_execute_is_closed_on_return(
+        self, audited: tuple[GuardedPool, MemoryAuditSink]
+    ) -> None:
+        """conn.execute()'s cursor is closed with the checkout, like conn.cursor()'s."""
+        pool, _sink = audited
+        with pool.connection(user="alice", ticket="T-100") as conn:
+            cur = conn.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+            assert cur.fetchone() == (421,)
+        assert cur.closed
+        assert cur.fetchall() == []  # the rest of alice's result is gone with her checkout
+
+
+@db
+class TestReset:
+    def test_many_checkouts_keep_prepared_statements_working(self, pool: GuardedPool) -> None:
+        """Past psycopg's prepare threshold (5), checkouts run and the reset never fails.
+
+        A failing reset makes the pool replace the connection: one backend
+        throughout shows that every reset succeeded.
+        """
+        backends = set()
+        for _ in range(12):
+            with pool.connection(user="alice", ticket="T-100") as conn:
+                for _ in range(7):  # prepared from the 6th execution on
+                    assert conn.execute(QUERY, [42]).fetchall() == [("Name-0042",)]
+                conn.commit()  # no rollback on return (a rollback clears psycopg's record)
+                backends.add(conn._raw.info.backend_pid)  # the test peeks at the raw connection
+        assert len(backends) == 1
+
+    def test_threads_checking_out_repeatedly(self, guard: Guard, scenario_dsn: str) -> None:
+        """Four threads, two physical connections, five checkouts each: every statement runs."""
+
+        def work(shared: GuardedPool) -> int:
+            done = 0
+            for _ in range(5):
+                with shared.connection(user="dave") as conn:
+                    for _ in range(5):
+                        rows = conn.execute("SELECT id FROM products WHERE id = %s", [9])
+                        done += len(rows.fetchall())
+            return done
+
+        with (
+            GuardedPool(guard, scenario_dsn, min_size=2, max_size=2) as pool,
+            ThreadPoolExecutor(max_workers=4) as executor,
+        ):
+            futures = [executor.submit(work, pool) for _ in range(4)]
+            assert [f.result(timeout=60) for f in futures] == [25] * 4
+
+    def test_session_state_and_prepared_statements_are_gone(self, pool: GuardedPool) -> None:
+        """After a return, the server holds no prepared statement of the previous checkout."""
+        with pool.connection(user="alice", ticket="T-100") as conn:
+            for _ in range(7):
+                conn.execute(QUERY, [42]).fetchall()
+        with pool.connection(user="dave") as conn:  # the test peeks through the raw connection
+            peek = conn._raw.execute("SELECT count(*) FROM pg_prepared_statements", prepare=False)
+            assert peek.fetchone() == (0,)
+
+
 # ---------------------------------------------------------------------- red team
 
 

@@ -185,7 +185,7 @@ class AsyncGuardedCursor(AsyncCountingCursor):
         self._select(index)
         return True
 
-    def stream(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncIterator[Any]:
+    def stream(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncStreamed:
         """Checked when called (not at the first ``async for`` step), like the sync stream."""
         ok = self._authorize(query, params)
         return AsyncStreamed(self, ok, self._raw.stream(ok.sql, ok.params, **kwargs))

@@ -12,7 +12,7 @@ client-side binding cursor (``ClientCursor``) is analyzed on its merged text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -158,7 +158,7 @@ class GuardedCursor(CountingCursor):
         self._select(index)
         return True
 
-    def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+    def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Streamed:
         """Decided when called; its rows pass through its own statement, whatever runs next."""
         ok = self._authorize(query, params)
         return Streamed(self, ok, self._raw.stream(ok.sql, ok.params, **kwargs))
