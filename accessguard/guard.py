@@ -795,6 +795,16 @@ class Guard:
 
         return GuardedPool(self, conninfo, **kwargs)
 
+    def pool_async(self, conninfo: str = "", **kwargs: Any) -> Any:
+        """A psycopg_pool AsyncConnectionPool whose checkouts are guarded per employee.
+
+        ``async with guard.pool_async(dsn) as pool:`` opens it;
+        ``async with pool.connection(user=..., ticket=...) as conn:`` checks one out.
+        """
+        from accessguard.adapters.pool import GuardedAsyncPool
+
+        return GuardedAsyncPool(self, conninfo, **kwargs)
+
     def instrument(self, engine: Any) -> Any:
         """Guard every statement a SQLAlchemy 2 Engine sends (Core and ORM)."""
         from accessguard.adapters.sqlalchemy import instrument

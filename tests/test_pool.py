@@ -7,12 +7,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 from casefiles import PgServerLike, RedteamCase, database_copy, load_redteam_cases
 from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params, run_case
 
 from accessguard import AccessDenied, AccessGuardError, ConfigurationError, Guard, scenario
-from accessguard.adapters.pool import GuardedPool
+from accessguard.adapters.pool import GuardedAsyncPool, GuardedPool
 from accessguard.testing import MemoryAuditSink
 
 if TYPE_CHECKING:
@@ -242,6 +243,88 @@ class TestReset:
         with pool.connection(user="dave") as conn:  # the test peeks through the raw connection
             peek = conn._raw.execute("SELECT count(*) FROM pg_prepared_statements", prepare=False)
             assert peek.fetchone() == (0,)
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """psycopg's async connections run on asyncio."""
+    return "asyncio"
+
+
+@db
+@pytest.mark.anyio
+class TestAsyncPool:
+    async def test_contract_entry_point(self, guard: Guard, scenario_dsn: str) -> None:
+        """guard.pool_async(dsn) hands out guarded async connections per checkout."""
+        async with guard.pool_async(scenario_dsn, min_size=1, max_size=1) as pool:
+            async with pool.connection(user="alice", ticket="T-100") as conn:
+                cur = await conn.execute(QUERY, [42])
+                assert await cur.fetchall() == [("Name-0042",)]
+                with pytest.raises(AccessDenied):
+                    await conn.execute("SELECT email FROM customers")
+            async with pool.connection(user="bob") as conn:
+                with pytest.raises(AccessDenied):
+                    await conn.execute(QUERY, [42])
+
+    async def test_kept_cursors_refuse_after_return(self, scenario_dsn: str) -> None:
+        """Async cursors (execute(), cursor(), named) refuse, audited, once their checkout ends."""
+        sink = MemoryAuditSink()
+        with Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
+        ) as guard:
+            async with GuardedAsyncPool(guard, scenario_dsn, min_size=1, max_size=1) as pool:
+                async with pool.connection(user="alice", ticket="T-100") as conn:
+                    executed = await conn.execute(QUERY, [42])
+                    plain = conn.cursor()
+                    named = conn.cursor("kept")
+                    await named.execute("SELECT id FROM orders WHERE customer_id = 42")
+                async with pool.connection(user="bob") as bobs:
+                    for cur in (executed, plain, named):
+                        assert cur.closed
+                        with pytest.raises(AccessDenied) as info:
+                            await cur.execute(QUERY, [42])
+                        assert info.value.reason == "session.returned"
+                    assert await executed.fetchall() == []
+                    assert conn.closed
+                    with pytest.raises(AccessDenied):
+                        conn.cursor()
+                    assert not bobs.closed
+        refusals = [e["event.reason"] for e in sink.events if e["event.action"] != "ledger"]
+        assert refusals == ["session.returned"] * 4
+
+    async def test_many_checkouts_and_tasks(self, guard: Guard, scenario_dsn: str) -> None:
+        """Past the prepare threshold, over concurrent tasks, every reset and statement works."""
+        backends: set[int] = set()
+        results: list[int] = []
+
+        async def work(shared: GuardedAsyncPool) -> None:
+            done = 0
+            for _ in range(5):
+                async with shared.connection(user="dave") as conn:
+                    for _ in range(5):
+                        cur = await conn.execute("SELECT id FROM products WHERE id = %s", [9])
+                        done += len(await cur.fetchall())
+                    await conn.commit()
+                    backends.add(conn._raw.info.backend_pid)  # the test peeks
+            results.append(done)
+
+        async with (
+            GuardedAsyncPool(guard, scenario_dsn, min_size=2, max_size=2) as pool,
+            anyio.create_task_group() as tasks,
+        ):
+            for _ in range(4):
+                tasks.start_soon(work, pool)
+        assert results == [25] * 4
+        assert len(backends) <= 2  # no reset failed (a failed one replaces the connection)
+
+    async def test_employee_bound_or_refused(self, guard: Guard, scenario_dsn: str) -> None:
+        """Without user=, a checkout takes guard.acting_as's employee; with none bound, refused."""
+        async with GuardedAsyncPool(guard, scenario_dsn, min_size=1, max_size=1) as pool:
+            with pytest.raises(ConfigurationError):
+                pool.connection()
+            with guard.acting_as(user="alice", ticket="T-100"):
+                async with pool.connection() as conn:
+                    assert conn.user == "alice"
 
 
 # ---------------------------------------------------------------------- red team

@@ -20,7 +20,7 @@ import pytest
 from accessguard import Guard
 from accessguard.adapters.aio import AsyncGuardedConnection
 from accessguard.adapters.dbapi import GuardedDbapiConnection
-from accessguard.adapters.pool import GuardedPool
+from accessguard.adapters.pool import GuardedAsyncPool, GuardedPool
 from accessguard.adapters.psycopg3 import GuardedConnection
 from accessguard.guard import Session
 
@@ -161,12 +161,28 @@ class TestNoRawObjectReachable:
     def test_pool_checkouts(self, unlimited: Guard, scenario_dsn: str) -> None:
         """The pool, a checkout and its cursors, during the checkout and after it."""
         with GuardedPool(unlimited, scenario_dsn, min_size=1, max_size=1) as pool:
-            roots: dict[str, Any] = {"pool": pool}
-            with pool.connection(user="alice", ticket="T-100") as conn:
+            checkout = pool.connection(user="alice", ticket="T-100")
+            roots: dict[str, Any] = {"pool": pool, "checkout_block": checkout}
+            with checkout as conn:
                 roots |= {"checkout": conn, "executed": conn.execute(ORDERS)}
                 named = roots["named"] = conn.cursor("walked")
                 named.execute(ORDERS)
                 with conn.transaction() as tx:
+                    roots["tx"] = tx
+                    during = [p for k, v in roots.items() for p in reachable_raw(v, k)]
+            after = [p for k, v in roots.items() for p in reachable_raw(v, k)]
+        assert (during, after) == ([], [])
+
+    async def test_async_pool_checkouts(self, unlimited: Guard, scenario_dsn: str) -> None:
+        """The async pool, a checkout and its cursors, during the checkout and after it."""
+        async with GuardedAsyncPool(unlimited, scenario_dsn, min_size=1, max_size=1) as pool:
+            checkout = pool.connection(user="alice", ticket="T-100")
+            roots: dict[str, Any] = {"pool": pool, "checkout_block": checkout}
+            async with checkout as conn:
+                roots |= {"checkout": conn, "executed": await conn.execute(ORDERS)}
+                named = roots["named"] = conn.cursor("walked")
+                await named.execute(ORDERS)
+                async with conn.transaction() as tx:
                     roots["tx"] = tx
                     during = [p for k, v in roots.items() for p in reachable_raw(v, k)]
             after = [p for k, v in roots.items() for p in reachable_raw(v, k)]
