@@ -378,3 +378,18 @@ class TestClosedGuard:
             cur.fetchall()
         with pytest.raises(AccessGuardError):
             conn.execute("SELECT id FROM products WHERE id = 1")
+
+
+class TestDbapiExecutemany:
+    STMT = "UPDATE orders SET status = ? WHERE customer_id = ? AND id = ?"
+
+    def test_one_parameter_set_out_of_scope_refuses_the_batch(
+        self, guard: Guard, bulk_sqlite: sqlite3.Connection
+    ) -> None:
+        """Every parameter set is decided before anything is sent: one out of scope, none run."""
+        conn = GuardedDbapiConnection(guard, bulk_sqlite, ALICE, dialect="sqlite")
+        with pytest.raises(AccessGuardError) as info:
+            conn.executemany(self.STMT, [("refunded", 42, 421), ("refunded", 7, 71)])
+        assert info.value.reason == "row_scope.other_subject"
+        statuses = bulk_sqlite.execute("SELECT status FROM orders WHERE id IN (421, 71)")
+        assert "refunded" not in {row[0] for row in statuses}

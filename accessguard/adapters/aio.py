@@ -82,10 +82,15 @@ class AsyncCountingCursor(RowCounter):
 class AsyncStreamed:
     """What a guarded async ``stream()`` returns: its own statement's gate over the driver's."""
 
-    __slots__ = ("_cursor", "_rows", "_st")
+    __slots__ = ("_cursor", "_rebind", "_rows", "_st")
 
-    def __init__(self, cursor: RowCounter, st: Authorized, rows: AsyncIterator[Any]) -> None:
+    def __init__(
+        self, cursor: RowCounter, st: Authorized, rows: AsyncIterator[Any], *, rebind: bool
+    ) -> None:
         self._cursor = cursor
+        #: whether the cursor's own fetches read this stream's result once it runs
+        #: (not a named cursor's: they read its portal, the statement it declared)
+        self._rebind = rebind
         self._st = st
         self._rows = rows
 
@@ -97,7 +102,8 @@ class AsyncStreamed:
         if st.withheld:
             raise StopAsyncIteration
         cursor = self._cursor
-        cursor._st = st  # once it runs, the driver's current result is this stream's
+        if self._rebind:  # once it runs, the driver's current result is this stream's
+            cursor._st = st
         row = await anext(self._rows)
         if not st.take(1):
             await self.aclose()
@@ -188,7 +194,12 @@ class AsyncGuardedCursor(AsyncCountingCursor):
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncStreamed:
         """Checked when called (not at the first ``async for`` step), like the sync stream."""
         ok = self._authorize(query, params)
-        return AsyncStreamed(self, ok, self._raw.stream(ok.sql, ok.params, **kwargs))
+        return AsyncStreamed(
+            self,
+            ok,
+            self._raw.stream(ok.sql, ok.params, **kwargs),
+            rebind=not isinstance(self._raw, psycopg.AsyncServerCursor),
+        )
 
     def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
         raise self._guard.refuse(

@@ -118,10 +118,15 @@ class CountingCursor(RowCounter):
 class Streamed:
     """What a guarded ``stream()`` returns: the driver's stream, through its statement's gate."""
 
-    __slots__ = ("_cursor", "_rows", "_st")
+    __slots__ = ("_cursor", "_rebind", "_rows", "_st")
 
-    def __init__(self, cursor: RowCounter, st: Authorized, rows: Iterator[Any]) -> None:
+    def __init__(
+        self, cursor: RowCounter, st: Authorized, rows: Iterator[Any], *, rebind: bool
+    ) -> None:
         self._cursor = cursor
+        #: whether the cursor's own fetches read this stream's result once it runs
+        #: (not a named cursor's: they read its portal, the statement it declared)
+        self._rebind = rebind
         self._st = st
         self._rows = rows
 
@@ -133,7 +138,8 @@ class Streamed:
         if st.withheld:
             raise StopIteration
         cursor = self._cursor
-        cursor._st = st  # once it runs, the driver's current result is this stream's
+        if self._rebind:  # once it runs, the driver's current result is this stream's
+            cursor._st = st
         row = next(self._rows)
         if not st.take(1):
             self.close()

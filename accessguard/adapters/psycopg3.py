@@ -161,7 +161,12 @@ class GuardedCursor(CountingCursor):
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Streamed:
         """Decided when called; its rows pass through its own statement, whatever runs next."""
         ok = self._authorize(query, params)
-        return Streamed(self, ok, self._raw.stream(ok.sql, ok.params, **kwargs))
+        return Streamed(
+            self,
+            ok,
+            self._raw.stream(ok.sql, ok.params, **kwargs),
+            rebind=not isinstance(self._raw, psycopg.ServerCursor),
+        )
 
     def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
         raise self._guard.refuse(
