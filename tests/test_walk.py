@@ -17,7 +17,7 @@ import psycopg
 import psycopg_pool
 import pytest
 
-from accessguard import Guard
+from accessguard import AccessDenied, Guard
 from accessguard.adapters.aio import AsyncGuardedConnection
 from accessguard.adapters.dbapi import GuardedDbapiConnection
 from accessguard.adapters.pool import GuardedAsyncPool, GuardedPool
@@ -26,6 +26,8 @@ from accessguard.guard import Session
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from accessguard.testing import MemoryAuditSink
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
@@ -197,3 +199,87 @@ class TestNoRawObjectReachable:
             assert [p for k, v in roots.items() for p in reachable_raw(v, k)] == []
         finally:
             raw.close()
+
+
+class TestNoHookReceivesARawObject:
+    """psycopg hands its raw cursor to row factories, its raw connection to cursor factories."""
+
+    @staticmethod
+    def leaky(seen: list[Any]) -> Any:
+        def factory(cursor: Any) -> Any:
+            seen.append(cursor)
+            return psycopg.rows.tuple_row(cursor)
+
+        return factory
+
+    def test_custom_row_factory_refused(
+        self, guard: Guard, sink: MemoryAuditSink, scenario_dsn: str
+    ) -> None:
+        """cursor(row_factory=<own function>) is refused, audited; psycopg's own are allowed."""
+        seen: list[Any] = []
+        with GuardedConnection.connect(guard, scenario_dsn, ALICE) as conn:
+            with pytest.raises(AccessDenied):
+                conn.cursor(row_factory=self.leaky(seen))
+            with pytest.raises(AccessDenied):
+                conn.cursor("named", row_factory=self.leaky(seen))
+            for factory in (
+                psycopg.rows.dict_row,
+                psycopg.rows.namedtuple_row,
+                psycopg.rows.class_row(dict),
+                psycopg.rows.kwargs_row(dict),
+            ):
+                cur = conn.cursor(row_factory=factory)
+                cur.execute("SELECT id FROM products WHERE id = %s", [1])
+                assert cur.fetchone() is not None
+        assert seen == []
+        assert sink.reasons() == ["path.forbidden", "path.forbidden"]
+
+    def test_forged_row_factory_refused(self, guard: Guard, scenario_dsn: str) -> None:
+        """A function built from psycopg's code with other globals is not psycopg's."""
+        seen: list[Any] = []
+        genuine = psycopg.rows.class_row(dict)
+        forged = types.FunctionType(
+            genuine.__code__,  # type: ignore[attr-defined]
+            {"_get_names": self.leaky(seen), "no_result": None},
+            "forged",
+            None,
+            genuine.__closure__,  # type: ignore[attr-defined]
+        )
+        with (
+            GuardedConnection.connect(guard, scenario_dsn, ALICE) as conn,
+            pytest.raises(AccessDenied),
+        ):
+            conn.cursor(row_factory=forged)
+        assert seen == []
+
+    def test_connect_options_refused(self, guard: Guard, scenario_dsn: str) -> None:
+        """guard.connect refuses a custom row factory, cursor factory or adaptation context."""
+
+        class Spy(psycopg.Cursor[Any]):
+            pass
+
+        for options in (
+            {"row_factory": self.leaky([])},
+            {"cursor_factory": Spy},
+            {"context": psycopg.adapt.AdaptersMap(psycopg.adapters)},
+        ):
+            with pytest.raises(AccessDenied):
+                guard.connect(scenario_dsn, user="alice", ticket="T-100", **options)
+        with guard.connect(
+            scenario_dsn, user="alice", ticket="T-100", cursor_factory=psycopg.ClientCursor
+        ) as conn:
+            assert conn.execute("SELECT id FROM products WHERE id = 1").fetchall() == [(1,)]
+
+    async def test_async_row_factory_and_connect_refused(
+        self, guard: Guard, scenario_dsn: str
+    ) -> None:
+        """The async adapter refuses the same hooks."""
+        seen: list[Any] = []
+        with pytest.raises(AccessDenied):
+            await guard.connect_async(
+                scenario_dsn, user="alice", ticket="T-100", row_factory=self.leaky(seen)
+            )
+        async with await guard.connect_async(scenario_dsn, user="alice", ticket="T-100") as conn:
+            with pytest.raises(AccessDenied):
+                conn.cursor(row_factory=self.leaky(seen))
+        assert seen == []

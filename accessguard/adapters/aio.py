@@ -26,6 +26,7 @@ from accessguard.adapters.psycopg3 import (
     GuardedTransaction,
     _query_text,
     authorize_statement,
+    refuse_hooks,
 )
 from accessguard.errors import AccessDenied, Reason
 
@@ -302,6 +303,7 @@ class AsyncGuardedConnection:
     async def connect(
         cls, guard: Guard, conninfo: str, session: Session, **kwargs: Any
     ) -> AsyncGuardedConnection:
+        refuse_hooks(guard, session, kwargs, (psycopg.AsyncCursor, psycopg.AsyncClientCursor))
         return cls(guard, await psycopg.AsyncConnection.connect(conninfo, **kwargs), session)
 
     @property
@@ -313,6 +315,8 @@ class AsyncGuardedConnection:
         return self._session.ticket
 
     def cursor(self, name: str = "", **kwargs: Any) -> AsyncGuardedCursor:
+        if kwargs:
+            refuse_hooks(self._guard, self._session, kwargs, ())
         raw = self._raw.cursor(name, **kwargs) if name else self._raw.cursor(**kwargs)
         return AsyncGuardedCursor(self, raw)
 

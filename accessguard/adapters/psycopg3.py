@@ -13,9 +13,11 @@ client-side binding cursor (``ClientCursor``) is analyzed on its merged text.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from types import FunctionType
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
+from psycopg import rows
 from psycopg import sql as pgsql
 from psycopg._queries import PostgresQuery, _query2pg
 
@@ -70,6 +72,55 @@ def authorize_statement(
         return lane.authorize(converted, values)
     merged = mogrify(text, params) if params is not None else text
     return lane.authorize(merged, None)
+
+
+#: row factories psycopg ships: the driver's cursor they receive stays inside psycopg
+_ROW_FACTORIES = (rows.tuple_row, rows.dict_row, rows.namedtuple_row, rows.scalar_row)
+#: the code of the functions class_row / args_row / kwargs_row make (they pass on values only)
+_ROW_FACTORY_CODE = tuple(
+    cast("FunctionType", made).__code__
+    for made in (rows.class_row(object), rows.args_row(tuple), rows.kwargs_row(dict))
+)
+
+
+def psycopg_row_factory(factory: object) -> bool:
+    """Whether psycopg made ``factory``: no other code receives the driver's cursor through it."""
+    if any(factory is known for known in _ROW_FACTORIES):
+        return True
+    return (
+        type(factory) is FunctionType
+        and factory.__globals__ is rows.__dict__
+        and any(factory.__code__ is code for code in _ROW_FACTORY_CODE)
+    )
+
+
+def refuse_hooks(
+    guard: Guard, session: Session, options: Mapping[str, Any], cursor_classes: tuple[type, ...]
+) -> None:
+    """Refuse (audited) options that would hand the driver's own objects to other code.
+
+    psycopg calls a row factory with its raw cursor, builds a cursor factory
+    with the raw connection, and hands an adapters ``context`` to the
+    loaders and dumpers it holds: any of them from outside would reach the
+    raw connection. psycopg's own row factories and cursor classes are fine.
+    """
+    hook = None
+    factory = options.get("row_factory")
+    if factory is not None and not psycopg_row_factory(factory):
+        hook = "row factory"
+    cursor_factory = options.get("cursor_factory")
+    if cursor_factory is not None and not any(cursor_factory is c for c in cursor_classes):
+        hook = "cursor factory"
+    if options.get("context") is not None:
+        hook = "adaptation context"
+    if hook is not None:
+        raise guard.refuse(
+            Reason.PATH_FORBIDDEN,
+            f"Refused: a custom {hook} would be handed the driver's own objects; "
+            "use psycopg's own (tuple_row, dict_row, class_row, ...).",
+            session,
+            kind="connect",
+        )
 
 
 def _query_text(query: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
@@ -277,6 +328,7 @@ class GuardedConnection:
     def connect(
         cls, guard: Guard, conninfo: str, session: Session, **kwargs: Any
     ) -> GuardedConnection:
+        refuse_hooks(guard, session, kwargs, (psycopg.Cursor, psycopg.ClientCursor))
         return cls(guard, psycopg.Connection.connect(conninfo, **kwargs), session)
 
     @property
@@ -288,6 +340,8 @@ class GuardedConnection:
         return self._session.ticket
 
     def cursor(self, name: str = "", **kwargs: Any) -> GuardedCursor:
+        if kwargs:
+            refuse_hooks(self._guard, self._session, kwargs, ())
         raw = self._raw.cursor(name, **kwargs) if name else self._raw.cursor(**kwargs)
         return GuardedCursor(self, raw)
 
