@@ -321,7 +321,12 @@ class TestAsyncPool:
         """Without user=, a checkout takes guard.acting_as's employee; with none bound, refused."""
         async with GuardedAsyncPool(guard, scenario_dsn, min_size=1, max_size=1) as pool:
             with pytest.raises(ConfigurationError):
-                pool.connection()
+                async with pool.connection():
+                    pass
+            checkout = pool.connection()  # the employee is the one bound when it is entered
+            with guard.acting_as(user="alice", ticket="T-100"):
+                async with checkout as conn:
+                    assert conn.user == "alice"
             with guard.acting_as(user="alice", ticket="T-100"):
                 async with pool.connection() as conn:
                     assert conn.user == "alice"

@@ -138,17 +138,22 @@ class Checkout:
     would lead to the physical connection.
     """
 
-    __slots__ = ("_block", "_conn", "_pool", "_session")
+    __slots__ = ("_block", "_conn", "_pool", "_ticket", "_user")
 
-    def __init__(self, pool: GuardedPool, session: Session, timeout: float | None) -> None:
+    def __init__(
+        self, pool: GuardedPool, user: str | None, ticket: str | None, timeout: float | None
+    ) -> None:
         self._pool = pool
-        self._session = session
+        self._user = user
+        self._ticket = ticket
         self._block = pool._pool.connection(timeout=timeout)
         self._conn: PooledConnection | None = None
 
     def __enter__(self) -> GuardedConnection:
+        guard = self._pool._guard
+        session = _session(guard, self._user, self._ticket)  # first: nobody bound, nothing taken
         raw = self._block.__enter__()
-        self._conn = PooledConnection(self._pool._guard, raw, self._session)
+        self._conn = PooledConnection(guard, raw, session)
         return self._conn
 
     def __exit__(
@@ -188,8 +193,7 @@ class GuardedPool:
         self, *, user: str | None = None, ticket: str | None = None, timeout: float | None = None
     ) -> Checkout:
         """Check a connection out for ``user`` on ``ticket`` (default: ``guard.acting_as``)."""
-        # the employee first: nobody bound, nothing taken from the pool
-        return Checkout(self, _session(self._guard, user, ticket), timeout)
+        return Checkout(self, user, ticket, timeout)
 
     def _reset(self, conn: psycopg.Connection[Any]) -> None:
         """On every return (after the pool's rollback): forget the previous checkout."""
@@ -283,17 +287,22 @@ async def reset_async_connection(conn: psycopg.AsyncConnection[Any]) -> None:
 class AsyncCheckout:
     """``async with pool.connection(...) as conn``: one checkout, one employee."""
 
-    __slots__ = ("_block", "_conn", "_pool", "_session")
+    __slots__ = ("_block", "_conn", "_pool", "_ticket", "_user")
 
-    def __init__(self, pool: GuardedAsyncPool, session: Session, timeout: float | None) -> None:
+    def __init__(
+        self, pool: GuardedAsyncPool, user: str | None, ticket: str | None, timeout: float | None
+    ) -> None:
         self._pool = pool
-        self._session = session
+        self._user = user
+        self._ticket = ticket
         self._block = pool._pool.connection(timeout=timeout)
         self._conn: AsyncPooledConnection | None = None
 
     async def __aenter__(self) -> AsyncGuardedConnection:
+        guard = self._pool._guard
+        session = _session(guard, self._user, self._ticket)  # first: nobody bound, nothing taken
         raw = await self._block.__aenter__()
-        self._conn = AsyncPooledConnection(self._pool._guard, raw, self._session)
+        self._conn = AsyncPooledConnection(guard, raw, session)
         return self._conn
 
     async def __aexit__(
@@ -336,7 +345,7 @@ class GuardedAsyncPool:
         self, *, user: str | None = None, ticket: str | None = None, timeout: float | None = None
     ) -> AsyncCheckout:
         """Check a connection out for ``user`` on ``ticket`` (default: ``guard.acting_as``)."""
-        return AsyncCheckout(self, _session(self._guard, user, ticket), timeout)
+        return AsyncCheckout(self, user, ticket, timeout)
 
     async def _reset(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """On every return (after the pool's rollback): forget the previous checkout."""
