@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import psycopg
 import pytest
 from casefiles import PgServerLike, RedteamCase, database_copy, load_redteam_cases
 from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params, run_case
@@ -176,7 +177,10 @@ class TestCursorsBelongToTheirCheckout:
             assert named.fetchone() == (421,)
             with conn.transaction() as tx:
                 in_block = tx.connection.cursor()
+            stream = conn.cursor().stream("SELECT id FROM orders WHERE customer_id = 42")
         with pool.connection(user="bob") as bobs:  # the same backend, now bob's
+            with pytest.raises(psycopg.InterfaceError):  # its cursor was closed on return
+                next(stream)
             for cur in (executed, plain, named, in_block):
                 assert cur.closed
                 with pytest.raises(AccessDenied) as info:
