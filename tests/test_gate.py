@@ -36,7 +36,8 @@ CASES_FILE = Path(__file__).resolve().parent / "cases" / "row-paths.yaml"
 ALICE = Session(user="alice", ticket="T-100")
 CAP = 500
 BULK = "INSERT INTO orders (id, customer_id, status, total_cents) VALUES (%s, 42, 'bulk', 1)"
-ADAPTERS = frozenset({"sync", "async", "dbapi"})
+ADAPTERS = frozenset({"sync", "client", "async", "dbapi"})
+CASE_KEYS = frozenset({"id", "why", "adapters", "cursor", "steps", "rows", "unscoped", "refusals"})
 STEPS = frozenset(
     {
         "execute",
@@ -74,16 +75,7 @@ def load_row_cases(path: Path = CASES_FILE) -> tuple[dict[str, str], list[RowCas
     queries: dict[str, str] = data["queries"]
     cases = []
     for entry in data["cases"]:
-        unknown = set(entry) - {
-            "id",
-            "why",
-            "adapters",
-            "cursor",
-            "steps",
-            "rows",
-            "unscoped",
-            "refusals",
-        }
+        unknown = set(entry) - CASE_KEYS
         assert not unknown, f"{entry.get('id')}: unknown keys {unknown}"
         assert set(entry["adapters"]) <= ADAPTERS, entry["id"]
         steps = []
@@ -279,6 +271,23 @@ class TestRowPaths:
         """psycopg sync: rows handed out are the case's, within the cap, and all in the ledger."""
         run = Run()
         with GuardedConnection.connect(guard, bulk_dsn, ALICE) as conn:
+            driver = SyncDriver(conn, named=case.named, qmark=False)
+            for verb, arg in case.steps:
+                try:
+                    driver.play(run, verb, arg)
+                except AccessGuardError as exc:
+                    run.refused(exc)
+            driver.cur.close()
+        check(case, run, guard, sink)
+
+    @pytest.mark.parametrize("case", _params("client"))
+    def test_client_cursor(
+        self, case: RowCase, guard: Guard, sink: MemoryAuditSink, bulk_dsn: str
+    ) -> None:
+        """psycopg with ClientCursor (merged text): the same rows, cap and ledger."""
+        run = Run()
+        factory = psycopg.ClientCursor
+        with GuardedConnection.connect(guard, bulk_dsn, ALICE, cursor_factory=factory) as conn:
             driver = SyncDriver(conn, named=case.named, qmark=False)
             for verb, arg in case.steps:
                 try:
