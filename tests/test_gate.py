@@ -389,8 +389,22 @@ class TestClosedGuard:
             conn.execute("SELECT id FROM products WHERE id = 1")
 
 
-class TestDbapiExecutemany:
+class TestExecutemany:
     STMT = "UPDATE orders SET status = ? WHERE customer_id = ? AND id = ?"
+
+    def test_different_statements_refused_and_audited(
+        self, guard: Guard, sink: MemoryAuditSink, bulk_dsn: str
+    ) -> None:
+        """A ClientCursor merges each set into its own text: the batch is refused, audited."""
+        stmt = self.STMT.replace("?", "%s")
+        factory = psycopg.ClientCursor
+        with GuardedConnection.connect(guard, bulk_dsn, ALICE, cursor_factory=factory) as conn:
+            with pytest.raises(AccessGuardError) as info:
+                conn.cursor().executemany(stmt, [("lost", 42, 421), ("lost", 42, 422)])
+            statuses = conn.execute("SELECT status FROM orders WHERE customer_id = 42 AND id < 500")
+            assert "lost" not in {row[0] for row in statuses.fetchall()}
+        assert info.value.reason == "internal.error"
+        assert refusals(sink) == ["internal.error"]
 
     def test_one_parameter_set_out_of_scope_refuses_the_batch(
         self, guard: Guard, bulk_sqlite: sqlite3.Connection

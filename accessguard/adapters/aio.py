@@ -28,7 +28,7 @@ from accessguard.adapters.psycopg3 import (
     authorize_statement,
     refuse_hooks,
 )
-from accessguard.errors import AccessDenied, Reason
+from accessguard.errors import Reason
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -163,10 +163,7 @@ class AsyncGuardedCursor(AsyncCountingCursor):
         batch = [self._authorize(query, params) for params in params_seq]
         if not batch:
             return
-        if len({ok.sql for ok in batch}) != 1:  # one statement, one shape: never guess
-            raise AccessDenied(
-                "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
-            )
+        self._one_statement(batch)  # one statement, one shape: never guess
         self._st = NOTHING  # until the batch is back, the old result is gone
         await self._raw.executemany(
             batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs

@@ -62,6 +62,22 @@ class RowCounter:
             )
         return self._guard.over_row_cap(st, st.handed + n)
 
+    def _one_statement(self, batch: list[Authorized]) -> None:
+        """An executemany sends one statement for every parameter set: refuse (audited) if not.
+
+        (A client-side binding cursor merges each set into its own text: such a
+        batch is refused, never sent as the first text with the others' values.)
+        """
+        first = batch[0].sql
+        if any(ok.sql != first for ok in batch):
+            raise self._guard.refuse(
+                Reason.INTERNAL_ERROR,
+                "Refused: executemany produced different statements.",
+                self._session,
+                kind=batch[0].facts.kind,
+                dialect=self._dialect,
+            )
+
     def _admit(self, st: Authorized, ntuples: int) -> None:
         """``st``'s result is the driver's current one, holding ``ntuples`` rows in memory.
 

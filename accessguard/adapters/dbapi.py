@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from accessguard.adapters.base import NOTHING, CountingCursor
-from accessguard.errors import AccessDenied, Reason
+from accessguard.errors import Reason
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -54,10 +54,7 @@ class GuardedDbapiCursor(CountingCursor):
         batch = [self._authorize(query, params) for params in params_seq]
         if not batch:
             return self
-        if len({ok.sql for ok in batch}) != 1:  # one statement, one shape: never guess
-            raise AccessDenied(
-                "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
-            )
+        self._one_statement(batch)  # one statement, one shape: never guess
         self._st = NOTHING
         self._raw.executemany(batch[0].sql, [ok.params for ok in batch])
         self._st = batch[-1]

@@ -22,7 +22,7 @@ from psycopg import sql as pgsql
 from psycopg._queries import PostgresQuery, _query2pg
 
 from accessguard.adapters.base import NOTHING, CountingCursor, Streamed
-from accessguard.errors import AccessDenied, Reason
+from accessguard.errors import Reason
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -179,10 +179,7 @@ class GuardedCursor(CountingCursor):
         batch = [self._authorize(query, params) for params in params_seq]
         if not batch:
             return
-        if len({ok.sql for ok in batch}) != 1:  # one statement, one shape: never guess
-            raise AccessDenied(
-                "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
-            )
+        self._one_statement(batch)  # one statement, one shape: never guess
         self._st = NOTHING  # until the batch is back, the old result is gone
         self._raw.executemany(
             batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
