@@ -163,13 +163,14 @@ class GuardedCursor(CountingCursor):
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
         ok = self._authorize(query, params)
         self._raw.execute(ok.sql, ok.params, **kwargs)
-        if ok.row_cap is None:
-            self._st = ok  # what _admit does, inline: this is every statement's path
-        else:
+        self._st = ok  # what _admit does, inline: this is every statement's path
+        if ok.row_cap is not None:
             # a client-side cursor holds the whole result already: refuse it
             # before a single row is handed over (a named cursor's is 0 here)
             result = self._raw.pgresult
-            self._admit(ok, result.ntuples if result is not None else 0)
+            if result is not None and result.ntuples > ok.row_cap:
+                ok.withheld = True
+                raise self._guard.over_row_cap(ok, result.ntuples)
         return self
 
     def executemany(
