@@ -62,6 +62,8 @@ class Reason(enum.StrEnum):
     INTERNAL_ERROR = "internal.error"
     PATH_FORBIDDEN = "path.forbidden"
     SESSION_UNBOUND = "session.unbound"
+    GUARD_CLOSED = "guard.closed"
+    SESSION_RETURNED = "session.returned"
 
 
 class AccessGuardError(Exception):

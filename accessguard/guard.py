@@ -139,6 +139,8 @@ class Guard:
         self._lock = threading.Lock()
         #: the databases (and schema versions) whose catalog was compared with schema.toml
         self._schemas_seen: set[tuple[object, ...]] = set()
+        #: set by close(): every statement, and every fetch the ledger would count, is refused
+        self.closed = False
 
     @classmethod
     def from_directory(
@@ -703,7 +705,10 @@ class Guard:
             raise verdict.error()
         if not decision.subjects:
             return None
-        return self.throttle.row_cap(context.roles, plan.kind)
+        cap = self.throttle.row_cap(context.roles, plan.kind)
+        weight = plan.facts.row_weight
+        # each result row carries ``weight`` rows of a scoped table (pivots, subqueries)
+        return cap // weight if cap is not None and weight > 1 else cap
 
     def _notify(self, plan: Plan) -> None:
         """Audit what an allowed statement must not do silently: shadow denials, watched reads."""
@@ -998,6 +1003,16 @@ class Guard:
 
         return GuardedPool(self, conninfo, **kwargs)
 
+    def pool_async(self, conninfo: str = "", **kwargs: Any) -> Any:
+        """A psycopg_pool AsyncConnectionPool whose checkouts are guarded per employee.
+
+        ``async with guard.pool_async(dsn) as pool:`` opens it;
+        ``async with pool.connection(user=..., ticket=...) as conn:`` checks one out.
+        """
+        from accessguard.adapters.pool import GuardedAsyncPool
+
+        return GuardedAsyncPool(self, conninfo, **kwargs)
+
     def instrument(self, engine: Any) -> Any:
         """Guard every statement a SQLAlchemy 2 Engine sends (Core and ORM)."""
         from accessguard.adapters.sqlalchemy import instrument
@@ -1006,6 +1021,7 @@ class Guard:
 
     def close(self) -> None:
         """Flush the access ledger and release what the guard holds."""
+        self.closed = True
         try:
             self.ledger.close()
         finally:
