@@ -60,6 +60,7 @@ def authorize_statement(
             return lane.authorize(text, params, convert_query)
         if params is None:
             return lane.authorize(text, None)
+        lane.guard.refuse_unreadable(text, lane.session, placeholders=True)  # before psycopg
         try:
             converted, values = convert_query(text, params)
         except (psycopg.Error, TypeError) as exc:
@@ -70,6 +71,8 @@ def authorize_statement(
                 kind="unknown",
             ) from exc
         return lane.authorize(converted, values)
+    if params is not None:  # psycopg's own conversion is next: screen the text first
+        lane.guard.refuse_unreadable(text, lane.session, placeholders=True)
     merged = mogrify(text, params) if params is not None else text
     return lane.authorize(merged, None)
 
@@ -127,7 +130,8 @@ def _query_text(query: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnect
     if isinstance(query, str):
         return query
     if isinstance(query, bytes | bytearray | memoryview):
-        return bytes(query).decode(conn.info.encoding)
+        # undecodable bytes become lone surrogates: the guard refuses them, audited
+        return bytes(query).decode(conn.info.encoding, "surrogateescape")
     if isinstance(query, pgsql.Composable):
         return query.as_string(conn)
     raise TypeError(
