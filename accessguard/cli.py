@@ -303,6 +303,13 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK if decision.allowed else EXIT_REFUSED
 
 
+def _subject_id(text: str, scope: str) -> int:
+    """A --customer (or --product) id: a whole number, or a usage error that says so."""
+    if not text.strip().isdigit():
+        raise ValueError(f"--customer takes a {scope} id, a whole number (not {text!r})")
+    return int(text)
+
+
 def _value(text: str) -> Any:
     """A --param value: JSON when it parses (42, 4.2, "x", null), else the text itself."""
     try:
@@ -387,7 +394,8 @@ def _investigate(args: argparse.Namespace) -> int:
     rows: list[investigate.Reader] | list[investigate.Touch]
     if args.audit_command == "who-read":
         scope = "product" if args.product else "customer"
-        rows = investigate.who_read(events, customer=int(args.customer), since=since, scope=scope)
+        customer = _subject_id(args.customer, scope)
+        rows = investigate.who_read(events, customer=customer, since=since, scope=scope)
     else:
         rows = investigate.what_read(events, user=args.user, since=since)
     if args.format == "json":

@@ -174,3 +174,17 @@ class TestCheckParameters:
         assert code == expected, out
         if expected:
             assert "denied" in out
+
+
+class TestUsageErrors:
+    def test_a_customer_that_is_not_a_number_is_a_usage_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`who-read --customer abc` exits 2 saying what --customer takes, not int()'s words."""
+        trail = tmp_path / "audit.jsonl"
+        trail.write_text("", encoding="utf-8")
+        code = main(["audit", "who-read", "--audit", str(trail), "--customer", "abc"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "--customer takes a customer id, a whole number" in err
+        assert "int()" not in err
