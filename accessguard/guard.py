@@ -792,6 +792,8 @@ class Guard:
         if decision.outcome == "throttled":
             metrics.THROTTLED.labels(reason=str(decision.reason)).inc()
         redacted = audit_text(facts.redacted) if facts is not None else None
+        if facts is not None:  # the statement's own dialect: a sqlite event says sqlite
+            dialect = facts.dialect
         ticket = context.ticket
         fields: dict[str, Any] = {
             "event.kind": "event",

@@ -188,3 +188,27 @@ class TestUsageErrors:
         assert code == 2
         assert "--customer takes a customer id, a whole number" in err
         assert "int()" not in err
+
+
+class TestEventsNameTheirDatabase:
+    def test_a_sqlite_refusal_says_sqlite(self) -> None:
+        """An event of a statement on a wrapped sqlite3 connection says db.system.name sqlite."""
+        import sqlite3
+
+        from accessguard import AccessDenied, Guard
+        from accessguard.testing import MemoryAuditSink
+
+        sink = MemoryAuditSink()
+        db = sqlite3.connect(":memory:")
+        scenario.load_sqlite(db)
+        with Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
+        ) as guard:
+            conn = guard.wrap(db, user="alice", ticket="T-100")
+            with pytest.raises(AccessDenied):
+                conn.execute("SELECT email FROM customers")
+            decision = guard.check(
+                "SELECT email FROM customers", user="alice", ticket="T-100", dialect="sqlite"
+            )
+        assert not decision.allowed
+        assert [e["db.system.name"] for e in sink.events] == ["sqlite", "sqlite"]
