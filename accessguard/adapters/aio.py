@@ -148,6 +148,8 @@ class AsyncGuardedCursor(AsyncCountingCursor):
         ok = self._authorize(query, params)
         await self._raw.execute(ok.sql, ok.params, **kwargs)
         self._st = ok  # what _admit does, inline: this is every statement's path
+        if ok.tally is not None and ok.plan.facts.kind == "update":
+            self._written(ok)
         if ok.row_cap is not None:
             # a client-side cursor holds the whole result already: refuse it
             # before a single row is handed over (a named cursor's is 0 here)
@@ -169,6 +171,8 @@ class AsyncGuardedCursor(AsyncCountingCursor):
         await self._raw.executemany(
             batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
         )
+        if not returning and batch[0].plan.facts.kind == "update":
+            self._written(batch[0])  # one plan, one tally: the batch's changed rows
         self._batch = batch
         self._select(0)
 

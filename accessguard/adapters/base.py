@@ -62,6 +62,13 @@ class RowCounter:
             )
         return self._guard.over_row_cap(st, st.handed + n)
 
+    def _written(self, st: Authorized) -> None:
+        """Ledger the rows an UPDATE changed (its RETURNING rows are counted as handed over)."""
+        raw = self._raw
+        tally = st.tally
+        if tally is not None and raw.description is None and (raw.rowcount or 0) > 0:
+            tally.add(raw.rowcount)
+
     def _one_statement(self, batch: list[Authorized]) -> None:
         """An executemany sends one statement for every parameter set: refuse (audited) if not.
 

@@ -43,6 +43,8 @@ class GuardedDbapiCursor(CountingCursor):
         else:
             self._raw.execute(ok.sql, ok.params)
         self._st = ok
+        if ok.tally is not None and ok.plan.facts.kind == "update":
+            self._written(ok)
         return self
 
     def executemany(self, query: str, params_seq: Iterable[Any]) -> GuardedDbapiCursor:
@@ -58,6 +60,8 @@ class GuardedDbapiCursor(CountingCursor):
         self._st = NOTHING
         self._raw.executemany(batch[0].sql, [ok.params for ok in batch])
         self._st = batch[-1]
+        if batch[0].plan.facts.kind == "update":
+            self._written(batch[0])
         return self
 
     def executescript(self, _script: str) -> Any:
