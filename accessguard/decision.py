@@ -59,6 +59,9 @@ class Decision:
     columns: tuple[str, ...] = ()
     #: (scope kind, subject id) the statement was proven to stay within
     subjects: tuple[tuple[str, int], ...] = ()
+    #: on a refusal: (scope kind, subject id) the statement's scope columns were bound
+    #: to, so "who tried to read customer 7?" has an answer (ids only, never other values)
+    named: tuple[tuple[str, int], ...] = ()
     retry_after: float | None = None
     limit: str | None = None
 
@@ -84,6 +87,7 @@ def decide(facts: Facts, context: Context, policy: Policy) -> Decision:
                 kind=facts.kind,
                 tables=tables,
                 columns=columns,
+                named=named_subjects(facts, context.params),
             )
     subjects = (
         tuple(sorted({(ref.scope, _subject(context, ref.scope) or 0) for ref in facts.scopes}))
@@ -325,6 +329,19 @@ def _bound_to(
                 f"{ticket_id} is not about.",
             )
     return None
+
+
+def named_subjects(
+    facts: Facts, params: Sequence[Any] | Mapping[Any, Any] | None
+) -> tuple[tuple[str, int], ...]:
+    """The (scope, id) pairs the statement binds its scoped tables to, resolved, sorted."""
+    found = {
+        (ref.scope, actual)
+        for ref in facts.scopes
+        for value in ref.values
+        if (actual := _resolve(value, params)) is not None
+    }
+    return tuple(sorted(found))
 
 
 def _resolve(value: Const | Param, params: Sequence[Any] | Mapping[Any, Any] | None) -> int | None:

@@ -819,9 +819,12 @@ class Guard:
         }
         if len(decision.tables) == 1:
             fields["db.collection.name"] = decision.tables[0]
-        if decision.subjects and decision.allowed:
+        # allowed (or throttled): the subjects it was proven to stay within; refused: the
+        # ones it named, so "who tried to read customer 7?" is answered too
+        subjects = decision.subjects or decision.named
+        if subjects:
             fields["accessguard.subjects"] = [
-                {"kind": scope, "id": subject} for scope, subject in decision.subjects
+                {"kind": scope, "id": subject} for scope, subject in subjects
             ]
         if extra:
             fields.update(extra)

@@ -212,3 +212,33 @@ class TestEventsNameTheirDatabase:
             )
         assert not decision.allowed
         assert [e["db.system.name"] for e in sink.events] == ["sqlite", "sqlite"]
+
+
+class TestRefusalsNameTheirSubject:
+    @pytest.mark.parametrize(
+        ("sql", "params", "named"),
+        [
+            ("SELECT email FROM customers WHERE id = 7", None, [{"kind": "customer", "id": 7}]),
+            ("SELECT email FROM customers WHERE id = %s", [3], [{"kind": "customer", "id": 3}]),
+            ("SELECT card_token FROM payments WHERE customer_id = 42", None, None),
+            ("SELECT email FROM customers", None, None),
+        ],
+        ids=["other-customer", "bound-parameter", "own-customer-forbidden-column", "unbound"],
+    )
+    def test_a_refusal_records_the_customer_it_named(
+        self, sql: str, params: list[int] | None, named: list[dict[str, object]] | None
+    ) -> None:
+        """A refused statement's event names the customer its scope was bound to, if any."""
+        from accessguard import Guard
+        from accessguard.testing import MemoryAuditSink
+
+        sink = MemoryAuditSink()
+        with Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
+        ) as guard:
+            assert not guard.check(sql, params, user="alice", ticket="T-100").allowed
+        (event,) = sink.events
+        expected = named if named is not None else (
+            [{"kind": "customer", "id": 42}] if "42" in sql else None
+        )
+        assert event.get("accessguard.subjects") == expected
