@@ -64,6 +64,12 @@ class Reason(enum.StrEnum):
     SESSION_UNBOUND = "session.unbound"
     GUARD_CLOSED = "guard.closed"
     SESSION_RETURNED = "session.returned"
+    # wiring and files (raised at load or set-up, never by a decision)
+    POLICY_INVALID = "policy.invalid"
+    CONFIGURATION_INVALID = "configuration.invalid"
+    SETTINGS_INVALID = "settings.invalid"
+    INTEGRATION_UNSUPPORTED = "integration.unsupported"
+    AUDIT_KEY_INVALID = "audit.key_invalid"
 
 
 class AccessGuardError(Exception):
@@ -119,7 +125,7 @@ class PolicyError(AccessGuardError):
 
     def __init__(self, message: str, *, path: str, line: int | None = None) -> None:
         where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {message}", reason="policy.invalid")
+        super().__init__(f"{where}: {message}", reason=Reason.POLICY_INVALID)
         self.path = path
         self.line = line
 
@@ -127,7 +133,9 @@ class PolicyError(AccessGuardError):
 class ConfigurationError(AccessGuardError):
     """The guard is wired wrongly (no employee bound, no ticket source, ...)."""
 
-    def __init__(self, message: str, *, reason: str = "configuration.invalid") -> None:
+    def __init__(
+        self, message: str, *, reason: Reason | str = Reason.CONFIGURATION_INVALID
+    ) -> None:
         super().__init__(message, reason=reason)
 
 

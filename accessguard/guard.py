@@ -218,7 +218,7 @@ class Guard:
                     "event.category": ["configuration"],
                     "event.action": "policy.reload",
                     "event.outcome": "failure",
-                    "event.reason": "policy.invalid",
+                    "event.reason": str(Reason.POLICY_INVALID),
                     "message": message,
                     "accessguard.policy.version": old,
                 }
@@ -982,7 +982,7 @@ class Guard:
         if session is None:
             raise ConfigurationError(
                 "No employee is bound: wrap the work in guard.acting_as(user=..., ticket=...).",
-                reason="session.unbound",
+                reason=Reason.SESSION_UNBOUND,
             )
         return session
 

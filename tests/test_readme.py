@@ -147,3 +147,12 @@ class TestDocumentation:
         links = re.findall(r"\]\(((?!https?:)[^)#]+)\)", README)
         assert links
         assert [link for link in links if not (ROOT / link).exists()] == []
+
+
+class TestReasonTable:
+    def test_every_reason_code_is_documented(self) -> None:
+        """docs/policies.md's table explains every member of Reason."""
+        from accessguard.errors import Reason
+
+        page = (ROOT / "docs" / "policies.md").read_text(encoding="utf-8")
+        assert [str(r) for r in Reason if f"`{r}`" not in page] == []

@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from accessguard.adapters.aio import AsyncGuardedConnection, AsyncGuardedCursor
 from accessguard.adapters.base import NOTHING
 from accessguard.adapters.psycopg3 import DIALECT, GuardedConnection, GuardedCursor
-from accessguard.errors import ConfigurationError
+from accessguard.errors import ConfigurationError, Reason
 from accessguard.guard import Session
 from accessguard.lane import Ended
 
@@ -62,7 +62,7 @@ def _session(guard: Guard, user: str | None, ticket: str | None) -> Session:
         return Session(user=user, ticket=ticket)
     if ticket is not None:
         raise ConfigurationError(
-            "pool.connection(ticket=...) needs user= too", reason="session.unbound"
+            "pool.connection(ticket=...) needs user= too", reason=Reason.SESSION_UNBOUND
         )
     return guard.current_session()
 
