@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import prometheus_client
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from accessguard import AccessDenied, Guard, scenario
 from accessguard.guard import Session
@@ -81,3 +86,100 @@ class TestMetrics:
         after = sample("accessguard_decisions_total", {"outcome": "allowed", "reason": ""})
         assert after == before + 2000
         guard.close()
+
+    def test_audited_allowed_statements_are_counted_once(self, tmp_path: Path) -> None:
+        """With audit_allowed, an allowed statement is counted once, not again by its audit."""
+        policies = tmp_path / "policies"
+        shutil.copytree(scenario.policies_dir(), policies)
+        (policies / "limits.toml").unlink()
+        guard = Guard.from_directory(
+            policies, tickets=scenario.tickets(), audit=MemoryAuditSink(), audit_allowed=True
+        )
+        before = sample("accessguard_decisions_total", {"outcome": "allowed", "reason": ""})
+        session = Session(user="alice", ticket="T-100")
+        for _ in range(3):
+            guard.authorize(
+                "SELECT name FROM customers WHERE id = $1", [42], session, dialect="postgres"
+            )
+        after = sample("accessguard_decisions_total", {"outcome": "allowed", "reason": ""})
+        assert after == before + 3
+        guard.close()
+
+
+#: one worker process: ``allowed`` allowed statements and ``denied`` refusals, then
+#: (with ``fork``) a forked child that decides ``allowed`` more and flushes before _exit
+WORKER = """
+import os, shutil, sys, tempfile
+from pathlib import Path
+from accessguard import AccessDenied, Guard, scenario
+from accessguard.guard import Session
+from accessguard.testing import MemoryAuditSink
+from accessguard import metrics
+
+allowed, denied, fork = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "fork"
+assert metrics.MULTIPROCESS
+policies = Path(tempfile.mkdtemp()) / "policies"
+shutil.copytree(scenario.policies_dir(), policies)
+(policies / "limits.toml").unlink()
+guard = Guard.from_directory(policies, tickets=scenario.tickets(), audit=MemoryAuditSink())
+session = Session(user="alice", ticket="T-100")
+
+def work():
+    for _ in range(allowed):
+        guard.authorize(
+            "SELECT name FROM customers WHERE id = $1", [42], session, dialect="postgres"
+        )
+
+work()
+for _ in range(denied):
+    try:
+        guard.authorize("SELECT email FROM customers", None, session, dialect="postgres")
+    except AccessDenied:
+        pass
+if fork:
+    pid = os.fork()
+    if pid == 0:
+        work()
+        metrics.DECISIONS.flush()
+        os._exit(0)
+    os.waitpid(pid, 0)
+guard.close()
+"""
+
+
+def run_workers(directory: Path, *args: tuple[int, int, str]) -> None:
+    """Run worker processes at once with PROMETHEUS_MULTIPROC_DIR; each must exit 0."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    procs = [
+        subprocess.Popen(  # noqa: S603 - our own interpreter and script
+            [sys.executable, "-c", WORKER, str(allowed), str(denied), fork], env=env
+        )
+        for allowed, denied, fork in args
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0] * len(procs)
+
+
+def scrape(directory: Path) -> dict[tuple[str, str], float]:
+    """accessguard_decisions_total by (outcome, reason), as a multiprocess collector reads it."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    return {
+        (s.labels["outcome"], s.labels["reason"]): s.value
+        for metric in registry.collect()
+        for s in metric.samples
+        if s.name == "accessguard_decisions_total"
+    }
+
+
+class TestMultiprocess:
+    def test_worker_processes_add_up_exactly(self, tmp_path: Path) -> None:
+        """Two worker processes' allowed and denied decisions reach the multiprocess collector."""
+        run_workers(tmp_path, (700, 2, "-"), (300, 1, "-"))
+        totals = scrape(tmp_path)
+        assert totals[("allowed", "")] == 1000
+        assert totals[("denied", "row_scope.unbound")] == 3
+
+    def test_a_forked_worker_counts_only_its_own(self, tmp_path: Path) -> None:
+        """A child forked after 40 allowed statements adds its own 40, not the parent's again."""
+        run_workers(tmp_path, (40, 0, "fork"))
+        assert scrape(tmp_path)[("allowed", "")] == 80
