@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accessguard import metrics
+from accessguard import metrics, telemetry
 from accessguard.analysis import (
     Facts,
     Param,
@@ -826,6 +826,7 @@ class Guard:
             fields["accessguard.retry_after"] = (
                 retry if retry is not None and math.isfinite(retry) else None
             )
+        telemetry.refused(fields)
         self.auditor.emit(**fields)
 
     def _ledger_refused(self, accesses: tuple[Access, ...], error: AuditError) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from accessguard import metrics
+from accessguard import metrics, telemetry
 from accessguard.errors import AccessGuardError
 from accessguard.ledger import Tally
 from accessguard.plan import Params, Plan, params_shape, reorder
@@ -90,6 +90,7 @@ class Lane:
         self.shapes: dict[tuple[str, object], Plan] = {}
         #: texts served once by a shape plan: a second time, they get a plan of their own
         self.once: dict[tuple[str, object], None] = {}
+        telemetry.refresh()  # a tracer provider set since the last lane
 
     def authorize(self, sql: str, params: Params, convert: Convert | None = None) -> Authorized:
         """Decide one statement; on refusal audit and raise; on allow return what to send.
@@ -131,6 +132,8 @@ class Lane:
         if row_cap is not None and plan.facts.row_weight > 1:
             row_cap //= plan.facts.row_weight  # each result row carries that many rows
         metrics.DECISIONS.allowed()
+        if telemetry.TRACER is not None:  # OpenTelemetry: only with a tracer provider
+            telemetry.allowed(plan, self.dialect)
         if plan.notices:
             guard._notify(plan)
         if guard.audit_allowed:
