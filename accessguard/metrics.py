@@ -139,7 +139,7 @@ class Decisions:
         yield family
 
 
-class _Flusher:
+class Flusher:
     """Multiprocess mode: a daemon thread that flushes ``Decisions`` every ``FLUSH_SECONDS``.
 
     Restarted in a forked child (threads do not survive a fork), and the
@@ -178,7 +178,7 @@ if prometheus_client is not None and MULTIPROCESS:
             ["outcome", "reason"],
         )
     )
-    _FLUSHER = _Flusher(DECISIONS)
+    _FLUSHER = Flusher(DECISIONS)
     os.register_at_fork(after_in_child=_FLUSHER.after_fork)
     atexit.register(_FLUSHER.at_exit)
 else:

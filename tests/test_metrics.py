@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from accessguard import AccessDenied, Guard, scenario
+from accessguard import AccessDenied, Guard, metrics, scenario
 from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink
 
@@ -111,7 +111,7 @@ class TestMetrics:
 WORKER = """
 import os, shutil, sys, tempfile
 from pathlib import Path
-from accessguard import AccessDenied, Guard, scenario
+from accessguard import AccessDenied, Guard, metrics, scenario
 from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink
 from accessguard import metrics
@@ -171,7 +171,47 @@ def scrape(directory: Path) -> dict[tuple[str, str], float]:
     }
 
 
+class Flushes(metrics.Decisions):
+    """Decisions that tell when they have flushed (the flusher thread's work)."""
+
+    def __init__(self, shared: prometheus_client.Counter) -> None:
+        super().__init__(shared)
+        self.flushed = threading.Event()
+
+    def flush(self) -> None:
+        super().flush()
+        self.flushed.set()
+
+
 class TestMultiprocess:
+    def test_the_flusher_thread_flushes_while_the_process_runs(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Allowed statements reach the shared Counter without waiting for the process to exit."""
+        registry = CollectorRegistry()
+        shared = prometheus_client.Counter(
+            "decisions", "test", ["outcome", "reason"], registry=registry
+        )
+        decisions = Flushes(shared)
+        for _ in range(5):
+            decisions.allowed()
+        decisions.decided("denied", "row_scope.unbound")
+        monkeypatch.setattr(metrics, "FLUSH_SECONDS", 0.001)
+        flusher = metrics.Flusher(decisions)
+        try:
+            assert decisions.flushed.wait(timeout=30)
+        finally:
+            flusher.at_exit()
+        assert (
+            registry.get_sample_value("decisions_total", {"outcome": "allowed", "reason": ""}) == 5
+        )
+        assert (
+            registry.get_sample_value(
+                "decisions_total", {"outcome": "denied", "reason": "row_scope.unbound"}
+            )
+            == 1
+        )
+
     def test_worker_processes_add_up_exactly(self, tmp_path: Path) -> None:
         """Two worker processes' allowed and denied decisions reach the multiprocess collector."""
         run_workers(tmp_path, (700, 2, "-"), (300, 1, "-"))
