@@ -14,7 +14,9 @@ whatever store sits behind it).
   cannot carry as an attribute (a mapping, a list of mappings) is its JSON
   text; a field that is None is left out;
 - timestamp: the event's ``@timestamp``; severity: INFO for an allowed
-  outcome, WARN for a refusal, FATAL for an alert (a canary read).
+  outcome, WARN for a refusal, FATAL for an alert (a canary read);
+- trace context: the current span's, so a refusal's record joins the
+  statement's trace (ledger entries, flushed later, join whatever span is current then).
 
 An exporter sends records in the background and drops them when its
 collector is away: it is not a record of truth. ``inner`` names the sink that

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.trace import TracerProvider
 
 from accessguard import Guard, scenario
 from accessguard.audit import chain_hash, verify
@@ -66,6 +67,22 @@ class TestOtelLogSink:
         text = json.dumps([found, log_record.body], default=str)
         assert "zebulon" not in text
         assert "secret.example" not in text
+
+    def test_a_refusal_record_joins_the_current_trace(self, logs: Logs) -> None:
+        """A refusal's record carries the trace and span of the statement's current span."""
+        tracer = TracerProvider().get_tracer("tests")
+        with (
+            Guard.from_directory(
+                scenario.policies_dir(),
+                tickets=scenario.tickets(),
+                audit=OtelLogSink(logs.provider),
+            ) as guard,
+            tracer.start_as_current_span("request") as request,
+        ):
+            guard.check(REFUSED, user="alice", ticket="T-100")
+        [log_record] = logs.records()
+        assert log_record.trace_id == request.get_span_context().trace_id
+        assert log_record.span_id == request.get_span_context().span_id
 
     def test_records_carry_an_unbroken_chain(self, logs: Logs) -> None:
         """Each record's event.hash chains onto the previous record's, from the genesis."""
