@@ -8,6 +8,10 @@
   any trace adds nothing). An event rather than a span: the statement's own
   span, if any, is the driver instrumentation's; an event costs a fraction of
   a span and leaves the trace's shape as the application made it.
+- An allowed statement the audit must not take silently (a watch-listed or
+  canary subject, a shadow rule that would deny it) also adds an event
+  ``accessguard.notice`` to the current span, with ``accessguard.watch``
+  or ``accessguard.shadow.reason``.
 
 Both carry OpenTelemetry's stable database attributes (``db.system.name``,
 ``db.operation.name``, ``db.collection.name`` for one table,
@@ -50,7 +54,7 @@ try:
 except ImportError:  # pragma: no cover - exercised where the extra is not installed
     trace = None  # type: ignore[assignment]
 
-__all__ = ["SPAN_NAME", "TRACER", "instrument", "refresh", "uninstrument"]
+__all__ = ["NOTICE_NAME", "SPAN_NAME", "TRACER", "instrument", "refresh", "uninstrument"]
 
 #: the name of the refusal span and of the allowed event
 SPAN_NAME = "accessguard.decision"
@@ -61,6 +65,17 @@ _DB_SYSTEM = {"postgres": "postgresql", "sqlite": "sqlite"}
 TRACER: Any = None
 #: a provider named by ``instrument``; None: the global one
 _PROVIDER: Any = None
+
+#: the event of an allowed statement that the audit must not take silently
+NOTICE_NAME = "accessguard.notice"
+#: what such an event adds to the audit attributes below
+_NOTICE = (
+    "accessguard.watch",
+    "accessguard.shadow.outcome",
+    "accessguard.shadow.reason",
+    "accessguard.shadow.version",
+    "event.kind",
+)
 
 #: the attributes of the audit event that a span carries (the audit names them alike)
 _FROM_AUDIT = (
@@ -167,16 +182,24 @@ def _refused(fields: dict[str, Any]) -> None:
         refresh()  # a provider set since: refusals are rare, the look-up is cheap enough
         if TRACER is None:
             return
-    outcome = fields.get("accessguard.outcome")
-    if outcome == "allowed":  # counted on the allowed path (notices, audit_allowed)
-        return
     attributes = {k: v for k in _FROM_AUDIT if (v := fields.get(k)) is not None}
+    if fields.get("accessguard.outcome") == "allowed":  # the allowed path made its event
+        _notice(fields, attributes)
+        return
     reason = fields.get("event.reason") or "unknown"
     attributes["accessguard.reason"] = reason
     attributes["error.type"] = reason
     span = TRACER.start_span(SPAN_NAME, kind=SpanKind.INTERNAL, attributes=attributes)
     span.set_status(Status(StatusCode.ERROR, reason))
     span.end()
+
+
+def _notice(fields: dict[str, Any], attributes: dict[str, Any]) -> None:
+    """A watch-list or canary read, or a shadow "would deny": an event on the current span."""
+    notice = {k: v for k in _NOTICE if (v := fields.get(k)) is not None}
+    span = trace.get_current_span()
+    if notice and span.is_recording():
+        span.add_event(NOTICE_NAME, attributes | notice)
 
 
 refresh()

@@ -14,7 +14,15 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from accessguard import AccessDenied, ConfigurationError, Guard, Throttled, scenario, telemetry
+from accessguard import (
+    AccessDenied,
+    ConfigurationError,
+    Guard,
+    Throttled,
+    Ticket,
+    scenario,
+    telemetry,
+)
 from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink
 
@@ -139,6 +147,31 @@ class TestAllowed:
         session = Session(user="alice", ticket="T-100")
         unlimited.authorize(ALLOWED, None, session, dialect="postgres")
         assert tracing.exporter.get_finished_spans() == ()
+
+    def test_a_canary_read_is_a_notice_on_the_current_span(self, tracing: Tracing) -> None:
+        """Reading the canary customer is allowed, and adds an accessguard.notice event."""
+        tickets = [
+            *scenario.tickets(),
+            Ticket(
+                id="T-900", assignee="alice", kind="order_issue", status="open", customer_id=150
+            ),
+        ]
+        guard = Guard.from_directory(
+            scenario.policies_dir(), tickets=tickets, audit=MemoryAuditSink()
+        )
+        session = Session(user="alice", ticket="T-900")
+        with tracing.tracer.start_as_current_span("request"):
+            guard.authorize(
+                "SELECT name FROM customers WHERE id = 150", None, session, dialect="postgres"
+            )
+        guard.close()
+        [request] = tracing.spans("request")
+        [notice] = [e for e in request.events if e.name == telemetry.NOTICE_NAME]
+        attributes = dict(notice.attributes or {})
+        assert attributes["accessguard.watch"] == "canary"
+        assert attributes["event.kind"] == "alert"
+        assert attributes["accessguard.ticket.id"] == "T-900"
+        assert tracing.spans() == []
 
 
 @pytest.mark.db
