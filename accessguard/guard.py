@@ -850,6 +850,7 @@ class Guard:
             "accessguard.fingerprint": access.fingerprint,
             "accessguard.policy.version": access.policy_version,
         }
+        telemetry.refused(fields)
         with contextlib.suppress(AuditError):  # the audit sink is down too: still refused
             self.auditor.emit(**fields)
 

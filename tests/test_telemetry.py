@@ -23,6 +23,7 @@ from accessguard import (
     scenario,
     telemetry,
 )
+from accessguard.errors import AuditError
 from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink
 
@@ -117,6 +118,31 @@ class TestRefused:
         assert attributes["accessguard.reason"] == "session.unbound"
         assert "user.name" not in attributes
 
+    def test_a_statement_the_ledger_cannot_count_is_one_span(self, tracing: Tracing) -> None:
+        """A scoped read refused because the ledger's sink fails is traced as a refusal."""
+        ledger = MemoryAuditSink()
+        guard = Guard.from_directory(
+            scenario.policies_dir(),
+            tickets=scenario.tickets(),
+            audit=MemoryAuditSink(),
+            ledger=ledger,
+            ledger_interval=3600,
+        )
+        session = Session(user="alice", ticket="T-100")
+        guard.authorize(ALLOWED, None, session, dialect="postgres")
+        ledger.fail = True
+        with pytest.raises(OSError, match="unavailable"):
+            guard.ledger.flush()
+        with pytest.raises(AuditError):
+            guard.authorize(ALLOWED, None, session, dialect="postgres")
+        [span] = tracing.spans()
+        attributes = dict(span.attributes or {})
+        assert attributes["accessguard.reason"] == "audit.sink_unavailable"
+        assert attributes["accessguard.ticket.id"] == "T-100"
+        assert_no_literal(span)
+        ledger.fail = False
+        guard.close()
+
 
 class TestAllowed:
     def test_an_allowed_statement_is_an_event_on_the_current_span(
@@ -209,6 +235,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from accessguard import Guard, scenario, telemetry
+from accessguard.errors import AuditError
 from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink
 
