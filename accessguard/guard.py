@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accessguard import metrics
+from accessguard import metrics, telemetry
 from accessguard.analysis import (
     Facts,
     Param,
@@ -836,6 +836,7 @@ class Guard:
             fields["accessguard.retry_after"] = (
                 retry if retry is not None and math.isfinite(retry) else None
             )
+        telemetry.refused(fields)
         self.auditor.emit(**fields)
 
     def _ledger_refused(self, accesses: tuple[Access, ...], error: AuditError) -> None:
@@ -859,6 +860,7 @@ class Guard:
             "accessguard.fingerprint": access.fingerprint,
             "accessguard.policy.version": access.policy_version,
         }
+        telemetry.refused(fields)
         with contextlib.suppress(AuditError):  # the audit sink is down too: still refused
             self.auditor.emit(**fields)
 

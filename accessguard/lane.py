@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from accessguard import metrics
+from accessguard import metrics, telemetry
 from accessguard.errors import AccessGuardError, Reason
 from accessguard.ledger import Tally
 from accessguard.plan import Params, Plan, params_shape, reorder
@@ -143,8 +143,11 @@ class Lane:
         self.shapes: dict[tuple[str, object], Plan] = {}
         #: texts served once by a shape plan: a second time, they get a plan of their own
         self.once: dict[tuple[str, object], None] = {}
+        telemetry.refresh()  # a tracer provider set since the last lane
 
-    def authorize(self, sql: str, params: Params, convert: Convert | None = None) -> Authorized:
+    def authorize(  # noqa: PLR0915 - the hot path stays one frame on purpose
+        self, sql: str, params: Params, convert: Convert | None = None
+    ) -> Authorized:
         """Decide one statement; on refusal audit and raise; on allow return what to send.
 
         ``convert`` (for positional parameters, which it leaves in order) is
@@ -190,6 +193,8 @@ class Lane:
         # what every allowed execution does, plan reused or new
         row_cap = guard._throttle(plan) if guard.throttle is not None else None
         metrics.DECISIONS.allowed()
+        if telemetry.TRACER is not None:  # OpenTelemetry: only with a tracer provider
+            telemetry.allowed(plan, self.dialect)
         if plan.notices:
             guard._notify(plan)
         if guard.audit_allowed:
