@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accessguard.errors import ConfigurationError
+from accessguard.errors import ConfigurationError, Reason
 
 GENESIS = "0" * 64
 HASH = "event.hash"
@@ -77,13 +77,13 @@ def load_key(value: str | bytes | _FromEnv | None = FROM_ENV) -> bytes | None:
         except ValueError:
             raise ConfigurationError(
                 f"{KEY_ENV} must be hex digits (e.g. from `openssl rand -hex 32`)",
-                reason="audit.key_invalid",
+                reason=Reason.AUDIT_KEY_INVALID,
             ) from None
     if key is not None and len(key) < _MIN_KEY_BYTES:
         raise ConfigurationError(
             f"the audit key must be at least {_MIN_KEY_BYTES} bytes ({2 * _MIN_KEY_BYTES} hex "
             "digits)",
-            reason="audit.key_invalid",
+            reason=Reason.AUDIT_KEY_INVALID,
         )
     return key
 

@@ -185,11 +185,24 @@ def _version() -> str:
 
 def _scenario_load(args: argparse.Namespace) -> int:
     import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     from accessguard.scenario import load_postgres
 
     try:
-        with psycopg.connect(args.dsn) as conn:
+        try:
+            conn = psycopg.connect(args.dsn)
+        except psycopg.OperationalError as exc:
+            # a missing database is created (through the server's maintenance database)
+            name = conninfo_to_dict(args.dsn).get("dbname")
+            if not name or "does not exist" not in str(exc):
+                raise
+            with psycopg.connect(make_conninfo(args.dsn, dbname="postgres"), autocommit=True) as m:
+                m.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
+            print(f"created database {name}")
+            conn = psycopg.connect(args.dsn)
+        with conn:
             load_postgres(conn)
     except psycopg.Error as exc:
         print(f"accessguard: scenario load: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -290,6 +303,13 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK if decision.allowed else EXIT_REFUSED
 
 
+def _subject_id(text: str, scope: str) -> int:
+    """A --customer (or --product) id: a whole number, or a usage error that says so."""
+    if not text.strip().isdigit():
+        raise ValueError(f"--customer takes a {scope} id, a whole number (not {text!r})")
+    return int(text)
+
+
 def _value(text: str) -> Any:
     """A --param value: JSON when it parses (42, 4.2, "x", null), else the text itself."""
     try:
@@ -374,7 +394,8 @@ def _investigate(args: argparse.Namespace) -> int:
     rows: list[investigate.Reader] | list[investigate.Touch]
     if args.audit_command == "who-read":
         scope = "product" if args.product else "customer"
-        rows = investigate.who_read(events, customer=int(args.customer), since=since, scope=scope)
+        customer = _subject_id(args.customer, scope)
+        rows = investigate.who_read(events, customer=customer, since=since, scope=scope)
     else:
         rows = investigate.what_read(events, user=args.user, since=since)
     if args.format == "json":

@@ -96,9 +96,12 @@ STORY = (
 
 def run(*, audit_path: Path | None = None, report_path: Path | None = None) -> int:
     """Run the story; print each decision, the audit trail, who read customer 42, a report."""
-    report = report_path or Path(tempfile.gettempdir()) / "accessguard-demo-report.html"
-    with tempfile.TemporaryDirectory(prefix="accessguard-demo-") as tmp:
-        audit = audit_path or Path(tmp) / "audit.jsonl"
+    # the trail and the report stay after the run (their paths are printed), in a
+    # directory of this run's own, so two demos never write one trail
+    keep = Path(tempfile.mkdtemp(prefix="accessguard-demo-"))
+    report = report_path or keep / "report.html"
+    with tempfile.TemporaryDirectory(prefix="accessguard-demo-db-") as tmp:
+        audit = audit_path or keep / "audit.jsonl"
         db = sqlite3.connect(Path(tmp) / "shop.db")
         scenario.load_sqlite(db)
         # a public key, so anyone can run and verify the demo: never use it for a real trail
@@ -120,10 +123,14 @@ def run(*, audit_path: Path | None = None, report_path: Path | None = None) -> i
         _show_trail(audit)
         result = verify(audit, key=DEMO_KEY)
         print(
-            f"\naudit verify {audit.name}: "
+            f"\naudit verify {audit}: "
             + ("chain intact" if result.ok else f"BROKEN at line {result.broken_line}")
             + f", {result.events} events, keyed with the demo key, checkpoint at event "
             + f"{result.checkpoint}"
+        )
+        print(
+            f"   (to check it yourself: ACCESSGUARD_AUDIT_KEY={DEMO_KEY.hex()} "
+            f"accessguard audit verify {audit})"
         )
         events = list(read_events(audit))
         print("\nwho read customer 42?")
@@ -172,7 +179,7 @@ def _show_trail(audit: Path) -> None:
     events = list(read_events(audit))
     refusals = [e for e in events if e.get("event.action") == "query"]
     ledger = [e for e in events if e.get("event.action") == "ledger"]
-    print(f"audit trail ({audit.name}): {len(refusals)} refusals, {len(ledger)} ledger entries")
+    print(f"audit trail ({audit}): {len(refusals)} refusals, {len(ledger)} ledger entries")
     for event in refusals[:8]:
         print(
             f"  {event['@timestamp'][11:23]}  {event['accessguard.outcome']:<9} "

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accessguard import metrics
+from accessguard import metrics, telemetry
 from accessguard.analysis import (
     Facts,
     Param,
@@ -140,6 +140,8 @@ class Guard:
         self._lock = threading.Lock()
         #: the databases (and schema versions) whose catalog was compared with schema.toml
         self._schemas_seen: set[tuple[object, ...]] = set()
+        #: set by close(): every statement, and every fetch the ledger would count, is refused
+        self.closed = False
 
     @classmethod
     def from_directory(
@@ -217,7 +219,7 @@ class Guard:
                     "event.category": ["configuration"],
                     "event.action": "policy.reload",
                     "event.outcome": "failure",
-                    "event.reason": "policy.invalid",
+                    "event.reason": str(Reason.POLICY_INVALID),
                     "message": message,
                     "accessguard.policy.version": old,
                 }
@@ -680,7 +682,7 @@ class Guard:
             sql=sent,
             checks=checks,
             probes=plan_probes(facts, policy.catalog, subjects, context) if keyed(facts) else None,
-            tally=self.ledger.tally(accesses) if accesses else None,
+            tally=self.ledger.tally(accesses, facts.row_weight) if accesses else None,
             customers=frozenset(i for scope, i in decision.subjects if scope == "customer"),
         )
 
@@ -715,7 +717,10 @@ class Guard:
             raise verdict.error()
         if not decision.subjects:
             return None
-        return self.throttle.row_cap(context.roles, plan.kind)
+        cap = self.throttle.row_cap(context.roles, plan.kind)
+        weight = plan.facts.row_weight
+        # each result row carries ``weight`` rows of a scoped table (pivots, subqueries)
+        return cap // weight if cap is not None and weight > 1 else cap
 
     def _notify(self, plan: Plan) -> None:
         """Audit what an allowed statement must not do silently: shadow denials, watched reads."""
@@ -799,6 +804,8 @@ class Guard:
         if decision.outcome == "throttled":
             metrics.THROTTLED.labels(reason=str(decision.reason)).inc()
         redacted = audit_text(facts.redacted) if facts is not None else None
+        if facts is not None:  # the statement's own dialect: a sqlite event says sqlite
+            dialect = facts.dialect
         ticket = context.ticket
         fields: dict[str, Any] = {
             "event.kind": "event",
@@ -824,9 +831,12 @@ class Guard:
         }
         if len(decision.tables) == 1:
             fields["db.collection.name"] = decision.tables[0]
-        if decision.subjects and decision.allowed:
+        # allowed (or throttled): the subjects it was proven to stay within; refused: the
+        # ones it named, so "who tried to read customer 7?" is answered too
+        subjects = decision.subjects or decision.named
+        if subjects:
             fields["accessguard.subjects"] = [
-                {"kind": scope, "id": subject} for scope, subject in decision.subjects
+                {"kind": scope, "id": subject} for scope, subject in subjects
             ]
         if extra:
             fields.update(extra)
@@ -838,6 +848,7 @@ class Guard:
             fields["accessguard.retry_after"] = (
                 retry if retry is not None and math.isfinite(retry) else None
             )
+        telemetry.refused(fields)
         self.auditor.emit(**fields)
 
     def _ledger_refused(self, accesses: tuple[Access, ...], error: AuditError) -> None:
@@ -861,6 +872,7 @@ class Guard:
             "accessguard.fingerprint": access.fingerprint,
             "accessguard.policy.version": access.policy_version,
         }
+        telemetry.refused(fields)
         with contextlib.suppress(AuditError):  # the audit sink is down too: still refused
             self.auditor.emit(**fields)
 
@@ -984,7 +996,7 @@ class Guard:
         if session is None:
             raise ConfigurationError(
                 "No employee is bound: wrap the work in guard.acting_as(user=..., ticket=...).",
-                reason="session.unbound",
+                reason=Reason.SESSION_UNBOUND,
             )
         return session
 
@@ -1010,6 +1022,16 @@ class Guard:
 
         return GuardedPool(self, conninfo, **kwargs)
 
+    def pool_async(self, conninfo: str = "", **kwargs: Any) -> Any:
+        """A psycopg_pool AsyncConnectionPool whose checkouts are guarded per employee.
+
+        ``async with guard.pool_async(dsn) as pool:`` opens it;
+        ``async with pool.connection(user=..., ticket=...) as conn:`` checks one out.
+        """
+        from accessguard.adapters.pool import GuardedAsyncPool
+
+        return GuardedAsyncPool(self, conninfo, **kwargs)
+
     def instrument(self, engine: Any) -> Any:
         """Guard every statement a SQLAlchemy 2 Engine sends (Core and ORM)."""
         from accessguard.adapters.sqlalchemy import instrument
@@ -1018,6 +1040,7 @@ class Guard:
 
     def close(self) -> None:
         """Flush the access ledger and release what the guard holds."""
+        self.closed = True
         try:
             self.ledger.close()
         finally:

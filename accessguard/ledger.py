@@ -81,18 +81,19 @@ class Tally:
     lock or allocates more than a pair.
     """
 
-    __slots__ = ("_queue", "accesses", "ledger")
+    __slots__ = ("_queue", "accesses", "ledger", "weight")
 
-    def __init__(self, ledger: Ledger, accesses: tuple[Access, ...]) -> None:
+    def __init__(self, ledger: Ledger, accesses: tuple[Access, ...], weight: int = 1) -> None:
         self.ledger = ledger
         self.accesses = accesses
+        self.weight = max(weight, 1)
         self._queue = ledger._queue
 
     def add(self, n: int) -> None:
-        """Count ``n`` rows handed over for each of the accesses."""
+        """Count ``n`` rows handed over (times the rows each carries) for each of the accesses."""
         if n > 0:
             queue = self._queue
-            queue.append((self, n))
+            queue.append((self, n * self.weight))
             if len(queue) >= self.ledger._max_pending:
                 self.ledger.flush()
 
@@ -131,9 +132,12 @@ class Ledger:
 
     # ------------------------------------------------------------------ recording
 
-    def tally(self, accesses: tuple[Access, ...]) -> Tally:
-        """The handle a plan's statements are counted with (one per plan, not per statement)."""
-        return Tally(self, accesses)
+    def tally(self, accesses: tuple[Access, ...], weight: int = 1) -> Tally:
+        """The handle a plan's statements are counted with (one per plan, not per statement).
+
+        ``weight``: how many rows of a table one result row may carry (``Facts.row_weight``).
+        """
+        return Tally(self, accesses, weight)
 
     def record(self, tally: Tally) -> None:
         """Count one statement for each of the tally's accesses.

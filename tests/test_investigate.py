@@ -215,14 +215,17 @@ class TestParseSince:
             ("90s", dt.timedelta(seconds=90)),
             ("2w", dt.timedelta(weeks=2)),
             (" 7d ", dt.timedelta(days=7)),
+            ("1 hour", dt.timedelta(hours=1)),
+            ("2 weeks", dt.timedelta(weeks=2)),
+            ("90 seconds", dt.timedelta(seconds=90)),
         ],
     )
     def test_units(self, text: str, expected: dt.timedelta) -> None:
-        """Durations with s, m, h, d and w units parse to timedeltas."""
+        """Durations with unit letters or words (limits.toml's syntax) parse to timedeltas."""
         assert parse_since(text) == expected
 
     @pytest.mark.parametrize(
-        "text", ["", "30", "d", "1.5h", "-1d", "0d", "3y", "1 hour", "1h30m", "99999999999w"]
+        "text", ["", "30", "d", "1.5h", "-1d", "0d", "3y", "1 fortnight", "1h30m", "99999999999w"]
     )
     def test_rejects(self, text: str) -> None:
         """Anything but a positive whole number and one unit is a ValueError naming the forms."""

@@ -425,6 +425,8 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
         functions=frozenset(walker.functions),
         scopes=tuple(walker.scopes),
         params=frozenset(walker.params),
+        packing=tuple(walker.packed),
+        row_weight=walker.row_weight,
         sent=sent,
         param_order=order,
     )

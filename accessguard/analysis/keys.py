@@ -18,9 +18,10 @@ subqueries) binds nothing, and the reference stays unbound.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 
-from accessguard.analysis.facts import KeyBinding, Value
+from accessguard.analysis.facts import KeyBinding, ScopeRef, Value
 from accessguard.catalog import TableSpec
 
 
@@ -43,3 +44,20 @@ def key_binding(spec: TableSpec, bound: Callable[[str], tuple[Value, ...]]) -> K
         if values:
             return KeyBinding(column=column, values=values)
     return None
+
+
+def keyed(
+    ref: ScopeRef,
+    spec: TableSpec,
+    bound: Mapping[tuple[int, str], tuple[Value, ...]],
+    source: int,
+) -> ScopeRef:
+    """``ref`` with its key binding, when its scope column is not bound (else ``ref``).
+
+    ``bound``: the level's bindings by (source id, column); ``source``: the id
+    of the reference's source.
+    """
+    if ref.values:
+        return ref
+    key = key_binding(spec, lambda column: bound.get((source, column), ()))
+    return ref if key is None else dataclasses.replace(ref, key=key)
