@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ def interleave_shuffled(  # noqa: PLR0913 - the timing loop's knobs, by keyword
     count: int,
     rounds: int,
     warmup: int,
-    counter: Any,
+    counter: Iterator[int],
     rng: random.Random,
 ) -> Samples:
     """timing.interleave, with the contenders in a new random order every iteration."""
@@ -97,6 +97,9 @@ class Plan:
     #: (workload, contenders that took part), samples per run
     samples: dict[str, tuple[list[str], list[Samples]]] = field(default_factory=dict)
     loads: list[dict[str, Any]] = field(default_factory=list)
+    #: one counter for the whole invocation: a literal or alias is never sent twice,
+    #: so a later run cannot hit a cache an earlier one filled
+    counter: Iterator[int] = field(default_factory=lambda: iter(range(1 << 62)))
 
     def iterations(self, default: int) -> int:
         return self.count if self.count is not None else max(50, int(default * self.scale))
@@ -140,7 +143,7 @@ def first_sight_steps(guard: Guard) -> tuple[list[str], list[Step]]:
 
 def one_run(plan: Plan, *, dsn: str, db: rls.RlsDatabase, guard: Guard, tmp: Path) -> None:
     rng = random.Random(plan.seed + len(plan.loads))
-    counter = iter(range(1 << 62))
+    counter = plan.counter
     load = {"start": list(os.getloadavg())}
     with opened(dsn=dsn, db=db, guard=guard, tmp=tmp, names=plan.contenders) as contenders:
         for w in rng.sample(plan.workloads, len(plan.workloads)):
