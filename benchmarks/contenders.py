@@ -159,7 +159,8 @@ def accessguard_sql(bench: Bench, w: Workload) -> Step | None:
 
 CHECKS = {
     "raw": "nothing (superuser, no RLS)",
-    "rls_session": "the row's customer against app.customer, set once when the connection opens",
+    "rls_session": "the row's customer against app.customer, set once when the connection "
+    "opens; every RLS role also has column privileges on support_agent's columns only",
     "rls_request": "the same policy; app.customer set by its own statement before each request",
     "rls_ticket": "the row's customer against an open order_issue ticket held by app.employee "
     "(app.employee and app.ticket set once per connection; the ticket's state read "

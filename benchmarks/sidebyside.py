@@ -29,7 +29,16 @@ import sqlglot
 
 from accessguard import Guard, scenario
 from benchmarks import rls
-from benchmarks.contenders import ORDER, WORKLOADS, Contender, Workload, opened, sql_data_guard
+from benchmarks.contenders import (
+    CHECKS,
+    LABELS,
+    ORDER,
+    WORKLOADS,
+    Contender,
+    Workload,
+    opened,
+    sql_data_guard,
+)
 from benchmarks.contenders import SDG_CONFIG as SDG
 from benchmarks.environment import (
     DEFAULT_ADMIN_DSN,
@@ -283,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": info,
         "settings": settings,
         "workloads": labels,
+        "contenders": {c: {"label": LABELS[c], "checks": CHECKS[c]} for c in plan.contenders},
         "results": rows(plan),
     }
     payload["goals"] = verdicts(payload)

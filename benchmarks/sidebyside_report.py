@@ -1,12 +1,19 @@
-"""The side-by-side run as a Markdown table (for the README), its goals, and its JSON file."""
+"""The side-by-side run as a Markdown table (for the README), its goals, and its JSON file.
+
+    .venv/bin/python -m benchmarks.sidebyside_report benchmarks/results/sidebyside.json [OUT.md]
+
+prints (or writes) the table of a finished run again.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.contenders import LABELS, ORDER
+from benchmarks.contenders import CHECKS, LABELS, ORDER
 from benchmarks.environment import describe
 
 
@@ -61,6 +68,8 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{payload['settings']['command']}   # {info['date']}, {info['seconds']} s",
         "```",
     ]
+    lines += ["", "What each contender checks:", ""]
+    lines += [f"- **{LABELS[c]}**: {CHECKS[c]}" for c in ("raw", *present)]
     if not settings["sql_data_guard"]:
         lines += ["", "sql-data-guard was not installed: its column is left out."]
     goals = payload.get("goals") or []
@@ -109,3 +118,23 @@ def verdicts(payload: dict[str, Any]) -> list[dict[str, Any]]:
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.sidebyside_report", description="Markdown of a side-by-side run."
+    )
+    parser.add_argument("results", type=Path, help="a benchmarks.sidebyside JSON file")
+    parser.add_argument("out", type=Path, nargs="?", help="write the table here (else print it)")
+    args = parser.parse_args(argv)
+    text = markdown(json.loads(args.results.read_text(encoding="utf-8")))
+    if args.out is None:
+        print(text)
+    else:
+        args.out.write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
