@@ -236,8 +236,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dsn", default=os.environ.get("ACCESSGUARD_BENCH_DSN", DEFAULT_ADMIN_DSN))
     p.add_argument("--dbname", default="ag_side", help="bench database (default ag_side)")
     p.add_argument("--keep-db", action="store_true", help="keep the databases and roles")
-    p.add_argument("--json", type=Path, default=RESULTS / "sidebyside.json")
-    p.add_argument("--markdown", type=Path, default=RESULTS / "sidebyside.md")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="result file (default benchmarks/results/sidebyside.json, -quick.json with --quick)",
+    )
+    p.add_argument("--markdown", type=Path, help="table file (default: the JSON's name, .md)")
     return p.parse_args(argv)
 
 
@@ -298,10 +302,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload["goals"] = verdicts(payload)
     text = markdown(payload)
     print(text)
-    write_json(args.json, payload)
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(text + "\n", encoding="utf-8")
-    print(f"wrote {args.json} and {args.markdown}", file=sys.stderr)
+    out = args.json or RESULTS / ("sidebyside-quick.json" if quick else "sidebyside.json")
+    table = args.markdown or out.with_suffix(".md")
+    write_json(out, payload)
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(text + "\n", encoding="utf-8")
+    print(f"wrote {out} and {table}", file=sys.stderr)
     return payload
 
 
