@@ -301,13 +301,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     payload["goals"] = verdicts(payload)
     text = markdown(payload)
-    print(text)
     out = args.json or RESULTS / ("sidebyside-quick.json" if quick else "sidebyside.json")
     table = args.markdown or out.with_suffix(".md")
     write_json(out, payload)
     table.parent.mkdir(parents=True, exist_ok=True)
     table.write_text(text + "\n", encoding="utf-8")
     print(f"wrote {out} and {table}", file=sys.stderr)
+    print(text)  # last: the files are written even if stdout is closed early
     return payload
 
 
