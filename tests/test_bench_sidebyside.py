@@ -19,7 +19,7 @@ from benchmarks.statements import POINT
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from tests.conftest import PgServer
+    from casefiles import PgServerLike
 
 pytestmark = pytest.mark.db
 
@@ -33,7 +33,7 @@ class Side:
 
 
 @pytest.fixture
-def side(pg_server: PgServer, tmp_path: Path) -> Iterator[Side]:
+def side(pg_server: PgServerLike, tmp_path: Path) -> Iterator[Side]:
     """The plain scenario database, its RLS copy with roles, and a guard without limits."""
     name = f"ag_side_{uuid.uuid4().hex[:8]}"
     with (
@@ -79,7 +79,7 @@ class TestRows:
 
 class TestHarness:
     def test_tiny_run_writes_a_well_formed_result(
-        self, pg_server: PgServer, tmp_path: Path
+        self, pg_server: PgServerLike, tmp_path: Path
     ) -> None:
         """A tiny run writes JSON rows per workload and contender, loads, and a Markdown table."""
         out, md = tmp_path / "side.json", tmp_path / "side.md"
