@@ -42,6 +42,7 @@ from benchmarks.contenders import (
 from benchmarks.contenders import SDG_CONFIG as SDG
 from benchmarks.environment import (
     DEFAULT_ADMIN_DSN,
+    _version,
     bench_database,
     describe,
     machine,
@@ -269,6 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ):
         tmp = Path(tmpdir)
         info = machine(dsn)
+        info["sql_data_guard"] = _version("sql-data-guard")
         print(describe(info), file=sys.stderr)
         guard = Guard.from_directory(
             policy_copy(tmp), tickets=scenario.tickets(), audit=tmp / "audit"

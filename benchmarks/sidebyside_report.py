@@ -64,7 +64,8 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Load average (1 min) at the start and end of each run: {loads}.",
         "",
         "```text",
-        describe(info),
+        describe(info)
+        + (f", sql-data-guard {info['sql_data_guard']}" if info.get("sql_data_guard") else ""),
         f"{payload['settings']['command']}   # {info['date']}, {info['seconds']} s",
         "```",
     ]
