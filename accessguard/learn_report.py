@@ -164,7 +164,7 @@ def learn(
         (target / POLICY_FILE).write_text(proposal.proposed, encoding="utf-8")
         report = replay(audit, policies, target)
         proposed = load_policy(target)
-    checked, refused = _check_ledger(chosen, proposed)
+    checked, refused = check_ledger(chosen, proposed)
     return Learned(
         policies=policies,
         start=start,
@@ -179,7 +179,7 @@ def learn(
     )
 
 
-def _check_ledger(events: list[Event], proposed: Policy) -> tuple[int, tuple[str, ...]]:
+def check_ledger(events: list[Event], proposed: Policy) -> tuple[int, tuple[str, ...]]:
     """Ledger entries whose text no event holds, re-credited under the proposed policy."""
     texts = {
         e.get("accessguard.fingerprint")
