@@ -9,6 +9,7 @@ from an update exactly. An entry without text credits every action its roles
 hold on its columns (the ledger does not say which was used): learn never
 proposes to remove what may have been needed. Throttled statements count as
 uses (their grants passed; a volume limit refused them); refusals do not.
+A masked grant (``read:mask=email``) counts as a read of its column.
 
 The proposal is a unified diff of ``policy.csv``, each change preceded by a
 ``# learn:`` comment saying why: a rule never used in the period is removed,
@@ -106,6 +107,11 @@ def collect(events: Iterable[Event], policy: Policy) -> Usage:
     return usage
 
 
+def verb(rule: Rule) -> str:
+    """A rule's action without its qualifiers: ``read:mask=email`` is a read."""
+    return rule.action.partition(":")[0]
+
+
 def _who(event: Event) -> tuple[object, ...]:
     return tuple(
         event.get(k) for k in ("accessguard.fingerprint", "user.name", "accessguard.ticket.id")
@@ -132,11 +138,11 @@ def _credit(usage: Usage, policy: Policy, event: Event, text: object, weight: in
     credited = [
         r
         for r in candidates
-        if any((r.table, r.column) == (t, c) and a in ("*", r.action) for t, c, a in uses)
+        if any((r.table, r.column) == (t, c) and a in ("*", verb(r)) for t, c, a in uses)
     ]
     for table in sorted(bare):  # read without naming a column: one readable column is enough
-        readers = [r for r in candidates if r.table == table and r.action == "read"]
-        if readers and not any(r.table == table and r.action == "read" for r in credited):
+        readers = [r for r in candidates if r.table == table and verb(r) == "read"]
+        if readers and not any(r.table == table and verb(r) == "read" for r in credited):
             credited.append(min(readers, key=lambda r: (r.line, r.column)))
     for rule in credited:
         credit = usage.credits[rule]
@@ -293,10 +299,10 @@ def _few(rules: list[Rule], usage: Usage, few: float) -> str:
     for rule in rules:
         users = usage.credits[rule].users
         if len(active) >= 2 and len(users) <= few * len(active):
-            verb = "read" if rule.action == "read" else "updated"
+            done = "read" if verb(rule) == "read" else "updated"
             name = f"{rule.table.rsplit('.', 1)[-1]}.{rule.column} " if len(rules) > 1 else ""
             notes.append(
-                f"{name}{verb} by {len(users)} of {len(active)} {first.role}s {worked} "
+                f"{name}{done} by {len(users)} of {len(active)} {first.role}s {worked} "
                 f"({', '.join(sorted(users))})"
             )
     return "; ".join(notes)
