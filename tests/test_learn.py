@@ -21,6 +21,7 @@ from accessguard.pgsink import read_events as read_pg
 from accessguard.policy import load_policy
 from accessguard.replay import NEWLY_DENIED, replay
 
+MONTH = dt.timedelta(days=30)
 PLANTED = "p, trust_safety, review_abuse, reviews.customer_id, read"
 
 #: (employee, ticket, statement): what the support desk did in the period
@@ -95,14 +96,11 @@ def audited(policies: Path, audit: Path, *, audit_allowed: bool) -> None:
                 assert user == "bob"
 
 
-NOW = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
-LAST_30_DAYS = Period(start=NOW - dt.timedelta(days=30))
-
-
 def learned(policies: Path, tmp_path: Path, *, audit_allowed: bool = True) -> Learned:
     audit = tmp_path / "audit.jsonl"
     audited(policies, audit, audit_allowed=audit_allowed)
-    return learn(read_events(audit), policies, period=LAST_30_DAYS, now=NOW)
+    now = dt.datetime.now(dt.UTC)  # after the workload: the period holds all of it
+    return learn(read_events(audit), policies, period=Period(start=now - MONTH), now=now)
 
 
 def rules_of(directory: Path) -> set[tuple[str, str, str, str, str]]:
@@ -161,8 +159,9 @@ class TestProposal:
         """Over a later period every scoped grant is unused; unscoped ones, unobserved, stay."""
         audit = tmp_path / "audit.jsonl"
         audited(policies, audit, audit_allowed=True)
-        later = Period(start=NOW, end=NOW + dt.timedelta(days=7))
-        result = learn(read_events(audit), policies, period=later, now=NOW)
+        now = dt.datetime.now(dt.UTC)
+        later = Period(start=now + dt.timedelta(days=1), end=now + dt.timedelta(days=8))
+        result = learn(read_events(audit), policies, period=later, now=now)
         assert result.usage.statements == 0
         assert {r[2] for r in rules_of(applied(policies, result, tmp_path))} == {
             "public.products",
