@@ -41,6 +41,10 @@ class Desk:
     paths: list[str] = field(default_factory=list)
     status: int | None = None  # answer every request with this status instead
     swap_id: bool = False  # answer with another ticket than the one asked for
+    #: when set, a request waits for ``release`` after telling ``arrived``
+    hold: bool = False
+    arrived: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
     def close(self, ticket_id: str) -> None:
         self.tickets[ticket_id] = {**self.tickets[ticket_id], "status": "closed"}
@@ -66,6 +70,9 @@ def serve(desk: Desk) -> ThreadingHTTPServer:
                 self.end_headers()
                 return
             ticket = desk.tickets.get(unquote(self.path.removeprefix("/api/tickets/")))
+            if desk.hold:
+                desk.arrived.set()
+                desk.release.wait(10)
             if ticket is None:
                 self.send_error(404)
                 return
@@ -185,6 +192,22 @@ class TestStaleness:
         desk.close("T-100")
         store.invalidate("T-100")
         assert status(store) == "closed"
+
+    def test_an_invalidation_during_a_fetch_is_not_lost(
+        self, store: HttpTicketStore, desk: Desk
+    ) -> None:
+        """A fetch that began before invalidate() is not cached: the next get asks again."""
+        desk.hold = True
+        fetching = threading.Thread(target=store.get, args=("T-100",))
+        fetching.start()
+        assert desk.arrived.wait(10)  # the open ticket is on its way back
+        store.invalidate("T-100")
+        desk.hold = False
+        desk.release.set()
+        fetching.join(10)
+        desk.close("T-100")
+        assert status(store) == "closed"
+        assert len(desk.paths) == 2
 
     def test_poll_refreshes_cached_tickets(
         self, store: HttpTicketStore, desk: Desk, clock: Clock
