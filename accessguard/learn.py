@@ -95,15 +95,17 @@ def collect(events: Iterable[Event], policy: Policy) -> Usage:
     texts = {e.get("accessguard.fingerprint"): e.get("db.query.text") for e in queries}
     usage = Usage(full=any(e.get("accessguard.outcome") == "allowed" for e in queries))
     counted = {_who(e) for e in uses}
+    memo: dict[tuple[object, ...], tuple[Rule, ...]] = {}  # statements repeat: decide once
     for event in uses:
-        _credit(usage, policy, event, event.get("db.query.text"), 1)
+        _credit(usage, policy, memo, event, text=event.get("db.query.text"), weight=1)
     for event in events:
         if event.get("event.action") != "ledger":
             continue
         weight = _int(event.get("accessguard.statements"))
         if _who(event) in counted:  # its statements were audited with their text
             weight = 0
-        _credit(usage, policy, event, texts.get(event.get("accessguard.fingerprint")), weight)
+        text = texts.get(event.get("accessguard.fingerprint"))
+        _credit(usage, policy, memo, event, text=text, weight=weight)
     return usage
 
 
@@ -122,28 +124,18 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def _credit(usage: Usage, policy: Policy, event: Event, text: object, weight: int) -> None:
+def _credit(  # noqa: PLR0913 - one event's facts and where they go
+    usage: Usage,
+    policy: Policy,
+    memo: dict[tuple[object, ...], tuple[Rule, ...]],
+    event: Event,
+    *,
+    text: object,
+    weight: int,
+) -> None:
     user = str(event.get("user.name"))
-    raw_roles = event.get("user.roles")
-    roles = (
-        frozenset(str(r) for r in raw_roles)
-        if isinstance(raw_roles, list)
-        else policy.roles_of(user)
-    )
-    raw_kind = event.get("accessguard.ticket.kind")
-    kinds = {NO_TICKET} | ({str(raw_kind)} if raw_kind is not None else set())
+    credited = credited_rules(policy, event, text, memo)
     when = event_time(event)
-    uses, bare = _uses(event, text, policy)
-    candidates = [r for r in policy.rules if r.role in roles and r.kind in kinds]
-    credited = [
-        r
-        for r in candidates
-        if any((r.table, r.column) == (t, c) and a in ("*", verb(r)) for t, c, a in uses)
-    ]
-    for table in sorted(bare):  # read without naming a column: one readable column is enough
-        readers = [r for r in candidates if r.table == table and verb(r) == "read"]
-        if readers and not any(r.table == table and verb(r) == "read" for r in credited):
-            credited.append(min(readers, key=lambda r: (r.line, r.column)))
     for rule in credited:
         credit = usage.credits[rule]
         credit.statements += weight
@@ -156,6 +148,52 @@ def _credit(usage: Usage, policy: Policy, event: Event, text: object, weight: in
     if when is not None:
         usage.first = when if usage.first is None else min(usage.first, when)
         usage.last = when if usage.last is None else max(usage.last, when)
+
+
+def credited_rules(
+    policy: Policy,
+    event: Event,
+    text: object,
+    memo: dict[tuple[object, ...], tuple[Rule, ...]],
+) -> tuple[Rule, ...]:
+    """The rules of ``policy`` that granted what ``event``'s statement needed (memoised)."""
+    raw_roles = event.get("user.roles")
+    roles = (
+        frozenset(str(r) for r in raw_roles)
+        if isinstance(raw_roles, list)
+        else policy.roles_of(str(event.get("user.name")))
+    )
+    raw_kind = event.get("accessguard.ticket.kind")
+    kinds = frozenset({NO_TICKET} | ({str(raw_kind)} if raw_kind is not None else set()))
+    key = (
+        roles,
+        kinds,
+        text if isinstance(text, str) else None,
+        event.get("db.system.name"),
+        tuple(map(str, event.get("accessguard.columns") or ())),
+        tuple(map(str, event.get("accessguard.tables") or ())),
+    )
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = _rules_for(policy, roles, kinds, *_uses(event, text, policy))
+    return found
+
+
+def _rules_for(
+    policy: Policy, roles: frozenset[str], kinds: frozenset[str], uses: set[Use], bare: set[str]
+) -> tuple[Rule, ...]:
+    """The rules of ``roles`` under ``kinds`` granting ``uses`` (and a read of each bare table)."""
+    candidates = [r for r in policy.rules if r.role in roles and r.kind in kinds]
+    credited = [
+        r
+        for r in candidates
+        if any((r.table, r.column) == (t, c) and a in ("*", verb(r)) for t, c, a in uses)
+    ]
+    for table in sorted(bare):  # read without naming a column: one readable column is enough
+        readers = [r for r in candidates if r.table == table and verb(r) == "read"]
+        if readers and not any(r.table == table and verb(r) == "read" for r in credited):
+            credited.append(min(readers, key=lambda r: (r.line, r.column)))
+    return tuple(credited)
 
 
 def _uses(event: Event, text: object, policy: Policy) -> tuple[set[Use], set[str]]:

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from accessguard.investigate import cutoff, events_from_file, parse_time
 from accessguard.learn import (
@@ -27,12 +28,13 @@ from accessguard.learn import (
     Proposal,
     Usage,
     collect,
+    credited_rules,
     in_period,
     plural,
     propose,
     span_text,
 )
-from accessguard.policy import NO_TICKET, POLICY_FILE, Policy, load_policy
+from accessguard.policy import NO_TICKET, POLICY_FILE, Policy, Rule, load_policy
 from accessguard.replay import MAY_DENY, NEWLY_DENIED, ReplayReport, replay
 
 EXIT_OK = 0
@@ -156,15 +158,16 @@ def learn(
     proposal = propose(policy, usage, text, span=span, few=few)
     with tempfile.TemporaryDirectory(prefix="accessguard-learn-") as tmp:
         audit = Path(tmp) / "audit.jsonl"
+        replayed = merged(chosen)
         with audit.open("w", encoding="utf-8") as fh:
-            for event in chosen:
+            for event in replayed:
                 fh.write(json.dumps(event, default=str) + "\n")
         target = Path(tmp) / "proposed"
         shutil.copytree(policies, target)
         (target / POLICY_FILE).write_text(proposal.proposed, encoding="utf-8")
         report = replay(audit, policies, target)
         proposed = load_policy(target)
-    checked, refused = check_ledger(chosen, proposed)
+    checked, refused = check_ledger(replayed, proposed)
     return Learned(
         policies=policies,
         start=start,
@@ -179,6 +182,43 @@ def learn(
     )
 
 
+def merged(events: Iterable[Event]) -> list[Event]:
+    """The events with ledger entries of one statement shape added up into one entry each.
+
+    What replay and the column check read of an entry (who, roles, ticket,
+    fingerprint, columns, statements) is kept; subjects and times are not.
+    """
+    out: list[Event] = []
+    groups: dict[tuple[object, ...], dict[str, Any]] = {}
+    for event in events:
+        if event.get("event.action") != "ledger":
+            out.append(event)
+            continue
+        key = tuple(repr(event.get(k)) for k in _SHAPE)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {k: event.get(k) for k in _SHAPE}
+            group["accessguard.statements"] = 0
+            out.append(group)
+        statements = event.get("accessguard.statements")
+        if isinstance(statements, int) and not isinstance(statements, bool) and statements > 0:
+            group["accessguard.statements"] += statements
+    return out
+
+
+_SHAPE = (
+    "event.action",
+    "accessguard.outcome",
+    "accessguard.fingerprint",
+    "user.name",
+    "user.roles",
+    "accessguard.ticket.id",
+    "accessguard.ticket.kind",
+    "accessguard.tables",
+    "accessguard.columns",
+)
+
+
 def check_ledger(events: list[Event], proposed: Policy) -> tuple[int, tuple[str, ...]]:
     """Ledger entries whose text no event holds, re-credited under the proposed policy."""
     texts = {
@@ -191,20 +231,15 @@ def check_ledger(events: list[Event], proposed: Policy) -> tuple[int, tuple[str,
         for e in events
         if e.get("event.action") == "ledger" and e.get("accessguard.fingerprint") not in texts
     ]
-    refused = []
+    refused: dict[str, None] = {}
+    memo: dict[tuple[object, ...], tuple[Rule, ...]] = {}
     for entry in entries:
-        usage = collect([entry], proposed)
-        named = {(r.table, r.column) for r in usage.credits}
-        missing = [
-            str(c)
-            for c in entry.get("accessguard.columns") or ()
-            if not any(f"{t.rsplit('.', 1)[-1]}.{col}" == c for t, col in named)
-        ]
-        if missing or (entry.get("accessguard.tables") and not usage.credits):
-            refused.append(
-                f"{entry.get('user.name')} {entry.get('accessguard.ticket.id') or '-'}: "
-                + (", ".join(missing) or "no readable column")
-            )
+        rules = credited_rules(proposed, entry, None, memo)
+        named = {f"{r.table.rsplit('.', 1)[-1]}.{r.column}" for r in rules}
+        missing = [str(c) for c in entry.get("accessguard.columns") or () if str(c) not in named]
+        if missing or (entry.get("accessguard.tables") and not rules):
+            who = f"{entry.get('user.name')} {entry.get('accessguard.ticket.id') or '-'}"
+            refused[f"{who}: {', '.join(missing) or 'no readable column'}"] = None
     return len(entries), tuple(refused)
 
 
