@@ -100,13 +100,20 @@ class Learned:
         else:
             lines.append("(no change: every rule was used)")
         lines += ["", "replay of the proposal over the same period:", self.replay.render()]
-        lines.append(
-            f"ledger entries without text, checked by their columns: {self.ledger_checked}, "
-            f"{len(self.ledger_refused)} no longer granted"
-        )
-        lines += [f"  {r}" for r in self.ledger_refused]
-        verdict = "refuses nothing" if self.refused == 0 else f"refuses {self.refused}"
-        lines.append(f"the proposal {verdict} of what the period's workload ran")
+        if self.ledger_checked:
+            lines.append(
+                f"ledger entries without text to replay, checked by their columns: "
+                f"{plural(self.ledger_checked, 'statement shape')}, "
+                f"{len(self.ledger_refused)} no longer granted"
+            )
+            lines += [f"  {r}" for r in self.ledger_refused]
+        if self.refused == 0:
+            lines.append("the proposal refuses nothing of what the period's workload ran")
+        else:
+            lines.append(
+                f"the proposal refuses {self.refused} of what the period's workload ran "
+                "(replayed statements and ledger shapes above): review before applying"
+            )
         return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,16 @@ class TestReplay:
         assert [(c.change, c.user, c.statements) for c in report.changes] == [
             (NEWLY_DENIED, "alice", 1)
         ]
+
+    def test_a_refusal_is_stated_last(self, policies: Path, tmp_path: Path) -> None:
+        """When the column check finds an entry no longer granted, the last line says so."""
+        result = learned(policies, tmp_path, audit_allowed=False)
+        refusing = replace(result, ledger_refused=("alice T-100: customers.email",))
+        assert refusing.refused == 1
+        assert refusing.render().endswith(
+            "the proposal refuses 1 of what the period's workload ran "
+            "(replayed statements and ledger shapes above): review before applying"
+        )
 
 
 class TestLedgerOnly:
