@@ -75,6 +75,17 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
         help="tickets as they are now (default: as the events describe them)",
     )
 
+    learn = sub.add_parser(
+        "learn", help="propose a least-privilege policy.csv from what the audit says was used"
+    )
+    _source_options(learn)
+    learn.add_argument("--policies", required=True, type=Path, help="the current policy")
+    period = learn.add_mutually_exclusive_group()
+    period.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
+    period.add_argument("--from", dest="from_", metavar="TIME", help="ISO 8601 start")
+    learn.add_argument("--until", metavar="TIME", help="ISO 8601 end (default: now)")
+    learn.add_argument("--out", type=Path, default=None, help="write the diff here")
+
     demo = sub.add_parser("demo", help="run the reference scenario on an embedded SQLite")
     demo.add_argument(
         "--report",
@@ -259,11 +270,18 @@ def _replay(args: argparse.Namespace) -> tuple[int, str]:
     return replay_command(args)
 
 
+def _learn(args: argparse.Namespace) -> tuple[int, str]:
+    from accessguard.learn_report import run
+
+    return run(args)
+
+
 _TOOLS: dict[str, Callable[[argparse.Namespace], tuple[int, str]]] = {
     "explain": _explain,
     "test": _test,
     "lint": _lint,
     "replay": _replay,
+    "learn": _learn,
 }
 
 

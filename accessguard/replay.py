@@ -14,7 +14,7 @@ import argparse
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -162,10 +162,19 @@ def replay(
     examples: dict[tuple[str, str, str], str] = {}
     unchanged = unreplayable = 0
     recorded: Counter[str] = Counter()
+    decided: dict[tuple[int, _Statement], Replayed] = {}  # a trail repeats its statements
+
+    def decide(policy: Policy, st: _Statement) -> Replayed:
+        key = (id(policy), replace(st, weight=0))
+        found = decided.get(key)
+        if found is None:
+            found = decided[key] = _replay_one(policy, st, store)
+        return found
+
     for st in statements:
         recorded[st.recorded.outcome] += st.weight
-        after = _replay_one(after_policy, st, store)
-        before = _replay_one(before_policy, st, store) if before_policy else st.recorded
+        after = decide(after_policy, st)
+        before = decide(before_policy, st) if before_policy else st.recorded
         if before.outcome == NEEDS_VALUES and st.recorded.outcome != "denied":
             before = st.recorded  # the recorded outcome tells how the row scope decided
         change = _change(before, after)
