@@ -11,6 +11,7 @@ file carries the text of the same fingerprint.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -101,6 +102,27 @@ class ReplayReport:
             )
         out.append(self.ledger_note)
         return "\n".join(out)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (``accessguard replay --format json``)."""
+        return {
+            "baseline": self.baseline,
+            "statements": self.statements,
+            "recorded": dict(self.recorded),
+            "unchanged": self.unchanged,
+            "unreplayable": self.unreplayable,
+            "changes": [
+                {
+                    "change": c.change,
+                    "user": c.user,
+                    "reason": c.reason,
+                    "statements": c.statements,
+                    "example": c.example,
+                }
+                for c in self.changes
+            ],
+            "ledger": self.ledger_note,
+        }
 
 
 NEWLY_DENIED, NEWLY_ALLOWED = "newly denied", "newly allowed"
@@ -339,7 +361,12 @@ def _group_reason(change: str, before: Replayed, after: Replayed) -> str:
 
 
 def replay_command(args: argparse.Namespace) -> tuple[int, str]:
-    """``accessguard replay --audit FILE --policies DIR [--current DIR] [--tickets FILE]``."""
+    """``accessguard replay --audit FILE --policies DIR [--current DIR] [--tickets FILE]``.
+
+    ``--format json`` prints :meth:`ReplayReport.as_dict`.
+    """
     tickets = FileTicketStore(args.tickets) if args.tickets is not None else None
     report = replay(args.audit, args.current, args.policies, tickets=tickets)
+    if getattr(args, "format", "text") == "json":
+        return EXIT_OK, json.dumps(report.as_dict(), indent=2)
     return EXIT_OK, report.render()
