@@ -229,8 +229,10 @@ def _wants_json(argv: Sequence[str]) -> bool:
 def _fail(exc: BaseException, *, as_json: bool, reason: str, code: int = EXIT_USAGE) -> int:
     """Report an error: one JSON object on stdout with --format json, else a line on stderr."""
     path = line = None
-    if isinstance(exc, PolicyError):
-        message, path, line = exc.message, exc.path, exc.line
+    if isinstance(exc, PolicyError):  # its message starts with "path:line: ", given apart here
+        path, line = exc.path, exc.line
+        where = f"{path}:{line}: " if line is not None else f"{path}: "
+        message = exc.message.removeprefix(where)
     elif isinstance(exc, AccessGuardError):
         message = exc.message
     elif isinstance(exc, OSError):

@@ -349,6 +349,7 @@ class TestErrors:
             assert out["error"]["reason"] == "policy.invalid"
             assert out["error"]["path"] == str(target / "policy.csv")
             assert out["error"]["line"] == lines
+            assert not out["error"]["message"].startswith(str(target))
 
     def test_configuration_error(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """A tickets file that cannot be read is a configuration error in JSON, exit 2."""
