@@ -7,9 +7,9 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from accessguard.errors import AccessGuardError
+from accessguard.errors import AccessGuardError, PolicyError
 
 if TYPE_CHECKING:
     from accessguard.verification import Verification
@@ -18,7 +18,7 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per option
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="accessguard",
         description="Ticket-bound access control and audit for database sessions.",
     )
@@ -48,11 +48,16 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     explain.add_argument("--user", required=True, help="the employee")
     explain.add_argument("--ticket", default=None, help="the ticket the employee works under")
     explain.add_argument("--dialect", default="postgres", choices=["postgres", "sqlite"])
-    explain.add_argument("sql", help="the statement")
+    _format_option(explain)
+    explain.add_argument(
+        "--param", action="append", default=None, metavar="VALUE", help="as in check"
+    )
+    explain.add_argument("sql", help="the statement (%%s placeholders with --param)")
 
     test = sub.add_parser("test", help="run policy test files (YAML cases) against a policy")
     test.add_argument("--policies", required=True, type=Path, help="policy directory")
     test.add_argument("files", nargs="+", type=Path, metavar="FILE", help="policy test files")
+    _format_option(test)
 
     lint = sub.add_parser("lint", help="check a policy directory for mistakes")
     lint.add_argument("--policies", required=True, type=Path, help="policy directory")
@@ -74,6 +79,18 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
         default=None,
         help="tickets as they are now (default: as the events describe them)",
     )
+    _format_option(replay)
+
+    learn = sub.add_parser(
+        "learn", help="propose a least-privilege policy.csv from what the audit says was used"
+    )
+    _source_options(learn)
+    learn.add_argument("--policies", required=True, type=Path, help="the current policy")
+    period = learn.add_mutually_exclusive_group()
+    period.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
+    period.add_argument("--from", dest="from_", metavar="TIME", help="ISO 8601 start")
+    learn.add_argument("--until", metavar="TIME", help="ISO 8601 end (default: now)")
+    learn.add_argument("--out", type=Path, default=None, help="write the diff here")
 
     demo = sub.add_parser("demo", help="run the reference scenario on an embedded SQLite")
     demo.add_argument(
@@ -97,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
         "(drops the scenario's tables there first)",
     )
     load.add_argument("dsn", help="libpq connection string of the database to fill")
+    _format_option(load)
 
     schema = sub.add_parser("schema", help="draft schema.toml from a live database")
     schema_sub = schema.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
@@ -112,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     verify = audit_sub.add_parser("verify", help="check the hash chain of an audit trail")
     verify.add_argument("file", type=Path, nargs="?", help="a JSON-lines audit file")
     verify.add_argument("--dsn", help="read the PostgreSQL sink instead of a file")
+    _format_option(verify)
 
     who = audit_sub.add_parser("who-read", help="every employee who read one customer's data")
     _source_options(who)
@@ -144,7 +163,14 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as exc:
+        if not _wants_json(argv):
+            exc.parser.print_usage(sys.stderr)
+            exc.parser.exit(EXIT_USAGE, f"{exc.parser.prog}: error: {exc}\n")
+        return _fail(exc, as_json=_wants_json(argv), reason=USAGE)
     try:
         if args.command == "check":
             return _check(args)
@@ -164,14 +190,68 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _audit_verify(args)
         return _investigate(args)
     except ValueError as exc:  # a bad --since, --customer
-        print(f"accessguard: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(exc, as_json=_wants_json(argv), reason=USAGE)
     except AccessGuardError as exc:
-        print(f"accessguard: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(exc, as_json=_wants_json(argv), reason=str(exc.reason))
     except OSError as exc:
+        return _fail(exc, as_json=_wants_json(argv), reason=FILE_ERROR)
+
+
+# ---------------------------------------------------------------------- JSON output and errors
+
+#: reason codes of the command's own errors (the library's come from ``Reason``)
+USAGE, FILE_ERROR, DATABASE_ERROR = "usage.invalid", "file.unreadable", "database.error"
+
+
+class _UsageError(Exception):
+    """argparse's usage error, raised instead of exiting so main() can answer in JSON."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self, message)
+
+
+def _format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", default="text", choices=["text", "json"])
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """``--format json`` (or ``--format=json``) is on the command line, parsed or not."""
+    pairs = zip(argv, [*argv[1:], ""], strict=True)
+    return "--format=json" in argv or any(a == "--format" and b == "json" for a, b in pairs)
+
+
+def _fail(exc: BaseException, *, as_json: bool, reason: str, code: int = EXIT_USAGE) -> int:
+    """Report an error: one JSON object on stdout with --format json, else a line on stderr."""
+    path = line = None
+    if isinstance(exc, PolicyError):  # its message starts with "path:line: ", given apart here
+        path, line = exc.path, exc.line
+        where = f"{path}:{line}: " if line is not None else f"{path}: "
+        message = exc.message.removeprefix(where)
+    elif isinstance(exc, AccessGuardError):
+        message = exc.message
+    elif isinstance(exc, OSError):
+        message = exc.strerror or str(exc)
+        path = None if exc.filename is None else str(exc.filename)
+    else:
+        message = str(exc)
+    if as_json:
+        error = {"reason": reason, "message": message, "path": path, "line": line}
+        print(json.dumps({"error": error}, indent=2))
+    elif isinstance(exc, OSError):
         print(f"accessguard: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
+    else:
+        print(f"accessguard: {exc}", file=sys.stderr)
+    return code
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
 
 
 def _version() -> str:
@@ -190,6 +270,7 @@ def _scenario_load(args: argparse.Namespace) -> int:
 
     from accessguard.scenario import load_postgres
 
+    as_json, created = args.format == "json", False
     try:
         try:
             conn = psycopg.connect(args.dsn)
@@ -200,15 +281,34 @@ def _scenario_load(args: argparse.Namespace) -> int:
                 raise
             with psycopg.connect(make_conninfo(args.dsn, dbname="postgres"), autocommit=True) as m:
                 m.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
-            print(f"created database {name}")
+            created = True
+            if not as_json:
+                print(f"created database {name}")
             conn = psycopg.connect(args.dsn)
         with conn:
             load_postgres(conn)
+            database = conn.info.dbname
     except psycopg.Error as exc:
+        if as_json:
+            error = RuntimeError(f"scenario load: {type(exc).__name__}: {exc}")
+            return _fail(error, as_json=as_json, reason=DATABASE_ERROR, code=EXIT_REFUSED)
         print(f"accessguard: scenario load: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    print("loaded the reference scenario (9 tables) into the database")
+    if as_json:
+        _print_json({"created": created, "database": database, "tables": _scenario_tables()})
+    else:
+        print("loaded the reference scenario (9 tables) into the database")
     return EXIT_OK
+
+
+def _scenario_tables() -> list[str]:
+    """The tables ``scenario load`` (re)creates, schema-qualified, as its SQL declares them."""
+    import re
+
+    from accessguard import scenario
+
+    text = (Path(scenario.__file__).parent / "schema_postgres.sql").read_text(encoding="utf-8")
+    return re.findall(r"CREATE TABLE (\w+\.\w+)", text)
 
 
 def _schema_pull(args: argparse.Namespace) -> int:
@@ -238,7 +338,8 @@ def _schema_pull(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> tuple[int, str]:
     from accessguard.authoring import explain_command
 
-    return explain_command(args)
+    params = None if args.param is None else [_value(v) for v in args.param]
+    return explain_command(args, params=params)
 
 
 def _test(args: argparse.Namespace) -> tuple[int, str]:
@@ -259,11 +360,18 @@ def _replay(args: argparse.Namespace) -> tuple[int, str]:
     return replay_command(args)
 
 
+def _learn(args: argparse.Namespace) -> tuple[int, str]:
+    from accessguard.learn_report import run
+
+    return run(args)
+
+
 _TOOLS: dict[str, Callable[[argparse.Namespace], tuple[int, str]]] = {
     "explain": _explain,
     "test": _test,
     "lint": _lint,
     "replay": _replay,
+    "learn": _learn,
 }
 
 
@@ -323,8 +431,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
     from accessguard.verification import verify
 
     if (args.file is None) == (args.dsn is None):
-        print("accessguard: audit verify takes a FILE or --dsn", file=sys.stderr)
-        return EXIT_USAGE
+        usage = ValueError("audit verify takes a FILE or --dsn")
+        return _fail(usage, as_json=args.format == "json", reason=USAGE)
     key = load_key()
     if args.dsn is not None:
         from accessguard.pgverify import verify as verify_pg
@@ -334,8 +442,27 @@ def _audit_verify(args: argparse.Namespace) -> int:
     else:
         name = str(args.file)
         result = verify(args.file, key=key)
-    print(describe(name, result, key_env=KEY_ENV))
+    if args.format == "json":
+        _print_json(verification_dict(name, result))
+    else:
+        print(describe(name, result, key_env=KEY_ENV))
     return EXIT_OK if result.ok else EXIT_REFUSED
+
+
+def verification_dict(name: str, result: Verification) -> dict[str, Any]:
+    """What ``audit verify --format json`` prints for one trail."""
+    return {
+        "trail": name,
+        "ok": result.ok,
+        "events": result.events,
+        "broken_line": result.broken_line,
+        "problem": result.problem or None,
+        "key_id": result.key,
+        "keyed": result.keyed,
+        "demo_key": result.demo,
+        "checkpoint": result.checkpoint,
+        "torn_line": result.torn_line,
+    }
 
 
 def describe(name: str, result: Verification, *, key_env: str = "ACCESSGUARD_AUDIT_KEY") -> str:

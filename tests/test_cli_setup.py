@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -17,10 +16,8 @@ from accessguard.catalog import load_catalog
 from accessguard.cli import main
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
-    from casefiles import PgServerLike
 
 
 class TestEntryPoints:
@@ -55,18 +52,12 @@ class TestEntryPoints:
 
 
 @pytest.fixture
-def empty_db(pg_server: PgServerLike) -> Iterator[str]:
+def empty_db(unused_database: str) -> str:
     """DSN of a new, empty database (dropped after the test)."""
-    name = f"ag_empty_{uuid.uuid4().hex[:10]}"
-    with pg_server.admin() as conn:
+    name = unused_database.rsplit("/", 1)[1]
+    with psycopg.connect(unused_database.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield pg_server.dsn(name)
-    finally:
-        with pg_server.admin() as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    return unused_database
 
 
 @pytest.mark.db
@@ -82,20 +73,14 @@ class TestScenarioLoad:
         assert orders == (3,)  # seed.sql: customer 42 has three orders
 
     def test_missing_database_is_created(
-        self, pg_server: PgServerLike, capsys: pytest.CaptureFixture[str]
+        self, unused_database: str, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """`scenario load` creates the database when it does not exist yet."""
-        name = f"ag_new_{uuid.uuid4().hex[:10]}"
-        try:
-            assert main(["scenario", "load", pg_server.dsn(name)]) == 0
-            assert f"created database {name}" in capsys.readouterr().out
-            with psycopg.connect(pg_server.dsn(name)) as conn:
-                assert conn.execute("SELECT count(*) FROM customers").fetchone() != (0,)
-        finally:
-            with pg_server.admin() as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+        name = unused_database.rsplit("/", 1)[1]
+        assert main(["scenario", "load", unused_database]) == 0
+        assert f"created database {name}" in capsys.readouterr().out
+        with psycopg.connect(unused_database) as conn:
+            assert conn.execute("SELECT count(*) FROM customers").fetchone() != (0,)
 
     def test_unreachable_server_exits_one(self, capsys: pytest.CaptureFixture[str]) -> None:
         """A server that cannot be reached is reported with exit code 1, no traceback."""

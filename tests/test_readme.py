@@ -15,19 +15,16 @@ import shlex
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from psycopg import sql
 
 import accessguard
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
 
-    from casefiles import PgServerLike
+    pass
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -73,23 +70,11 @@ def run(command: str, cwd: Path, dsn: str) -> str:
     return done.stdout
 
 
-@pytest.fixture
-def quick_db(pg_server: PgServerLike) -> Iterator[str]:
-    """A database name for the quick start that does not exist yet (dropped after)."""
-    name = f"ag_readme_{uuid.uuid4().hex[:10]}"
-    try:
-        yield pg_server.dsn(name)
-    finally:
-        with pg_server.admin() as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
 @pytest.mark.db
 class TestQuickStart:
-    def test_quick_start_runs_as_printed(self, quick_db: str, tmp_path: Path) -> None:
+    def test_quick_start_runs_as_printed(self, unused_database: str, tmp_path: Path) -> None:
         """scenario load, the Python block and who-read print what the README shows."""
+        quick_db = unused_database  # scenario load creates it, as in the README
         shutil.copytree(ROOT / "policies", tmp_path / "policies")
         name = quick_db.rsplit("/", 1)[1]
         found = blocks("Quick start")
