@@ -209,16 +209,17 @@ class Lane:
         # what every allowed execution does, plan reused or new
         probe = None if plan.probes is None else prepare(guard, plan, params, probing=probing)
         row_cap = guard._throttle(plan) if guard.throttle is not None else None
-        metrics.DECISIONS.allowed()
-        if telemetry.TRACER is not None:  # OpenTelemetry: only with a tracer provider
-            telemetry.allowed(plan, self.dialect)
-        if plan.notices:
-            guard._notify(plan)
-        if guard.audit_allowed:
-            guard._audit(plan.decision, plan.context, plan.facts)
         tally = plan.tally
-        if tally is not None and probe is None:  # a probed statement's: when its probe passes
-            guard.ledger.record(tally)
+        if probe is None:  # a probed statement's, when its probe passes (probes.allowed)
+            metrics.DECISIONS.allowed()
+            if telemetry.TRACER is not None:  # OpenTelemetry: only with a tracer provider
+                telemetry.allowed(plan, self.dialect)
+            if plan.notices:
+                guard._notify(plan)
+            if guard.audit_allowed:
+                guard._audit(plan.decision, plan.context, plan.facts)
+            if tally is not None:
+                guard.ledger.record(tally)
         if params is not None and (shape is None or not plan.facts.in_order):
             params = reorder(plan.facts, params)  # else: positional, already in sent order
         ok = _new(Authorized)  # what authorized() does, inline: this is every statement's path

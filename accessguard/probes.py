@@ -61,6 +61,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from accessguard import metrics, telemetry
 from accessguard.analysis.facts import Const, Facts, Param, Value
 from accessguard.errors import AccessDenied, Reason
 
@@ -328,7 +329,22 @@ async def run_batch_async(guard: Guard, batch: Sequence[Authorized], connection:
 
 
 def _record(guard: Guard, batch: Sequence[Authorized]) -> None:
-    """The ledger accesses the lane deferred until the probes passed."""
+    """What the lane does for every allowed statement, deferred until the probes passed.
+
+    The decision counted as allowed, its span event, its notices and allowed
+    audit event, its ledger access: a statement its probe refuses has only
+    its refusal.
+    """
     for ok in batch:
-        if ok.probe is not None and ok.tally is not None:
+        if ok.probe is None:
+            continue
+        plan = ok.plan
+        metrics.DECISIONS.allowed()
+        if telemetry.TRACER is not None:
+            telemetry.allowed(plan, plan.facts.dialect)
+        if plan.notices:
+            guard._notify(plan)
+        if guard.audit_allowed:
+            guard._audit(plan.decision, plan.context, plan.facts)
+        if ok.tally is not None:
             guard.ledger.record(ok.tally)

@@ -322,6 +322,21 @@ class TestPsycopg:
         ]
 
 
+@db
+def test_refused_probe_writes_only_its_refusal(scenario_dsn: str) -> None:
+    """With allowed events audited, a probed statement is audited once: allowed or refused."""
+    sink = MemoryAuditSink()
+    with Guard.from_directory(
+        scenario.policies_dir(), tickets=scenario.tickets(), audit=sink, audit_allowed=True
+    ) as guard:
+        with guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn:
+            conn.execute(ORDER_BY_ID, [421]).fetchall()
+            with pytest.raises(AccessDenied):
+                conn.execute(ORDER_BY_ID, [71])
+        queries = [e for e in sink.events if e.get("event.action") == "query"]
+        assert [e["accessguard.outcome"] for e in queries] == ["allowed", "denied"]
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """psycopg's async connections run on asyncio."""
