@@ -171,12 +171,12 @@ def _sql(probes: Sequence[Probe], mark: str, dialect: str) -> str:
     parts: list[str] = []
     for probe in probes:
         schema, name = probe.table.rsplit(".", 1)
-        table = f'"{schema}"."{name}"' if dialect == "postgres" else f'"{name}"'
+        table = f"{_quoted(schema)}.{_quoted(name)}" if dialect == "postgres" else _quoted(name)
         marks = ", ".join([mark] * len(probe.values))
         differs = "IS DISTINCT FROM" if dialect == "postgres" else "IS NOT"
         parts.append(
-            f'EXISTS (SELECT 1 FROM {table} WHERE "{probe.column}" IN ({marks}) '  # noqa: S608 - names from schema.toml, values bound
-            f'AND "{probe.scope_column}" {differs} {mark})'
+            f"EXISTS (SELECT 1 FROM {table} WHERE {_quoted(probe.column)} IN ({marks}) "  # noqa: S608 - quoted names, bound values
+            f"AND {_quoted(probe.scope_column)} {differs} {mark})"
         )
     return "SELECT 1 WHERE " + " OR ".join(parts)
 
@@ -213,6 +213,10 @@ def unprobed(facts: Facts, decision: Decision, context: Context, catalog: Catalo
         message=f"Refused: {message}",
         subjects=(),
     )
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 # ---------------------------------------------------------------------- per execution
