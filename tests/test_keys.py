@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from accessguard import AccessDenied, Guard, scenario
 from accessguard.analysis import analyze
@@ -320,6 +322,30 @@ class TestPsycopg:
         assert [(e["accessguard.subject.id"], e["accessguard.statements"]) for e in ledger] == [
             (42, 1)
         ]
+
+
+#: orders of alice's customer (42), of customers 7 and 43, and an id no order has
+ALICE_ORDERS = frozenset({421, 422, 423})
+OTHER_ORDERS = (71, 72, 431)
+
+
+@db
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    keys=st.lists(st.sampled_from([*ALICE_ORDERS, *OTHER_ORDERS, 999_999]), min_size=1, max_size=5)
+)
+def test_any_key_list_is_refused_or_exactly_alices(alice: Any, keys: list[int]) -> None:
+    """Any list of order keys: refused iff it names another customer's order, else alice's rows."""
+    sql = f"SELECT id FROM orders WHERE id IN ({', '.join(['%s'] * len(keys))})"
+    if set(keys) & set(OTHER_ORDERS):
+        with pytest.raises(AccessDenied) as info:
+            alice.execute(sql, keys)
+        assert info.value.reason == "row_scope.other_subject"
+    else:
+        assert {row[0] for row in alice.execute(sql, keys)} == set(keys) & ALICE_ORDERS
+    alice.rollback()
 
 
 @db
