@@ -132,3 +132,42 @@ class TestAuditCarriesNoLiteral:
         )
         assert not decision.allowed
         assert str(secret) not in repr(sink.events)
+
+
+def _ledgered(sink: MemoryAuditSink) -> list[Any]:
+    return [e.get("accessguard.rows") for e in sink.events if e.get("event.action") == "ledger"]
+
+
+class TestLedgerCountsWrites:
+    @pytest.mark.xfail(strict=True, reason="executemany(returning=True) skips the write tally")
+    def test_executemany_returning_update_is_ledgered(
+        self, guard: Guard, sink: MemoryAuditSink, scenario_dsn: str
+    ) -> None:
+        """An UPDATE batch run with returning=True (no RETURNING clause) ledgers its rows."""
+        with guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn:
+            conn.cursor().executemany(
+                "UPDATE orders SET status = status WHERE customer_id = %s",
+                [[42], [42]],
+                returning=True,
+            )
+            conn.rollback()
+        guard.close()
+        assert sum(r or 0 for r in _ledgered(sink)) == 6
+
+    @pytest.mark.xfail(strict=True, reason="the SQLAlchemy listener ledgers only returned rows")
+    def test_sqlalchemy_update_is_ledgered(
+        self, guard: Guard, sink: MemoryAuditSink, scenario_dsn: str
+    ) -> None:
+        """An UPDATE through an instrumented engine ledgers the rows it changed."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(scenario_dsn.replace("postgresql://", "postgresql+psycopg://"))
+        guard.instrument(engine)
+        try:
+            with guard.acting_as(user="alice", ticket="T-100"), engine.connect() as conn:
+                conn.execute(sa.text("UPDATE orders SET status = status WHERE customer_id = 42"))
+                conn.rollback()
+        finally:
+            engine.dispose()
+        guard.close()
+        assert sum(r or 0 for r in _ledgered(sink)) == 3
