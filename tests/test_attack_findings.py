@@ -171,3 +171,34 @@ class TestLedgerCountsWrites:
             engine.dispose()
         guard.close()
         assert sum(r or 0 for r in _ledgered(sink)) == 3
+
+
+def _raw_in_traceback(exc: BaseException) -> list[str]:
+    """Raw driver objects the frames of ``exc``'s traceback (and its causes) hold as locals."""
+    found: list[str] = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            found += _raw(list(tb.tb_frame.f_locals.values()))
+            tb = tb.tb_next
+        todo += [current.__cause__, current.__context__]
+    return found
+
+
+class TestDriverErrors:
+    @pytest.mark.xfail(strict=True, reason="a driver error's traceback frames hold the raw cursor")
+    def test_driver_error_traceback_holds_no_raw_cursor(
+        self, guard: Guard, scenario_dsn: str
+    ) -> None:
+        """A database error raised through a guarded cursor leads to no raw driver object."""
+        with guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn:
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute("SELECT id / 0 FROM orders WHERE customer_id = 42")
+            conn.rollback()
+        assert _raw_in_traceback(info.value) == []
