@@ -105,7 +105,10 @@ def global_loader() -> Iterator[list[Any]]:
 
 
 class TestGlobalAdapters:
-    @pytest.mark.xfail(strict=True, reason="known limit: a loader registered process-wide is in-process code (like gc): it gets the driver's connection")
+    @pytest.mark.xfail(
+        strict=True,
+        reason="known limit: a loader registered process-wide is in-process code (like gc)",
+    )
     def test_global_loader_never_sees_the_raw_connection(
         self, guard: Guard, scenario_dsn: str, global_loader: list[Any]
     ) -> None:
@@ -200,7 +203,9 @@ def _raw_in_traceback(exc: BaseException) -> list[str]:
 
 
 class TestDriverErrors:
-    @pytest.mark.xfail(strict=True, reason="known limit: traceback frame locals are in-process introspection (like gc and _raw)")
+    @pytest.mark.xfail(
+        strict=True, reason="known limit: traceback frame locals are in-process introspection"
+    )
     def test_driver_error_traceback_holds_no_raw_cursor(
         self, guard: Guard, scenario_dsn: str
     ) -> None:
