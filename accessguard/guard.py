@@ -834,9 +834,9 @@ class Guard:
         # allowed (or throttled): the subjects it was proven to stay within; refused: the
         # ones it named, so "who tried to read customer 7?" is answered too
         subjects = decision.subjects or decision.named
-        if subjects:
+        if subjects:  # subject ids, as the ledger keeps them (pseudonyms with its key)
             fields["accessguard.subjects"] = [
-                {"kind": scope, "id": subject} for scope, subject in subjects
+                {"kind": scope, "id": self.ledger.pseudonym(subject)} for scope, subject in subjects
             ]
         if extra:
             fields.update(extra)

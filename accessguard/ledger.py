@@ -211,8 +211,7 @@ class Ledger:
     def _event(self, entry: Entry) -> Event:
         access = entry.access
         subject: int | str = access.subject
-        if self._key is not None:
-            subject = hmac.new(self._key, str(subject).encode(), hashlib.sha256).hexdigest()
+        subject = self.pseudonym(subject)
         return {
             "@timestamp": _iso(entry.last),
             "event.kind": "event",
@@ -236,6 +235,12 @@ class Ledger:
             "accessguard.last": _iso(entry.last),
             "accessguard.policy.version": access.policy_version,
         }
+
+    def pseudonym(self, subject: int | str) -> int | str:
+        """The subject id as the trail keeps it: itself, or its keyed hash (pseudonym_key)."""
+        if self._key is None:
+            return subject
+        return hmac.new(self._key, str(subject).encode(), hashlib.sha256).hexdigest()
 
     def _recover(self) -> None:
         try:

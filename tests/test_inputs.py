@@ -288,3 +288,28 @@ class TestFuzzEntryPoint:
         assert summary["inputs"] == 200
         assert summary["crashes"] == 0
         assert "worst_input_s" in summary
+
+
+class TestJoinChains:
+    @pytest.mark.parametrize("joins", [65, 3000])
+    def test_a_long_join_chain_is_refused_before_name_resolution(
+        self, guard: Guard, sink: MemoryAuditSink, joins: int
+    ) -> None:
+        """More than 64 joins is refused as unanalyzable (3,000 NATURAL JOINs took minutes)."""
+        chain = " ".join(f"NATURAL JOIN orders o{i}" for i in range(joins))
+        sql = f"SELECT 1 FROM orders a {chain} WHERE a.customer_id = 42"
+        decision = guard.check(sql, user="alice", ticket="T-100")
+        assert decision.reason == "sql.unanalyzable"
+        assert "joins" in decision.message
+        with pytest.raises(AccessDenied):
+            guard.authorize(sql, None, Session(user="alice", ticket="T-100"), dialect="postgres")
+        assert len(sink.events) == 2
+
+    def test_an_ordinary_join_count_is_analyzed(self, guard: Guard) -> None:
+        """A few joins, as an ORM writes them, are analyzed as before."""
+        sql = (
+            "SELECT c.name FROM customers c JOIN orders o ON o.customer_id = c.id "
+            "JOIN payments p ON p.order_id = o.id WHERE c.id = 42 AND o.customer_id = 42 "
+            "AND p.customer_id = 42"
+        )
+        assert guard.check(sql, user="alice", ticket="T-100").allowed

@@ -154,7 +154,7 @@ class AsyncGuardedCursor(AsyncCountingCursor):
         """What the sync cursor does; no I/O, so no await."""
         return authorize_statement(
             self._lane,
-            query if type(query) is str else _query_text(query, self._conn._raw),
+            query if type(query) is str else _query_text(query, self._conn._raw, self._lane),
             params,
             mogrify=self._mogrify,
             probing=True,
@@ -190,8 +190,8 @@ class AsyncGuardedCursor(AsyncCountingCursor):
         await self._raw.executemany(
             batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
         )
-        if not returning and batch[0].plan.facts.kind == "update":
-            self._written(batch[0])  # one plan, one tally: the batch's changed rows
+        if batch[0].plan.facts.kind == "update":  # one plan, one tally for the batch
+            self._written_many(batch[0], returning=returning)
         self._batch = batch
         self._select(0)
 

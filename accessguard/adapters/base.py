@@ -69,6 +69,19 @@ class RowCounter:
         if tally is not None and raw.description is None and (raw.rowcount or 0) > 0:
             tally.add(raw.rowcount)
 
+    def _written_many(self, st: Authorized, *, returning: bool) -> None:
+        """Ledger the rows an executemany UPDATE changed, in every result set of the batch."""
+        if not returning:  # the driver's rowcount is the batch's total
+            self._written(st)
+            return
+        tally = st.tally
+        # returning=True keeps one result per parameter set; those with rows (RETURNING)
+        # are counted as they are handed over, the others by the rows they changed
+        results = getattr(self._raw, "_results", None) or ()
+        changed = sum(r.command_tuples or 0 for r in results if r.nfields == 0)
+        if tally is not None and changed > 0:
+            tally.add(changed)
+
     def _one_statement(self, batch: list[Authorized]) -> None:
         """An executemany sends one statement for every parameter set: refuse (audited) if not.
 

@@ -130,13 +130,40 @@ def refuse_hooks(
         )
 
 
-def _query_text(query: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
+#: psycopg's own Composable classes: their as_string() keeps the connection inside psycopg
+_OWN_COMPOSABLES = (pgsql.SQL, pgsql.Identifier, pgsql.Literal, pgsql.Placeholder)
+
+
+def _own_composable(query: pgsql.Composable) -> bool:
+    """Whether ``query`` is built only of psycopg's own Composable classes (no subclass)."""
+    if type(query) is pgsql.Composed:
+        return all(_own_composable(part) for part in query._obj)
+    return type(query) in _OWN_COMPOSABLES
+
+
+def _query_text(
+    query: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], lane: Lane
+) -> str:
+    """The text of a str, bytes or psycopg.sql query, as psycopg would send it.
+
+    A Composable of the caller's own class is refused (audited): its
+    ``as_string`` would be handed the raw connection.
+    """
     if isinstance(query, str):
         return query
     if isinstance(query, bytes | bytearray | memoryview):
         # undecodable bytes become lone surrogates: the guard refuses them, audited
         return bytes(query).decode(conn.info.encoding, "surrogateescape")
     if isinstance(query, pgsql.Composable):
+        if not _own_composable(query):
+            raise lane.guard.refuse(
+                Reason.PATH_FORBIDDEN,
+                "Refused: only psycopg's own sql.SQL, Composed, Identifier, Literal and "
+                "Placeholder can build a query (another Composable would be handed the "
+                "connection).",
+                lane.session,
+                kind="unknown",
+            )
         return query.as_string(conn)
     raise TypeError(
         f"a query must be str, bytes or psycopg.sql.Composable, not {type(query).__name__}"
@@ -163,7 +190,7 @@ class GuardedCursor(CountingCursor):
     def _authorize(self, query: Any, params: Any) -> Authorized:
         return authorize_statement(
             self._lane,
-            query if type(query) is str else _query_text(query, self._conn._raw),
+            query if type(query) is str else _query_text(query, self._conn._raw, self._lane),
             params,
             mogrify=self._mogrify,
             probing=True,
@@ -199,8 +226,8 @@ class GuardedCursor(CountingCursor):
         self._raw.executemany(
             batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
         )
-        if not returning and batch[0].plan.facts.kind == "update":
-            self._written(batch[0])  # one plan, one tally: the batch's changed rows
+        if batch[0].plan.facts.kind == "update":  # one plan, one tally for the batch
+            self._written_many(batch[0], returning=returning)
         self._batch = batch
         self._select(0)
 

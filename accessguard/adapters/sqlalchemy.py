@@ -237,6 +237,8 @@ class _Listener:
             raise self.guard.over_row_cap(ok, count)  # SQLAlchemy closes the cursor
         if count and ok.tally is not None:
             ok.tally.add(count)
+        elif cursor.description is None and ok.tally is not None and ok.facts.kind == "update":
+            ok.tally.add(max(int(cursor.rowcount), 0))  # the rows an UPDATE changed
 
     def _cap_batches(self, ok: Authorized, context: ExecutionContext | None) -> None:
         """An insertmanyvalues INSERT ... RETURNING: refused before its first batch is sent

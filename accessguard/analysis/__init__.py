@@ -71,6 +71,8 @@ _MAX_BYTES = 4 * MAX_SQL_LENGTH
 #: the most tokens a statement may have: what runs after the tokenizer (the
 #: parser, the walker, PostgreSQL's parser, the rewrite) is bounded by it
 MAX_TOKENS = 20_000
+#: JOINs in one statement: an ORM's deepest select_related chain is far below it
+MAX_JOINS = 64
 
 #: Statement kinds that are never allowed, whatever the policy says.
 _FORBIDDEN_KINDS: dict[type[exp.Expr], str] = {
@@ -210,6 +212,9 @@ def analyze(
         )
     if len(tokens) > MAX_TOKENS:
         return _too_many_tokens(sql, tokens, dialect)
+    joins = sum(1 for token in tokens if token.token_type is TokenType.JOIN)
+    if joins > MAX_JOINS:  # name resolution over a long join chain is quadratic: refuse first
+        return unanalyzable(sql, f"more than {MAX_JOINS} joins in one statement", dialect=dialect)
     redacted = redact_tokens(tokens) if sending else None
     final = {"redacted": redacted, "fingerprint": fingerprint(redacted), "dialect": dialect}
     facts = _analyze_guarded(

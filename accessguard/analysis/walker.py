@@ -86,6 +86,8 @@ class Walker(Clauses):
             refuse(Reason.SQL_UNANALYZABLE, f"the word {node.name.upper()} is not analyzed")
         elif branch is Branch.FUNCTION:
             self._function(node)  # type: ignore[arg-type] # a Func by its branch
+            if isinstance(node, exp.AggFunc) and not isinstance(node, _ONE_ROW_AGGREGATES):
+                self._combining(node, env)
         else:
             refuse(Reason.SQL_UNANALYZABLE, f"{_called(display_name(node))} is not analyzed")
         for child in node.iter_expressions():
@@ -107,6 +109,21 @@ class Walker(Clauses):
             if self.projecting and isinstance(node, exp.AggFunc) and type(node) not in _COUNTS:
                 self.carriers += 1  # max(x), sum(CASE ..): a value of one row of the group
         self.functions.add(name)
+
+    def _combining(self, node: exp.AggFunc, env: Env) -> None:
+        """An aggregate that combines its rows' values (sum, avg, bit_or, ...): only of a bare
+        column of a table. Over an expression it can pack every row of the group into one
+        value (sum(total_cents * 1e6 ^ n)), past the row cap and the ledger: a packing
+        aggregate, refused over a scoped table as array_agg is.
+        """
+        arg = node.this
+        if isinstance(arg, exp.Distinct) and len(arg.expressions) == 1:
+            arg = arg.expressions[0]
+        if isinstance(arg, exp.Column) and not isinstance(arg.this, exp.Star):
+            found, whole = resolve(arg, env)
+            if whole is None and found is not None and found[0].spec is not None:
+                return  # sum(orders.total_cents): the values of a table's column
+        self.packing.append(f"{display_name(node)} of an expression")
 
     def _column(self, node: exp.Column, env: Env) -> None:
         found, whole = resolve(node, env)
@@ -165,6 +182,8 @@ class Walker(Clauses):
 
 #: aggregates that return a number of rows, never a row's value
 _COUNTS = (exp.Count, exp.CountIf)
+#: aggregates whose value is one row's (or a count): they cannot pack a group's rows
+_ONE_ROW_AGGREGATES = (exp.Count, exp.CountIf, exp.Max, exp.Min, exp.AnyValue, exp.First, exp.Last)
 
 
 def _called(name: str) -> str:
