@@ -117,12 +117,16 @@ class Walker(Clauses):
         aggregate, refused over a scoped table as array_agg is.
         """
         arg = node.this
+        if arg is None:  # no argument: nothing of a row's to combine
+            return
         if isinstance(arg, exp.Distinct) and len(arg.expressions) == 1:
             arg = arg.expressions[0]
         if isinstance(arg, exp.Column) and not isinstance(arg.this, exp.Star):
             found, whole = resolve(arg, env)
-            if whole is None and found is not None and found[0].spec is not None:
-                return  # sum(orders.total_cents): the values of a table's column
+            if whole is None and found is not None:
+                source, column, _level = found
+                if source.spec is not None or plain_column(arg, source.alias, column):
+                    return  # sum(orders.total_cents): the values of a table's column
         self.packing.append(f"{display_name(node)} of an expression")
 
     def _column(self, node: exp.Column, env: Env) -> None:
@@ -182,8 +186,78 @@ class Walker(Clauses):
 
 #: aggregates that return a number of rows, never a row's value
 _COUNTS = (exp.Count, exp.CountIf)
+_PLAIN_DEPTH = 8
+
+
+def plain_column(node: exp.Expression, alias: str, column: str, depth: int = 0) -> bool:
+    """Whether ``column`` of the derived table or WITH item ``alias`` is a table's column
+    passed through unchanged (through further derived tables), not an expression.
+
+    Found by name in the statement's own tree; anything it cannot follow is not plain.
+    """
+    if depth > _PLAIN_DEPTH:
+        return False
+    root = node.root()
+    queries = [
+        found.this
+        for found in root.find_all(exp.CTE, exp.Subquery)
+        if found.alias_or_name.lower() == alias.lower() and isinstance(found.this, exp.Select)
+    ]
+    if len(queries) != 1:  # none, a set operation, or two of that name: do not guess
+        return False
+    query = queries[0]
+    named = [e for e in query.expressions if e.alias_or_name.lower() == column.lower()]
+    if len(named) != 1:
+        return False
+    inner = named[0].unalias()
+    if not isinstance(inner, exp.Column) or isinstance(inner.this, exp.Star):
+        return False
+    sources = [
+        item
+        for item in (query.args.get("from_"), *(query.args.get("joins") or ()))
+        if item is not None
+    ]
+    tables = [t for item in sources for t in ([item.this] if item.this is not None else [])]
+    qualifier = inner.table.lower() if inner.table else None
+    candidates = [t for t in tables if qualifier is None or t.alias_or_name.lower() == qualifier]
+    if len(candidates) != 1:
+        return False
+    origin = candidates[0]
+    if isinstance(origin, exp.Table) and not any(
+        cte.alias_or_name.lower() == origin.name.lower() for cte in root.find_all(exp.CTE)
+    ):
+        return True  # a physical table's column (the walker resolved and checked it)
+    return plain_column(node, origin.alias_or_name, inner.name, depth + 1)
 #: aggregates whose value is one row's (or a count): they cannot pack a group's rows
-_ONE_ROW_AGGREGATES = (exp.Count, exp.CountIf, exp.Max, exp.Min, exp.AnyValue, exp.First, exp.Last)
+#: (or a rank, a count, a boolean: a bit per group, not a row's values)
+_ONE_ROW_AGGREGATES = (
+    exp.Count,
+    exp.CountIf,
+    exp.ApproxDistinct,
+    exp.Max,
+    exp.Min,
+    exp.AnyValue,
+    exp.First,
+    exp.Last,
+    exp.FirstValue,
+    exp.LastValue,
+    exp.NthValue,
+    exp.Lag,
+    exp.Lead,
+    exp.ArgMax,
+    exp.ArgMin,
+    exp.Mode,
+    exp.Median,
+    exp.PercentileCont,
+    exp.PercentileDisc,
+    exp.LogicalAnd,
+    exp.LogicalOr,
+    exp.Rank,
+    exp.DenseRank,
+    exp.Ntile,
+    exp.PercentRank,
+    exp.CumeDist,
+)
 
 
 def _called(name: str) -> str:
