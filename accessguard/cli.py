@@ -120,12 +120,25 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     )
     who.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
     who.add_argument("--format", default="text", choices=["text", "json"])
+    _engine_options(who)
 
     what = audit_sub.add_parser("what-read", help="every customer one employee read")
     _source_options(what)
     what.add_argument("--user", required=True, help="the employee")
     what.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
     what.add_argument("--format", default="text", choices=["text", "json"])
+    _engine_options(what)
+
+    export = audit_sub.add_parser(
+        "subject-export", help="everything read about one customer (GDPR Art. 15), in one document"
+    )
+    _source_options(export)
+    export.add_argument("--customer", required=True, help="the customer id")
+    export.add_argument("--product", action="store_true", help="--customer names a product")
+    export.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
+    export.add_argument("--format", default="text", choices=["text", "json", "html"])
+    export.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
+    _engine_options(export)
 
     report = audit_sub.add_parser("report", help="write a self-contained HTML report")
     _source_options(report)
@@ -138,6 +151,12 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--audit", type=Path, help="a JSON-lines audit file")
     source.add_argument("--dsn", help="the PostgreSQL sink")
+
+
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    from accessguard.investigations.command import add_options
+
+    add_options(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,6 +343,10 @@ def _investigate(args: argparse.Namespace) -> int:
 
     from accessguard import investigate
 
+    if args.audit_command != "report":  # pushed down to an engine (DuckDB or SQL)
+        from accessguard.investigations.command import run
+
+        return run(args)
     if args.dsn is not None:
         from accessguard.pgsink import read_events as read_pg
 

@@ -38,7 +38,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,37 +55,71 @@ PRODUCTS = range(1, 2001)
 #: (sql, tables, columns, rows range) per ticket kind; %s is the ticket's subject
 TEMPLATES: dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[int, int]]]] = {
     "order_issue": [
-        ("SELECT id, name, email FROM customers WHERE id = %s", ("customers",),
-         ("customers.email", "customers.id", "customers.name"), (1, 1)),
-        ("SELECT id, status, total_cents FROM orders WHERE customer_id = %s", ("orders",),
-         ("orders.customer_id", "orders.id", "orders.status", "orders.total_cents"), (1, 12)),
-        ("SELECT id, amount_cents, card_last4 FROM payments WHERE customer_id = %s",
-         ("payments",), ("payments.amount_cents", "payments.card_last4",
-                         "payments.customer_id", "payments.id"), (1, 8)),
+        (
+            "SELECT id, name, email FROM customers WHERE id = %s",
+            ("customers",),
+            ("customers.email", "customers.id", "customers.name"),
+            (1, 1),
+        ),
+        (
+            "SELECT id, status, total_cents FROM orders WHERE customer_id = %s",
+            ("orders",),
+            ("orders.customer_id", "orders.id", "orders.status", "orders.total_cents"),
+            (1, 12),
+        ),
+        (
+            "SELECT id, amount_cents, card_last4 FROM payments WHERE customer_id = %s",
+            ("payments",),
+            ("payments.amount_cents", "payments.card_last4", "payments.customer_id", "payments.id"),
+            (1, 8),
+        ),
     ],
     "review_abuse": [
-        ("SELECT id, rating, body FROM reviews WHERE product_id = %s", ("reviews",),
-         ("reviews.body", "reviews.id", "reviews.product_id", "reviews.rating"), (1, 40)),
+        (
+            "SELECT id, rating, body FROM reviews WHERE product_id = %s",
+            ("reviews",),
+            ("reviews.body", "reviews.id", "reviews.product_id", "reviews.rating"),
+            (1, 40),
+        ),
     ],
     "account_recovery": [
-        ("SELECT customer_id, banned, reason FROM account_flags WHERE customer_id = %s",
-         ("account_flags",), ("account_flags.banned", "account_flags.customer_id",
-                              "account_flags.reason"), (1, 1)),
-        ("SELECT id, name FROM customers WHERE id = %s", ("customers",),
-         ("customers.id", "customers.name"), (1, 1)),
+        (
+            "SELECT customer_id, banned, reason FROM account_flags WHERE customer_id = %s",
+            ("account_flags",),
+            ("account_flags.banned", "account_flags.customer_id", "account_flags.reason"),
+            (1, 1),
+        ),
+        (
+            "SELECT id, name FROM customers WHERE id = %s",
+            ("customers",),
+            ("customers.id", "customers.name"),
+            (1, 1),
+        ),
     ],
 }
-CONTACT = ("SELECT id, name, email, phone FROM customers WHERE id = %s", ("customers",),
-           ("customers.email", "customers.id", "customers.name", "customers.phone"), (1, 1))
-BULK = ("SELECT id, status, total_cents FROM orders WHERE customer_id = %s",) + TEMPLATES[
-    "order_issue"][1][1:3] + ((150, 490),)
+CONTACT = (
+    "SELECT id, name, email, phone FROM customers WHERE id = %s",
+    ("customers",),
+    ("customers.email", "customers.id", "customers.name", "customers.phone"),
+    (1, 1),
+)
+BULK = (*TEMPLATES["order_issue"][1][:3], (150, 490))
 REFUSED = ("SELECT card_token FROM payments WHERE customer_id = %s", "SELECT name FROM customers")
-UNSCOPED = ("SELECT product_id, units FROM sales_metrics WHERE day = %s",
-            "SELECT title, price_cents FROM products WHERE id = %s")
-ROLE_KIND = {"support_agent": "order_issue", "trust_safety": "review_abuse",
-             "account_specialist": "account_recovery"}
-INSIDERS = {"bulk_reader": "agent03", "heavy_reader": "agent07",
-            "canary_toucher": "agent11", "ticket_churner": "agent15"}
+UNSCOPED = (
+    "SELECT product_id, units FROM sales_metrics WHERE day = %s",
+    "SELECT title, price_cents FROM products WHERE id = %s",
+)
+ROLE_KIND = {
+    "support_agent": "order_issue",
+    "trust_safety": "review_abuse",
+    "account_specialist": "account_recovery",
+}
+INSIDERS = {
+    "bulk_reader": "agent03",
+    "heavy_reader": "agent07",
+    "canary_toucher": "agent11",
+    "ticket_churner": "agent15",
+}
 
 
 @dataclass(slots=True)
@@ -120,11 +154,11 @@ def employees(n: int) -> dict[str, str]:
     roles = {}
     for i in range(n):
         share = i / n
-        if share < 0.7:  # noqa: PLR2004
+        if share < 0.7:
             roles[f"agent{i + 1:02d}"] = "support_agent"
-        elif share < 0.82:  # noqa: PLR2004
+        elif share < 0.82:
             roles[f"tns{i + 1:02d}"] = "trust_safety"
-        elif share < 0.93:  # noqa: PLR2004
+        elif share < 0.93:
             roles[f"acct{i + 1:02d}"] = "account_specialist"
         else:
             roles[f"analyst{i + 1:02d}"] = "analyst"
@@ -194,6 +228,7 @@ def timeline(i: int, name: str, role: str, plan: Plan) -> Iterator[tuple[Any, ..
 
 def _own_tickets(name: str, day: int, plan: Plan) -> list[tuple[int, int]]:
     """(subject, minutes open) of the tickets an insider assigns themselves on ``day``."""
+
     def share(total: int) -> int:
         return total // plan.days + (1 if day < total % plan.days else 0)
 
@@ -214,12 +249,19 @@ class Truth:
         self.tickets: dict[str, dict[str, Any]] = {}
         self.allowed = self.scoped = self.statements = 0
 
-    def read(self, key: tuple[str, str, str, str, int], template: tuple[Any, ...],
-             rows: int, when: float) -> None:
+    def read(
+        self, key: tuple[str, str, str, str, int], template: tuple[Any, ...], rows: int, when: float
+    ) -> None:
         entry = self.reads.get(key)
         if entry is None:
-            entry = self.reads[key] = {"statements": 0, "rows": 0, "columns": set(),
-                                       "tables": set(), "first": when, "last": when}
+            entry = self.reads[key] = {
+                "statements": 0,
+                "rows": 0,
+                "columns": set(),
+                "tables": set(),
+                "first": when,
+                "last": when,
+            }
         entry["statements"] += 1
         entry["rows"] += rows
         entry["columns"].update(template[2])
@@ -234,18 +276,31 @@ class Truth:
             return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
 
         reads = [
-            {"user": u, "roles": sorted({roles[u], "everyone"}), "ticket": t, "ticket_kind": k,
-             "scope": s, "subject": i, "statements": e["statements"], "rows": e["rows"],
-             "columns": sorted(e["columns"]), "tables": sorted(e["tables"]),
-             "first": iso(e["first"]), "last": iso(e["last"])}
+            {
+                "user": u,
+                "roles": sorted({roles[u], "everyone"}),
+                "ticket": t,
+                "ticket_kind": k,
+                "scope": s,
+                "subject": i,
+                "statements": e["statements"],
+                "rows": e["rows"],
+                "columns": sorted(e["columns"]),
+                "tables": sorted(e["tables"]),
+                "first": iso(e["first"]),
+                "last": iso(e["last"]),
+            }
             for (u, t, k, s, i), e in sorted(self.reads.items())
         ]
         return {
-            "statements": self.statements, "allowed": self.allowed,
+            "statements": self.statements,
+            "allowed": self.allowed,
             "allowed_on_customer_data": self.scoped,
             "refused": dict(sorted(self.refused.items())),
-            "insiders": INSIDERS, "employees": roles,
-            "tickets": list(self.tickets.values()), "reads": reads,
+            "insiders": INSIDERS,
+            "employees": roles,
+            "tickets": list(self.tickets.values()),
+            "reads": reads,
         }
 
 
@@ -262,17 +317,38 @@ class Desk:
         if what == "open":
             ticket_id, kind, subject, own = action[4:8]
             scope = "product" if kind == "review_abuse" else "customer"
-            self.store.put(Ticket(id=ticket_id, assignee=name, kind=kind, status="open",
-                                  **{f"{scope}_id": subject}))
+            self.store.put(
+                Ticket(
+                    id=ticket_id,
+                    assignee=name,
+                    kind=kind,
+                    status="open",
+                    **{f"{scope}_id": subject},
+                )
+            )
             self.truth.tickets[ticket_id] = {
-                "id": ticket_id, "assignee": name, "kind": kind, "scope": scope,
-                "subject": subject, "self_assigned": own, "opened": action[0], "closed": None}
+                "id": ticket_id,
+                "assignee": name,
+                "kind": kind,
+                "scope": scope,
+                "subject": subject,
+                "self_assigned": own,
+                "opened": action[0],
+                "closed": None,
+            }
         elif what == "close":
             old = self.store.get(action[4])
             assert old is not None  # noqa: S101 - opened above
-            self.store.put(Ticket(id=old.id, assignee=old.assignee, kind=old.kind,
-                                  status="closed", customer_id=old.customer_id,
-                                  product_id=old.product_id))
+            self.store.put(
+                Ticket(
+                    id=old.id,
+                    assignee=old.assignee,
+                    kind=old.kind,
+                    status="closed",
+                    customer_id=old.customer_id,
+                    product_id=old.product_id,
+                )
+            )
             self.truth.tickets[old.id]["closed"] = action[0]
         elif what == "free":
             self.send(name, None, UNSCOPED[0], [action[4]])
@@ -286,18 +362,18 @@ class Desk:
         if roll < 1 / self.plan.refuse_every:
             self.send(name, ticket_id, REFUSED[0], [subject])
             return
-        if roll > 0.97:  # noqa: PLR2004 - a product page: no customer data
+        if roll > 0.97:
             self.send(name, ticket_id, UNSCOPED[1], [self.rng.choice(PRODUCTS)])
             return
         if template is None:
-            bulk = name == INSIDERS["bulk_reader"] and roll < 0.4  # noqa: PLR2004
+            bulk = name == INSIDERS["bulk_reader"] and roll < 0.4
             template = BULK if bulk else self.rng.choice(TEMPLATES[kind])
         ok = self.send(name, ticket_id, template[0], [subject])
         if ok is None or ok.tally is None:
             return
         low, high = template[3]
         rows = self.rng.randint(low, high)
-        if template is BULK and self.rng.random() < 0.03:  # noqa: PLR2004
+        if template is BULK and self.rng.random() < 0.03:
             rows = self.rng.randint(600, 900)
         self.truth.scoped += 1
         if ok.row_cap is not None and rows > ok.row_cap:
@@ -320,8 +396,15 @@ class Desk:
         return ok
 
 
-def generate(out: Path, *, statements: int, employees_n: int = 60, days: int = 30,
-             seed: int = 7, dsn: str | None = None) -> dict[str, Any]:
+def generate(  # noqa: PLR0913 - keyword-only sizes
+    out: Path,
+    *,
+    statements: int,
+    employees_n: int = 60,
+    days: int = 30,
+    seed: int = 7,
+    dsn: str | None = None,
+) -> dict[str, Any]:
     """Write OUT/trail.jsonl (and the PostgreSQL sink at ``dsn``); return the ground truth."""
     out.mkdir(parents=True, exist_ok=True)
     roles = employees(employees_n)
@@ -329,8 +412,13 @@ def generate(out: Path, *, statements: int, employees_n: int = 60, days: int = 3
     working = [n for n, r in roles.items() if r != "analyst"]
     per_employee = statements / (len(roles) + 3)  # the heavy reader makes four shares
     scale = statements / 2_100_000
-    plan = Plan(days=days, gap=days * 10 * 3600 * 0.93 / per_employee,
-                churn=max(3, round(315 * scale)), canary=max(3, round(128 * scale)), seed=seed)
+    plan = Plan(
+        days=days,
+        gap=days * 10 * 3600 * 0.93 / per_employee,
+        churn=max(3, round(315 * scale)),
+        canary=max(3, round(128 * scale)),
+        seed=seed,
+    )
     trail = out / "trail.jsonl"
     trail.unlink(missing_ok=True)
     sinks: list[Any] = [JsonlSink(trail, fsync=False)]
@@ -342,8 +430,14 @@ def generate(out: Path, *, statements: int, employees_n: int = 60, days: int = 3
         sinks.append(pg)
     batches = Batches(sinks)
     clock, store = Clock(), MemoryTicketStore()
-    guard = Guard.from_directory(policies, tickets=store, audit=batches, clock=clock.utc,
-                                 throttle_clock=lambda: clock.now, ledger_interval=1e6)
+    guard = Guard.from_directory(
+        policies,
+        tickets=store,
+        audit=batches,
+        clock=clock.utc,
+        throttle_clock=lambda: clock.now,
+        ledger_interval=1e6,
+    )
     desk = Desk(guard, store, plan)
     names = list(roles)
     window: int | None = None
@@ -366,8 +460,14 @@ def generate(out: Path, *, statements: int, employees_n: int = 60, days: int = 3
             close()
     truth = desk.truth.as_json(roles)
     truth["events"] = batches.count
-    truth["params"] = {"statements": statements, "employees": employees_n, "days": days,
-                       "seed": seed, "working": len(working), "start": START.isoformat()}
+    truth["params"] = {
+        "statements": statements,
+        "employees": employees_n,
+        "days": days,
+        "seed": seed,
+        "working": len(working),
+        "start": START.isoformat(),
+    }
     (out / "ground_truth.json").write_text(json.dumps(truth, indent=1), encoding="utf-8")
     return truth
 
@@ -382,13 +482,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", help="also write the PostgreSQL sink there")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    truth = generate(args.out, statements=args.statements, employees_n=args.employees,
-                     days=args.days, seed=args.seed, dsn=args.dsn)
+    truth = generate(
+        args.out,
+        statements=args.statements,
+        employees_n=args.employees,
+        days=args.days,
+        seed=args.seed,
+        dsn=args.dsn,
+    )
     took = time.perf_counter() - started
-    print(json.dumps({k: truth[k] for k in ("statements", "allowed", "allowed_on_customer_data",
-                                            "refused", "events")}, indent=1))
-    print(f"{len(truth['tickets'])} tickets, {len(truth['reads'])} (employee, ticket, subject)"
-          f" groups, {took:.0f} s", file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                k: truth[k]
+                for k in ("statements", "allowed", "allowed_on_customer_data", "refused", "events")
+            },
+            indent=1,
+        )
+    )
+    print(
+        f"{len(truth['tickets'])} tickets, {len(truth['reads'])} (employee, ticket, subject)"
+        f" groups, {took:.0f} s",
+        file=sys.stderr,
+    )
     return 0
 
 
