@@ -115,10 +115,10 @@ ROLE_KIND = {
     "account_specialist": "account_recovery",
 }
 INSIDERS = {
-    "bulk_reader": "agent03",
-    "heavy_reader": "agent07",
-    "canary_toucher": "agent11",
-    "ticket_churner": "agent15",
+    "bulk_reader": "agent02",
+    "heavy_reader": "agent03",
+    "canary_toucher": "agent04",
+    "ticket_churner": "agent05",
 }
 
 
@@ -219,10 +219,10 @@ def timeline(i: int, name: str, role: str, plan: Plan) -> Iterator[tuple[Any, ..
                 n += 1
                 yield (t, i, n, "read", ticket, template, subject)
             n += 1
-            yield (t, i, n, "close", ticket)
+            yield (stop, i, n, "close", ticket)
             if rng.random() < 0.5:  # a stale tab reads once more after the ticket closed
                 n += 1
-                yield (t + 5, i, n, "read", ticket, template, subject)
+                yield (stop + 5, i, n, "read", ticket, template, subject)
             t += rng.uniform(60, 900)
 
 

@@ -11,7 +11,7 @@ import datetime as dt
 import html
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     try:
         if args.audit_command == "subject-export":
             export = subject_export(engine, customer=_id(args.customer), window=window, scope=scope)
-            _write_export(export, args, out)
+            write_export(export, args, out)
             return 0
         rows: list[Reader] | list[Touch]
         if args.audit_command == "who-read":
@@ -108,7 +108,7 @@ def _id(text: str) -> int:
 # ---------------------------------------------------------------------- export
 
 
-def _write_export(export: Export, args: argparse.Namespace, out: IO[str]) -> None:
+def write_export(export: Export, args: argparse.Namespace, out: IO[str]) -> None:
     target: Path | None = getattr(args, "out", None)
     fmt = args.format
     if target is not None:
@@ -255,14 +255,14 @@ def _in_python(args: argparse.Namespace, window: Window, scope: str, out: IO[str
     export = Export(
         scope=scope, subject=customer, window=window, readers=readers, entries=iter(entries)
     )
-    _write_export(export, args, out)
+    write_export(export, args, out)
     return 0
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _entry(event: dict[str, Any]) -> Entry:
+def _entry(event: Mapping[str, Any]) -> Entry:
     def count(value: object) -> int:
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 

@@ -25,7 +25,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import duckdb
 
@@ -283,7 +283,7 @@ class Index:
             return {"version": INDEX_VERSION, "offset": 0, "head": None, "parts": [], "tail": None}
         return state
 
-    def _still(self, state: dict[str, Any], fh: Any, size: int, head: str) -> bool:
+    def _still(self, state: dict[str, Any], fh: BinaryIO, size: int, head: str) -> bool:
         """Whether the indexed bytes are still the trail's first bytes."""
         offset = state["offset"]
         if offset == 0:
@@ -292,7 +292,7 @@ class Index:
             return False
         return bool(state["tail"] == _digest(fh, max(0, offset - _PROBE), offset))
 
-    def _ingest(self, fh: Any, start: int, end: int) -> str | None:
+    def _ingest(self, fh: BinaryIO, start: int, end: int) -> str | None:
         name = f"part-{start:015d}-{end:015d}.parquet"
         chunk = self.root / f".chunk-{os.getpid()}.jsonl"
         try:
@@ -338,12 +338,12 @@ class Index:
         temp.replace(self.manifest)
 
 
-def _digest(fh: Any, start: int, end: int) -> str:
+def _digest(fh: BinaryIO, start: int, end: int) -> str:
     fh.seek(start)
     return hashlib.sha256(fh.read(end - start)).hexdigest()
 
 
-def _line_end(fh: Any, start: int, stop: int) -> int:
+def _line_end(fh: BinaryIO, start: int, stop: int) -> int:
     """The offset just after the last newline in [start, stop) (``start`` if none)."""
     step = 1 << 16
     pos = stop
