@@ -409,3 +409,17 @@ def test_text_export_streams(month: Month) -> None:
     text = buffer.getvalue()
     assert text.startswith("customer 150: read by")
     assert text.count(INSIDERS["canary_toucher"]) >= 2
+
+
+def test_an_index_that_cannot_be_kept_falls_back_to_a_scan(
+    month: Month, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where the index cannot be written, the trail is scanned, the same answer, and it says so."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("", encoding="utf-8")
+    argv = ["audit", "who-read", "--audit", str(month.trail), "--customer", "150"]
+    assert main([*argv, "--index", str(blocker / "index")]) == 0
+    out, err = capsys.readouterr()
+    assert "cannot keep the index" in err
+    assert main([*argv, "--no-index"]) == 0
+    assert capsys.readouterr().out == out

@@ -75,6 +75,9 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         index=getattr(args, "index", None),
         use_index=not getattr(args, "no_index", False),
     )
+    note = getattr(engine, "note", None)
+    if note:
+        sys.stderr.write(f"accessguard: {note}\n")
     try:
         if args.audit_command == "subject-export":
             export = subject_export(engine, customer=_id(args.customer), window=window, scope=scope)

@@ -137,9 +137,18 @@ class TrailEngine:
         self._con = _connect(memory, self.index if use_index else None)
         self._parts: list[str] | None = None
         self.name = "duckdb (JSON lines, no index)"
+        #: said to the user when the index could not be kept (the trail is scanned instead)
+        self.note: str | None = None
         if use_index:
-            self._parts = Index(self.trail, self.index, self._con).update()
-            self.name = f"duckdb index {self.index}"
+            try:
+                self._parts = Index(self.trail, self.index, self._con).update()
+            except OSError as exc:
+                self.note = (
+                    f"cannot keep the index {self.index} ({exc.strerror or exc}): scanning the whole "
+                    "trail instead (--index DIR puts it elsewhere)"
+                )
+            else:
+                self.name = f"duckdb index {self.index}"
 
     # ------------------------------------------------------------------ questions
 
