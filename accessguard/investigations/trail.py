@@ -144,8 +144,8 @@ class TrailEngine:
                 self._parts = Index(self.trail, self.index, self._con).update()
             except OSError as exc:
                 self.note = (
-                    f"cannot keep the index {self.index} ({exc.strerror or exc}): scanning the whole "
-                    "trail instead (--index DIR puts it elsewhere)"
+                    f"cannot keep the index {self.index} ({exc.strerror or exc}): scanning "
+                    "the whole trail instead (--index DIR puts it elsewhere)"
                 )
             else:
                 self.name = f"duckdb index {self.index}"
