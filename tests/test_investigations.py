@@ -191,6 +191,25 @@ class TestIndex:
             engine.close()
         assert [(r.user, r.statements) for r in rows] == [("zed", 2)]
 
+    def test_parts_are_merged_and_answers_kept(self, tmp_path: Path) -> None:
+        """Many small updates are merged into few parts; nothing is counted twice or lost."""
+        trail = tmp_path / "trail.jsonl"
+        sink = JsonlSink(trail, fsync=False)
+        for n in range(12):
+            sink.write([_ledger(user=f"u{n % 3}", subject=7, statements=n + 1)])
+            open_engine(audit=trail).close()
+        manifest = json.loads((tmp_path / "trail.jsonl.index" / "manifest.json").read_text())
+        assert len(manifest["parts"]) <= 8
+        engine = open_engine(audit=trail)
+        try:
+            rows = who_read(engine, customer=7, window=Window())
+        finally:
+            engine.close()
+        assert rows == investigate.who_read(
+            investigate.events_from_file(trail), customer=7, since=None
+        )
+        assert sum(r.statements for r in rows) == sum(range(1, 13))
+
     def test_a_torn_last_line_waits(self, tmp_path: Path) -> None:
         """A line still being written is not indexed until its newline arrives."""
         trail = tmp_path / "trail.jsonl"
