@@ -140,6 +140,13 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     export.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
     _engine_options(export)
 
+    index = audit_sub.add_parser(
+        "index",
+        help="bring the trail's index (TRAIL.index) or the sink's hourly rollup up to date",
+    )
+    _source_options(index)
+    index.add_argument("--index", type=Path, default=None, help="where the trail's index lives")
+
     report = audit_sub.add_parser("report", help="write a self-contained HTML report")
     _source_options(report)
     report.add_argument("--out", required=True, type=Path, help="the HTML file to write")

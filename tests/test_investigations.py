@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from casefiles import PgServerLike
 from psycopg import sql
@@ -33,6 +34,8 @@ from accessguard.investigations import (
     who_read,
 )
 from accessguard.investigations import command as command_module
+from accessguard.investigations.rollup import refresh
+from accessguard.investigations.sink import SinkEngine
 from accessguard.pgsink import PostgresSink
 from benchmarks.month import INSIDERS, generate
 
@@ -44,6 +47,14 @@ WINDOWS = {
     ),
     "from-noon": Window(start=dt.datetime(2026, 11, 3, 12, tzinfo=UTC)),
     "until-noon": Window(end=dt.datetime(2026, 11, 3, 12, tzinfo=UTC)),
+    "minutes": Window(
+        start=dt.datetime(2026, 11, 3, 9, 17, 5, tzinfo=UTC),
+        end=dt.datetime(2026, 11, 4, 15, 42, 30, tzinfo=UTC),
+    ),
+    "in-one-hour": Window(
+        start=dt.datetime(2026, 11, 3, 10, 5, tzinfo=UTC),
+        end=dt.datetime(2026, 11, 3, 10, 55, tzinfo=UTC),
+    ),
 }
 
 
@@ -74,6 +85,12 @@ def month(pg_server: PgServerLike, tmp_path_factory: pytest.TempPathFactory) -> 
         out = tmp_path_factory.mktemp("month")
         dsn = pg_server.dsn(name)
         truth = generate(out, statements=4000, employees_n=20, days=3, dsn=dsn)
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT max(id) FROM accessguard.events").fetchone()
+        assert row is not None
+        # the rollup holds two thirds of the month; the rest is read from the events table
+        rolled = refresh(dsn, step=700, until=row[0] * 2 // 3)
+        assert rolled.rows > 0
         trail = out / "trail.jsonl"
         yield Month(trail, dsn, truth, investigate.events_from_file(trail))
     finally:
@@ -83,11 +100,12 @@ def month(pg_server: PgServerLike, tmp_path_factory: pytest.TempPathFactory) -> 
             )
 
 
-@pytest.fixture(params=["index", "scan", "sink"])
+@pytest.fixture(params=["index", "scan", "sink", "rollup"])
 def engine(request: pytest.FixtureRequest, month: Month, tmp_path: Path) -> Iterator[Engine]:
-    """Each engine over the same month: the trail's index, a plain DuckDB scan, the sink."""
-    if request.param == "sink":
-        made = open_engine(dsn=month.dsn)
+    """Each engine over one month: the trail index, a DuckDB scan, the sink, its rollup."""
+    if request.param in {"sink", "rollup"}:
+        made: Engine = SinkEngine(month.dsn, rollup=request.param == "rollup")
+        assert ("ledger_hours" in made.name) == (request.param == "rollup")
     else:
         made = open_engine(
             audit=month.trail, index=tmp_path / "index", use_index=request.param == "index"
@@ -262,6 +280,7 @@ ODD = [
         **{"accessguard.last": "2026-11-06T09:00:00", "accessguard.first": "2026-11-01T00:00:00"},
     ),
     _ledger(user="odd", subject="ab" * 32, statements=8),
+    _ledger(user="odd", subject=42, statements=12, **{"accessguard.columns": ["x", 1, True, None]}),
     _ledger(user="odd", subject=None, statements=9),
     _ledger(user="odd", subject=42, statements=10, **{"event.action": "query"}),
     _ledger(user="odd", subject=42, statements=11, **{"accessguard.subject.kind": "product"}),

@@ -15,6 +15,7 @@ or after ``start`` and before ``end``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, Protocol
@@ -173,6 +174,16 @@ def utc(when: dt.datetime | None) -> dt.datetime | None:
     if when is None:
         return None
     return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+
+
+def strs(value: object) -> tuple[str, ...]:
+    """A JSON array's elements as ``investigate`` reads them (``str`` of each); else ()."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return ()
+    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
 
 
 def subject_of(text: str) -> Subject:

@@ -29,9 +29,9 @@ from typing import Any, BinaryIO
 
 import duckdb
 
-from accessguard.investigations.core import Entry, Group, Window, utc
+from accessguard.investigations.core import Entry, Group, Window, strs, utc
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: arrays kept as JSON text
 MAX_PARTS = 8
 CHUNK = 128 * 1024 * 1024  # bytes of trail per indexing step
 _PROBE = 4096  # bytes hashed at the head of the trail and before the indexed offset
@@ -57,10 +57,8 @@ _FIELDS = {
 
 
 def _strings(name: str) -> str:
-    return (
-        f"CASE WHEN json_type(\"{name}\") = 'ARRAY' "
-        f'THEN from_json("{name}", \'["VARCHAR"]\') ELSE []::VARCHAR[] END'
-    )
+    # kept as JSON text: Python reads the elements as investigate does (str() of each)
+    return f"CASE WHEN json_type(\"{name}\") = 'ARRAY' THEN \"{name}\"::VARCHAR ELSE '[]' END"
 
 
 def _count(name: str) -> str:
@@ -97,11 +95,9 @@ LEDGER_SQL = _LEDGER.replace("{COLUMNS}", _COLUMNS)
 
 _GROUP = """
 SELECT user_name, ticket_id, ticket_kind, subject_kind, subject_id,
-       sum(statements)::BIGINT, sum(rows)::BIGINT,
-       list_distinct(flatten(list(columns))), list_distinct(flatten(list(tables))),
-       list_distinct(flatten(list(roles))), min(first), max(ts)
+       sum(statements)::BIGINT, sum(rows)::BIGINT, columns, tables, roles, min(first), max(ts)
 FROM {source} WHERE {where}
-GROUP BY ALL
+GROUP BY user_name, ticket_id, ticket_kind, subject_kind, subject_id, columns, tables, roles
 """
 _ENTRIES = """
 SELECT first, ts, user_name, roles, ticket_id, ticket_kind, tables, columns,
@@ -166,7 +162,7 @@ class TrailEngine:
                 _GROUP.format(source=source, where=where), [*head, *params]
             ).fetchall()
         return [
-            Group(u, t, k, s, i, st, rw, tuple(c), tuple(tb), tuple(r), f, last)
+            Group(u, t, k, s, i, st, rw, strs(c), strs(tb), strs(r), f, last)
             for u, t, k, s, i, st, rw, c, tb, r, f, last in rows
         ]
 
@@ -191,11 +187,11 @@ class TrailEngine:
                         first=utc(f),
                         last=utc(last),
                         user=u,
-                        roles=tuple(sorted(roles)),
+                        roles=tuple(sorted(strs(roles))),
                         ticket=t,
                         ticket_kind=k,
-                        tables=tuple(tables),
-                        columns=tuple(cols),
+                        tables=strs(tables),
+                        columns=strs(cols),
                         statements=st,
                         rows=rw,
                         fingerprint=fp,
