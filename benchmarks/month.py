@@ -134,8 +134,8 @@ class Batches:
     """A sink that hands events on in large batches (the same events, chained by each sink)."""
 
     def __init__(self, sinks: list[AuditSink], size: int = 5000) -> None:
-        self.sinks, self.size, self.held, self.count = sinks, size, [], 0
-        self.held: list[Event]
+        self.sinks, self.size, self.count = sinks, size, 0
+        self.held: list[Event] = []
 
     def write(self, events: list[Event]) -> None:
         self.held.extend(events)
