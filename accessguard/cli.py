@@ -161,9 +161,20 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:
-    from accessguard.investigations.command import add_options
-
-    add_options(parser)
+    """--from/--until and the trail index's options (accessguard.investigations)."""
+    parser.add_argument(
+        "--from",
+        dest="from_",
+        metavar="WHEN",
+        help="only entries at or after WHEN (ISO 8601 date or date-time; UTC unless it says)",
+    )
+    parser.add_argument("--until", metavar="WHEN", help="only entries before WHEN (ISO 8601)")
+    parser.add_argument(
+        "--index", type=Path, default=None, help="the trail's index (default: TRAIL.index)"
+    )
+    parser.add_argument(
+        "--no-index", action="store_true", help="scan the trail's JSON lines, keep no index"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,28 +35,6 @@ FALLBACK = (
 )
 
 
-def add_options(parser: argparse.ArgumentParser) -> None:
-    """--from/--until and the index options, shared by the three questions."""
-    parser.add_argument(
-        "--from",
-        dest="from_",
-        metavar="WHEN",
-        help="only entries at or after WHEN (ISO 8601 date or date-time; UTC unless it says)",
-    )
-    parser.add_argument("--until", metavar="WHEN", help="only entries before WHEN (ISO 8601)")
-    parser.add_argument(
-        "--index",
-        type=Path,
-        default=None,
-        help="where the trail's index lives (default: TRAIL.index beside it)",
-    )
-    parser.add_argument(
-        "--no-index",
-        action="store_true",
-        help="scan the trail's JSON lines with DuckDB instead of keeping an index",
-    )
-
-
 def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     """Answer one question; 0 on success (ValueError/OSError for the CLI to report)."""
     out = out or sys.stdout
