@@ -22,6 +22,7 @@ rows-per-statement limit needs rows and a database: it is not tested here.
 from __future__ import annotations
 
 import argparse
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -120,6 +121,8 @@ class PolicyTestReport:
     policy_lines: int
     #: files that are not valid test files, each "path:line: problem"
     errors: tuple[str, ...] = ()
+    #: ``p`` lines that a passing allowed case used
+    covered: tuple[PolicyLine, ...] = ()
 
     @property
     def failed(self) -> tuple[CaseResult, ...]:
@@ -165,6 +168,46 @@ class PolicyTestReport:
             out.append(f"ok: {total} cases passed")
         return "\n".join(out)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (``accessguard test --format json``)."""
+        per_file: dict[Path, Counter[bool]] = {}
+        for result in self.results:
+            per_file.setdefault(result.case.path, Counter())[result.passed] += 1
+        return {
+            "ok": self.exit_code == EXIT_OK,
+            "errors": list(self.errors),
+            "files": [
+                {"path": str(path), "passed": c[True], "failed": c[False]}
+                for path, c in per_file.items()
+            ],
+            "failures": [_failure(r) for r in self.failed],
+            "coverage": {
+                "policy_lines": self.policy_lines,
+                "used": [_line_dict(line) for line in self.covered],
+                "unused": [_line_dict(line) for line in self.uncovered],
+            },
+        }
+
+
+def _failure(result: CaseResult) -> dict[str, Any]:
+    case = result.case
+    return {
+        "file": str(case.path),
+        "line": case.line,
+        "case": case.index,
+        "name": case.name,
+        "user": case.user,
+        "ticket": case.ticket,
+        "sql": case.sql,
+        "expected": {"outcome": case.expect, "reason": case.reason},
+        "actual": {"outcome": result.outcome, "reason": result.reason},
+        "message": result.message or None,
+    }
+
+
+def _line_dict(line: PolicyLine) -> dict[str, Any]:
+    return {"path": line.path, "line": line.line, "text": line.text}
+
 
 def run_policy_tests(policies_dir: Path, files: Sequence[Path]) -> PolicyTestReport:
     """Run every case of ``files`` against ``policies_dir``; PolicyError if the policy is bad."""
@@ -181,8 +224,13 @@ def run_policy_tests(policies_dir: Path, files: Sequence[Path]) -> PolicyTestRep
         results += _run_file(policies_dir, tickets, cases, used)
     lines = policy_lines(policy)
     uncovered = tuple(line for key, line in lines.items() if key not in used)
+    covered = tuple(line for key, line in lines.items() if key in used)
     return PolicyTestReport(
-        results=tuple(results), uncovered=uncovered, policy_lines=len(lines), errors=tuple(errors)
+        results=tuple(results),
+        uncovered=uncovered,
+        policy_lines=len(lines),
+        errors=tuple(errors),
+        covered=covered,
     )
 
 
@@ -375,14 +423,10 @@ def explain(  # noqa: PLR0913 - the options of `accessguard check`
     Shows bound subject ids (the scope), never a string literal: the sent SQL
     has every literal as ``?``, the ticket's subject id filled in.
     """
-    if dialect == "postgres" and params is not None:
-        sql, params = _native(sql, params if isinstance(params, Mapping) else tuple(params))
-    policy = guard.policy
-    found = guard.tickets.get(ticket) if ticket is not None else None
-    roles = policy.roles_of(user)
-    context = Context(user=user, roles=roles, ticket_id=ticket, ticket=found, params=params)
-    facts = guard.analyze(sql, dialect=dialect, params=params is not None)
-    decision = decide(facts, context, policy)
+    context, facts, decision = _explained(
+        guard, sql, user=user, ticket=ticket, dialect=dialect, params=params
+    )
+    policy, roles = guard.policy, context.roles
     out = [
         f"employee:  {user} (roles: {', '.join(sorted(roles))})",
         f"ticket:    {_ticket_text(context)}",
@@ -407,6 +451,143 @@ def explain(  # noqa: PLR0913 - the options of `accessguard check`
         out.append(f"           {decision.message}")
     out.append(f"sent:      {_sent_text(facts, decision)}")
     return "\n".join(out)
+
+
+def _explained(  # noqa: PLR0913 - the options of `accessguard check`
+    guard: Guard,
+    sql: str,
+    *,
+    user: str,
+    ticket: str | None,
+    dialect: str,
+    params: Sequence[Any] | Mapping[str, Any] | None,
+) -> tuple[Context, Facts, Decision]:
+    if dialect == "postgres" and params is not None:
+        sql, params = _native(sql, params if isinstance(params, Mapping) else tuple(params))
+    policy = guard.policy
+    found = guard.tickets.get(ticket) if ticket is not None else None
+    roles = policy.roles_of(user)
+    context = Context(user=user, roles=roles, ticket_id=ticket, ticket=found, params=params)
+    facts = guard.analyze(sql, dialect=dialect, params=params is not None)
+    return context, facts, decide(facts, context, policy)
+
+
+def explain_data(  # noqa: PLR0913 - the options of `accessguard check`
+    guard: Guard,
+    sql: str,
+    *,
+    user: str,
+    ticket: str | None,
+    dialect: str = "postgres",
+    params: Sequence[Any] | Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What :func:`explain` shows, as JSON-ready data (``accessguard explain --format json``)."""
+    context, facts, decision = _explained(
+        guard, sql, user=user, ticket=ticket, dialect=dialect, params=params
+    )
+    policy = guard.policy
+    analyzed = facts.problem is None
+    sent = _sent_sql(facts, decision)
+    return {
+        "employee": user,
+        "roles": sorted(context.roles),
+        "ticket": _ticket_data(context),
+        "statement": facts.kind,
+        "analysis": None if analyzed else {"reason": str(facts.problem), "detail": facts.detail},
+        "tables": list(facts.table_names) if analyzed else [],
+        "reads": _column_list(facts.reads) if analyzed else [],
+        "writes": _column_list(facts.writes) if analyzed else [],
+        "functions": sorted(facts.functions) if analyzed else [],
+        "row_scope": _scope_data(facts, context) if analyzed else [],
+        "accesses": _access_data(facts, context, policy) if analyzed else [],
+        "decision": {
+            "outcome": decision.outcome,
+            "reason": str(decision.reason) if decision.reason else None,
+            "message": decision.message or None,
+        },
+        # literals as ?; the ticket's subject id filled in only when allowed
+        "sent": sent,
+    }
+
+
+def _ticket_data(context: Context) -> dict[str, Any] | None:
+    ticket = context.ticket
+    if context.ticket_id is None:
+        return None
+    data: dict[str, Any] = {"id": context.ticket_id, "found": ticket is not None}
+    if ticket is not None:
+        data |= {"status": ticket.status, "kind": ticket.kind, "assignee": ticket.assignee}
+        data |= {scope: getattr(ticket, attr) for scope, attr in SCOPE_KINDS.items()}
+    problem = context.ticket_problem
+    data["counts"] = context.valid is not None
+    data["problem"] = (
+        None if problem is None else {"reason": str(problem.reason), "message": problem.message}
+    )
+    return data
+
+
+def _column_list(pairs: frozenset[tuple[str, str]]) -> list[str]:
+    return sorted(f"{t.rsplit('.', 1)[-1]}.{c}" for t, c in pairs)
+
+
+def _scope_data(facts: Facts, context: Context) -> list[dict[str, Any]]:
+    ticket = context.valid
+    out = []
+    for ref in facts.scopes:
+        subject = getattr(ticket, SCOPE_KINDS[ref.scope]) if ticket is not None else None
+        out.append(
+            {
+                "table": ref.table.rsplit(".", 1)[-1],
+                "scope": ref.scope,
+                "bound": bool(ref.values),
+                "values": [_value_data(v, context.params) for v in ref.values],
+                "ticket_subject": subject,
+            }
+        )
+    return out
+
+
+def _value_data(value: Const | Param, params: object) -> dict[str, Any]:
+    if isinstance(value, Const):
+        return {"literal": value.value}
+    key = value.key
+    name = f"${key + 1}" if isinstance(key, int) else f"%({key})s"
+    try:
+        bound = params[key] if isinstance(params, Mapping | Sequence) else None  # type: ignore[index]
+    except (KeyError, IndexError, TypeError):
+        bound = None
+    whole = isinstance(bound, int) and not isinstance(bound, bool)
+    return {"param": name, "bound": bound if whole else None}
+
+
+def _access_data(facts: Facts, context: Context, policy: Policy) -> list[dict[str, Any]]:
+    texts = policy_lines(policy)
+    out = []
+    for access in _accesses(facts):
+        table, column, action = access
+        rules = _allowing(access, context, policy)
+        allowed_by = _line_dict(texts[rules[0].path, rules[0].line]) if rules else None
+        out.append(
+            {
+                "action": action,
+                "table": table.rsplit(".", 1)[-1],
+                "column": column,
+                "allowed_by": allowed_by,
+                "missing": None if rules else _missing(access, context, policy, texts),
+            }
+        )
+    return out
+
+
+def _accesses(facts: Facts) -> list[Access]:
+    accesses: list[Access] = sorted((t, c, "read") for t, c in facts.reads)
+    return accesses + sorted((t, c, "update") for t, c in facts.writes)
+
+
+def _allowing(access: Access, context: Context, policy: Policy) -> list[Rule]:
+    kind = context.valid.kind if context.valid is not None else None
+    rules = policy.rules_for(context.roles, NO_TICKET, access)
+    return rules + (policy.rules_for(context.roles, kind, access) if kind is not None else [])
 
 
 def _ticket_text(context: Context) -> str:
@@ -461,17 +642,14 @@ def _value_text(value: Const | Param, params: object) -> str:
 
 
 def _access_lines(facts: Facts, context: Context, policy: Policy) -> list[str]:
-    accesses: list[Access] = sorted((t, c, "read") for t, c in facts.reads)
-    accesses += sorted((t, c, "update") for t, c in facts.writes)
+    accesses = _accesses(facts)
     texts = policy_lines(policy)
-    kind = context.valid.kind if context.valid is not None else None
     width = max((len(a[1]) + len(a[0].rsplit(".", 1)[-1]) + len(a[2]) for a in accesses), default=0)
     lines = []
     for access in accesses:
         table, column, action = access
         label = f"{action} {table.rsplit('.', 1)[-1]}.{column}".ljust(width + 2)
-        rules = policy.rules_for(context.roles, NO_TICKET, access)
-        rules += policy.rules_for(context.roles, kind, access) if kind is not None else []
+        rules = _allowing(access, context, policy)
         if rules:
             lines.append(f"{label}  allowed by {texts[rules[0].path, rules[0].line]}")
         else:
@@ -507,22 +685,37 @@ def _missing(
     return text
 
 
-def _sent_text(facts: Facts, decision: Decision) -> str:
+def _redacted_sent(facts: Facts) -> str | None:
     if facts.sent is None:
-        return "(nothing: the statement is refused before it is rewritten)"
+        return None
     # psycopg's %s placeholders survive the redaction as one word
     text = redact(
         facts.sent.replace("%s", "__ag_param__").replace("%%", "%"), dialect=facts.dialect
     )
+    return None if text is None else text.replace("__ag_param__", "%s")
+
+
+def _sent_sql(facts: Facts, decision: Decision) -> str | None:
+    """The SQL to be sent, literals as ``?``, the subject ids filled in when allowed."""
+    text = _redacted_sent(facts)
+    if text is None:
+        return None
+    if decision.allowed:
+        for scope, subject in decision.subjects:
+            text = text.replace(subject_marker(scope), str(int(subject)))
+    return text
+
+
+def _sent_text(facts: Facts, decision: Decision) -> str:
+    if facts.sent is None:
+        return "(nothing: the statement is refused before it is rewritten)"
+    text = _sent_sql(facts, decision)
     if text is None:
         return "(the rewritten statement cannot be shown)"
-    text = text.replace("__ag_param__", "%s")
     if not decision.allowed:
         return (
             f"{text}\n           (refused: {subject_marker('<scope>')} stands for the ticket's id)"
         )
-    for scope, subject in decision.subjects:
-        text = text.replace(subject_marker(scope), str(int(subject)))
     return f"{text}\n           (literals shown as ?)"
 
 
@@ -530,19 +723,27 @@ def _sent_text(facts: Facts, decision: Decision) -> str:
 
 
 def policy_test_command(args: argparse.Namespace) -> tuple[int, str]:
-    """``accessguard test --policies DIR FILE...``."""
+    """``accessguard test --policies DIR FILE... [--format json]``."""
     report = run_policy_tests(args.policies, args.files)
+    if getattr(args, "format", "text") == "json":
+        return report.exit_code, json.dumps(report.as_dict(), indent=2)
     return report.exit_code, report.render()
 
 
-def explain_command(args: argparse.Namespace) -> tuple[int, str]:
+def explain_command(
+    args: argparse.Namespace, *, params: Sequence[Any] | Mapping[str, Any] | None = None
+) -> tuple[int, str]:
     """``accessguard explain`` (the options of ``check``); exit 0 allowed, 1 refused."""
     guard = Guard.from_directory(
         args.policies, tickets=FileTicketStore(args.tickets), audit=MemoryAuditSink()
     )
+    options: dict[str, Any] = {"user": args.user, "ticket": args.ticket, "dialect": args.dialect}
     try:
-        text = explain(guard, args.sql, user=args.user, ticket=args.ticket, dialect=args.dialect)
-        allowed = guard.check(args.sql, user=args.user, ticket=args.ticket, dialect=args.dialect)
+        if getattr(args, "format", "text") == "json":
+            text = json.dumps(explain_data(guard, args.sql, params=params, **options), indent=2)
+        else:
+            text = explain(guard, args.sql, params=params, **options)
+        allowed = guard.check(args.sql, params, **options)
     finally:
         guard.close()
     return (EXIT_OK if allowed.allowed else EXIT_FAILED), text

@@ -2,7 +2,9 @@
 
 Declared by the security team beside the policy (``schema.toml``); a table
 that is not declared here is refused. Pure data plus a loader: no SQL parser,
-no database.
+no database of its own. ``drift`` compares it with a live catalog, and
+``read_drift`` reads one through a DB-API connection it is handed (the raw
+one, never a guarded one).
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from accessguard.errors import PolicyError
 
@@ -147,3 +151,120 @@ def _table_spec(
         reachable=reachable,
         column_set=frozenset(columns),
     )
+
+
+# ---------------------------------------------------------------------- drift
+
+#: The columns of the schemas the catalog names, as the database has them now.
+LIVE_COLUMNS_SQL = (
+    "SELECT table_schema, table_name, column_name FROM information_schema.columns "
+    "WHERE table_schema = ANY(%s)"
+)
+
+
+class SchemaDriftWarning(UserWarning):
+    """schema.toml and the database's catalog disagree (the message names tables and columns)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Drift:
+    """Where schema.toml and a database differ, by name (``table.column``; no data).
+
+    ``undeclared``: columns the database has and schema.toml lacks (the
+    second wall never sends them); ``missing``: declared columns the database
+    lacks; ``missing_tables``: declared tables it lacks. Tables of the default
+    schema are named bare, others schema-qualified.
+    """
+
+    undeclared: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    missing_tables: tuple[str, ...] = ()
+
+    @property
+    def found(self) -> bool:
+        return bool(self.undeclared or self.missing or self.missing_tables)
+
+    @property
+    def message(self) -> str:
+        parts: list[str] = []
+        if self.undeclared:
+            parts.append(
+                "columns in the database that schema.toml does not declare (never sent): "
+                + ", ".join(self.undeclared)
+            )
+        if self.missing:
+            parts.append(
+                "columns schema.toml declares that the database lacks: " + ", ".join(self.missing)
+            )
+        if self.missing_tables:
+            parts.append(
+                "tables schema.toml declares that the database lacks: "
+                + ", ".join(self.missing_tables)
+            )
+        return "Schema drift: " + "; ".join(parts) + "."
+
+
+def drift(catalog: Catalog, live: Iterable[tuple[str, str, str]]) -> Drift:
+    """Compare ``catalog`` with ``live`` (schema, table, column) rows; tables it declares only."""
+    have: dict[str, set[str]] = {}
+    for schema, table, column in live:
+        qualified = f"{schema}.{table}"
+        if qualified in catalog.tables:
+            have.setdefault(qualified, set()).add(column)
+
+    def named(spec: TableSpec) -> str:
+        return spec.name if spec.schema == catalog.default_schema else spec.qualified
+
+    undeclared: list[str] = []
+    missing: list[str] = []
+    missing_tables: list[str] = []
+    for qualified, spec in sorted(catalog.tables.items()):
+        columns = have.get(qualified)
+        if columns is None:
+            missing_tables.append(named(spec))
+            continue
+        undeclared += [f"{named(spec)}.{c}" for c in sorted(columns - spec.column_set)]
+        missing += [f"{named(spec)}.{c}" for c in spec.columns if c not in columns]
+    return Drift(
+        undeclared=tuple(undeclared), missing=tuple(missing), missing_tables=tuple(missing_tables)
+    )
+
+
+def database_key(connection: Any) -> tuple[object, ...] | None:
+    """Which PostgreSQL database a psycopg (or psycopg2) connection is on; None if not one."""
+    info = getattr(connection, "info", None)
+    if info is None or not hasattr(info, "transaction_status"):
+        return None
+    return (getattr(info, "host", None), getattr(info, "port", None), getattr(info, "dbname", None))
+
+
+def read_drift(catalog: Catalog, connection: Any) -> Drift | None:
+    """The drift between ``catalog`` and the database of a raw PostgreSQL ``connection``.
+
+    None when the connection is inside a transaction (reading would join the
+    application's transaction). A transaction this read opens (the connection
+    is not in autocommit) is rolled back, so the connection is left as found.
+    """
+    info = connection.info
+    if int(info.transaction_status) != 0:  # not IDLE: leave the application's work alone
+        return None
+    schemas = sorted({spec.schema for spec in catalog.tables.values()})
+    try:
+        cursor = connection.cursor()
+        try:
+            cursor.execute(LIVE_COLUMNS_SQL, (schemas,))
+            rows = [_live_row(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+    finally:
+        if int(info.transaction_status) != 0:
+            connection.rollback()
+    return drift(catalog, rows)
+
+
+def _live_row(row: Any) -> tuple[str, str, str]:
+    """(schema, table, column) of one row, whatever the connection's row factory makes."""
+    if isinstance(row, Mapping):
+        return str(row["table_schema"]), str(row["table_name"]), str(row["column_name"])
+    schema, table, column = row
+    return str(schema), str(table), str(column)

@@ -7,15 +7,18 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from accessguard.errors import AccessGuardError
+from accessguard.errors import AccessGuardError, PolicyError
+
+if TYPE_CHECKING:
+    from accessguard.verification import Verification
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per option
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="accessguard",
         description="Ticket-bound access control and audit for database sessions.",
     )
@@ -45,11 +48,16 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     explain.add_argument("--user", required=True, help="the employee")
     explain.add_argument("--ticket", default=None, help="the ticket the employee works under")
     explain.add_argument("--dialect", default="postgres", choices=["postgres", "sqlite"])
-    explain.add_argument("sql", help="the statement")
+    _format_option(explain)
+    explain.add_argument(
+        "--param", action="append", default=None, metavar="VALUE", help="as in check"
+    )
+    explain.add_argument("sql", help="the statement (%%s placeholders with --param)")
 
     test = sub.add_parser("test", help="run policy test files (YAML cases) against a policy")
     test.add_argument("--policies", required=True, type=Path, help="policy directory")
     test.add_argument("files", nargs="+", type=Path, metavar="FILE", help="policy test files")
+    _format_option(test)
 
     lint = sub.add_parser("lint", help="check a policy directory for mistakes")
     lint.add_argument("--policies", required=True, type=Path, help="policy directory")
@@ -71,6 +79,18 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
         default=None,
         help="tickets as they are now (default: as the events describe them)",
     )
+    _format_option(replay)
+
+    learn = sub.add_parser(
+        "learn", help="propose a least-privilege policy.csv from what the audit says was used"
+    )
+    _source_options(learn)
+    learn.add_argument("--policies", required=True, type=Path, help="the current policy")
+    period = learn.add_mutually_exclusive_group()
+    period.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
+    period.add_argument("--from", dest="from_", metavar="TIME", help="ISO 8601 start")
+    learn.add_argument("--until", metavar="TIME", help="ISO 8601 end (default: now)")
+    learn.add_argument("--out", type=Path, default=None, help="write the diff here")
 
     demo = sub.add_parser("demo", help="run the reference scenario on an embedded SQLite")
     demo.add_argument(
@@ -94,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
         "(drops the scenario's tables there first)",
     )
     load.add_argument("dsn", help="libpq connection string of the database to fill")
+    _format_option(load)
 
     schema = sub.add_parser("schema", help="draft schema.toml from a live database")
     schema_sub = schema.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
@@ -109,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     verify = audit_sub.add_parser("verify", help="check the hash chain of an audit trail")
     verify.add_argument("file", type=Path, nargs="?", help="a JSON-lines audit file")
     verify.add_argument("--dsn", help="read the PostgreSQL sink instead of a file")
+    _format_option(verify)
 
     who = audit_sub.add_parser("who-read", help="every employee who read one customer's data")
     _source_options(who)
@@ -178,7 +200,14 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as exc:
+        if not _wants_json(argv):
+            exc.parser.print_usage(sys.stderr)
+            exc.parser.exit(EXIT_USAGE, f"{exc.parser.prog}: error: {exc}\n")
+        return _fail(exc, as_json=_wants_json(argv), reason=USAGE)
     try:
         if args.command == "check":
             return _check(args)
@@ -198,14 +227,68 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _audit_verify(args)
         return _investigate(args)
     except ValueError as exc:  # a bad --since, --customer
-        print(f"accessguard: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(exc, as_json=_wants_json(argv), reason=USAGE)
     except AccessGuardError as exc:
-        print(f"accessguard: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(exc, as_json=_wants_json(argv), reason=str(exc.reason))
     except OSError as exc:
+        return _fail(exc, as_json=_wants_json(argv), reason=FILE_ERROR)
+
+
+# ---------------------------------------------------------------------- JSON output and errors
+
+#: reason codes of the command's own errors (the library's come from ``Reason``)
+USAGE, FILE_ERROR, DATABASE_ERROR = "usage.invalid", "file.unreadable", "database.error"
+
+
+class _UsageError(Exception):
+    """argparse's usage error, raised instead of exiting so main() can answer in JSON."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self, message)
+
+
+def _format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", default="text", choices=["text", "json"])
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """``--format json`` (or ``--format=json``) is on the command line, parsed or not."""
+    pairs = zip(argv, [*argv[1:], ""], strict=True)
+    return "--format=json" in argv or any(a == "--format" and b == "json" for a, b in pairs)
+
+
+def _fail(exc: BaseException, *, as_json: bool, reason: str, code: int = EXIT_USAGE) -> int:
+    """Report an error: one JSON object on stdout with --format json, else a line on stderr."""
+    path = line = None
+    if isinstance(exc, PolicyError):  # its message starts with "path:line: ", given apart here
+        path, line = exc.path, exc.line
+        where = f"{path}:{line}: " if line is not None else f"{path}: "
+        message = exc.message.removeprefix(where)
+    elif isinstance(exc, AccessGuardError):
+        message = exc.message
+    elif isinstance(exc, OSError):
+        message = exc.strerror or str(exc)
+        path = None if exc.filename is None else str(exc.filename)
+    else:
+        message = str(exc)
+    if as_json:
+        error = {"reason": reason, "message": message, "path": path, "line": line}
+        print(json.dumps({"error": error}, indent=2))
+    elif isinstance(exc, OSError):
         print(f"accessguard: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
+    else:
+        print(f"accessguard: {exc}", file=sys.stderr)
+    return code
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
 
 
 def _version() -> str:
@@ -219,17 +302,50 @@ def _version() -> str:
 
 def _scenario_load(args: argparse.Namespace) -> int:
     import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     from accessguard.scenario import load_postgres
 
+    as_json, created = args.format == "json", False
     try:
-        with psycopg.connect(args.dsn) as conn:
+        try:
+            conn = psycopg.connect(args.dsn)
+        except psycopg.OperationalError as exc:
+            # a missing database is created (through the server's maintenance database)
+            name = conninfo_to_dict(args.dsn).get("dbname")
+            if not name or "does not exist" not in str(exc):
+                raise
+            with psycopg.connect(make_conninfo(args.dsn, dbname="postgres"), autocommit=True) as m:
+                m.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
+            created = True
+            if not as_json:
+                print(f"created database {name}")
+            conn = psycopg.connect(args.dsn)
+        with conn:
             load_postgres(conn)
+            database = conn.info.dbname
     except psycopg.Error as exc:
+        if as_json:
+            error = RuntimeError(f"scenario load: {type(exc).__name__}: {exc}")
+            return _fail(error, as_json=as_json, reason=DATABASE_ERROR, code=EXIT_REFUSED)
         print(f"accessguard: scenario load: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    print("loaded the reference scenario (9 tables) into the database")
+    if as_json:
+        _print_json({"created": created, "database": database, "tables": _scenario_tables()})
+    else:
+        print("loaded the reference scenario (9 tables) into the database")
     return EXIT_OK
+
+
+def _scenario_tables() -> list[str]:
+    """The tables ``scenario load`` (re)creates, schema-qualified, as its SQL declares them."""
+    import re
+
+    from accessguard import scenario
+
+    text = (Path(scenario.__file__).parent / "schema_postgres.sql").read_text(encoding="utf-8")
+    return re.findall(r"CREATE TABLE (\w+\.\w+)", text)
 
 
 def _schema_pull(args: argparse.Namespace) -> int:
@@ -259,7 +375,8 @@ def _schema_pull(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> tuple[int, str]:
     from accessguard.authoring import explain_command
 
-    return explain_command(args)
+    params = None if args.param is None else [_value(v) for v in args.param]
+    return explain_command(args, params=params)
 
 
 def _test(args: argparse.Namespace) -> tuple[int, str]:
@@ -280,11 +397,18 @@ def _replay(args: argparse.Namespace) -> tuple[int, str]:
     return replay_command(args)
 
 
+def _learn(args: argparse.Namespace) -> tuple[int, str]:
+    from accessguard.learn_report import run
+
+    return run(args)
+
+
 _TOOLS: dict[str, Callable[[argparse.Namespace], tuple[int, str]]] = {
     "explain": _explain,
     "test": _test,
     "lint": _lint,
     "replay": _replay,
+    "learn": _learn,
 }
 
 
@@ -324,6 +448,13 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK if decision.allowed else EXIT_REFUSED
 
 
+def _subject_id(text: str, scope: str) -> int:
+    """A --customer (or --product) id: a whole number, or a usage error that says so."""
+    if not text.strip().isdigit():
+        raise ValueError(f"--customer takes a {scope} id, a whole number (not {text!r})")
+    return int(text)
+
+
 def _value(text: str) -> Any:
     """A --param value: JSON when it parses (42, 4.2, "x", null), else the text itself."""
     try:
@@ -333,27 +464,69 @@ def _value(text: str) -> Any:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from accessguard.audit import verify, verify_events
+    from accessguard.chain import KEY_ENV, load_key
+    from accessguard.verification import verify
 
     if (args.file is None) == (args.dsn is None):
-        print("accessguard: audit verify takes a FILE or --dsn", file=sys.stderr)
-        return EXIT_USAGE
+        usage = ValueError("audit verify takes a FILE or --dsn")
+        return _fail(usage, as_json=args.format == "json", reason=USAGE)
+    key = load_key()
     if args.dsn is not None:
-        from accessguard.pgsink import read_events as read_pg
+        from accessguard.pgverify import verify as verify_pg
 
         name = "accessguard.events"
-        result = verify_events(enumerate(read_pg(args.dsn), 1))
+        result = verify_pg(args.dsn, key=key)
     else:
         name = str(args.file)
-        result = verify(args.file)
+        result = verify(args.file, key=key)
+    if args.format == "json":
+        _print_json(verification_dict(name, result))
+    else:
+        print(describe(name, result, key_env=KEY_ENV))
+    return EXIT_OK if result.ok else EXIT_REFUSED
+
+
+def verification_dict(name: str, result: Verification) -> dict[str, Any]:
+    """What ``audit verify --format json`` prints for one trail."""
+    return {
+        "trail": name,
+        "ok": result.ok,
+        "events": result.events,
+        "broken_line": result.broken_line,
+        "problem": result.problem or None,
+        "key_id": result.key,
+        "keyed": result.keyed,
+        "demo_key": result.demo,
+        "checkpoint": result.checkpoint,
+        "torn_line": result.torn_line,
+    }
+
+
+def describe(name: str, result: Verification, *, key_env: str = "ACCESSGUARD_AUDIT_KEY") -> str:
+    """What ``audit verify`` prints for one trail."""
+    lines = []
     if result.ok:
-        print(f"{name}: chain intact, {result.events} events")
-        return EXIT_OK
-    print(
-        f"{name}:{result.broken_line}: chain broken: {result.problem} "
-        f"({result.events} events verified before it)"
-    )
-    return EXIT_REFUSED
+        if result.keyed:
+            keyed = f"keyed (key id {result.key})"
+        elif result.demo:
+            keyed = "keyed with the public demo key: tamper-evident only against naive edits"
+        else:
+            keyed = f"unkeyed: tamper-evident only against naive edits (set {key_env})"
+        checkpoint = (
+            f", checkpoint at event {result.checkpoint}" if result.checkpoint is not None else ""
+        )
+        lines.append(f"{name}: chain intact, {result.events} events, {keyed}{checkpoint}")
+    else:
+        where = f"{name}:{result.broken_line}" if result.broken_line is not None else name
+        lines.append(
+            f"{where}: chain broken: {result.problem} ({result.events} events verified before it)"
+        )
+    if result.torn_line is not None:
+        lines.append(
+            f"{name}:{result.torn_line}: torn last line (an interrupted write, not tampering; "
+            "the next write cuts it off)"
+        )
+    return "\n".join(lines)
 
 
 def _investigate(args: argparse.Namespace) -> int:
@@ -361,34 +534,72 @@ def _investigate(args: argparse.Namespace) -> int:
 
     from accessguard import investigate
 
-    if args.audit_command != "report":  # pushed down to an engine (DuckDB or SQL)
-        from accessguard.investigations.command import run
-
-        return run(args)
-    if args.dsn is not None:
-        from accessguard.pgsink import read_events as read_pg
-
-        events = list(read_pg(args.dsn))
-    else:
-        events = investigate.events_from_file(args.audit)
+    if args.audit_command != "report":
+        return _ask_engine(args)
     since = investigate.cutoff(args.since, now=dt.datetime.now(dt.UTC))
+    if args.dsn is not None:
+        from accessguard.pgverify import verified_events
+
+        name = "accessguard.events"
+        verdicts: list[Verification] = []
+        events = list(verified_events(args.dsn, problems=verdicts))
+        verdict = verdicts[0]
+    else:
+        name = str(args.audit)
+        events, verdict = investigate.verified_events(args.audit)
+    code = EXIT_OK if verdict.ok else EXIT_REFUSED
+    if not verdict.ok or verdict.torn_line is not None or not verdict.keyed:
+        # verified as read: a broken trail is said so, and fails the command
+        print(f"accessguard: {describe(name, verdict)}", file=sys.stderr)
     if args.audit_command == "report":
         from accessguard.report import write_report
 
         write_report(events, args.out, since=since)
         print(f"wrote {args.out}")
-        return EXIT_OK
+        return code
     rows: list[investigate.Reader] | list[investigate.Touch]
     if args.audit_command == "who-read":
         scope = "product" if args.product else "customer"
-        rows = investigate.who_read(events, customer=int(args.customer), since=since, scope=scope)
+        customer = _subject_id(args.customer, scope)
+        rows = investigate.who_read(events, customer=customer, since=since, scope=scope)
     else:
         rows = investigate.what_read(events, user=args.user, since=since)
     if args.format == "json":
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
         print(investigate.render_table(rows) if rows else "no reads recorded")
-    return EXIT_OK
+    return code
+
+
+def _ask_engine(args: argparse.Namespace) -> int:
+    """who-read, what-read, subject-export (and index): answered by DuckDB or SQL.
+
+    The trail is verified first, streaming (no event is kept), and a broken
+    trail fails the command as before; the answer comes from the engine
+    (accessguard.investigations), never from the events loaded into Python.
+    """
+    from accessguard.investigations.command import run
+
+    if args.audit_command == "index":
+        return run(args)
+    if getattr(args, "customer", None) is not None:
+        _subject_id(args.customer, "product" if args.product else "customer")
+    if args.dsn is not None:
+        from accessguard.pgverify import verified_events
+
+        name = "accessguard.events"
+        verdicts: list[Verification] = []
+        for _event in verified_events(args.dsn, problems=verdicts):
+            pass
+        verdict = verdicts[0]
+    else:
+        from accessguard.verification import verify
+
+        name, verdict = str(args.audit), verify(args.audit)
+    if not verdict.ok or verdict.torn_line is not None or not verdict.keyed:
+        print(f"accessguard: {describe(name, verdict)}", file=sys.stderr)
+    code = run(args)
+    return code if verdict.ok else EXIT_REFUSED
 
 
 if __name__ == "__main__":

@@ -59,6 +59,9 @@ class Decision:
     columns: tuple[str, ...] = ()
     #: (scope kind, subject id) the statement was proven to stay within
     subjects: tuple[tuple[str, int], ...] = ()
+    #: on a refusal: (scope kind, subject id) the statement's scope columns were bound
+    #: to, so "who tried to read customer 7?" has an answer (ids only, never other values)
+    named: tuple[tuple[str, int], ...] = ()
     retry_after: float | None = None
     limit: str | None = None
 
@@ -84,6 +87,7 @@ def decide(facts: Facts, context: Context, policy: Policy) -> Decision:
                 kind=facts.kind,
                 tables=tables,
                 columns=columns,
+                named=named_subjects(facts, context.params),
             )
     subjects = (
         tuple(sorted({(ref.scope, _subject(context, ref.scope) or 0) for ref in facts.scopes}))
@@ -198,6 +202,25 @@ def watchlist_respected(facts: Facts, context: Context, policy: Policy) -> Denia
     return None
 
 
+def rows_countable(facts: Facts, context: Context, policy: Policy) -> Denial | None:
+    """No aggregate packs many rows of a scoped table into one result row (issue 23).
+
+    The row limit and the access ledger count result rows: ``array_agg`` or
+    ``string_agg`` over 2,003 orders returns one row, so both would count one.
+    Whether the rows packed are few is not something the analysis can prove
+    (the catalog names no keys), so such a statement is refused; the same
+    aggregates over unscoped tables (the public catalogue) stay allowed.
+    """
+    if facts.packing:
+        return Denial(
+            Reason.AGGREGATE_PACKS_ROWS,
+            f"{facts.packing[0]} would pack many rows of a customer's or product's data into "
+            "one result row, which the row limit and the access ledger cannot count: "
+            "select the rows themselves instead.",
+        )
+    return None
+
+
 CHECKS: tuple[Check, ...] = (
     analyzable,
     params_match,
@@ -205,6 +228,7 @@ CHECKS: tuple[Check, ...] = (
     grants_cover,
     row_scope_bound,
     watchlist_respected,
+    rows_countable,
 )
 
 
@@ -305,6 +329,19 @@ def _bound_to(
                 f"{ticket_id} is not about.",
             )
     return None
+
+
+def named_subjects(
+    facts: Facts, params: Sequence[Any] | Mapping[Any, Any] | None
+) -> tuple[tuple[str, int], ...]:
+    """The (scope, id) pairs the statement binds its scoped tables to, resolved, sorted."""
+    found = {
+        (ref.scope, actual)
+        for ref in facts.scopes
+        for value in ref.values
+        if (actual := _resolve(value, params)) is not None
+    }
+    return tuple(sorted(found))
 
 
 def _resolve(value: Const | Param, params: Sequence[Any] | Mapping[Any, Any] | None) -> int | None:

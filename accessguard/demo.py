@@ -4,7 +4,8 @@ No server to start: the package ships the scenario's schema, data, tickets and
 policies. The story follows the cases behind the project: an agent reads her
 ticket's customer, browses another, tries a bulk e-mail export, reads a card
 token; a moderator hides a review without a ticket. Then the audit trail is
-printed and its hash chain verified.
+printed and its chain verified (keyed with a public demo key, and
+said so).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accessguard import scenario
-from accessguard.audit import read_events, verify
+from accessguard.audit import JsonlSink, read_events
+from accessguard.chain import DEMO_KEY
 from accessguard.errors import AccessGuardError
 from accessguard.guard import Guard
 from accessguard.investigate import render_table, who_read
 from accessguard.report import write_report
+from accessguard.verification import verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,26 +96,41 @@ STORY = (
 
 def run(*, audit_path: Path | None = None, report_path: Path | None = None) -> int:
     """Run the story; print each decision, the audit trail, who read customer 42, a report."""
-    report = report_path or Path(tempfile.gettempdir()) / "accessguard-demo-report.html"
-    with tempfile.TemporaryDirectory(prefix="accessguard-demo-") as tmp:
-        audit = audit_path or Path(tmp) / "audit.jsonl"
+    # the trail and the report stay after the run (their paths are printed), in a
+    # directory of this run's own, so two demos never write one trail
+    keep = Path(tempfile.mkdtemp(prefix="accessguard-demo-"))
+    report = report_path or keep / "report.html"
+    with tempfile.TemporaryDirectory(prefix="accessguard-demo-db-") as tmp:
+        audit = audit_path or keep / "audit.jsonl"
         db = sqlite3.connect(Path(tmp) / "shop.db")
         scenario.load_sqlite(db)
+        # a public key, so anyone can run and verify the demo: never use it for a real trail
         guard = Guard.from_directory(
-            scenario.policies_dir(), tickets=scenario.tickets(), audit=audit
+            scenario.policies_dir(),
+            tickets=scenario.tickets(),
+            audit=JsonlSink(audit, key=DEMO_KEY),
         )
-        print("accessguard demo: the marketplace support desk, on an embedded SQLite\n")
+        print("accessguard demo: the marketplace support desk, on an embedded SQLite")
+        print(
+            "(the audit chain is keyed with a public demo key; a real deployment sets its own "
+            "secret in ACCESSGUARD_AUDIT_KEY)\n"
+        )
         for number, step in enumerate(STORY, 1):
             _play(number, step, guard, db)
         _mallory(guard, db)
         guard.close()  # flushes the access ledger
         db.close()
         _show_trail(audit)
-        result = verify(audit)
+        result = verify(audit, key=DEMO_KEY)
         print(
-            f"\naudit verify {audit.name}: "
+            f"\naudit verify {audit}: "
             + ("chain intact" if result.ok else f"BROKEN at line {result.broken_line}")
-            + f", {result.events} events"
+            + f", {result.events} events, keyed with the demo key, checkpoint at event "
+            + f"{result.checkpoint}"
+        )
+        print(
+            f"   (to check it yourself: ACCESSGUARD_AUDIT_KEY={DEMO_KEY.hex()} "
+            f"accessguard audit verify {audit})"
         )
         events = list(read_events(audit))
         print("\nwho read customer 42?")
@@ -161,7 +179,7 @@ def _show_trail(audit: Path) -> None:
     events = list(read_events(audit))
     refusals = [e for e in events if e.get("event.action") == "query"]
     ledger = [e for e in events if e.get("event.action") == "ledger"]
-    print(f"audit trail ({audit.name}): {len(refusals)} refusals, {len(ledger)} ledger entries")
+    print(f"audit trail ({audit}): {len(refusals)} refusals, {len(ledger)} ledger entries")
     for event in refusals[:8]:
         print(
             f"  {event['@timestamp'][11:23]}  {event['accessguard.outcome']:<9} "

@@ -35,6 +35,8 @@ class Reason(enum.StrEnum):
     STATEMENT_FORBIDDEN = "statement.forbidden"
     FUNCTION_FORBIDDEN = "function.forbidden"
     CATALOG_FORBIDDEN = "catalog.forbidden"
+    TYPE_FORBIDDEN = "type.forbidden"
+    AGGREGATE_PACKS_ROWS = "aggregate.packs_rows"
     # objects and grants
     TABLE_UNKNOWN = "table.unknown"
     TABLE_FORBIDDEN = "table.forbidden"
@@ -60,6 +62,14 @@ class Reason(enum.StrEnum):
     INTERNAL_ERROR = "internal.error"
     PATH_FORBIDDEN = "path.forbidden"
     SESSION_UNBOUND = "session.unbound"
+    GUARD_CLOSED = "guard.closed"
+    SESSION_RETURNED = "session.returned"
+    # wiring and files (raised at load or set-up, never by a decision)
+    POLICY_INVALID = "policy.invalid"
+    CONFIGURATION_INVALID = "configuration.invalid"
+    SETTINGS_INVALID = "settings.invalid"
+    INTEGRATION_UNSUPPORTED = "integration.unsupported"
+    AUDIT_KEY_INVALID = "audit.key_invalid"
 
 
 class AccessGuardError(Exception):
@@ -115,7 +125,7 @@ class PolicyError(AccessGuardError):
 
     def __init__(self, message: str, *, path: str, line: int | None = None) -> None:
         where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {message}", reason="policy.invalid")
+        super().__init__(f"{where}: {message}", reason=Reason.POLICY_INVALID)
         self.path = path
         self.line = line
 
@@ -123,7 +133,9 @@ class PolicyError(AccessGuardError):
 class ConfigurationError(AccessGuardError):
     """The guard is wired wrongly (no employee bound, no ticket source, ...)."""
 
-    def __init__(self, message: str, *, reason: str = "configuration.invalid") -> None:
+    def __init__(
+        self, message: str, *, reason: Reason | str = Reason.CONFIGURATION_INVALID
+    ) -> None:
         super().__init__(message, reason=reason)
 
 

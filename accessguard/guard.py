@@ -12,6 +12,7 @@ import datetime as dt
 import math
 import threading
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -21,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accessguard import metrics
+from accessguard import metrics, telemetry
 from accessguard.analysis import (
     Facts,
     Param,
@@ -41,10 +42,12 @@ from accessguard.analysis import (
 from accessguard.analysis.crosscheck import verify_sent
 from accessguard.analysis.shape import quick_shape
 from accessguard.audit import Auditor, AuditSink, as_sink, utcnow
+from accessguard.catalog import Drift, SchemaDriftWarning, database_key, read_drift
 from accessguard.decision import Context, Decision, decide
 from accessguard.errors import (
     AccessDenied,
     AccessGuardError,
+    AuditError,
     ConfigurationError,
     PolicyError,
     Reason,
@@ -96,6 +99,11 @@ class Guard:
         self.tickets = as_store(tickets)
         self.auditor = Auditor(as_sink(audit), clock=clock)
         self.audit_allowed = audit_allowed
+        ledger_sink = self.auditor.sink if ledger is None else _ledger_sink(ledger, ledger_spool)
+        for sink in {id(s): s for s in (self.auditor.sink, ledger_sink)}.values():
+            check = getattr(sink, "check", None)
+            if callable(check):
+                check()  # unwritable now: raise AuditError here, not at the first event
         self.throttle = (
             Throttle(limits, storage=throttle_storage, clock=throttle_clock)
             if limits is not None
@@ -108,12 +116,12 @@ class Guard:
         }
         #: whether the running limits came from the directory's limits.toml
         self._limits_from_file = False
-        ledger_sink = self.auditor.sink if ledger is None else _ledger_sink(ledger, ledger_spool)
         self.ledger = Ledger(
             ledger_sink,
             clock=time.time if clock is utcnow else (lambda: clock().timestamp()),
             interval=ledger_interval,
             pseudonym_key=ledger_pseudonym_key,
+            refused=self._ledger_refused,
         )
         self._cache: OrderedDict[tuple[str, str, bool, str, bool], Facts] = OrderedDict()
         #: the plans of each (employee, ticket id, dialect); every plan holds the
@@ -129,6 +137,10 @@ class Guard:
         )
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        #: the databases (and schema versions) whose catalog was compared with schema.toml
+        self._schemas_seen: set[tuple[object, ...]] = set()
+        #: set by close(): every statement, and every fetch the ledger would count, is refused
+        self.closed = False
 
     @classmethod
     def from_directory(
@@ -206,7 +218,7 @@ class Guard:
                     "event.category": ["configuration"],
                     "event.action": "policy.reload",
                     "event.outcome": "failure",
-                    "event.reason": "policy.invalid",
+                    "event.reason": str(Reason.POLICY_INVALID),
                     "message": message,
                     "accessguard.policy.version": old,
                 }
@@ -658,7 +670,7 @@ class Guard:
             kind=kind,
             sql=sent,
             checks=checks,
-            tally=self.ledger.tally(accesses) if accesses else None,
+            tally=self.ledger.tally(accesses, facts.row_weight) if accesses else None,
             customers=frozenset(i for scope, i in decision.subjects if scope == "customer"),
         )
 
@@ -693,7 +705,10 @@ class Guard:
             raise verdict.error()
         if not decision.subjects:
             return None
-        return self.throttle.row_cap(context.roles, plan.kind)
+        cap = self.throttle.row_cap(context.roles, plan.kind)
+        weight = plan.facts.row_weight
+        # each result row carries ``weight`` rows of a scoped table (pivots, subqueries)
+        return cap // weight if cap is not None and weight > 1 else cap
 
     def _notify(self, plan: Plan) -> None:
         """Audit what an allowed statement must not do silently: shadow denials, watched reads."""
@@ -777,6 +792,8 @@ class Guard:
         if decision.outcome == "throttled":
             metrics.THROTTLED.labels(reason=str(decision.reason)).inc()
         redacted = audit_text(facts.redacted) if facts is not None else None
+        if facts is not None:  # the statement's own dialect: a sqlite event says sqlite
+            dialect = facts.dialect
         ticket = context.ticket
         fields: dict[str, Any] = {
             "event.kind": "event",
@@ -802,9 +819,12 @@ class Guard:
         }
         if len(decision.tables) == 1:
             fields["db.collection.name"] = decision.tables[0]
-        if decision.subjects and decision.allowed:
+        # allowed (or throttled): the subjects it was proven to stay within; refused: the
+        # ones it named, so "who tried to read customer 7?" is answered too
+        subjects = decision.subjects or decision.named
+        if subjects:
             fields["accessguard.subjects"] = [
-                {"kind": scope, "id": subject} for scope, subject in decision.subjects
+                {"kind": scope, "id": subject} for scope, subject in subjects
             ]
         if extra:
             fields.update(extra)
@@ -816,7 +836,33 @@ class Guard:
             fields["accessguard.retry_after"] = (
                 retry if retry is not None and math.isfinite(retry) else None
             )
+        telemetry.refused(fields)
         self.auditor.emit(**fields)
+
+    def _ledger_refused(self, accesses: tuple[Access, ...], error: AuditError) -> None:
+        """Audit a statement refused because the ledger cannot be written (best effort)."""
+        access = accesses[0]
+        fields = {
+            "event.kind": "event",
+            "event.category": ["database", "iam"],
+            "event.type": ["denied"],
+            "event.action": "query",
+            "event.outcome": "failure",
+            "event.reason": str(error.reason),
+            "message": error.message,
+            "accessguard.outcome": "denied",
+            "user.name": access.user,
+            "user.roles": sorted(access.roles),
+            "accessguard.ticket.id": access.ticket_id,
+            "accessguard.ticket.kind": access.ticket_kind,
+            "accessguard.tables": list(access.tables),
+            "accessguard.columns": list(access.columns),
+            "accessguard.fingerprint": access.fingerprint,
+            "accessguard.policy.version": access.policy_version,
+        }
+        telemetry.refused(fields)
+        with contextlib.suppress(AuditError):  # the audit sink is down too: still refused
+            self.auditor.emit(**fields)
 
     # ------------------------------------------------------------------ connections
 
@@ -826,7 +872,9 @@ class Guard:
         """Open a psycopg 3 connection and return it guarded for ``user`` on ``ticket``."""
         from accessguard.adapters.psycopg3 import GuardedConnection
 
-        return GuardedConnection.connect(self, conninfo, self.bind(user, ticket), **kwargs)
+        conn = GuardedConnection.connect(self, conninfo, self.bind(user, ticket), **kwargs)
+        self._check_schema(conn._raw)  # the raw connection, before any statement
+        return conn
 
     def wrap(
         self, connection: Any, *, user: str, ticket: str | None = None, dialect: str | None = None
@@ -835,7 +883,60 @@ class Guard:
         session = self.bind(user, ticket)
         from accessguard.adapters import wrap_connection
 
-        return wrap_connection(self, connection, session, dialect=dialect)
+        guarded = wrap_connection(self, connection, session, dialect=dialect)
+        if dialect in (None, "postgres"):
+            self._check_schema(connection)  # the raw connection, before any statement
+        return guarded
+
+    def _check_schema(self, raw: Any) -> None:
+        """At the first connection to a PostgreSQL database: report drift from schema.toml.
+
+        Reads information_schema through ``raw`` (the raw connection, never a
+        guarded one). A difference is audited (``schema.drift``) and warned
+        (``SchemaDriftWarning``), by table and column names only. Never raises
+        and never refuses: the second wall sends no column schema.toml lacks.
+        """
+        catalog = self.policy.catalog
+        database = database_key(raw)
+        if database is None:
+            return
+        key = (*database, catalog.version)
+        with self._lock:
+            if key in self._schemas_seen:
+                return
+            self._schemas_seen.add(key)
+        try:
+            found = read_drift(catalog, raw)
+        except Exception:  # noqa: BLE001 - a report only: the connection is still guarded
+            with self._lock:
+                self._schemas_seen.discard(key)
+            return
+        if found is None:  # inside the application's transaction: at the next connection
+            with self._lock:
+                self._schemas_seen.discard(key)
+            return
+        if found.found:
+            self._report_drift(found)
+
+    def _report_drift(self, found: Drift) -> None:
+        """Audit and warn schema drift; a report only, so a failing sink does not stop service."""
+        with contextlib.suppress(AccessGuardError):  # the warning below still tells
+            self.auditor.emit(
+                **{
+                    "event.kind": "event",
+                    "event.category": ["configuration", "database"],
+                    "event.action": "schema.drift",
+                    "event.outcome": "unknown",
+                    "event.reason": "schema.drift",
+                    "message": found.message,
+                    "accessguard.schema.undeclared": list(found.undeclared),
+                    "accessguard.schema.missing": list(found.missing),
+                    "accessguard.schema.missing_tables": list(found.missing_tables),
+                    "accessguard.policy.version": self.policy.version,
+                }
+            )
+        with contextlib.suppress(Exception):  # -W error must not turn a report into a refusal
+            warnings.warn(found.message, SchemaDriftWarning, stacklevel=4)
 
     def watch(self, *, interval: float = 2.0, dsn: str | None = None) -> PolicyWatcher:
         """Reload on changes to the policy directory (and on NOTIFY when ``dsn`` is given)."""
@@ -883,7 +984,7 @@ class Guard:
         if session is None:
             raise ConfigurationError(
                 "No employee is bound: wrap the work in guard.acting_as(user=..., ticket=...).",
-                reason="session.unbound",
+                reason=Reason.SESSION_UNBOUND,
             )
         return session
 
@@ -909,6 +1010,16 @@ class Guard:
 
         return GuardedPool(self, conninfo, **kwargs)
 
+    def pool_async(self, conninfo: str = "", **kwargs: Any) -> Any:
+        """A psycopg_pool AsyncConnectionPool whose checkouts are guarded per employee.
+
+        ``async with guard.pool_async(dsn) as pool:`` opens it;
+        ``async with pool.connection(user=..., ticket=...) as conn:`` checks one out.
+        """
+        from accessguard.adapters.pool import GuardedAsyncPool
+
+        return GuardedAsyncPool(self, conninfo, **kwargs)
+
     def instrument(self, engine: Any) -> Any:
         """Guard every statement a SQLAlchemy 2 Engine sends (Core and ORM)."""
         from accessguard.adapters.sqlalchemy import instrument
@@ -917,6 +1028,7 @@ class Guard:
 
     def close(self) -> None:
         """Flush the access ledger and release what the guard holds."""
+        self.closed = True
         try:
             self.ledger.close()
         finally:
@@ -961,7 +1073,7 @@ def _ledger_sink(ledger: AuditSink | str | Path, spool: str | Path | None) -> Au
 
         sink = PostgresSink(ledger, spool=spool)
         # an insert-only role cannot create the table: it was set up already;
-        # if not, the first write fails and the ledger refuses (audit.sink_unavailable)
+        # if not, the construction check (PostgresSink.check) says so
         with contextlib.suppress(Exception):
             sink.setup()
         return sink

@@ -19,7 +19,6 @@ read is kept only when there is no time filter.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -27,31 +26,28 @@ from pathlib import Path
 from typing import Any
 
 from accessguard.audit import read_events
+from accessguard.chain import FROM_ENV, load_key
+from accessguard.durations import EXAMPLES, parse_seconds
+from accessguard.verification import Verification, verify
 
 Event = Mapping[str, Any]
 Subject = int | str  # an id, or its keyed-hash pseudonym
 
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _BUCKETS = tuple(dt.timedelta(hours=h) for h in (1, 6, 24, 168))
 _MAX_BUCKETS = 400
 _MAX_ID_DIGITS = 19  # a bigint; a keyed-hash pseudonym has 64 hex digits
 
 
 def parse_since(text: str) -> dt.timedelta:
-    """'30d', '1h', '15m', '90s', '2w' as a timedelta; ValueError for anything else."""
-    match = _DURATION.match(text)
-    if match is None or int(match[1]) == 0:
-        raise ValueError(
-            f"invalid duration {text!r}: use a whole number above 0 and a unit "
-            "s, m, h, d or w (e.g. 90s, 15m, 1h, 30d, 2w)"
-        )
+    """'30d', '1h', '1 hour', '2 weeks' as a timedelta; ValueError for anything else.
+
+    The same syntax as limits.toml's ``per`` (``accessguard.durations``).
+    """
+    seconds = parse_seconds(text)
     try:
-        return dt.timedelta(**{_UNITS[match[2]]: int(match[1])})
+        return dt.timedelta(seconds=seconds)
     except OverflowError:
-        raise ValueError(
-            f"invalid duration {text!r}: too long (e.g. 90s, 15m, 1h, 30d, 2w)"
-        ) from None
+        raise ValueError(f"invalid duration {text!r}: too long ({EXAMPLES})") from None
 
 
 def cutoff(text: str | None, *, now: dt.datetime) -> dt.datetime | None:
@@ -66,8 +62,21 @@ def cutoff(text: str | None, *, now: dt.datetime) -> dt.datetime | None:
 
 
 def events_from_file(path: str | Path) -> list[dict[str, Any]]:
-    """Every event of a JSON-lines audit file."""
+    """Every event of a JSON-lines audit file (unverified: see ``verified_events``)."""
     return list(read_events(path))
+
+
+def verified_events(
+    path: str | Path, *, key: bytes | str | None = FROM_ENV
+) -> tuple[list[dict[str, Any]], Verification]:
+    """Every readable event of a JSON-lines trail, and the verdict of verifying it as read.
+
+    The events go on past a broken line; the verdict names it, so an answer
+    drawn from a broken trail is never mistaken for one from an intact trail.
+    """
+    events: list[dict[str, Any]] = []
+    result = verify(path, key=load_key(key), collect=events)
+    return events, result
 
 
 # ---------------------------------------------------------------------- rows

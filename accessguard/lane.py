@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-from accessguard import metrics
-from accessguard.errors import AccessGuardError
+from accessguard import metrics, telemetry
+from accessguard.errors import AccessGuardError, Reason
 from accessguard.ledger import Tally
 from accessguard.plan import Params, Plan, params_shape, reorder
 
@@ -44,20 +44,32 @@ class Session:
     ticket: str | None = None
 
 
-class Authorized(NamedTuple):
-    """What an adapter sends after an allow: the guarded SQL and its parameters.
+class Authorized:
+    """One allowed statement: what to send, and the gate its rows pass on the way out.
 
-    ``row_cap`` is the most rows the cursor may hand over; ``tally`` receives
-    the rows it does hand over (the access ledger), when the statement touches
-    a scoped table. Made on every statement, so the lane builds it with
-    ``tuple.__new__`` (a call into C; a class's ``__init__`` is a Python frame).
+    Made by the lane at authorization, one per statement (one per parameter
+    set of an ``executemany``), and bound by the adapter to the result it
+    belongs to: a cursor's current result, a stream, one result set of a
+    batch. ``row_cap`` is the most rows it may hand over; ``tally`` (when it
+    touches a scoped table) receives the rows it does hand over, for the
+    access ledger. It does no I/O: ``take`` only counts and says yes or no;
+    the adapter raises the refusal (``Guard.over_row_cap``).
+
+    Made on every statement, so the lane builds it with ``object.__new__`` and
+    plain slot stores (a class's ``__init__`` would be one more Python frame).
     """
+
+    __slots__ = ("handed", "params", "plan", "row_cap", "sql", "tally", "withheld")
 
     sql: str
     params: Params
     plan: Plan
     row_cap: int | None
     tally: Tally | None
+    #: rows handed over so far
+    handed: int
+    #: refused after it ran (over its cap, or the ledger closed): nothing more is handed over
+    withheld: bool
 
     @property
     def decision(self) -> Decision:
@@ -71,8 +83,49 @@ class Authorized(NamedTuple):
     def context(self) -> Context:
         return self.plan.context
 
+    def take(self, n: int) -> bool:
+        """Count ``n`` rows about to be handed over; False (withheld from now on) if they may not.
 
-_authorized = tuple.__new__
+        They may not past the row cap, nor once the ledger that would count
+        them is closed (``Guard.close``).
+        """
+        handed = self.handed + n
+        cap = self.row_cap
+        if cap is not None and handed > cap:
+            self.withheld = True
+            return False
+        tally = self.tally
+        if tally is not None and n > 0:
+            if tally.ledger._closed:
+                self.withheld = True
+                return False
+            tally.add(n)
+        self.handed = handed
+        return True
+
+
+def authorized(  # noqa: PLR0913 - one statement's parts, by keyword
+    *,
+    sql: str,
+    params: Params,
+    plan: Plan,
+    row_cap: int | None = None,
+    tally: Tally | None = None,
+    withheld: bool = False,
+) -> Authorized:
+    """An ``Authorized`` built field by field: the lane's fast construction, and sentinels'."""
+    ok = _new(Authorized)
+    ok.sql = sql
+    ok.params = params
+    ok.plan = plan
+    ok.row_cap = row_cap
+    ok.tally = tally
+    ok.handed = 0
+    ok.withheld = withheld
+    return ok
+
+
+_new = object.__new__
 
 
 class Lane:
@@ -90,14 +143,25 @@ class Lane:
         self.shapes: dict[tuple[str, object], Plan] = {}
         #: texts served once by a shape plan: a second time, they get a plan of their own
         self.once: dict[tuple[str, object], None] = {}
+        telemetry.refresh()  # a tracer provider set since the last lane
 
-    def authorize(self, sql: str, params: Params, convert: Convert | None = None) -> Authorized:
+    def authorize(  # noqa: PLR0915 - the hot path stays one frame on purpose
+        self, sql: str, params: Params, convert: Convert | None = None
+    ) -> Authorized:
         """Decide one statement; on refusal audit and raise; on allow return what to send.
 
         ``convert`` (for positional parameters, which it leaves in order) is
         applied only when a plan must be made: a repeated statement skips it.
         """
         guard = self.guard
+        if guard.closed:  # its ledger no longer records: refuse rather than run unaccounted
+            raise guard.refuse(
+                Reason.GUARD_CLOSED,
+                "Refused: the guard was closed; open a new one.",
+                self.session,
+                kind="unknown",
+                dialect=self.dialect,
+            )
         policy = guard.policy  # one policy for the whole decision, even across a reload
         try:
             shape = len(params) if type(params) is list or type(params) is tuple else None
@@ -129,6 +193,8 @@ class Lane:
         # what every allowed execution does, plan reused or new
         row_cap = guard._throttle(plan) if guard.throttle is not None else None
         metrics.DECISIONS.allowed()
+        if telemetry.TRACER is not None:  # OpenTelemetry: only with a tracer provider
+            telemetry.allowed(plan, self.dialect)
         if plan.notices:
             guard._notify(plan)
         if guard.audit_allowed:
@@ -138,7 +204,15 @@ class Lane:
             guard.ledger.record(tally)
         if params is not None and (shape is None or not plan.facts.in_order):
             params = reorder(plan.facts, params)  # else: positional, already in sent order
-        return _authorized(Authorized, (sent, params, plan, row_cap, tally))
+        ok = _new(Authorized)  # what authorized() does, inline: this is every statement's path
+        ok.sql = sent
+        ok.params = params
+        ok.plan = plan
+        ok.row_cap = row_cap
+        ok.tally = tally
+        ok.handed = 0
+        ok.withheld = False
+        return ok
 
     def remember(
         self, table: dict[tuple[str, object], Plan], key: tuple[str, object], plan: Plan
@@ -152,3 +226,28 @@ class Lane:
         self.plans.clear()
         self.shapes.clear()
         self.once.clear()
+
+
+class Ended(Lane):
+    """The lane of a session that ended (a pooled checkout returned): every statement refused.
+
+    Put in place of a connection's and its cursors' lanes when the session
+    ends, so a reference kept past it refuses (audited) instead of running on
+    a backend that now serves someone else; the live path pays nothing for it.
+    """
+
+    __slots__ = ()
+
+    def authorize(
+        self,
+        sql: str,  # noqa: ARG002 - Lane.authorize's signature
+        params: Params,  # noqa: ARG002
+        convert: Convert | None = None,  # noqa: ARG002
+    ) -> Authorized:
+        raise self.guard.refuse(
+            Reason.SESSION_RETURNED,
+            "Refused: this connection was returned to the pool; check out another one.",
+            self.session,
+            kind="unknown",
+            dialect=self.dialect,
+        )

@@ -81,18 +81,19 @@ class Tally:
     lock or allocates more than a pair.
     """
 
-    __slots__ = ("_queue", "accesses", "ledger")
+    __slots__ = ("_queue", "accesses", "ledger", "weight")
 
-    def __init__(self, ledger: Ledger, accesses: tuple[Access, ...]) -> None:
+    def __init__(self, ledger: Ledger, accesses: tuple[Access, ...], weight: int = 1) -> None:
         self.ledger = ledger
         self.accesses = accesses
+        self.weight = max(weight, 1)
         self._queue = ledger._queue
 
     def add(self, n: int) -> None:
-        """Count ``n`` rows handed over for each of the accesses."""
+        """Count ``n`` rows handed over (times the rows each carries) for each of the accesses."""
         if n > 0:
             queue = self._queue
-            queue.append((self, n))
+            queue.append((self, n * self.weight))
             if len(queue) >= self.ledger._max_pending:
                 self.ledger.flush()
 
@@ -100,7 +101,7 @@ class Tally:
 class Ledger:
     """Aggregates accesses in memory and flushes them to a sink in the background."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only options
         self,
         sink: AuditSink,
         *,
@@ -108,8 +109,11 @@ class Ledger:
         interval: float = 1.0,
         max_pending: int = 100_000,
         pseudonym_key: bytes | None = None,
+        refused: Callable[[tuple[Access, ...], AuditError], None] | None = None,
     ) -> None:
         self.sink = sink
+        #: told of each statement refused because the sink fails (the guard audits it)
+        self._refused = refused
         self._clock = clock
         self._interval = interval
         self._max_pending = max_pending
@@ -128,9 +132,12 @@ class Ledger:
 
     # ------------------------------------------------------------------ recording
 
-    def tally(self, accesses: tuple[Access, ...]) -> Tally:
-        """The handle a plan's statements are counted with (one per plan, not per statement)."""
-        return Tally(self, accesses)
+    def tally(self, accesses: tuple[Access, ...], weight: int = 1) -> Tally:
+        """The handle a plan's statements are counted with (one per plan, not per statement).
+
+        ``weight``: how many rows of a table one result row may carry (``Facts.row_weight``).
+        """
+        return Tally(self, accesses, weight)
 
     def record(self, tally: Tally) -> None:
         """Count one statement for each of the tally's accesses.
@@ -139,7 +146,12 @@ class Ledger:
         a statement that could not be accounted for is not run.
         """
         if self._failure is not None:
-            self._recover()
+            try:
+                self._recover()
+            except AuditError as exc:
+                if self._refused is not None:
+                    self._refused(tally.accesses, exc)
+                raise
         queue = self._queue
         queue.append(tally)
         if len(queue) >= self._max_pending:

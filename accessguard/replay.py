@@ -11,10 +11,11 @@ file carries the text of the same fingerprint.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,27 @@ class ReplayReport:
         out.append(self.ledger_note)
         return "\n".join(out)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (``accessguard replay --format json``)."""
+        return {
+            "baseline": self.baseline,
+            "statements": self.statements,
+            "recorded": dict(self.recorded),
+            "unchanged": self.unchanged,
+            "unreplayable": self.unreplayable,
+            "changes": [
+                {
+                    "change": c.change,
+                    "user": c.user,
+                    "reason": c.reason,
+                    "statements": c.statements,
+                    "example": c.example,
+                }
+                for c in self.changes
+            ],
+            "ledger": self.ledger_note,
+        }
+
 
 NEWLY_DENIED, NEWLY_ALLOWED = "newly denied", "newly allowed"
 MAY_ALLOW, MAY_DENY = "may newly allow", "may newly deny"
@@ -162,10 +184,19 @@ def replay(
     examples: dict[tuple[str, str, str], str] = {}
     unchanged = unreplayable = 0
     recorded: Counter[str] = Counter()
+    decided: dict[tuple[int, _Statement], Replayed] = {}  # a trail repeats its statements
+
+    def decide(policy: Policy, st: _Statement) -> Replayed:
+        key = (id(policy), replace(st, weight=0))
+        found = decided.get(key)
+        if found is None:
+            found = decided[key] = _replay_one(policy, st, store)
+        return found
+
     for st in statements:
         recorded[st.recorded.outcome] += st.weight
-        after = _replay_one(after_policy, st, store)
-        before = _replay_one(before_policy, st, store) if before_policy else st.recorded
+        after = decide(after_policy, st)
+        before = decide(before_policy, st) if before_policy else st.recorded
         if before.outcome == NEEDS_VALUES and st.recorded.outcome != "denied":
             before = st.recorded  # the recorded outcome tells how the row scope decided
         change = _change(before, after)
@@ -330,7 +361,12 @@ def _group_reason(change: str, before: Replayed, after: Replayed) -> str:
 
 
 def replay_command(args: argparse.Namespace) -> tuple[int, str]:
-    """``accessguard replay --audit FILE --policies DIR [--current DIR] [--tickets FILE]``."""
+    """``accessguard replay --audit FILE --policies DIR [--current DIR] [--tickets FILE]``.
+
+    ``--format json`` prints :meth:`ReplayReport.as_dict`.
+    """
     tickets = FileTicketStore(args.tickets) if args.tickets is not None else None
     report = replay(args.audit, args.current, args.policies, tickets=tickets)
+    if getattr(args, "format", "text") == "json":
+        return EXIT_OK, json.dumps(report.as_dict(), indent=2)
     return EXIT_OK, report.render()

@@ -59,6 +59,7 @@ from urllib.parse import urlsplit
 import redis
 
 from accessguard.catalog import toml_error
+from accessguard.durations import EXAMPLES, parse_seconds
 from accessguard.errors import AccessGuardError, ConfigurationError, PolicyError, Reason, Throttled
 
 if TYPE_CHECKING:
@@ -69,7 +70,6 @@ if TYPE_CHECKING:
 EVERYONE = "everyone"
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-_DURATION = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$")
 _UNITS = {"day": 86400, "hour": 3600, "minute": 60, "second": 1}
 _WINDOWED = ("distinct_customers", "statements")
 _LIMIT_KEYS = frozenset({*_WINDOWED, "rows_per_statement"})
@@ -481,11 +481,15 @@ class _Reader:
             raise self.error(f'{keys[-1]} must be {{ count = N, per = "DURATION" }}', *keys)
         count = self.count(value["count"], (*keys, "count"))
         per = value["per"]
-        match = _DURATION.match(per) if isinstance(per, str) else None
-        if match is None or int(match[1]) == 0:
-            message = f'{keys[-1]}.per must be a duration like "1 minute" or "2 hours", not {per!r}'
-            raise self.error(message, *keys, "per")
-        return Window(count=count, seconds=int(match[1]) * _UNITS[match[2]])
+        try:
+            seconds = parse_seconds(per)
+        except ValueError:
+            message = (
+                f'{keys[-1]}.per must be a duration like "1 minute", "2 hours" or "1h" '
+                f"({EXAMPLES}), not {per!r}"
+            )
+            raise self.error(message, *keys, "per") from None
+        return Window(count=count, seconds=seconds)
 
     def count(self, value: object, keys: tuple[str, ...]) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -70,7 +70,21 @@ def _opt_int(value: object) -> int | None:
 
 @runtime_checkable
 class TicketStore(Protocol):
-    """Anything that finds a ticket by id (None when there is no such ticket)."""
+    """Where the guard finds tickets: anything with ``get(ticket_id) -> Ticket | None``.
+
+    The contract every store (memory, file, PostgreSQL, HTTP) keeps:
+
+    - ``get`` returns the ticket as the ticket system holds it now, or as it
+      held it at most the store's stated ``ttl`` seconds ago; None when there
+      is no such ticket. The guard asks on every statement, so a ticket that
+      closes stops working within that bound.
+    - When it cannot answer (its source is down, the answer is malformed),
+      ``get`` raises; it never guesses and never serves an answer older than
+      its bound. The guard refuses the statement and audits it
+      (``internal.error``).
+    - ``get`` may be called from many threads at once.
+    - A ``close()`` method, if any, releases connections or threads.
+    """
 
     def get(self, ticket_id: str) -> Ticket | None: ...
 

@@ -197,6 +197,16 @@ def scenario_dsn(pg_server: PgServer, scenario_template: str) -> Iterator[str]:
         _drop_database(pg_server, name)
 
 
+@pytest.fixture
+def unused_database(pg_server: PgServer) -> Iterator[str]:
+    """DSN of a database that does not exist yet; whatever the test makes there is dropped."""
+    name = f"ag_new_{uuid.uuid4().hex[:12]}"
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        _drop_database(pg_server, name)
+
+
 @pytest.fixture(scope="session")
 def _redis_server() -> str:
     """URL of a reachable Redis database reserved for tests (db 15 unless configured)."""

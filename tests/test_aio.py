@@ -169,6 +169,39 @@ class TestAsyncPaths:
         assert sink.reasons() == ["throttle.rows", "throttle.rows"]
 
 
+@db
+class TestAsyncTransaction:
+    async def test_block_yields_only_the_guarded_connection(
+        self, alice: AsyncGuardedConnection
+    ) -> None:
+        """`async with aconn.transaction() as tx`: tx leads back to the guarded connection only."""
+        async with alice.transaction() as tx:
+            assert tx.connection is alice
+            assert not hasattr(tx, "pgconn")
+            assert not isinstance(tx.connection, psycopg.AsyncConnection)
+            with pytest.raises(AccessDenied):
+                await tx.connection.execute("SELECT email FROM customers")
+
+    async def test_commits_and_rolls_back_like_psycopg(self, alice: AsyncGuardedConnection) -> None:
+        """The block commits on success, rolls back on error, and nests as a savepoint."""
+        stmt = "UPDATE orders SET status = %s WHERE customer_id = 42 AND id = %s"
+        async with alice.transaction():
+            await alice.execute(stmt, ["refunded", 421])
+        try:
+            async with alice.transaction():
+                await alice.execute(stmt, ["lost", 422])
+                raise ZeroDivisionError  # noqa: TRY301 - the error that rolls the block back
+        except ZeroDivisionError:
+            pass
+        async with alice.transaction(), alice.transaction("inner") as inner:
+            assert inner.savepoint_name == "inner"
+            await alice.execute(stmt, ["shipped", 423])
+        cur = await alice.execute(
+            "SELECT id, status FROM orders WHERE customer_id = 42 ORDER BY id"
+        )
+        assert [row[1] for row in await cur.fetchall()] == ["refunded", "pending", "shipped"]
+
+
 # ---------------------------------------------------------------------- red team
 
 

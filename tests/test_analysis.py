@@ -278,11 +278,187 @@ def test_plain_types_are_decided_by_name_as_by_their_sql() -> None:
     """The walker's reg* shortcut answers as node.sql() does, for every type sqlglot knows."""
     from sqlglot import exp
 
-    from accessguard.analysis.walker import _reads_catalog
+    from accessguard.analysis.nodes import reads_catalog
 
     for kind in exp.DataType.Type:
         node = exp.DataType(this=kind)
         by_sql = node.sql(dialect="postgres").lower().startswith(("reg", '"reg'))
-        assert _reads_catalog(node) is by_sql, kind
-    assert _reads_catalog(exp.DataType.build("regclass", dialect="postgres"))
+        assert reads_catalog(node) is by_sql, kind
+    assert reads_catalog(exp.DataType.build("regclass", dialect="postgres"))
 
+
+class TestNameScoping:
+    """Names resolve as PostgreSQL resolves them (issue 24); see also tests/cases/scoping.yaml."""
+
+    ON_SIBLING = (
+        "SELECT p.id, (SELECT count(*) FROM (SELECT card_last4 AS card_token FROM payments "
+        "WHERE customer_id = 42) AS a, (VALUES (1)) AS b(n) JOIN (VALUES ('x')) AS c(t) "
+        "ON card_token = c.t) FROM payments AS p WHERE p.customer_id = 42"
+    )
+
+    def test_on_clause_sees_only_its_join(self) -> None:
+        """An ON clause skips a comma-listed sibling and reads the outer level's column."""
+        assert ("public.payments", "card_token") in facts(self.ON_SIBLING).reads
+
+    def test_sqlite_on_clause_sees_the_whole_from_list(self) -> None:
+        """SQLite's ON sees every FROM item (a comma is a CROSS JOIN): card_token is a's alias."""
+        f = facts(self.ON_SIBLING, dialect="sqlite")
+        assert f.problem is None
+        assert ("public.payments", "card_token") not in f.reads
+
+    def test_on_clause_elsewhere_must_agree_with_whole_from(self) -> None:
+        """Outside PostgreSQL, a name an ON clause reads from a later FROM item is refused."""
+        sql = (
+            "SELECT count(*) FROM orders o JOIN payments p ON p.id = c.id "
+            "JOIN customers c ON c.id = o.customer_id"
+        )
+        assert facts(sql, dialect="sqlite").problem is Reason.SQL_UNANALYZABLE
+        assert facts(sql).problem is Reason.COLUMN_UNKNOWN  # PostgreSQL: no such table there
+
+    def test_window_order_by_reads_input_column(self) -> None:
+        """Inside OVER (ORDER BY ..) a name is an input column, never the output alias."""
+        f = facts(
+            "SELECT id, card_last4 AS card_token FROM payments WHERE customer_id = 42 "
+            "ORDER BY rank() OVER (ORDER BY card_token)"
+        )
+        assert ("public.payments", "card_token") in f.reads
+
+    def test_bare_order_by_is_the_output_column(self) -> None:
+        """A bare ORDER BY name is the output column first."""
+        f = facts(
+            "SELECT id, card_last4 AS card_token FROM payments WHERE customer_id = 42 "
+            "ORDER BY card_token"
+        )
+        assert ("public.payments", "card_token") not in f.reads
+
+    @pytest.mark.parametrize(
+        ("sql", "reads_token"),
+        [
+            ("SELECT max(card_last4) AS card_token FROM payments GROUP BY card_token", True),
+            ("SELECT card_last4 AS last4 FROM payments GROUP BY last4", False),
+        ],
+    )
+    def test_group_by_prefers_input_columns(self, sql: str, reads_token: bool) -> None:
+        """A bare GROUP BY name is an input column first, an output name only after."""
+        f = facts(sql)
+        assert f.problem is None
+        assert (("public.payments", "card_token") in f.reads) is reads_token
+
+    def test_using_column_is_merged_and_binds(self) -> None:
+        """An unqualified USING column is not ambiguous; an inner USING join binds both sides."""
+        f = facts(
+            "SELECT customer_id FROM orders o JOIN payments p USING (customer_id) "
+            "WHERE customer_id = 42"
+        )
+        assert f.problem is None
+        assert scopes(f) == [("public.orders", (Const(42),)), ("public.payments", (Const(42),))]
+
+    def test_natural_join_reads_common_columns(self) -> None:
+        """NATURAL JOIN compares every common column, and reads them."""
+        f = facts("SELECT count(*) FROM payments a NATURAL JOIN payments b")
+        assert ("public.payments", "card_token") in f.reads
+
+
+class TestCastsAndNames:
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "SELECT 1::email_t",
+            'SELECT 1::"Email_T"',
+            "SELECT CAST(1 AS public.email_t)",
+            "SELECT CAST(1 AS pg_catalog.int4)",
+            "SELECT '{}'::email_t[]",
+            "SELECT 'a'::hstore",
+            "SELECT 1::int128",
+        ],
+    )
+    def test_non_builtin_types_are_refused(self, sql: str) -> None:
+        """A cast to a type PostgreSQL does not build in (it may run user code) is refused."""
+        assert facts(sql).problem is Reason.TYPE_FORBIDDEN
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "SELECT 1::bigint, 1::int4, 1::numeric(5, 2), 'a'::varchar(3), 'a'::\"char\"",
+            "SELECT '{1}'::int[], now()::date, '1 day'::interval, '{}'::jsonb, 'a'::bytea",
+        ],
+    )
+    def test_builtin_types_are_allowed(self, sql: str) -> None:
+        """Casts to built-in types stay allowed."""
+        assert facts(sql).problem is None
+
+    @pytest.mark.parametrize(
+        ("sql", "named"),
+        [
+            ("SELECT '{}'::jsonb @? '$.a'", "operator @?"),
+            ("SELECT ARRAY[1] @> ARRAY[1]", "operator @>"),
+            ("SELECT jsonb_path_exists('{}', '$')", "function jsonb_path_exists"),
+            ("SELECT md5('a')", "function md5"),
+        ],
+    )
+    def test_refusals_name_what_was_written(self, sql: str, named: str) -> None:
+        """Messages name the function or operator as PostgreSQL reads it, with no literal."""
+        detail = facts(sql).detail
+        assert named in detail
+        assert "$.a" not in detail
+
+
+class TestPacking:
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "SELECT array_agg(id) FROM orders WHERE customer_id = 42",
+            "SELECT string_agg(s, ',') FROM (SELECT status AS s FROM orders) AS d",
+            "WITH o AS (SELECT status FROM orders) SELECT string_agg(status, ',') FROM o",
+        ],
+    )
+    def test_packing_over_scoped_rows_is_recorded(self, sql: str) -> None:
+        """A packing aggregate over rows of a scoped table is named in Facts.packing."""
+        assert facts(sql).packing
+
+    def test_packing_the_catalogue_is_not(self) -> None:
+        """The same aggregate over an unscoped table packs nothing the row limit counts."""
+        assert facts("SELECT array_agg(title) FROM products").packing == ()
+
+
+_JOINED = (
+    "SELECT o.id, p.id FROM orders o JOIN payments p ON p.order_id = o.id "
+    "WHERE o.customer_id = 42 AND p.customer_id = 42"
+)
+_SELF_JOINED = (
+    "SELECT a.status, b.status FROM orders a JOIN orders b ON b.customer_id = a.customer_id "
+    "WHERE a.customer_id = 42"
+)
+_PIVOT = (
+    "SELECT max(CASE WHEN id % 2 = 0 THEN status END), max(CASE WHEN id % 2 = 1 THEN status END) "
+    "FROM orders WHERE customer_id = 42 GROUP BY id / 2"
+)
+_SUBQUERIES = (
+    "SELECT (SELECT status FROM orders WHERE id = 421 AND customer_id = 42), "
+    "(SELECT status FROM orders WHERE id = 422 AND customer_id = 42)"
+)
+_UNION = (
+    "WITH o AS (SELECT id FROM orders WHERE customer_id = 42) "
+    "SELECT id FROM o UNION SELECT id FROM products"
+)
+
+
+class TestRowWeight:
+    @pytest.mark.parametrize(
+        ("sql", "weight"),
+        [
+            ("SELECT title FROM products", 0),
+            ("SELECT id FROM orders WHERE customer_id = 42", 1),
+            ("SELECT count(*) FROM orders WHERE customer_id = 42", 1),
+            (_JOINED, 1),
+            (_SELF_JOINED, 2),
+            (_PIVOT, 3),
+            (_SUBQUERIES, 2),
+            (_UNION, 1),
+        ],
+    )
+    def test_bounds_scoped_rows_per_result_row(self, sql: str, weight: int) -> None:
+        """row_weight bounds how many scoped rows one result row carries (pivots, subqueries)."""
+        f = facts(sql)
+        assert f.problem is None
+        assert f.row_weight == weight

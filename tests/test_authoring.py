@@ -238,7 +238,7 @@ class TestExplain:
         assert "p, support_agent, order_issue, customers.email, read" in text
         assert "customers: customer id = 42 (literal) (ticket's customer: 42)" in text
         assert "decision:  allowed" in text
-        assert "(SELECT * FROM public.customers WHERE id = 42)" in text
+        assert '(SELECT "id", "name", "email" FROM public.customers WHERE id = 42)' in text
         assert "Ann" not in text
 
     def test_denied_shows_missing_grant(self, guard: Guard) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -17,10 +16,8 @@ from accessguard.catalog import load_catalog
 from accessguard.cli import main
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
-    from casefiles import PgServerLike
 
 
 class TestEntryPoints:
@@ -55,18 +52,12 @@ class TestEntryPoints:
 
 
 @pytest.fixture
-def empty_db(pg_server: PgServerLike) -> Iterator[str]:
+def empty_db(unused_database: str) -> str:
     """DSN of a new, empty database (dropped after the test)."""
-    name = f"ag_empty_{uuid.uuid4().hex[:10]}"
-    with pg_server.admin() as conn:
+    name = unused_database.rsplit("/", 1)[1]
+    with psycopg.connect(unused_database.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield pg_server.dsn(name)
-    finally:
-        with pg_server.admin() as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    return unused_database
 
 
 @pytest.mark.db
@@ -81,9 +72,19 @@ class TestScenarioLoad:
             orders = conn.execute("SELECT count(*) FROM orders WHERE customer_id = 42").fetchone()
         assert orders == (3,)  # seed.sql: customer 42 has three orders
 
-    def test_unreachable_database_exits_one(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """A database that cannot be reached is reported with exit code 1, no traceback."""
-        dsn = "postgresql://postgres@127.0.0.1:5432/ag_no_such_database_x"
+    def test_missing_database_is_created(
+        self, unused_database: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`scenario load` creates the database when it does not exist yet."""
+        name = unused_database.rsplit("/", 1)[1]
+        assert main(["scenario", "load", unused_database]) == 0
+        assert f"created database {name}" in capsys.readouterr().out
+        with psycopg.connect(unused_database) as conn:
+            assert conn.execute("SELECT count(*) FROM customers").fetchone() != (0,)
+
+    def test_unreachable_server_exits_one(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A server that cannot be reached is reported with exit code 1, no traceback."""
+        dsn = "postgresql://postgres@127.0.0.1:1/ag_x?connect_timeout=2"
         assert main(["scenario", "load", dsn]) == 1
         assert "scenario load" in capsys.readouterr().err
 
@@ -158,3 +159,71 @@ class TestCheckParameters:
         assert code == expected, out
         if expected:
             assert "denied" in out
+
+
+class TestUsageErrors:
+    def test_a_customer_that_is_not_a_number_is_a_usage_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`who-read --customer abc` exits 2 saying what --customer takes, not int()'s words."""
+        trail = tmp_path / "audit.jsonl"
+        trail.write_text("", encoding="utf-8")
+        code = main(["audit", "who-read", "--audit", str(trail), "--customer", "abc"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "--customer takes a customer id, a whole number" in err
+        assert "int()" not in err
+
+
+class TestEventsNameTheirDatabase:
+    def test_a_sqlite_refusal_says_sqlite(self) -> None:
+        """An event of a statement on a wrapped sqlite3 connection says db.system.name sqlite."""
+        import sqlite3
+
+        from accessguard import AccessDenied, Guard
+        from accessguard.testing import MemoryAuditSink
+
+        sink = MemoryAuditSink()
+        db = sqlite3.connect(":memory:")
+        scenario.load_sqlite(db)
+        with Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
+        ) as guard:
+            conn = guard.wrap(db, user="alice", ticket="T-100")
+            with pytest.raises(AccessDenied):
+                conn.execute("SELECT email FROM customers")
+            decision = guard.check(
+                "SELECT email FROM customers", user="alice", ticket="T-100", dialect="sqlite"
+            )
+        assert not decision.allowed
+        assert [e["db.system.name"] for e in sink.events] == ["sqlite", "sqlite"]
+
+
+class TestRefusalsNameTheirSubject:
+    @pytest.mark.parametrize(
+        ("sql", "params", "named"),
+        [
+            ("SELECT email FROM customers WHERE id = 7", None, [{"kind": "customer", "id": 7}]),
+            ("SELECT email FROM customers WHERE id = %s", [3], [{"kind": "customer", "id": 3}]),
+            ("SELECT card_token FROM payments WHERE customer_id = 42", None, None),
+            ("SELECT email FROM customers", None, None),
+        ],
+        ids=["other-customer", "bound-parameter", "own-customer-forbidden-column", "unbound"],
+    )
+    def test_a_refusal_records_the_customer_it_named(
+        self, sql: str, params: list[int] | None, named: list[dict[str, object]] | None
+    ) -> None:
+        """A refused statement's event names the customer its scope was bound to, if any."""
+        from accessguard import Guard
+        from accessguard.testing import MemoryAuditSink
+
+        sink = MemoryAuditSink()
+        with Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
+        ) as guard:
+            assert not guard.check(sql, params, user="alice", ticket="T-100").allowed
+        (event,) = sink.events
+        expected = named if named is not None else (
+            [{"kind": "customer", "id": 42}] if "42" in sql else None
+        )
+        assert event.get("accessguard.subjects") == expected

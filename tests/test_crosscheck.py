@@ -355,6 +355,19 @@ class TestNeverRaises:
             assert not re.search("['\"$]", detail.replace("PostgreSQL's", "")), detail
 
 
+#: what the analysis of the TestVerifySent statements reads: customers.id, orders.id,
+#: products.title, and orders.status written
+VERIFY_FACTS = Facts(
+    kind="select",
+    tables=frozenset({"public.customers", "public.orders", "public.products"}),
+    reads=frozenset(
+        {("public.customers", "id"), ("public.orders", "id"), ("public.products", "title")}
+    ),
+    writes=frozenset({("public.orders", "status")}),
+)
+C42 = '(SELECT "id" FROM public.customers WHERE id = 42) AS "c"'
+
+
 class TestVerifySent:
     @pytest.mark.parametrize(
         ("sent", "tables", "what"),
@@ -365,20 +378,21 @@ class TestVerifySent:
                 "outside",
             ),
             (
-                'SELECT c.id FROM (SELECT * FROM public.customers WHERE id = 7) AS "c"',
+                'SELECT c.id FROM (SELECT "id" FROM public.customers WHERE id = 7) AS "c"',
                 {"public.customers"},
                 "without its scope filter",
             ),
             (
-                (
-                    'SELECT 1 FROM (SELECT * FROM public.customers WHERE id = 42) AS "c", '
-                    "public.payments"
-                ),
+                f"SELECT 1 FROM {C42}, public.payments",
                 {"public.customers"},
                 "also reads public.payments",
             ),
             ("SELECT id FROM customers", {"public.customers"}, "without its schema"),
-            ("UPDATE public.orders SET status = 'x'", {"public.orders"}, "not filtered"),
+            (
+                "UPDATE public.orders SET status = 'x' WHERE id = 1",
+                {"public.orders"},
+                "not filtered",
+            ),
             (
                 "UPDATE public.orders SET status = 'x' WHERE \"orders\".customer_id = 42 OR true",
                 {"public.orders"},
@@ -386,38 +400,134 @@ class TestVerifySent:
             ),
             ("SELECT (", set(), "rejects"),
             ("SELECT 1; SELECT 2", set(), "2 statements"),
+            ("SELECT (WITH x AS (SELECT 1) SELECT 1 FROM x) FROM x", set(), "also reads public.x"),
         ],
     )
     def test_refuses(self, sent: str, tables: set[str], what: str) -> None:
         """A scoped table read raw, with another subject, or an unfiltered UPDATE is caught."""
-        facts = Facts(kind="select", tables=frozenset(tables))
+        facts = replace(VERIFY_FACTS, tables=frozenset(tables))
         detail = verify_sent(sent, facts, SCOPED, subjects={42})
+        assert detail is not None
+        assert what in detail
+
+    @pytest.mark.parametrize(
+        ("sent", "what"),
+        [
+            pytest.param(
+                'SELECT "c".id FROM (SELECT * FROM public.customers WHERE id = 42) AS "c"',
+                "other than a list of its columns",
+                id="star-over-scoped-table",
+            ),
+            pytest.param("SELECT title FROM public.products", "outside", id="bare-unscoped-table"),
+            pytest.param(
+                'SELECT * FROM (SELECT * FROM public.products) AS "products"',
+                "other than a list of its columns",
+                id="star-over-unscoped-table",
+            ),
+            pytest.param(
+                'SELECT 1 FROM (SELECT "id", "email" FROM public.customers WHERE id = 42) AS "c"',
+                "other columns of public.customers",
+                id="column-the-analysis-did-not-attribute",
+            ),
+            pytest.param(
+                'SELECT 1 FROM (SELECT FROM public.customers WHERE id = 42) AS "c"',
+                "other columns of public.customers",
+                id="column-missing",
+            ),
+            pytest.param(
+                'SELECT 1 FROM (SELECT "id", "id" FROM public.customers WHERE id = 42) AS "c"',
+                "other columns",
+                id="column-twice",
+            ),
+            pytest.param(
+                'SELECT 1 FROM (SELECT "c"."id" FROM public.customers AS c WHERE id = 42) AS "c"',
+                "other than a list of its columns",
+                id="qualified-column",
+            ),
+            pytest.param(
+                'SELECT 1 FROM (SELECT "id" AS "x" FROM public.customers WHERE id = 42) AS "c"',
+                "more than a projection",
+                id="renamed-column",
+            ),
+            pytest.param(
+                'SELECT 1 FROM (SELECT c FROM public.customers AS c WHERE id = 42) AS "c"',
+                "other columns",
+                id="whole-row-inside-projection",
+            ),
+            pytest.param(
+                'SELECT 1 FROM (SELECT "id" FROM public.customers WHERE id = 42 LIMIT 1) AS "c"',
+                "more than a projection",
+                id="limit-inside-projection",
+            ),
+            pytest.param(
+                'SELECT 1 FROM (SELECT "title" FROM public.products WHERE ssn = 1) AS "p"',
+                "a condition inside",
+                id="condition-on-unscoped-table",
+            ),
+            pytest.param(
+                'SELECT 1 FROM (SELECT "id" FROM public.customers WHERE id = 42 AND ssn = 1) "c"',
+                "without its scope filter",
+                id="condition-beside-scope-filter",
+            ),
+            pytest.param(
+                "UPDATE public.orders AS o SET status = 'x' WHERE o.customer_id = 42 RETURNING *",
+                "every column",
+                id="returning-star",
+            ),
+            pytest.param(
+                "UPDATE public.orders AS o SET status = 'x' WHERE o.customer_id = 42 RETURNING o",
+                "every column",
+                id="returning-whole-row",
+            ),
+            pytest.param(
+                "UPDATE public.orders AS o SET status = o::text WHERE o.customer_id = 42",
+                "every column",
+                id="set-from-whole-row",
+            ),
+            pytest.param(
+                "UPDATE public.orders AS o SET status = 'x' WHERE o.customer_id = 42 "
+                "RETURNING o.ssn",
+                "other columns",
+                id="returning-undeclared-column",
+            ),
+            pytest.param(
+                "UPDATE public.orders AS o SET status = 'x' WHERE o.customer_id = 42 AND ssn = 'x'",
+                "other columns",
+                id="where-on-undeclared-column",
+            ),
+            pytest.param(
+                "UPDATE public.orders AS o SET status = 'x', ssn = 'y' WHERE o.customer_id = 42",
+                "sets other columns",
+                id="set-undeclared-column",
+            ),
+        ],
+    )
+    def test_refuses_other_columns(self, sent: str, what: str) -> None:
+        """Any column PostgreSQL would read beyond what the analysis attributes is caught."""
+        detail = verify_sent(sent, VERIFY_FACTS, SCOPED, subjects={42})
         assert detail is not None
         assert what in detail
 
     @pytest.mark.parametrize(
         "sent",
         [
-            'SELECT "c".id FROM (SELECT * FROM public.customers WHERE id = 42) AS "c"',
+            f'SELECT "c".id FROM {C42}',
+            f"SELECT \"c\".id FROM {C42.replace('42', '%s')} WHERE id LIKE '%%x'",
             (
-                'SELECT "c".id FROM (SELECT * FROM public.customers WHERE id = %s) AS "c" '
-                "WHERE name LIKE '%%x'"
-            ),
-            (
-                "SELECT 1 FROM (SELECT * FROM public.orders WHERE customer_id = "
+                'SELECT 1 FROM (SELECT "id" FROM public.orders WHERE customer_id = '
                 '__ag_subject_customer__) AS "o"'
             ),
-            "UPDATE public.orders AS o SET status = 'x' WHERE (id = 421) AND o.customer_id = 42",
-            "WITH x AS (SELECT 1) SELECT * FROM x, public.products",
+            (
+                "UPDATE public.orders AS o SET status = 'x' WHERE (id = 421) AND "
+                'o.customer_id = 42 RETURNING "id", (SELECT "__ag_row__" FROM '
+                '(SELECT "o"."id") AS "__ag_row__")'
+            ),
+            'WITH x AS (SELECT 1) SELECT * FROM x, (SELECT "title" FROM public.products) AS "p"',
         ],
     )
     def test_accepts(self, sent: str) -> None:
         """The guard's own rewrite shapes pass (constant, parameter or marker subjects)."""
-        facts = Facts(
-            kind="select",
-            tables=frozenset({"public.customers", "public.orders", "public.products"}),
-        )
-        assert verify_sent(sent, facts, SCOPED, pyformat="%s" in sent, subjects={42}) is None
+        assert verify_sent(sent, VERIFY_FACTS, SCOPED, pyformat="%s" in sent, subjects={42}) is None
 
     @given(mutated_sql())
     def test_never_raises(self, sql: str) -> None:

@@ -121,6 +121,33 @@ class TestCraftedInputs:
         assert len(sink.events) == 1
 
     @pytest.mark.db
+    @pytest.mark.parametrize(
+        ("query", "params"),
+        [
+            (b"SELECT name FROM customers WHERE id = 42 AND name <> '\xff'", None),
+            ("SELECT name FROM customers WHERE id = %(id)s AND name <> '\udcff'", {"id": 42}),
+            ("SELECT name FROM customers WHERE id = %s AND name <> '\udcff'", [42]),
+        ],
+        ids=["undecodable-bytes", "surrogate-named-params", "surrogate-positional"],
+    )
+    def test_execute_refuses_unreadable_text_with_one_event(
+        self,
+        guard: Guard,
+        sink: MemoryAuditSink,
+        scenario_dsn: str,
+        query: str | bytes,
+        params: object,
+    ) -> None:
+        """Undecodable bytes or a lone surrogate through execute() is one audited refusal."""
+        with guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn:
+            with pytest.raises(AccessDenied) as info:
+                conn.execute(query, params)
+            assert info.value.reason == "sql.unanalyzable"
+            assert conn.execute("SELECT name FROM customers WHERE id = 42").fetchall()
+        refusals = [e for e in sink.events if e["accessguard.outcome"] != "allowed"]
+        assert len(refusals) == 1
+
+    @pytest.mark.db
     def test_a_valid_statement_still_runs(self, guard: Guard, scenario_dsn: str) -> None:
         """Text with non-ASCII characters that is valid Unicode is analyzed as before."""
         with guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn:

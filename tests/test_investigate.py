@@ -9,18 +9,23 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from accessguard import AccessDenied, Guard, scenario
-from accessguard.audit import read_events
+from accessguard.audit import JsonlSink, read_events
+from accessguard.chain import KEY_ENV
+from accessguard.cli import main
 from accessguard.investigate import (
     cutoff,
     events_from_file,
     parse_since,
     render_table,
+    verified_events,
     what_read,
     who_read,
 )
+from accessguard.pgsink import PostgresSink
 from accessguard.report import write_report
 from accessguard.summary import summarize
 
@@ -210,14 +215,17 @@ class TestParseSince:
             ("90s", dt.timedelta(seconds=90)),
             ("2w", dt.timedelta(weeks=2)),
             (" 7d ", dt.timedelta(days=7)),
+            ("1 hour", dt.timedelta(hours=1)),
+            ("2 weeks", dt.timedelta(weeks=2)),
+            ("90 seconds", dt.timedelta(seconds=90)),
         ],
     )
     def test_units(self, text: str, expected: dt.timedelta) -> None:
-        """Durations with s, m, h, d and w units parse to timedeltas."""
+        """Durations with unit letters or words (limits.toml's syntax) parse to timedeltas."""
         assert parse_since(text) == expected
 
     @pytest.mark.parametrize(
-        "text", ["", "30", "d", "1.5h", "-1d", "0d", "3y", "1 hour", "1h30m", "99999999999w"]
+        "text", ["", "30", "d", "1.5h", "-1d", "0d", "3y", "1 fortnight", "1h30m", "99999999999w"]
     )
     def test_rejects(self, text: str) -> None:
         """Anything but a positive whole number and one unit is a ValueError naming the forms."""
@@ -550,3 +558,95 @@ class TestScriptedWorkloadOnPostgres:
         report = tmp_path / "report.html"
         write_report(events, report)
         assert "far above peers" in report.read_text()
+
+
+KEY = bytes(range(32))
+
+
+def keyed_trail(path: Path, events: list[Event]) -> Path:
+    """Events written through a keyed JSON-lines sink (chained, with a checkpoint)."""
+    JsonlSink(path, key=KEY, fsync=False).write([dict(e) for e in events])
+    return path
+
+
+def _who_read(source: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["audit", "who-read", *source, "--customer", "42", "--format", "json"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+class TestVerifiedReading:
+    @pytest.fixture
+    def trail(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+        monkeypatch.setenv(KEY_ENV, KEY.hex())
+        return keyed_trail(tmp_path / "audit.jsonl", workload())
+
+    def test_intact_trail_answers_with_exit_zero(
+        self, trail: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """who-read on an intact keyed trail answers and exits 0, with nothing on stderr."""
+        code, out, err = _who_read(["--audit", str(trail)], capsys)
+        assert code == 0
+        assert err == ""
+        assert [r["user"] for r in json.loads(out)] == ["alice", "erin"]
+
+    @pytest.mark.parametrize("damage", ["corrupt-line", "edited-line", "cut-tail"])
+    def test_damaged_trail_is_reported_with_exit_one(
+        self, trail: Path, damage: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A corrupt, edited or cut trail is named on stderr and the command exits 1."""
+        lines = trail.read_text().splitlines(keepends=True)
+        if damage == "corrupt-line":
+            lines.insert(1, "{not json\n")
+        elif damage == "edited-line":
+            lines[1] = lines[1].replace('"alice"', '"bob"')
+        else:
+            lines = lines[:-1]
+        trail.write_text("".join(lines))
+        code, out, err = _who_read(["--audit", str(trail)], capsys)
+        assert code == 1
+        assert "chain broken" in err
+        if damage != "cut-tail":
+            assert f"{trail}:2:" in err
+        json.loads(out)  # the answer is still printed, flagged by the exit code
+
+    def test_report_on_a_broken_trail_exits_one(
+        self, trail: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """audit report writes its file but exits 1 when the trail does not verify."""
+        with trail.open("a") as fh:
+            fh.write("garbage\n")
+        out = tmp_path / "report.html"
+        assert main(["audit", "report", "--audit", str(trail), "--out", str(out)]) == 1
+        assert out.exists()
+        assert "chain broken" in capsys.readouterr().err
+
+    def test_verified_events_keeps_reading_past_a_break(self, trail: Path) -> None:
+        """verified_events returns every readable event and the verdict naming the break."""
+        lines = trail.read_text().splitlines(keepends=True)
+        lines.insert(2, "{not json\n")
+        trail.write_text("".join(lines))
+        events, verdict = verified_events(trail, key=KEY)
+        assert not verdict.ok
+        assert verdict.broken_line == 3
+        assert len(events) == len(lines) - 1
+
+    @pytest.mark.db
+    def test_tampered_postgres_trail_exits_one(
+        self, scenario_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """who-read --dsn verifies as it reads: an updated user_name column fails the command."""
+        monkeypatch.setenv(KEY_ENV, KEY.hex())
+        sink = PostgresSink(scenario_dsn, key=KEY)
+        sink.setup()
+        sink.write([dict(e) for e in workload()])
+        sink.close()
+        assert _who_read(["--dsn", scenario_dsn], capsys)[0] == 0
+        with psycopg.connect(scenario_dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE accessguard.events SET user_name = 'bob' WHERE user_name = 'alice'"
+            )
+        code, _out, err = _who_read(["--dsn", scenario_dsn], capsys)
+        assert code == 1
+        assert "user_name column differs" in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from psycopg import sql
 
 from accessguard import investigate
 from accessguard.audit import JsonlSink
+from accessguard.chain import checkpoint_path
 from accessguard.cli import main
 from accessguard.investigations import (
     Engine,
@@ -180,6 +182,7 @@ class TestIndex:
         """Events appended after the index was built are answered; older parts are kept."""
         trail = tmp_path / "trail.jsonl"
         trail.write_bytes(month.trail.read_bytes())
+        shutil.copyfile(checkpoint_path(month.trail), checkpoint_path(trail))
         index = tmp_path / "trail.jsonl.index"
         open_engine(audit=trail).close()
         first = json.loads((index / "manifest.json").read_text())

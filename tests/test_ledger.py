@@ -133,3 +133,41 @@ class TestFlushing:
         subject = str(event["accessguard.subject.id"])
         assert subject != "42"
         assert len(subject) == 64
+
+
+class TestRowsWritten:
+    @pytest.mark.db
+    def test_an_update_ledgers_the_rows_it_changed(
+        self, policies: Path, tmp_path: Path, scenario_dsn: str
+    ) -> None:
+        """An UPDATE of two orders (no RETURNING) is in the ledger with 2 rows, not 0."""
+        audit = tmp_path / "audit.jsonl"
+        with (
+            Guard.from_directory(policies, tickets=scenario.tickets(), audit=audit) as guard,
+            guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn,
+        ):
+            cur = conn.execute(
+                "UPDATE orders SET status = 'pending' WHERE customer_id = 42 AND id IN (421, 422)"
+            )
+            assert cur.rowcount == 2
+        entries = ledger_events(audit)  # the update is the only statement
+        assert sum(int(str(e["accessguard.rows"])) for e in entries) == 2
+
+    def test_an_update_through_dbapi_ledgers_its_rows(self, policies: Path, tmp_path: Path) -> None:
+        """The same on a wrapped sqlite3 connection, executemany included."""
+        import sqlite3
+
+        audit = tmp_path / "audit.jsonl"
+        db = sqlite3.connect(":memory:")
+        scenario.load_sqlite(db)
+        with Guard.from_directory(policies, tickets=scenario.tickets(), audit=audit) as guard:
+            conn = guard.wrap(db, user="alice", ticket="T-100")
+            conn.execute("UPDATE orders SET status = 'x' WHERE customer_id = 42 AND id = 421")
+            cur = conn.cursor()
+            cur.executemany(
+                "UPDATE orders SET status = ? WHERE customer_id = 42 AND id = ?",
+                [("y", 422), ("z", 423)],
+            )
+        entries = ledger_events(audit)  # the updates are the only statements
+        assert sum(int(str(e["accessguard.statements"])) for e in entries) == 3
+        assert sum(int(str(e["accessguard.rows"])) for e in entries) == 3

@@ -7,12 +7,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import psycopg
 import pytest
 from casefiles import PgServerLike, RedteamCase, database_copy, load_redteam_cases
 from test_redteam import ALLOWED_EQUIVALENT, TIMEOUT, redteam_params, run_case
 
 from accessguard import AccessDenied, AccessGuardError, ConfigurationError, Guard, scenario
-from accessguard.adapters.pool import GuardedPool
+from accessguard.adapters.pool import GuardedAsyncPool, GuardedPool
 from accessguard.testing import MemoryAuditSink
 
 if TYPE_CHECKING:
@@ -94,8 +96,9 @@ class TestCheckout:
             cur.execute(QUERY, [42])
         assert conn.closed
         with pool.connection(user="bob"):
-            with pytest.raises(Exception, match="closed"):
+            with pytest.raises(AccessDenied, match="returned to the pool") as info:
                 cur.execute(QUERY, [42])
+            assert info.value.reason == "session.returned"
             with pytest.raises(Exception, match="returned to the pool"):
                 conn.execute(QUERY, [42])
 
@@ -146,6 +149,191 @@ class TestCheckout:
         with pool.connection(user="alice", ticket="T-100") as conn:
             rows = conn.execute("SELECT status FROM orders WHERE customer_id = 42 AND id = 421")
             assert rows.fetchall() == [("refunded",)]
+
+
+@pytest.fixture
+def audited(scenario_dsn: str) -> Iterator[tuple[GuardedPool, MemoryAuditSink]]:
+    """A one-connection pool whose guard audits to a sink the test reads."""
+    sink = MemoryAuditSink()
+    with (
+        Guard.from_directory(scenario.policies_dir(), tickets=scenario.tickets(), audit=sink) as g,
+        GuardedPool(g, scenario_dsn, min_size=1, max_size=1) as pool,
+    ):
+        yield pool, sink
+
+
+@db
+class TestCursorsBelongToTheirCheckout:
+    def test_every_cursor_refuses_after_return(
+        self, audited: tuple[GuardedPool, MemoryAuditSink]
+    ) -> None:
+        """Cursors from execute(), cursor() and named cursors all refuse (audited) once returned."""
+        pool, sink = audited
+        with pool.connection(user="alice", ticket="T-100") as conn:
+            executed = conn.execute(QUERY, [42])
+            plain = conn.cursor()
+            named = conn.cursor("kept")
+            named.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+            assert named.fetchone() == (421,)
+            with conn.transaction() as tx:
+                in_block = tx.connection.cursor()
+            stream = conn.cursor().stream("SELECT id FROM orders WHERE customer_id = 42")
+        with pool.connection(user="bob") as bobs:  # the same backend, now bob's
+            with pytest.raises(psycopg.InterfaceError):  # its cursor was closed on return
+                next(stream)
+            for cur in (executed, plain, named, in_block):
+                assert cur.closed
+                with pytest.raises(AccessDenied) as info:
+                    cur.execute(QUERY, [42])
+                assert info.value.reason == "session.returned"
+            assert executed.fetchall() == []
+            with pytest.raises(AccessDenied):
+                bobs.execute(QUERY, [42])  # bob himself still has no right to it
+        assert sink.reasons() == ["session.returned"] * 4 + ["ticket.required"]
+
+    def test_a_cursor_made_by_execute_is_closed_on_return(
+        self, audited: tuple[GuardedPool, MemoryAuditSink]
+    ) -> None:
+        """conn.execute()'s cursor is closed with the checkout, like conn.cursor()'s."""
+        pool, _sink = audited
+        with pool.connection(user="alice", ticket="T-100") as conn:
+            cur = conn.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+            assert cur.fetchone() == (421,)
+        assert cur.closed
+        assert cur.fetchall() == []  # the rest of alice's result is gone with her checkout
+
+
+@db
+class TestReset:
+    def test_many_checkouts_keep_prepared_statements_working(self, pool: GuardedPool) -> None:
+        """Past psycopg's prepare threshold (5), checkouts run and the reset never fails.
+
+        A failing reset makes the pool replace the connection: one backend
+        throughout shows that every reset succeeded.
+        """
+        backends = set()
+        for _ in range(12):
+            with pool.connection(user="alice", ticket="T-100") as conn:
+                for _ in range(7):  # prepared from the 6th execution on
+                    assert conn.execute(QUERY, [42]).fetchall() == [("Name-0042",)]
+                conn.commit()  # no rollback on return (a rollback clears psycopg's record)
+                backends.add(conn._raw.info.backend_pid)  # the test peeks at the raw connection
+        assert len(backends) == 1
+
+    def test_threads_checking_out_repeatedly(self, guard: Guard, scenario_dsn: str) -> None:
+        """Four threads, two physical connections, five checkouts each: every statement runs."""
+
+        def work(shared: GuardedPool) -> int:
+            done = 0
+            for _ in range(5):
+                with shared.connection(user="dave") as conn:
+                    for _ in range(5):
+                        rows = conn.execute("SELECT id FROM products WHERE id = %s", [9])
+                        done += len(rows.fetchall())
+            return done
+
+        with (
+            GuardedPool(guard, scenario_dsn, min_size=2, max_size=2) as pool,
+            ThreadPoolExecutor(max_workers=4) as executor,
+        ):
+            futures = [executor.submit(work, pool) for _ in range(4)]
+            assert [f.result(timeout=60) for f in futures] == [25] * 4
+
+    def test_session_state_and_prepared_statements_are_gone(self, pool: GuardedPool) -> None:
+        """After a return, the server holds no prepared statement of the previous checkout."""
+        with pool.connection(user="alice", ticket="T-100") as conn:
+            for _ in range(7):
+                conn.execute(QUERY, [42]).fetchall()
+        with pool.connection(user="dave") as conn:  # the test peeks through the raw connection
+            peek = conn._raw.execute("SELECT count(*) FROM pg_prepared_statements", prepare=False)
+            assert peek.fetchone() == (0,)
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """psycopg's async connections run on asyncio."""
+    return "asyncio"
+
+
+@db
+@pytest.mark.anyio
+class TestAsyncPool:
+    async def test_contract_entry_point(self, guard: Guard, scenario_dsn: str) -> None:
+        """guard.pool_async(dsn) hands out guarded async connections per checkout."""
+        async with guard.pool_async(scenario_dsn, min_size=1, max_size=1) as pool:
+            async with pool.connection(user="alice", ticket="T-100") as conn:
+                cur = await conn.execute(QUERY, [42])
+                assert await cur.fetchall() == [("Name-0042",)]
+                with pytest.raises(AccessDenied):
+                    await conn.execute("SELECT email FROM customers")
+            async with pool.connection(user="bob") as conn:
+                with pytest.raises(AccessDenied):
+                    await conn.execute(QUERY, [42])
+
+    async def test_kept_cursors_refuse_after_return(self, scenario_dsn: str) -> None:
+        """Async cursors (execute(), cursor(), named) refuse, audited, once their checkout ends."""
+        sink = MemoryAuditSink()
+        with Guard.from_directory(
+            scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
+        ) as guard:
+            async with GuardedAsyncPool(guard, scenario_dsn, min_size=1, max_size=1) as pool:
+                async with pool.connection(user="alice", ticket="T-100") as conn:
+                    executed = await conn.execute(QUERY, [42])
+                    plain = conn.cursor()
+                    named = conn.cursor("kept")
+                    await named.execute("SELECT id FROM orders WHERE customer_id = 42")
+                async with pool.connection(user="bob") as bobs:
+                    for cur in (executed, plain, named):
+                        assert cur.closed
+                        with pytest.raises(AccessDenied) as info:
+                            await cur.execute(QUERY, [42])
+                        assert info.value.reason == "session.returned"
+                    assert await executed.fetchall() == []
+                    assert conn.closed
+                    with pytest.raises(AccessDenied):
+                        conn.cursor()
+                    assert not bobs.closed
+        refusals = [e["event.reason"] for e in sink.events if e["event.action"] != "ledger"]
+        assert refusals == ["session.returned"] * 4
+
+    async def test_many_checkouts_and_tasks(self, guard: Guard, scenario_dsn: str) -> None:
+        """Past the prepare threshold, over concurrent tasks, every reset and statement works."""
+        backends: set[int] = set()
+        results: list[int] = []
+
+        async def work(shared: GuardedAsyncPool) -> None:
+            done = 0
+            for _ in range(5):
+                async with shared.connection(user="dave") as conn:
+                    for _ in range(5):
+                        cur = await conn.execute("SELECT id FROM products WHERE id = %s", [9])
+                        done += len(await cur.fetchall())
+                    await conn.commit()
+                    backends.add(conn._raw.info.backend_pid)  # the test peeks
+            results.append(done)
+
+        async with (
+            GuardedAsyncPool(guard, scenario_dsn, min_size=2, max_size=2) as pool,
+            anyio.create_task_group() as tasks,
+        ):
+            for _ in range(4):
+                tasks.start_soon(work, pool)
+        assert results == [25] * 4
+        assert len(backends) <= 2  # no reset failed (a failed one replaces the connection)
+
+    async def test_employee_bound_or_refused(self, guard: Guard, scenario_dsn: str) -> None:
+        """Without user=, a checkout takes guard.acting_as's employee; with none bound, refused."""
+        async with GuardedAsyncPool(guard, scenario_dsn, min_size=1, max_size=1) as pool:
+            with pytest.raises(ConfigurationError):
+                async with pool.connection():
+                    pass
+            checkout = pool.connection()  # the employee is the one bound when it is entered
+            with guard.acting_as(user="alice", ticket="T-100"):
+                async with checkout as conn:
+                    assert conn.user == "alice"
+            with guard.acting_as(user="alice", ticket="T-100"):
+                async with pool.connection() as conn:
+                    assert conn.user == "alice"
 
 
 # ---------------------------------------------------------------------- red team

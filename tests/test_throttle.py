@@ -671,3 +671,38 @@ class TestStoreUnavailable:
         """A storage URL other than memory:// or redis:// is a configuration error."""
         with pytest.raises(ConfigurationError, match="memcached"):
             Throttle(LIMITS, storage="memcached://127.0.0.1:11211")
+
+
+class TestOneDurationSyntax:
+    @pytest.mark.parametrize(
+        ("per", "seconds"),
+        [("1 hour", 3600), ("1h", 3600), ("90s", 90), ("2 minutes", 120), ("1 week", 604800)],
+    )
+    def test_limits_accept_the_command_line_spelling_too(self, per: str, seconds: int) -> None:
+        """limits.toml's `per` takes "1h" as well as "1 hour" (one syntax with --since)."""
+        from accessguard.durations import parse_seconds
+        from accessguard.investigate import parse_since
+
+        assert parse_seconds(per) == seconds
+        assert parse_since(per).total_seconds() == seconds
+
+    def test_a_limits_file_written_with_letters_loads(self, tmp_path: Path) -> None:
+        """A limits.toml saying per = "1h" loads as the hour "1 hour" means."""
+        from accessguard.throttle import load_limits
+
+        path = tmp_path / "limits.toml"
+        path.write_text(
+            '[roles.everyone]\nstatements = { count = 120, per = "1m" }\n'
+            '[roles.support_agent]\ndistinct_customers = { count = 20, per = "1h" }\n',
+            encoding="utf-8",
+        )
+        windows = {
+            (rule.role, name): getattr(rule, name).seconds
+            for rule in load_limits(path).rules
+            for name in ("statements", "distinct_customers")
+            if getattr(rule, name) is not None
+        }
+        assert windows == {
+            ("everyone", "statements"): 60,
+            ("support_agent", "distinct_customers"): 3600,
+        }

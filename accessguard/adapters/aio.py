@@ -6,22 +6,29 @@ Every path that sends SQL is checked first: execute, executemany, stream,
 named (server-side) cursors. COPY and pipeline mode are refused. As in the
 sync adapter there is no ``__getattr__`` fall-through to the raw objects.
 
-Rows are counted where they are handed over (fetchone / fetchmany / fetchall /
-``async for`` / stream) for the access ledger and the per-statement row cap; a
-client-side cursor over its cap is refused right after ``execute`` with no row
-handed over.
+Rows leave through the one gate every adapter shares (``adapters.base``):
+each statement's own ``Authorized`` counts them for the access ledger and the
+row cap, bound to its result (the cursor's, a stream's, one result set of an
+executemany); a client-side result over its cap is refused right after
+``execute`` with no row handed over.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from accessguard.adapters.base import RowCounter
-from accessguard.adapters.psycopg3 import DIALECT, _query_text, authorize_statement
-from accessguard.errors import AccessDenied, Reason
+from accessguard.adapters.base import CHUNK, NOTHING, RowCounter
+from accessguard.adapters.psycopg3 import (
+    DIALECT,
+    GuardedTransaction,
+    _query_text,
+    authorize_statement,
+    refuse_hooks,
+)
+from accessguard.errors import Reason
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -37,94 +44,165 @@ def wrap_async(
 
 
 class AsyncCountingCursor(RowCounter):
-    """The async counterpart of ``base.CountingCursor``: counts the rows handed over."""
+    """The async counterpart of ``base.CountingCursor``: the same gate, awaited."""
 
     async def fetchone(self) -> Any:
-        if self._withheld:
+        st = self._st
+        if st.withheld:
             return None
         row = await self._raw.fetchone()
-        if row is not None:
-            self._count(1)
+        if row is not None and not st.take(1):
+            raise self._refused(st, 1)
         return row
 
     async def fetchmany(self, size: int | None = None) -> list[Any]:
-        if self._withheld:
+        st = self._st
+        if st.withheld:
             return []
-        rows = await (self._raw.fetchmany() if size is None else self._raw.fetchmany(size))
-        self._count(len(rows))
-        return list(rows)
+        rows = list(await (self._raw.fetchmany() if size is None else self._raw.fetchmany(size)))
+        if not st.take(len(rows)):
+            raise self._refused(st, len(rows))
+        return rows
 
     async def fetchall(self) -> list[Any]:
-        if self._withheld:
+        st = self._st
+        if st.withheld:
             return []
-        rows = await self._raw.fetchall()
-        self._count(len(rows))
-        return list(rows)
+        rows = list(await self._raw.fetchall())
+        if not st.take(len(rows)):
+            raise self._refused(st, len(rows))
+        return rows
 
     async def __aiter__(self) -> AsyncIterator[Any]:
-        if self._withheld:
-            return
-        async for row in self._raw:
-            self._count(1)
-            yield row
+        # chunk by chunk, each counted against the result the cursor holds then
+        while rows := await self.fetchmany(CHUNK):
+            for row in rows:
+                yield row
+
+
+class AsyncStreamed:
+    """What a guarded async ``stream()`` returns: its own statement's gate over the driver's."""
+
+    __slots__ = ("_cursor", "_rebind", "_rows", "_st")
+
+    def __init__(
+        self, cursor: RowCounter, st: Authorized, rows: AsyncIterator[Any], *, rebind: bool
+    ) -> None:
+        self._cursor = cursor
+        #: whether the cursor's own fetches read this stream's result once it runs
+        #: (not a named cursor's: they read its portal, the statement it declared)
+        self._rebind = rebind
+        self._st = st
+        self._rows = rows
+
+    def __aiter__(self) -> AsyncStreamed:
+        return self
+
+    async def __anext__(self) -> Any:
+        st = self._st
+        if st.withheld:
+            raise StopAsyncIteration
+        cursor = self._cursor
+        if self._rebind:  # once it runs, the driver's current result is this stream's
+            cursor._st = st
+        row = await anext(self._rows)
+        if not st.take(1):
+            await self.aclose()
+            raise cursor._refused(st, 1)
+        return row
+
+    async def aclose(self) -> None:
+        """Stop the stream (the driver cancels what the server still sends)."""
+        aclose = getattr(self._rows, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class AsyncGuardedCursor(AsyncCountingCursor):
     """A psycopg async cursor whose every statement is checked before it is sent."""
+
+    #: the statements of the last executemany, one per result set, and the current one's index
+    _batch: Sequence[Authorized] = (NOTHING,)
+    _index = 0
 
     def __init__(self, conn: AsyncGuardedConnection, raw: Any) -> None:
         self._conn = conn
         self._raw = raw
         self._guard = conn._guard
         self._session = conn._session
+        self._lane = conn._lane
+        self._mogrify = raw.mogrify if isinstance(raw, psycopg.AsyncClientCursor) else None
 
     # ------------------------------------------------------------------ sending
 
     def _authorize(self, query: Any, params: Any) -> Authorized:
         """What the sync cursor does; no I/O, so no await."""
-        client = isinstance(self._raw, psycopg.AsyncClientCursor)
         return authorize_statement(
-            self._guard.lane(self._session, DIALECT),
-            _query_text(query, self._conn._raw),
+            self._lane,
+            query if type(query) is str else _query_text(query, self._conn._raw),
             params,
-            mogrify=self._raw.mogrify if client else None,
+            mogrify=self._mogrify,
         )
 
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncGuardedCursor:
         ok = self._authorize(query, params)
         await self._raw.execute(ok.sql, ok.params, **kwargs)
-        self._begin(ok)
-        # a client-side cursor holds the whole result already: refuse it
-        # before a single row is handed over.
-        if (
-            ok.row_cap is not None
-            and self._raw.pgresult is not None
-            and self._raw.rowcount > ok.row_cap
-            and ok.facts.kind == "select"
-        ):
-            raise self._withhold(ok, self._raw.rowcount)
+        self._st = ok  # what _admit does, inline: this is every statement's path
+        if ok.tally is not None and ok.plan.facts.kind == "update":
+            self._written(ok)
+        if ok.row_cap is not None:
+            # a client-side cursor holds the whole result already: refuse it
+            # before a single row is handed over (a named cursor's is 0 here)
+            result = self._raw.pgresult
+            if result is not None and result.ntuples > ok.row_cap:
+                ok.withheld = True
+                raise self._guard.over_row_cap(ok, result.ntuples)
         return self
 
-    async def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
+    async def executemany(
+        self, query: Any, params_seq: Iterable[Any], *, returning: bool = False, **kwargs: Any
+    ) -> None:
+        """Every parameter set decided first; each result set read through its own statement."""
         batch = [self._authorize(query, params) for params in params_seq]
         if not batch:
             return
-        if len({ok.sql for ok in batch}) != 1:  # one statement, one shape: never guess
-            raise AccessDenied(
-                "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
-            )
-        await self._raw.executemany(batch[0].sql, [ok.params or () for ok in batch], **kwargs)
+        self._one_statement(batch)  # one statement, one shape: never guess
+        self._st = NOTHING  # until the batch is back, the old result is gone
+        await self._raw.executemany(
+            batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
+        )
+        if not returning and batch[0].plan.facts.kind == "update":
+            self._written(batch[0])  # one plan, one tally: the batch's changed rows
+        self._batch = batch
+        self._select(0)
 
-    def stream(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncIterator[Any]:
+    def _select(self, index: int) -> None:
+        """The batch's result set ``index`` is the driver's current one: admit it."""
+        self._index = index
+        result = self._raw.pgresult
+        self._admit(self._batch[index], result.ntuples if result is not None else 0)
+
+    def nextset(self) -> bool | None:
+        """Move to the next result set (of an executemany with ``returning=True``)."""
+        current = self._st
+        if not self._raw.nextset():
+            return None
+        index = self._index + 1
+        if current is not self._batch[self._index] or index >= len(self._batch):
+            self._st = NOTHING  # a result set no statement of ours accounts for
+            return True
+        self._select(index)
+        return True
+
+    def stream(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncStreamed:
         """Checked when called (not at the first ``async for`` step), like the sync stream."""
         ok = self._authorize(query, params)
-        self._begin(ok)
-        return self._counted(self._raw.stream(ok.sql, ok.params, **kwargs))
-
-    async def _counted(self, rows: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        async for row in rows:
-            self._count(1)
-            yield row
+        return AsyncStreamed(
+            self,
+            ok,
+            self._raw.stream(ok.sql, ok.params, **kwargs),
+            rebind=not isinstance(self._raw, psycopg.AsyncServerCursor),
+        )
 
     def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
         raise self._guard.refuse(
@@ -138,9 +216,6 @@ class AsyncGuardedCursor(AsyncCountingCursor):
 
     async def scroll(self, value: int, mode: str = "relative") -> None:
         await self._raw.scroll(value, mode)
-
-    def nextset(self) -> bool | None:
-        return bool(self._raw.nextset())
 
     @property
     def description(self) -> Any:
@@ -189,6 +264,34 @@ class AsyncGuardedCursor(AsyncCountingCursor):
         await self.close()
 
 
+class AsyncTransactionBlock:
+    """``async with aconn.transaction() as tx``: psycopg's block, yielding a GuardedTransaction.
+
+    psycopg's own AsyncTransaction leads to the raw connection (``.connection``)
+    and its libpq handle (``.pgconn``, whose ``exec_`` sends SQL with no
+    cursor at all): it is kept private here, and ``tx.connection`` is this
+    guarded connection.
+    """
+
+    __slots__ = ("_block", "_conn")
+
+    def __init__(self, conn: AsyncGuardedConnection, block: Any) -> None:
+        self._conn = conn
+        self._block = block
+
+    async def __aenter__(self) -> GuardedTransaction:
+        tx = await self._block.__aenter__()
+        return GuardedTransaction(self._conn, tx.savepoint_name)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._block.__aexit__(exc_type, exc, tb)  # type: ignore[no-any-return]
+
+
 class AsyncGuardedConnection:
     """A psycopg 3 AsyncConnection acting for one employee on one ticket."""
 
@@ -196,11 +299,13 @@ class AsyncGuardedConnection:
         self._guard = guard
         self._raw = raw
         self._session = session
+        self._lane = guard.lane(session, DIALECT)
 
     @classmethod
     async def connect(
         cls, guard: Guard, conninfo: str, session: Session, **kwargs: Any
     ) -> AsyncGuardedConnection:
+        refuse_hooks(guard, session, kwargs, (psycopg.AsyncCursor, psycopg.AsyncClientCursor))
         return cls(guard, await psycopg.AsyncConnection.connect(conninfo, **kwargs), session)
 
     @property
@@ -212,11 +317,13 @@ class AsyncGuardedConnection:
         return self._session.ticket
 
     def cursor(self, name: str = "", **kwargs: Any) -> AsyncGuardedCursor:
+        if kwargs:
+            refuse_hooks(self._guard, self._session, kwargs, ())
         raw = self._raw.cursor(name, **kwargs) if name else self._raw.cursor(**kwargs)
         return AsyncGuardedCursor(self, raw)
 
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncGuardedCursor:
-        return await self.cursor().execute(query, params, **kwargs)
+        return await AsyncGuardedCursor(self, self._raw.cursor()).execute(query, params, **kwargs)
 
     def pipeline(self) -> Any:
         raise self._guard.refuse(
@@ -226,8 +333,13 @@ class AsyncGuardedConnection:
             kind="pipeline",
         )
 
-    def transaction(self, *args: Any, **kwargs: Any) -> Any:
-        return self._raw.transaction(*args, **kwargs)
+    def transaction(
+        self, savepoint_name: str | None = None, *, force_rollback: bool = False
+    ) -> AsyncTransactionBlock:
+        """psycopg's transaction block; what it yields leads back to this guarded connection."""
+        return AsyncTransactionBlock(
+            self, self._raw.transaction(savepoint_name, force_rollback=force_rollback)
+        )
 
     async def commit(self) -> None:
         await self._raw.commit()

@@ -1,86 +1,176 @@
-"""What every guarded cursor shares: counting the rows it hands over.
+"""The one gate rows leave through, shared by every guarded cursor (issue 17, issue 23).
 
-Rows are counted where the data really flows, in fetchone / fetchmany /
-fetchall / iteration, for the access ledger and the per-statement row cap.
-A fetch that would take a statement over its cap raises ``Throttled`` instead
-of returning those rows.
+Before a statement is sent, the lane authorizes it and makes its
+``Authorized``: the statement's own row cap and ledger tally, and its count
+of rows handed over. After it, the adapter binds that object to the result it
+belongs to, never to the cursor alone:
+
+- a cursor's current result: ``_st``, replaced only when the driver's current
+  result is replaced (execute, a stream that starts, nextset);
+- a stream: the iterator ``stream()`` returns captures its own;
+- each result set of an ``executemany(..., returning=True)``: one per
+  parameter set, selected by ``nextset()``.
+
+Every method that hands rows over (fetchone / fetchmany / fetchall,
+iteration, stream, nextset's results, named cursors) asks the bound object
+(``Authorized.take``) first. A result refused after it ran is withheld: it
+stays withheld whatever is sent later on the same cursor. A fetch that would
+pass the cap, or that the closed guard's ledger could no longer record,
+raises instead of returning those rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+from accessguard.errors import Reason
+from accessguard.lane import authorized
 
 if TYPE_CHECKING:
+    from accessguard.errors import AccessGuardError
     from accessguard.guard import Authorized, Guard, Session
+    from accessguard.plan import Plan
+
+#: rows a guarded iteration asks the driver for at a time (a named cursor's round trip)
+CHUNK = 100
+
+#: the result of a cursor no statement was sent on: nothing to hand over
+NOTHING = authorized(sql="", params=None, plan=cast("Plan", None), withheld=True)
 
 
 class RowCounter:
-    """The row accounting every guarded cursor shares, sync or async."""
+    """The row gate every guarded cursor shares, sync or async."""
 
     _raw: Any
     _guard: Guard
     _session: Session
-    _current: Authorized | None = None
-    _fetched: int = 0
-    #: the last statement was refused after it ran: its result is withheld
-    _withheld: bool = False
+    _dialect: str = "postgres"
+    #: the statement whose result the driver's cursor holds now
+    _st: Authorized = NOTHING
 
-    def _begin(self, ok: Authorized) -> None:
-        """A new statement was sent: count its rows from zero."""
-        self._current = ok
-        self._fetched = 0
-        self._withheld = False
+    def _refused(self, st: Authorized, n: int) -> AccessGuardError:
+        """The refusal of ``n`` rows ``st.take`` declined (audited); raise it."""
+        tally = st.tally
+        if tally is not None and tally.ledger._closed:
+            return self._guard.refuse(
+                Reason.GUARD_CLOSED,
+                "Refused: the guard was closed; rows it cannot account for are not handed over.",
+                self._session,
+                kind=st.facts.kind,
+                dialect=self._dialect,
+            )
+        return self._guard.over_row_cap(st, st.handed + n)
 
-    def _withhold(self, ok: Authorized, count: int) -> Exception:
-        """Refuse the rest of the result: nothing more is handed over from this cursor."""
-        self._current = None
-        self._withheld = True
-        return self._guard.over_row_cap(ok, count)
+    def _written(self, st: Authorized) -> None:
+        """Ledger the rows an UPDATE changed (its RETURNING rows are counted as handed over)."""
+        raw = self._raw
+        tally = st.tally
+        if tally is not None and raw.description is None and (raw.rowcount or 0) > 0:
+            tally.add(raw.rowcount)
 
-    def _count(self, n: int) -> None:
-        ok = self._current
-        if ok is None or n <= 0:
-            return
-        if ok.row_cap is not None and self._fetched + n > ok.row_cap:
-            raise self._withhold(ok, self._fetched + n)
-        self._fetched += n
-        if ok.tally is not None:
-            ok.tally.add(n)
+    def _one_statement(self, batch: list[Authorized]) -> None:
+        """An executemany sends one statement for every parameter set: refuse (audited) if not.
+
+        (A client-side binding cursor merges each set into its own text: such a
+        batch is refused, never sent as the first text with the others' values.)
+        """
+        first = batch[0].sql
+        if any(ok.sql != first for ok in batch):
+            raise self._guard.refuse(
+                Reason.INTERNAL_ERROR,
+                "Refused: executemany produced different statements.",
+                self._session,
+                kind=batch[0].facts.kind,
+                dialect=self._dialect,
+            )
+
+    def _admit(self, st: Authorized, ntuples: int) -> None:
+        """``st``'s result is the driver's current one, holding ``ntuples`` rows in memory.
+
+        Over its cap, it is refused before a single row is handed over (and
+        stays withheld).
+        """
+        self._st = st
+        if st.row_cap is not None and ntuples > st.row_cap:
+            st.withheld = True
+            raise self._guard.over_row_cap(st, ntuples)
 
 
 class CountingCursor(RowCounter):
     """Base of the sync guarded cursors: ``_raw`` is the driver's cursor."""
 
     def fetchone(self) -> Any:
-        if self._withheld:
+        st = self._st
+        if st.withheld:
             return None
         row = self._raw.fetchone()
-        if row is not None:
-            self._count(1)
+        if row is not None and not st.take(1):
+            raise self._refused(st, 1)
         return row
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
-        if self._withheld:
+        st = self._st
+        if st.withheld:
             return []
         rows = self._raw.fetchmany() if size is None else self._raw.fetchmany(size)
         if type(rows) is not list:
             rows = list(rows)
-        self._count(len(rows))
+        if not st.take(len(rows)):
+            raise self._refused(st, len(rows))
         return rows
 
     def fetchall(self) -> list[Any]:
-        if self._withheld:
+        st = self._st
+        if st.withheld:
             return []
         rows = self._raw.fetchall()
         if type(rows) is not list:
             rows = list(rows)
-        self._count(len(rows))
+        if not st.take(len(rows)):
+            raise self._refused(st, len(rows))
         return rows
 
     def __iter__(self) -> Iterator[Any]:
-        if self._withheld:
-            return
-        for row in self._raw:
-            self._count(1)
-            yield row
+        # chunk by chunk through fetchmany: each chunk is counted against the
+        # statement whose result the cursor holds when it is fetched
+        while rows := self.fetchmany(CHUNK):
+            yield from rows
+
+
+class Streamed:
+    """What a guarded ``stream()`` returns: the driver's stream, through its statement's gate."""
+
+    __slots__ = ("_cursor", "_rebind", "_rows", "_st")
+
+    def __init__(
+        self, cursor: RowCounter, st: Authorized, rows: Iterator[Any], *, rebind: bool
+    ) -> None:
+        self._cursor = cursor
+        #: whether the cursor's own fetches read this stream's result once it runs
+        #: (not a named cursor's: they read its portal, the statement it declared)
+        self._rebind = rebind
+        self._st = st
+        self._rows = rows
+
+    def __iter__(self) -> Streamed:
+        return self
+
+    def __next__(self) -> Any:
+        st = self._st
+        if st.withheld:
+            raise StopIteration
+        cursor = self._cursor
+        if self._rebind:  # once it runs, the driver's current result is this stream's
+            cursor._st = st
+        row = next(self._rows)
+        if not st.take(1):
+            self.close()
+            raise cursor._refused(st, 1)
+        return row
+
+    def close(self) -> None:
+        """Stop the stream (the driver cancels what the server still sends)."""
+        close = getattr(self._rows, "close", None)
+        if close is not None:
+            close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from accessguard.adapters.base import CountingCursor
+from accessguard.adapters.base import NOTHING, CountingCursor
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ class GuardedDbapiCursor(CountingCursor):
         self._raw = raw
         self._guard = conn._guard
         self._session = conn._session
+        self._dialect = conn.dialect
 
     def _authorize(self, query: str, params: Any) -> Authorized:
         if not isinstance(query, str):
@@ -36,17 +37,31 @@ class GuardedDbapiCursor(CountingCursor):
 
     def execute(self, query: str, params: Any = None) -> GuardedDbapiCursor:
         ok = self._authorize(query, params)
+        self._st = NOTHING  # until the new result is there, the old one is gone
         if ok.params is None:
             self._raw.execute(ok.sql)
         else:
             self._raw.execute(ok.sql, ok.params)
-        self._begin(ok)
+        self._st = ok
+        if ok.tally is not None and ok.plan.facts.kind == "update":
+            self._written(ok)
         return self
 
     def executemany(self, query: str, params_seq: Iterable[Any]) -> GuardedDbapiCursor:
+        """Every parameter set decided first; one statement for all, as with psycopg.
+
+        Rows a driver hands over afterwards (sqlite3: those of the last
+        execution's RETURNING) pass that execution's statement.
+        """
         batch = [self._authorize(query, params) for params in params_seq]
-        if batch:
-            self._raw.executemany(batch[0].sql, [ok.params for ok in batch])
+        if not batch:
+            return self
+        self._one_statement(batch)  # one statement, one shape: never guess
+        self._st = NOTHING
+        self._raw.executemany(batch[0].sql, [ok.params for ok in batch])
+        self._st = batch[-1]
+        if batch[0].plan.facts.kind == "update":
+            self._written(batch[0])
         return self
 
     def executescript(self, _script: str) -> Any:

@@ -495,13 +495,13 @@ def _build_guard(config: dict[str, Any]) -> Guard:
             found = found()
         if not isinstance(found, Guard):
             raise ConfigurationError(
-                "ACCESSGUARD['GUARD'] is not a Guard", reason="settings.invalid"
+                "ACCESSGUARD['GUARD'] is not a Guard", reason=Reason.SETTINGS_INVALID
             )
         return found
     policies = config.get("POLICIES")
     if policies is None:
         raise ConfigurationError(
-            "settings.ACCESSGUARD needs GUARD or POLICIES", reason="settings.invalid"
+            "settings.ACCESSGUARD needs GUARD or POLICIES", reason=Reason.SETTINGS_INVALID
         )
     tickets, audit = config.get("TICKETS"), config.get("AUDIT")
     key = (str(policies), repr(tickets), repr(audit))
@@ -516,7 +516,7 @@ def _build_guard(config: dict[str, Any]) -> Guard:
 def _config() -> dict[str, Any]:
     config = getattr(settings, "ACCESSGUARD", None)
     if not isinstance(config, dict):
-        raise ConfigurationError("settings.ACCESSGUARD is missing", reason="settings.invalid")
+        raise ConfigurationError("settings.ACCESSGUARD is missing", reason=Reason.SETTINGS_INVALID)
     return config
 
 

@@ -12,16 +12,17 @@ client-side binding cursor (``ClientCursor``) is analyzed on its merged text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import FunctionType
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
+from psycopg import rows
 from psycopg import sql as pgsql
 from psycopg._queries import PostgresQuery, _query2pg
 
-from accessguard.adapters.base import CountingCursor
-from accessguard.errors import AccessDenied, Reason
+from accessguard.adapters.base import NOTHING, CountingCursor, Streamed
+from accessguard.errors import Reason
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -59,6 +60,7 @@ def authorize_statement(
             return lane.authorize(text, params, convert_query)
         if params is None:
             return lane.authorize(text, None)
+        lane.guard.refuse_unreadable(text, lane.session, placeholders=True)  # before psycopg
         try:
             converted, values = convert_query(text, params)
         except (psycopg.Error, TypeError) as exc:
@@ -69,15 +71,67 @@ def authorize_statement(
                 kind="unknown",
             ) from exc
         return lane.authorize(converted, values)
+    if params is not None:  # psycopg's own conversion is next: screen the text first
+        lane.guard.refuse_unreadable(text, lane.session, placeholders=True)
     merged = mogrify(text, params) if params is not None else text
     return lane.authorize(merged, None)
+
+
+#: row factories psycopg ships: the driver's cursor they receive stays inside psycopg
+_ROW_FACTORIES = (rows.tuple_row, rows.dict_row, rows.namedtuple_row, rows.scalar_row)
+#: the code of the functions class_row / args_row / kwargs_row make (they pass on values only)
+_ROW_FACTORY_CODE = tuple(
+    cast("FunctionType", made).__code__
+    for made in (rows.class_row(object), rows.args_row(tuple), rows.kwargs_row(dict))
+)
+
+
+def psycopg_row_factory(factory: object) -> bool:
+    """Whether psycopg made ``factory``: no other code receives the driver's cursor through it."""
+    if any(factory is known for known in _ROW_FACTORIES):
+        return True
+    return (
+        type(factory) is FunctionType
+        and factory.__globals__ is rows.__dict__
+        and any(factory.__code__ is code for code in _ROW_FACTORY_CODE)
+    )
+
+
+def refuse_hooks(
+    guard: Guard, session: Session, options: Mapping[str, Any], cursor_classes: tuple[type, ...]
+) -> None:
+    """Refuse (audited) options that would hand the driver's own objects to other code.
+
+    psycopg calls a row factory with its raw cursor, builds a cursor factory
+    with the raw connection, and hands an adapters ``context`` to the
+    loaders and dumpers it holds: any of them from outside would reach the
+    raw connection. psycopg's own row factories and cursor classes are fine.
+    """
+    hook = None
+    factory = options.get("row_factory")
+    if factory is not None and not psycopg_row_factory(factory):
+        hook = "row factory"
+    cursor_factory = options.get("cursor_factory")
+    if cursor_factory is not None and not any(cursor_factory is c for c in cursor_classes):
+        hook = "cursor factory"
+    if options.get("context") is not None:
+        hook = "adaptation context"
+    if hook is not None:
+        raise guard.refuse(
+            Reason.PATH_FORBIDDEN,
+            f"Refused: a custom {hook} would be handed the driver's own objects; "
+            "use psycopg's own (tuple_row, dict_row, class_row, ...).",
+            session,
+            kind="connect",
+        )
 
 
 def _query_text(query: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
     if isinstance(query, str):
         return query
     if isinstance(query, bytes | bytearray | memoryview):
-        return bytes(query).decode(conn.info.encoding)
+        # undecodable bytes become lone surrogates: the guard refuses them, audited
+        return bytes(query).decode(conn.info.encoding, "surrogateescape")
     if isinstance(query, pgsql.Composable):
         return query.as_string(conn)
     raise TypeError(
@@ -87,6 +141,10 @@ def _query_text(query: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnect
 
 class GuardedCursor(CountingCursor):
     """A psycopg cursor whose every statement is checked before it is sent."""
+
+    #: the statements of the last executemany, one per result set, and the current one's index
+    _batch: Sequence[Authorized] = (NOTHING,)
+    _index = 0
 
     def __init__(self, conn: GuardedConnection, raw: Any) -> None:
         self._conn = conn
@@ -109,40 +167,63 @@ class GuardedCursor(CountingCursor):
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
         ok = self._authorize(query, params)
         self._raw.execute(ok.sql, ok.params, **kwargs)
-        # what _begin does, inline: this is every statement's path
-        self._current = ok
-        self._fetched = 0
-        self._withheld = False
-        # a client-side cursor holds the whole result already: refuse it
-        # before a single row is handed over.
-        if (
-            ok.row_cap is not None
-            and self._raw.pgresult is not None
-            and self._raw.rowcount > ok.row_cap
-            and ok.facts.kind == "select"
-        ):
-            raise self._withhold(ok, self._raw.rowcount)
+        self._st = ok  # what _admit does, inline: this is every statement's path
+        if ok.tally is not None and ok.plan.facts.kind == "update":
+            self._written(ok)
+        if ok.row_cap is not None:
+            # a client-side cursor holds the whole result already: refuse it
+            # before a single row is handed over (a named cursor's is 0 here)
+            result = self._raw.pgresult
+            if result is not None and result.ntuples > ok.row_cap:
+                ok.withheld = True
+                raise self._guard.over_row_cap(ok, result.ntuples)
         return self
 
-    def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
+    def executemany(
+        self, query: Any, params_seq: Iterable[Any], *, returning: bool = False, **kwargs: Any
+    ) -> None:
+        """Every parameter set decided first; each result set read through its own statement."""
         batch = [self._authorize(query, params) for params in params_seq]
         if not batch:
             return
-        if len({ok.sql for ok in batch}) != 1:  # one statement, one shape: never guess
-            raise AccessDenied(
-                "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
-            )
-        self._raw.executemany(batch[0].sql, [ok.params or () for ok in batch], **kwargs)
+        self._one_statement(batch)  # one statement, one shape: never guess
+        self._st = NOTHING  # until the batch is back, the old result is gone
+        self._raw.executemany(
+            batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
+        )
+        if not returning and batch[0].plan.facts.kind == "update":
+            self._written(batch[0])  # one plan, one tally: the batch's changed rows
+        self._batch = batch
+        self._select(0)
 
-    def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+    def _select(self, index: int) -> None:
+        """The batch's result set ``index`` is the driver's current one: admit it."""
+        self._index = index
+        result = self._raw.pgresult
+        self._admit(self._batch[index], result.ntuples if result is not None else 0)
+
+    def nextset(self) -> bool | None:
+        """Move to the next result set (of an executemany with ``returning=True``)."""
+        current = self._st
+        if not self._raw.nextset():
+            return None
+        index = self._index + 1
+        if current is not self._batch[self._index] or index >= len(self._batch):
+            # a result set no statement of ours accounts for: never hand it over
+            self._st = NOTHING
+            return True
+        self._select(index)
+        return True
+
+    def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Streamed:
+        """Decided when called; its rows pass through its own statement, whatever runs next."""
         ok = self._authorize(query, params)
-        self._begin(ok)
-        return self._counted(self._raw.stream(ok.sql, ok.params, **kwargs))
-
-    def _counted(self, rows: Iterable[Any]) -> Iterator[Any]:
-        for row in rows:
-            self._count(1)
-            yield row
+        return Streamed(
+            self,
+            ok,
+            self._raw.stream(ok.sql, ok.params, **kwargs),
+            rebind=not isinstance(self._raw, psycopg.ServerCursor),
+        )
 
     def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
         raise self._guard.refuse(
@@ -156,9 +237,6 @@ class GuardedCursor(CountingCursor):
 
     def scroll(self, value: int, mode: str = "relative") -> None:
         self._raw.scroll(value, mode)
-
-    def nextset(self) -> bool | None:
-        return bool(self._raw.nextset())
 
     @property
     def description(self) -> Any:
@@ -210,9 +288,37 @@ class GuardedCursor(CountingCursor):
 class GuardedTransaction:
     """What ``with conn.transaction() as tx`` yields: never the raw connection."""
 
-    def __init__(self, conn: GuardedConnection, savepoint_name: str | None) -> None:
+    def __init__(self, conn: Any, savepoint_name: str | None) -> None:
+        #: the guarded connection (sync or async) the block runs on
         self.connection = conn
         self.savepoint_name = savepoint_name
+
+
+class TransactionBlock:
+    """``conn.transaction()``: psycopg's block, yielding a ``GuardedTransaction``.
+
+    A class rather than a ``@contextmanager`` generator, whose public ``gen``
+    would lead to psycopg's own Transaction (and through it the raw
+    connection and libpq handle).
+    """
+
+    __slots__ = ("_block", "_conn")
+
+    def __init__(self, conn: GuardedConnection, block: Any) -> None:
+        self._conn = conn
+        self._block = block
+
+    def __enter__(self) -> GuardedTransaction:
+        tx = self._block.__enter__()
+        return GuardedTransaction(self._conn, tx.savepoint_name)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return self._block.__exit__(exc_type, exc, tb)  # type: ignore[no-any-return]
 
 
 class GuardedConnection:
@@ -228,6 +334,7 @@ class GuardedConnection:
     def connect(
         cls, guard: Guard, conninfo: str, session: Session, **kwargs: Any
     ) -> GuardedConnection:
+        refuse_hooks(guard, session, kwargs, (psycopg.Cursor, psycopg.ClientCursor))
         return cls(guard, psycopg.Connection.connect(conninfo, **kwargs), session)
 
     @property
@@ -239,6 +346,8 @@ class GuardedConnection:
         return self._session.ticket
 
     def cursor(self, name: str = "", **kwargs: Any) -> GuardedCursor:
+        if kwargs:
+            refuse_hooks(self._guard, self._session, kwargs, ())
         raw = self._raw.cursor(name, **kwargs) if name else self._raw.cursor(**kwargs)
         return GuardedCursor(self, raw)
 
@@ -253,13 +362,13 @@ class GuardedConnection:
             kind="pipeline",
         )
 
-    @contextmanager
     def transaction(
         self, savepoint_name: str | None = None, *, force_rollback: bool = False
-    ) -> Iterator[GuardedTransaction]:
+    ) -> TransactionBlock:
         """psycopg's transaction block; what it yields leads back to this guarded connection."""
-        with self._raw.transaction(savepoint_name, force_rollback=force_rollback) as tx:
-            yield GuardedTransaction(self, tx.savepoint_name)
+        return TransactionBlock(
+            self, self._raw.transaction(savepoint_name, force_rollback=force_rollback)
+        )
 
     def commit(self) -> None:
         self._raw.commit()

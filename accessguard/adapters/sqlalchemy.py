@@ -96,7 +96,7 @@ def instrument(guard: Guard, engine: Engine | AsyncEngine) -> Engine | AsyncEngi
         raise ConfigurationError(
             "guard.instrument() supports SQLAlchemy's psycopg 3 dialect "
             f"(postgresql+psycopg://), not {dialect.name}+{dialect.driver}",
-            reason="integration.unsupported",
+            reason=Reason.INTEGRATION_UNSUPPORTED,
         )
     known = _INSTRUMENTED.get(sync_engine)
     if known is guard:
@@ -104,7 +104,7 @@ def instrument(guard: Guard, engine: Engine | AsyncEngine) -> Engine | AsyncEngi
     if known is not None:
         raise ConfigurationError(
             "this engine is already instrumented by another guard",
-            reason="integration.unsupported",
+            reason=Reason.INTEGRATION_UNSUPPORTED,
         )
     listener = _Listener(guard)
     event.listen(sync_engine, "before_cursor_execute", listener.before, retval=True)

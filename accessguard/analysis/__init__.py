@@ -413,7 +413,9 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
     sent: str | None = None
     order: tuple[int | str, ...] = ()
     if sending:
-        sent, order = rewrite(tree, walker.physical, dialect=dialect, escape_percent=params)
+        sent, order = rewrite(
+            tree, walker.physical, reads=walker.reads, dialect=dialect, escape_percent=params
+        )
     return Facts.build(
         **final,
         kind=kind,
@@ -423,6 +425,8 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
         functions=frozenset(walker.functions),
         scopes=tuple(walker.scopes),
         params=frozenset(walker.params),
+        packing=tuple(walker.packed),
+        row_weight=walker.row_weight,
         sent=sent,
         param_order=order,
     )

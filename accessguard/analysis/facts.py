@@ -56,6 +56,14 @@ class Facts:
     functions: frozenset[str] = frozenset()
     scopes: tuple[ScopeRef, ...] = ()
     params: frozenset[int | str] = frozenset()
+    #: aggregates (array_agg, string_agg, ...) that pack many rows of a scoped table
+    #: into one result row: the row limit and the ledger could not count those rows
+    packing: tuple[str, ...] = ()
+    #: at most how many rows of one scoped table a result row carries values of (an
+    #: upper bound: a row per reference in FROM, times one more per aggregate call
+    #: such as max(CASE ..), plus what select-list scalar subqueries carry). A row
+    #: limit or a ledger that counts result rows undercounts by up to this factor.
+    row_weight: int = 0
     problem: Reason | None = None
     detail: str = ""
     sent: str | None = None

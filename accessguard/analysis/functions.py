@@ -66,6 +66,30 @@ ALLOWED_FUNCS: frozenset[type[exp.Func]] = frozenset(
     }
 )
 
+#: Aggregates that pack many input rows into one value (issue 23): over a scoped
+#: table they would let one result row carry thousands of rows past the row
+#: limit and the ledger, so the walker refuses them there. Only the allowed
+#: ones matter; their kin are listed so that allowing one later keeps the rule.
+PACKING: frozenset[type[exp.Func]] = frozenset(
+    {
+        exp.GroupConcat,  # string_agg, group_concat
+        exp.ArrayAgg,
+        exp.ArrayConcatAgg,
+        exp.ArrayUnionAgg,
+        exp.ArrayUniqueAgg,
+        exp.JSONArrayAgg,  # json_agg
+        exp.JSONObjectAgg,
+        exp.JSONBObjectAgg,
+        exp.ObjectAgg,
+        exp.Array,  # ARRAY(subquery)
+    }
+)
+
+#: Anonymous (unknown to sqlglot) names of packing aggregates, for the same rule.
+PACKING_ANONYMOUS: frozenset[str] = frozenset(
+    {"jsonb_agg", "xmlagg", "array_agg", "string_agg", "json_agg", "listagg"}
+)
+
 #: Functions sqlglot leaves as Anonymous that are safe (lower-case names).
 ALLOWED_ANONYMOUS: frozenset[str] = frozenset({"btrim", "ltrim", "rtrim"})
 

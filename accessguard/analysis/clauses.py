@@ -1,0 +1,375 @@
+"""The walker's query clauses: FROM and joins, ORDER BY / GROUP BY names, row scope.
+
+Which names a clause sees follows PostgreSQL (parse_clause.c): an ON clause
+sees only the inputs of its own join, then the enclosing query levels; a
+LATERAL item sees the FROM items before it; a subquery in FROM sees only the
+enclosing levels. A bare name in ORDER BY or DISTINCT ON is an output column
+first, then an input column; a bare name in GROUP BY is a local input column
+first, then an output column, then an outer column; every other expression
+(window and aggregate internals included) reads input columns only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from accessguard.analysis.facts import ScopeRef
+from accessguard.analysis.joins import merge, using_names
+from accessguard.analysis.names import (
+    Env,
+    Source,
+    Weight,
+    ident,
+    refuse,
+    weight_max,
+    weight_sum,
+)
+from accessguard.analysis.nodes import display_name, output_name
+from accessguard.analysis.ordering import OutputNames
+from accessguard.analysis.rowscope import bind
+from accessguard.catalog import Catalog, TableSpec
+from accessguard.errors import Reason
+
+MAX_NODES = 5000
+_CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+_SELECT_ARGS_OK = frozenset(
+    {
+        "with_",
+        "expressions",
+        "distinct",
+        "from_",
+        "joins",
+        "where",
+        "group",
+        "having",
+        "order",
+        "limit",
+        "offset",
+    }
+)
+_SETOP_ARGS_OK = frozenset({"with_", "this", "expression", "distinct", "order", "limit", "offset"})
+
+#: an ON clause, the environment it is resolved in, and whether it filters both sides
+OnClause = tuple[exp.Expression, Env, bool]
+
+
+@dataclass(eq=False, kw_only=True)
+class Clauses(OutputNames):
+    """The walker's state, and its methods for queries and their clauses."""
+
+    catalog: Catalog
+    dialect: str
+    reads: set[tuple[str, str]] = field(default_factory=set)
+    writes: set[tuple[str, str]] = field(default_factory=set)
+    tables: set[str] = field(default_factory=set)
+    functions: set[str] = field(default_factory=set)
+    scopes: list[ScopeRef] = field(default_factory=list)
+    params: set[int | str] = field(default_factory=set)
+    physical: list[tuple[exp.Table, TableSpec]] = field(default_factory=list)
+    nodes: int = 0
+    #: packing aggregates (array_agg, string_agg, ...) of the query level being walked
+    packing: list[str] = field(default_factory=list)
+    #: packing aggregates over rows of a scoped table, in the whole statement
+    packed: list[str] = field(default_factory=list)
+    #: references to scoped tables seen so far (physical, or a CTE that reads one)
+    scoped_count: int = 0
+    #: while walking a select list (or VALUES row): the weight its scalar subqueries
+    #: carry, and how many of its aggregate calls carry a row's value
+    projecting: bool = False
+    carry: Weight = field(default_factory=dict)
+    carriers: int = 0
+    #: the statement's weight (``Facts.row_weight``), and how deep in queries the walk is
+    weight: Weight = field(default_factory=dict)
+    depth: int = 0
+
+    @property
+    def row_weight(self) -> int:
+        """At most how many rows of one scoped table a result row carries."""
+        return max(self.weight.values(), default=0)
+
+    def _read_all(self, source: Source) -> None:
+        raise NotImplementedError  # the Walker's
+
+    # ------------------------------------------------------------------ queries
+
+    def query(self, node: exp.Expression, parent: Env | None, ctes: dict[str, Source]) -> Source:
+        """Analyze a query expression; return its output as a derived source."""
+        self._count()
+        before = self.scoped_count
+        with_ = node.args.get("with_")
+        if with_ is not None:
+            ctes = self._ctes(with_, parent, ctes)
+        saved = self.projecting, self.carry, self.carriers
+        self.projecting, self.carry, self.carriers = False, {}, 0
+        self.depth += 1
+        if isinstance(node, exp.Select):
+            out = self._select(node, parent, ctes)
+        elif isinstance(node, exp.SetOperation):
+            self._only_args(node, _SETOP_ARGS_OK)
+            out = self.query(node.this, parent, ctes)
+            other = self.query(node.expression, parent, ctes)
+            out.weight = weight_max(out.weight, other.weight)  # a row comes from one branch
+            self._outer_modifiers(node, out.columns, ctes)
+        elif isinstance(node, exp.Subquery):
+            self._only_args(node, {"this", "alias", "order", "limit", "offset"})
+            out = self.query(node.this, parent, ctes)
+            self._outer_modifiers(node, out.columns, ctes)
+        elif isinstance(node, exp.Values):
+            out = self._values(node, parent, ctes)
+        else:
+            kind = type(node).__name__.upper()
+            refuse(Reason.STATEMENT_FORBIDDEN, f"a {kind} inside a query is not allowed")
+        self.projecting, self.carry, self.carriers = saved
+        self.depth -= 1
+        if not self.depth:
+            self.weight = out.weight  # the statement itself
+        if self.projecting:  # a scalar subquery of a select list: one row of it per row
+            self.carry = weight_sum(self.carry, out.weight)
+        scoped = self.scoped_count > before
+        return Source(out.alias, columns=out.columns, scoped=scoped, weight=out.weight)
+
+    def _ctes(
+        self, with_: exp.With, parent: Env | None, ctes: dict[str, Source]
+    ) -> dict[str, Source]:
+        if with_.args.get("recursive") or with_.args.get("search") or with_.args.get("cycle"):
+            refuse(Reason.SQL_UNANALYZABLE, "recursive common table expressions are not analyzed")
+        scope = dict(ctes)
+        for cte in with_.expressions:
+            if not isinstance(cte, exp.CTE) or cte.args.get("scalar"):
+                refuse(Reason.SQL_UNANALYZABLE, "an unsupported WITH item")
+            out = self.query(cte.this, parent, scope)
+            name = ident(cte.args["alias"].this)
+            columns = self._renamed(out.columns, cte.args["alias"])
+            scope[name] = Source(name, columns=columns, scoped=out.scoped, weight=out.weight)
+        return scope
+
+    @staticmethod
+    def _renamed(columns: frozenset[str], alias: exp.TableAlias | None) -> frozenset[str]:
+        if alias is not None and alias.columns:
+            return frozenset(ident(c) for c in alias.columns)
+        return columns
+
+    def _values(self, node: exp.Values, parent: Env | None, ctes: dict[str, Source]) -> Source:
+        self._only_args(node, {"expressions", "alias"})
+        env = Env(parent)
+        width, weight = 0, Weight()
+        for row in node.expressions:
+            items = row.expressions if isinstance(row, exp.Tuple) else [row]
+            width = len(items)
+            self.projecting, self.carry = True, {}
+            for item in items:
+                self.expr(item, env, ctes)
+            weight = weight_max(weight, self.carry)
+        self.projecting = False
+        alias = node.args.get("alias")
+        names = frozenset(f"column{i}" for i in range(1, width + 1))
+        return Source(
+            ident(alias.this) if alias else "*values*",
+            columns=self._renamed(names, alias),
+            weight=weight,
+        )
+
+    def _select(self, node: exp.Select, parent: Env | None, ctes: dict[str, Source]) -> Source:
+        self._only_args(node, _SELECT_ARGS_OK)
+        outer_packing, before = self.packing, self.scoped_count
+        self.packing = []
+        env = Env(parent)
+        ons = self._from(node, env, ctes)
+        where = node.args.get("where")
+        binding = [(on, view) for on, view, inner in ons if inner]
+        if where is not None:
+            binding.append((where.this, env))
+        self.scopes.extend(bind(binding, env))
+        self.projecting = True
+        env.outputs = self._projections(node, env, ctes)
+        self.projecting = False
+        for on, view, _inner in ons:
+            self.expr(on, view, ctes)
+        if where is not None:
+            self.expr(where.this, env, ctes)
+        if node.args.get("group") is not None:
+            self._group(node.args["group"], env, ctes)
+        if node.args.get("having") is not None:
+            self.expr(node.args["having"], env, ctes)
+        distinct = node.args.get("distinct")
+        if distinct is not None and distinct.args.get("on") is not None:
+            on = distinct.args["on"]
+            self._sort_items(on.expressions if isinstance(on, exp.Tuple) else [on], env, ctes)
+        if node.args.get("order") is not None:
+            self._only_args(node.args["order"], {"expressions"})
+            self._sort_items(node.args["order"].expressions, env, ctes)
+        self._limits(node, ctes)
+        if self.scoped_count > before:
+            self.packed.extend(self.packing)  # over rows of a scoped table: the decision refuses
+        self.packing = outer_packing
+        # one result row: a row of each FROM item, one more per aggregate or window
+        # call that returns a row's value, and what its scalar subqueries carry
+        weight: Weight = {}
+        for source in env.sources.values():
+            weight = weight_sum(weight, source.weight)
+        weight = {t: n * (1 + self.carriers) for t, n in weight.items()}
+        weight = weight_sum(weight, self.carry)
+        return Source("*select*", columns=env.outputs, weight=weight)
+
+    def _projections(self, node: exp.Select, env: Env, ctes: dict[str, Source]) -> frozenset[str]:
+        names: set[str] = set()
+        for proj in node.expressions:
+            target = proj.this if isinstance(proj, exp.Alias) else proj
+            if isinstance(target, exp.Star):
+                for source in env.sources.values():
+                    self._read_all(source)
+                    names |= source.columns
+                continue
+            if isinstance(target, exp.Column) and isinstance(target.this, exp.Star):
+                named = env.sources.get(ident(target.args["table"]))
+                if named is None or any(target.args.get(k) for k in ("db", "catalog")):
+                    refuse(Reason.SQL_UNANALYZABLE, "a .* the analyser cannot place in FROM")
+                self._read_all(named)
+                names |= named.columns
+                continue
+            self.expr(target, env, ctes)
+            if isinstance(proj, exp.Alias):
+                names.add(ident(proj.args["alias"]))
+            else:
+                names.add(output_name(proj))
+        return frozenset(names)
+
+    # ------------------------------------------------------------------ FROM
+
+    def _from(self, node: exp.Select, env: Env, ctes: dict[str, Source]) -> list[OnClause]:
+        """Add the FROM items to ``env``; return each ON clause with the names it sees.
+
+        In PostgreSQL a comma starts a new join tree and an ON clause sees only
+        the items of its own tree. Elsewhere (SQLite reads a comma as a CROSS
+        JOIN) every item is one tree, and a name an ON clause reads must mean
+        the same in the whole FROM list.
+        """
+        postgres = self.dialect == "postgres"
+        ons: list[OnClause] = []
+        tree: list[Source] = []
+        from_ = node.args.get("from_")
+        if from_ is not None:
+            tree.append(self._add_source(from_.this, env, ctes))
+        for join in node.args.get("joins") or ():
+            self._only_args(join, {"this", "on", "side", "kind", "using", "method"})
+            side = (join.args.get("side") or "").upper()
+            kind = (join.args.get("kind") or "").upper()
+            method = (join.args.get("method") or "").upper()
+            if kind == "OUTER" and side:
+                kind = ""  # LEFT OUTER JOIN is LEFT JOIN
+            if kind not in ("", "INNER", "CROSS") or side not in ("", "LEFT", "RIGHT", "FULL"):
+                refuse(Reason.SQL_UNANALYZABLE, f"{side} {kind} JOIN is not analyzed".strip())
+            if method not in ("", "NATURAL"):
+                refuse(Reason.SQL_UNANALYZABLE, f"{method} JOIN is not analyzed")
+            source = self._add_source(join.this, env, ctes)
+            on = join.args.get("on")
+            if join.args.get("using") or method:
+                if on is not None or kind == "CROSS":
+                    refuse(Reason.SQL_UNANALYZABLE, "a join with both ON and USING")
+                names = using_names(join, tree, source, env)
+                reads, equalities = merge(names, tree, source, env, side=side, strict=postgres)
+                for read_source, column in reads:
+                    if read_source.spec is not None:
+                        self.reads.add((read_source.spec.qualified, column))
+                ons += [(eq, view, True) for eq, view in equalities]
+                tree.append(source)
+                continue
+            if postgres and not side and not kind and on is None:
+                tree = [source]  # a comma: a new join tree
+            else:
+                tree.append(source)
+            if on is not None:
+                # Only an inner join's ON filters the rows of both sides; an outer
+                # join's ON never restricts its preserved side, so it binds nothing.
+                ons.append((on, env.view(tree, strict=postgres), not side))
+        return ons
+
+    def _add_source(self, item: exp.Expression, env: Env, ctes: dict[str, Source]) -> Source:
+        self._count()
+        alias_node = item.args.get("alias")
+        if isinstance(item, exp.Table):
+            source = self._table(item, ctes)
+        elif isinstance(item, exp.Subquery):
+            out = self.query(item, env.parent, ctes)
+            if alias_node is None:
+                refuse(Reason.SQL_UNANALYZABLE, "a subquery in FROM needs an alias")
+            columns = self._renamed(out.columns, alias_node)
+            name = ident(alias_node.this)
+            source = Source(name, columns=columns, scoped=out.scoped, weight=out.weight)
+        elif isinstance(item, exp.Lateral) and isinstance(item.this, exp.Subquery):
+            self._only_args(item, {"this", "alias", "view", "outer"})
+            if item.args.get("view") or item.args.get("outer"):
+                refuse(Reason.SQL_UNANALYZABLE, "LATERAL VIEW is not analyzed")
+            out = self.query(item.this, env, ctes)  # sees the FROM items before it
+            if alias_node is None:
+                refuse(Reason.SQL_UNANALYZABLE, "a LATERAL subquery needs an alias")
+            columns = self._renamed(out.columns, alias_node)
+            name = ident(alias_node.this)
+            source = Source(name, columns=columns, scoped=out.scoped, weight=out.weight)
+        elif isinstance(item, exp.Values):
+            source = self.query(item, env.parent, ctes)
+        else:
+            refuse(Reason.SQL_UNANALYZABLE, "a FROM item the analyser cannot read")
+        if source.alias in env.sources:
+            refuse(Reason.SQL_UNANALYZABLE, f"the name {source.alias} is used twice in one FROM")
+        env.sources[source.alias] = source
+        return source
+
+    def _table(self, item: exp.Table, ctes: dict[str, Source]) -> Source:
+        if not isinstance(item.this, exp.Identifier):
+            if isinstance(item.this, exp.Func):
+                refuse(
+                    Reason.FUNCTION_FORBIDDEN,
+                    f"the set-returning function {display_name(item.this)} is not allowed",
+                )
+            refuse(Reason.SQL_UNANALYZABLE, "a table expression the analyser cannot read")
+        self._only_args(item, {"this", "alias", "db"})
+        alias_node = item.args.get("alias")
+        if alias_node is not None and alias_node.columns:
+            refuse(Reason.SQL_UNANALYZABLE, "column aliases on a table are not analyzed")
+        name = ident(item.this)
+        schema = ident(item.args["db"]) if item.args.get("db") else None
+        alias = ident(alias_node.this) if alias_node is not None else name
+        if schema is None and name in ctes:
+            cte = ctes[name]
+            self.scoped_count += cte.scoped
+            return Source(alias, columns=cte.columns, scoped=cte.scoped, weight=cte.weight)
+        if schema in _CATALOG_SCHEMAS or (schema is None and name.startswith("pg_")):
+            refuse(Reason.CATALOG_FORBIDDEN, f"system catalog {name} is not reachable")
+        spec = self.catalog.lookup(schema, name)
+        if spec is None:
+            where = f"{schema}.{name}" if schema else name
+            refuse(Reason.TABLE_UNKNOWN, f"table {where} is not in the guard's schema")
+        if not spec.reachable:
+            refuse(
+                Reason.TABLE_FORBIDDEN, f"table {spec.name} is never reachable through the guard"
+            )
+        self.tables.add(spec.qualified)
+        self.physical.append((item, spec))
+        scoped = spec.scope is not None
+        self.scoped_count += scoped
+        return Source(
+            alias,
+            spec=spec,
+            columns=spec.column_set,
+            node=item,
+            scoped=scoped,
+            weight={spec.qualified: 1} if scoped else {},
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _only_args(self, node: exp.Expression, allowed: frozenset[str] | set[str]) -> None:
+        for key, value in node.args.items():
+            if key not in allowed and value not in (None, False, [], ""):
+                refuse(
+                    Reason.SQL_UNANALYZABLE,
+                    f"{key.rstrip('_').upper()} in {type(node).__name__.upper()} is not analyzed",
+                )
+
+    def _count(self) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            refuse(Reason.SQL_UNANALYZABLE, "the statement is too large to analyze")

@@ -1,0 +1,87 @@
+"""ORDER BY, DISTINCT ON, GROUP BY and LIMIT: where output column names count.
+
+PostgreSQL (findTargetlistEntrySQL92) matches a bare name in ORDER BY or
+DISTINCT ON against the output columns first, then reads it as an input
+column; a bare name in GROUP BY is a local input column first, then an
+output name, then an outer column; any other expression reads input columns
+only. After a set operation or a parenthesized query only output names and
+positions are analyzed.
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from accessguard.analysis.names import Env, Source, bare_name, local_input, outer_input, refuse
+from accessguard.errors import Reason
+
+
+class OutputNames:
+    """The walker's clauses that may name output columns (a mixin of ``Clauses``)."""
+
+    dialect: str
+
+    def expr(self, node: exp.Expression, env: Env, ctes: dict[str, Source]) -> None:
+        raise NotImplementedError  # the Walker's
+
+    def _only_args(self, node: exp.Expression, allowed: frozenset[str] | set[str]) -> None:
+        raise NotImplementedError  # the Clauses'
+
+    def _sort_items(self, items: list[exp.Expression], env: Env, ctes: dict[str, Source]) -> None:
+        """ORDER BY / DISTINCT ON of a SELECT: a bare output name first, else an expression."""
+        for item in items:
+            target = item
+            if isinstance(item, exp.Ordered):
+                self._only_args(item, {"this", "desc", "nulls_first"})
+                target = item.this
+            if bare_name(target) in env.outputs:
+                continue  # the output column: what it reads is already counted
+            self.expr(target, env, ctes)
+
+    def _group(self, group: exp.Group, env: Env, ctes: dict[str, Source]) -> None:
+        """GROUP BY: a bare name is a local input column, else an output name, else outer."""
+        self._only_args(group, {"expressions"})
+        for item in group.expressions:
+            name = bare_name(item)
+            if name is not None and name in env.outputs and not local_input(env, name):
+                if self.dialect != "postgres" and outer_input(env, name):
+                    refuse(Reason.SQL_UNANALYZABLE, f"GROUP BY {name} could name an outer column")
+                continue
+            self.expr(item, env, ctes)
+
+    def _outer_modifiers(
+        self, node: exp.Expression, outputs: frozenset[str], ctes: dict[str, Source]
+    ) -> None:
+        """ORDER BY of a set operation or a parenthesized query: output names only."""
+        order = node.args.get("order")
+        if order is not None:
+            self._only_args(order, {"expressions"})
+            for item in order.expressions:
+                target = item.this if isinstance(item, exp.Ordered) else item
+                if isinstance(item, exp.Ordered):
+                    self._only_args(item, {"this", "desc", "nulls_first"})
+                positional = isinstance(target, exp.Literal) and not target.is_string
+                if not positional and bare_name(target) not in outputs:
+                    refuse(
+                        Reason.SQL_UNANALYZABLE,
+                        "ORDER BY after a set operation or a parenthesized query is analyzed "
+                        "only by output column name or position",
+                    )
+        self._limits(node, ctes)
+
+    def _limits(self, node: exp.Expression, ctes: dict[str, Source]) -> None:
+        for key in ("limit", "offset"):
+            mod = node.args.get(key)
+            if mod is None:
+                continue
+            if isinstance(mod, exp.Fetch):  # FETCH FIRST n ROWS ONLY: a LIMIT by another name
+                options = mod.args.get("limit_options")
+                if options is not None and (
+                    options.args.get("percent") or options.args.get("with_ties")
+                ):
+                    refuse(Reason.SQL_UNANALYZABLE, "FETCH ... PERCENT / WITH TIES is not analyzed")
+                if mod.args.get("count") is not None:
+                    self.expr(mod.args["count"], Env(None), ctes)
+                continue
+            self._only_args(mod, {"this", "expression"})
+            self.expr(mod.args.get("expression") or mod.this, Env(None), ctes)
