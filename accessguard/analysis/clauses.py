@@ -28,7 +28,7 @@ from accessguard.analysis.names import (
 )
 from accessguard.analysis.nodes import display_name, output_name
 from accessguard.analysis.ordering import OutputNames
-from accessguard.analysis.rowscope import bind
+from accessguard.analysis.rowscope import Condition, bind
 from accessguard.catalog import Catalog, TableSpec
 from accessguard.errors import Reason
 
@@ -51,8 +51,9 @@ _SELECT_ARGS_OK = frozenset(
 )
 _SETOP_ARGS_OK = frozenset({"with_", "this", "expression", "distinct", "order", "limit", "offset"})
 
-#: an ON clause, the environment it is resolved in, and whether it filters both sides
-OnClause = tuple[exp.Expression, Env, bool]
+#: an ON clause, the environment it is resolved in, and the sources it binds
+#: (``rowscope.Condition``: None for an inner join's, which holds on every row)
+OnClause = Condition
 
 
 @dataclass(eq=False, kw_only=True)
@@ -178,14 +179,14 @@ class Clauses(OutputNames):
         env = Env(parent)
         ons = self._from(node, env, ctes)
         where = node.args.get("where")
-        binding = [(on, view) for on, view, inner in ons if inner]
+        binding = list(ons)
         if where is not None:
-            binding.append((where.this, env))
+            binding.append((where.this, env, None))
         self.scopes.extend(bind(binding, env))
         self.projecting = True
         env.outputs = self._projections(node, env, ctes)
         self.projecting = False
-        for on, view, _inner in ons:
+        for on, view, _nullable in ons:
             self.expr(on, view, ctes)
         if where is not None:
             self.expr(where.this, env, ctes)
@@ -273,17 +274,17 @@ class Clauses(OutputNames):
                 for read_source, column in reads:
                     if read_source.spec is not None:
                         self.reads.add((read_source.spec.qualified, column))
-                ons += [(eq, view, True) for eq, view in equalities]
+                binds = _binds(side, tree, source)
+                ons += [(eq, view, binds) for eq, view in equalities]
                 tree.append(source)
                 continue
+            binds = _binds(side, tree, source)
             if postgres and not side and not kind and on is None:
                 tree = [source]  # a comma: a new join tree
             else:
                 tree.append(source)
             if on is not None:
-                # Only an inner join's ON filters the rows of both sides; an outer
-                # join's ON never restricts its preserved side, so it binds nothing.
-                ons.append((on, env.view(tree, strict=postgres), not side))
+                ons.append((on, env.view(tree, strict=postgres), binds))
         return ons
 
     def _add_source(self, item: exp.Expression, env: Env, ctes: dict[str, Source]) -> Source:
@@ -373,3 +374,19 @@ class Clauses(OutputNames):
         self.nodes += 1
         if self.nodes > MAX_NODES:
             refuse(Reason.SQL_UNANALYZABLE, "the statement is too large to analyze")
+
+
+def _binds(side: str, tree: list[Source], right: Source) -> frozenset[int] | None:
+    """The sources a join's ON clause binds (``rowscope``): None for every one (inner).
+
+    An outer join's ON holds only where its nullable side is present: it binds
+    the right input of a LEFT JOIN, the join tree so far of a RIGHT JOIN, and
+    nothing of a FULL JOIN (both sides are preserved).
+    """
+    if side == "LEFT":
+        return frozenset({id(right)})
+    if side == "RIGHT":
+        return frozenset(id(s) for s in tree)
+    if side == "FULL":
+        return frozenset()
+    return None

@@ -135,7 +135,7 @@ class Walker(Clauses):
         env.sources[source.alias] = source
         assert source.spec is not None  # noqa: S101 - _table with no CTEs is physical
         where = node.args.get("where")
-        self.scopes.extend(bind([(where.this, env)] if where is not None else [], env))
+        self.scopes.extend(bind([(where.this, env, None)] if where is not None else [], env))
         for assignment in node.expressions:
             if not isinstance(assignment, exp.EQ) or not isinstance(assignment.this, exp.Column):
                 refuse(Reason.SQL_UNANALYZABLE, "an UPDATE assignment the analyser cannot read")
