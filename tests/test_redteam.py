@@ -49,7 +49,10 @@ USER, TICKET = "alice", "T-100"
 #:   The red-team file assumes a narrower column set, but scenario.md lets a
 #:   support_agent on an order_issue ticket read customers.phone of the
 #:   ticket's customer, so grouping customer 42's row by it reveals nothing.
-ALLOWED_EQUIVALENT = frozenset({"cs-group-by"})
+#: - cs-json-build: ``jsonb_build_object('p', phone, 'a', address)`` of customer 42:
+#:   the same two columns alice may read, in JSON (jsonb_build_object is a
+#:   built-in that only formats its arguments; issue 16 allows it).
+ALLOWED_EQUIVALENT = frozenset({"cs-group-by", "cs-json-build"})
 
 #: Cases the library gets wrong today: (test, case id) -> "known bug: ...",
 #: where test is "check", "server", "client" or "leaks". Each is an xfail(strict=True).

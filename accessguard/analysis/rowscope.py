@@ -78,7 +78,14 @@ class _Classes:
     def add(self, condition: exp.Expression, where: Env) -> None:
         """Add the equalities (and IN lists of constants) the conjuncts of ``condition`` assert."""
         for conj in conjuncts([condition]):
-            if isinstance(conj, exp.EQ):
+            if isinstance(conj, exp.EQ) and isinstance(_bare(conj.expression), exp.Any):
+                subject, items = term(conj.this, where), _array(conj.expression)
+                if isinstance(subject, tuple) and items:  # x = ANY(ARRAY[1, 2]): x IN (1, 2)
+                    found = [term(e, where) for e in items]
+                    lists = [m for m in found if isinstance(m, list)]
+                    if len(lists) == len(found):
+                        self.equal(subject, (v for vs in lists for v in vs))
+            elif isinstance(conj, exp.EQ):
                 left, right = term(conj.this, where), term(conj.expression, where)
                 if left is None or right is None:
                     continue
@@ -137,6 +144,22 @@ def bind(conditions: list[Condition], env: Env) -> list[ScopeRef]:
                 )
             )
     return refs
+
+
+def _bare(node: exp.Expression) -> exp.Expression:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node
+
+
+def _array(node: exp.Expression) -> list[exp.Expression]:
+    """The members of ``ANY(ARRAY[...])``; empty for anything else (a subquery, a parameter)."""
+    inner = _bare(_bare(node).this)
+    if isinstance(inner, exp.Array) and not any(
+        isinstance(e, exp.Select | exp.Subquery | exp.SetOperation) for e in inner.expressions
+    ):
+        return list(inner.expressions)
+    return []
 
 
 def term(node: exp.Expression, env: Env) -> Term | list[Value] | None:

@@ -15,11 +15,11 @@ from sqlglot import exp
 
 from accessguard.analysis.clauses import MAX_NODES, Clauses
 from accessguard.analysis.functions import (
-    ALLOWED_ANONYMOUS,
     ALLOWED_FUNCS,
     PACKING,
     PACKING_ANONYMOUS,
     UNIT_FUNCS,
+    builtin,
 )
 from accessguard.analysis.names import (
     Env,
@@ -36,6 +36,7 @@ from accessguard.analysis.nodes import (
     branch_of,
     check_type,
     display_name,
+    identity,
     param_key,
 )
 from accessguard.analysis.rowscope import bind
@@ -92,20 +93,26 @@ class Walker(Clauses):
             self.expr(child, env, ctes)
 
     def _function(self, node: exp.Func) -> None:
+        """Allow a function by its catalog identity (``functions.BUILTINS``) or vetted class."""
         if isinstance(node, exp.Anonymous):
-            name = display_name(node)
-            if name not in ALLOWED_ANONYMOUS:
+            name = display_name(node)  # as written: the SQL sent calls it by that name
+            if not builtin(name, len(node.expressions)):
                 refuse(Reason.FUNCTION_FORBIDDEN, f"function {name} is not allowed")
-            if name in PACKING_ANONYMOUS:
+            if name in PACKING_ANONYMOUS:  # pragma: no cover - none is a builtin
                 self.packing.append(name)
-        else:
-            name = type(node).__name__.lower()
-            if type(node) not in ALLOWED_FUNCS:
-                refuse(Reason.FUNCTION_FORBIDDEN, f"{_called(display_name(node))} is not allowed")
-            if type(node) in PACKING:
-                self.packing.append(display_name(node))
+        elif type(node) in ALLOWED_FUNCS:
+            name = display_name(node)
+            if type(node) in PACKING and (
+                not isinstance(node, exp.Array) or any(_is_query(e) for e in node.expressions)
+            ):
+                self.packing.append(name)  # ARRAY[a, b] packs one row's values: not counted
             if self.projecting and isinstance(node, exp.AggFunc) and type(node) not in _COUNTS:
                 self.carriers += 1  # max(x), sum(CASE ..): a value of one row of the group
+        else:
+            found = None if isinstance(node, exp.AggFunc) else identity(node)
+            if found is None or not builtin(*found):
+                refuse(Reason.FUNCTION_FORBIDDEN, f"{_called(display_name(node))} is not allowed")
+            name = found[0]
         self.functions.add(name)
 
     def _column(self, node: exp.Column, env: Env) -> None:
@@ -165,6 +172,10 @@ class Walker(Clauses):
 
 #: aggregates that return a number of rows, never a row's value
 _COUNTS = (exp.Count, exp.CountIf)
+
+
+def _is_query(node: exp.Expression) -> bool:
+    return isinstance(node, exp.Select | exp.Subquery | exp.SetOperation)
 
 
 def _called(name: str) -> str:
