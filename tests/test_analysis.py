@@ -180,7 +180,11 @@ class TestRefusals:
             ("SELECT pg_sleep(10)", Reason.FUNCTION_FORBIDDEN),
             ("SELECT set_config('a', 'b', false)", Reason.FUNCTION_FORBIDDEN),
             ("SELECT * FROM generate_series(1, 10)", Reason.FUNCTION_FORBIDDEN),
-            ("SELECT id FROM orders WHERE customer_id = 42 FOR UPDATE", Reason.SQL_UNANALYZABLE),
+            ("SELECT id FROM products FOR UPDATE", Reason.STATEMENT_FORBIDDEN),
+            (
+                "SELECT id FROM orders WHERE customer_id = 42 FOR UPDATE OF orders",
+                Reason.SQL_UNANALYZABLE,
+            ),
             ("SELECT id INTO leak FROM orders WHERE customer_id = 42", Reason.SQL_UNANALYZABLE),
             ("WITH RECURSIVE r AS (SELECT 1) SELECT * FROM r", Reason.SQL_UNANALYZABLE),
             ("SELECT __ag_subject_customer__ FROM products", Reason.SQL_UNANALYZABLE),

@@ -47,6 +47,7 @@ _SELECT_ARGS_OK = frozenset(
         "order",
         "limit",
         "offset",
+        "locks",
     }
 )
 _SETOP_ARGS_OK = frozenset({"with_", "this", "expression", "distinct", "order", "limit", "offset"})
@@ -84,6 +85,8 @@ class Clauses(OutputNames):
     #: the statement's weight (``Facts.row_weight``), and how deep in queries the walk is
     weight: Weight = field(default_factory=dict)
     depth: int = 0
+    #: the statement is an UPDATE (its subqueries are not the statement's SELECT)
+    updating: bool = False
 
     @property
     def row_weight(self) -> int:
@@ -202,6 +205,8 @@ class Clauses(OutputNames):
             self._only_args(node.args["order"], {"expressions"})
             self._sort_items(node.args["order"].expressions, env, ctes)
         self._limits(node, ctes)
+        if node.args.get("locks"):
+            self._locks(node.args["locks"])
         if self.scoped_count > before:
             self.packed.extend(self.packing)  # over rows of a scoped table: the decision refuses
         self.packing = outer_packing
@@ -359,6 +364,32 @@ class Clauses(OutputNames):
             scoped=scoped,
             weight={spec.qualified: 1} if scoped else {},
         )
+
+    def _locks(self, locks: list[exp.Expression]) -> None:
+        """FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE of the statement's own SELECT.
+
+        A locking clause locks the rows of every table read in its FROM list,
+        subqueries included (PostgreSQL pushes it into them, so in the SQL sent
+        it locks only rows that passed the second wall's filter). Allowed only
+        on the outermost SELECT, without OF, and only when every table of the
+        statement is scoped: a locking read of the public catalogue (products)
+        would block other people's writes to rows no ticket is about. Called
+        after the level is walked (every table of the statement is known).
+        """
+        if self.depth != 1 or self.updating:
+            refuse(Reason.SQL_UNANALYZABLE, "a locking clause inside a query is not analyzed")
+        for lock in locks:
+            if not isinstance(lock, exp.Lock) or lock.args.get("wait") not in (None, True, False):
+                refuse(Reason.SQL_UNANALYZABLE, "a locking clause the analyser cannot read")
+            if lock.expressions:
+                refuse(Reason.SQL_UNANALYZABLE, "FOR UPDATE OF is not analyzed")
+        for _node, spec in self.physical:
+            if spec.scope is None:
+                refuse(
+                    Reason.STATEMENT_FORBIDDEN,
+                    f"a locking read (FOR UPDATE / FOR SHARE) of {spec.name} would lock rows "
+                    "that no ticket is about",
+                )
 
     # ------------------------------------------------------------------ helpers
 

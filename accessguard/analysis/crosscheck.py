@@ -617,6 +617,8 @@ def call_identity(expression: str) -> tuple[str, int] | None:
         return None
     call = value.get("FuncCall")
     if isinstance(call, dict):
+        if set(call) - _CALL_KEYS or not all(_plain(a) for a in call.get("args") or []):
+            return None  # more than one call of the placeholders: not one function
         names = [n.get("String", {}).get("sval") for n in call.get("funcname") or []]
         if len(names) == 2 and names[0] == "pg_catalog":
             names = names[1:]
@@ -625,9 +627,20 @@ def call_identity(expression: str) -> tuple[str, int] | None:
         return names[0], len(call.get("args") or [])
     operator = value.get("A_Expr")
     if isinstance(operator, dict) and operator.get("kind") == "AEXPR_OP":
+        if not all(_plain(operator[side]) for side in ("lexpr", "rexpr") if side in operator):
+            return None
         names = [n.get("String", {}).get("sval") for n in operator.get("name") or []]
         if len(names) != 1 or not isinstance(names[0], str):
             return None
         operands = sum(1 for side in ("lexpr", "rexpr") if side in operator)
         return f"operator {names[0]}", operands
     return None
+
+
+#: the fields of a FuncCall that is a plain call (no star, DISTINCT, ORDER BY, FILTER, OVER)
+_CALL_KEYS = frozenset({"funcname", "args", "funcformat", "location"})
+
+
+def _plain(arg: Any) -> bool:
+    """Whether an argument is a placeholder name or a constant, nothing computed."""
+    return isinstance(arg, dict) and set(arg) <= {"ColumnRef", "A_Const"} and len(arg) == 1

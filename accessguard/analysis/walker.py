@@ -134,6 +134,7 @@ class Walker(Clauses):
 
     def update(self, node: exp.Update) -> None:
         self._only_args(node, _UPDATE_ARGS_OK)
+        self.updating = True
         target = node.this
         if not isinstance(target, exp.Table):
             refuse(Reason.SQL_UNANALYZABLE, "UPDATE of something other than a table")
@@ -146,6 +147,8 @@ class Walker(Clauses):
         for assignment in node.expressions:
             if not isinstance(assignment, exp.EQ) or not isinstance(assignment.this, exp.Column):
                 refuse(Reason.SQL_UNANALYZABLE, "an UPDATE assignment the analyser cannot read")
+            if assignment.this.args.get("db") or assignment.this.args.get("catalog"):
+                refuse(Reason.SQL_UNANALYZABLE, "a schema-qualified UPDATE assignment")
             column = ident(assignment.this.this)
             qual = assignment.this.args.get("table")
             if (qual is not None and ident(qual) != source.alias) or not source.has(column):
