@@ -427,6 +427,7 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
         params=frozenset(walker.params),
         packing=tuple(walker.packed),
         row_weight=walker.row_weight,
+        locked=frozenset(walker.locked),
         sent=sent,
         param_order=order,
     )

@@ -87,6 +87,8 @@ class Clauses(OutputNames):
     depth: int = 0
     #: the statement is an UPDATE (its subqueries are not the statement's SELECT)
     updating: bool = False
+    #: tables whose rows a locking clause locks (``Facts.locked``)
+    locked: set[str] = field(default_factory=set)
 
     @property
     def row_weight(self) -> int:
@@ -373,7 +375,9 @@ class Clauses(OutputNames):
         it locks only rows that passed the second wall's filter). Allowed only
         on the outermost SELECT, without OF, and only when every table of the
         statement is scoped: a locking read of the public catalogue (products)
-        would block other people's writes to rows no ticket is about. Called
+        would block other people's writes to rows no ticket is about. Like
+        PostgreSQL's privilege rule, the decision then asks for a grant to
+        update some column of each locked table (``Facts.locked``). Called
         after the level is walked (every table of the statement is known).
         """
         if self.depth != 1 or self.updating:
@@ -390,6 +394,7 @@ class Clauses(OutputNames):
                     f"a locking read (FOR UPDATE / FOR SHARE) of {spec.name} would lock rows "
                     "that no ticket is about",
                 )
+            self.locked.add(spec.qualified)  # the decision asks for an update grant on it
 
     # ------------------------------------------------------------------ helpers
 
