@@ -534,6 +534,10 @@ class TestOrmShapes:
             ("SELECT format('%s', 1), json_build_object('a', 1) ->> 'a'", {"format"}),
             ("SELECT '{}'::jsonb -> 'a', '{}'::jsonb #>> '{a}'", {"operator ->"}),
             ("SELECT ltrim(' a ', ' '), lower('A'), round(1.5, 0)", {"lower", "round"}),
+            (
+                "SELECT statement_timestamp(), random(), sin(1), localtimestamp",
+                {"statement_timestamp", "random", "sin", "localtimestamp"},
+            ),
         ],
     )
     def test_builtins_are_allowed_by_catalog_identity(self, sql: str, names: set[str]) -> None:

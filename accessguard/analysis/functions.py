@@ -56,6 +56,7 @@ ALLOWED_FUNCS: frozenset[type[exp.Func]] = frozenset(
         # time
         exp.CurrentTimestamp,
         exp.CurrentDate,
+        exp.Localtimestamp,
         exp.DateTrunc,
         exp.TimestampTrunc,
         exp.Extract,
@@ -110,6 +111,9 @@ BUILTINS: dict[str, tuple[int, int | None]] = {
     "pow": (2, 2), "exp": (1, 1), "ln": (1, 1), "log": (1, 2), "log10": (1, 1),
     "mod": (2, 2), "div": (2, 2), "pi": (0, 0), "degrees": (1, 1), "radians": (1, 1),
     "gcd": (2, 2), "lcm": (2, 2), "scale": (1, 1), "width_bucket": (4, 4),
+    "sin": (1, 1), "cos": (1, 1), "tan": (1, 1), "cot": (1, 1), "asin": (1, 1),
+    "acos": (1, 1), "atan": (1, 1), "atan2": (2, 2),
+    "random": (0, 0),  # Django's order_by("?")
     # text
     "lower": (1, 1), "upper": (1, 1), "initcap": (1, 1), "length": (1, 1),
     "char_length": (1, 1), "character_length": (1, 1), "octet_length": (1, 1),
@@ -123,7 +127,9 @@ BUILTINS: dict[str, tuple[int, int | None]] = {
     "to_char": (2, 2), "to_number": (2, 2), "to_date": (2, 2), "to_timestamp": (1, 2),
     # date and time (``AT TIME ZONE`` is timezone(zone, value))
     "date_trunc": (2, 3), "date_part": (2, 2), "extract": (2, 2), "timezone": (2, 2),
-    "now": (0, 0), "age": (1, 2), "make_date": (3, 3), "isfinite": (1, 1),
+    "now": (0, 0), "statement_timestamp": (0, 0),  # Django's Now()
+    "transaction_timestamp": (0, 0), "clock_timestamp": (0, 0),
+    "age": (1, 2), "make_date": (3, 3), "isfinite": (1, 1),
     # json (``->`` and friends are in OPERATORS)
     "json_build_object": (0, None), "jsonb_build_object": (0, None),
     "json_build_array": (0, None), "jsonb_build_array": (0, None), "to_json": (1, 1),

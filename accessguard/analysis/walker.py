@@ -102,6 +102,8 @@ class Walker(Clauses):
                 self.packing.append(name)
         elif type(node) in ALLOWED_FUNCS:
             name = display_name(node)
+            if name.startswith("operator ") and name[9:].replace("_", "").isalpha():
+                name = name[9:].lower()  # CURRENT_TIMESTAMP, LOCALTIMESTAMP: SQL keywords
             if type(node) in PACKING and (
                 not isinstance(node, exp.Array) or any(_is_query(e) for e in node.expressions)
             ):
