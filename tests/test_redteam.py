@@ -220,11 +220,15 @@ def _run_guarded(conn: Any, case: RedteamCase) -> Rows | AccessDenied | None:
         conn.rollback()  # the module shares one database: leave it as the seed made it
 
 
+#: a locking clause (FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE)
+_LOCKING = re.compile(r"\bFOR\s+(?:NO\s+KEY\s+UPDATE|UPDATE|KEY\s+SHARE|SHARE)\b", re.IGNORECASE)
+
+
 def _run_on_view(view_dsn: str, case: RedteamCase, *, client: bool) -> Rows | None:
     """The result of ``case`` on alice's view database (read only, rolled back)."""
     factory = psycopg.ClientCursor if client else psycopg.Cursor
     with psycopg.connect(view_dsn, options=TIMEOUT, cursor_factory=factory) as conn:
-        conn.read_only = True
+        conn.read_only = not _LOCKING.search(case.sql)  # a locking read needs a writable one
         try:
             return _fetch(conn.cursor().execute(case.sql, case.params))
         finally:
@@ -352,7 +356,7 @@ class TestNoLeaks:
         refused = 0
         for factory in (psycopg.Cursor, psycopg.ClientCursor):
             raw = psycopg.connect(alice_view_db, options=TIMEOUT, cursor_factory=factory)
-            raw.read_only = True
+            raw.read_only = not _LOCKING.search(case.sql)  # rolled back below either way
             conn = guard.wrap(raw, user=USER, ticket=TICKET)
             try:
                 conn.cursor().execute(case.sql, case.params)
