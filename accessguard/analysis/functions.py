@@ -113,7 +113,6 @@ BUILTINS: dict[str, tuple[int, int | None]] = {
     "gcd": (2, 2), "lcm": (2, 2), "scale": (1, 1), "width_bucket": (4, 4),
     "sin": (1, 1), "cos": (1, 1), "tan": (1, 1), "cot": (1, 1), "asin": (1, 1),
     "acos": (1, 1), "atan": (1, 1), "atan2": (2, 2),
-    "random": (0, 0),  # Django's order_by("?")
     # text
     "lower": (1, 1), "upper": (1, 1), "initcap": (1, 1), "length": (1, 1),
     "char_length": (1, 1), "character_length": (1, 1), "octet_length": (1, 1),
