@@ -182,7 +182,7 @@ class TestRefusals:
             ("SELECT * FROM generate_series(1, 10)", Reason.FUNCTION_FORBIDDEN),
             ("SELECT id FROM products FOR UPDATE", Reason.STATEMENT_FORBIDDEN),
             (
-                "SELECT id FROM orders WHERE customer_id = 42 FOR UPDATE OF orders",
+                "SELECT id FROM orders WHERE customer_id = 42 FOR UPDATE OF public.orders",
                 Reason.SQL_UNANALYZABLE,
             ),
             ("SELECT id INTO leak FROM orders WHERE customer_id = 42", Reason.SQL_UNANALYZABLE),

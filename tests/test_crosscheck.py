@@ -559,3 +559,22 @@ class TestCallIdentity:
     ) -> None:
         """One plain pg_catalog call or operator of placeholders is identified; nothing else."""
         assert call_identity(text) == expected
+
+
+class TestLockingClause:
+    def test_for_update_of_names_from_items_not_tables(self) -> None:
+        """OF o names the FROM item o: both parsers agree and the SQL sent passes the check."""
+        sql = "SELECT o.id FROM orders o WHERE o.customer_id = 42 FOR UPDATE OF o"
+        facts = analyze(sql, catalog=CATALOG)
+        assert facts.problem is None, facts.detail
+        assert crosscheck(sql, facts) is None
+        assert facts.sent is not None
+        assert verify_sent(facts.sent, facts, SCOPED) is None
+
+    def test_lock_does_not_hide_a_raw_table(self) -> None:
+        """A table read raw is caught in a locking statement as in any other."""
+        facts = analyze("SELECT id FROM orders WHERE customer_id = 42 FOR UPDATE", catalog=CATALOG)
+        sent = "SELECT id FROM public.orders WHERE customer_id = 42 FOR UPDATE OF orders"
+        detail = verify_sent(sent, facts, SCOPED)
+        assert detail is not None
+        assert "outside its projection" in detail

@@ -208,7 +208,7 @@ class Clauses(OutputNames):
             self._sort_items(node.args["order"].expressions, env, ctes)
         self._limits(node, ctes)
         if node.args.get("locks"):
-            self._locks(node.args["locks"])
+            self._locks(node.args["locks"], env)
         if self.scoped_count > before:
             self.packed.extend(self.packing)  # over rows of a scoped table: the decision refuses
         self.packing = outer_packing
@@ -367,27 +367,42 @@ class Clauses(OutputNames):
             weight={spec.qualified: 1} if scoped else {},
         )
 
-    def _locks(self, locks: list[exp.Expression]) -> None:
-        """FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE of the statement's own SELECT.
+    def _locks(self, locks: list[exp.Expression], env: Env) -> None:
+        """FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE [OF ...] of the statement's SELECT.
 
-        A locking clause locks the rows of every table read in its FROM list,
-        subqueries included (PostgreSQL pushes it into them, so in the SQL sent
-        it locks only rows that passed the second wall's filter). Allowed only
-        on the outermost SELECT, without OF, and only when every table of the
-        statement is scoped: a locking read of the public catalogue (products)
-        would block other people's writes to rows no ticket is about. Like
+        A locking clause locks the rows of every table read in its FROM list
+        (or of the FROM items OF names), subqueries included: PostgreSQL pushes
+        it into them, so in the SQL sent it locks only rows that passed the
+        second wall's filter. Allowed only on the outermost SELECT, and only
+        when every table it locks is scoped: a locking read of the public
+        catalogue (products) would block other people's writes to rows no
+        ticket is about. OF may name tables of the FROM list only. Like
         PostgreSQL's privilege rule, the decision then asks for a grant to
         update some column of each locked table (``Facts.locked``). Called
         after the level is walked (every table of the statement is known).
         """
         if self.depth != 1 or self.updating:
             refuse(Reason.SQL_UNANALYZABLE, "a locking clause inside a query is not analyzed")
+        specs: list[TableSpec] = []
         for lock in locks:
             if not isinstance(lock, exp.Lock) or lock.args.get("wait") not in (None, True, False):
                 refuse(Reason.SQL_UNANALYZABLE, "a locking clause the analyser cannot read")
-            if lock.expressions:
-                refuse(Reason.SQL_UNANALYZABLE, "FOR UPDATE OF is not analyzed")
-        for _node, spec in self.physical:
+            if not lock.expressions:
+                specs += [spec for _node, spec in self.physical]
+            for item in lock.expressions:
+                named = item.this if isinstance(item, exp.Table) else None
+                if not isinstance(named, exp.Identifier) or any(
+                    value for key, value in item.args.items() if key != "this"
+                ):
+                    refuse(Reason.SQL_UNANALYZABLE, "a FOR UPDATE OF item the analyser cannot read")
+                source = env.sources.get(ident(named))
+                if source is None or source.spec is None:
+                    refuse(
+                        Reason.SQL_UNANALYZABLE,
+                        "FOR UPDATE OF is analyzed for tables of the FROM list only",
+                    )
+                specs.append(source.spec)
+        for spec in specs:
             if spec.scope is None:
                 refuse(
                     Reason.STATEMENT_FORBIDDEN,

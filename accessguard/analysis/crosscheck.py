@@ -127,7 +127,9 @@ def _crosscheck(sql: str, facts: Facts, default_schema: str) -> str | None:
     writers = sum(text.count(key) for key in _WRITER_KEYS) - (name in _WRITERS)
     if writers:
         return "PostgreSQL's parser finds a data-modifying statement inside the statement"
-    if '"ctename":' in text:  # WITH items hide table names: read the tree
+    if '"lockedRels":' in text:  # FOR UPDATE OF names FROM items, not tables: read the tree
+        seen = relations(json.loads(text), default_schema=default_schema)
+    elif '"ctename":' in text:  # WITH items hide table names: read the tree
         tree = json.loads(text)
         seen = _relations_short(tree, text, default_schema)
     else:
@@ -200,9 +202,14 @@ def relations(
     ``_relations_short``).
     """
     found: set[str] = set()
-    skip = frozenset() if expressions else EXPRESSION_FIELDS
+    skip = _LOCKING_FIELDS if expressions else EXPRESSION_FIELDS | _LOCKING_FIELDS
     _collect(tree, frozenset(), found, default_schema, skip)
     return found
+
+
+#: ``FOR UPDATE OF name``: the names are FROM items of the query (PostgreSQL
+#: rejects any other), held as RangeVars that read nothing
+_LOCKING_FIELDS = frozenset({"lockingClause"})
 
 
 def _relations_short(tree: dict[str, Any], text: str, default_schema: str) -> set[str]:
@@ -381,7 +388,8 @@ def _verify_sent(
     if len(stmts) != 1:
         return f"PostgreSQL's parser reads {len(stmts)} statements in the SQL to send"
     with_items = '"ctename":' in text
-    seen = relations(tree) if with_items else relations_in_json(text)  # equal without WITH
+    by_tree = with_items or '"lockedRels":' in text
+    seen = relations(tree) if by_tree else relations_in_json(text)  # equal without them
     extra = seen - set(facts.tables)
     if extra:
         return f"the SQL to send also reads {_names(extra)}"
@@ -389,6 +397,8 @@ def _verify_sent(
     names = re.findall(rf'"ctename":"({_CHARS})"', text) if with_items else ()
     ctes = {_unescape(n) for n in names}
     for body, owner, key in _range_vars(stmts[0]["stmt"]):
+        if key == "lockedRels":
+            continue  # FOR UPDATE OF: a FROM item's name (PostgreSQL checks it is one)
         if body.get("schemaname") is None:
             if body.get("relname") in ctes:
                 continue
