@@ -101,9 +101,7 @@ class Walker(Clauses):
             if name in PACKING_ANONYMOUS:  # pragma: no cover - none is a builtin
                 self.packing.append(name)
         elif type(node) in ALLOWED_FUNCS:
-            name = display_name(node)
-            if name.startswith("operator ") and name[9:].replace("_", "").isalpha():
-                name = name[9:].lower()  # CURRENT_TIMESTAMP, LOCALTIMESTAMP: SQL keywords
+            name = _CLASS_NAMES.get(type(node)) or _class_name(node)
             if type(node) in PACKING and (
                 not isinstance(node, exp.Array) or any(_is_query(e) for e in node.expressions)
             ):
@@ -177,6 +175,19 @@ class Walker(Clauses):
 
 #: aggregates that return a number of rows, never a row's value
 _COUNTS = (exp.Count, exp.CountIf)
+
+
+#: the name of each vetted function class, as PostgreSQL reads its first call seen
+#: (generating it costs more than the walk of a call; dict writes are atomic)
+_CLASS_NAMES: dict[type[exp.Func], str] = {}
+
+
+def _class_name(node: exp.Func) -> str:
+    name = display_name(node)
+    if name.startswith("operator ") and name[9:].replace("_", "").isalpha():
+        name = name[9:].lower()  # CURRENT_TIMESTAMP, LOCALTIMESTAMP: SQL keywords
+    _CLASS_NAMES[type(node)] = name
+    return name
 
 
 def _is_query(node: exp.Expression) -> bool:
