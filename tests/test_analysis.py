@@ -398,6 +398,7 @@ class TestCastsAndNames:
             ("SELECT ARRAY[1] @> ARRAY[1]", "operator @>"),
             ("SELECT jsonb_path_exists('{}', '$')", "function jsonb_path_exists"),
             ("SELECT sha256('a')", "function sha256"),
+            ("SELECT to_hex(id) FROM products", "function to_hex"),
         ],
     )
     def test_refusals_name_what_was_written(self, sql: str, named: str) -> None:

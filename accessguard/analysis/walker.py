@@ -9,6 +9,7 @@ and row-scope bindings are in ``clauses``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -50,6 +51,9 @@ _UPDATE_ARGS_OK = frozenset({"this", "expressions", "where", "returning"})
 @dataclass(eq=False, kw_only=True)
 class Walker(Clauses):
     """Walks one statement; what it found is in the fields of ``Clauses``."""
+
+    #: the statement's text as parsed (to name a refused function as it is written)
+    text: str = ""
 
     # ------------------------------------------------------------------ expressions
 
@@ -111,7 +115,8 @@ class Walker(Clauses):
         else:
             found = None if isinstance(node, exp.AggFunc) else identity(node)
             if found is None or not builtin(*found):
-                refuse(Reason.FUNCTION_FORBIDDEN, f"{_called(display_name(node))} is not allowed")
+                name = _written(node, self.text) or display_name(node)
+                refuse(Reason.FUNCTION_FORBIDDEN, f"{_called(name)} is not allowed")
             name = found[0]
         self.functions.add(name)
 
@@ -188,6 +193,22 @@ def _class_name(node: exp.Func) -> str:
         name = name[9:].lower()  # CURRENT_TIMESTAMP, LOCALTIMESTAMP: SQL keywords
     _CLASS_NAMES[type(node)] = name
     return name
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _written(node: exp.Func, text: str) -> str | None:
+    """The function's name as the statement writes it (``to_hex``, not sqlglot's ``hex``).
+
+    sqlglot remembers where it read the name of some calls; only a plain name
+    at that place counts (never a literal: a quoted text is no plain name).
+    """
+    start, end = node.meta.get("start"), node.meta.get("end")
+    if not isinstance(start, int) or not isinstance(end, int):
+        return None
+    word = text[start : end + 1]
+    return word.lower() if _NAME.fullmatch(word) else None
 
 
 def _is_query(node: exp.Expression) -> bool:
