@@ -9,17 +9,18 @@ and row-scope bindings are in ``clauses``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlglot import exp
 
 from accessguard.analysis.clauses import MAX_NODES, Clauses
 from accessguard.analysis.functions import (
-    ALLOWED_ANONYMOUS,
     ALLOWED_FUNCS,
     PACKING,
     PACKING_ANONYMOUS,
     UNIT_FUNCS,
+    builtin,
 )
 from accessguard.analysis.names import (
     Env,
@@ -36,6 +37,7 @@ from accessguard.analysis.nodes import (
     branch_of,
     check_type,
     display_name,
+    identity,
     param_key,
 )
 from accessguard.analysis.rowscope import bind
@@ -49,6 +51,9 @@ _UPDATE_ARGS_OK = frozenset({"this", "expressions", "where", "returning"})
 @dataclass(eq=False, kw_only=True)
 class Walker(Clauses):
     """Walks one statement; what it found is in the fields of ``Clauses``."""
+
+    #: the statement's text as parsed (to name a refused function as it is written)
+    text: str = ""
 
     # ------------------------------------------------------------------ expressions
 
@@ -94,20 +99,27 @@ class Walker(Clauses):
             self.expr(child, env, ctes)
 
     def _function(self, node: exp.Func) -> None:
+        """Allow a function by its catalog identity (``functions.BUILTINS``) or vetted class."""
         if isinstance(node, exp.Anonymous):
-            name = display_name(node)
-            if name not in ALLOWED_ANONYMOUS:
+            name = display_name(node)  # as written: the SQL sent calls it by that name
+            if not builtin(name, len(node.expressions)):
                 refuse(Reason.FUNCTION_FORBIDDEN, f"function {name} is not allowed")
-            if name in PACKING_ANONYMOUS:
+            if name in PACKING_ANONYMOUS:  # pragma: no cover - none is a builtin
                 self.packing.append(name)
-        else:
-            name = type(node).__name__.lower()
-            if type(node) not in ALLOWED_FUNCS:
-                refuse(Reason.FUNCTION_FORBIDDEN, f"{_called(display_name(node))} is not allowed")
-            if type(node) in PACKING:
-                self.packing.append(display_name(node))
+        elif type(node) in ALLOWED_FUNCS:
+            name = _CLASS_NAMES.get(type(node)) or _class_name(node)
+            if type(node) in PACKING and (
+                not isinstance(node, exp.Array) or any(_is_query(e) for e in node.expressions)
+            ):
+                self.packing.append(name)  # ARRAY[a, b] packs one row's values: not counted
             if self.projecting and isinstance(node, exp.AggFunc) and type(node) not in _COUNTS:
                 self.carriers += 1  # max(x), sum(CASE ..): a value of one row of the group
+        else:
+            found = None if isinstance(node, exp.AggFunc) else identity(node)
+            if found is None or not builtin(*found):
+                name = _written(node, self.text) or display_name(node)
+                refuse(Reason.FUNCTION_FORBIDDEN, f"{_called(name)} is not allowed")
+            name = found[0]
         self.functions.add(name)
 
     def _combining(self, node: exp.AggFunc, env: Env) -> None:
@@ -148,6 +160,7 @@ class Walker(Clauses):
 
     def update(self, node: exp.Update) -> None:
         self._only_args(node, _UPDATE_ARGS_OK)
+        self.updating = True
         target = node.this
         if not isinstance(target, exp.Table):
             refuse(Reason.SQL_UNANALYZABLE, "UPDATE of something other than a table")
@@ -156,10 +169,12 @@ class Walker(Clauses):
         env.sources[source.alias] = source
         assert source.spec is not None  # noqa: S101 - _table with no CTEs is physical
         where = node.args.get("where")
-        self.scopes.extend(bind([(where.this, env)] if where is not None else [], env))
+        self.scopes.extend(bind([(where.this, env, None)] if where is not None else [], env))
         for assignment in node.expressions:
             if not isinstance(assignment, exp.EQ) or not isinstance(assignment.this, exp.Column):
                 refuse(Reason.SQL_UNANALYZABLE, "an UPDATE assignment the analyser cannot read")
+            if assignment.this.args.get("db") or assignment.this.args.get("catalog"):
+                refuse(Reason.SQL_UNANALYZABLE, "a schema-qualified UPDATE assignment")
             column = ident(assignment.this.this)
             qual = assignment.this.args.get("table")
             if (qual is not None and ident(qual) != source.alias) or not source.has(column):
@@ -258,6 +273,39 @@ _ONE_ROW_AGGREGATES = (
     exp.PercentRank,
     exp.CumeDist,
 )
+
+
+#: the name of each vetted function class, as PostgreSQL reads its first call seen
+#: (generating it costs more than the walk of a call; dict writes are atomic)
+_CLASS_NAMES: dict[type[exp.Func], str] = {}
+
+
+def _class_name(node: exp.Func) -> str:
+    name = display_name(node)
+    if name.startswith("operator ") and name[9:].replace("_", "").isalpha():
+        name = name[9:].lower()  # CURRENT_TIMESTAMP, LOCALTIMESTAMP: SQL keywords
+    _CLASS_NAMES[type(node)] = name
+    return name
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _written(node: exp.Func, text: str) -> str | None:
+    """The function's name as the statement writes it (``to_hex``, not sqlglot's ``hex``).
+
+    sqlglot remembers where it read the name of some calls; only a plain name
+    at that place counts (never a literal: a quoted text is no plain name).
+    """
+    start, end = node.meta.get("start"), node.meta.get("end")
+    if not isinstance(start, int) or not isinstance(end, int):
+        return None
+    word = text[start : end + 1]
+    return word.lower() if _NAME.fullmatch(word) else None
+
+
+def _is_query(node: exp.Expression) -> bool:
+    return isinstance(node, exp.Select | exp.Subquery | exp.SetOperation)
 
 
 def _called(name: str) -> str:
