@@ -142,12 +142,32 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     )
     who.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
     who.add_argument("--format", default="text", choices=["text", "json"])
+    _engine_options(who)
 
     what = audit_sub.add_parser("what-read", help="every customer one employee read")
     _source_options(what)
     what.add_argument("--user", required=True, help="the employee")
     what.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
     what.add_argument("--format", default="text", choices=["text", "json"])
+    _engine_options(what)
+
+    export = audit_sub.add_parser(
+        "subject-export", help="everything read about one customer (GDPR Art. 15), in one document"
+    )
+    _source_options(export)
+    export.add_argument("--customer", required=True, help="the customer id")
+    export.add_argument("--product", action="store_true", help="--customer names a product")
+    export.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
+    export.add_argument("--format", default="text", choices=["text", "json", "html"])
+    export.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
+    _engine_options(export)
+
+    index = audit_sub.add_parser(
+        "index",
+        help="bring the trail's index (TRAIL.index) or the sink's hourly rollup up to date",
+    )
+    _source_options(index)
+    index.add_argument("--index", type=Path, default=None, help="where the trail's index lives")
 
     report = audit_sub.add_parser("report", help="write a self-contained HTML report")
     _source_options(report)
@@ -160,6 +180,23 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--audit", type=Path, help="a JSON-lines audit file")
     source.add_argument("--dsn", help="the PostgreSQL sink")
+
+
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    """--from/--until and the trail index's options (accessguard.investigations)."""
+    parser.add_argument(
+        "--from",
+        dest="from_",
+        metavar="WHEN",
+        help="only entries at or after WHEN (ISO 8601 date or date-time; UTC unless it says)",
+    )
+    parser.add_argument("--until", metavar="WHEN", help="only entries before WHEN (ISO 8601)")
+    parser.add_argument(
+        "--index", type=Path, default=None, help="the trail's index (default: TRAIL.index)"
+    )
+    parser.add_argument(
+        "--no-index", action="store_true", help="scan the trail's JSON lines, keep no index"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -497,6 +534,8 @@ def _investigate(args: argparse.Namespace) -> int:
 
     from accessguard import investigate
 
+    if args.audit_command != "report":
+        return _ask_engine(args)
     since = investigate.cutoff(args.since, now=dt.datetime.now(dt.UTC))
     if args.dsn is not None:
         from accessguard.pgverify import verified_events
@@ -530,6 +569,37 @@ def _investigate(args: argparse.Namespace) -> int:
     else:
         print(investigate.render_table(rows) if rows else "no reads recorded")
     return code
+
+
+def _ask_engine(args: argparse.Namespace) -> int:
+    """who-read, what-read, subject-export (and index): answered by DuckDB or SQL.
+
+    The trail is verified first, streaming (no event is kept), and a broken
+    trail fails the command as before; the answer comes from the engine
+    (accessguard.investigations), never from the events loaded into Python.
+    """
+    from accessguard.investigations.command import run
+
+    if args.audit_command == "index":
+        return run(args)
+    if getattr(args, "customer", None) is not None:
+        _subject_id(args.customer, "product" if args.product else "customer")
+    if args.dsn is not None:
+        from accessguard.pgverify import verified_events
+
+        name = "accessguard.events"
+        verdicts: list[Verification] = []
+        for _event in verified_events(args.dsn, problems=verdicts):
+            pass
+        verdict = verdicts[0]
+    else:
+        from accessguard.verification import verify
+
+        name, verdict = str(args.audit), verify(args.audit)
+    if not verdict.ok or verdict.torn_line is not None or not verdict.keyed:
+        print(f"accessguard: {describe(name, verdict)}", file=sys.stderr)
+    code = run(args)
+    return code if verdict.ok else EXIT_REFUSED
 
 
 if __name__ == "__main__":

@@ -161,6 +161,27 @@ def grants_cover(facts: Facts, context: Context, policy: Policy) -> Denial | Non
     return None
 
 
+def locks_granted(facts: Facts, context: Context, policy: Policy) -> Denial | None:
+    """A locking read (FOR UPDATE / FOR SHARE) needs leave to update a column of each table.
+
+    PostgreSQL asks the same (UPDATE privilege on at least one column of each
+    table locked): a lock blocks other people's writes, so reading is not enough.
+    """
+    if not facts.locked:
+        return None
+    ticket = context.valid
+    granted = policy.granted(context.roles, ticket.kind if ticket is not None else None)
+    updatable = {t for t, _c, action in granted if action == "update"}
+    for table in sorted(facts.locked - updatable):
+        name = table.rsplit(".", 1)[-1]
+        return Denial(
+            Reason.COLUMN_NOT_ALLOWED,
+            f"A locking read (FOR UPDATE / FOR SHARE) of {name} needs a rule that lets "
+            f"{_roles_text(context.roles)} update one of its columns.",
+        )
+    return None
+
+
 def row_scope_bound(facts: Facts, context: Context, policy: Policy) -> Denial | None:
     """Every reference to a scoped table is bound to the ticket's customer (or product)."""
     ticket, problem = context.valid, context.ticket_problem
@@ -226,6 +247,7 @@ CHECKS: tuple[Check, ...] = (
     params_match,
     statement_kind_allowed,
     grants_cover,
+    locks_granted,
     row_scope_bound,
     watchlist_respected,
     rows_countable,

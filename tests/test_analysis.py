@@ -180,7 +180,11 @@ class TestRefusals:
             ("SELECT pg_sleep(10)", Reason.FUNCTION_FORBIDDEN),
             ("SELECT set_config('a', 'b', false)", Reason.FUNCTION_FORBIDDEN),
             ("SELECT * FROM generate_series(1, 10)", Reason.FUNCTION_FORBIDDEN),
-            ("SELECT id FROM orders WHERE customer_id = 42 FOR UPDATE", Reason.SQL_UNANALYZABLE),
+            ("SELECT id FROM products FOR UPDATE", Reason.STATEMENT_FORBIDDEN),
+            (
+                "SELECT id FROM orders WHERE customer_id = 42 FOR UPDATE OF public.orders",
+                Reason.SQL_UNANALYZABLE,
+            ),
             ("SELECT id INTO leak FROM orders WHERE customer_id = 42", Reason.SQL_UNANALYZABLE),
             ("WITH RECURSIVE r AS (SELECT 1) SELECT * FROM r", Reason.SQL_UNANALYZABLE),
             ("SELECT __ag_subject_customer__ FROM products", Reason.SQL_UNANALYZABLE),
@@ -393,7 +397,8 @@ class TestCastsAndNames:
             ("SELECT '{}'::jsonb @? '$.a'", "operator @?"),
             ("SELECT ARRAY[1] @> ARRAY[1]", "operator @>"),
             ("SELECT jsonb_path_exists('{}', '$')", "function jsonb_path_exists"),
-            ("SELECT md5('a')", "function md5"),
+            ("SELECT sha256('a')", "function sha256"),
+            ("SELECT to_hex(id) FROM products", "function to_hex"),
         ],
     )
     def test_refusals_name_what_was_written(self, sql: str, named: str) -> None:
@@ -462,3 +467,136 @@ class TestRowWeight:
         f = facts(sql)
         assert f.problem is None
         assert f.row_weight == weight
+
+
+class TestOrmShapes:
+    """Issue 16: outer joins, functions by catalog identity, locks, qualified columns."""
+
+    @pytest.mark.parametrize(
+        ("sql", "expected"),
+        [
+            (
+                (
+                    "SELECT c.name, o.id FROM customers c LEFT JOIN orders o "
+                    "ON c.id = o.customer_id WHERE c.id = 42"
+                ),
+                [("public.customers", (Const(42),)), ("public.orders", (Const(42),))],
+            ),
+            (
+                (
+                    "SELECT c.name, o.id FROM customers c LEFT JOIN orders o "
+                    "ON o.customer_id = c.id WHERE o.customer_id = 42"
+                ),
+                [("public.customers", ()), ("public.orders", (Const(42),))],
+            ),
+            (
+                (
+                    "SELECT c.name, o.id FROM orders o RIGHT JOIN customers c "
+                    "ON o.customer_id = c.id WHERE c.id = 42"
+                ),
+                [("public.customers", (Const(42),)), ("public.orders", (Const(42),))],
+            ),
+            (
+                (
+                    "SELECT c.name, o.id FROM customers c FULL JOIN orders o "
+                    "ON o.customer_id = c.id AND o.customer_id = 42 WHERE c.id = 42"
+                ),
+                [("public.customers", (Const(42),)), ("public.orders", ())],
+            ),
+            (
+                (
+                    "SELECT o.id, p.id FROM orders o LEFT JOIN payments p USING (customer_id) "
+                    "WHERE customer_id = 42"
+                ),
+                [("public.orders", (Const(42),)), ("public.payments", (Const(42),))],
+            ),
+        ],
+    )
+    def test_outer_join_on_binds_its_nullable_side(
+        self, sql: str, expected: list[tuple[str, tuple[Const, ...]]]
+    ) -> None:
+        """An outer join's ON binds the nullable side only; a FULL JOIN's binds nothing."""
+        f = facts(sql)
+        assert f.problem is None, f.detail
+        assert sorted(scopes(f)) == expected
+
+    def test_on_holds_only_where_the_nullable_side_is_present(self) -> None:
+        """A chain through an outer ON never binds the preserved side of that join."""
+        f = facts(
+            "SELECT a.id, b.id FROM orders a LEFT JOIN orders b ON b.customer_id = a.customer_id "
+            "AND b.customer_id = 42"
+        )
+        assert sorted(scopes(f)) == [("public.orders", ()), ("public.orders", (Const(42),))]
+
+    @pytest.mark.parametrize(
+        ("sql", "names"),
+        [
+            ("SELECT power(2, 3), pow(2, 3), sqrt(4.0)", {"power", "sqrt"}),
+            ("SELECT format('%s', 1), json_build_object('a', 1) ->> 'a'", {"format"}),
+            ("SELECT '{}'::jsonb -> 'a', '{}'::jsonb #>> '{a}'", {"operator ->"}),
+            ("SELECT ltrim(' a ', ' '), lower('A'), round(1.5, 0)", {"lower", "round"}),
+            (
+                "SELECT statement_timestamp(), sin(1), localtimestamp",
+                {"statement_timestamp", "sin", "localtimestamp"},
+            ),
+        ],
+    )
+    def test_builtins_are_allowed_by_catalog_identity(self, sql: str, names: set[str]) -> None:
+        """Harmless built-ins pass, named as PostgreSQL names the function it runs."""
+        f = facts(sql)
+        assert f.problem is None, f.detail
+        assert names <= f.functions
+        assert not any("_" in n and n.startswith("j_s") for n in f.functions)
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "SELECT pg_read_file('/etc/passwd')",
+            "SELECT current_setting('server_version')",
+            "SELECT query_to_xml('select 1', true, true, '')",
+            "SELECT dblink('host=x', 'select 1')",
+            "SELECT lo_import('/etc/passwd')",
+            "SELECT txid_current()",
+            "SELECT jsonb_agg(id) FROM products",
+            "SELECT json_build_object('a', 1) @> '{}'",
+            "SELECT lower('a', 'b')",
+        ],
+    )
+    def test_other_functions_stay_forbidden(self, sql: str) -> None:
+        """Whatever is not a listed built-in with a listed arity is refused."""
+        assert facts(sql).problem in (Reason.FUNCTION_FORBIDDEN, Reason.SQL_UNANALYZABLE)
+
+    def test_schema_qualified_column_resolves_as_unqualified(self) -> None:
+        """public.orders.id is orders.id of the unaliased public.orders, and is sent so."""
+        f = facts("SELECT public.orders.id FROM public.orders WHERE public.orders.customer_id = 42")
+        assert f.problem is None, f.detail
+        assert scopes(f) == [("public.orders", (Const(42),))]
+        assert f.sent is not None
+        assert "public.orders.id" not in f.sent
+        assert 'AS "orders" WHERE orders.customer_id = 42' in f.sent
+
+    @pytest.mark.parametrize(
+        ("sql", "reason"),
+        [
+            ("SELECT public.orders.id FROM public.orders o WHERE o.customer_id = 42", None),
+            ("SELECT archive.orders.id FROM public.orders WHERE customer_id = 42", None),
+            ("SELECT x.public.orders.id FROM public.orders", Reason.SQL_UNANALYZABLE),
+            ("UPDATE orders SET public.orders.status = 'x' WHERE customer_id = 42", None),
+        ],
+    )
+    def test_schema_qualified_column_never_names_another_table(
+        self, sql: str, reason: Reason | None
+    ) -> None:
+        """An alias, another schema or a catalog name is refused, never resolved elsewhere."""
+        problem = facts(sql).problem
+        assert problem is not None
+        assert reason is None or problem is reason
+
+    def test_lock_lists_the_tables_it_locks(self) -> None:
+        """A locking read reports its tables; the decision asks for an update grant on each."""
+        f = facts("SELECT id FROM orders WHERE customer_id = 42 FOR NO KEY UPDATE NOWAIT")
+        assert f.problem is None
+        assert f.locked == {"public.orders"}
+        assert f.sent is not None
+        assert f.sent.endswith("FOR NO KEY UPDATE NOWAIT")
+        assert facts("SELECT id FROM orders WHERE customer_id = 42").locked == frozenset()

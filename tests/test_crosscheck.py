@@ -25,6 +25,7 @@ from accessguard.adapters.psycopg3 import authorize_statement, convert_query
 from accessguard.analysis import Facts, analyze, shape
 from accessguard.analysis.crosscheck import (
     _relations_short,
+    call_identity,
     crosscheck,
     relations,
     relations_in_json,
@@ -534,3 +535,46 @@ class TestVerifySent:
         """verify_sent returns None or a detail for anything."""
         result = verify_sent(sql, Facts(kind="select"), SCOPED, pyformat=True)
         assert result is None or isinstance(result, str)
+
+
+class TestCallIdentity:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("POWER(a, 2)", ("power", 2)),
+            ("pg_catalog.power(a, b)", ("power", 2)),
+            ("LOG(10, a)", ("log", 2)),
+            ("a ->> b", ("operator ->>", 2)),
+            ("ROUND(CAST(a AS NUMERIC))", None),
+            ("a -> lower(b)", None),
+            ("other.power(a, b)", None),
+            ("SUM(a) OVER ()", None),
+            ("CURRENT_TIMESTAMP", None),
+            ("(SELECT 1)", None),
+            ("not sql (", None),
+        ],
+    )
+    def test_reads_the_call_postgresql_makes(
+        self, text: str, expected: tuple[str, int] | None
+    ) -> None:
+        """One plain pg_catalog call or operator of placeholders is identified; nothing else."""
+        assert call_identity(text) == expected
+
+
+class TestLockingClause:
+    def test_for_update_of_names_from_items_not_tables(self) -> None:
+        """OF o names the FROM item o: both parsers agree and the SQL sent passes the check."""
+        sql = "SELECT o.id FROM orders o WHERE o.customer_id = 42 FOR UPDATE OF o"
+        facts = analyze(sql, catalog=CATALOG)
+        assert facts.problem is None, facts.detail
+        assert crosscheck(sql, facts) is None
+        assert facts.sent is not None
+        assert verify_sent(facts.sent, facts, SCOPED) is None
+
+    def test_lock_does_not_hide_a_raw_table(self) -> None:
+        """A table read raw is caught in a locking statement as in any other."""
+        facts = analyze("SELECT id FROM orders WHERE customer_id = 42 FOR UPDATE", catalog=CATALOG)
+        sent = "SELECT id FROM public.orders WHERE customer_id = 42 FOR UPDATE OF orders"
+        detail = verify_sent(sent, facts, SCOPED)
+        assert detail is not None
+        assert "outside its projection" in detail

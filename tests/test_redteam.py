@@ -49,7 +49,14 @@ USER, TICKET = "alice", "T-100"
 #:   The red-team file assumes a narrower column set, but scenario.md lets a
 #:   support_agent on an order_issue ticket read customers.phone of the
 #:   ticket's customer, so grouping customer 42's row by it reveals nothing.
-ALLOWED_EQUIVALENT = frozenset({"cs-group-by"})
+#: - cs-json-build: ``jsonb_build_object('p', phone, 'a', address)`` of customer 42:
+#:   the same two columns alice may read, in JSON (jsonb_build_object is a
+#:   built-in that only formats its arguments; issue 16 allows it).
+#: - wr-for-update-skip: ``... WHERE customer_id = 42 FOR NO KEY UPDATE SKIP LOCKED``:
+#:   a locking read of alice's own orders, which she may update (orders.status);
+#:   the lock reaches only customer 42's rows (the second wall's filter) and
+#:   changes no data (issue 16 allows the ORMs' select-for-update).
+ALLOWED_EQUIVALENT = frozenset({"cs-group-by", "cs-json-build", "wr-for-update-skip"})
 
 #: Deny cases that name rows by a key only (issue 16): the guard probes the
 #: database and refuses them (row_scope.other_subject) where the named row is
@@ -220,11 +227,15 @@ def _run_guarded(conn: Any, case: RedteamCase) -> Rows | AccessDenied | None:
         conn.rollback()  # the module shares one database: leave it as the seed made it
 
 
+#: a locking clause (FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE)
+_LOCKING = re.compile(r"\bFOR\s+(?:NO\s+KEY\s+UPDATE|UPDATE|KEY\s+SHARE|SHARE)\b", re.IGNORECASE)
+
+
 def _run_on_view(view_dsn: str, case: RedteamCase, *, client: bool) -> Rows | None:
     """The result of ``case`` on alice's view database (read only, rolled back)."""
     factory = psycopg.ClientCursor if client else psycopg.Cursor
     with psycopg.connect(view_dsn, options=TIMEOUT, cursor_factory=factory) as conn:
-        conn.read_only = True
+        conn.read_only = not _LOCKING.search(case.sql)  # a locking read needs a writable one
         try:
             return _fetch(conn.cursor().execute(case.sql, case.params))
         finally:
@@ -352,7 +363,7 @@ class TestNoLeaks:
         refused = 0
         for factory in (psycopg.Cursor, psycopg.ClientCursor):
             raw = psycopg.connect(alice_view_db, options=TIMEOUT, cursor_factory=factory)
-            raw.read_only = True
+            raw.read_only = not _LOCKING.search(case.sql)  # rolled back below either way
             conn = guard.wrap(raw, user=USER, ticket=TICKET)
             try:
                 conn.cursor().execute(case.sql, case.params)

@@ -49,7 +49,10 @@ def spoil(path: Path, line: int) -> None:
     """Put one byte that is not UTF-8 at the start of ``line`` of ``path``."""
     lines = path.read_bytes().split(b"\n")
     lines[line - 1] = b"\xff" + lines[line - 1]
-    path.write_bytes(b"\n".join(lines))
+    # in one step: a watcher polling meanwhile must not see the file empty (half written)
+    spoiled = path.with_name(path.name + ".tmp")
+    spoiled.write_bytes(b"\n".join(lines))
+    spoiled.replace(path)
 
 
 class TestUndecodableOrEmpty:

@@ -35,6 +35,8 @@ from test_attacks import (
 
 import accessguard.scenario
 from accessguard import AccessDenied, AccessGuardError, Guard, Throttled
+from accessguard.analysis import analyze, subject_marker
+from accessguard.catalog import load_catalog
 from accessguard.errors import Reason
 from accessguard.policy import load_policy
 from accessguard.testing import MemoryAuditSink
@@ -68,6 +70,20 @@ RAW_LEAKS = frozenset(
         "ob-group-input-first",
         "ob-distinct-on-expression",
         "lat-correlated-outer-column",
+        # issue 16: outer joins, locking reads and functions
+        "oj-left-on-binds-nothing",
+        "oj-left-on-binds-preserved-only",
+        "oj-left-nullable-other-customer",
+        "oj-left-preserved-unbound",
+        "oj-left-anti-join",
+        "oj-left-chain-other-customer",
+        "oj-left-correlated-unbound",
+        "oj-right-preserved-unbound",
+        "oj-full-on-binds-nothing",
+        "lock-unbound",
+        "fn-query-to-xml",
+        "fn-format-other-customer",
+        "fn-any-array-other",
     }
 )
 
@@ -226,6 +242,54 @@ class TestUserDefinedTypes:
             with pytest.raises(AccessDenied) as refused:
                 conn.execute("SELECT 'x'::checked_t")
             assert refused.value.reason == Reason.TYPE_FORBIDDEN
+
+
+def _lockable(dsn: str, customer: int) -> bool:
+    """Whether another session can lock ``customer``'s orders right now (NOWAIT)."""
+    with psycopg.connect(dsn) as other:
+        try:
+            other.execute(
+                "SELECT id FROM orders WHERE customer_id = %s FOR UPDATE NOWAIT", [customer]
+            )
+        except psycopg.errors.LockNotAvailable:
+            return False
+        return True
+
+
+@pytest.mark.db
+class TestLockingReads:
+    def test_lock_holds_only_the_subjects_rows(self, scenario_dsn: str, unlimited: Guard) -> None:
+        """alice's FOR UPDATE locks customer 42's orders and no other customer's."""
+        with unlimited.connect(scenario_dsn, user="alice", ticket="T-100") as conn:
+            rows = conn.execute(
+                "SELECT o.id FROM orders o WHERE o.customer_id = 42 ORDER BY o.id FOR UPDATE"
+            ).fetchall()
+            assert [r[0] for r in rows] == [421, 422, 423]
+            assert not _lockable(scenario_dsn, 42)
+            assert _lockable(scenario_dsn, 43)
+            assert _lockable(scenario_dsn, 7)
+
+    def test_second_wall_filters_the_locks(self, scenario_dsn: str) -> None:
+        """PostgreSQL pushes the lock into the filtering subquery: the SQL sent locks no other row.
+
+        The statement is one the first wall refuses (nothing binds customer 7
+        out); the SQL the guard would send for it still locks only the subject's
+        rows, which is what makes a locking read safe to allow.
+        """
+        catalog = load_catalog(accessguard.scenario.policies_dir() / "schema.toml")
+        sql = "SELECT o.id FROM orders o WHERE o.customer_id IN (42, 7) FOR UPDATE"
+        facts = analyze(sql, catalog=catalog)
+        assert facts.sent is not None
+        assert facts.locked == {"public.orders"}
+        sent = facts.sent.replace(subject_marker("customer"), "42")
+        with psycopg.connect(scenario_dsn) as raw:
+            ids = sorted(r[0] for r in raw.execute(sent).fetchall())
+            assert ids == [421, 422, 423]
+            assert not _lockable(scenario_dsn, 42)
+            assert _lockable(scenario_dsn, 7)
+            raw.rollback()
+            raw.execute(sql)  # the statement as written locks customer 7's rows too
+            assert not _lockable(scenario_dsn, 7)
 
 
 @pytest.mark.db

@@ -380,7 +380,7 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
         detail = "an empty statement" if not statements else "more than one statement in one call"
         return Facts(kind="multiple", problem=Reason.SQL_UNANALYZABLE, detail=detail)
     tree = statements[0]
-    walker = Walker(catalog=catalog, dialect=dialect)
+    walker = Walker(catalog=catalog, dialect=dialect, text=sql)
     if isinstance(tree, exp.Select | exp.SetOperation | exp.Subquery | exp.Update):
         kind = "update" if isinstance(tree, exp.Update) else "select"
         try:
@@ -432,6 +432,7 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
         params=frozenset(walker.params),
         packing=tuple(walker.packed),
         row_weight=walker.row_weight,
+        locked=frozenset(walker.locked),
         sent=sent,
         param_order=order,
     )

@@ -28,7 +28,7 @@ from accessguard.analysis.names import (
 )
 from accessguard.analysis.nodes import display_name, output_name
 from accessguard.analysis.ordering import OutputNames
-from accessguard.analysis.rowscope import bind
+from accessguard.analysis.rowscope import Condition, bind
 from accessguard.catalog import Catalog, TableSpec
 from accessguard.errors import Reason
 
@@ -47,12 +47,14 @@ _SELECT_ARGS_OK = frozenset(
         "order",
         "limit",
         "offset",
+        "locks",
     }
 )
 _SETOP_ARGS_OK = frozenset({"with_", "this", "expression", "distinct", "order", "limit", "offset"})
 
-#: an ON clause, the environment it is resolved in, and whether it filters both sides
-OnClause = tuple[exp.Expression, Env, bool]
+#: an ON clause, the environment it is resolved in, and the sources it binds
+#: (``rowscope.Condition``: None for an inner join's, which holds on every row)
+OnClause = Condition
 
 
 @dataclass(eq=False, kw_only=True)
@@ -83,6 +85,10 @@ class Clauses(OutputNames):
     #: the statement's weight (``Facts.row_weight``), and how deep in queries the walk is
     weight: Weight = field(default_factory=dict)
     depth: int = 0
+    #: the statement is an UPDATE (its subqueries are not the statement's SELECT)
+    updating: bool = False
+    #: tables whose rows a locking clause locks (``Facts.locked``)
+    locked: set[str] = field(default_factory=set)
 
     @property
     def row_weight(self) -> int:
@@ -178,14 +184,14 @@ class Clauses(OutputNames):
         env = Env(parent)
         ons = self._from(node, env, ctes)
         where = node.args.get("where")
-        binding = [(on, view) for on, view, inner in ons if inner]
+        binding = list(ons)
         if where is not None:
-            binding.append((where.this, env))
+            binding.append((where.this, env, None))
         self.scopes.extend(bind(binding, env))
         self.projecting = True
         env.outputs = self._projections(node, env, ctes)
         self.projecting = False
-        for on, view, _inner in ons:
+        for on, view, _nullable in ons:
             self.expr(on, view, ctes)
         if where is not None:
             self.expr(where.this, env, ctes)
@@ -201,6 +207,8 @@ class Clauses(OutputNames):
             self._only_args(node.args["order"], {"expressions"})
             self._sort_items(node.args["order"].expressions, env, ctes)
         self._limits(node, ctes)
+        if node.args.get("locks"):
+            self._locks(node.args["locks"], env)
         if self.scoped_count > before:
             self.packed.extend(self.packing)  # over rows of a scoped table: the decision refuses
         self.packing = outer_packing
@@ -273,17 +281,17 @@ class Clauses(OutputNames):
                 for read_source, column in reads:
                     if read_source.spec is not None:
                         self.reads.add((read_source.spec.qualified, column))
-                ons += [(eq, view, True) for eq, view in equalities]
+                binds = _binds(side, tree, source)
+                ons += [(eq, view, binds) for eq, view in equalities]
                 tree.append(source)
                 continue
+            binds = _binds(side, tree, source)
             if postgres and not side and not kind and on is None:
                 tree = [source]  # a comma: a new join tree
             else:
                 tree.append(source)
             if on is not None:
-                # Only an inner join's ON filters the rows of both sides; an outer
-                # join's ON never restricts its preserved side, so it binds nothing.
-                ons.append((on, env.view(tree, strict=postgres), not side))
+                ons.append((on, env.view(tree, strict=postgres), binds))
         return ons
 
     def _add_source(self, item: exp.Expression, env: Env, ctes: dict[str, Source]) -> Source:
@@ -359,6 +367,50 @@ class Clauses(OutputNames):
             weight={spec.qualified: 1} if scoped else {},
         )
 
+    def _locks(self, locks: list[exp.Expression], env: Env) -> None:
+        """FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE [OF ...] of the statement's SELECT.
+
+        A locking clause locks the rows of every table read in its FROM list
+        (or of the FROM items OF names), subqueries included: PostgreSQL pushes
+        it into them, so in the SQL sent it locks only rows that passed the
+        second wall's filter. Allowed only on the outermost SELECT, and only
+        when every table it locks is scoped: a locking read of the public
+        catalogue (products) would block other people's writes to rows no
+        ticket is about. OF may name tables of the FROM list only. Like
+        PostgreSQL's privilege rule, the decision then asks for a grant to
+        update some column of each locked table (``Facts.locked``). Called
+        after the level is walked (every table of the statement is known).
+        """
+        if self.depth != 1 or self.updating:
+            refuse(Reason.SQL_UNANALYZABLE, "a locking clause inside a query is not analyzed")
+        specs: list[TableSpec] = []
+        for lock in locks:
+            if not isinstance(lock, exp.Lock) or lock.args.get("wait") not in (None, True, False):
+                refuse(Reason.SQL_UNANALYZABLE, "a locking clause the analyser cannot read")
+            if not lock.expressions:
+                specs += [spec for _node, spec in self.physical]
+            for item in lock.expressions:
+                named = item.this if isinstance(item, exp.Table) else None
+                if not isinstance(named, exp.Identifier) or any(
+                    value for key, value in item.args.items() if key != "this"
+                ):
+                    refuse(Reason.SQL_UNANALYZABLE, "a FOR UPDATE OF item the analyser cannot read")
+                source = env.sources.get(ident(named))
+                if source is None or source.spec is None:
+                    refuse(
+                        Reason.SQL_UNANALYZABLE,
+                        "FOR UPDATE OF is analyzed for tables of the FROM list only",
+                    )
+                specs.append(source.spec)
+        for spec in specs:
+            if spec.scope is None:
+                refuse(
+                    Reason.STATEMENT_FORBIDDEN,
+                    f"a locking read (FOR UPDATE / FOR SHARE) of {spec.name} would lock rows "
+                    "that no ticket is about",
+                )
+            self.locked.add(spec.qualified)  # the decision asks for an update grant on it
+
     # ------------------------------------------------------------------ helpers
 
     def _only_args(self, node: exp.Expression, allowed: frozenset[str] | set[str]) -> None:
@@ -373,3 +425,19 @@ class Clauses(OutputNames):
         self.nodes += 1
         if self.nodes > MAX_NODES:
             refuse(Reason.SQL_UNANALYZABLE, "the statement is too large to analyze")
+
+
+def _binds(side: str, tree: list[Source], right: Source) -> frozenset[int] | None:
+    """The sources a join's ON clause binds (``rowscope``): None for every one (inner).
+
+    An outer join's ON holds only where its nullable side is present: it binds
+    the right input of a LEFT JOIN, the join tree so far of a RIGHT JOIN, and
+    nothing of a FULL JOIN (both sides are preserved).
+    """
+    if side == "LEFT":
+        return frozenset({id(right)})
+    if side == "RIGHT":
+        return frozenset(id(s) for s in tree)
+    if side == "FULL":
+        return frozenset()
+    return None

@@ -78,6 +78,8 @@ class Facts:
     #: such as max(CASE ..), plus what select-list scalar subqueries carry). A row
     #: limit or a ledger that counts result rows undercounts by up to this factor.
     row_weight: int = 0
+    #: tables a locking clause (FOR UPDATE / FOR SHARE ...) locks rows of
+    locked: frozenset[str] = frozenset()
     problem: Reason | None = None
     detail: str = ""
     sent: str | None = None

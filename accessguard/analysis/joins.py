@@ -54,8 +54,8 @@ def merge(  # noqa: PLR0913 - one join's inputs
             refuse(Reason.COLUMN_UNKNOWN, f"the join column {name} is not in both inputs")
         left = hits[0]
         reads += [(left, name), (right, name)]
-        if not side:  # an inner join: both sides equal, as ON left.k = right.k
-            equalities.append((exp.EQ(this=_col(left, name), expression=_col(right, name)), view))
+        # both sides equal, as ON left.k = right.k (an outer join's binds its nullable side)
+        equalities.append((exp.EQ(this=_col(left, name), expression=_col(right, name)), view))
         covers = entries[0].covers if entries else frozenset({id(left)})
         for entry in entries:
             env.merged.remove(entry)

@@ -195,12 +195,14 @@ def resolve(node: exp.Column, env: Env) -> tuple[Resolved, Source | None]:
     unqualified one as a column at every level, innermost first, then as a
     whole-row reference to a FROM item.
     """
-    if node.args.get("db") or node.args.get("catalog"):
-        refuse(Reason.SQL_UNANALYZABLE, "schema-qualified column references are not analyzed")
+    if node.args.get("catalog"):
+        refuse(Reason.SQL_UNANALYZABLE, "catalog-qualified column references are not analyzed")
     if not isinstance(node.this, exp.Identifier):
         refuse(Reason.SQL_UNANALYZABLE, "a column reference the analyser cannot read")
     column = ident(node.this)
     qualifier = node.args.get("table")
+    if node.args.get("db"):
+        return _schema_qualified(node, env, column), None
     scope: Env | None = env
     if qualifier is not None:
         name = ident(qualifier)
@@ -233,6 +235,51 @@ def resolve(node: exp.Column, env: Env) -> tuple[Resolved, Source | None]:
             return None, whole
         scope = scope.parent
     refuse(Reason.COLUMN_UNKNOWN, f"column {column} is not in any table of the statement")
+
+
+def _schema_qualified(node: exp.Column, env: Env, column: str) -> tuple[Source, str, Env]:
+    """Resolve ``schema.table.column`` as PostgreSQL does; make it ``table.column`` in the tree.
+
+    PostgreSQL matches it only to a FROM item that is that very table without
+    an alias, at the nearest level that has one (scanNameSpaceForRelid), never
+    to a WITH item or an alias of that name. The SQL sent reads each table
+    through a subquery named like the table, so the reference is rewritten
+    without its schema; that is refused where a nearer FROM item of the same
+    name would then take it.
+    """
+    schema, table = ident(node.args["db"]), ident(node.args.get("table"))
+    scope: Env | None = env
+    while scope is not None:
+        found = _unaliased(scope.sources, schema, table)
+        if scope.wider is not None:
+            _agree(scope, found, _unaliased(scope.wider, schema, table), table)
+        if found is not None:
+            if not found.has(column):
+                refuse(Reason.COLUMN_UNKNOWN, f"{schema}.{table} has no column {column}")
+            node.set("db", None)  # the table's projection subquery is named ``table``
+            return found, column, scope.level
+        if table in scope.sources:
+            refuse(
+                Reason.SQL_UNANALYZABLE,
+                f"{schema}.{table}.{column} where the FROM item named {table} is another "
+                "table, an alias or a WITH item",
+            )
+        scope = scope.parent
+    refuse(Reason.COLUMN_UNKNOWN, f"no FROM item {schema}.{table} for column {column}")
+
+
+def _unaliased(sources: dict[str, Source], schema: str, table: str) -> Source | None:
+    """The FROM item that is table ``schema.table`` named by itself (no alias), if any."""
+    source = sources.get(table)
+    if (
+        source is None
+        or source.spec is None
+        or source.node is None
+        or source.node.args.get("alias") is not None
+        or (source.spec.schema, source.spec.name) != (schema, table)
+    ):
+        return None
+    return source
 
 
 def bare_name(node: exp.Expression) -> str | None:

@@ -14,6 +14,7 @@ import re
 
 from sqlglot import exp
 
+from accessguard.analysis.crosscheck import call_identity
 from accessguard.analysis.facts import Const, Param, Value
 from accessguard.analysis.functions import SCALAR_NODES
 from accessguard.analysis.names import ident, refuse
@@ -166,6 +167,60 @@ def display_name(node: exp.Expr) -> str:
 
 
 _ARG = "ag_arg"
+
+#: how many distinct call shapes ``identity`` remembers (each costs one parse)
+_IDENTITIES_MAX = 4096
+_IDENTITIES: dict[tuple[object, ...], tuple[str, int] | None] = {}
+
+#: an argument of a call's shape: (name, "list", length), (name, "node", None) or
+#: (name, "=", value)
+_Arg = tuple[str, str, object]
+
+
+def identity(node: exp.Func) -> tuple[str, int] | None:
+    """The pg_catalog function (or operator) the SQL sent calls for ``node``, and its arity.
+
+    The SQL sent is generated from the tree, so what PostgreSQL runs is the
+    generated call, whatever the statement spelled: ``identity`` generates the
+    node with a placeholder name in place of each argument (as many as it
+    has) and asks PostgreSQL's parser what it reads (``call_identity``), so
+    ``pow(x, 2)``, ``power(x, 2)`` and ``pg_catalog.power(x, 2)`` are all
+    ``("power", 2)``. Remembered per node class and argument shape.
+    """
+    shape: list[_Arg] = []
+    for key, value in sorted(node.args.items()):
+        if isinstance(value, list):
+            if value:
+                shape.append((key, "list", len(value)))
+        elif isinstance(value, exp.Expression):
+            shape.append((key, "node", None))
+        elif value not in (None, False, ""):
+            if not isinstance(value, str | bool | int):
+                return None
+            shape.append((key, "=", value))
+    remembered = (type(node), *shape)
+    if remembered in _IDENTITIES:
+        return _IDENTITIES[remembered]
+    found = _identity(type(node), shape)
+    if len(_IDENTITIES) < _IDENTITIES_MAX:
+        _IDENTITIES[remembered] = found
+    return found
+
+
+def _identity(cls: type[exp.Func], shape: list[_Arg]) -> tuple[str, int] | None:
+    args: dict[str, object] = {}
+    for key, kind, value in shape:
+        if kind == "list" and isinstance(value, int):
+            args[key] = [_arg() for _ in range(value)]
+        elif kind == "node":
+            args[key] = _arg()
+        else:
+            args[key] = value
+    try:
+        text = cls(**args).sql(dialect="postgres")
+    except Exception:  # noqa: BLE001 - not generated: not identified, so refused
+        return None
+    return call_identity(text)
 
 
 def _arg() -> exp.Column:

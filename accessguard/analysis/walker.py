@@ -9,17 +9,18 @@ and row-scope bindings are in ``clauses``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlglot import exp
 
 from accessguard.analysis.clauses import MAX_NODES, Clauses
 from accessguard.analysis.functions import (
-    ALLOWED_ANONYMOUS,
     ALLOWED_FUNCS,
     PACKING,
     PACKING_ANONYMOUS,
     UNIT_FUNCS,
+    builtin,
 )
 from accessguard.analysis.names import (
     Env,
@@ -36,6 +37,7 @@ from accessguard.analysis.nodes import (
     branch_of,
     check_type,
     display_name,
+    identity,
     param_key,
 )
 from accessguard.analysis.rowscope import bind
@@ -49,6 +51,9 @@ _UPDATE_ARGS_OK = frozenset({"this", "expressions", "where", "returning"})
 @dataclass(eq=False, kw_only=True)
 class Walker(Clauses):
     """Walks one statement; what it found is in the fields of ``Clauses``."""
+
+    #: the statement's text as parsed (to name a refused function as it is written)
+    text: str = ""
 
     # ------------------------------------------------------------------ expressions
 
@@ -94,20 +99,27 @@ class Walker(Clauses):
             self.expr(child, env, ctes)
 
     def _function(self, node: exp.Func) -> None:
+        """Allow a function by its catalog identity (``functions.BUILTINS``) or vetted class."""
         if isinstance(node, exp.Anonymous):
-            name = display_name(node)
-            if name not in ALLOWED_ANONYMOUS:
+            name = display_name(node)  # as written: the SQL sent calls it by that name
+            if not builtin(name, len(node.expressions)):
                 refuse(Reason.FUNCTION_FORBIDDEN, f"function {name} is not allowed")
-            if name in PACKING_ANONYMOUS:
+            if name in PACKING_ANONYMOUS:  # pragma: no cover - none is a builtin
                 self.packing.append(name)
-        else:
-            name = type(node).__name__.lower()
-            if type(node) not in ALLOWED_FUNCS:
-                refuse(Reason.FUNCTION_FORBIDDEN, f"{_called(display_name(node))} is not allowed")
-            if type(node) in PACKING:
-                self.packing.append(display_name(node))
+        elif type(node) in ALLOWED_FUNCS:
+            name = _CLASS_NAMES.get(type(node)) or _class_name(node)
+            if type(node) in PACKING and (
+                not isinstance(node, exp.Array) or any(_is_query(e) for e in node.expressions)
+            ):
+                self.packing.append(name)  # ARRAY[a, b] packs one row's values: not counted
             if self.projecting and isinstance(node, exp.AggFunc) and type(node) not in _COUNTS:
                 self.carriers += 1  # max(x), sum(CASE ..): a value of one row of the group
+        else:
+            found = None if isinstance(node, exp.AggFunc) else identity(node)
+            if found is None or not builtin(*found):
+                name = _written(node, self.text) or display_name(node)
+                refuse(Reason.FUNCTION_FORBIDDEN, f"{_called(name)} is not allowed")
+            name = found[0]
         self.functions.add(name)
 
     def _combining(self, node: exp.AggFunc, env: Env) -> None:
@@ -117,12 +129,16 @@ class Walker(Clauses):
         aggregate, refused over a scoped table as array_agg is.
         """
         arg = node.this
+        if arg is None:  # no argument: nothing of a row's to combine
+            return
         if isinstance(arg, exp.Distinct) and len(arg.expressions) == 1:
             arg = arg.expressions[0]
         if isinstance(arg, exp.Column) and not isinstance(arg.this, exp.Star):
             found, whole = resolve(arg, env)
-            if whole is None and found is not None and found[0].spec is not None:
-                return  # sum(orders.total_cents): the values of a table's column
+            if whole is None and found is not None:
+                source, column, _level = found
+                if source.spec is not None or plain_column(arg, source.alias, column):
+                    return  # sum(orders.total_cents): the values of a table's column
         self.packing.append(f"{display_name(node)} of an expression")
 
     def _column(self, node: exp.Column, env: Env) -> None:
@@ -144,6 +160,7 @@ class Walker(Clauses):
 
     def update(self, node: exp.Update) -> None:
         self._only_args(node, _UPDATE_ARGS_OK)
+        self.updating = True
         target = node.this
         if not isinstance(target, exp.Table):
             refuse(Reason.SQL_UNANALYZABLE, "UPDATE of something other than a table")
@@ -152,10 +169,12 @@ class Walker(Clauses):
         env.sources[source.alias] = source
         assert source.spec is not None  # noqa: S101 - _table with no CTEs is physical
         where = node.args.get("where")
-        self.scopes.extend(bind([(where.this, env)] if where is not None else [], env))
+        self.scopes.extend(bind([(where.this, env, None)] if where is not None else [], env))
         for assignment in node.expressions:
             if not isinstance(assignment, exp.EQ) or not isinstance(assignment.this, exp.Column):
                 refuse(Reason.SQL_UNANALYZABLE, "an UPDATE assignment the analyser cannot read")
+            if assignment.this.args.get("db") or assignment.this.args.get("catalog"):
+                refuse(Reason.SQL_UNANALYZABLE, "a schema-qualified UPDATE assignment")
             column = ident(assignment.this.this)
             qual = assignment.this.args.get("table")
             if (qual is not None and ident(qual) != source.alias) or not source.has(column):
@@ -182,8 +201,111 @@ class Walker(Clauses):
 
 #: aggregates that return a number of rows, never a row's value
 _COUNTS = (exp.Count, exp.CountIf)
+_PLAIN_DEPTH = 8
+
+
+def plain_column(node: exp.Expression, alias: str, column: str, depth: int = 0) -> bool:
+    """Whether ``column`` of the derived table or WITH item ``alias`` is a table's column
+    passed through unchanged (through further derived tables), not an expression.
+
+    Found by name in the statement's own tree; anything it cannot follow is not plain.
+    """
+    if depth > _PLAIN_DEPTH:
+        return False
+    root = node.root()
+    queries = [
+        found.this
+        for found in root.find_all(exp.CTE, exp.Subquery)
+        if found.alias_or_name.lower() == alias.lower() and isinstance(found.this, exp.Select)
+    ]
+    if len(queries) != 1:  # none, a set operation, or two of that name: do not guess
+        return False
+    query = queries[0]
+    named = [e for e in query.expressions if e.alias_or_name.lower() == column.lower()]
+    if len(named) != 1:
+        return False
+    inner = named[0].unalias()
+    if not isinstance(inner, exp.Column) or isinstance(inner.this, exp.Star):
+        return False
+    sources = [
+        item
+        for item in (query.args.get("from_"), *(query.args.get("joins") or ()))
+        if item is not None
+    ]
+    tables = [t for item in sources for t in ([item.this] if item.this is not None else [])]
+    qualifier = inner.table.lower() if inner.table else None
+    candidates = [t for t in tables if qualifier is None or t.alias_or_name.lower() == qualifier]
+    if len(candidates) != 1:
+        return False
+    origin = candidates[0]
+    if isinstance(origin, exp.Table) and not any(
+        cte.alias_or_name.lower() == origin.name.lower() for cte in root.find_all(exp.CTE)
+    ):
+        return True  # a physical table's column (the walker resolved and checked it)
+    return plain_column(node, origin.alias_or_name, inner.name, depth + 1)
 #: aggregates whose value is one row's (or a count): they cannot pack a group's rows
-_ONE_ROW_AGGREGATES = (exp.Count, exp.CountIf, exp.Max, exp.Min, exp.AnyValue, exp.First, exp.Last)
+#: (or a rank, a count, a boolean: a bit per group, not a row's values)
+_ONE_ROW_AGGREGATES = (
+    exp.Count,
+    exp.CountIf,
+    exp.ApproxDistinct,
+    exp.Max,
+    exp.Min,
+    exp.AnyValue,
+    exp.First,
+    exp.Last,
+    exp.FirstValue,
+    exp.LastValue,
+    exp.NthValue,
+    exp.Lag,
+    exp.Lead,
+    exp.ArgMax,
+    exp.ArgMin,
+    exp.Mode,
+    exp.Median,
+    exp.PercentileCont,
+    exp.PercentileDisc,
+    exp.LogicalAnd,
+    exp.LogicalOr,
+    exp.Rank,
+    exp.DenseRank,
+    exp.Ntile,
+    exp.PercentRank,
+    exp.CumeDist,
+)
+
+
+#: the name of each vetted function class, as PostgreSQL reads its first call seen
+#: (generating it costs more than the walk of a call; dict writes are atomic)
+_CLASS_NAMES: dict[type[exp.Func], str] = {}
+
+
+def _class_name(node: exp.Func) -> str:
+    name = display_name(node)
+    if name.startswith("operator ") and name[9:].replace("_", "").isalpha():
+        name = name[9:].lower()  # CURRENT_TIMESTAMP, LOCALTIMESTAMP: SQL keywords
+    _CLASS_NAMES[type(node)] = name
+    return name
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _written(node: exp.Func, text: str) -> str | None:
+    """The function's name as the statement writes it (``to_hex``, not sqlglot's ``hex``).
+
+    sqlglot remembers where it read the name of some calls; only a plain name
+    at that place counts (never a literal: a quoted text is no plain name).
+    """
+    start, end = node.meta.get("start"), node.meta.get("end")
+    if not isinstance(start, int) or not isinstance(end, int):
+        return None
+    word = text[start : end + 1]
+    return word.lower() if _NAME.fullmatch(word) else None
+
+
+def _is_query(node: exp.Expression) -> bool:
+    return isinstance(node, exp.Select | exp.Subquery | exp.SetOperation)
 
 
 def _called(name: str) -> str:
