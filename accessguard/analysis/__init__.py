@@ -27,6 +27,7 @@ from sqlglot.errors import SqlglotError
 from sqlglot.tokenizer_core import Token, TokenType
 
 from accessguard.analysis.crosscheck import crosscheck
+from accessguard.analysis.dialects import dialect as sql_dialect
 from accessguard.analysis.facts import Const, Facts, Param, ScopeRef, Value, subject_marker
 from accessguard.analysis.redact import (
     MAX_SQL_LENGTH,
@@ -441,16 +442,7 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
 #: characters that open a quoted name in any dialect we read (sqlglot IDENTIFIER tokens)
 _QUOTES = re.compile(r'["`\[]')
 
-_DIALECTS: dict[str, Dialect] = {}
 _LOCAL = threading.local()
-
-
-def _dialect(name: str) -> Dialect:
-    """One Dialect instance per name (sqlglot builds a new one per lookup)."""
-    found = _DIALECTS.get(name)
-    if found is None:
-        found = _DIALECTS[name] = Dialect.get_or_raise(name)
-    return found
 
 
 def _parser(name: str) -> Any:
@@ -471,7 +463,7 @@ def _per_thread(slot: str, name: str, make: Callable[[Dialect], Any]) -> Any:
         setattr(_LOCAL, slot, made)
     found = made.get(name)
     if found is None:
-        found = made[name] = make(_dialect(name))
+        found = made[name] = make(sql_dialect(name))
     return found
 
 

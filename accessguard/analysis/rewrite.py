@@ -25,6 +25,7 @@ from collections.abc import Collection
 
 from sqlglot import exp
 
+from accessguard.analysis.dialects import dialect as sql_dialect
 from accessguard.analysis.facts import subject_marker
 from accessguard.analysis.walker import ident, param_key
 from accessguard.catalog import TableSpec
@@ -73,9 +74,7 @@ def rewrite(
             continue
         keys.append(key)
         param.replace(_column(f"__ag_p{len(keys) - 1}__"))
-    from accessguard.analysis import _dialect
-
-    text = _dialect(dialect).generate(tree, comments=False, copy=False)  # our tree: no copy
+    text = sql_dialect(dialect).generate(tree, comments=False, copy=False)  # our tree: no copy
     if escape_percent:
         text = text.replace("%", "%%")
     order: list[int | str] = []
