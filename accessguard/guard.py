@@ -682,7 +682,11 @@ class Guard:
             sql=sent,
             checks=checks,
             probes=plan_probes(facts, policy.catalog, subjects, context) if keyed(facts) else None,
-            tally=self.ledger.tally(accesses, facts.row_weight) if accesses else None,
+            tally=(
+                self.ledger.tally(accesses, facts.row_weight, writes=facts.kind == "update")
+                if accesses
+                else None
+            ),
             customers=frozenset(i for scope, i in decision.subjects if scope == "customer"),
         )
 

@@ -81,12 +81,16 @@ class Tally:
     lock or allocates more than a pair.
     """
 
-    __slots__ = ("_queue", "accesses", "ledger", "weight")
+    __slots__ = ("_queue", "accesses", "ledger", "weight", "writes")
 
-    def __init__(self, ledger: Ledger, accesses: tuple[Access, ...], weight: int = 1) -> None:
+    def __init__(
+        self, ledger: Ledger, accesses: tuple[Access, ...], weight: int = 1, *, writes: bool = False
+    ) -> None:
         self.ledger = ledger
         self.accesses = accesses
         self.weight = max(weight, 1)
+        #: the plan's statement writes (an UPDATE): the rows it changes are counted too
+        self.writes = writes
         self._queue = ledger._queue
 
     def add(self, n: int) -> None:
@@ -132,12 +136,14 @@ class Ledger:
 
     # ------------------------------------------------------------------ recording
 
-    def tally(self, accesses: tuple[Access, ...], weight: int = 1) -> Tally:
+    def tally(
+        self, accesses: tuple[Access, ...], weight: int = 1, *, writes: bool = False
+    ) -> Tally:
         """The handle a plan's statements are counted with (one per plan, not per statement).
 
         ``weight``: how many rows of a table one result row may carry (``Facts.row_weight``).
         """
-        return Tally(self, accesses, weight)
+        return Tally(self, accesses, weight, writes=writes)
 
     def record(self, tally: Tally) -> None:
         """Count one statement for each of the tally's accesses.

@@ -166,8 +166,9 @@ class AsyncGuardedCursor(AsyncCountingCursor):
             await probes.run_async(self._guard, ok, self._conn._raw)
         await self._raw.execute(ok.sql, ok.params, **kwargs)
         self._st = ok  # what _admit does, inline: this is every statement's path
-        if ok.tally is not None and ok.plan.facts.kind == "update":
-            self._written(ok)
+        tally = ok.tally
+        if tally is not None and tally.writes:
+            self._written(tally)
         if ok.row_cap is not None:
             # a client-side cursor holds the whole result already: refuse it
             # before a single row is handed over (a named cursor's is 0 here)
@@ -190,8 +191,7 @@ class AsyncGuardedCursor(AsyncCountingCursor):
         await self._raw.executemany(
             batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
         )
-        if batch[0].plan.facts.kind == "update":  # one plan, one tally for the batch
-            self._written_many(batch[0], returning=returning)
+        self._written_many(batch[0], returning=returning)  # one plan, one tally
         self._batch = batch
         self._select(0)
 

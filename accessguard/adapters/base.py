@@ -30,6 +30,7 @@ from accessguard.lane import authorized
 if TYPE_CHECKING:
     from accessguard.errors import AccessGuardError
     from accessguard.guard import Authorized, Guard, Session
+    from accessguard.ledger import Tally
     from accessguard.plan import Plan
 
 #: rows a guarded iteration asks the driver for at a time (a named cursor's round trip)
@@ -62,24 +63,28 @@ class RowCounter:
             )
         return self._guard.over_row_cap(st, st.handed + n)
 
-    def _written(self, st: Authorized) -> None:
-        """Ledger the rows an UPDATE changed (its RETURNING rows are counted as handed over)."""
+    def _written(self, tally: Tally) -> None:
+        """Ledger the rows an UPDATE changed (its RETURNING rows are counted as handed over).
+
+        Called when ``tally.writes``: the statement's plan writes.
+        """
         raw = self._raw
-        tally = st.tally
-        if tally is not None and raw.description is None and (raw.rowcount or 0) > 0:
+        if raw.description is None and (raw.rowcount or 0) > 0:
             tally.add(raw.rowcount)
 
     def _written_many(self, st: Authorized, *, returning: bool) -> None:
         """Ledger the rows an executemany UPDATE changed, in every result set of the batch."""
-        if not returning:  # the driver's rowcount is the batch's total
-            self._written(st)
-            return
         tally = st.tally
+        if tally is None or not tally.writes:
+            return
+        if not returning:  # the driver's rowcount is the batch's total
+            self._written(tally)
+            return
         # returning=True keeps one result per parameter set; those with rows (RETURNING)
         # are counted as they are handed over, the others by the rows they changed
         results = getattr(self._raw, "_results", None) or ()
         changed = sum(r.command_tuples or 0 for r in results if r.nfields == 0)
-        if tally is not None and changed > 0:
+        if changed > 0:
             tally.add(changed)
 
     def _one_statement(self, batch: list[Authorized]) -> None:

@@ -53,8 +53,9 @@ class GuardedDbapiCursor(CountingCursor):
         else:
             self._raw.execute(ok.sql, ok.params)
         self._st = ok
-        if ok.tally is not None and ok.plan.facts.kind == "update":
-            self._written(ok)
+        tally = ok.tally
+        if tally is not None and tally.writes:
+            self._written(tally)
         return self
 
     def executemany(self, query: str, params_seq: Iterable[Any]) -> GuardedDbapiCursor:
@@ -71,8 +72,7 @@ class GuardedDbapiCursor(CountingCursor):
         self._st = NOTHING
         self._raw.executemany(batch[0].sql, [ok.params for ok in batch])
         self._st = batch[-1]
-        if batch[0].plan.facts.kind == "update":
-            self._written(batch[0])
+        self._written_many(batch[0], returning=False)  # one plan, one tally
         return self
 
     def executescript(self, _script: str) -> Any:

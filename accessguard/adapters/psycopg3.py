@@ -202,8 +202,9 @@ class GuardedCursor(CountingCursor):
             probes.run(self._guard, ok, self._conn._raw)
         self._raw.execute(ok.sql, ok.params, **kwargs)
         self._st = ok  # what _admit does, inline: this is every statement's path
-        if ok.tally is not None and ok.plan.facts.kind == "update":
-            self._written(ok)
+        tally = ok.tally
+        if tally is not None and tally.writes:
+            self._written(tally)
         if ok.row_cap is not None:
             # a client-side cursor holds the whole result already: refuse it
             # before a single row is handed over (a named cursor's is 0 here)
@@ -226,8 +227,7 @@ class GuardedCursor(CountingCursor):
         self._raw.executemany(
             batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
         )
-        if batch[0].plan.facts.kind == "update":  # one plan, one tally for the batch
-            self._written_many(batch[0], returning=returning)
+        self._written_many(batch[0], returning=returning)  # one plan, one tally
         self._batch = batch
         self._select(0)
 
