@@ -187,8 +187,8 @@ def _opt(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-class _Acc:
-    """Running sums for one group of ledger entries."""
+class Sums:
+    """Running sums for one group of ledger entries (events here, grouped rows in the engines)."""
 
     __slots__ = ("columns", "first", "last", "roles", "rows", "statements", "tables")
 
@@ -201,13 +201,34 @@ class _Acc:
         self.last: dt.datetime | None = None
 
     def add(self, event: Event) -> None:
-        self.statements += _int(event.get("accessguard.statements"))
-        self.rows += _int(event.get("accessguard.rows"))
-        self.columns.update(_strs(event.get("accessguard.columns")))
-        self.tables.update(_strs(event.get("accessguard.tables")))
-        self.roles.update(_strs(event.get("user.roles")))
-        first = parse_time(event.get("accessguard.first")) or event_time(event)
-        last = event_time(event)
+        """Fold in one ledger event."""
+        self.fold(
+            statements=_int(event.get("accessguard.statements")),
+            rows=_int(event.get("accessguard.rows")),
+            columns=_strs(event.get("accessguard.columns")),
+            tables=_strs(event.get("accessguard.tables")),
+            roles=_strs(event.get("user.roles")),
+            first=parse_time(event.get("accessguard.first")) or event_time(event),
+            last=event_time(event),
+        )
+
+    def fold(  # noqa: PLR0913 - one group's figures
+        self,
+        *,
+        statements: int,
+        rows: int,
+        columns: Iterable[str],
+        tables: Iterable[str],
+        roles: Iterable[str],
+        first: dt.datetime | None,
+        last: dt.datetime | None,
+    ) -> None:
+        """Fold in one group's figures."""
+        self.statements += statements
+        self.rows += rows
+        self.columns.update(columns)
+        self.tables.update(tables)
+        self.roles.update(roles)
         if first is not None and (self.first is None or first < self.first):
             self.first = first
         if last is not None and (self.last is None or last > self.last):
@@ -245,7 +266,7 @@ def who_read(
     scope: str = "customer",
 ) -> list[Reader]:
     """Every (employee, ticket) that read ``customer`` (a product with ``scope="product"``)."""
-    groups: dict[tuple[str, str | None, str | None], _Acc] = defaultdict(_Acc)
+    groups: dict[tuple[str, str | None, str | None], Sums] = defaultdict(Sums)
     for event in ledger_entries(events, since):
         if event.get("accessguard.subject.kind") != scope:
             continue
@@ -275,7 +296,7 @@ def who_read(
 
 def what_read(events: Iterable[Event], *, user: str, since: dt.datetime | None) -> list[Touch]:
     """Every (customer or product, ticket) that ``user`` read."""
-    groups: dict[tuple[str, Subject, str | None, str | None], _Acc] = defaultdict(_Acc)
+    groups: dict[tuple[str, Subject, str | None, str | None], Sums] = defaultdict(Sums)
     for event in ledger_entries(events, since):
         if event.get("user.name") != user:
             continue

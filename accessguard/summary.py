@@ -21,7 +21,7 @@ from accessguard.investigate import (  # shared readers of event fields
     _MAX_BUCKETS,
     Event,
     Subject,
-    _Acc,
+    Sums,
     _aware,
     _int,
     _opt,
@@ -180,7 +180,7 @@ def summarize(  # noqa: PLR0915 - one pass over the events, then assembly
     """Per-employee volume, role medians, outliers, refusals, throttles and watch-list touches."""
     since = _aware(since)
     roles: dict[str, set[str]] = defaultdict(set)
-    reads: dict[str, _Acc] = defaultdict(_Acc)
+    reads: dict[str, Sums] = defaultdict(Sums)
     subjects: dict[str, set[tuple[str, Subject]]] = defaultdict(set)
     tickets: dict[str, set[str]] = defaultdict(set)
     refused: dict[str, Counter[str]] = defaultdict(Counter)
@@ -189,7 +189,7 @@ def summarize(  # noqa: PLR0915 - one pass over the events, then assembly
     throttle_events: list[Incident] = []
     watch: list[Incident] = []
     watched: Counter[str] = Counter()
-    per_customer: dict[Subject, _Acc] = defaultdict(_Acc)
+    per_customer: dict[Subject, Sums] = defaultdict(Sums)
     customer_readers: dict[Subject, set[str]] = defaultdict(set)
     cells: dict[tuple[str, dt.datetime], tuple[set[Subject], list[int]]] = {}
     entries: list[tuple[str, dt.datetime, Event]] = []

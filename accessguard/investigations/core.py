@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, Protocol
 
-from accessguard.investigate import Reader, Subject, Touch, parse_since
+from accessguard.investigate import Reader, Subject, Sums, Touch, parse_since
 
 _MAX_ID_DIGITS = 19  # as investigate: a bigint; a pseudonym has 64 hex digits
 
@@ -136,38 +136,18 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-class _Sum:
-    __slots__ = ("columns", "first", "last", "roles", "rows", "statements", "tables")
-
-    def __init__(self) -> None:
-        self.statements = self.rows = 0
-        self.columns: set[str] = set()
-        self.tables: set[str] = set()
-        self.roles: set[str] = set()
-        self.first: dt.datetime | None = None
-        self.last: dt.datetime | None = None
-
-    def add(self, group: Group) -> None:
-        self.statements += group.statements
-        self.rows += group.rows
-        self.columns.update(group.columns)
-        self.tables.update(group.tables)
-        self.roles.update(group.roles)
-        first, last = utc(group.first), utc(group.last)
-        if first is not None and (self.first is None or first < self.first):
-            self.first = first
-        if last is not None and (self.last is None or last > self.last):
-            self.last = last
-
-    def common(self) -> dict[str, Any]:
-        return {
-            "statements": self.statements,
-            "rows": self.rows,
-            "columns": tuple(sorted(self.columns)),
-            "tables": tuple(sorted(self.tables)),
-            "first": self.first,
-            "last": self.last,
-        }
+def _fold(sums: Sums, group: Group) -> Sums:
+    """Fold one engine group into ``sums`` (the same sums the in-Python path keeps)."""
+    sums.fold(
+        statements=group.statements,
+        rows=group.rows,
+        columns=group.columns,
+        tables=group.tables,
+        roles=group.roles,
+        first=utc(group.first),
+        last=utc(group.last),
+    )
+    return sums
 
 
 def utc(when: dt.datetime | None) -> dt.datetime | None:
@@ -193,10 +173,10 @@ def subject_of(text: str) -> Subject:
 
 def readers(groups: Iterable[Group], *, customer: Subject, scope: str) -> list[Reader]:
     """``investigate.who_read``'s answer from an engine's groups."""
-    sums: dict[tuple[str, str | None, str | None], _Sum] = {}
+    sums: dict[tuple[str, str | None, str | None], Sums] = {}
     for group in groups:
         key = (str(group.user), group.ticket, group.ticket_kind)
-        sums.setdefault(key, _Sum()).add(group)
+        _fold(sums.setdefault(key, Sums()), group)
     return [
         Reader(
             user=user,
@@ -215,12 +195,12 @@ def readers(groups: Iterable[Group], *, customer: Subject, scope: str) -> list[R
 
 def touches(groups: Iterable[Group], *, user: str) -> list[Touch]:
     """``investigate.what_read``'s answer from an engine's groups."""
-    sums: dict[tuple[str, Subject, str | None, str | None], _Sum] = {}
+    sums: dict[tuple[str, Subject, str | None, str | None], Sums] = {}
     for group in groups:
         key = (str(group.scope), subject_of(group.subject), group.ticket, group.ticket_kind)
-        sums.setdefault(key, _Sum()).add(group)
+        _fold(sums.setdefault(key, Sums()), group)
 
-    def order(item: tuple[tuple[str, Subject, str | None, str | None], _Sum]) -> tuple[Any, ...]:
+    def order(item: tuple[tuple[str, Subject, str | None, str | None], Sums]) -> tuple[Any, ...]:
         (scope, subject, ticket, kind), _acc = item
         rank = (0, subject, "") if isinstance(subject, int) else (1, 0, subject)
         return (scope, rank, ticket or "", kind or "")
