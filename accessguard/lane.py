@@ -27,6 +27,7 @@ from accessguard.errors import AccessGuardError, Reason
 from accessguard.ledger import Tally
 from accessguard.plan import Params, Plan, params_shape, reorder
 from accessguard.probes import Pending, prepare
+from accessguard.tickets import TicketStoreUnavailable
 
 if TYPE_CHECKING:
     from accessguard.analysis import Facts
@@ -188,7 +189,7 @@ class Lane:
             # the shape, and whether the driver converts the text: one text, two readings
             key = (sql, (shape if shape is not None else params_shape(params), convert is None))
             ticket_id = self.session.ticket
-            ticket = guard.tickets.get(ticket_id) if ticket_id is not None else None
+            ticket = guard.find_ticket(ticket_id)
             plan = self.plans.get(key)
             if plan is not None and plan.holds(policy, ticket, params):
                 sent = plan.sql  # the hot path: a repeated statement whose decision holds
@@ -204,6 +205,8 @@ class Lane:
                     self.once[key] = None
         except AccessGuardError:
             raise
+        except TicketStoreUnavailable:
+            raise guard.ticket_store_down(self.session, self.dialect) from None
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies, audited
             raise guard._failed(self.session, self.dialect) from None
         # what every allowed execution does, plan reused or new
