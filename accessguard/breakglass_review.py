@@ -49,6 +49,8 @@ class Review:
     tables: set[str] = field(default_factory=set)
     columns: set[str] = field(default_factory=set)
     subjects: set[tuple[str, str]] = field(default_factory=set)
+    #: reason code -> how many statements under it were refused or throttled so
+    refusals: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         def iso(value: dt.datetime | None) -> str | None:
@@ -71,6 +73,7 @@ class Review:
             "tables": sorted(self.tables),
             "columns": sorted(self.columns),
             "subjects": [f"{kind}:{ident}" for kind, ident in sorted(self.subjects)],
+            "refusals": dict(sorted(self.refusals.items())),
         }
 
 
@@ -97,55 +100,10 @@ def _int(value: object) -> int:
 def review(
     events: Iterable[Event], *, since: dt.datetime | None = None, now: dt.datetime | None = None
 ) -> list[Review]:
-    """The review queue, oldest elevation first (``since``: those opened or used since)."""
+    """The review queue, oldest elevation first (``since``: those still open or ended since)."""
     queue: dict[str, Review] = {}
-
-    def entry(elevation_id: str) -> Review:
-        return queue.setdefault(elevation_id, Review(id=elevation_id))
-
     for event in events:
-        action = event.get("event.action")
-        elevation_id = event.get("accessguard.elevation.id")
-        if action == "ledger":
-            ticket_id = event.get("accessguard.ticket.id")
-            if ticket_id is None or not (
-                is_emergency(_opt(event.get("accessguard.ticket.kind"))) or ticket_id in queue
-            ):
-                continue
-            item = entry(str(ticket_id))
-            item.rows += _int(event.get("accessguard.rows"))
-            item.user = item.user or _opt(event.get("user.name"))
-            item.kind = item.kind or _opt(event.get("accessguard.ticket.kind"))
-        elif not isinstance(elevation_id, str):
-            continue
-        else:
-            item = entry(elevation_id)
-            item.user = item.user or _opt(event.get("user.name"))
-            if action == "elevation.open":
-                if event.get("event.outcome") != "success":
-                    continue
-                item.kind = _opt(event.get("accessguard.ticket.kind"))
-                item.reason = _opt(event.get("accessguard.elevation.reason"))
-                item.opened = parse_time(event.get("accessguard.elevation.opened"))
-                item.expires = parse_time(event.get("accessguard.elevation.expires"))
-                item.minutes = _int(event.get("accessguard.elevation.minutes")) or None
-            elif action == "elevation.close":
-                item.status = str(event.get("accessguard.elevation.status") or "closed")
-                item.closed = parse_time(event.get("accessguard.elevation.closed"))
-                item.revoked_by = _opt(event.get("accessguard.elevation.revoked_by"))
-            elif action == "query":
-                item.kind = item.kind or _opt(event.get("accessguard.ticket.kind"))
-                if event.get("accessguard.outcome") == "allowed":
-                    item.statements += 1
-                else:
-                    item.refused += 1
-            else:
-                continue
-        item.tables.update(_strs(event.get("accessguard.tables")))
-        item.columns.update(_strs(event.get("accessguard.columns")))
-        if action in ("ledger", "query") and event.get("accessguard.outcome") == "allowed":
-            item.subjects |= _subjects(event)
-        item.opened = item.opened or event_time(event)
+        _fold(queue, event)
     moment = now or dt.datetime.now(dt.UTC)
     for item in queue.values():
         if item.status == "open" and item.expires is not None and moment >= item.expires:
@@ -154,6 +112,52 @@ def review(
     if since is not None:
         items = [r for r in items if (r.closed or moment) >= since]
     return items
+
+
+def _fold(queue: dict[str, Review], event: Event) -> None:
+    """Fold one audit event into the queue (events of no elevation are skipped)."""
+    action = event.get("event.action")
+    if action == "ledger":
+        ticket_id = event.get("accessguard.ticket.id")
+        if ticket_id is None or not (
+            is_emergency(_opt(event.get("accessguard.ticket.kind"))) or ticket_id in queue
+        ):
+            return
+        item = queue.setdefault(str(ticket_id), Review(id=str(ticket_id)))
+        item.rows += _int(event.get("accessguard.rows"))
+    else:
+        elevation_id = event.get("accessguard.elevation.id")
+        if action not in _ACTIONS or not isinstance(elevation_id, str):
+            return
+        item = queue.setdefault(elevation_id, Review(id=elevation_id))
+        if action == "elevation.open":
+            if event.get("event.outcome") != "success":
+                return
+            item.reason = _opt(event.get("accessguard.elevation.reason"))
+            item.opened = parse_time(event.get("accessguard.elevation.opened"))
+            item.expires = parse_time(event.get("accessguard.elevation.expires"))
+            item.minutes = _int(event.get("accessguard.elevation.minutes")) or None
+        elif action == "elevation.close":
+            item.status = str(event.get("accessguard.elevation.status") or "closed")
+            item.closed = parse_time(event.get("accessguard.elevation.closed"))
+            item.revoked_by = _opt(event.get("accessguard.elevation.revoked_by"))
+        elif event.get("accessguard.outcome") != "allowed":
+            item.refused += 1  # a query denied or throttled: one event each
+            code = str(event.get("event.reason"))
+            item.refusals[code] = item.refusals.get(code, 0) + 1
+        elif event.get("accessguard.elevation.statement") is True:
+            item.statements += 1  # the one review event of each allowed statement
+        # else: the same statement's audit_allowed, watch-list or shadow event
+    item.user = item.user or _opt(event.get("user.name"))
+    item.kind = item.kind or _opt(event.get("accessguard.ticket.kind"))
+    if action in ("ledger", "query") and event.get("accessguard.outcome") == "allowed":
+        item.tables.update(_strs(event.get("accessguard.tables")))  # read, not only tried
+        item.columns.update(_strs(event.get("accessguard.columns")))
+        item.subjects |= _subjects(event)
+    item.opened = item.opened or event_time(event)
+
+
+_ACTIONS = frozenset({"elevation.open", "elevation.close", "query"})
 
 
 def _opt(value: object) -> str | None:
@@ -181,6 +185,9 @@ def render_text(items: Sequence[Review]) -> str:
             ),
             f"  cols:  {', '.join(sorted(r.columns)) or '-'}",
         ]
+        if r.refusals:
+            tried = ", ".join(f"{code} x{n}" for code, n in sorted(r.refusals.items()))
+            lines.append(f"  refused: {tried}")
     return "\n".join(lines)
 
 

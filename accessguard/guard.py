@@ -784,8 +784,8 @@ class Guard:
                     "accessguard.shadow.version": self.shadow.version if self.shadow else None,
                     "message": f"would deny: {notice.message}",
                 }
-            elif notice.limit == "elevation":
-                extra = {}  # _audit marks it critical, with the elevation's id
+            elif notice.limit == "elevation":  # _audit marks it critical, with the elevation id
+                extra = {"accessguard.elevation.statement": True}
             else:
                 extra = {"accessguard.watch": notice.limit}
                 if notice.limit == "canary":

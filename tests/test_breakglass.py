@@ -19,7 +19,7 @@ from accessguard import cli, scenario
 from accessguard.breakglass import MAX_MINUTES, Scope
 from accessguard.breakglass_review import review
 from accessguard.elevations import RedisElevationStore
-from accessguard.errors import AccessDenied
+from accessguard.errors import AccessDenied, Throttled
 from accessguard.guard import Guard
 from accessguard.report import write_report
 from accessguard.testing import MemoryAuditSink
@@ -263,6 +263,49 @@ class TestUnderElevation:
 
 
 @pytest.mark.db
+class TestStillGuarded:
+    def test_still_throttled_and_the_refusal_is_critical(
+        self, policies: Path, tmp_path: Path, scenario_dsn: str
+    ) -> None:
+        """The volume limits of the emergency kind apply; the throttle event is critical too."""
+        limited = tmp_path / "limited"
+        shutil.copytree(policies, limited)
+        (limited / "limits.toml").write_text(
+            "[roles.support_agent.ticket_kinds.break_glass]\n"
+            'statements = { count = 2, per = "1 minute" }\n',
+            encoding="utf-8",
+        )
+        sink = MemoryAuditSink()
+        with Guard.from_directory(limited, tickets=scenario.tickets(), audit=sink) as guard:
+            elevation = guard.break_glass("alice", {"customer_id": 42}, 30, REASON)
+            with guard.connect(scenario_dsn, user="alice", ticket=elevation.ticket) as conn:
+                conn.execute(PHONE_42).fetchall()
+                conn.execute(PHONE_42).fetchall()
+                with pytest.raises(Throttled) as throttled:
+                    conn.execute(PHONE_42)
+        assert throttled.value.reason == "throttle.statements"
+        event = under(sink, elevation.ticket)[-1]
+        assert (event["accessguard.outcome"], event["log.level"]) == ("throttled", "critical")
+        (item,) = review(sink.events)
+        assert (item.statements, item.refused) == (2, 1)
+
+    def test_audit_allowed_does_not_count_a_statement_twice(
+        self, policies: Path, scenario_dsn: str
+    ) -> None:
+        """With audit_allowed each statement writes two events; the queue counts it once."""
+        sink = MemoryAuditSink()
+        with Guard.from_directory(
+            policies, tickets=scenario.tickets(), audit=sink, audit_allowed=True
+        ) as guard:
+            elevation = guard.break_glass("alice", {"customer_id": 42}, 30, REASON)
+            with guard.connect(scenario_dsn, user="alice", ticket=elevation.ticket) as conn:
+                conn.execute(PHONE_42).fetchall()
+        assert len(under(sink, elevation.ticket)) == 2
+        (item,) = review(sink.events)
+        assert (item.statements, item.rows) == (1, 1)
+
+
+@pytest.mark.db
 class TestSharedStore:
     def test_revoked_in_another_process_stops_the_next_statement(
         self, policies: Path, redis_url: str, scenario_dsn: str
@@ -347,6 +390,8 @@ class TestReviewQueue:
         assert item.opened == START
         assert item.subjects == {("customer", "42")}
         assert {"customers.phone", "orders.status"} <= item.columns
+        assert "customers.email" not in item.columns  # tried and refused, not read
+        assert item.refusals == {"ticket.wrong_kind": 1}
         assert queue[second.ticket].status == "expired"  # never used, past its 15 minutes
         assert queue[second.ticket].statements == 0
 
