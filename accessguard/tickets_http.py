@@ -179,10 +179,16 @@ class HttpTicketStore:
         A failed fetch leaves its entry as it was: it expires ``ttl`` seconds
         after its last successful fetch, as any entry does.
         """
+        return self._refresh(None)
+
+    def _refresh(self, stop: threading.Event | None) -> tuple[int, int]:
+        """``poll``; the polling thread passes its ``stop``, checked between fetches."""
         with self._lock:
             held = {k: self._generation.get(k, 0) for k in self._cache}
         refreshed = failed = 0
         for ticket_id, generation in held.items():
+            if stop is not None and stop.is_set():  # closing: stop now, not after every fetch
+                break
             now = self._clock()
             try:
                 ticket = self._fetch(ticket_id)
@@ -201,7 +207,7 @@ class HttpTicketStore:
 
         def run() -> None:
             while not self._stop.wait(interval):
-                self.poll()
+                self._refresh(self._stop)
 
         self._poller = threading.Thread(target=run, name="accessguard-ticket-poll", daemon=True)
         self._poller.start()
