@@ -408,3 +408,34 @@ class TestReviewQueue:
         assert first.ticket in html
         assert "bob&#x27;s &lt;b&gt;second&lt;/b&gt; look" in html
         assert "<b>second</b>" not in html
+
+
+class TestCommand:
+    def test_a_broken_trail_fails_the_command(
+        self, policies: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The trail is verified first: an edited justification fails it (exit 1), said so."""
+        trail = tmp_path / "audit.jsonl"
+        with Guard.from_directory(policies, tickets=scenario.tickets(), audit=str(trail)) as guard:
+            elevation = guard.break_glass("alice", {"customer_id": 42}, 5, REASON)
+        assert cli.main(["audit", "elevations", "--audit", str(trail)]) == 0
+        out = capsys.readouterr().out
+        assert f"{elevation.ticket}  alice  break_glass  open" in out
+        assert REASON in out
+        trail.write_text(trail.read_text().replace("INC-7", "INC-8"), encoding="utf-8")
+        assert cli.main(["audit", "elevations", "--audit", str(trail), "--format", "json"]) == 1
+        captured = capsys.readouterr()
+        assert "chain broken" in captured.err
+        assert [e["reason"] for e in json.loads(captured.out)] == [REASON.replace("7", "8")]
+
+    def test_a_trail_without_elevations_lists_none(
+        self, policies: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """No elevation in the trail: the text says so, the JSON is an empty list."""
+        trail = tmp_path / "audit.jsonl"
+        with Guard.from_directory(policies, tickets=scenario.tickets(), audit=str(trail)) as guard:
+            assert not guard.check(PHONE_42, user="alice", ticket="T-101").allowed
+        assert cli.main(["audit", "elevations", "--audit", str(trail)]) == 0
+        assert capsys.readouterr().out.strip() == "no elevations"
+        assert cli.main(["audit", "elevations", "--audit", str(trail), "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
