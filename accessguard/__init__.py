@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from accessguard.guard import Guard
     from accessguard.policy import Policy, load_policy
     from accessguard.tickets import FileTicketStore, MemoryTicketStore, PostgresTicketStore, Ticket
+    from accessguard.tickets_http import HttpTicketStore
 
 try:
     __version__ = metadata.version("accessguard")
@@ -47,6 +48,7 @@ _HOMES = {
     "Facts": "accessguard.analysis",
     "FileTicketStore": "accessguard.tickets",
     "Guard": "accessguard.guard",
+    "HttpTicketStore": "accessguard.tickets_http",
     "JsonlSink": "accessguard.audit",
     "MemoryTicketStore": "accessguard.tickets",
     "Policy": "accessguard.policy",
@@ -83,6 +85,7 @@ __all__ = [
     "Facts",
     "FileTicketStore",
     "Guard",
+    "HttpTicketStore",
     "JsonlSink",
     "MemoryTicketStore",
     "Policy",

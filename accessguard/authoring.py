@@ -468,7 +468,7 @@ def _explained(  # noqa: PLR0913 - the options of `accessguard check`
     if dialect == "postgres" and params is not None:
         sql, params = _native(sql, params if isinstance(params, Mapping) else tuple(params))
     policy = guard.policy
-    found = guard.tickets.get(ticket) if ticket is not None else None
+    found = guard.find_ticket(ticket)  # a break-glass elevation's (BG-...) too
     roles = policy.roles_of(user)
     context = Context(user=user, roles=roles, ticket_id=ticket, ticket=found, params=params)
     facts = guard.analyze(sql, dialect=dialect, params=params is not None)

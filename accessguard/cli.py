@@ -169,6 +169,13 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per
     _source_options(index)
     index.add_argument("--index", type=Path, default=None, help="where the trail's index lives")
 
+    elevations = audit_sub.add_parser(
+        "elevations", help="the break-glass review queue: who, why, when, what was read"
+    )
+    _source_options(elevations)
+    elevations.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
+    _format_option(elevations)
+
     report = audit_sub.add_parser("report", help="write a self-contained HTML report")
     _source_options(report)
     report.add_argument("--out", required=True, type=Path, help="the HTML file to write")
@@ -225,6 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(audit_path=args.audit, report_path=args.report)
         if args.audit_command == "verify":
             return _audit_verify(args)
+        if args.audit_command == "elevations":
+            from accessguard.breakglass_review import command
+
+            code, text = command(args)
+            print(text)
+            return code
         return _investigate(args)
     except ValueError as exc:  # a bad --since, --customer
         return _fail(exc, as_json=_wants_json(argv), reason=USAGE)

@@ -48,6 +48,9 @@ class Reason(enum.StrEnum):
     TICKET_NOT_OPEN = "ticket.not_open"
     TICKET_NOT_ASSIGNED = "ticket.not_assigned"
     TICKET_WRONG_KIND = "ticket.wrong_kind"
+    TICKET_STORE_UNAVAILABLE = "ticket.store_unavailable"
+    # break-glass
+    ELEVATION_REFUSED = "elevation.refused"
     # rows
     ROW_SCOPE_UNBOUND = "row_scope.unbound"
     ROW_SCOPE_OTHER_SUBJECT = "row_scope.other_subject"

@@ -42,6 +42,7 @@ from accessguard.analysis import (
 from accessguard.analysis.crosscheck import verify_sent
 from accessguard.analysis.shape import quick_shape
 from accessguard.audit import Auditor, AuditSink, as_sink, utcnow
+from accessguard.breakglass import BreakGlass, Elevation, Scope, critical_fields, is_elevation
 from accessguard.catalog import Drift, SchemaDriftWarning, database_key, read_drift
 from accessguard.decision import Context, Decision, decide
 from accessguard.errors import (
@@ -59,11 +60,13 @@ from accessguard.plan import Params, Plan, Unverified, combine, params_shape
 from accessguard.policy import SHADOW_FILE, Policy, load_policy
 from accessguard.probes import keyed, plan_probes, unprobed, with_literals
 from accessguard.throttle import Limits, Throttle, ThrottleStoreUnavailable, load_limits
-from accessguard.tickets import Ticket, TicketStore, as_store
+from accessguard.tickets import Ticket, TicketStore, TicketStoreUnavailable, as_store
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from types import TracebackType
 
+    from accessguard.elevations import ElevationStore
     from accessguard.watch import PolicyWatcher
 
 
@@ -93,6 +96,7 @@ class Guard:
         clock: Callable[[], dt.datetime] = utcnow,
         cache_size: int = 4096,
         shadow: Policy | None = None,
+        elevations: ElevationStore | str | None = None,
     ) -> None:
         self.policy = policy
         #: candidate rules evaluated beside the enforced ones, audited as "would deny"
@@ -142,6 +146,8 @@ class Guard:
         self._schemas_seen: set[tuple[object, ...]] = set()
         #: set by close(): every statement, and every fetch the ledger would count, is refused
         self.closed = False
+        #: break-glass elevations (``elevations``: a store or redis:// URL shared by processes)
+        self.breakglass = BreakGlass(self, elevations)
 
     @classmethod
     def from_directory(
@@ -321,7 +327,7 @@ class Guard:
                     outcome="denied", reason=Reason.SQL_PARAMS_MISMATCH, message=message
                 )
         try:
-            found = self.tickets.get(ticket) if ticket is not None else None
+            found = self.find_ticket(ticket)
             facts, decision, context = self._decide(
                 sql, params, session, dialect, found, self.policy, sending=False
             )
@@ -329,6 +335,10 @@ class Guard:
                 decision = unprobed(facts, decision, context, self.policy.catalog)
         except AccessGuardError:
             raise
+        except TicketStoreUnavailable:
+            refused = self.ticket_store_down(session, dialect)
+            reason = Reason.TICKET_STORE_UNAVAILABLE
+            return Decision(outcome="denied", reason=reason, message=refused.message)
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies
             decision = Decision(
                 outcome="denied",
@@ -451,6 +461,37 @@ class Guard:
         facts, decision, context = self._decide(sql, params, session, dialect, ticket, policy)
         plan = self._allowed_plan(facts, decision, context, ticket, policy)
         return plan, plan.sql, True
+
+    def find_ticket(self, ticket_id: str | None) -> Ticket | None:
+        """The ticket ``ticket_id`` names now: the ticket store's, or an elevation's (``BG-``).
+
+        Raises ``TicketStoreUnavailable`` when the store cannot answer.
+        """
+        if ticket_id is None:
+            return None
+        if is_elevation(ticket_id):
+            return self.breakglass.ticket(ticket_id)
+        return self.tickets.get(ticket_id)
+
+    def ticket_store_down(self, session: Session, dialect: str) -> AccessDenied:
+        """Audit a statement refused because its ticket's store cannot answer; return the error."""
+        return self.refuse(
+            Reason.TICKET_STORE_UNAVAILABLE,
+            f"Refused: the ticket system cannot say now whether ticket {session.ticket} is open.",
+            session,
+            kind="unknown",
+            dialect=dialect,
+        )
+
+    def break_glass(
+        self, user: str, scope: Scope | Mapping[str, Any], minutes: int, reason: str
+    ) -> Elevation:
+        """Open a time-boxed, justified elevation (``accessguard.breakglass``), audited critical."""
+        return self.breakglass.open(user, scope, minutes, reason)
+
+    def revoke_break_glass(self, elevation: Elevation | str, *, by: str | None = None) -> None:
+        """Revoke an elevation: its next statement, wherever it is looked up, is refused."""
+        self.breakglass.revoke(elevation, by=by)
 
     def _failed(self, session: Session, dialect: str) -> AccessDenied:
         """Audit a decision the guard could not finish (an internal error); return the error."""
@@ -654,6 +695,12 @@ class Guard:
             verdict = decide(facts, shadow_context, self.shadow)
             if not verdict.allowed:
                 notices.append(replace(verdict, outcome="allowed", limit="shadow"))
+        if valid is not None and critical_fields(valid):  # the review trail, every statement
+            notices.append(
+                replace(
+                    decision, limit="elevation", message=f"Statement under elevation {valid.id}."
+                )
+            )
         for scope, subject in decision.subjects:
             if (scope, subject) in policy.watchlist.canaries:
                 notices.append(
@@ -737,6 +784,8 @@ class Guard:
                     "accessguard.shadow.version": self.shadow.version if self.shadow else None,
                     "message": f"would deny: {notice.message}",
                 }
+            elif notice.limit == "elevation":  # _audit marks it critical, with the elevation id
+                extra = {"accessguard.elevation.statement": True}
             else:
                 extra = {"accessguard.watch": notice.limit}
                 if notice.limit == "canary":
@@ -842,6 +891,7 @@ class Guard:
             fields["accessguard.subjects"] = [
                 {"kind": scope, "id": self.ledger.pseudonym(subject)} for scope, subject in subjects
             ]
+        fields.update(critical_fields(ticket))  # under an elevation: every event is critical
         if extra:
             fields.update(extra)
         if decision.limit is not None:
@@ -1050,7 +1100,7 @@ class Guard:
         finally:
             if self.throttle is not None:
                 self.throttle.close()
-            for owned in (self.tickets, self.ledger.sink, self.auditor.sink):
+            for owned in (self.tickets, self.breakglass, self.ledger.sink, self.auditor.sink):
                 close = getattr(owned, "close", None)
                 if callable(close):
                     close()

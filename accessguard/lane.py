@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from accessguard import metrics, telemetry
+from accessguard.breakglass import is_elevation
 from accessguard.errors import AccessGuardError, Reason
 from accessguard.ledger import Tally
 from accessguard.plan import Params, Plan, params_shape, reorder
 from accessguard.probes import Pending, prepare
+from accessguard.tickets import TicketStoreUnavailable
 
 if TYPE_CHECKING:
     from accessguard.analysis import Facts
@@ -140,7 +142,16 @@ _new = object.__new__
 class Lane:
     """One employee on one ticket in one dialect: their plans, and the path that reuses them."""
 
-    __slots__ = ("__weakref__", "dialect", "guard", "once", "plans", "session", "shapes")
+    __slots__ = (
+        "__weakref__",
+        "dialect",
+        "elevated",
+        "guard",
+        "once",
+        "plans",
+        "session",
+        "shapes",
+    )
 
     def __init__(self, guard: Guard, session: Session, dialect: str) -> None:
         self.guard = guard
@@ -152,6 +163,8 @@ class Lane:
         self.shapes: dict[tuple[str, object], Plan] = {}
         #: texts served once by a shape plan: a second time, they get a plan of their own
         self.once: dict[tuple[str, object], None] = {}
+        #: the session's ticket names a break-glass elevation: looked up in its store
+        self.elevated = is_elevation(session.ticket)
         telemetry.refresh()  # a tracer provider set since the last lane
 
     def authorize(  # noqa: PLR0915 - the hot path stays one frame on purpose
@@ -188,7 +201,12 @@ class Lane:
             # the shape, and whether the driver converts the text: one text, two readings
             key = (sql, (shape if shape is not None else params_shape(params), convert is None))
             ticket_id = self.session.ticket
-            ticket = guard.tickets.get(ticket_id) if ticket_id is not None else None
+            if ticket_id is None:
+                ticket = None
+            elif self.elevated:
+                ticket = guard.breakglass.ticket(ticket_id)
+            else:
+                ticket = guard.tickets.get(ticket_id)
             plan = self.plans.get(key)
             if plan is not None and plan.holds(policy, ticket, params):
                 sent = plan.sql  # the hot path: a repeated statement whose decision holds
@@ -204,6 +222,8 @@ class Lane:
                     self.once[key] = None
         except AccessGuardError:
             raise
+        except TicketStoreUnavailable:
+            raise guard.ticket_store_down(self.session, self.dialect) from None
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies, audited
             raise guard._failed(self.session, self.dialect) from None
         # what every allowed execution does, plan reused or new

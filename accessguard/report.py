@@ -341,7 +341,11 @@ def _header(summary: Summary, title: str, generated: dt.datetime) -> str:
 
 
 def render_report(
-    summary: Summary, *, title: str = TITLE, generated: dt.datetime | None = None
+    summary: Summary,
+    *,
+    title: str = TITLE,
+    generated: dt.datetime | None = None,
+    elevations: str | None = None,
 ) -> str:
     """The report's HTML for a summary (pure: ``generated`` defaults to ``summary.end``)."""
     made = generated or summary.end or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -365,6 +369,7 @@ def render_report(
         else '<p class="note">No statement was throttled in this period.</p>'
     )
     sections = (
+        *((("elevations", "Break-glass review queue", elevations),) if elevations else ()),
         ("volume", "Volume per employee over time", _volume(summary)),
         ("employees", "Employees", _employees(summary)),
         (
@@ -409,6 +414,12 @@ def write_report(
     generated: dt.datetime | None = None,
 ) -> None:
     """Summarise ``events`` and write the report to ``out`` (one self-contained HTML file)."""
+    from accessguard.breakglass_review import render_html, review
+
     made = generated or dt.datetime.now(dt.UTC)
-    page = render_report(summarize(events, since=since), title=title, generated=made)
+    events = list(events)
+    queue = render_html(review(events, since=since, now=made))
+    page = render_report(
+        summarize(events, since=since), title=title, generated=made, elevations=queue
+    )
     Path(out).write_text(page, encoding="utf-8")

@@ -68,6 +68,14 @@ def _opt_int(value: object) -> int | None:
     return int(value)
 
 
+class TicketStoreUnavailable(Exception):
+    """A ticket (or elevation) store could not answer, and has no answer young enough.
+
+    Deliberately not an ``AccessGuardError``: a store raises it, the guard
+    turns it into a refusal of the statement, audited ``ticket.store_unavailable``.
+    """
+
+
 @runtime_checkable
 class TicketStore(Protocol):
     """Where the guard finds tickets: anything with ``get(ticket_id) -> Ticket | None``.
@@ -80,8 +88,9 @@ class TicketStore(Protocol):
       closes stops working within that bound.
     - When it cannot answer (its source is down, the answer is malformed),
       ``get`` raises; it never guesses and never serves an answer older than
-      its bound. The guard refuses the statement and audits it
-      (``internal.error``).
+      its bound. The guard refuses the statement and audits it:
+      ``ticket.store_unavailable`` when it raises ``TicketStoreUnavailable``,
+      ``internal.error`` for any other exception.
     - ``get`` may be called from many threads at once.
     - A ``close()`` method, if any, releases connections or threads.
     """

@@ -12,8 +12,8 @@ if the fetch fails (the server is down, slow past ``timeout``, answers
 anything but 200 or 404, a redirect, a body that is not one ticket, or
 another ticket than the one asked for) ``get`` raises
 ``TicketStoreUnavailable``: it never serves an answer older than ``ttl``.
-The guard refuses the statement then and audits it (``internal.error``, as
-for any ticket store that cannot answer, ``PostgresTicketStore`` included).
+The guard refuses the statement then and audits it
+(``ticket.store_unavailable``).
 
 Two ways to see a change sooner than ``ttl``:
 
@@ -42,19 +42,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from accessguard.tickets import Ticket
+from accessguard.tickets import Ticket, TicketStoreUnavailable
+
+__all__ = [
+    "SIGNATURE_HEADER",
+    "HttpTicketStore",
+    "TicketStoreUnavailable",
+    "sign",
+    "webhook_app",
+]
 
 SIGNATURE_HEADER = "X-Accessguard-Signature"
 _MAX_BODY = 64 * 1024
 _NOT_FOUND = 404
-
-
-class TicketStoreUnavailable(Exception):
-    """The ticket system could not answer, and no answer younger than ``ttl`` is cached.
-
-    Deliberately not an ``AccessGuardError``: the guard treats any exception
-    from a ticket store as a failure to decide, refuses and audits it.
-    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +179,16 @@ class HttpTicketStore:
         A failed fetch leaves its entry as it was: it expires ``ttl`` seconds
         after its last successful fetch, as any entry does.
         """
+        return self._refresh(None)
+
+    def _refresh(self, stop: threading.Event | None) -> tuple[int, int]:
+        """``poll``; the polling thread passes its ``stop``, checked between fetches."""
         with self._lock:
             held = {k: self._generation.get(k, 0) for k in self._cache}
         refreshed = failed = 0
         for ticket_id, generation in held.items():
+            if stop is not None and stop.is_set():  # closing: stop now, not after every fetch
+                break
             now = self._clock()
             try:
                 ticket = self._fetch(ticket_id)
@@ -201,7 +207,7 @@ class HttpTicketStore:
 
         def run() -> None:
             while not self._stop.wait(interval):
-                self.poll()
+                self._refresh(self._stop)
 
         self._poller = threading.Thread(target=run, name="accessguard-ticket-poll", daemon=True)
         self._poller.start()

@@ -14,6 +14,7 @@ EXPECTED = [
     "Facts",
     "FileTicketStore",
     "Guard",
+    "HttpTicketStore",
     "JsonlSink",
     "MemoryTicketStore",
     "Policy",

@@ -18,6 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import pytest
 
 from accessguard import scenario
+from accessguard.errors import AccessDenied
 from accessguard.guard import Guard
 from accessguard.testing import MemoryAuditSink
 from accessguard.tickets import Ticket, TicketStore
@@ -321,12 +322,53 @@ class TestThroughTheGuard:
     def test_server_down_past_ttl_is_refused_and_audited(
         self, guard: Guard, server: ThreadingHTTPServer, clock: Clock, sink: MemoryAuditSink
     ) -> None:
-        """The ticket system down and the cache past ttl: refused (internal.error), audited."""
+        """The ticket system down, the cache past ttl: refused, audited ticket.store_unavailable."""
         assert guard.check(NAME_42, None, user="alice", ticket="T-100").allowed
         server.shutdown()
         server.server_close()
         clock.now += 30
         decision = guard.check(NAME_42, None, user="alice", ticket="T-100")
         assert decision.outcome == "denied"
-        assert decision.reason == "internal.error"
-        assert sink.reasons() == ["internal.error"]
+        assert decision.reason == "ticket.store_unavailable"
+        assert sink.reasons() == ["ticket.store_unavailable"]
+        assert sink.events[-1]["accessguard.ticket.id"] == "T-100"
+
+    @pytest.mark.db
+    def test_server_down_refuses_a_connection_statement(
+        self,
+        guard: Guard,
+        server: ThreadingHTTPServer,
+        clock: Clock,
+        sink: MemoryAuditSink,
+        scenario_dsn: str,
+    ) -> None:
+        """On a real connection too: nothing is sent, the refusal is ticket.store_unavailable."""
+        with guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn:
+            assert conn.execute(NAME_42).fetchall() == [("Name-0042",)]
+            server.shutdown()
+            server.server_close()
+            clock.now += 30
+            with pytest.raises(AccessDenied) as refused:
+                conn.execute(NAME_42)
+        assert refused.value.reason == "ticket.store_unavailable"
+        assert sink.reasons() == ["ticket.store_unavailable"]
+
+    def test_close_stops_the_poller(self, guard: Guard, store: HttpTicketStore) -> None:
+        """Guard.close() stops the store's polling thread: it is gone afterwards."""
+        store.start_polling(0.01)
+        poller = [t for t in threading.enumerate() if t.name == "accessguard-ticket-poll"]
+        assert len(poller) == 1
+        assert poller[0].is_alive()
+        guard.close()
+        assert not poller[0].is_alive()
+        assert [t for t in threading.enumerate() if t.name == "accessguard-ticket-poll"] == []
+
+
+class TestExported:
+    def test_the_package_exports_the_store(self) -> None:
+        """accessguard.HttpTicketStore is the tickets_http class, and it is a TicketStore."""
+        import accessguard
+
+        assert accessguard.HttpTicketStore is HttpTicketStore
+        assert issubclass(TicketStoreUnavailable, Exception)
+        assert not issubclass(TicketStoreUnavailable, accessguard.AccessGuardError)
