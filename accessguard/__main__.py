@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from accessguard.cli import main
+from accessguard.cli.main import main
 
 raise SystemExit(main())

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accessguard import metrics, telemetry
+from accessguard import metrics
 from accessguard.analysis import (
     Facts,
     Param,
@@ -41,9 +41,13 @@ from accessguard.analysis import (
 )
 from accessguard.analysis.crosscheck import verify_sent
 from accessguard.analysis.shape import quick_shape
-from accessguard.audit import Auditor, AuditSink, as_sink, utcnow
-from accessguard.catalog import Drift, SchemaDriftWarning, database_key, read_drift
+from accessguard.audit.ledger import Access, Ledger
+from accessguard.audit.sinks import Auditor, AuditSink, as_sink, utcnow
 from accessguard.decision import Context, Decision, decide
+from accessguard.engine import telemetry
+from accessguard.engine.lane import Authorized, Convert, Lane, Session
+from accessguard.engine.plan import Params, Plan, Unverified, combine, params_shape
+from accessguard.engine.probes import keyed, plan_probes, unprobed, with_literals
 from accessguard.errors import (
     AccessDenied,
     AccessGuardError,
@@ -53,18 +57,15 @@ from accessguard.errors import (
     Reason,
     Throttled,
 )
-from accessguard.lane import Authorized, Convert, Lane, Session
-from accessguard.ledger import Access, Ledger
-from accessguard.plan import Params, Plan, Unverified, combine, params_shape
-from accessguard.policy import SHADOW_FILE, Policy, load_policy
-from accessguard.probes import keyed, plan_probes, unprobed, with_literals
-from accessguard.throttle import Limits, Throttle, ThrottleStoreUnavailable, load_limits
-from accessguard.tickets import Ticket, TicketStore, as_store
+from accessguard.policy.catalog import Drift, SchemaDriftWarning, database_key, read_drift
+from accessguard.policy.rules import SHADOW_FILE, Policy, load_policy
+from accessguard.throttle.window import Limits, Throttle, ThrottleStoreUnavailable, load_limits
+from accessguard.tickets.stores import Ticket, TicketStore, as_store
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from accessguard.watch import PolicyWatcher
+    from accessguard.engine.watch import PolicyWatcher
 
 
 __all__ = ["Authorized", "Guard", "Session"]
@@ -294,7 +295,7 @@ class Guard:
         given for PostgreSQL. A statement bound only by a key
         (``WHERE orders.id = 421``) is refused ``row_scope.unbound`` here: a
         guarded connection allows it only after probing the database
-        (``accessguard.probes``), and check has no database. Bytes are read
+        (``accessguard.engine.probes``), and check has no database. Bytes are read
         as UTF-8; a statement that is too long or not valid text is refused
         (``sql.unanalyzable``) before any scan.
         A ``user`` that is None, empty or not a string is refused
@@ -391,7 +392,7 @@ class Guard:
         ``convert`` (psycopg's ``%s`` -> ``$n`` conversion, for positional
         parameters, which it leaves in order) is applied only when the plan
         must be made: a repeated statement skips it. ``probing``: the caller
-        runs the returned ``probe`` before sending (``accessguard.probes``).
+        runs the returned ``probe`` before sending (``accessguard.engine.probes``).
         """
         try:
             lane = self.lane(session, dialect)
@@ -956,7 +957,7 @@ class Guard:
 
     def watch(self, *, interval: float = 2.0, dsn: str | None = None) -> PolicyWatcher:
         """Reload on changes to the policy directory (and on NOTIFY when ``dsn`` is given)."""
-        from accessguard.watch import PolicyWatcher
+        from accessguard.engine.watch import PolicyWatcher
 
         return PolicyWatcher(self, interval=interval, dsn=dsn).start()
 
@@ -1085,7 +1086,7 @@ def _binding_problem(user: object, ticket: object) -> str | None:
 def _ledger_sink(ledger: AuditSink | str | Path, spool: str | Path | None) -> AuditSink:
     """A sink object, a JSON-lines file path, or a PostgreSQL DSN (the PostgresSink)."""
     if isinstance(ledger, str) and ledger.startswith(("postgresql://", "postgres://")):
-        from accessguard.pgsink import PostgresSink
+        from accessguard.audit.pgsink import PostgresSink
 
         sink = PostgresSink(ledger, spool=spool)
         # an insert-only role cannot create the table: it was set up already;

@@ -69,7 +69,7 @@ from accessguard.analysis import (
 from accessguard.analysis.crosscheck import crosscheck, verify_sent
 from accessguard.decision import Context, decide
 from accessguard.guard import Session
-from accessguard.policy import NO_TICKET, Policy, load_policy
+from accessguard.policy.rules import NO_TICKET, Policy, load_policy
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 if str(TESTS) not in sys.path:

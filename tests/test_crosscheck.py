@@ -32,9 +32,9 @@ from accessguard.analysis.crosscheck import (
     statement_kinds,
     verify_sent,
 )
-from accessguard.catalog import load_catalog
 from accessguard.errors import AccessGuardError, Reason
 from accessguard.guard import Session
+from accessguard.policy.catalog import load_catalog
 from accessguard.testing import MemoryAuditSink
 
 if TYPE_CHECKING:

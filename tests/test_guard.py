@@ -25,10 +25,10 @@ from accessguard import (
     scenario,
 )
 from accessguard.analysis import shape
+from accessguard.engine.watch import PolicyWatcher, notify_policy_change
 from accessguard.guard import Session
-from accessguard.policy import load_policy
+from accessguard.policy.rules import load_policy
 from accessguard.testing import MemoryAuditSink
-from accessguard.watch import PolicyWatcher, notify_policy_change
 
 db = pytest.mark.db
 

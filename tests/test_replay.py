@@ -11,7 +11,7 @@ import pytest
 
 from accessguard import AccessGuardError, Guard, scenario
 from accessguard.guard import Session
-from accessguard.replay import NEWLY_DENIED, replay, replay_command
+from accessguard.investigate.replay import NEWLY_DENIED, replay, replay_command
 
 PHONE_GRANT = "p, support_agent, order_issue, customers.phone, read\n"
 

@@ -14,15 +14,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from accessguard import (
-    AccessDenied,
-    ConfigurationError,
-    Guard,
-    Throttled,
-    Ticket,
-    scenario,
-    telemetry,
-)
+from accessguard import AccessDenied, ConfigurationError, Guard, Throttled, Ticket, scenario
+from accessguard.engine import telemetry
 from accessguard.errors import AuditError
 from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink

@@ -13,10 +13,10 @@ import psycopg
 import pytest
 
 from accessguard import AccessDenied, AuditError, Guard, scenario
-from accessguard.audit import read_events
+from accessguard.audit.pgsink import PostgresSink
+from accessguard.audit.sinks import read_events
+from accessguard.audit.verification import verify
 from accessguard.guard import Session
-from accessguard.pgsink import PostgresSink
-from accessguard.verification import verify
 
 KEY = bytes(range(32))
 

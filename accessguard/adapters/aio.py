@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from accessguard import probes
 from accessguard.adapters.base import CHUNK, NOTHING, RowCounter
 from accessguard.adapters.psycopg3 import (
     DIALECT,
@@ -29,6 +28,7 @@ from accessguard.adapters.psycopg3 import (
     authorize_statement,
     refuse_hooks,
 )
+from accessguard.engine import probes
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:

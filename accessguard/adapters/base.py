@@ -24,14 +24,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+from accessguard.engine.lane import authorized
 from accessguard.errors import Reason
-from accessguard.lane import authorized
 
 if TYPE_CHECKING:
+    from accessguard.audit.ledger import Tally
+    from accessguard.engine.plan import Plan
     from accessguard.errors import AccessGuardError
     from accessguard.guard import Authorized, Guard, Session
-    from accessguard.ledger import Tally
-    from accessguard.plan import Plan
 
 #: rows a guarded iteration asks the driver for at a time (a named cursor's round trip)
 CHUNK = 100

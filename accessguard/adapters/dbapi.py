@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from accessguard import probes
 from accessguard.adapters.base import NOTHING, CountingCursor
+from accessguard.engine import probes
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:

@@ -93,12 +93,12 @@ from django.db import connections
 from django.db.backends.signals import connection_created
 from django.utils.module_loading import import_string
 
-from accessguard import probes
 from accessguard.adapters.binding import bound_session
 from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
+from accessguard.engine import probes
 from accessguard.errors import AccessDenied, ConfigurationError, Reason
 from accessguard.guard import Guard
-from accessguard.tickets import FileTicketStore
+from accessguard.tickets.stores import FileTicketStore
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper

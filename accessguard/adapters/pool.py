@@ -29,9 +29,9 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from accessguard.adapters.aio import AsyncGuardedConnection, AsyncGuardedCursor
 from accessguard.adapters.base import NOTHING
 from accessguard.adapters.psycopg3 import DIALECT, GuardedConnection, GuardedCursor
+from accessguard.engine.lane import Ended
 from accessguard.errors import ConfigurationError, Reason
 from accessguard.guard import Session
-from accessguard.lane import Ended
 
 if TYPE_CHECKING:
     from types import TracebackType

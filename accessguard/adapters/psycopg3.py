@@ -21,15 +21,15 @@ from psycopg import rows
 from psycopg import sql as pgsql
 from psycopg._queries import PostgresQuery, _query2pg
 
-from accessguard import probes
 from accessguard.adapters.base import NOTHING, CountingCursor, Streamed
+from accessguard.engine import probes
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from accessguard.engine.lane import Lane
     from accessguard.guard import Authorized, Guard, Session
-    from accessguard.lane import Lane
 
 DIALECT = "postgres"
 
@@ -57,7 +57,7 @@ def authorize_statement(
     parameters. Otherwise ``%s`` / ``%(name)s`` become ``$n`` first; for
     positional parameters (whose order that keeps) only when a plan is made.
     ``probing``: the caller runs ``Authorized.probe`` before sending it
-    (``accessguard.probes.run``); otherwise a key-bound statement is refused.
+    (``accessguard.engine.probes.run``); otherwise a key-bound statement is refused.
     """
     if mogrify is None:
         if type(params) is list or type(params) is tuple:

@@ -62,9 +62,9 @@ from sqlalchemy.sql.expression import (
 )
 from sqlalchemy.util import concurrency
 
-from accessguard import probes
 from accessguard.adapters.binding import bound_session
 from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
+from accessguard.engine import probes
 from accessguard.errors import AccessDenied, AccessGuardError, ConfigurationError, Reason
 
 if TYPE_CHECKING:

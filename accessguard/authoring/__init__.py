@@ -1,0 +1,1 @@
+"""Tools for the security team: policy cases, lint, learn, schema pull."""

@@ -1,0 +1,1 @@
+"""Volume limits: one moving window per employee, in process or in Redis."""

@@ -1,0 +1,1 @@
+"""Tickets and the stores that hold them (files, PostgreSQL, HTTP)."""
