@@ -32,9 +32,9 @@ from strategies import alice_selects, arbitrary_sql, mutated_sql
 
 import accessguard.scenario
 from accessguard import AccessGuardError, Guard
-from accessguard.adapters.psycopg3 import convert_query
 from accessguard.analysis import Facts, analyze
 from accessguard.decision import Context, decide
+from accessguard.engine.paramstyle import convert_query
 from accessguard.errors import Reason
 from accessguard.guard import LIMITS_FILE
 from accessguard.policy.rules import POLICY_FILE, Policy, load_policy

@@ -55,19 +55,19 @@ _NUL = "\x00"
 Event = dict[str, Any]
 
 
-class _FromEnv:
+class FromEnv:
     """The default of every ``key=`` argument: read ``ACCESSGUARD_AUDIT_KEY``."""
 
     def __repr__(self) -> str:
         return "FROM_ENV"
 
 
-FROM_ENV: Any = _FromEnv()
+FROM_ENV: Any = FromEnv()
 
 
-def load_key(value: str | bytes | _FromEnv | None = FROM_ENV) -> bytes | None:
+def load_key(value: str | bytes | FromEnv | None = FROM_ENV) -> bytes | None:
     """The audit key: bytes as given, hex text, or the environment (None when unset)."""
-    if isinstance(value, _FromEnv):
+    if isinstance(value, FromEnv):
         value = os.environ.get(KEY_ENV) or None
     if value is None or isinstance(value, bytes):
         key = value

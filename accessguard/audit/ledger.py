@@ -266,6 +266,11 @@ class Ledger:
             except Exception:  # noqa: BLE001, S112 - counts stay pending; retried next tick
                 continue
 
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` ran: statements the ledger would count are refused."""
+        return self._closed
+
     def close(self) -> None:
         """Stop the flusher and write what is left (raises if the sink cannot take it)."""
         if self._closed:

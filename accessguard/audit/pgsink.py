@@ -89,12 +89,12 @@ _COLUMNS = "ts, action, user_name, ticket_id, subject_kind, subject_id, hash, ev
 _INSERT = f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"  # noqa: S608
 _LAST = f"SELECT event FROM {TABLE} ORDER BY id DESC LIMIT 1"  # noqa: S608
 _COUNT = f"SELECT count(*) FROM {TABLE}"  # noqa: S608
-_ALL = f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY id"  # noqa: S608
+SELECT_ALL = f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY id"  # noqa: S608
 _CHECKPOINT = f"INSERT INTO {CHECKPOINTS} (seq, hash, key, mac) VALUES (%s, %s, %s, %s)"  # noqa: S608
 _LATEST_CHECKPOINTS = (
     f"SELECT seq, hash, key, mac FROM {CHECKPOINTS} ORDER BY seq DESC, id DESC LIMIT 50"  # noqa: S608
 )
-_ALL_CHECKPOINTS = f"SELECT id, seq, hash, key, mac FROM {CHECKPOINTS} ORDER BY seq, id"  # noqa: S608
+SELECT_ALL_CHECKPOINTS = f"SELECT id, seq, hash, key, mac FROM {CHECKPOINTS} ORDER BY seq, id"  # noqa: S608
 _MARK = f"INSERT INTO {MARKS} (spool, delivered) VALUES (%s, %s)"  # noqa: S608
 _DELIVERED = f"SELECT max(delivered) FROM {MARKS} WHERE spool = %s"  # noqa: S608
 _TABLES = ("events", "checkpoints", "spool_marks")
@@ -215,7 +215,7 @@ class PostgresSink:
             for event in batch:
                 self._ensure_partition(conn, _timestamp(event))
             with conn.cursor() as cur:
-                cur.executemany(_INSERT, [_row(e) for e in batch])
+                cur.executemany(_INSERT, [event_row(e) for e in batch])
             cp = Checkpoint.of(head, self._key)
             conn.execute(_CHECKPOINT, [cp.seq, cp.hash, cp.key, cp.mac])
             if mark is not None:
@@ -420,7 +420,7 @@ def _text(value: object) -> str | None:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _row(event: Event) -> tuple[Any, ...]:
+def event_row(event: Event) -> tuple[Any, ...]:
     return (
         _timestamp(event),
         _text(event.get("event.action", "query")),
@@ -447,5 +447,5 @@ def _indexed(event: Event) -> tuple[str | None, ...]:
 def read_events(dsn: str) -> Iterator[Event]:
     """Every event in the PostgreSQL sink, in chain order (unverified)."""
     with psycopg.connect(dsn) as conn:
-        for row in conn.execute(_ALL):
+        for row in conn.execute(SELECT_ALL):
             yield dict(row[-1])

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from accessguard.audit.chain import FROM_ENV, Checkpoint, load_key
-from accessguard.audit.pgsink import _ALL, _ALL_CHECKPOINTS, Event, _row
+from accessguard.audit.pgsink import SELECT_ALL, SELECT_ALL_CHECKPOINTS, Event, event_row
 from accessguard.audit.verification import ChainCheck, Verification
 
 __all__ = ["verified_events", "verify"]
@@ -46,13 +46,13 @@ class _PgCheck:
 
     def events(self) -> Iterator[Event]:
         with psycopg.connect(self.dsn) as conn:
-            cps = [(r[0], Checkpoint(*r[1:])) for r in conn.execute(_ALL_CHECKPOINTS)]
+            cps = [(r[0], Checkpoint(*r[1:])) for r in conn.execute(SELECT_ALL_CHECKPOINTS)]
             forged = next((i for i, c in cps if not c.valid(self.key)), None)
             latest = cps[-1][1] if cps else None
             check = ChainCheck(self.key, checkpoint=latest)
             position = 0
             failure: Verification | None = None
-            for position, row in enumerate(conn.execute(_ALL), 1):
+            for position, row in enumerate(conn.execute(SELECT_ALL), 1):
                 event = dict(row[-1])
                 if failure is None:
                     problem = check.feed(event) or _columns_differ(row, event)
@@ -75,7 +75,7 @@ class _PgCheck:
 
 def _columns_differ(row: tuple[Any, ...], event: Event) -> str | None:
     ts, action, user, ticket, kind, subject, hash_ = row[:7]
-    expected = _row(event)
+    expected = event_row(event)
     names = ("ts", "action", "user_name", "ticket_id", "subject_kind", "subject_id", "hash")
     for name, have, want in zip(
         names, (ts, action, user, ticket, kind, subject, hash_), expected, strict=False

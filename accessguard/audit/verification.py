@@ -29,7 +29,7 @@ from accessguard.audit.chain import (
     Checkpoint,
     CheckpointUnreadableError,
     Event,
-    _FromEnv,
+    FromEnv,
     chain_hash,
     key_id,
     load_key,
@@ -159,7 +159,7 @@ class ChainCheck:
 def verify_events(
     events: Iterable[tuple[int, Any]],
     *,
-    key: bytes | _FromEnv | None = FROM_ENV,
+    key: bytes | FromEnv | None = FROM_ENV,
     checkpoint: Checkpoint | None = None,
     require_checkpoint: bool = False,
 ) -> Verification:
@@ -179,7 +179,7 @@ def verify_events(
 def verify(
     path: str | Path,
     *,
-    key: bytes | _FromEnv | None = FROM_ENV,
+    key: bytes | FromEnv | None = FROM_ENV,
     collect: list[Event] | None = None,
 ) -> Verification:
     """Check a JSON-lines trail, and its checkpoint beside it; name the first broken line.

@@ -283,7 +283,7 @@ def _native(sql: str, params: Params) -> tuple[str, Any]:
     """psycopg's ``%s`` / ``%(name)s`` as ``$n`` with the values in order (as ``check`` does)."""
     if params is None:
         return sql, None
-    from accessguard.adapters.psycopg3 import convert_query
+    from accessguard.engine.paramstyle import convert_query
 
     return convert_query(sql, params)
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accessguard.analysis import analyze
-from accessguard.investigate.replay import _numbered as numbered
+from accessguard.investigate.replay import numbered
 from accessguard.investigate.sums import event_time
 from accessguard.policy.rules import EVERYONE, NO_TICKET, POLICY_FILE, Policy, Rule
 
@@ -101,7 +101,7 @@ def collect(events: Iterable[Event], policy: Policy) -> Usage:
     for event in events:
         if event.get("event.action") != "ledger":
             continue
-        weight = _int(event.get("accessguard.statements"))
+        weight = as_int(event.get("accessguard.statements"))
         if _who(event) in counted:  # its statements were audited with their text
             weight = 0
         text = texts.get(event.get("accessguard.fingerprint"))
@@ -120,7 +120,7 @@ def _who(event: Event) -> tuple[object, ...]:
     )
 
 
-def _int(value: object) -> int:
+def as_int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 

@@ -1,7 +1,7 @@
 """The hot path: one employee's statements, and the plans that let them run again cheaply.
 
 A ``Lane`` is the guard's state for one employee on one ticket in one
-dialect. ``Guard.lane`` hands out one per (employee, ticket, dialect) and
+dialect. ``Gate.lane`` hands out one per (employee, ticket, dialect) and
 every adapter connection keeps its own for as long as it lives, so a
 repeated statement costs one dictionary lookup and a few identity checks
 before it is sent:
@@ -12,7 +12,7 @@ before it is sent:
   closed, reassigned or edited ticket is another value);
 - every bound value that carries the row scope equals the ticket's subject.
 
-Anything else goes to the guard's slow path (``Guard._fresh``), which
+Anything else goes to the guard's slow path (``Gate.fresh``), which
 decides the statement afresh, audits a refusal and raises.
 """
 
@@ -32,7 +32,7 @@ from accessguard.errors import AccessGuardError, Reason
 if TYPE_CHECKING:
     from accessguard.analysis import Facts
     from accessguard.decision import Context, Decision
-    from accessguard.guard import Guard
+    from accessguard.engine.gate import Gate
 
 #: psycopg's ``%s`` -> ``$n`` conversion (or any driver's), applied only to make a plan
 Convert = Callable[[str, Any], tuple[str, list[Any]]]
@@ -55,7 +55,7 @@ class Authorized:
     batch. ``row_cap`` is the most rows it may hand over; ``tally`` (when it
     touches a scoped table) receives the rows it does hand over, for the
     access ledger. It does no I/O: ``take`` only counts and says yes or no;
-    the adapter raises the refusal (``Guard.over_row_cap``).
+    the adapter raises the refusal (``Gate.over_row_cap``).
 
     ``probe``: what the adapter runs before sending (``probes.run``) when the
     statement names rows by a key only; the ledger access is then recorded
@@ -95,7 +95,7 @@ class Authorized:
         """Count ``n`` rows about to be handed over; False (withheld from now on) if they may not.
 
         They may not past the row cap, nor once the ledger that would count
-        them is closed (``Guard.close``).
+        them is closed (``Gate.close``).
         """
         handed = self.handed + n
         cap = self.row_cap
@@ -104,7 +104,7 @@ class Authorized:
             return False
         tally = self.tally
         if tally is not None and n > 0:
-            if tally.ledger._closed:
+            if tally.ledger.closed:
                 self.withheld = True
                 return False
             tally.add(n)
@@ -143,7 +143,7 @@ class Lane:
 
     __slots__ = ("__weakref__", "dialect", "guard", "once", "plans", "session", "shapes")
 
-    def __init__(self, guard: Guard, session: Session, dialect: str) -> None:
+    def __init__(self, guard: Gate, session: Session, dialect: str) -> None:
         self.guard = guard
         self.session = session
         self.dialect = dialect
@@ -184,7 +184,7 @@ class Lane:
             shape = len(params) if type(params) is list or type(params) is tuple else None
             if convert is not None and params is not None and shape is None:
                 # not positional: convert now, so the plan and the values sent agree
-                sql, params = guard._convert(convert, sql, params, self.session)
+                sql, params = guard.convert_params(convert, sql, params, self.session)
                 shape, convert = len(params), None
             # the shape, and whether the driver converts the text: one text, two readings
             key = (sql, (shape if shape is not None else params_shape(params), convert is None))
@@ -194,31 +194,31 @@ class Lane:
             if plan is not None and plan.holds(policy, ticket, params):
                 sent = plan.sql  # the hot path: a repeated statement whose decision holds
             else:
-                plan, sent, exact = guard._fresh(self, sql, params, ticket, policy, convert)
+                plan, sent, exact = guard.fresh(self, sql, params, ticket, policy, convert)
                 if exact:
                     self.remember(self.plans, key, plan)
                 elif key in self.once:  # a repeated text with inlined literals: skip shaping
                     self.remember(self.plans, key, plan.exactly(sent))
                 else:
-                    if len(self.once) >= guard._cache_size:
+                    if len(self.once) >= guard.cache_size:
                         self.once.clear()
                     self.once[key] = None
         except AccessGuardError:
             raise
         except Exception:  # noqa: BLE001 - fail closed: an internal error denies, audited
-            raise guard._failed(self.session, self.dialect) from None
+            raise guard.failed(self.session, self.dialect) from None
         # what every allowed execution does, plan reused or new
         probe = None if plan.probes is None else prepare(guard, plan, params, probing=probing)
-        row_cap = guard._throttle(plan) if guard.throttle is not None else None
+        row_cap = guard.count_against_limits(plan) if guard.throttle is not None else None
         tally = plan.tally
         if probe is None:  # a probed statement's, when its probe passes (probes.allowed)
             metrics.DECISIONS.allowed()
             if telemetry.TRACER is not None:  # OpenTelemetry: only with a tracer provider
                 telemetry.allowed(plan, self.dialect)
             if plan.notices:
-                guard._notify(plan)
+                guard.notify(plan)
             if guard.audit_allowed:
-                guard._audit(plan.decision, plan.context, plan.facts)
+                guard.audit(plan.decision, plan.context, plan.facts)
             if tally is not None:
                 guard.ledger.record(tally)
         if params is not None and (shape is None or not plan.facts.in_order):
@@ -238,7 +238,7 @@ class Lane:
         self, table: dict[tuple[str, object], Plan], key: tuple[str, object], plan: Plan
     ) -> None:
         """Keep a plan in ``table`` (``plans`` or ``shapes``), within the guard's budget."""
-        self.guard._count_plan()
+        self.guard.count_plan()
         table[key] = plan
 
     def forget(self) -> None:

@@ -68,9 +68,9 @@ from accessguard.errors import AccessDenied, Reason
 
 if TYPE_CHECKING:
     from accessguard.decision import Context, Decision
+    from accessguard.engine.gate import Gate
     from accessguard.engine.lane import Authorized
     from accessguard.engine.plan import Plan
-    from accessguard.guard import Guard
     from accessguard.policy.catalog import Catalog, TableSpec
 
 
@@ -203,7 +203,7 @@ def with_literals(plan: Plan, literals: Mapping[str, Any]) -> Plan:
 
 
 def unprobed(facts: Facts, decision: Decision, context: Context, catalog: Catalog) -> Decision:
-    """The refusal of an allowed key-bound ``decision`` where no probe can run (``Guard.check``)."""
+    """The refusal of an allowed key-bound ``decision`` where no probe can run (``Gate.check``)."""
     subjects = dict(decision.subjects)
     probes = plan_probes(facts, catalog, subjects, context)
     message = probes.unbound if probes is not None else "the statement cannot be probed."
@@ -223,7 +223,7 @@ def _quoted(name: str) -> str:
 # ---------------------------------------------------------------------- per execution
 
 
-def prepare(guard: Guard, plan: Plan, params: Any, *, probing: bool) -> Pending:
+def prepare(guard: Gate, plan: Plan, params: Any, *, probing: bool) -> Pending:
     """The probe of one execution of ``plan``; refused (audited, raised) if it cannot run.
 
     ``params``: the values as the facts' Params name them (before reordering).
@@ -259,16 +259,16 @@ def _value(key: Value, params: Any) -> int | None:
     return int(raw)  # psycopg's Int8 (Django) is an int: probed as the value it dumps
 
 
-def refuse(guard: Guard, plan: Plan, reason: Reason, message: str) -> AccessDenied:
+def refuse(guard: Gate, plan: Plan, reason: Reason, message: str) -> AccessDenied:
     """Audit the refusal of an allowed plan's execution (as every refusal is); return the error."""
     decision = dataclasses.replace(
         plan.decision, outcome="denied", reason=reason, message=f"Refused: {message}"
     )
-    guard._audit(decision, plan.context, plan.facts)
+    guard.audit(decision, plan.context, plan.facts)
     return AccessDenied(decision.message, reason=reason)
 
 
-def _other_subject(guard: Guard, ok: Authorized) -> AccessDenied:
+def _other_subject(guard: Gate, ok: Authorized) -> AccessDenied:
     probe = ok.plan.probes.probes[0]  # type: ignore[union-attr] # a pending probe has probes
     table = probe.table.rsplit(".", 1)[-1]
     return refuse(
@@ -280,7 +280,7 @@ def _other_subject(guard: Guard, ok: Authorized) -> AccessDenied:
     )
 
 
-def run(guard: Guard, ok: Authorized, connection: Any, *, qmark: bool = False) -> None:
+def run(guard: Gate, ok: Authorized, connection: Any, *, qmark: bool = False) -> None:
     """Run ``ok``'s probe on ``connection`` (DB-API, sync) before ``ok`` is sent; refuse on a row.
 
     Nothing to do (one attribute read) for a statement without a probe. On
@@ -291,7 +291,7 @@ def run(guard: Guard, ok: Authorized, connection: Any, *, qmark: bool = False) -
 
 
 def run_batch(
-    guard: Guard, batch: Sequence[Authorized], connection: Any, *, qmark: bool = False
+    guard: Gate, batch: Sequence[Authorized], connection: Any, *, qmark: bool = False
 ) -> None:
     """Every probe of an executemany batch, then (all passed) their ledger accesses."""
     for ok in batch:
@@ -310,13 +310,13 @@ def run_batch(
     _record(guard, batch)
 
 
-async def run_async(guard: Guard, ok: Authorized, connection: Any) -> None:
+async def run_async(guard: Gate, ok: Authorized, connection: Any) -> None:
     """``run`` for a psycopg AsyncConnection."""
     if ok.probe is not None:
         await run_batch_async(guard, (ok,), connection)
 
 
-async def run_batch_async(guard: Guard, batch: Sequence[Authorized], connection: Any) -> None:
+async def run_batch_async(guard: Gate, batch: Sequence[Authorized], connection: Any) -> None:
     """``run_batch`` for a psycopg AsyncConnection."""
     for ok in batch:
         pending = ok.probe
@@ -333,7 +333,7 @@ async def run_batch_async(guard: Guard, batch: Sequence[Authorized], connection:
     _record(guard, batch)
 
 
-def _record(guard: Guard, batch: Sequence[Authorized]) -> None:
+def _record(guard: Gate, batch: Sequence[Authorized]) -> None:
     """What the lane does for every allowed statement, deferred until the probes passed.
 
     The decision counted as allowed, its span event, its notices and allowed
@@ -348,8 +348,8 @@ def _record(guard: Guard, batch: Sequence[Authorized]) -> None:
         if telemetry.TRACER is not None:
             telemetry.allowed(plan, plan.facts.dialect)
         if plan.notices:
-            guard._notify(plan)
+            guard.notify(plan)
         if guard.audit_allowed:
-            guard._audit(plan.decision, plan.context, plan.facts)
+            guard.audit(plan.decision, plan.context, plan.facts)
         if ok.tally is not None:
             guard.ledger.record(ok.tally)

@@ -9,7 +9,7 @@ instance reloads when one of them (or a deploy script) calls
 ``notify_policy_change``. It speaks pycasbin's watcher interface
 (``set_update_callback`` / ``update``), written on psycopg 3 because the
 published Casbin watchers pin old clients and can miss notifications.
-A reload that fails keeps the last good policy (see ``Guard.reload``), and
+A reload that fails keeps the last good policy (see ``Gate.reload``), and
 nothing a reload raises stops the watcher: it counts the failure and goes on.
 """
 
@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 
 if TYPE_CHECKING:
-    from accessguard.guard import Guard
+    from accessguard.engine.gate import Gate
 
 CHANNEL = "accessguard_policy"
 _TICK = 0.5  # seconds between looks at the stop flag
@@ -64,7 +64,7 @@ class PolicyWatcher:
 
     def __init__(
         self,
-        guard: Guard,
+        guard: Gate,
         *,
         interval: float = 2.0,
         dsn: str | None = None,

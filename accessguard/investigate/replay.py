@@ -281,7 +281,7 @@ def _statement(event: Mapping[str, Any], text: object, weight: int) -> _Statemen
 def _replay_one(policy: Policy, st: _Statement, store: TicketStore | None) -> Replayed:
     if st.text is None:
         return Replayed(outcome="unreplayable")
-    sql = _numbered(st.text) if st.dialect == "postgres" else st.text
+    sql = numbered(st.text) if st.dialect == "postgres" else st.text
     facts = analyze(sql, catalog=policy.catalog, dialect=st.dialect)
     if facts.problem is not None:
         if facts.problem in _ARTIFACTS and st.recorded.reason != facts.problem:
@@ -306,7 +306,7 @@ def _replay_one(policy: Policy, st: _Statement, store: TicketStore | None) -> Re
     return Replayed(outcome=NEEDS_VALUES)
 
 
-def _numbered(text: str) -> str:
+def numbered(text: str) -> str:
     """The redacted text with each ``?`` (and ``$ ?``) as ``$1``, ``$2``, ..."""
     count = 0
 

@@ -17,19 +17,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from accessguard.investigate.sums import (
-    _BUCKETS,
-    _MAX_BUCKETS,
+    BUCKETS,
+    MAX_BUCKETS,
     Event,
     Subject,
     Sums,
-    _aware,
-    _int,
-    _opt,
-    _strs,
-    _subject,
-    _subject_key,
-    _within,
+    as_int,
+    as_opt,
+    as_strs,
+    aware,
+    event_subject,
     event_time,
+    subject_key,
+    within,
 )
 
 OUTLIER_RULE = (
@@ -167,7 +167,7 @@ def _incident(event: Event, reason: str, detail: str) -> Incident:
     return Incident(
         time=event_time(event),
         user=str(event.get("user.name")),
-        ticket=_opt(event.get("accessguard.ticket.id")),
+        ticket=as_opt(event.get("accessguard.ticket.id")),
         outcome=str(event.get("accessguard.outcome")),
         reason=reason,
         detail=detail,
@@ -178,7 +178,7 @@ def summarize(  # noqa: PLR0915 - one pass over the events, then assembly
     events: Iterable[Event], *, since: dt.datetime | None, top: int = 20
 ) -> Summary:
     """Per-employee volume, role medians, outliers, refusals, throttles and watch-list touches."""
-    since = _aware(since)
+    since = aware(since)
     roles: dict[str, set[str]] = defaultdict(set)
     reads: dict[str, Sums] = defaultdict(Sums)
     subjects: dict[str, set[tuple[str, Subject]]] = defaultdict(set)
@@ -197,10 +197,10 @@ def summarize(  # noqa: PLR0915 - one pass over the events, then assembly
     for event in events:
         action, outcome = event.get("event.action"), event.get("accessguard.outcome")
         known = action in {"ledger", "query"} or event.get("accessguard.watch")
-        if not known or event.get("user.name") is None or not _within(event, since):
+        if not known or event.get("user.name") is None or not within(event, since):
             continue
         user = str(event["user.name"])
-        roles[user].update(_strs(event.get("user.roles")))
+        roles[user].update(as_strs(event.get("user.roles")))
         when = event_time(event)
         if when is not None:
             times.append(when)
@@ -214,7 +214,7 @@ def summarize(  # noqa: PLR0915 - one pass over the events, then assembly
             watch.append(_incident(event, reason, detail))
         if action == "ledger" and event.get("accessguard.subject.id") is not None:
             reads[user].add(event)
-            subject = _subject(event)
+            subject = event_subject(event)
             scope = str(event.get("accessguard.subject.kind"))
             subjects[user].add((scope, subject))
             if event.get("accessguard.ticket.id") is not None:
@@ -235,16 +235,16 @@ def summarize(  # noqa: PLR0915 - one pass over the events, then assembly
             )
 
     start, end = (min(times), max(times)) if times else (None, None)
-    size = _BUCKETS[-1]
+    size = BUCKETS[-1]
     if start is not None and end is not None:
         span = end - start
-        size = next((b for b in _BUCKETS if span / b < _MAX_BUCKETS), _BUCKETS[-1])
+        size = next((b for b in BUCKETS if span / b < MAX_BUCKETS), BUCKETS[-1])
     for user, when, event in entries:
         seen, sums = cells.setdefault((user, _floor(when, size)), (set(), [0, 0]))
         if event.get("accessguard.subject.kind") == "customer":
-            seen.add(_subject(event))
-        sums[0] += _int(event.get("accessguard.rows"))
-        sums[1] += _int(event.get("accessguard.statements"))
+            seen.add(event_subject(event))
+        sums[0] += as_int(event.get("accessguard.rows"))
+        sums[1] += as_int(event.get("accessguard.statements"))
     buckets: list[dt.datetime] = []
     if start is not None and end is not None:
         cursor, last = _floor(start, size), _floor(end, size)
@@ -302,7 +302,7 @@ def summarize(  # noqa: PLR0915 - one pass over the events, then assembly
     )
     readers = sorted(
         per_customer.items(),
-        key=lambda kv: (-len(customer_readers[kv[0]]), -kv[1].rows, _subject_key(kv[0])),
+        key=lambda kv: (-len(customer_readers[kv[0]]), -kv[1].rows, subject_key(kv[0])),
     )
     all_refused: Counter[str] = Counter()
     for counter in refused.values():

@@ -33,8 +33,8 @@ from accessguard.durations import EXAMPLES, parse_seconds
 Event = Mapping[str, Any]
 Subject = int | str  # an id, or its keyed-hash pseudonym
 
-_BUCKETS = tuple(dt.timedelta(hours=h) for h in (1, 6, 24, 168))
-_MAX_BUCKETS = 400
+BUCKETS = tuple(dt.timedelta(hours=h) for h in (1, 6, 24, 168))
+MAX_BUCKETS = 400
 _MAX_ID_DIGITS = 19  # a bigint; a keyed-hash pseudonym has 64 hex digits
 
 
@@ -141,7 +141,7 @@ def parse_time(value: object) -> dt.datetime | None:
     return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
-def _aware(when: dt.datetime | None) -> dt.datetime | None:
+def aware(when: dt.datetime | None) -> dt.datetime | None:
     if when is None or when.tzinfo is not None:
         return when
     return when.replace(tzinfo=dt.UTC)
@@ -156,7 +156,7 @@ def event_time(event: Event) -> dt.datetime | None:
     return parse_time(event.get("@timestamp"))
 
 
-def _within(event: Event, since: dt.datetime | None) -> bool:
+def within(event: Event, since: dt.datetime | None) -> bool:
     if since is None:
         return True
     when = event_time(event)
@@ -165,25 +165,25 @@ def _within(event: Event, since: dt.datetime | None) -> bool:
 
 def ledger_entries(events: Iterable[Event], since: dt.datetime | None) -> Iterator[Event]:
     """The ledger events (with a subject) at or after ``since``."""
-    since = _aware(since)
+    since = aware(since)
     for event in events:
         if (
             event.get("event.action") == "ledger"
             and event.get("accessguard.subject.id") is not None
-            and _within(event, since)
+            and within(event, since)
         ):
             yield event
 
 
-def _int(value: object) -> int:
+def as_int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _strs(value: object) -> tuple[str, ...]:
+def as_strs(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
 
 
-def _opt(value: object) -> str | None:
+def as_opt(value: object) -> str | None:
     return None if value is None else str(value)
 
 
@@ -203,11 +203,11 @@ class Sums:
     def add(self, event: Event) -> None:
         """Fold in one ledger event."""
         self.fold(
-            statements=_int(event.get("accessguard.statements")),
-            rows=_int(event.get("accessguard.rows")),
-            columns=_strs(event.get("accessguard.columns")),
-            tables=_strs(event.get("accessguard.tables")),
-            roles=_strs(event.get("user.roles")),
+            statements=as_int(event.get("accessguard.statements")),
+            rows=as_int(event.get("accessguard.rows")),
+            columns=as_strs(event.get("accessguard.columns")),
+            tables=as_strs(event.get("accessguard.tables")),
+            roles=as_strs(event.get("user.roles")),
             first=parse_time(event.get("accessguard.first")) or event_time(event),
             last=event_time(event),
         )
@@ -245,11 +245,11 @@ class Sums:
         }
 
 
-def _subject_key(subject: Subject) -> tuple[int, int, str]:
+def subject_key(subject: Subject) -> tuple[int, int, str]:
     return (0, subject, "") if isinstance(subject, int) else (1, 0, subject)
 
 
-def _subject(event: Event) -> Subject:
+def event_subject(event: Event) -> Subject:
     """The subject id: an int (also when a sink hands it over as digits), else a pseudonym."""
     value = event["accessguard.subject.id"]
     if isinstance(value, int) and not isinstance(value, bool):
@@ -274,8 +274,8 @@ def who_read(
             continue
         key = (
             str(event.get("user.name")),
-            _opt(event.get("accessguard.ticket.id")),
-            _opt(event.get("accessguard.ticket.kind")),
+            as_opt(event.get("accessguard.ticket.id")),
+            as_opt(event.get("accessguard.ticket.kind")),
         )
         groups[key].add(event)
     return [
@@ -303,14 +303,14 @@ def what_read(events: Iterable[Event], *, user: str, since: dt.datetime | None) 
         scope = str(event.get("accessguard.subject.kind"))
         key = (
             scope,
-            _subject(event),
-            _opt(event.get("accessguard.ticket.id")),
-            _opt(event.get("accessguard.ticket.kind")),
+            event_subject(event),
+            as_opt(event.get("accessguard.ticket.id")),
+            as_opt(event.get("accessguard.ticket.kind")),
         )
         groups[key].add(event)
     ordered = sorted(
         groups.items(),
-        key=lambda kv: (kv[0][0], _subject_key(kv[0][1]), kv[0][2] or "", kv[0][3] or ""),
+        key=lambda kv: (kv[0][0], subject_key(kv[0][1]), kv[0][2] or "", kv[0][3] or ""),
     )
     return [
         Touch(
