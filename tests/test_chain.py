@@ -24,7 +24,7 @@ from accessguard.audit.chain import (
 )
 from accessguard.audit.sinks import Auditor, JsonlSink, read_events
 from accessguard.audit.verification import verify
-from accessguard.cli.main import main
+from accessguard.cli.app import main
 
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))

@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from accessguard import scenario
-from accessguard.cli.main import main
+from accessguard.cli.app import main
 from accessguard.policy.catalog import load_catalog
 
 if TYPE_CHECKING:

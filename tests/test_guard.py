@@ -894,7 +894,7 @@ class TestShapes:
             tokenized.append(sql)
             return shape(sql, dialect)
 
-        monkeypatch.setattr("accessguard.guard.shape", counting)
+        monkeypatch.setattr("accessguard.engine.gate.shape", counting)
         sent = guard.authorize(q.format(n=2), None, session, dialect="postgres").sql
         assert sent.endswith("id > 2 AND status <> 'x'")
         assert tokenized == []
@@ -917,7 +917,7 @@ class TestShapes:
             shaped.append(sql)
             return quick_shape(sql, dialect)
 
-        monkeypatch.setattr("accessguard.guard.quick_shape", counting)
+        monkeypatch.setattr("accessguard.engine.gate.quick_shape", counting)
         store = guard.tickets
         assert isinstance(store, MemoryTicketStore)
         session = Session(user="alice", ticket="T-100")

@@ -16,7 +16,7 @@ from accessguard import AccessDenied, Guard, scenario
 from accessguard.audit.chain import KEY_ENV
 from accessguard.audit.pgsink import PostgresSink
 from accessguard.audit.sinks import JsonlSink, read_events
-from accessguard.cli.main import main
+from accessguard.cli.app import main
 from accessguard.investigate.report import write_report
 from accessguard.investigate.summary import summarize
 from accessguard.investigate.sums import (

@@ -26,7 +26,7 @@ from psycopg import sql
 from accessguard.audit.chain import checkpoint_path
 from accessguard.audit.pgsink import PostgresSink
 from accessguard.audit.sinks import JsonlSink
-from accessguard.cli.main import main
+from accessguard.cli.app import main
 from accessguard.investigate import Engine, Window, open_engine, subject_export, what_read, who_read
 from accessguard.investigate import command as command_module
 from accessguard.investigate import sums as investigate

@@ -22,6 +22,8 @@ lower layer.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -195,3 +197,20 @@ DRIVER_PRIVATES = {"_query2pg", "_obj", "_adapters", "_meta", "_prepared"}
 def test_no_module_reaches_into_another_modules_privates(module: str) -> None:
     uses = _foreign_private_uses(module, MODULES[module])
     assert not uses, "\n".join(uses)
+
+
+def test_the_pure_layers_do_not_load_the_driver() -> None:
+    """The analysis, the policy files and the decision run without psycopg being imported;
+    AccessDenied is still psycopg's InsufficientPrivilege once asked for."""
+    code = (
+        "import sys\n"
+        "import accessguard.analysis, accessguard.policy.rules, accessguard.decision\n"
+        "assert 'psycopg' not in sys.modules, 'the pure layers loaded psycopg'\n"
+        "from accessguard.errors import AccessDenied\n"
+        "import psycopg\n"
+        "assert issubclass(AccessDenied, psycopg.errors.InsufficientPrivilege)\n"
+    )
+    done = subprocess.run(  # noqa: S603 - our own interpreter, our own code
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr

@@ -16,7 +16,7 @@ from accessguard.audit.pgsink import read_events as read_pg
 from accessguard.audit.sinks import read_events
 from accessguard.authoring.learn import Period
 from accessguard.authoring.learn_report import Learned, learn
-from accessguard.cli.main import main
+from accessguard.cli.app import main
 from accessguard.errors import AccessGuardError
 from accessguard.guard import Guard, Session
 from accessguard.investigate.replay import NEWLY_DENIED, replay

@@ -14,7 +14,7 @@ from accessguard import AuditError
 from accessguard.audit.chain import HASH, KEY_ENV, PREV, SEQ, chain_hash
 from accessguard.audit.pgsink import PostgresSink, read_events
 from accessguard.audit.pgverify import verify
-from accessguard.cli.main import main
+from accessguard.cli.app import main
 
 pytestmark = pytest.mark.db
 

@@ -19,29 +19,21 @@ from accessguard import metrics
 from accessguard.analysis import Facts, as_text, screen_placeholders, unanalyzable
 from accessguard.decision import Context, Decision
 from accessguard.engine import events, telemetry
+from accessguard.engine.config import Configured
 from accessguard.engine.lane import Session
 from accessguard.errors import AccessDenied, AuditError, ConfigurationError, Reason, Throttled
 
 if TYPE_CHECKING:
-    from contextvars import ContextVar
 
-    from accessguard.audit.ledger import Access, Ledger
-    from accessguard.audit.sinks import Auditor
+    from accessguard.audit.ledger import Access
     from accessguard.engine.lane import Authorized
     from accessguard.engine.plan import Plan
-    from accessguard.policy.rules import Policy
 
 __all__ = ["Refusals", "binding_problem"]
 
 
-class Refusals:
+class Refusals(Configured):
     """Audit, then refuse: the gate's refusals and its employee bindings."""
-
-    policy: Policy
-    shadow: Policy | None
-    auditor: Auditor
-    ledger: Ledger
-    _bound: ContextVar[Session | None]
 
     def failed(self, session: Session, dialect: str) -> AccessDenied:
         """Audit a decision the guard could not finish (an internal error); return the error."""
