@@ -15,12 +15,11 @@ import pytest
 from accessguard import scenario
 from accessguard.authoring.cases import (
     explain,
-    explain_command,
     load_case_file,
-    policy_test_command,
     run_policy_tests,
 )
-from accessguard.authoring.lint import Finding, lint, lint_command
+from accessguard.authoring.lint import Finding, lint
+from accessguard.cli.tools import explain_command, lint_command, policy_test_command
 from accessguard.errors import AccessGuardError
 from accessguard.guard import Guard, Session
 from accessguard.investigate.replay import (

@@ -26,9 +26,9 @@ from psycopg import sql
 from accessguard.audit.chain import checkpoint_path
 from accessguard.audit.pgsink import PostgresSink
 from accessguard.audit.sinks import JsonlSink
+from accessguard.cli import investigate as command_module
 from accessguard.cli.app import main
 from accessguard.investigate import Engine, Window, open_engine, subject_export, what_read, who_read
-from accessguard.investigate import command as command_module
 from accessguard.investigate import sums as investigate
 from accessguard.investigate.rollup import refresh
 from accessguard.investigate.sink import SinkEngine

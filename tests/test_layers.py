@@ -214,3 +214,13 @@ def test_the_pure_layers_do_not_load_the_driver() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_only_the_command_line_parses_arguments() -> None:
+    """argparse is the CLI's: library functions take plain values, not a Namespace."""
+    users = sorted(
+        module
+        for module, path in MODULES.items()
+        if _layer(module) != "cli" and "argparse" in path.read_text(encoding="utf-8")
+    )
+    assert not users, users

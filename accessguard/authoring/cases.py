@@ -21,8 +21,6 @@ rows-per-statement limit needs rows and a database: it is not tested here.
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ from accessguard.guard import Guard, Session
 from accessguard.policy.catalog import SCOPE_KINDS
 from accessguard.policy.rules import EVERYONE, NO_TICKET, Access, Policy, Rule, load_policy
 from accessguard.testing import MemoryAuditSink
-from accessguard.tickets.stores import FileTicketStore, Ticket
+from accessguard.tickets.stores import Ticket
 
 EXPECTATIONS = ("allowed", "denied", "throttled")
 EXIT_OK, EXIT_FAILED, EXIT_MALFORMED = 0, 1, 2
@@ -733,28 +731,3 @@ def _sent_text(facts: Facts, decision: Decision) -> str:
 # ---------------------------------------------------------------------- commands
 
 
-def policy_test_command(args: argparse.Namespace) -> tuple[int, str]:
-    """``accessguard test --policies DIR FILE... [--format json]``."""
-    report = run_policy_tests(args.policies, args.files)
-    if getattr(args, "format", "text") == "json":
-        return report.exit_code, json.dumps(report.as_dict(), indent=2)
-    return report.exit_code, report.render()
-
-
-def explain_command(
-    args: argparse.Namespace, *, params: Sequence[Any] | Mapping[str, Any] | None = None
-) -> tuple[int, str]:
-    """``accessguard explain`` (the options of ``check``); exit 0 allowed, 1 refused."""
-    guard = Guard.from_directory(
-        args.policies, tickets=FileTicketStore(args.tickets), audit=MemoryAuditSink()
-    )
-    options: dict[str, Any] = {"user": args.user, "ticket": args.ticket, "dialect": args.dialect}
-    try:
-        if getattr(args, "format", "text") == "json":
-            text = json.dumps(explain_data(guard, args.sql, params=params, **options), indent=2)
-        else:
-            text = explain(guard, args.sql, params=params, **options)
-        allowed = guard.check(args.sql, params, **options)
-    finally:
-        guard.close()
-    return (EXIT_OK if allowed.allowed else EXIT_FAILED), text

@@ -11,7 +11,6 @@ policy directory.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import shutil
@@ -34,7 +33,6 @@ from accessguard.authoring.learn import (
     span_text,
 )
 from accessguard.investigate.replay import MAY_DENY, NEWLY_DENIED, ReplayReport, replay
-from accessguard.investigate.sums import cutoff, events_from_file, parse_time
 from accessguard.policy.rules import NO_TICKET, POLICY_FILE, Policy, Rule, load_policy
 
 EXIT_OK = 0
@@ -250,25 +248,3 @@ def check_ledger(events: list[Event], proposed: Policy) -> tuple[int, tuple[str,
     return len(entries), tuple(refused)
 
 
-def run(args: argparse.Namespace) -> tuple[int, str]:
-    """``accessguard learn --audit FILE|--dsn DSN --policies DIR [--since|--from] [--until]``."""
-    if args.dsn is not None:
-        from accessguard.audit.pgsink import read_events as read_pg
-
-        events: list[Event] = list(read_pg(args.dsn))
-    else:
-        events = list(events_from_file(args.audit))
-    now = dt.datetime.now(dt.UTC)
-    start = _time(args.from_, "--from") if args.from_ else cutoff(args.since, now=now)
-    end = _time(args.until, "--until") if args.until else None
-    learned = learn(events, args.policies, period=Period(start=start, end=end), now=now)
-    if args.out is not None:
-        args.out.write_text(learned.proposal.diff(), encoding="utf-8")
-    return EXIT_OK, learned.render(out=args.out)
-
-
-def _time(text: str, option: str) -> dt.datetime:
-    when = parse_time(text)
-    if when is None:
-        raise ValueError(f"invalid {option} {text!r}: use an ISO 8601 date or time")
-    return when

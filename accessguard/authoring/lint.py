@@ -32,11 +32,8 @@ limits or watch-list file) are warnings from ``accessguard.authoring.lint_access
 
 from __future__ import annotations
 
-import argparse
 import csv
-import dataclasses
 import io
-import json
 import re
 import tomllib
 from dataclasses import dataclass
@@ -133,18 +130,6 @@ def exit_code(findings: list[Finding], *, strict: bool = False) -> int:
     """1 when any finding is an error (with ``strict``, any finding at all)."""
     failing = findings if strict else [f for f in findings if f.severity == ERROR]
     return 1 if failing else 0
-
-
-def lint_command(args: argparse.Namespace) -> tuple[int, str]:
-    """``accessguard lint --policies DIR [--strict] [--format json]``."""
-    findings = lint(args.policies)
-    code = exit_code(findings, strict=getattr(args, "strict", False))
-    if getattr(args, "format", "text") == "json":
-        return code, json.dumps([dataclasses.asdict(f) for f in findings], indent=2)
-    return code, render(findings)
-
-
-# ---------------------------------------------------------------------- reading
 
 
 def _error(exc: PolicyError, code: str) -> Finding:

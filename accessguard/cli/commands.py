@@ -88,34 +88,34 @@ def schema_pull(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> tuple[int, str]:
-    from accessguard.authoring.cases import explain_command
+    from accessguard.cli.tools import explain_command
 
     params = None if args.param is None else [parse_value(v) for v in args.param]
     return explain_command(args, params=params)
 
 
 def _test(args: argparse.Namespace) -> tuple[int, str]:
-    from accessguard.authoring.cases import policy_test_command
+    from accessguard.cli.tools import policy_test_command
 
     return policy_test_command(args)
 
 
 def _lint(args: argparse.Namespace) -> tuple[int, str]:
-    from accessguard.authoring.lint import lint_command
+    from accessguard.cli.tools import lint_command
 
     return lint_command(args)
 
 
 def _replay(args: argparse.Namespace) -> tuple[int, str]:
-    from accessguard.investigate.replay import replay_command
+    from accessguard.cli.tools import replay_command
 
     return replay_command(args)
 
 
 def _learn(args: argparse.Namespace) -> tuple[int, str]:
-    from accessguard.authoring.learn_report import run
+    from accessguard.cli.tools import learn_command
 
-    return run(args)
+    return learn_command(args)
 
 
 TOOLS: dict[str, Callable[[argparse.Namespace], tuple[int, str]]] = {
@@ -293,7 +293,7 @@ def _ask_engine(args: argparse.Namespace) -> int:
     trail fails the command as before; the answer comes from the engine
     (accessguard.investigations), never from the events loaded into Python.
     """
-    from accessguard.investigate.command import run
+    from accessguard.cli.investigate import run
 
     if args.audit_command == "index":
         return run(args)

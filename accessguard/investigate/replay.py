@@ -10,8 +10,6 @@ file carries the text of the same fingerprint.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +22,7 @@ from accessguard.audit.sinks import read_events
 from accessguard.decision import CHECKS, Context, params_match, row_scope_bound
 from accessguard.errors import Reason
 from accessguard.policy.rules import Policy, load_policy
-from accessguard.tickets.stores import FileTicketStore, Ticket, TicketStore, as_store
+from accessguard.tickets.stores import Ticket, TicketStore, as_store
 
 EXIT_OK = 0
 
@@ -360,13 +358,3 @@ def _group_reason(change: str, before: Replayed, after: Replayed) -> str:
     return before.reason or "row scope"
 
 
-def replay_command(args: argparse.Namespace) -> tuple[int, str]:
-    """``accessguard replay --audit FILE --policies DIR [--current DIR] [--tickets FILE]``.
-
-    ``--format json`` prints :meth:`ReplayReport.as_dict`.
-    """
-    tickets = FileTicketStore(args.tickets) if args.tickets is not None else None
-    report = replay(args.audit, args.current, args.policies, tickets=tickets)
-    if getattr(args, "format", "text") == "json":
-        return EXIT_OK, json.dumps(report.as_dict(), indent=2)
-    return EXIT_OK, report.render()
