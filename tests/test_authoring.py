@@ -13,11 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from accessguard import scenario
-from accessguard.authoring.cases import (
-    explain,
-    load_case_file,
-    run_policy_tests,
-)
+from accessguard.authoring.cases import load_case_file, run_policy_tests
+from accessguard.authoring.explain import explain
 from accessguard.authoring.lint import Finding, lint
 from accessguard.cli.tools import explain_command, lint_command, policy_test_command
 from accessguard.errors import AccessGuardError

@@ -14,13 +14,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from accessguard.authoring.cases import (
-    EXIT_FAILED,
-    EXIT_OK,
-    explain,
-    explain_data,
-    run_policy_tests,
-)
+from accessguard.authoring.cases import EXIT_FAILED, EXIT_OK, run_policy_tests
+from accessguard.authoring.explain import explain, explain_data
 from accessguard.authoring.learn import Period
 from accessguard.authoring.learn_report import learn
 from accessguard.authoring.lint import exit_code, lint, render
