@@ -14,6 +14,8 @@ import importlib
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from accessguard import moved
+
 if TYPE_CHECKING:
     from accessguard.analysis import Facts
     from accessguard.audit.sinks import AuditSink, JsonlSink, verify
@@ -42,6 +44,8 @@ except metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
     __version__ = "0.1.0"
 
 #: public name -> the module that defines it
+moved.install()  # 0.1's module paths still import, with a DeprecationWarning
+
 _HOMES = {
     "AccessDenied": "accessguard.errors",
     "AccessGuardError": "accessguard.errors",

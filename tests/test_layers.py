@@ -32,7 +32,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "accessguard"
 
 LAYERS: list[set[str]] = [
-    {"errors", "durations", "metrics"},
+    {"errors", "durations", "metrics", "moved"},
     {"policy", "tickets"},
     {"analysis", "throttle"},
     {"decision"},

@@ -105,3 +105,9 @@ def subject_export(
         readers=who_read(engine, customer=customer, window=window, scope=scope),
         entries=engine.entries(scope, str(customer), window),
     )
+
+
+def __getattr__(name: str) -> object:  # the 0.1 module's names, deprecated (accessguard.moved)
+    from accessguard.moved import moved_name
+
+    return moved_name(__name__, name)
