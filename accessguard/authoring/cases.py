@@ -3,13 +3,13 @@
 - :func:`run_policy_tests` (``accessguard test``): YAML files of cases (employee,
   ticket, SQL, expected outcome) decided against a policy directory, with a
   coverage report of the ``p`` lines that no passing allowed case used.
-- :func:`explain` (``accessguard explain``): what the analyser found in one
-  statement, the rule behind each access or the grant that is missing, the
-  decision, and the SQL that would be sent.
+- ``accessguard explain`` is :mod:`accessguard.authoring.explain`: what the
+  analyser found in one statement, the rule behind each access or the grant
+  that is missing, the decision, and the SQL that would be sent.
 
-``accessguard lint`` is :mod:`accessguard.lint`, ``accessguard replay``
-:mod:`accessguard.replay`. Each ``*_command`` takes the
-parsed CLI arguments and returns ``(exit code, text)``; nothing here prints.
+``accessguard lint`` is :mod:`accessguard.authoring.lint`, ``accessguard replay``
+:mod:`accessguard.investigate.replay`. The commands (``accessguard.cli.tools``)
+take the parsed arguments and return ``(exit code, text)``; nothing here prints.
 
 How a policy test file runs: every case goes through ``Guard.authorize`` in
 file order, on one guard per file (its own tickets, an in-memory audit, the

@@ -19,7 +19,7 @@ under that role and ticket kind is flagged (kept). Rules on tables the
 ledger does not cover (no row scope) are kept unless allowed statements are
 audited: without evidence, nothing is removed. It is never applied: the
 security team reviews it, and ``learn_command`` replays it over the same
-period (``accessguard.replay``) to show what it would have refused.
+period (``accessguard.investigate.replay``) to show what it would have refused.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``accessguard learn``'s run: events of a period in, a reviewed proposal and its replay out.
 
 ``learn`` ties ``accessguard.authoring.learn`` (credit the rules, propose the diff) to
-``accessguard.replay``: the period's events are written to a temporary audit
+``accessguard.investigate.replay``: the period's events are written to a temporary audit
 file, the proposal to a temporary copy of the policy directory, and the
 audited statements are re-decided under it against the current policy. What
 the ledger keeps without text (a fingerprint) cannot be replayed; those

@@ -1,6 +1,6 @@
 """Lint checks for edits that open or silently weaken access (``accessguard lint``).
 
-``accessguard.lint`` reads the files and finds malformed or redundant lines;
+``accessguard.authoring.lint`` reads the files and finds malformed or redundant lines;
 these checks look at what a well-formed directory *means*:
 
 =======  ==========================  =============================================

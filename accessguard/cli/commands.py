@@ -291,7 +291,7 @@ def _ask_engine(args: argparse.Namespace) -> int:
 
     The trail is verified first, streaming (no event is kept), and a broken
     trail fails the command as before; the answer comes from the engine
-    (accessguard.investigations), never from the events loaded into Python.
+    (accessguard.investigate), never from the events loaded into Python.
     """
     from accessguard.cli.investigate import run
 

@@ -203,7 +203,7 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:
-    """--from/--until and the trail index's options (accessguard.investigations)."""
+    """--from/--until and the trail index's options (accessguard.investigate)."""
     parser.add_argument(
         "--from",
         dest="from_",

@@ -49,7 +49,7 @@ class Plan:
     customers: frozenset[int]
     #: audit events every execution writes (shadow denials, watch-list and canary reads)
     notices: tuple[Decision, ...] = ()
-    #: rows named by a key only, probed before every execution (accessguard.probes)
+    #: rows named by a key only, probed before every execution (accessguard.engine.probes)
     probes: Probes | None = None
 
     def exactly(self, sent: str) -> Plan:

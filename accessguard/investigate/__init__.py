@@ -1,9 +1,9 @@
 """Investigations at scale: who-read, what-read and subject-export pushed down to an engine.
 
 - A JSON-lines trail is read by DuckDB (the ``investigate`` extra), through an
-  index of its ledger entries kept beside it (``accessguard.investigations.trail``).
+  index of its ledger entries kept beside it (``accessguard.investigate.trail``).
 - The PostgreSQL sink is asked in SQL over its indexed table
-  (``accessguard.investigations.sink``).
+  (``accessguard.investigate.sink``).
 
 Either way only the answer's groups reach Python, never the month's events,
 and the answers are exactly those of ``accessguard.investigate``'s in-Python

@@ -9,7 +9,7 @@ since the last refresh (by ``id``; ``ledger_hours_mark`` says how far), so it
 can run from cron or after each batch; it needs CREATE and INSERT on the
 ``accessguard`` schema, the questions only SELECT.
 
-The questions (accessguard.investigations.sink) read whole hours inside the
+The questions (accessguard.investigate.sink) read whole hours inside the
 window from the rollup, and from the events table only the entries the rollup
 does not hold: those of a partial hour at either end of the window, and those
 written after the mark. Sums, minima, maxima and unions compose, so the
@@ -26,7 +26,7 @@ import psycopg
 from accessguard.investigate.sink import KEY, LEDGER, ROLLUP, ROW, TABLE
 
 MARK = "accessguard.ledger_hours_mark"
-_WRITERS_LOCK = 0x61636365  # accessguard.pgsink's: writers hold it while inserting a batch
+_WRITERS_LOCK = 0x61636365  # accessguard.audit.pgsink's: writers hold it while inserting a batch
 _REFRESH_LOCK = 0x61676872  # "aghr": one refresher at a time
 
 _DDL = f"""

@@ -1,6 +1,6 @@
 """Questions over the PostgreSQL sink, asked as SQL on its indexed table.
 
-``accessguard.events`` (accessguard.pgsink) is partitioned by month on ``ts``
+``accessguard.events`` (accessguard.audit.pgsink) is partitioned by month on ``ts``
 and indexed on (subject_kind, subject_id, ts) and (user_name, ts). who-read
 and what-read are one statement each: the matching ledger rows are found
 through one of those indexes (and the window prunes partitions), summed per
@@ -62,7 +62,7 @@ KEY = "user_name, ticket_id, ticket_kind, subject_kind, subject_id, columns, tab
 # Built from the constants above only (no input): S608 does not apply.
 # One hash aggregate, grouped by the entry's key and by its arrays as they are
 # (a desk's statements have few shapes): the arrays of a group are united in
-# Python (accessguard.investigations.core), so no row is sorted or spilled.
+# Python (accessguard.investigate.core), so no row is sorted or spilled.
 _GROUPS = f"""
 SELECT {KEY}, sum(statements)::bigint, sum(rows)::bigint, min(first), max(last)
 FROM ({{rows}}) AS matched GROUP BY {KEY}

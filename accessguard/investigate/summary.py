@@ -1,4 +1,4 @@
-"""Per-employee volume, peers and outliers over the audit trail, for ``accessguard.report``.
+"""Per-employee volume, peers and outliers over the audit trail, for the HTML report.
 
 Outliers (``OUTLIER_RULE``): an employee is flagged "far above peers" when her
 distinct customers exceed ``max(3 x baseline, baseline + 10)``, or her rows
@@ -108,7 +108,7 @@ class Bucket:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Summary:
-    """Everything ``accessguard.report`` draws, computed from the events."""
+    """Everything ``accessguard.investigate.report`` draws, computed from the events."""
 
     since: dt.datetime | None
     start: dt.datetime | None
