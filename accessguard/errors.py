@@ -72,6 +72,12 @@ class Reason(enum.StrEnum):
     SETTINGS_INVALID = "settings.invalid"
     INTEGRATION_UNSUPPORTED = "integration.unsupported"
     AUDIT_KEY_INVALID = "audit.key_invalid"
+    # reported, never a refusal: an audit event and a warning at the first connection
+    SCHEMA_DRIFT = "schema.drift"
+    # the command line's own errors (exit 2, or 1 for a database error)
+    USAGE_INVALID = "usage.invalid"
+    FILE_UNREADABLE = "file.unreadable"
+    DATABASE_ERROR = "database.error"
 
 
 class AccessGuardError(Exception):

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from accessguard.errors import AccessGuardError, PolicyError
+from accessguard.errors import AccessGuardError, PolicyError, Reason
 
 if TYPE_CHECKING:
     pass
@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
-USAGE, FILE_ERROR, DATABASE_ERROR = "usage.invalid", "file.unreadable", "database.error"
+USAGE, FILE_ERROR, DATABASE_ERROR = (
+    str(Reason.USAGE_INVALID),
+    str(Reason.FILE_UNREADABLE),
+    str(Reason.DATABASE_ERROR),
+)
 
 
 def wants_json(argv: Sequence[str]) -> bool:

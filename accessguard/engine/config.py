@@ -251,7 +251,7 @@ class Configured:
                     "event.category": ["configuration", "database"],
                     "event.action": "schema.drift",
                     "event.outcome": "unknown",
-                    "event.reason": "schema.drift",
+                    "event.reason": str(Reason.SCHEMA_DRIFT),
                     "message": found.message,
                     "accessguard.schema.undeclared": list(found.undeclared),
                     "accessguard.schema.missing": list(found.missing),
