@@ -9,13 +9,14 @@ threat model are described in ``accessguard.audit.chain``.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import hmac
 import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accessguard.audit.chain import (
     DEMO_KEY,
@@ -35,7 +36,11 @@ from accessguard.audit.chain import (
     load_key,
     read_checkpoint,
 )
+from accessguard.audit.resume import Mark, prefix_digest, read_mark, write_mark
 from accessguard.audit.spool import TAMPERED
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Digest
 
 __all__ = ["ChainCheck", "Verification", "verify", "verify_events"]
 
@@ -181,11 +186,16 @@ def verify(
     *,
     key: bytes | FromEnv | None = FROM_ENV,
     collect: list[Event] | None = None,
+    resume: bool = False,
 ) -> Verification:
     """Check a JSON-lines trail, and its checkpoint beside it; name the first broken line.
 
     With ``collect``, every readable event is appended to it as it is read,
     also past a broken line (the verdict says where the chain stopped holding).
+    With ``resume`` (and no ``collect``), a keyed mark left by an earlier
+    verification lets the chain be checked from where it ended, once the bytes
+    before it hash the same (``accessguard.audit.resume``); a verified trail
+    leaves a new mark.
     """
     trail = Path(path)
     try:
@@ -205,13 +215,21 @@ def verify(
             checkpoint=cp.seq if cp is not None else None,
         )
     check = ChainCheck(load_key(key), checkpoint=cp)
-    lineno = torn = 0
+    start, first_line, digest = (0, 0, None)
+    if resume and collect is None:
+        start, first_line, digest = resumed(check, trail)
+    lineno, torn = first_line, 0
     failure: Verification | None = None
     with trail.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
+        fh.seek(start)
+        end = start
+        for lineno, raw in enumerate(fh, first_line + 1):
             if not raw.endswith(b"\n"):
                 torn = lineno  # the last line, cut by an interrupted write
                 break
+            if digest is not None and failure is None:
+                digest.update(raw)
+                end += len(raw)
             if not raw.strip():
                 continue
             event = _parse(raw)
@@ -225,6 +243,9 @@ def verify(
             elif failure is not None:
                 break
     result = failure or check.finish(lineno + 1)
+    if digest is not None and result.ok and check.key is not None:
+        lines = lineno - (1 if torn else 0)
+        write_mark(trail, mark_of(check, end, lines, digest))
     if torn:
         return Verification(
             result.ok,
@@ -236,6 +257,34 @@ def verify(
             torn_line=torn,
         )
     return result
+
+
+def resumed(check: ChainCheck, trail: Path) -> tuple[int, int, Digest]:
+    """Where verification of ``trail`` may go on: (byte offset, lines before it, the digest of
+    the bytes before it, to extend). (0, 0, a fresh digest) when no valid mark says more."""
+    mark = read_mark(trail)
+    cp = check.checkpoint
+    usable = (
+        mark is not None
+        and check.key is not None
+        and mark.valid(check.key, check.kid)
+        and (cp is None or cp.seq >= mark.seq)
+    )
+    if mark is not None and usable:
+        digest = prefix_digest(trail, mark.end)
+        if digest is not None and hmac.compare_digest(digest.hexdigest(), mark.digest):
+            check.count, check.prev, check.positioned = mark.seq, mark.hash, mark.positioned
+            if cp is not None and cp.seq == mark.seq:
+                check.at_checkpoint = mark.hash
+            return mark.end, mark.lines, digest
+    return 0, 0, hashlib.sha256()
+
+
+def mark_of(check: ChainCheck, end: int, lines: int, digest: Digest) -> Mark:
+    """The mark of a trail verified through byte ``end``, sealed with the check's key."""
+    return Mark(
+        check.count, check.prev, end, lines, digest.hexdigest(), check.kid, check.positioned
+    ).sealed(check.key)
 
 
 def _checkpoint_of(trail: Path) -> Checkpoint | None:
