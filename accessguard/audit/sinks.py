@@ -101,14 +101,47 @@ class JsonlSink:
         self._key = load_key(key)
         self.key_id = key_id(self._key)
         self._lock = threading.Lock()
+        #: group commit: writers waiting for the batch in flight, and whether one is
+        self._turn = threading.Condition()
+        self._queued: list[_Queued] = []
+        self._committing = False
 
     def check(self) -> None:
         """Raise AuditError unless the file and its checkpoint can be written and vouched for."""
         self._append([])
 
     def write(self, events: list[Event]) -> None:
-        if events:
-            self._append(events)
+        """Append ``events``; return once they are on disk (fsynced), or raise AuditError.
+
+        Group commit: writers that arrive while a batch is being written and
+        fsynced queue up, and the next of them writes every queued event in one
+        batch with one fsync. Each writer still returns only after its own
+        events are durable, and a batch that fails fails every writer in it.
+        """
+        if not events:
+            return
+        mine = _Queued(events)
+        with self._turn:
+            self._queued.append(mine)
+            while not mine.done and self._committing:
+                self._turn.wait()
+            if mine.done:
+                mine.raise_failure()
+                return
+            self._committing = True  # this writer leads the next batch
+            batch, self._queued = self._queued, []
+        failure: BaseException | None = None
+        try:
+            self._append([event for queued in batch for event in queued.events])
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            with self._turn:
+                for queued in batch:
+                    queued.done, queued.failure = True, failure
+                self._committing = False
+                self._turn.notify_all()
 
     def _append(self, events: list[Event]) -> None:
         try:
@@ -160,6 +193,28 @@ class JsonlSink:
 
     def __repr__(self) -> str:
         return f"JsonlSink({str(self.path)!r})"
+
+
+class _Queued:
+    """One writer's events in a group commit, and how their batch ended."""
+
+    __slots__ = ("done", "events", "failure")
+
+    def __init__(self, events: list[Event]) -> None:
+        self.events = events
+        self.done = False
+        self.failure: BaseException | None = None
+
+    def raise_failure(self) -> None:
+        """Raise this writer's own AuditError if its batch failed (the leader raised its own)."""
+        if self.failure is None:
+            return
+        message = (
+            self.failure.message
+            if isinstance(self.failure, AuditError)
+            else f"the audit batch failed ({type(self.failure).__name__})"
+        )
+        raise AuditError(message) from self.failure
 
 
 def canonical_line(event: Event) -> str:
