@@ -24,7 +24,7 @@ KEY = bytes(range(32))
 # a real EFBIG from the kernel, as a full disk gives ENOSPC.
 _DISK_FULL = textwrap.dedent("""
     import json, os, resource, sys
-    from accessguard.audit import Auditor, JsonlSink
+    from accessguard.audit.sinks import Auditor, JsonlSink
     from accessguard.errors import AuditError
 
     path, key = sys.argv[1], bytes.fromhex(sys.argv[2])
