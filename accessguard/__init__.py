@@ -14,9 +14,11 @@ import importlib
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from accessguard import moved
+
 if TYPE_CHECKING:
     from accessguard.analysis import Facts
-    from accessguard.audit import AuditSink, JsonlSink, verify
+    from accessguard.audit.sinks import AuditSink, JsonlSink, verify
     from accessguard.decision import Decision
     from accessguard.errors import (
         AccessDenied,
@@ -28,9 +30,14 @@ if TYPE_CHECKING:
         Throttled,
     )
     from accessguard.guard import Guard
-    from accessguard.policy import Policy, load_policy
-    from accessguard.tickets import FileTicketStore, MemoryTicketStore, PostgresTicketStore, Ticket
-    from accessguard.tickets_http import HttpTicketStore
+    from accessguard.policy.rules import Policy, load_policy
+    from accessguard.tickets.http import HttpTicketStore
+    from accessguard.tickets.stores import (
+        FileTicketStore,
+        MemoryTicketStore,
+        PostgresTicketStore,
+        Ticket,
+    )
 
 try:
     __version__ = metadata.version("accessguard")
@@ -38,27 +45,29 @@ except metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
     __version__ = "0.1.0"
 
 #: public name -> the module that defines it
+moved.install()  # 0.1's module paths still import, with a DeprecationWarning
+
 _HOMES = {
     "AccessDenied": "accessguard.errors",
     "AccessGuardError": "accessguard.errors",
     "AuditError": "accessguard.errors",
-    "AuditSink": "accessguard.audit",
+    "AuditSink": "accessguard.audit.sinks",
     "ConfigurationError": "accessguard.errors",
     "Decision": "accessguard.decision",
     "Facts": "accessguard.analysis",
-    "FileTicketStore": "accessguard.tickets",
+    "FileTicketStore": "accessguard.tickets.stores",
     "Guard": "accessguard.guard",
-    "HttpTicketStore": "accessguard.tickets_http",
-    "JsonlSink": "accessguard.audit",
-    "MemoryTicketStore": "accessguard.tickets",
-    "Policy": "accessguard.policy",
+    "HttpTicketStore": "accessguard.tickets.http",
+    "JsonlSink": "accessguard.audit.sinks",
+    "MemoryTicketStore": "accessguard.tickets.stores",
+    "Policy": "accessguard.policy.rules",
     "PolicyError": "accessguard.errors",
-    "PostgresTicketStore": "accessguard.tickets",
+    "PostgresTicketStore": "accessguard.tickets.stores",
     "Reason": "accessguard.errors",
     "Throttled": "accessguard.errors",
-    "Ticket": "accessguard.tickets",
-    "load_policy": "accessguard.policy",
-    "verify": "accessguard.audit",
+    "Ticket": "accessguard.tickets.stores",
+    "load_policy": "accessguard.policy.rules",
+    "verify": "accessguard.audit.sinks",
 }
 
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from accessguard.cli import main
+from accessguard.cli.app import main
 
 raise SystemExit(main())

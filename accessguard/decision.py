@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accessguard.analysis.facts import Const, Facts, KeyBinding, Param, ScopeRef
-from accessguard.catalog import SCOPE_KINDS
 from accessguard.errors import Reason
-from accessguard.policy import EVERYONE, NO_TICKET, Access, Policy
-from accessguard.tickets import Ticket
+from accessguard.policy.catalog import SCOPE_KINDS
+from accessguard.policy.rules import EVERYONE, NO_TICKET, Access, Policy
+from accessguard.tickets.stores import Ticket
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +360,7 @@ def key_checkable(key: KeyBinding, params: Any, table: str) -> Denial | None:
 
     Whether the rows belong to the ticket's subject is not decided here: the
     plan carries a probe the adapter runs before the statement is sent
-    (``accessguard.probes``); an adapter that cannot run it refuses.
+    (``accessguard.engine.probes``); an adapter that cannot run it refuses.
     """
     for value in key.values:
         if _resolve(value, params) is None:

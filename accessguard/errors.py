@@ -11,7 +11,9 @@ Exception tree::
 
 `AccessDenied` and `Throttled` also subclass psycopg's `InsufficientPrivilege`
 (SQLSTATE 42501), so SQLAlchemy and Django treat a refusal like a permission
-error and keep the connection usable.
+error and keep the connection usable. They are made on first use (PEP 562), so
+this module imports nothing at load: the analysis and the policy files, which
+need only `Reason` and `PolicyError`, never load the driver.
 
 Reason codes are a `StrEnum`. Like SQLSTATEs they are never renamed once
 released: scripts and SIEM rules match on them.
@@ -20,8 +22,8 @@ released: scripts and SIEM rules match on them.
 from __future__ import annotations
 
 import enum
-
-from psycopg.errors import InsufficientPrivilege
+import functools
+from typing import TYPE_CHECKING
 
 
 class Reason(enum.StrEnum):
@@ -73,6 +75,12 @@ class Reason(enum.StrEnum):
     SETTINGS_INVALID = "settings.invalid"
     INTEGRATION_UNSUPPORTED = "integration.unsupported"
     AUDIT_KEY_INVALID = "audit.key_invalid"
+    # reported, never a refusal: an audit event and a warning at the first connection
+    SCHEMA_DRIFT = "schema.drift"
+    # the command line's own errors (exit 2, or 1 for a database error)
+    USAGE_INVALID = "usage.invalid"
+    FILE_UNREADABLE = "file.unreadable"
+    DATABASE_ERROR = "database.error"
 
 
 class AccessGuardError(Exception):
@@ -103,11 +111,11 @@ def _rebuild(
     return err
 
 
-class AccessDenied(AccessGuardError, InsufficientPrivilege):
+class _Denied(AccessGuardError):
     """No rule allows the statement; it never reached the database."""
 
 
-class Throttled(AccessGuardError, InsufficientPrivilege):
+class _Throttled(AccessGuardError):
     """A volume limit refused the statement (or cut off its result)."""
 
     def __init__(
@@ -121,6 +129,39 @@ class Throttled(AccessGuardError, InsufficientPrivilege):
         super().__init__(message, reason=reason)
         self.limit = limit
         self.retry_after = retry_after
+
+
+if TYPE_CHECKING:
+    from psycopg.errors import InsufficientPrivilege
+
+    class AccessDenied(_Denied, InsufficientPrivilege):
+        """No rule allows the statement; it never reached the database."""
+
+    class Throttled(_Throttled, InsufficientPrivilege):
+        """A volume limit refused the statement (or cut off its result)."""
+
+
+@functools.cache
+def _refusals() -> dict[str, type[AccessGuardError]]:
+    """AccessDenied and Throttled, made on first use: they subclass psycopg's
+    InsufficientPrivilege, and only then is the driver imported (the analysis,
+    the policy files and the decision never load it)."""
+    from psycopg.errors import InsufficientPrivilege
+
+    made: dict[str, type[AccessGuardError]] = {}
+    for name, base in (("AccessDenied", _Denied), ("Throttled", _Throttled)):
+        made[name] = type(
+            name,
+            (base, InsufficientPrivilege),
+            {"__module__": __name__, "__qualname__": name, "__doc__": base.__doc__},
+        )
+    return made
+
+
+def __getattr__(name: str) -> type[AccessGuardError]:
+    if name in {"AccessDenied", "Throttled"}:
+        return _refusals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class PolicyError(AccessGuardError):

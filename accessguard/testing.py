@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from accessguard.audit import GENESIS, Event, seal
+from accessguard.audit.sinks import GENESIS, Event, seal
 
 
 class MemoryAuditSink:

@@ -55,7 +55,7 @@ from pglast.parser import ParseError, parse_sql_json
 
 import accessguard.scenario
 from accessguard import AccessGuardError, Guard, analysis
-from accessguard.adapters.psycopg3 import authorize_statement, convert_query
+from accessguard.adapters.psycopg3 import authorize_statement
 from accessguard.analysis import (
     MAX_SQL_LENGTH,
     Const,
@@ -68,8 +68,9 @@ from accessguard.analysis import (
 )
 from accessguard.analysis.crosscheck import crosscheck, verify_sent
 from accessguard.decision import Context, decide
+from accessguard.engine.paramstyle import convert_query
 from accessguard.guard import Session
-from accessguard.policy import NO_TICKET, Policy, load_policy
+from accessguard.policy.rules import NO_TICKET, Policy, load_policy
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 if str(TESTS) not in sys.path:

@@ -181,7 +181,7 @@ def in_process(
     """p50 of open + question + close per source and question, in this process."""
     import datetime as dt
 
-    from accessguard.investigations import Window, open_engine, what_read, who_read
+    from accessguard.investigate import Window, open_engine, what_read, who_read
 
     week = Window(
         start=dt.datetime(2026, 11, 9, 9, 30, tzinfo=dt.UTC),

@@ -44,9 +44,9 @@ from typing import Any
 
 from accessguard import AccessGuardError, Guard, scenario
 from accessguard.adapters.psycopg3 import authorize_statement
-from accessguard.audit import AuditSink, Event, JsonlSink
-from accessguard.lane import Session
-from accessguard.tickets import MemoryTicketStore, Ticket
+from accessguard.audit.sinks import AuditSink, Event, JsonlSink
+from accessguard.engine.lane import Session
+from accessguard.tickets.stores import MemoryTicketStore, Ticket
 
 START = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
 CANARY = 150  # the scenario's canary customer (policies/watchlist.toml)
@@ -423,7 +423,7 @@ def generate(  # noqa: PLR0913 - keyword-only sizes
     trail.unlink(missing_ok=True)
     sinks: list[Any] = [JsonlSink(trail, fsync=False)]
     if dsn is not None:
-        from accessguard.pgsink import PostgresSink
+        from accessguard.audit.pgsink import PostgresSink
 
         pg = PostgresSink(dsn)
         pg.setup()

@@ -55,7 +55,9 @@ class RlsDatabase:
     ticket_role: str
 
 
-def _policy_sql(table: str, column: str, *, customer_role: str, ticket_role: str) -> list[sql.SQL]:
+def _policy_sql(
+    table: str, column: str, *, customer_role: str, ticket_role: str
+) -> list[sql.SQL | sql.Composed]:
     """ENABLE RLS on ``table`` and its two policies (one per role)."""
     t, c = sql.Identifier(table), sql.Identifier(column)
     kinds = sql.SQL(", ").join(sql.Literal(k) for k in KINDS.get(table, DEFAULT_KINDS))

@@ -102,7 +102,7 @@ def _sent(
 ) -> tuple[Step, str] | None:
     """Raw psycopg executing the SQL the guard sends for ``query`` (None if it cannot tell)."""
     try:  # Guard.authorize and Session are what adapters use; not the application contract
-        from accessguard.adapters.psycopg3 import convert_query
+        from accessguard.engine.paramstyle import convert_query
         from accessguard.guard import Session
 
         converted, values = convert_query(query, params)
@@ -128,7 +128,7 @@ def _floor(bench: Bench, query: str, params: list[Any], user: str, ticket: str) 
     """
     from collections import deque
 
-    from accessguard.adapters.psycopg3 import convert_query
+    from accessguard.engine.paramstyle import convert_query
     from accessguard.guard import Session
 
     guard = bench.guard
@@ -474,7 +474,7 @@ distinct_customers = { count = 1000000, per = "1 hour" }
 
 def throttle(bench: Bench) -> list[Result]:
     """The volume limits' added cost: the same guarded point lookup with limits, without."""
-    from accessguard.throttle import load_limits
+    from accessguard.throttle.window import load_limits
 
     path = bench.tmp / "limits-generous.toml"
     path.write_text(_GENEROUS_LIMITS, encoding="utf-8")

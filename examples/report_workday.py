@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from accessguard import AccessGuardError, Guard, scenario
-from accessguard.audit import read_events
-from accessguard.investigate import render_table, who_read
-from accessguard.report import write_report
+from accessguard.audit.sinks import read_events
+from accessguard.investigate.report import write_report
+from accessguard.investigate.sums import render_table, who_read
 
 now = [dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)]
 

@@ -19,8 +19,8 @@ from psycopg import sql as pgsql
 from test_attacks import valid_ticket
 
 if TYPE_CHECKING:
-    from accessguard.policy import Policy
-    from accessguard.tickets import Ticket
+    from accessguard.policy.rules import Policy
+    from accessguard.tickets.stores import Ticket
 
 
 class ColumnRoles:

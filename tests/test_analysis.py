@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from accessguard import scenario
 from accessguard.analysis import Const, Facts, Param, analyze, subject_marker
-from accessguard.catalog import Catalog, load_catalog
 from accessguard.errors import Reason
+from accessguard.policy.catalog import Catalog, load_catalog
 
 CATALOG: Catalog = load_catalog(scenario.policies_dir() / "schema.toml")
 

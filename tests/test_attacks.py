@@ -32,14 +32,14 @@ from strategies import alice_selects, arbitrary_sql, mutated_sql
 
 import accessguard.scenario
 from accessguard import AccessGuardError, Guard
-from accessguard.adapters.psycopg3 import convert_query
 from accessguard.analysis import Facts, analyze
 from accessguard.decision import Context, decide
+from accessguard.engine.paramstyle import convert_query
 from accessguard.errors import Reason
 from accessguard.guard import LIMITS_FILE
-from accessguard.policy import POLICY_FILE, Policy, load_policy
+from accessguard.policy.rules import POLICY_FILE, Policy, load_policy
 from accessguard.testing import MemoryAuditSink
-from accessguard.tickets import Ticket
+from accessguard.tickets.stores import Ticket
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from accessguard import AccessDenied, AuditError, AuditSink, Guard, scenario
-from accessguard.audit import (
+from accessguard.audit.sinks import (
     GENESIS,
     HASH,
     Auditor,

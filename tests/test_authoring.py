@@ -13,19 +13,21 @@ from typing import TYPE_CHECKING
 import pytest
 
 from accessguard import scenario
-from accessguard.authoring import (
-    explain,
-    explain_command,
-    load_case_file,
-    policy_test_command,
-    run_policy_tests,
-)
+from accessguard.authoring.cases import load_case_file, run_policy_tests
+from accessguard.authoring.explain import explain
+from accessguard.authoring.lint import Finding, lint
+from accessguard.cli.tools import explain_command, lint_command, policy_test_command
 from accessguard.errors import AccessGuardError
 from accessguard.guard import Guard, Session
-from accessguard.lint import Finding, lint, lint_command
-from accessguard.replay import MAY_ALLOW, NEWLY_ALLOWED, NEWLY_DENIED, ReplayReport, replay
+from accessguard.investigate.replay import (
+    MAY_ALLOW,
+    NEWLY_ALLOWED,
+    NEWLY_DENIED,
+    ReplayReport,
+    replay,
+)
 from accessguard.testing import MemoryAuditSink
-from accessguard.tickets import Ticket
+from accessguard.tickets.stores import Ticket
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -15,15 +15,16 @@ from typing import Any
 
 import pytest
 
-from accessguard import cli, scenario
-from accessguard.breakglass import MAX_MINUTES, Scope
-from accessguard.breakglass_review import review
-from accessguard.elevations import RedisElevationStore
+from accessguard import scenario
+from accessguard.cli import app as cli
+from accessguard.engine.breakglass import MAX_MINUTES, Scope
 from accessguard.errors import AccessDenied, Throttled
 from accessguard.guard import Guard
-from accessguard.report import write_report
+from accessguard.investigate.elevations import review
+from accessguard.investigate.report import write_report
 from accessguard.testing import MemoryAuditSink
-from accessguard.tickets import Ticket
+from accessguard.tickets.elevations import RedisElevationStore
+from accessguard.tickets.stores import Ticket
 
 PHONE_42 = "SELECT phone FROM customers WHERE id = 42"
 REASON = "customer 42 locked out during a live outage, INC-7"

@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accessguard import AuditError, ConfigurationError
-from accessguard.audit import Auditor, JsonlSink, read_events
-from accessguard.chain import (
+from accessguard.audit.chain import (
     HASH,
     KEY_ENV,
     PREV,
@@ -23,8 +22,9 @@ from accessguard.chain import (
     key_id,
     load_key,
 )
-from accessguard.cli import main
-from accessguard.verification import verify
+from accessguard.audit.sinks import Auditor, JsonlSink, read_events
+from accessguard.audit.verification import verify
+from accessguard.cli.app import main
 
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))

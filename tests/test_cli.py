@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from accessguard import scenario
-from accessguard.cli import main
+from accessguard.cli.app import main
 
 POLICIES = str(scenario.policies_dir())
 TICKETS = str(scenario.tickets_file())

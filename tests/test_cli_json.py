@@ -13,7 +13,7 @@ import pytest
 from psycopg import sql
 
 from accessguard import scenario
-from accessguard.cli import main
+from accessguard.cli.app import main
 
 if TYPE_CHECKING:
     from casefiles import PgServerLike

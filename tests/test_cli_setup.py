@@ -12,8 +12,8 @@ import pytest
 from psycopg import sql
 
 from accessguard import scenario
-from accessguard.catalog import load_catalog
-from accessguard.cli import main
+from accessguard.cli.app import main
+from accessguard.policy.catalog import load_catalog
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -129,7 +129,7 @@ class TestSchemaPull:
         with psycopg.connect(scenario_dsn, autocommit=True) as conn:
             conn.execute("ALTER TABLE customers ADD COLUMN ssn text")
         with psycopg.connect(scenario_dsn) as conn:
-            from accessguard.schema_pull import pull
+            from accessguard.authoring.schema_pull import pull
 
             tables = {t.name: t for t in pull(conn)}
         assert tables["customers"].columns[-1] == "ssn"

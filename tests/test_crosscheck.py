@@ -21,7 +21,7 @@ from test_attacks import CASES, AttackCase, policies_without_limits
 
 import accessguard.scenario
 from accessguard import Guard
-from accessguard.adapters.psycopg3 import authorize_statement, convert_query
+from accessguard.adapters.psycopg3 import authorize_statement
 from accessguard.analysis import Facts, analyze, shape
 from accessguard.analysis.crosscheck import (
     _relations_short,
@@ -32,9 +32,10 @@ from accessguard.analysis.crosscheck import (
     statement_kinds,
     verify_sent,
 )
-from accessguard.catalog import load_catalog
+from accessguard.engine.paramstyle import convert_query
 from accessguard.errors import AccessGuardError, Reason
 from accessguard.guard import Session
+from accessguard.policy.catalog import load_catalog
 from accessguard.testing import MemoryAuditSink
 
 if TYPE_CHECKING:

@@ -25,10 +25,10 @@ from accessguard import (
     scenario,
 )
 from accessguard.analysis import shape
+from accessguard.engine.watch import PolicyWatcher, notify_policy_change
 from accessguard.guard import Session
-from accessguard.policy import load_policy
+from accessguard.policy.rules import load_policy
 from accessguard.testing import MemoryAuditSink
-from accessguard.watch import PolicyWatcher, notify_policy_change
 
 db = pytest.mark.db
 
@@ -373,13 +373,13 @@ class TestPlanCache:
     ) -> None:
         """A plan made on one connection serves the employee's next connection (a pool's)."""
         decided: list[tuple[str, str | None]] = []
-        fresh = guard._fresh
+        fresh = guard.fresh
 
         def counting(lane: Any, sql: str, *rest: Any) -> Any:
             decided.append((lane.session.user, lane.session.ticket))
             return fresh(lane, sql, *rest)
 
-        monkeypatch.setattr(guard, "_fresh", counting)
+        monkeypatch.setattr(guard, "fresh", counting)
         q = "SELECT name FROM customers WHERE id = %s"
         for user, ticket in [("alice", "T-100"), ("alice", "T-100"), ("mallory", "T-400")]:
             with guard.connect(scenario_dsn, user=user, ticket=ticket) as conn:
@@ -438,7 +438,7 @@ class TestPlanCache:
 
     def test_mapping_parameters_with_convert_are_sent_converted(self, guard: Guard) -> None:
         """A named-parameter statement converted by the lane sends values in $n order, twice."""
-        from accessguard.adapters.psycopg3 import convert_query
+        from accessguard.engine.paramstyle import convert_query
 
         session = Session(user="alice", ticket="T-100")
         q = "SELECT name FROM customers WHERE id = %(c)s AND name <> %(n)s"
@@ -894,7 +894,7 @@ class TestShapes:
             tokenized.append(sql)
             return shape(sql, dialect)
 
-        monkeypatch.setattr("accessguard.guard.shape", counting)
+        monkeypatch.setattr("accessguard.engine.gate.shape", counting)
         sent = guard.authorize(q.format(n=2), None, session, dialect="postgres").sql
         assert sent.endswith("id > 2 AND status <> 'x'")
         assert tokenized == []
@@ -917,7 +917,7 @@ class TestShapes:
             shaped.append(sql)
             return quick_shape(sql, dialect)
 
-        monkeypatch.setattr("accessguard.guard.quick_shape", counting)
+        monkeypatch.setattr("accessguard.engine.gate.quick_shape", counting)
         store = guard.tickets
         assert isinstance(store, MemoryTicketStore)
         session = Session(user="alice", ticket="T-100")

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from accessguard import ConfigurationError, Guard
-from accessguard.lane import Session
+from accessguard.engine.lane import Session
 from accessguard.testing import MemoryAuditSink
 
 NOT_NAMES: list[object] = [None, "", "   ", 42, b"alice", "\udcff"]

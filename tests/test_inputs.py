@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from accessguard import AccessDenied, AccessGuardError, Guard, scenario
 from accessguard.analysis import MAX_TOKENS, Facts, analyze, as_text, screen_placeholders
 from accessguard.analysis.redact import MAX_AUDIT_TEXT, MAX_SQL_LENGTH
-from accessguard.lane import Session
-from accessguard.policy import load_policy
+from accessguard.engine.lane import Session
+from accessguard.policy.rules import load_policy
 from accessguard.testing import MemoryAuditSink
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,10 +13,13 @@ import psycopg
 import pytest
 
 from accessguard import AccessDenied, Guard, scenario
-from accessguard.audit import JsonlSink, read_events
-from accessguard.chain import KEY_ENV
-from accessguard.cli import main
-from accessguard.investigate import (
+from accessguard.audit.chain import KEY_ENV
+from accessguard.audit.pgsink import PostgresSink
+from accessguard.audit.sinks import JsonlSink, read_events
+from accessguard.cli.app import main
+from accessguard.investigate.report import write_report
+from accessguard.investigate.summary import summarize
+from accessguard.investigate.sums import (
     cutoff,
     events_from_file,
     parse_since,
@@ -25,9 +28,6 @@ from accessguard.investigate import (
     what_read,
     who_read,
 )
-from accessguard.pgsink import PostgresSink
-from accessguard.report import write_report
-from accessguard.summary import summarize
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 AGENT = ["everyone", "support_agent"]

@@ -23,22 +23,15 @@ import pytest
 from casefiles import PgServerLike
 from psycopg import sql
 
-from accessguard import investigate
-from accessguard.audit import JsonlSink
-from accessguard.chain import checkpoint_path
-from accessguard.cli import main
-from accessguard.investigations import (
-    Engine,
-    Window,
-    open_engine,
-    subject_export,
-    what_read,
-    who_read,
-)
-from accessguard.investigations import command as command_module
-from accessguard.investigations.rollup import refresh
-from accessguard.investigations.sink import SinkEngine
-from accessguard.pgsink import PostgresSink
+from accessguard.audit.chain import checkpoint_path
+from accessguard.audit.pgsink import PostgresSink
+from accessguard.audit.sinks import JsonlSink
+from accessguard.cli import investigate as command_module
+from accessguard.cli.app import main
+from accessguard.investigate import Engine, Window, open_engine, subject_export, what_read, who_read
+from accessguard.investigate import sums as investigate
+from accessguard.investigate.rollup import refresh
+from accessguard.investigate.sink import SinkEngine
 from benchmarks.month import INSIDERS, generate
 
 UTC = dt.UTC

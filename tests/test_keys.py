@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from accessguard import AccessDenied, Guard, scenario
 from accessguard.analysis import analyze
-from accessguard.catalog import load_catalog
 from accessguard.errors import PolicyError
 from accessguard.guard import Session
+from accessguard.policy.catalog import load_catalog
 from accessguard.testing import MemoryAuditSink
 
 if TYPE_CHECKING:

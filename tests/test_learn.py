@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 from accessguard import scenario
-from accessguard.audit import read_events
-from accessguard.cli import main
+from accessguard.audit.pgsink import PostgresSink
+from accessguard.audit.pgsink import read_events as read_pg
+from accessguard.audit.sinks import read_events
+from accessguard.authoring.learn import Period
+from accessguard.authoring.learn_report import Learned, learn
+from accessguard.cli.app import main
 from accessguard.errors import AccessGuardError
 from accessguard.guard import Guard, Session
-from accessguard.learn import Period
-from accessguard.learn_report import Learned, learn
-from accessguard.pgsink import PostgresSink
-from accessguard.pgsink import read_events as read_pg
-from accessguard.policy import load_policy
-from accessguard.replay import NEWLY_DENIED, replay
+from accessguard.investigate.replay import NEWLY_DENIED, replay
+from accessguard.policy.rules import load_policy
 
 MONTH = dt.timedelta(days=30)
 PLANTED = "p, trust_safety, review_abuse, reviews.customer_id, read"
@@ -237,7 +237,7 @@ class TestLedgerOnly:
         self, policies: Path, tmp_path: Path
     ) -> None:
         """Control: checked against a policy without customers.email, alice's entry is refused."""
-        from accessguard.learn_report import check_ledger
+        from accessguard.authoring.learn_report import check_ledger
 
         audit = tmp_path / "audit.jsonl"
         audited(policies, audit, audit_allowed=False)

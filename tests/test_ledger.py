@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from accessguard import Guard, scenario
-from accessguard.audit import read_events, verify
+from accessguard.audit.sinks import read_events, verify
 from accessguard.guard import Session
 
 

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from accessguard import scenario
-from accessguard.lint import lint, lint_command
+from accessguard.authoring.lint import lint
+from accessguard.cli.tools import lint_command
 
 CASES: list[dict[str, Any]] = yaml.safe_load(
     (Path(__file__).parent / "cases" / "lint-edits.yaml").read_text(encoding="utf-8")

@@ -13,10 +13,10 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogR
 from opentelemetry.sdk.trace import TracerProvider
 
 from accessguard import Guard, scenario
-from accessguard.audit import chain_hash, verify
+from accessguard.audit.otelsink import OtelLogSink
+from accessguard.audit.sinks import chain_hash, verify
 from accessguard.errors import AuditError
 from accessguard.guard import Session
-from accessguard.otelsink import OtelLogSink
 from accessguard.testing import MemoryAuditSink
 
 REFUSED = "SELECT name, email FROM customers WHERE email = 'zebulon@secret.example'"

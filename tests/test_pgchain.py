@@ -11,10 +11,10 @@ import psycopg
 import pytest
 
 from accessguard import AuditError
-from accessguard.chain import HASH, KEY_ENV, PREV, SEQ, chain_hash
-from accessguard.cli import main
-from accessguard.pgsink import PostgresSink, read_events
-from accessguard.pgverify import verify
+from accessguard.audit.chain import HASH, KEY_ENV, PREV, SEQ, chain_hash
+from accessguard.audit.pgsink import PostgresSink, read_events
+from accessguard.audit.pgverify import verify
+from accessguard.cli.app import main
 
 pytestmark = pytest.mark.db
 

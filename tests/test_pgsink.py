@@ -9,9 +9,9 @@ import psycopg
 import pytest
 
 from accessguard import AuditError, Guard, scenario
-from accessguard.audit import verify_events
+from accessguard.audit.pgsink import PostgresSink, read_events
+from accessguard.audit.sinks import verify_events
 from accessguard.guard import Session
-from accessguard.pgsink import PostgresSink, read_events
 from accessguard.testing import MemoryAuditSink
 
 pytestmark = pytest.mark.db

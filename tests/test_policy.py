@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from accessguard import PolicyError, scenario
-from accessguard.policy import NO_TICKET, load_policy
+from accessguard.policy.rules import NO_TICKET, load_policy
 
 POLICY = load_policy(scenario.policies_dir())
 

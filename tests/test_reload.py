@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from accessguard import Guard, PolicyError, scenario
-from accessguard.policy import load_policy
+from accessguard.engine.watch import PolicyWatcher
+from accessguard.policy.rules import load_policy
 from accessguard.testing import MemoryAuditSink
-from accessguard.throttle import load_limits
-from accessguard.watch import PolicyWatcher
+from accessguard.throttle.window import load_limits
 
 SHADOW = "p, analyst, -, products.title, read\ng, dave, analyst\n"
 

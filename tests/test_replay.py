@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from accessguard import AccessGuardError, Guard, scenario
+from accessguard.cli.tools import replay_command
 from accessguard.guard import Session
-from accessguard.replay import NEWLY_DENIED, replay, replay_command
+from accessguard.investigate.replay import NEWLY_DENIED, replay
 
 PHONE_GRANT = "p, support_agent, order_issue, customers.phone, read\n"
 

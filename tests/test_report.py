@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from test_investigate import AGENT, T0, ledger_event, refusal_event, workload
 
-from accessguard.report import render_report, write_report
-from accessguard.summary import summarize
+from accessguard.investigate.report import render_report, write_report
+from accessguard.investigate.summary import summarize
 
 GENERATED = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
 CHROMIUM_FLAGS = (

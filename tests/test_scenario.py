@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from accessguard import scenario
-from accessguard.tickets import Ticket
+from accessguard.tickets.stores import Ticket
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

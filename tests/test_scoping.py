@@ -36,9 +36,9 @@ from test_attacks import (
 import accessguard.scenario
 from accessguard import AccessDenied, AccessGuardError, Guard, Throttled
 from accessguard.analysis import analyze, subject_marker
-from accessguard.catalog import load_catalog
 from accessguard.errors import Reason
-from accessguard.policy import load_policy
+from accessguard.policy.catalog import load_catalog
+from accessguard.policy.rules import load_policy
 from accessguard.testing import MemoryAuditSink
 
 if TYPE_CHECKING:

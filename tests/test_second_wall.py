@@ -20,8 +20,8 @@ import pytest
 import accessguard.scenario
 from accessguard import AccessDenied, Guard
 from accessguard.adapters.psycopg3 import authorize_statement
-from accessguard.catalog import SchemaDriftWarning, drift, load_catalog
 from accessguard.guard import Session
+from accessguard.policy.catalog import SchemaDriftWarning, drift, load_catalog
 from accessguard.testing import MemoryAuditSink
 
 if TYPE_CHECKING:

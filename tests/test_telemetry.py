@@ -14,15 +14,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from accessguard import (
-    AccessDenied,
-    ConfigurationError,
-    Guard,
-    Throttled,
-    Ticket,
-    scenario,
-    telemetry,
-)
+from accessguard import AccessDenied, ConfigurationError, Guard, Throttled, Ticket, scenario
+from accessguard.engine import telemetry
 from accessguard.errors import AuditError
 from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink
@@ -234,7 +227,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from accessguard import Guard, scenario, telemetry
+from accessguard import Guard, scenario
+from accessguard.engine import telemetry
 from accessguard.errors import AuditError
 from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink
@@ -260,7 +254,8 @@ print(json.dumps({"off": off, "spans": sorted(s.name for s in spans),
 MISSING = """
 import sys
 sys.modules["opentelemetry"] = None
-from accessguard import Guard, scenario, telemetry
+from accessguard import Guard, scenario
+from accessguard.engine import telemetry
 from accessguard.testing import MemoryAuditSink
 guard = Guard.from_directory(scenario.policies_dir(), tickets=scenario.tickets(),
                              audit=MemoryAuditSink())

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from accessguard import ConfigurationError, PolicyError, Reason, Throttled, scenario
-from accessguard.policy import load_policy
-from accessguard.throttle import (
+from accessguard.policy.rules import load_policy
+from accessguard.throttle.window import (
     EffectiveLimits,
     Limits,
     Rule,
@@ -681,14 +681,14 @@ class TestOneDurationSyntax:
     def test_limits_accept_the_command_line_spelling_too(self, per: str, seconds: int) -> None:
         """limits.toml's `per` takes "1h" as well as "1 hour" (one syntax with --since)."""
         from accessguard.durations import parse_seconds
-        from accessguard.investigate import parse_since
+        from accessguard.investigate.sums import parse_since
 
         assert parse_seconds(per) == seconds
         assert parse_since(per).total_seconds() == seconds
 
     def test_a_limits_file_written_with_letters_loads(self, tmp_path: Path) -> None:
         """A limits.toml saying per = "1h" loads as the hour "1 hour" means."""
-        from accessguard.throttle import load_limits
+        from accessguard.throttle.window import load_limits
 
         path = tmp_path / "limits.toml"
         path.write_text(

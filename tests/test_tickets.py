@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from accessguard import FileTicketStore, PolicyError
-from accessguard.tickets import read_ticket_file
+from accessguard.tickets.stores import read_ticket_file
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

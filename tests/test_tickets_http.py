@@ -21,14 +21,14 @@ from accessguard import scenario
 from accessguard.errors import AccessDenied
 from accessguard.guard import Guard
 from accessguard.testing import MemoryAuditSink
-from accessguard.tickets import Ticket, TicketStore
-from accessguard.tickets_http import (
+from accessguard.tickets.http import (
     SIGNATURE_HEADER,
     HttpTicketStore,
     TicketStoreUnavailable,
     sign,
     webhook_app,
 )
+from accessguard.tickets.stores import Ticket, TicketStore
 
 SECRET = b"shared-webhook-secret"
 NAME_42 = "SELECT name FROM customers WHERE id = 42"

@@ -13,10 +13,10 @@ import psycopg
 import pytest
 
 from accessguard import AccessDenied, AuditError, Guard, scenario
-from accessguard.audit import read_events
+from accessguard.audit.pgsink import PostgresSink
+from accessguard.audit.sinks import read_events
+from accessguard.audit.verification import verify
 from accessguard.guard import Session
-from accessguard.pgsink import PostgresSink
-from accessguard.verification import verify
 
 KEY = bytes(range(32))
 
@@ -24,7 +24,7 @@ KEY = bytes(range(32))
 # a real EFBIG from the kernel, as a full disk gives ENOSPC.
 _DISK_FULL = textwrap.dedent("""
     import json, os, resource, sys
-    from accessguard.audit import Auditor, JsonlSink
+    from accessguard.audit.sinks import Auditor, JsonlSink
     from accessguard.errors import AuditError
 
     path, key = sys.argv[1], bytes.fromhex(sys.argv[2])
@@ -49,7 +49,7 @@ _DISK_FULL = textwrap.dedent("""
 
 _SPOOL_FULL = textwrap.dedent("""
     import json, os, resource, sys
-    from accessguard.pgsink import PostgresSink
+    from accessguard.audit.pgsink import PostgresSink
     from accessguard.errors import AuditError
 
     dsn, spool = sys.argv[1], sys.argv[2]

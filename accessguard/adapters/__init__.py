@@ -10,10 +10,11 @@ import psycopg
 from accessguard.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from accessguard.guard import Guard, Session
+    from accessguard.engine.gate import Gate
+    from accessguard.engine.lane import Session
 
 
-def wrap_connection(guard: Guard, connection: Any, session: Session, *, dialect: str | None) -> Any:
+def wrap_connection(guard: Gate, connection: Any, session: Session, *, dialect: str | None) -> Any:
     """Pick the adapter for ``connection``: psycopg 3, sqlite3, or generic DB-API 2.0."""
     if isinstance(connection, psycopg.Connection):
         from accessguard.adapters.psycopg3 import GuardedConnection

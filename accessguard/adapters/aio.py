@@ -1,6 +1,6 @@
 """Guarded psycopg 3 AsyncConnection and cursors: the sync adapter's twin, awaiting instead.
 
-The decision is the guard's (``Guard.authorize``), the query conversion is the
+The decision is the guard's (``Gate.authorize``), the query conversion is the
 sync adapter's (``convert_query``, ``_query_text``): this module only waits.
 Every path that sends SQL is checked first: execute, executemany, stream,
 named (server-side) cursors. COPY and pipeline mode are refused. As in the
@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from accessguard import probes
 from accessguard.adapters.base import CHUNK, NOTHING, RowCounter
 from accessguard.adapters.psycopg3 import (
     DIALECT,
@@ -29,16 +28,18 @@ from accessguard.adapters.psycopg3 import (
     authorize_statement,
     refuse_hooks,
 )
+from accessguard.engine import probes
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from accessguard.guard import Authorized, Guard, Session
+    from accessguard.engine.gate import Gate
+    from accessguard.engine.lane import Authorized, Session
 
 
 def wrap_async(
-    guard: Guard, aconn: psycopg.AsyncConnection[Any], session: Session
+    guard: Gate, aconn: psycopg.AsyncConnection[Any], session: Session
 ) -> AsyncGuardedConnection:
     """Guard an open psycopg AsyncConnection for ``session``'s employee and ticket."""
     return AsyncGuardedConnection(guard, aconn, session)
@@ -120,7 +121,7 @@ class AsyncStreamed:
 
 
 async def _probed(
-    guard: Guard, ok: Authorized, connection: Any, rows: AsyncIterator[Any]
+    guard: Gate, ok: Authorized, connection: Any, rows: AsyncIterator[Any]
 ) -> AsyncIterator[Any]:
     """``rows`` (a stream not yet started), after ``ok``'s probe passed."""
     try:
@@ -317,7 +318,7 @@ class AsyncTransactionBlock:
 class AsyncGuardedConnection:
     """A psycopg 3 AsyncConnection acting for one employee on one ticket."""
 
-    def __init__(self, guard: Guard, raw: psycopg.AsyncConnection[Any], session: Session) -> None:
+    def __init__(self, guard: Gate, raw: psycopg.AsyncConnection[Any], session: Session) -> None:
         self._guard = guard
         self._raw = raw
         self._session = session
@@ -325,7 +326,7 @@ class AsyncGuardedConnection:
 
     @classmethod
     async def connect(
-        cls, guard: Guard, conninfo: str, session: Session, **kwargs: Any
+        cls, guard: Gate, conninfo: str, session: Session, **kwargs: Any
     ) -> AsyncGuardedConnection:
         refuse_hooks(guard, session, kwargs, (psycopg.AsyncCursor, psycopg.AsyncClientCursor))
         return cls(guard, await psycopg.AsyncConnection.connect(conninfo, **kwargs), session)

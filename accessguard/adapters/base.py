@@ -24,14 +24,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+from accessguard.engine.lane import authorized
 from accessguard.errors import Reason
-from accessguard.lane import authorized
 
 if TYPE_CHECKING:
+    from accessguard.audit.ledger import Tally
+    from accessguard.engine.gate import Gate
+    from accessguard.engine.lane import Authorized, Session
+    from accessguard.engine.plan import Plan
     from accessguard.errors import AccessGuardError
-    from accessguard.guard import Authorized, Guard, Session
-    from accessguard.ledger import Tally
-    from accessguard.plan import Plan
 
 #: rows a guarded iteration asks the driver for at a time (a named cursor's round trip)
 CHUNK = 100
@@ -44,7 +45,7 @@ class RowCounter:
     """The row gate every guarded cursor shares, sync or async."""
 
     _raw: Any
-    _guard: Guard
+    _guard: Gate
     _session: Session
     _dialect: str = "postgres"
     #: the statement whose result the driver's cursor holds now
@@ -53,7 +54,7 @@ class RowCounter:
     def _refused(self, st: Authorized, n: int) -> AccessGuardError:
         """The refusal of ``n`` rows ``st.take`` declined (audited); raise it."""
         tally = st.tally
-        if tally is not None and tally.ledger._closed:
+        if tally is not None and tally.ledger.closed:
             return self._guard.refuse(
                 Reason.GUARD_CLOSED,
                 "Refused: the guard was closed; rows it cannot account for are not handed over.",

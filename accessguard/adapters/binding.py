@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from accessguard.errors import ConfigurationError, Reason
 
 if TYPE_CHECKING:
-    from accessguard.guard import Guard, Session
+    from accessguard.engine.gate import Gate
+    from accessguard.engine.lane import Session
 
 UNBOUND_MESSAGE = (
     "Refused: no employee is bound here (a thread or response body started outside the "
@@ -22,7 +23,7 @@ UNBOUND_MESSAGE = (
 )
 
 
-def bound_session(guard: Guard, *, integration: str) -> Session:
+def bound_session(guard: Gate, *, integration: str) -> Session:
     """The employee bound by ``guard.acting_as``; nobody bound: audited, ConfigurationError."""
     try:
         return guard.current_session()
@@ -30,7 +31,7 @@ def bound_session(guard: Guard, *, integration: str) -> Session:
         raise refuse_unbound(guard, integration=integration) from None
 
 
-def refuse_unbound(guard: Guard, *, integration: str) -> ConfigurationError:
+def refuse_unbound(guard: Gate, *, integration: str) -> ConfigurationError:
     """Audit a statement refused because nobody is bound; return the error to raise."""
     guard.auditor.emit(
         **{

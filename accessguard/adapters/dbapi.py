@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from accessguard import probes
 from accessguard.adapters.base import NOTHING, CountingCursor
+from accessguard.engine import probes
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from accessguard.guard import Authorized, Guard, Session
+    from accessguard.engine.gate import Gate
+    from accessguard.engine.lane import Authorized, Session
 
 
 class GuardedDbapiCursor(CountingCursor):
@@ -119,7 +120,7 @@ class GuardedDbapiCursor(CountingCursor):
 class GuardedDbapiConnection:
     """A DB-API 2.0 connection acting for one employee on one ticket."""
 
-    def __init__(self, guard: Guard, raw: Any, session: Session, *, dialect: str) -> None:
+    def __init__(self, guard: Gate, raw: Any, session: Session, *, dialect: str) -> None:
         self._guard = guard
         self._raw = raw
         self._session = session

@@ -93,18 +93,18 @@ from django.db import connections
 from django.db.backends.signals import connection_created
 from django.utils.module_loading import import_string
 
-from accessguard import probes
 from accessguard.adapters.binding import bound_session
 from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
+from accessguard.engine import probes
+from accessguard.engine.gate import Gate
 from accessguard.errors import AccessDenied, ConfigurationError, Reason
-from accessguard.guard import Guard
-from accessguard.tickets import FileTicketStore
+from accessguard.tickets.stores import FileTicketStore
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-    from accessguard.guard import Authorized, Session
+    from accessguard.engine.lane import Authorized, Session
 
 Resolver = Callable[["HttpRequest"], "tuple[str, str | None] | None"]
 
@@ -125,10 +125,10 @@ class _Exemption:
 #: the ``unguarded()`` block this context is in, if any (never inherited by a new thread)
 _exempt: ContextVar[_Exemption | None] = ContextVar("accessguard_django_exempt", default=None)
 #: the guard ``guarded(guard=...)`` chose for this context (else the settings' guard)
-_block_guard: ContextVar[Guard | None] = ContextVar("accessguard_django_guard", default=None)
+_block_guard: ContextVar[Gate | None] = ContextVar("accessguard_django_guard", default=None)
 
 
-def _active_guard(explicit: Guard | None = None) -> Guard:
+def _active_guard(explicit: Gate | None = None) -> Gate:
     chosen = _block_guard.get()
     if chosen is not None:
         return chosen
@@ -145,11 +145,11 @@ class GuardExecuteWrapper:
     ``guarded(guard=...)``), looked up per statement.
     """
 
-    def __init__(self, guard: Guard | None = None) -> None:
+    def __init__(self, guard: Gate | None = None) -> None:
         self._guard = guard
 
     @property
-    def guard(self) -> Guard:
+    def guard(self) -> Gate:
         return _active_guard(self._guard)
 
     def __call__(
@@ -230,7 +230,7 @@ class GuardExecuteWrapper:
 
 
 def _authorize(  # noqa: PLR0913 - one statement's inputs
-    guard: Guard, raw: Any, sql: str, params: Any, session: Session, *, client: bool
+    guard: Gate, raw: Any, sql: str, params: Any, session: Session, *, client: bool
 ) -> Authorized:
     return authorize_statement(
         guard.lane(session, DIALECT),
@@ -241,7 +241,7 @@ def _authorize(  # noqa: PLR0913 - one statement's inputs
     )
 
 
-def _count(guard: Guard, raw: Any, ok: Authorized) -> None:
+def _count(guard: Gate, raw: Any, ok: Authorized) -> None:
     """Count the result's rows (all in client memory now); over the cap, withhold them all.
 
     Any statement that returns rows is capped, ``UPDATE ... RETURNING`` as much
@@ -283,7 +283,7 @@ def _undoable(conn: psycopg.Connection[Any]) -> Iterator[None]:
     conn.execute("COMMIT" if began else f"RELEASE SAVEPOINT {_UNDO}")
 
 
-def _refuse_path(guard: Guard, message: str, session: Session) -> AccessDenied:
+def _refuse_path(guard: Gate, message: str, session: Session) -> AccessDenied:
     return guard.refuse(Reason.PATH_FORBIDDEN, message, session, kind="unknown")
 
 
@@ -325,7 +325,7 @@ def _installed(db: BaseDatabaseWrapper) -> bool:
 def guarded(
     connection: BaseDatabaseWrapper | None = None,
     *,
-    guard: Guard | None = None,
+    guard: Gate | None = None,
     user: str | None = None,
     ticket: str | None = None,
 ) -> Iterator[BaseDatabaseWrapper]:
@@ -357,7 +357,7 @@ def guarded(
 
 
 @contextmanager
-def unguarded(*, by: str, reason: str, guard: Guard | None = None) -> Iterator[None]:
+def unguarded(*, by: str, reason: str, guard: Gate | None = None) -> Iterator[None]:
     """Let this context's statements through unchecked: migrations, management commands.
 
     Explicit and audited: opening the block writes an audit event naming
@@ -387,7 +387,7 @@ def unguarded(*, by: str, reason: str, guard: Guard | None = None) -> Iterator[N
         _audit_exemption(chosen, exemption, "end")
 
 
-def _audit_exemption(guard: Guard, exemption: _Exemption, phase: str) -> None:
+def _audit_exemption(guard: Gate, exemption: _Exemption, phase: str) -> None:
     guard.auditor.emit(
         **{
             "event.kind": "event",
@@ -432,7 +432,7 @@ class AccessGuardMiddleware:
 
 
 def _bind_body(
-    response: StreamingHttpResponse, guard: Guard, user: str, ticket: str | None
+    response: StreamingHttpResponse, guard: Gate, user: str, ticket: str | None
 ) -> None:
     """Produce each chunk of a streaming body inside the request's binding."""
     parts: Any = response.streaming_content
@@ -443,7 +443,7 @@ def _bind_body(
 
 
 def _bound_sync(
-    parts: Iterable[bytes], guard: Guard, user: str, ticket: str | None
+    parts: Iterable[bytes], guard: Gate, user: str, ticket: str | None
 ) -> Iterator[bytes]:
     iterator = iter(parts)
     while True:
@@ -456,7 +456,7 @@ def _bound_sync(
 
 
 async def _bound_async(
-    parts: AsyncIterator[bytes], guard: Guard, user: str, ticket: str | None
+    parts: AsyncIterator[bytes], guard: Gate, user: str, ticket: str | None
 ) -> AsyncIterator[bytes]:
     iterator = aiter(parts)
     while True:
@@ -480,12 +480,12 @@ def default_resolver(request: HttpRequest) -> tuple[str, str | None] | None:
 # ---------------------------------------------------------------------- settings
 
 
-_guards: dict[tuple[str, str, str], Guard] = {}
+_guards: dict[tuple[str, str, str], Gate] = {}
 #: the settings dict last resolved, and its guard (cleared when the setting changes)
-_resolved: list[tuple[dict[str, Any], Guard]] = []
+_resolved: list[tuple[dict[str, Any], Gate]] = []
 
 
-def get_guard() -> Guard:
+def get_guard() -> Gate:
     """The guard named or described by ``settings.ACCESSGUARD`` (resolved once per setting)."""
     config = _config()
     if _resolved and _resolved[0][0] is config:
@@ -495,13 +495,13 @@ def get_guard() -> Guard:
     return guard
 
 
-def _build_guard(config: dict[str, Any]) -> Guard:
+def _build_guard(config: dict[str, Any]) -> Gate:
     named = config.get("GUARD")
     if named is not None:
         found = import_string(named) if isinstance(named, str) else named
-        if not isinstance(found, Guard) and callable(found):
+        if not isinstance(found, Gate) and callable(found):
             found = found()
-        if not isinstance(found, Guard):
+        if not isinstance(found, Gate):
             raise ConfigurationError(
                 "ACCESSGUARD['GUARD'] is not a Guard", reason=Reason.SETTINGS_INVALID
             )
@@ -517,7 +517,7 @@ def _build_guard(config: dict[str, Any]) -> Guard:
     if guard is None:
         if isinstance(tickets, str | Path):
             tickets = FileTicketStore(tickets)
-        guard = _guards[key] = Guard.from_directory(policies, tickets=tickets, audit=audit)
+        guard = _guards[key] = Gate.from_directory(policies, tickets=tickets, audit=audit)
     return guard
 
 

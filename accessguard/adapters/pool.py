@@ -29,14 +29,13 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from accessguard.adapters.aio import AsyncGuardedConnection, AsyncGuardedCursor
 from accessguard.adapters.base import NOTHING
 from accessguard.adapters.psycopg3 import DIALECT, GuardedConnection, GuardedCursor
+from accessguard.engine.lane import Ended, Session
 from accessguard.errors import ConfigurationError, Reason
-from accessguard.guard import Session
-from accessguard.lane import Ended
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from accessguard.guard import Guard
+    from accessguard.engine.gate import Gate
 
 ConnectionCallback = Callable[[psycopg.Connection[Any]], None]
 AsyncConnectionCallback = Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]
@@ -56,7 +55,7 @@ class _Returned:
 _RETURNED = _Returned()
 
 
-def _session(guard: Guard, user: str | None, ticket: str | None) -> Session:
+def _session(guard: Gate, user: str | None, ticket: str | None) -> Session:
     """The employee a checkout is for: named, or bound by ``guard.acting_as``."""
     if user is not None:
         return Session(user=user, ticket=ticket)
@@ -73,7 +72,7 @@ def _session(guard: Guard, user: str | None, ticket: str | None) -> Session:
 class PooledConnection(GuardedConnection):
     """A guarded connection valid for one checkout only: its cursors belong to the checkout."""
 
-    def __init__(self, guard: Guard, raw: psycopg.Connection[Any], session: Session) -> None:
+    def __init__(self, guard: Gate, raw: psycopg.Connection[Any], session: Session) -> None:
         super().__init__(guard, raw, session)
         #: every cursor made during the checkout, whichever method made it
         self._cursors: weakref.WeakSet[GuardedCursor] = weakref.WeakSet()
@@ -176,7 +175,7 @@ class GuardedPool:
 
     def __init__(
         self,
-        guard: Guard,
+        guard: Gate,
         conninfo: str = "",
         *,
         open: bool = True,  # noqa: A002 - psycopg_pool's own parameter name
@@ -237,7 +236,7 @@ class GuardedPool:
 class AsyncPooledConnection(AsyncGuardedConnection):
     """An async guarded connection valid for one checkout only (the sync one's twin)."""
 
-    def __init__(self, guard: Guard, raw: psycopg.AsyncConnection[Any], session: Session) -> None:
+    def __init__(self, guard: Gate, raw: psycopg.AsyncConnection[Any], session: Session) -> None:
         super().__init__(guard, raw, session)
         self._cursors: weakref.WeakSet[AsyncGuardedCursor] = weakref.WeakSet()
         self._returned = False
@@ -329,7 +328,7 @@ class GuardedAsyncPool:
 
     def __init__(
         self,
-        guard: Guard,
+        guard: Gate,
         conninfo: str = "",
         *,
         reset: AsyncConnectionCallback | None = None,

@@ -1,6 +1,6 @@
 """Guarded psycopg 3 connections and cursors: the only module that imports psycopg.
 
-Every path that sends SQL goes through ``Guard.authorize`` first: execute,
+Every path that sends SQL goes through ``Gate.authorize`` first: execute,
 executemany, stream, named (server-side) cursors. COPY and pipeline mode are
 refused. The guarded objects expose an explicit set of methods; there is no
 ``__getattr__`` fall-through to the raw connection, so nothing unguarded leaks.
@@ -19,26 +19,19 @@ from typing import TYPE_CHECKING, Any, cast
 import psycopg
 from psycopg import rows
 from psycopg import sql as pgsql
-from psycopg._queries import PostgresQuery, _query2pg
 
-from accessguard import probes
 from accessguard.adapters.base import NOTHING, CountingCursor, Streamed
+from accessguard.engine import probes
+from accessguard.engine.paramstyle import convert_query
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from accessguard.guard import Authorized, Guard, Session
-    from accessguard.lane import Lane
+    from accessguard.engine.gate import Gate
+    from accessguard.engine.lane import Authorized, Lane, Session
 
 DIALECT = "postgres"
-
-
-def convert_query(query: str, params: Sequence[Any] | Mapping[str, Any]) -> tuple[str, list[Any]]:
-    """psycopg's conversion: ``%s``/``%(name)s`` -> ``$n``, and the values in ``$n`` order."""
-    converted, _formats, order, parts = _query2pg(query.encode(), "utf-8")
-    values = PostgresQuery.validate_and_reorder_params(parts, params, order)
-    return converted.decode(), list(values)
 
 
 def authorize_statement(
@@ -57,7 +50,7 @@ def authorize_statement(
     parameters. Otherwise ``%s`` / ``%(name)s`` become ``$n`` first; for
     positional parameters (whose order that keeps) only when a plan is made.
     ``probing``: the caller runs ``Authorized.probe`` before sending it
-    (``accessguard.probes.run``); otherwise a key-bound statement is refused.
+    (``accessguard.engine.probes.run``); otherwise a key-bound statement is refused.
     """
     if mogrify is None:
         if type(params) is list or type(params) is tuple:
@@ -102,7 +95,7 @@ def psycopg_row_factory(factory: object) -> bool:
 
 
 def refuse_hooks(
-    guard: Guard, session: Session, options: Mapping[str, Any], cursor_classes: tuple[type, ...]
+    guard: Gate, session: Session, options: Mapping[str, Any], cursor_classes: tuple[type, ...]
 ) -> None:
     """Refuse (audited) options that would hand the driver's own objects to other code.
 
@@ -360,7 +353,7 @@ class TransactionBlock:
 class GuardedConnection:
     """A psycopg 3 connection acting for one employee on one ticket."""
 
-    def __init__(self, guard: Guard, raw: psycopg.Connection[Any], session: Session) -> None:
+    def __init__(self, guard: Gate, raw: psycopg.Connection[Any], session: Session) -> None:
         self._guard = guard
         self._raw = raw
         self._session = session
@@ -368,10 +361,12 @@ class GuardedConnection:
 
     @classmethod
     def connect(
-        cls, guard: Guard, conninfo: str, session: Session, **kwargs: Any
+        cls, guard: Gate, conninfo: str, session: Session, **kwargs: Any
     ) -> GuardedConnection:
         refuse_hooks(guard, session, kwargs, (psycopg.Cursor, psycopg.ClientCursor))
-        return cls(guard, psycopg.Connection.connect(conninfo, **kwargs), session)
+        raw = psycopg.Connection.connect(conninfo, **kwargs)
+        guard.check_schema(raw)  # the raw connection, before any statement
+        return cls(guard, raw, session)
 
     @property
     def user(self) -> str:

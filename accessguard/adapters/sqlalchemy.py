@@ -62,9 +62,9 @@ from sqlalchemy.sql.expression import (
 )
 from sqlalchemy.util import concurrency
 
-from accessguard import probes
 from accessguard.adapters.binding import bound_session
 from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
+from accessguard.engine import probes
 from accessguard.errors import AccessDenied, AccessGuardError, ConfigurationError, Reason
 
 if TYPE_CHECKING:
@@ -73,7 +73,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from accessguard.guard import Authorized, Guard, Session
+    from accessguard.engine.gate import Gate
+    from accessguard.engine.lane import Authorized, Session
 
 _DRIVERS = frozenset({"psycopg", "psycopg_async"})
 _SAVEPOINT_TEXT = re.compile(
@@ -88,10 +89,10 @@ _UNDO = "_accessguard_row_cap"
 _await: Any = getattr(concurrency, "await_", None) or concurrency.await_only
 
 #: engines instrumented so far, and the guard of each
-_INSTRUMENTED: weakref.WeakKeyDictionary[Engine, Guard] = weakref.WeakKeyDictionary()
+_INSTRUMENTED: weakref.WeakKeyDictionary[Engine, Gate] = weakref.WeakKeyDictionary()
 
 
-def instrument(guard: Guard, engine: Engine | AsyncEngine) -> Engine | AsyncEngine:
+def instrument(guard: Gate, engine: Engine | AsyncEngine) -> Engine | AsyncEngine:
     """Guard every statement ``engine`` sends; return the engine. Idempotent per guard."""
     sync_engine = cast("Engine", getattr(engine, "sync_engine", engine))  # AsyncEngine: its core
     dialect = sync_engine.dialect
@@ -120,7 +121,7 @@ def instrument(guard: Guard, engine: Engine | AsyncEngine) -> Engine | AsyncEngi
 class _Listener:
     """The engine events of one guard: decide before, count after, surface refusals."""
 
-    def __init__(self, guard: Guard) -> None:
+    def __init__(self, guard: Gate) -> None:
         self.guard = guard
         #: what each psycopg cursor was last allowed to run (read by ``after``)
         self.sent: weakref.WeakKeyDictionary[Any, Authorized] = weakref.WeakKeyDictionary()
@@ -298,7 +299,7 @@ def _run(raw: Any, sql: str) -> None:
         raw.execute(sql)
 
 
-def _probe(guard: Guard, batch: Sequence[Authorized], raw: Any) -> None:
+def _probe(guard: Gate, batch: Sequence[Authorized], raw: Any) -> None:
     """Run key-bound statements' probes on the driver connection (sync or async) first."""
     if isinstance(raw, psycopg.AsyncConnection):
         _await(probes.run_batch_async(guard, batch, raw))

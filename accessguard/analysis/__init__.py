@@ -40,8 +40,8 @@ from accessguard.analysis.redact import (
 from accessguard.analysis.rewrite import rewrite
 from accessguard.analysis.shape import Shape, render, shape_of
 from accessguard.analysis.walker import Refusal, Walker
-from accessguard.catalog import Catalog
 from accessguard.errors import Reason
+from accessguard.policy.catalog import Catalog
 
 __all__ = [
     "MAX_SQL_LENGTH",

@@ -29,8 +29,8 @@ from accessguard.analysis.names import (
 from accessguard.analysis.nodes import display_name, output_name
 from accessguard.analysis.ordering import OutputNames
 from accessguard.analysis.rowscope import Condition, bind
-from accessguard.catalog import Catalog, TableSpec
 from accessguard.errors import Reason
+from accessguard.policy.catalog import Catalog, TableSpec
 
 MAX_NODES = 5000
 _CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})

@@ -30,7 +30,7 @@ class KeyBinding:
     """A declared key or foreign-key ``column`` of a reference, bound to ``values``.
 
     Found by ``accessguard.analysis.keys`` only for a reference its scope
-    column does not bind; the rows it names are probed (``accessguard.probes``).
+    column does not bind; the rows it names are probed (``accessguard.engine.probes``).
     """
 
     column: str

@@ -7,7 +7,7 @@ reached through its parent, by a declared foreign key
 (``payments WHERE order_id IN (...)``, ``references``). Such a binding is
 recorded with its values; the decision allows the statement only with a
 probe that proves, before it is sent, that every row those values name
-belongs to the ticket's subject (``accessguard.probes``).
+belongs to the ticket's subject (``accessguard.engine.probes``).
 
 Only what the walker's union-find found for the reference's own SELECT (or
 UPDATE) counts: equalities and IN lists of constants and parameters among
@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 from accessguard.analysis.facts import KeyBinding, ScopeRef, Value
-from accessguard.catalog import TableSpec
+from accessguard.policy.catalog import TableSpec
 
 
 def key_columns(spec: TableSpec) -> tuple[str, ...]:

@@ -23,8 +23,8 @@ from typing import NoReturn
 from sqlglot import exp
 
 from accessguard.analysis.facts import Value
-from accessguard.catalog import TableSpec
 from accessguard.errors import Reason
+from accessguard.policy.catalog import TableSpec
 
 #: Unquoted, these words are SQL functions of the session, not columns.
 SPECIAL_NAMES = frozenset(

@@ -28,7 +28,7 @@ from sqlglot import exp
 from accessguard.analysis.dialects import dialect as sql_dialect
 from accessguard.analysis.facts import subject_marker
 from accessguard.analysis.walker import ident, param_key
-from accessguard.catalog import TableSpec
+from accessguard.policy.catalog import TableSpec
 
 _SENTINEL = re.compile(r"__ag_p(\d+)__")
 #: the name of the one column SQLite's empty projection has (SQLite has no ``SELECT FROM t``)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accessguard.tickets import Ticket, read_ticket_file
+from accessguard.tickets.stores import Ticket, read_ticket_file
 
 if TYPE_CHECKING:
     import sqlite3

@@ -1,0 +1,7 @@
+"""The audit trail: events, the hash chain, sinks, the spool and the access ledger."""
+
+
+def __getattr__(name: str) -> object:  # the 0.1 module's names, deprecated (accessguard.moved)
+    from accessguard.moved import moved_name
+
+    return moved_name(__name__, name)

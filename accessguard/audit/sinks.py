@@ -1,0 +1,402 @@
+"""The audit trail: structured events, keyed-chained, written synchronously.
+
+The only module that imports structlog. accessguard never calls
+``structlog.configure``: it builds its own logger with ``wrap_logger`` and an
+explicit processor chain, wrapper and context class, so an application's
+logging settings can neither drop nor reshape audit events.
+
+Each event is linked to the one before it by an HMAC under the key in
+``ACCESSGUARD_AUDIT_KEY`` (see ``accessguard.audit.chain``: the format, the
+checkpoint kept beside the trail and the threat model). Deleting, reordering,
+editing, forging or cutting lines fails ``verify``, which names the first
+broken line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator, MutableMapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import structlog
+from structlog.typing import Processor
+
+from accessguard.audit.chain import (
+    FROM_ENV,
+    GENESIS,
+    HASH,
+    PREV,
+    SEQ,
+    Checkpoint,
+    CheckpointUnreadableError,
+    Head,
+    canonical,
+    chain_hash,
+    head_of,
+    key_id,
+    link,
+    load_key,
+    read_checkpoint,
+    seal,
+    vouch,
+    write_checkpoint,
+)
+from accessguard.audit.verification import Verification, verify, verify_events
+from accessguard.errors import AuditError
+
+__all__ = [
+    "GENESIS",
+    "HASH",
+    "PREV",
+    "SEQ",
+    "AuditSink",
+    "Auditor",
+    "Event",
+    "JsonlSink",
+    "StructlogSink",
+    "Verification",
+    "as_sink",
+    "canonical",
+    "canonical_line",
+    "chain_hash",
+    "read_events",
+    "seal",
+    "utcnow",
+    "verify",
+    "verify_events",
+]
+
+SCHEMA_VERSION = "2"  # 2: keyed chain with positions and checkpoints
+
+Event = dict[str, Any]
+
+
+@runtime_checkable
+class AuditSink(Protocol):
+    """Where events go. ``write`` chains and persists a batch atomically, or raises."""
+
+    def write(self, events: list[Event]) -> None: ...
+
+
+class JsonlSink:
+    """JSON lines appended to a file, chained across processes with an exclusive lock.
+
+    Beside the file, ``FILE.checkpoint`` holds the last position and hash,
+    MAC'd, replaced atomically after each batch. A batch is all or nothing:
+    if the disk fills mid-write, the file is cut back to where it was; a torn
+    last line left by a crash is cut off by the next write.
+    """
+
+    def __init__(
+        self, path: str | Path, *, fsync: bool = True, key: bytes | str | None = FROM_ENV
+    ) -> None:
+        self.path = Path(path)
+        self._fsync = fsync
+        self._key = load_key(key)
+        self.key_id = key_id(self._key)
+        self._lock = threading.Lock()
+        #: group commit: writers waiting for the batch in flight, and whether one is
+        self._turn = threading.Condition()
+        self._queued: list[_Queued] = []
+        self._committing = False
+
+    def check(self) -> None:
+        """Raise AuditError unless the file and its checkpoint can be written and vouched for."""
+        self._append([])
+
+    def write(self, events: list[Event]) -> None:
+        """Append ``events``; return once they are on disk (fsynced), or raise AuditError.
+
+        Group commit: writers that arrive while a batch is being written and
+        fsynced queue up, and the next of them writes every queued event in one
+        batch with one fsync. Each writer still returns only after its own
+        events are durable, and a batch that fails fails every writer in it.
+        """
+        if not events:
+            return
+        mine = _Queued(events)
+        with self._turn:
+            self._queued.append(mine)
+            while not mine.done and self._committing:
+                self._turn.wait()
+            if mine.done:
+                mine.raise_failure()
+                return
+            self._committing = True  # this writer leads the next batch
+            batch, self._queued = self._queued, []
+        failure: BaseException | None = None
+        try:
+            self._append([event for queued in batch for event in queued.events])
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            with self._turn:
+                for queued in batch:
+                    queued.done, queued.failure = True, failure
+                self._committing = False
+                self._turn.notify_all()
+
+    def _append(self, events: list[Event]) -> None:
+        try:
+            with self._lock:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    self._append_locked(fd, events)
+                finally:
+                    os.close(fd)  # also releases the lock
+        except OSError as exc:
+            raise AuditError(
+                f"cannot write the audit file {self.path}: {exc.strerror or exc}"
+            ) from exc
+
+    def _append_locked(self, fd: int, events: list[Event]) -> None:
+        head, last, end = _tail(fd)
+        try:
+            cp = read_checkpoint(self.path)
+        except CheckpointUnreadableError:
+            raise AuditError(
+                f"the checkpoint beside the audit file {self.path} is unreadable; "
+                "verify the trail (accessguard audit verify)"
+            ) from None
+        problem = vouch(head, last, cp, self._key) or _behind(fd, cp, head)
+        if problem:
+            raise AuditError(
+                f"refusing to extend the audit file {self.path}: {problem}; "
+                "verify it (accessguard audit verify) and start a new file"
+            )
+        if not events:
+            if cp is None and last is None:
+                write_checkpoint(
+                    self.path, Checkpoint.of(head, self._key, end=0), fsync=self._fsync
+                )
+            return
+        new = link(events, head, self._key)
+        data = "".join(canonical_line(e) for e in events).encode()
+        try:
+            _write_all(fd, data, end)
+            if self._fsync:
+                os.fsync(fd)
+            # the batch is on disk first: a checkpoint lost in a crash is only behind it
+            write_checkpoint(self.path, Checkpoint.of(new, self._key, end=end + len(data)))
+        except BaseException:
+            with contextlib.suppress(OSError):  # all or nothing: cut the batch back off
+                os.ftruncate(fd, end)
+            raise
+
+    def __repr__(self) -> str:
+        return f"JsonlSink({str(self.path)!r})"
+
+
+class _Queued:
+    """One writer's events in a group commit, and how their batch ended."""
+
+    __slots__ = ("done", "events", "failure")
+
+    def __init__(self, events: list[Event]) -> None:
+        self.events = events
+        self.done = False
+        self.failure: BaseException | None = None
+
+    def raise_failure(self) -> None:
+        """Raise this writer's own AuditError if its batch failed (the leader raised its own)."""
+        if self.failure is None:
+            return
+        message = (
+            self.failure.message
+            if isinstance(self.failure, AuditError)
+            else f"the audit batch failed ({type(self.failure).__name__})"
+        )
+        raise AuditError(message) from self.failure
+
+
+def canonical_line(event: Event) -> str:
+    return (
+        json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        + "\n"
+    )
+
+
+def _behind(fd: int, cp: Checkpoint | None, head: Head) -> str:
+    """Why a trail longer than its checkpoint is not its continuation ("" if it is).
+
+    A crash between appending a batch and replacing the checkpoint leaves the
+    trail ahead of it; the event the checkpoint vouches for must then still be
+    where it says (O(1): one read at its byte offset).
+    """
+    if cp is None or cp.end is None or cp.seq >= head.seq:
+        return ""
+    if cp.end == 0:
+        return "" if cp.seq == 0 else "its checkpoint is malformed"
+    size = 65536
+    while True:
+        start = max(0, cp.end - size)
+        block = os.pread(fd, cp.end - start, start)
+        if start == 0 or b"\n" in block[:-1]:
+            break
+        size *= 4
+    if not block.endswith(b"\n"):
+        return "its checkpointed event is no longer where it was (replaced?)"
+    line = block[:-1].rsplit(b"\n", 1)[-1]
+    try:
+        event = json.loads(line)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict) or event.get(SEQ) != cp.seq or event.get(HASH) != cp.hash:
+        return "its checkpointed event is no longer where it was (replaced?)"
+    return ""
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _tail(fd: int) -> tuple[Head, Event | None, int]:
+    """The chain's head, its last event and the end of the last whole line.
+
+    A torn last line (no newline: an interrupted write) is cut off first.
+    """
+    end = os.fstat(fd).st_size
+    if end == 0:
+        return Head(), None, 0
+    size = min(end, 65536)
+    while True:
+        tail = os.pread(fd, size, end - size)
+        body = tail[: tail.rfind(b"\n") + 1]  # whole lines only
+        lines = body.rstrip(b"\n").split(b"\n")
+        if (len(lines) > 1 and body) or size == end:
+            break
+        size = min(end, size * 4)
+    whole = end - len(tail) + len(body)
+    if whole != end:
+        os.ftruncate(fd, whole)  # repair: the torn line was never acknowledged
+    if whole == 0:
+        return Head(), None, 0
+    try:
+        event = json.loads(lines[-1])
+    except ValueError:
+        event = None
+    if not isinstance(event, dict) or not isinstance(event.get(HASH), str):
+        raise AuditError("the audit file's last line is not a chained event")
+    position = event[SEQ] if isinstance(event.get(SEQ), int) else _count_lines(fd, whole)
+    return head_of(event, position), event, whole
+
+
+def _count_lines(fd: int, end: int) -> int:
+    """Non-blank lines before ``end`` (the positions of an old-format trail, read once)."""
+    count, offset, rest = 0, 0, b""
+    while offset < end:
+        block = rest + os.pread(fd, min(1 << 20, end - offset), offset)
+        offset += len(block) - len(rest)
+        *whole, rest = block.split(b"\n")
+        count += sum(1 for line in whole if line.strip())
+    return count + (1 if rest.strip() else 0)
+
+
+class StructlogSink:
+    """Events to structlog's configured output (the application's), chained in memory."""
+
+    def __init__(self, *, key: bytes | str | None = FROM_ENV) -> None:
+        self._head = Head()
+        self._key = load_key(key)
+        self._lock = threading.Lock()
+        self._log = structlog.get_logger("accessguard.audit")
+
+    def write(self, events: list[Event]) -> None:
+        with self._lock:
+            self._head = link(events, self._head, self._key)
+            for event in events:
+                fields = dict(event)
+                name = fields.pop("event.action", "audit")
+                self._log.info(name, **fields)
+
+
+class _SinkLogger:
+    """The structlog 'logger' at the end of our chain: hands event dicts to a sink."""
+
+    def __init__(self, sink: AuditSink) -> None:
+        self.sink = sink
+
+    def msg(self, **event: Any) -> None:
+        self.sink.write([event])
+
+    info = warning = error = critical = msg
+
+
+def _timestamper(clock: Callable[[], dt.datetime]) -> Processor:
+    def stamp(_logger: object, _name: str, event: MutableMapping[str, Any]) -> Event:
+        event["@timestamp"] = clock().astimezone(dt.UTC).isoformat(timespec="microseconds")
+        return dict(event)
+
+    return stamp
+
+
+def _drop_event_key(_logger: object, _name: str, event: MutableMapping[str, Any]) -> Event:
+    event.pop("event", None)
+    return dict(event)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Auditor:
+    """Builds audit events through structlog and writes them synchronously to a sink."""
+
+    def __init__(self, sink: AuditSink, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.sink = sink
+        self.clock = clock
+        self._log = structlog.wrap_logger(
+            _SinkLogger(sink),
+            processors=[_drop_event_key, _timestamper(clock)],
+            wrapper_class=structlog.BoundLogger,
+            context_class=dict,
+            cache_logger_on_first_use=False,
+        )
+
+    def emit(self, **fields: Any) -> None:
+        """Write one event now; any sink failure becomes AuditError."""
+        try:
+            self._log.info(None, **{"accessguard.schema": SCHEMA_VERSION, **fields})
+        except AuditError:
+            raise
+        except Exception as exc:
+            raise AuditError(f"the audit sink failed ({type(exc).__name__})") from exc
+
+    def stamp(self) -> str:
+        return self.clock().astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def as_sink(audit: AuditSink | str | Path | None) -> AuditSink:
+    if audit is None:
+        return StructlogSink()
+    if isinstance(audit, str | Path):
+        return JsonlSink(audit)
+    if isinstance(audit, AuditSink):
+        return audit
+    raise TypeError("audit= takes a file path or an object with a write(events) method")
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def read_events(path: str | Path) -> Iterator[Event]:
+    """The events of a JSON-lines trail, unverified (unreadable lines are skipped)."""
+    with Path(path).open("rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            with contextlib.suppress(ValueError):
+                event = json.loads(raw)
+                if isinstance(event, dict):
+                    yield event

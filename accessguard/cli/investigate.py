@@ -1,0 +1,303 @@
+"""``accessguard audit who-read / what-read / subject-export``, answered by an engine.
+
+With DuckDB missing, a file trail is read into Python as before
+(``accessguard.investigate``), and the command says so on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import html
+import json
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from accessguard.investigate import (
+    Entry,
+    Export,
+    Window,
+    available,
+    open_engine,
+    subject_export,
+    what_read,
+    who_read,
+)
+from accessguard.investigate import sums as investigate
+from accessguard.investigate.sums import Reader, Touch
+
+FALLBACK = (
+    "accessguard: DuckDB is not installed (pip install 'accessguard[investigate]'): "
+    "reading the whole trail into Python instead"
+)
+
+
+def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    """Answer one question; 0 on success (ValueError/OSError for the CLI to report)."""
+    out = out or sys.stdout
+    if args.audit_command == "index":
+        return _index(args, out)
+    window = Window.of(
+        since=args.since,
+        start=getattr(args, "from_", None),
+        end=getattr(args, "until", None),
+        now=dt.datetime.now(dt.UTC),
+    )
+    scope = "product" if getattr(args, "product", False) else "customer"
+    if args.dsn is None and not available():
+        sys.stderr.write(FALLBACK + "\n")
+        return _in_python(args, window, scope, out)
+    engine = open_engine(
+        audit=args.audit,
+        dsn=args.dsn,
+        index=getattr(args, "index", None),
+        use_index=not getattr(args, "no_index", False),
+    )
+    note = getattr(engine, "note", None)
+    if note:
+        sys.stderr.write(f"accessguard: {note}\n")
+    try:
+        if args.audit_command == "subject-export":
+            export = subject_export(engine, customer=_id(args.customer), window=window, scope=scope)
+            write_export(export, args, out)
+            return 0
+        rows: list[Reader] | list[Touch]
+        if args.audit_command == "who-read":
+            rows = who_read(engine, customer=_id(args.customer), window=window, scope=scope)
+        else:
+            rows = what_read(engine, user=args.user, window=window)
+        _write_rows(rows, args, out)
+    finally:
+        engine.close()
+    return 0
+
+
+def _write_rows(rows: list[Reader] | list[Touch], args: argparse.Namespace, out: IO[str]) -> None:
+    if args.format == "json":
+        out.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+    else:
+        out.write((investigate.render_table(rows) if rows else "no reads recorded") + "\n")
+
+
+def _index(args: argparse.Namespace, out: IO[str]) -> int:
+    """Bring the trail's index, or the sink's hourly rollup, up to date."""
+    started = time.perf_counter()
+    if args.dsn is not None:
+        from accessguard.investigate.rollup import refresh
+
+        done = refresh(args.dsn)
+        if done.upto <= done.start:
+            out.write(f"accessguard.ledger_hours: up to date (event {done.upto})\n")
+            return 0
+        out.write(
+            f"accessguard.ledger_hours: rolled up events {done.start + 1}..{done.upto} "
+            f"into {done.rows} rows in {done.seconds:.1f} s\n"
+        )
+        return 0
+    if not available():
+        sys.stderr.write(
+            "accessguard: audit index needs DuckDB: pip install 'accessguard[investigate]'\n"
+        )
+        return 2
+    from accessguard.investigate.trail import TrailEngine
+
+    engine = TrailEngine(args.audit, index=args.index)
+    engine.close()
+    if engine.note:
+        sys.stderr.write(f"accessguard: {engine.note}\n")
+        return 1
+    out.write(f"{engine.name}: up to date in {time.perf_counter() - started:.1f} s\n")
+    return 0
+
+
+def _id(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--customer takes a whole number, not {text!r}") from None
+
+
+# ---------------------------------------------------------------------- export
+
+
+def write_export(export: Export, args: argparse.Namespace, out: IO[str]) -> None:
+    target: Path | None = getattr(args, "out", None)
+    fmt = args.format
+    if target is not None:
+        with target.open("w", encoding="utf-8") as fh:
+            _render(export, fmt, fh)
+        out.write(f"wrote {target}\n")
+    else:
+        _render(export, fmt, out)
+
+
+def _render(export: Export, fmt: str, fh: IO[str]) -> None:
+    if fmt == "json":
+        head = json.dumps(export.head(), indent=1)
+        fh.write(head[:-2] + ',\n "entries": [')  # the entries stream: never all in memory
+        for n, entry in enumerate(export.entries):
+            fh.write(("\n  " if n == 0 else ",\n  ") + json.dumps(entry.as_dict()))
+        fh.write("\n ]\n}\n")
+    elif fmt == "html":
+        _html(export, fh)
+    else:
+        fh.write(f"{export.scope} {export.subject}: read by\n")
+        fh.write(
+            (investigate.render_table(export.readers) if export.readers else "no reads recorded")
+            + "\n\nentries:\n"
+        )
+        for entry in export.entries:
+            fh.write(_line(entry) + "\n")
+
+
+def _when(value: dt.datetime | None) -> str:
+    return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _line(entry: Entry) -> str:
+    return (
+        f"{_when(entry.first)}  {_when(entry.last)}  {entry.user}  {entry.ticket or '-'}"
+        f"  {entry.ticket_kind or '-'}  statements={entry.statements}  rows={entry.rows}"
+        f"  {', '.join(entry.columns)}"
+    )
+
+
+_STYLE = (
+    "body{font:13px system-ui,sans-serif;margin:2em}table{border-collapse:collapse;"
+    "margin-bottom:2em}td,th{border:1px solid #bbb;padding:2px 6px;text-align:left}"
+    "td.n{text-align:right}@media print{body{margin:0}}"
+)
+
+
+def _html(export: Export, fh: IO[str]) -> None:
+    esc = html.escape
+    title = f"Everything read about {export.scope} {export.subject}"
+    span = f"{export.window.start or 'the start'} to {export.window.end or 'now'}"
+    fh.write(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>{esc(title)}</h1>"
+        f"<p>From {esc(str(span))}, from the access ledger.</p><h2>Who read it</h2>"
+    )
+    heads = (
+        "employee",
+        "roles",
+        "ticket",
+        "kind",
+        "statements",
+        "rows",
+        "first",
+        "last",
+        "columns",
+    )
+    fh.write(_row(heads, "th"))
+    for r in export.readers:
+        fh.write(
+            _row(
+                (
+                    r.user,
+                    ", ".join(r.roles),
+                    r.ticket or "-",
+                    r.ticket_kind or "-",
+                    r.statements,
+                    r.rows,
+                    _when(r.first),
+                    _when(r.last),
+                    ", ".join(r.columns),
+                ),
+                "td",
+            )
+        )
+    fh.write("</table><h2>Every entry</h2>")
+    fh.write(
+        _row(("first", "last", "employee", "ticket", "kind", "statements", "rows", "columns"), "th")
+    )
+    for e in export.entries:
+        fh.write(
+            _row(
+                (
+                    _when(e.first),
+                    _when(e.last),
+                    e.user or "-",
+                    e.ticket or "-",
+                    e.ticket_kind or "-",
+                    e.statements,
+                    e.rows,
+                    ", ".join(e.columns),
+                ),
+                "td",
+            )
+        )
+    fh.write("</table></body></html>\n")
+
+
+def _row(cells: Iterable[Any], tag: str) -> str:
+    start = "<table>" if tag == "th" else ""
+    parts = "".join(
+        f"<{tag}{' class=n' if isinstance(c, int) else ''}>{html.escape(str(c))}</{tag}>"
+        for c in cells
+    )
+    return f"{start}<tr>{parts}</tr>"
+
+
+# ---------------------------------------------------------------------- fallback
+
+
+def _in_python(args: argparse.Namespace, window: Window, scope: str, out: IO[str]) -> int:
+    """The old path (no DuckDB): every event of the trail in Python, ``investigate``'s answers."""
+    events = [
+        e
+        for e in investigate.events_from_file(args.audit)
+        if window.holds(investigate.event_time(e))
+    ]
+    if args.audit_command == "what-read":
+        _write_rows(investigate.what_read(events, user=args.user, since=None), args, out)
+        return 0
+    customer = _id(args.customer)
+    readers = investigate.who_read(events, customer=customer, since=None, scope=scope)
+    if args.audit_command == "who-read":
+        _write_rows(readers, args, out)
+        return 0
+    mine = [
+        e
+        for e in investigate.ledger_entries(events, None)
+        if e.get("accessguard.subject.kind") == scope
+        and str(e["accessguard.subject.id"]) == str(customer)
+    ]
+    entries = sorted((_entry(e) for e in mine), key=lambda x: (x.first or _EPOCH, x.last or _EPOCH))
+    export = Export(
+        scope=scope, subject=customer, window=window, readers=readers, entries=iter(entries)
+    )
+    write_export(export, args, out)
+    return 0
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _entry(event: Mapping[str, Any]) -> Entry:
+    def count(value: object) -> int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def strs(value: object) -> tuple[str, ...]:
+        return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+    def text(value: object) -> str | None:
+        return None if value is None else str(value)
+
+    last = investigate.event_time(event)
+    return Entry(
+        first=investigate.parse_time(event.get("accessguard.first")) or last,
+        last=last,
+        user=text(event.get("user.name")),
+        roles=tuple(sorted(strs(event.get("user.roles")))),
+        ticket=text(event.get("accessguard.ticket.id")),
+        ticket_kind=text(event.get("accessguard.ticket.kind")),
+        tables=strs(event.get("accessguard.tables")),
+        columns=strs(event.get("accessguard.columns")),
+        statements=count(event.get("accessguard.statements")),
+        rows=count(event.get("accessguard.rows")),
+        fingerprint=text(event.get("accessguard.fingerprint")),
+    )

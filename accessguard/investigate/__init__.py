@@ -1,0 +1,113 @@
+"""Investigations at scale: who-read, what-read and subject-export pushed down to an engine.
+
+- A JSON-lines trail is read by DuckDB (the ``investigate`` extra), through an
+  index of its ledger entries kept beside it (``accessguard.investigate.trail``).
+- The PostgreSQL sink is asked in SQL over its indexed table
+  (``accessguard.investigate.sink``).
+
+Either way only the answer's groups reach Python, never the month's events,
+and the answers are exactly those of ``accessguard.investigate``'s in-Python
+functions (same ``Reader`` and ``Touch`` rows, same order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from accessguard.investigate.core import Engine, Entry, Group, Window, parse_when, readers, touches
+from accessguard.investigate.sums import Reader, Subject, Touch
+
+__all__ = [
+    "Engine",
+    "Entry",
+    "Export",
+    "Group",
+    "Window",
+    "available",
+    "open_engine",
+    "parse_when",
+    "subject_export",
+    "what_read",
+    "who_read",
+]
+
+
+def available() -> bool:
+    """Whether DuckDB (the ``investigate`` extra) is installed, for file trails."""
+    import importlib.util
+
+    return importlib.util.find_spec("duckdb") is not None
+
+
+def open_engine(
+    *,
+    audit: str | Path | None = None,
+    dsn: str | None = None,
+    index: str | Path | None = None,
+    use_index: bool = True,
+) -> Engine:
+    """The engine for a trail file (DuckDB; its index beside it unless told) or the sink."""
+    if (audit is None) == (dsn is None):
+        raise ValueError("give a trail file or a DSN, not both")
+    if dsn is not None:
+        from accessguard.investigate.sink import SinkEngine
+
+        return SinkEngine(dsn)
+    from accessguard.investigate.trail import TrailEngine
+
+    assert audit is not None  # noqa: S101 - checked above
+    return TrailEngine(audit, index=index, use_index=use_index)
+
+
+def who_read(
+    engine: Engine, *, customer: Subject, window: Window, scope: str = "customer"
+) -> list[Reader]:
+    """Every (employee, ticket) that read ``customer`` (a product with ``scope="product"``)."""
+    return readers(engine.by_subject(scope, str(customer), window), customer=customer, scope=scope)
+
+
+def what_read(engine: Engine, *, user: str, window: Window) -> list[Touch]:
+    """Every (customer or product, ticket) that ``user`` read."""
+    return touches(engine.by_user(user, window), user=user)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Export:
+    """Everything read about one subject: who (summed per employee and ticket), and each entry."""
+
+    scope: str
+    subject: Subject
+    window: Window
+    readers: list[Reader]
+    entries: Iterator[Entry]
+
+    def head(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope,
+            "subject": self.subject,
+            "from": self.window.start.isoformat() if self.window.start else None,
+            "until": self.window.end.isoformat() if self.window.end else None,
+            "readers": [r.as_dict() for r in self.readers],
+        }
+
+
+def subject_export(
+    engine: Engine, *, customer: Subject, window: Window, scope: str = "customer"
+) -> Export:
+    """Everything read about ``customer``: the readers, then every ledger entry, in time order."""
+    return Export(
+        scope=scope,
+        subject=customer,
+        window=window,
+        readers=who_read(engine, customer=customer, window=window, scope=scope),
+        entries=engine.entries(scope, str(customer), window),
+    )
+
+
+def __getattr__(name: str) -> object:  # the 0.1 module's names, deprecated (accessguard.moved)
+    from accessguard.moved import moved_name
+
+    return moved_name(__name__, name)

@@ -1,0 +1,218 @@
+"""What the engines hand back, and how it becomes the answers of ``accessguard.investigate``.
+
+An engine (DuckDB over a file trail, SQL over the PostgreSQL sink) groups
+ledger entries by (employee, ticket, ticket kind, subject kind, subject id)
+and sums them where the data lives. Only those groups reach Python, where
+they are merged under exactly the keys ``investigate.who_read`` and
+``investigate.what_read`` use and sorted the same way, so the answers are
+the same objects (``Reader``, ``Touch``) the in-Python path returns.
+
+Time: a ledger entry's time is its last statement (``accessguard.last``,
+which the ledger also writes as ``@timestamp``). A window keeps entries at
+or after ``start`` and before ``end``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any, NamedTuple, Protocol
+
+from accessguard.investigate.sums import Reader, Subject, Sums, Touch, parse_since
+
+_MAX_ID_DIGITS = 19  # as investigate: a bigint; a pseudonym has 64 hex digits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Window:
+    """Entries at or after ``start`` and before ``end`` (either may be open)."""
+
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        since: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        now: dt.datetime,
+    ) -> Window:
+        """From the CLI's ``--since`` (back from ``now``), ``--from`` and ``--until`` texts."""
+        begin = parse_when(start) if start is not None else None
+        if since is not None:
+            delta = parse_since(since)
+            try:
+                back = now - delta
+            except OverflowError:
+                back = dt.datetime.min.replace(tzinfo=dt.UTC)
+            begin = back if begin is None else max(begin, back)
+        finish = parse_when(end) if end is not None else None
+        if begin is not None and finish is not None and finish <= begin:
+            raise ValueError("--until must be after --from (and --since)")
+        return cls(start=begin, end=finish)
+
+    def holds(self, when: dt.datetime | None) -> bool:
+        """Whether an entry at ``when`` is in the window (an unreadable time only if unbounded)."""
+        if self.start is None and self.end is None:
+            return True
+        if when is None:
+            return False
+        return (self.start is None or when >= self.start) and (self.end is None or when < self.end)
+
+
+def parse_when(text: str) -> dt.datetime:
+    """An ISO 8601 date or date-time as an aware datetime (a date is its midnight, UTC)."""
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"invalid time {text!r}: use an ISO 8601 date or date-time "
+            "(2026-11-02, 2026-11-02T08:00, 2026-11-02T08:00:00+01:00)"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+class Group(NamedTuple):
+    """Ledger entries of one (employee, ticket, kind, subject), summed by an engine."""
+
+    user: str | None
+    ticket: str | None
+    ticket_kind: str | None
+    scope: str | None
+    subject: str
+    statements: int
+    rows: int
+    columns: tuple[str, ...]
+    tables: tuple[str, ...]
+    roles: tuple[str, ...]
+    first: dt.datetime | None
+    last: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """One ledger entry about a subject: who, when, under which ticket, what, how much."""
+
+    first: dt.datetime | None
+    last: dt.datetime | None
+    user: str | None
+    roles: tuple[str, ...]
+    ticket: str | None
+    ticket_kind: str | None
+    tables: tuple[str, ...]
+    columns: tuple[str, ...]
+    statements: int
+    rows: int
+    fingerprint: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dt.datetime):
+                value = value.isoformat()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+class Engine(Protocol):
+    """Where the questions run: the trail's DuckDB index, or the PostgreSQL sink."""
+
+    #: said in the output: which engine answered
+    name: str
+
+    def by_subject(self, scope: str, subject: str, window: Window) -> Iterable[Group]: ...
+
+    def by_user(self, user: str, window: Window) -> Iterable[Group]: ...
+
+    def entries(self, scope: str, subject: str, window: Window) -> Iterator[Entry]: ...
+
+    def close(self) -> None: ...
+
+
+def _fold(sums: Sums, group: Group) -> Sums:
+    """Fold one engine group into ``sums`` (the same sums the in-Python path keeps)."""
+    sums.fold(
+        statements=group.statements,
+        rows=group.rows,
+        columns=group.columns,
+        tables=group.tables,
+        roles=group.roles,
+        first=utc(group.first),
+        last=utc(group.last),
+    )
+    return sums
+
+
+def utc(when: dt.datetime | None) -> dt.datetime | None:
+    if when is None:
+        return None
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+
+
+def strs(value: object) -> tuple[str, ...]:
+    """A JSON array's elements as ``investigate`` reads them (``str`` of each); else ()."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return ()
+    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
+
+
+def subject_of(text: str) -> Subject:
+    """A subject id as ``investigate`` keys it: an int when it is digits, else the pseudonym."""
+    return int(text) if text.isdigit() and len(text) <= _MAX_ID_DIGITS else text
+
+
+def readers(groups: Iterable[Group], *, customer: Subject, scope: str) -> list[Reader]:
+    """``investigate.who_read``'s answer from an engine's groups."""
+    sums: dict[tuple[str, str | None, str | None], Sums] = {}
+    for group in groups:
+        key = (str(group.user), group.ticket, group.ticket_kind)
+        _fold(sums.setdefault(key, Sums()), group)
+    return [
+        Reader(
+            user=user,
+            roles=tuple(sorted(acc.roles)),
+            ticket=ticket,
+            ticket_kind=kind,
+            scope=scope,
+            customer=customer,
+            **acc.common(),
+        )
+        for (user, ticket, kind), acc in sorted(
+            sums.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2] or "")
+        )
+    ]
+
+
+def touches(groups: Iterable[Group], *, user: str) -> list[Touch]:
+    """``investigate.what_read``'s answer from an engine's groups."""
+    sums: dict[tuple[str, Subject, str | None, str | None], Sums] = {}
+    for group in groups:
+        key = (str(group.scope), subject_of(group.subject), group.ticket, group.ticket_kind)
+        _fold(sums.setdefault(key, Sums()), group)
+
+    def order(item: tuple[tuple[str, Subject, str | None, str | None], Sums]) -> tuple[Any, ...]:
+        (scope, subject, ticket, kind), _acc = item
+        rank = (0, subject, "") if isinstance(subject, int) else (1, 0, subject)
+        return (scope, rank, ticket or "", kind or "")
+
+    return [
+        Touch(
+            user=user,
+            customer=subject,
+            scope=scope,
+            ticket=ticket,
+            ticket_kind=kind,
+            **acc.common(),
+        )
+        for (scope, subject, ticket, kind), acc in sorted(sums.items(), key=order)
+    ]

@@ -1,0 +1,425 @@
+"""The access report: one self-contained HTML file security can read.
+
+``write_report`` summarises the audit events (``accessguard.investigate``)
+and writes a single page with inline CSS and inline SVG charts drawn here:
+no scripts, fonts, images or style sheets from anywhere, so it opens with no
+network. Every string from the events goes through ``html.escape``. Events
+hold no row data; the report shows counts, names, ticket ids, customer ids
+and reason codes only (never ``db.query.text``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from accessguard.investigate.summary import Employee, Incident, Summary, summarize
+from accessguard.investigate.sums import Event
+
+TITLE = "accessguard access report"
+BADGE = '<span class="badge">far above peers</span>'
+OUTLIER = "#c92a2a"
+PALETTE = ("#2f6fdf", "#0c8599", "#5f3dc4", "#2b8a3e", "#e67700", "#495057", "#a61e4d", "#1864ab")
+CROWD = "#adb5bd"  # every non-outlier line when there are too many to tell apart
+MAX_COLOURS = len(PALETTE)
+TOP_BARS = 30
+
+CSS = """
+:root{--ink:#1f2933;--muted:#616e7c;--line:#e4e7eb;--soft:#f5f7fa;--accent:#2f6fdf;
+--bad:#c92a2a;--badbg:#fff5f5}
+*{box-sizing:border-box}
+body{margin:0;background:var(--soft);color:var(--ink);font:15px/1.5 system-ui,-apple-system,
+"Segoe UI",Roboto,"Helvetica Neue",Arial,"Noto Sans",sans-serif}
+main{max-width:1180px;margin:0 auto;padding:32px 28px 48px}
+h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:0 0 4px}
+h3{font-size:15px;margin:16px 0 6px;color:var(--muted);font-weight:600}
+p.lead,.note{color:var(--muted);margin:0 0 14px}
+section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:20px 24px;
+margin:18px 0}
+.kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(140px,1fr));gap:12px;margin-top:18px}
+.kpi{background:#fff;border:1px solid var(--line);border-radius:10px;padding:12px 16px}
+.kpi b{display:block;font-size:24px;font-variant-numeric:tabular-nums}
+.kpi span{color:var(--muted);font-size:13px}
+.kpi.alert{border-color:var(--bad);background:var(--badbg)}
+.kpi.alert b{color:var(--bad)}
+table{border-collapse:collapse;width:100%;font-size:14px}
+th,td{text-align:left;padding:7px 10px;border-bottom:1px solid var(--line);vertical-align:top}
+th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);font-weight:600}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+tbody tr:nth-child(even){background:#fafbfc}
+tr.outlier,tr.outlier:nth-child(even){background:var(--badbg)}tr.outlier td:first-child{
+box-shadow:inset 3px 0 0 var(--bad)}
+.badge{display:inline-block;margin-left:8px;padding:1px 8px;border-radius:999px;
+background:var(--bad);color:#fff;font-size:11px;font-weight:600;letter-spacing:.02em;vertical-align:1px}
+.callout{border-left:4px solid var(--bad);background:var(--badbg);padding:10px 14px;
+border-radius:6px;margin:8px 0}
+.ok{border-left:4px solid #2b8a3e;background:#ebfbee;padding:10px 14px;border-radius:6px}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:20px}
+.legend{display:flex;flex-wrap:wrap;gap:6px 18px;margin:8px 0 0;padding:0;list-style:none;
+font-size:13px}
+.legend i{display:inline-block;width:14px;height:4px;border-radius:2px;margin-right:6px;
+vertical-align:middle}
+svg{display:block;max-width:100%;height:auto;font-family:inherit}
+svg text{fill:#616e7c;font-size:12px}svg .grid{stroke:#e9ecef}svg .axis{stroke:#ced4da}
+code{font:13px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:var(--soft);
+padding:1px 5px;border-radius:4px}
+footer{color:var(--muted);font-size:13px;margin-top:24px}
+"""
+
+
+def e(value: object) -> str:
+    """``html.escape`` of the text of ``value`` (quotes too)."""
+    return html.escape(str(value), quote=True)
+
+
+def _when(value: dt.datetime | None) -> str:
+    return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _nice(top: float) -> float:
+    """The smallest 1, 2 or 5 times a power of ten at or above ``top`` (1 for nothing)."""
+    if top <= 0:
+        return 1.0
+    scale = 10.0 ** (len(str(int(top))) - 1)
+    return next(m * scale for m in (1, 2, 5, 10) if m * scale >= top)
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+# ---------------------------------------------------------------------- charts
+
+
+def _anchor(i: int, n: int) -> str:
+    return "middle" if n == 1 or 0 < i < n - 1 else ("start" if i == 0 else "end")
+
+
+def _svg_open(kind: str, width: int, height: int, label: str) -> str:
+    return (
+        f'<svg class="chart {kind}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{e(label)}"><title>{e(label)}</title>'
+    )
+
+
+def line_chart(
+    buckets: Sequence[dt.datetime],
+    series: Sequence[tuple[str, str, Sequence[int], bool]],
+    *,
+    label: str,
+) -> str:
+    """An SVG line chart: one (name, colour, values per bucket, emphasised) per series."""
+    width, height, left, right, top, bottom = 1080, 240, 56, 20, 14, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = _nice(max((max(v, default=0) for _, _, v, _ in series), default=0))
+    n = len(buckets)
+
+    def x(i: int) -> float:
+        return left + (plot_w / 2 if n == 1 else plot_w * i / (n - 1))
+
+    def y(v: float) -> float:
+        return top + plot_h * (1 - v / peak)
+
+    parts = [_svg_open("line", width, height, label)]
+    for k in range(5):
+        v = peak * k / 4
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(v):.1f}" '
+            f'y2="{y(v):.1f}"/><text x="{left - 8}" y="{y(v) + 4:.1f}" '
+            f'text-anchor="end">{e(_num(v))}</text>'
+        )
+    parts.append(
+        f'<line class="axis" x1="{left}" x2="{width - right}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>'
+    )
+    step = max(1, -(-n // 7))
+    parts.extend(
+        f'<text x="{x(i):.1f}" y="{height - 14}" text-anchor="{_anchor(i, n)}">'
+        f"{e(buckets[i].astimezone(dt.UTC).strftime('%m-%d %H:%M'))}</text>"
+        for i in range(0, n, step)
+    )
+    for name, colour, values, strong in sorted(series, key=lambda s: s[3]):  # outliers on top
+        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
+        stroke = 3.2 if strong else 1.8
+        cls = "series outlier" if strong else "series"
+        parts.append(
+            f'<g class="{cls}" data-user="{e(name)}"><title>{e(name)}</title>'
+            f'<polyline fill="none" stroke="{colour}" stroke-width="{stroke}" '
+            f'stroke-linejoin="round" points="{points}"/>'
+        )
+        if n <= 48:
+            parts.extend(
+                f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="{3.6 if strong else 2.6}" '
+                f'fill="{colour}"/>'
+                for i, v in enumerate(values)
+            )
+        parts.append("</g>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def bar_chart(
+    bars: Sequence[tuple[str, float]],
+    *,
+    label: str,
+    colour: str = "#2f6fdf",
+    strong: frozenset[str] = frozenset(),
+    marks: dict[str, float] | None = None,
+) -> str:
+    """A horizontal SVG bar chart; ``strong`` bars in the outlier colour, ``marks`` as ticks."""
+    if not bars:
+        return '<p class="note">None in this period.</p>'
+    width, row, left, right = 560, 26, 170, 60
+    height = row * len(bars) + 10
+    peak = _nice(max(v for _, v in bars))
+    scale = (width - left - right) / peak
+    parts = [_svg_open("bar", width, height, label)]
+    for i, (name, value) in enumerate(bars):
+        top = 5 + i * row
+        fill = OUTLIER if name in strong else colour
+        parts.append(
+            f'<text x="{left - 8}" y="{top + 16}" text-anchor="end">{e(name)}</text>'
+            f'<rect x="{left}" y="{top + 4}" width="{max(value * scale, 1):.1f}" '
+            f'height="{row - 9}" rx="3" fill="{fill}">'
+            f"<title>{e(name)}: {e(_num(value))}</title></rect>"
+            f'<text x="{left + value * scale + 6:.1f}" y="{top + 16}">{e(_num(value))}</text>'
+        )
+        mark = (marks or {}).get(name)
+        if mark is not None:
+            mx = left + mark * scale
+            parts.append(
+                f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{top + 1}" y2="{top + row - 2}" '
+                f'stroke="#1f2933" stroke-width="2" stroke-dasharray="3 2">'
+                f"<title>peer baseline {e(_num(mark))}</title></line>"
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------- sections
+
+
+def _table(heads: Sequence[str], rows: Iterable[Sequence[object]], *, numeric: int = 0) -> str:
+    """A table whose last ``numeric`` columns are right-aligned numbers; cells are escaped."""
+    first_num = len(heads) - numeric
+
+    def cls(i: int) -> str:
+        return ' class="n"' if i >= first_num else ""
+
+    head = "".join(f"<th{cls(i)}>{e(h)}</th>" for i, h in enumerate(heads))
+    body = "".join(
+        "<tr>" + "".join(f"<td{cls(i)}>{e(c)}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _colours(summary: Summary) -> dict[str, str]:
+    readers = [p for p in summary.employees if p.statements and not p.outlier]
+    many = len(readers) > MAX_COLOURS
+    colours = {p.user: CROWD if many else PALETTE[i] for i, p in enumerate(readers)}
+    colours.update(dict.fromkeys(summary.outliers, OUTLIER))
+    return colours
+
+
+def _volume(summary: Summary) -> str:
+    colours = _colours(summary)
+    users = [p.user for p in summary.employees if p.user in colours]
+    if not users:
+        return "<p class='note'>No ledger entries in this period.</p>"
+    index = {b: i for i, b in enumerate(summary.buckets)}
+    customers = {u: [0] * len(index) for u in users}
+    rows = {u: [0] * len(index) for u in users}
+    for b in summary.timeline:
+        if b.user in customers:
+            customers[b.user][index[b.start]] = b.customers
+            rows[b.user][index[b.start]] = b.rows
+    strong = set(summary.outliers)
+    size = _num(summary.bucket / dt.timedelta(hours=1))
+    legend = "".join(
+        f'<li><i style="background:{colours[u]}"></i>{e(u)}{BADGE if u in strong else ""}</li>'
+        for u in users
+    )
+    charts = "".join(
+        f"<h3>{e(what)} per employee, per {e(size)} h</h3>"
+        + line_chart(
+            summary.buckets,
+            [(u, colours[u], data[u], u in strong) for u in users],
+            label=f"{what} per employee over time",
+        )
+        for what, data in (("Distinct customers", customers), ("Rows fetched", rows))
+    )
+    medians = {r.role: r.median_customers for r in summary.roles}
+    ranked = sorted(summary.employees, key=lambda p: (not p.outlier, -p.customers, p.user))
+    shown = ranked[:TOP_BARS]
+    more = f" (top {TOP_BARS} of {len(ranked)})" if len(ranked) > TOP_BARS else ""
+    return (
+        f'<ul class="legend">{legend}</ul>{charts}'
+        f"<h3>Distinct customers per employee{e(more)}; dashed: median of the role</h3>"
+        + bar_chart(
+            [(p.user, p.customers) for p in shown],
+            label="Distinct customers per employee",
+            strong=frozenset(strong),
+            marks={p.user: medians[p.role] for p in shown},
+        )
+    )
+
+
+def _employee_row(p: Employee) -> str:
+    name = e(p.user) + (BADGE if p.outlier else "")
+    cells = (p.customers, p.products, p.tickets, p.statements, p.rows, p.refusals, p.throttles)
+    nums = "".join(f'<td class="n">{e(f"{c:,}")}</td>' for c in cells)
+    why = f'<div class="note">{e(p.why)}</div>' if p.why else ""
+    return (
+        f'<tr class="{"outlier" if p.outlier else ""}" data-user="{e(p.user)}">'
+        f"<td>{name}{why}</td><td>{e(p.role)}</td>{nums}</tr>"
+    )
+
+
+def _employees(summary: Summary) -> str:
+    heads = ("Customers", "Products", "Tickets", "Statements", "Rows", "Refusals", "Throttles")
+    ordered = sorted(summary.employees, key=lambda p: (not p.outlier, -p.customers, p.user))
+    roles = _table(
+        ("Role", "Employees", "Median customers", "Median rows"),
+        (
+            (r.role, r.employees, _num(r.median_customers), _num(r.median_rows))
+            for r in summary.roles
+        ),
+        numeric=3,
+    )
+    return (
+        '<table class="employees"><thead><tr><th>Employee</th><th>Role</th>'
+        + "".join(f'<th class="n">{e(h)}</th>' for h in heads)
+        + "</tr></thead><tbody>"
+        + "".join(_employee_row(p) for p in ordered)
+        + f"</tbody></table><h3>Role medians</h3>{roles}"
+    )
+
+
+def _incidents(items: Sequence[Incident], *, limit: int = 50) -> str:
+    latest = sorted(items, key=lambda i: i.time or dt.datetime.min.replace(tzinfo=dt.UTC))
+    rows = [
+        (_when(i.time), i.user, i.ticket or "-", i.outcome, i.reason, i.detail)
+        for i in reversed(latest[-limit:])
+    ]
+    more = f'<p class="note">Latest {limit} of {len(items)}.</p>' if len(items) > limit else ""
+    return more + _table(("Time", "Employee", "Ticket", "Outcome", "Reason", "Detail"), rows)
+
+
+def _header(summary: Summary, title: str, generated: dt.datetime) -> str:
+    since = f"since {_when(summary.since)}; " if summary.since is not None else ""
+    kpis = [
+        ("Employees", len(summary.employees), False),
+        ("Customers read", summary.customers, False),
+        ("Statements", summary.statements, False),
+        ("Rows fetched", summary.rows, False),
+        ("Refusals", summary.refusals, False),
+        ("Throttles", summary.throttles, False),
+        ("Far above peers", len(summary.outliers), bool(summary.outliers)),
+    ]
+    cards = "".join(
+        f'<div class="kpi{" alert" if alert else ""}"><b>{e(f"{v:,}")}</b><span>{e(k)}</span></div>'
+        for k, v, alert in kpis
+    )
+    if summary.outliers:
+        by_user = {p.user: p for p in summary.employees}
+        flagged = "".join(
+            f'<div class="callout"><b>{e(u)}</b>{BADGE} ({e(by_user[u].role)}): '
+            f"{e(by_user[u].why)}</div>"
+            for u in summary.outliers
+        )
+    else:
+        flagged = '<div class="ok">No employee is far above the peers of her role.</div>'
+    return (
+        f"<header><h1>{e(title)}</h1><p class='lead'>{e(since)}activity from "
+        f"{e(_when(summary.start))} to {e(_when(summary.end))}; generated "
+        f"{e(_when(generated))}</p><div class='kpis'>{cards}</div></header>"
+        f"<section id='outliers'><h2>Employees far above their peers</h2>{flagged}</section>"
+    )
+
+
+def render_report(
+    summary: Summary,
+    *,
+    title: str = TITLE,
+    generated: dt.datetime | None = None,
+    elevations: str | None = None,
+) -> str:
+    """The report's HTML for a summary (pure: ``generated`` defaults to ``summary.end``)."""
+    made = generated or summary.end or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    watch = (
+        _incidents(summary.watch)
+        if summary.watch
+        else '<p class="note">No watch-list or canary customer was touched in this period.</p>'
+    )
+    top = _table(
+        ("Customer", "Readers", "Employees", "Statements", "Rows"),
+        (
+            (c.customer, ", ".join(c.readers), len(c.readers), f"{c.statements:,}", f"{c.rows:,}")
+            for c in summary.top_customers
+        ),
+        numeric=3,
+    )
+    throttles = (
+        bar_chart(summary.throttles_by_reason, label="Throttles by limit", colour="#e67700")
+        + _incidents(summary.throttle_events)
+        if summary.throttle_events
+        else '<p class="note">No statement was throttled in this period.</p>'
+    )
+    sections = (
+        *((("elevations", "Break-glass review queue", elevations),) if elevations else ()),
+        ("volume", "Volume per employee over time", _volume(summary)),
+        ("employees", "Employees", _employees(summary)),
+        (
+            "refusals",
+            "Refusals",
+            '<div class="grid"><div><h3>By reason</h3>'
+            + bar_chart(summary.refusals_by_reason, label="Refusals by reason", colour="#495057")
+            + "</div><div><h3>By employee</h3>"
+            + bar_chart(
+                summary.refusals_by_employee,
+                label="Refusals by employee",
+                colour="#495057",
+                strong=frozenset(summary.outliers),
+            )
+            + "</div></div>",
+        ),
+        ("throttles", "Throttles", throttles),
+        ("watch", "Watch-list and canary touches", watch),
+        ("readers", "Customers with the most readers", top),
+    )
+    body = "".join(
+        f'<section id="{key}"><h2>{e(name)}</h2>{content}</section>'
+        for key, name, content in sections
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{e(title)}</title><style>{CSS}</style></head><body><main>"
+        f"{_header(summary, title, made)}{body}<footer>Far above peers: {e(summary.rule)}. "
+        "Counts come from the access ledger (allowed statements on scoped tables, rows "
+        "counted at the cursor) and the refusal events of the hash-chained audit trail; "
+        "the report holds no row data.</footer></main></body></html>\n"
+    )
+
+
+def write_report(
+    events: Iterable[Event],
+    out: str | Path,
+    *,
+    since: dt.datetime | None = None,
+    title: str = TITLE,
+    generated: dt.datetime | None = None,
+) -> None:
+    """Summarise ``events`` and write the report to ``out`` (one self-contained HTML file)."""
+    from accessguard.investigate.elevations import render_html, review
+
+    made = generated or dt.datetime.now(dt.UTC)
+    events = list(events)
+    queue = render_html(review(events, since=since, now=made))
+    page = render_report(
+        summarize(events, since=since), title=title, generated=made, elevations=queue
+    )
+    Path(out).write_text(page, encoding="utf-8")

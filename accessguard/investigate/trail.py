@@ -1,0 +1,363 @@
+"""Questions over a JSON-lines trail, answered by DuckDB (the one module that imports it).
+
+DuckDB reads the trail's JSON lines directly (``read_json``, newline-delimited,
+an explicit column list: only the ledger fields are parsed). That scan is
+bounded in memory but reads the whole file each time (about 9 s a gigabyte
+here). So, by default, the ledger entries are kept in an index beside the
+trail, ``TRAIL.index/``: Parquet parts (zstd, sorted by subject) and a
+manifest saying how many bytes of the trail they cover. Each question first
+indexes what was appended since (whole lines only, in chunks, so memory stays
+bounded), then asks the parts. A trail that shrank or whose first bytes or
+last indexed line changed is indexed again from the start. Parts are merged
+when there are more than ``MAX_PARTS``.
+
+Concurrency: updates take an exclusive lock on ``TRAIL.index/lock``, queries a
+shared one; the trail's size is read under a shared lock on the trail itself,
+so a batch being appended is never half indexed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import duckdb
+
+from accessguard.investigate.core import Entry, Group, Window, strs, utc
+
+INDEX_VERSION = 2  # 2: arrays kept as JSON text
+MAX_PARTS = 8
+CHUNK = 128 * 1024 * 1024  # bytes of trail per indexing step
+_PROBE = 4096  # bytes hashed at the head of the trail and before the indexed offset
+
+#: the trail fields read, as DuckDB types (everything else in a line is skipped)
+_FIELDS = {
+    "event.action": "VARCHAR",
+    "@timestamp": "VARCHAR",
+    "accessguard.first": "VARCHAR",
+    "accessguard.last": "VARCHAR",
+    "user.name": "VARCHAR",
+    "user.roles": "JSON",
+    "accessguard.ticket.id": "VARCHAR",
+    "accessguard.ticket.kind": "VARCHAR",
+    "accessguard.subject.kind": "VARCHAR",
+    "accessguard.subject.id": "VARCHAR",
+    "accessguard.statements": "JSON",
+    "accessguard.rows": "JSON",
+    "accessguard.columns": "JSON",
+    "accessguard.tables": "JSON",
+    "accessguard.fingerprint": "VARCHAR",
+}
+
+
+def _strings(name: str) -> str:
+    # kept as JSON text: Python reads the elements as investigate does (str() of each)
+    return f"CASE WHEN json_type(\"{name}\") = 'ARRAY' THEN \"{name}\"::VARCHAR ELSE '[]' END"
+
+
+def _count(name: str) -> str:
+    # investigate counts JSON integers only (not floats, not booleans)
+    return (
+        f"CASE WHEN json_type(\"{name}\") IN ('UBIGINT', 'BIGINT') "
+        f'THEN TRY_CAST("{name}" AS BIGINT) ELSE 0 END'
+    )
+
+
+_TS = 'COALESCE(TRY_CAST("accessguard.last" AS TIMESTAMPTZ), TRY_CAST("@timestamp" AS TIMESTAMPTZ))'
+#: the ledger entries of a JSON-lines source, as index rows
+_LEDGER = f"""
+SELECT
+    "user.name" AS user_name,
+    "accessguard.ticket.id" AS ticket_id,
+    "accessguard.ticket.kind" AS ticket_kind,
+    "accessguard.subject.kind" AS subject_kind,
+    "accessguard.subject.id" AS subject_id,
+    {_TS} AS ts,
+    COALESCE(TRY_CAST("accessguard.first" AS TIMESTAMPTZ), {_TS}) AS first,
+    {_count("accessguard.statements")} AS statements,
+    {_count("accessguard.rows")} AS rows,
+    {_strings("accessguard.columns")} AS columns,
+    {_strings("accessguard.tables")} AS tables,
+    {_strings("user.roles")} AS roles,
+    "accessguard.fingerprint" AS fingerprint
+FROM read_json(?, format = 'newline_delimited', columns = {{COLUMNS}}, ignore_errors = true,
+               maximum_object_size = 16777216)
+WHERE "event.action" = 'ledger' AND "accessguard.subject.id" IS NOT NULL
+"""  # noqa: S608 - built from the constants above only
+_COLUMNS = "{" + ", ".join(f"'{k}': '{v}'" for k, v in _FIELDS.items()) + "}"
+LEDGER_SQL = _LEDGER.replace("{COLUMNS}", _COLUMNS)
+
+_GROUP = """
+SELECT user_name, ticket_id, ticket_kind, subject_kind, subject_id,
+       sum(statements)::BIGINT, sum(rows)::BIGINT, columns, tables, roles, min(first), max(ts)
+FROM {source} WHERE {where}
+GROUP BY user_name, ticket_id, ticket_kind, subject_kind, subject_id, columns, tables, roles
+"""
+_ENTRIES = """
+SELECT first, ts, user_name, roles, ticket_id, ticket_kind, tables, columns,
+       statements, rows, fingerprint
+FROM {source} WHERE {where}
+ORDER BY first NULLS FIRST, ts NULLS FIRST, user_name, ticket_id
+"""
+
+
+def _connect(memory: str, temp: Path | None = None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(config={"memory_limit": memory, "threads": 2})
+    con.execute("SET TimeZone = 'UTC'")
+    if temp is not None:
+        con.execute("SET temp_directory = ?", [str(temp)])
+    return con
+
+
+class TrailEngine:
+    """who-read, what-read and subject-export over one JSON-lines trail."""
+
+    def __init__(
+        self,
+        trail: str | Path,
+        *,
+        index: str | Path | None = None,
+        use_index: bool = True,
+        memory: str = "256MB",
+    ) -> None:
+        self.trail = Path(trail)
+        if not self.trail.is_file():
+            raise FileNotFoundError(2, "No such file", str(self.trail))
+        self.index = Path(index) if index is not None else Path(f"{self.trail}.index")
+        self._con = _connect(memory, self.index if use_index else None)
+        self._parts: list[str] | None = None
+        self.name = "duckdb (JSON lines, no index)"
+        #: said to the user when the index could not be kept (the trail is scanned instead)
+        self.note: str | None = None
+        if use_index:
+            try:
+                self._parts = Index(self.trail, self.index, self._con).update()
+            except OSError as exc:
+                self.note = (
+                    f"cannot keep the index {self.index} ({exc.strerror or exc}): scanning "
+                    "the whole trail instead (--index DIR puts it elsewhere)"
+                )
+            else:
+                self.name = f"duckdb index {self.index}"
+
+    # ------------------------------------------------------------------ questions
+
+    def _source(self) -> tuple[str, list[Any]]:
+        if self._parts is None:
+            return f"({LEDGER_SQL})", [str(self.trail)]
+        return "read_parquet(?)", [[str(self.index / p) for p in self._parts]]
+
+    def _groups(self, where: str, params: list[Any]) -> list[Group]:
+        if self._parts == []:
+            return []
+        source, head = self._source()
+        with self._reading():
+            rows = self._con.execute(
+                _GROUP.format(source=source, where=where), [*head, *params]
+            ).fetchall()
+        return [
+            Group(u, t, k, s, i, st, rw, strs(c), strs(tb), strs(r), f, last)
+            for u, t, k, s, i, st, rw, c, tb, r, f, last in rows
+        ]
+
+    def by_subject(self, scope: str, subject: str, window: Window) -> list[Group]:
+        where, params = _window("subject_kind = ? AND subject_id = ?", [scope, subject], window)
+        return self._groups(where, params)
+
+    def by_user(self, user: str, window: Window) -> list[Group]:
+        where, params = _window("user_name = ?", [user], window)
+        return self._groups(where, params)
+
+    def entries(self, scope: str, subject: str, window: Window) -> Iterator[Entry]:
+        if self._parts == []:
+            return
+        source, head = self._source()
+        where, params = _window("subject_kind = ? AND subject_id = ?", [scope, subject], window)
+        with self._reading():
+            cur = self._con.execute(_ENTRIES.format(source=source, where=where), [*head, *params])
+            while batch := cur.fetchmany(2048):
+                for f, last, u, roles, t, k, tables, cols, st, rw, fp in batch:
+                    yield Entry(
+                        first=utc(f),
+                        last=utc(last),
+                        user=u,
+                        roles=tuple(sorted(strs(roles))),
+                        ticket=t,
+                        ticket_kind=k,
+                        tables=strs(tables),
+                        columns=strs(cols),
+                        statements=st,
+                        rows=rw,
+                        fingerprint=fp,
+                    )
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        if self._parts is None:
+            yield
+            return
+        with _locked(self.index / "lock", fcntl.LOCK_SH):
+            yield
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def _window(where: str, params: list[Any], window: Window) -> tuple[str, list[Any]]:
+    if window.start is None and window.end is None:
+        return where, params
+    where += " AND ts IS NOT NULL"
+    if window.start is not None:
+        where += " AND ts >= ?"
+        params = [*params, window.start]
+    if window.end is not None:
+        where += " AND ts < ?"
+        params = [*params, window.end]
+    return where, params
+
+
+@contextlib.contextmanager
+def _locked(path: Path, mode: int) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+class Index:
+    """The trail's ledger entries as Parquet parts, brought up to date incrementally."""
+
+    def __init__(self, trail: Path, root: Path, con: duckdb.DuckDBPyConnection) -> None:
+        self.trail, self.root, self.con = trail, root, con
+        self.manifest = root / "manifest.json"
+
+    def update(self) -> list[str]:
+        """Index whatever was appended since the last update; return the parts to read."""
+        self.root.mkdir(mode=0o750, exist_ok=True)
+        with _locked(self.root / "lock", fcntl.LOCK_EX):
+            state = self._state()
+            with self.trail.open("rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_SH)  # between two appended batches
+                size = os.fstat(fh.fileno()).st_size
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                head = _digest(fh, 0, min(size, _PROBE))
+                if not self._still(state, fh, size, head):
+                    self._drop(state["parts"])
+                    state = {
+                        "version": INDEX_VERSION,
+                        "offset": 0,
+                        "head": head,
+                        "parts": [],
+                        "tail": None,
+                    }
+                offset = state["offset"]
+                while offset < size:
+                    end = _line_end(fh, offset, min(size, offset + CHUNK))
+                    if end <= offset:
+                        break  # a torn or unfinished last line: next time
+                    part = self._ingest(fh, offset, end)
+                    if part is not None:
+                        state["parts"].append(part)
+                    offset = end
+                    state["offset"] = offset
+                    state["head"] = head if offset >= _PROBE else _digest(fh, 0, offset)
+                    state["tail"] = _digest(fh, max(0, offset - _PROBE), offset)
+                    self._save(state)
+            if len(state["parts"]) > MAX_PARTS:
+                state["parts"] = self._merge(state["parts"])
+                self._save(state)
+            parts: list[str] = state["parts"]
+            return parts
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            state: dict[str, Any] = json.loads(self.manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {"version": INDEX_VERSION, "offset": 0, "head": None, "parts": [], "tail": None}
+        if state.get("version") != INDEX_VERSION or not all(
+            (self.root / p).is_file() for p in state.get("parts", [])
+        ):
+            return {"version": INDEX_VERSION, "offset": 0, "head": None, "parts": [], "tail": None}
+        return state
+
+    def _still(self, state: dict[str, Any], fh: BinaryIO, size: int, head: str) -> bool:
+        """Whether the indexed bytes are still the trail's first bytes."""
+        offset = state["offset"]
+        if offset == 0:
+            return True
+        if size < offset or state["head"] != (head if offset >= _PROBE else _digest(fh, 0, offset)):
+            return False
+        return bool(state["tail"] == _digest(fh, max(0, offset - _PROBE), offset))
+
+    def _ingest(self, fh: BinaryIO, start: int, end: int) -> str | None:
+        name = f"part-{start:015d}-{end:015d}.parquet"
+        chunk = self.root / f".chunk-{os.getpid()}.jsonl"
+        try:
+            with chunk.open("wb") as out:
+                fh.seek(start)
+                left = end - start
+                while left > 0:
+                    data = fh.read(min(left, 8 * 1024 * 1024))
+                    if not data:
+                        break
+                    out.write(data)
+                    left -= len(data)
+            target = self.root / name
+            self.con.execute(
+                f"COPY ({LEDGER_SQL} ORDER BY subject_kind, subject_id, ts) "
+                "TO ? (FORMAT parquet, COMPRESSION zstd)",
+                [str(chunk), str(target)],
+            )
+        finally:
+            chunk.unlink(missing_ok=True)
+        return name
+
+    def _merge(self, parts: list[str]) -> list[str]:
+        """Merge every part but the largest into one (sorted by subject again)."""
+        sizes = sorted(parts, key=lambda p: (self.root / p).stat().st_size, reverse=True)
+        keep, small = sizes[0], sorted(sizes[1:])
+        name = f"merged-{hashlib.sha256(' '.join(small).encode()).hexdigest()[:16]}.parquet"
+        self.con.execute(
+            "COPY (SELECT * FROM read_parquet(?) ORDER BY subject_kind, subject_id, ts) "
+            "TO ? (FORMAT parquet, COMPRESSION zstd)",
+            [[str(self.root / p) for p in small], str(self.root / name)],
+        )
+        self._drop(small)
+        return sorted([keep, name])
+
+    def _drop(self, parts: Iterable[str]) -> None:
+        for part in parts:
+            (self.root / part).unlink(missing_ok=True)
+
+    def _save(self, state: dict[str, Any]) -> None:
+        temp = self.manifest.with_suffix(".tmp")
+        temp.write_text(json.dumps(state), encoding="utf-8")
+        temp.replace(self.manifest)
+
+
+def _digest(fh: BinaryIO, start: int, end: int) -> str:
+    fh.seek(start)
+    return hashlib.sha256(fh.read(end - start)).hexdigest()
+
+
+def _line_end(fh: BinaryIO, start: int, stop: int) -> int:
+    """The offset just after the last newline in [start, stop) (``start`` if none)."""
+    step = 1 << 16
+    pos = stop
+    while pos > start:
+        low = max(start, pos - step)
+        fh.seek(low)
+        block = fh.read(pos - low)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            return low + cut + 1
+        pos = low
+    return start

@@ -1,0 +1,7 @@
+"""Tickets and the stores that hold them (files, PostgreSQL, HTTP)."""
+
+
+def __getattr__(name: str) -> object:  # the 0.1 module's names, deprecated (accessguard.moved)
+    from accessguard.moved import moved_name
+
+    return moved_name(__name__, name)
