@@ -28,6 +28,7 @@ def _slow_fsync(monkeypatch: pytest.MonkeyPatch, calls: list[int]) -> None:
         real(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fsync)
 
 
 def _events_on_disk(path: Path) -> set[int]:
@@ -78,6 +79,7 @@ def test_a_failed_batch_fails_every_writer_in_it(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", failing)
+    monkeypatch.setattr(os, "fdatasync", failing)
     outcomes: dict[int, str] = {}
 
     def writer(n: int) -> None:
@@ -97,6 +99,7 @@ def test_a_failed_batch_fails_every_writer_in_it(
         thread.join()
     assert set(outcomes.values()) == {"refused"}
     monkeypatch.setattr(os, "fsync", real)
+    monkeypatch.setattr(os, "fdatasync", real)
     assert path.read_text() == ""  # all or nothing: every failed batch was cut back off
     sink.write([{"event.action": "query", "n": 99}])  # the sink works again
     assert verify(path, key=KEY).ok

@@ -47,6 +47,7 @@ from accessguard.audit.chain import (
     vouch,
     write_checkpoint,
 )
+from accessguard.audit.durable import sync_data
 from accessguard.audit.verification import Verification, verify, verify_events
 from accessguard.errors import AuditError
 
@@ -183,7 +184,7 @@ class JsonlSink:
         try:
             _write_all(fd, data, end)
             if self._fsync:
-                os.fsync(fd)
+                sync_data(fd)
             # the batch is on disk first: a checkpoint lost in a crash is only behind it
             write_checkpoint(self.path, Checkpoint.of(new, self._key, end=end + len(data)))
         except BaseException:

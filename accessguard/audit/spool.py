@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from accessguard.audit.durable import sync_data
+
 HEADER = "accessguard.spool"
 MAC = "accessguard.spool.mac"
 TAMPERED = "accessguard.spool.tampered"
@@ -83,7 +85,7 @@ class Spool:
                     written = os.pwrite(fd, view, offset)
                     view, offset = view[written:], offset + written
                 if self._fsync:
-                    os.fsync(fd)
+                    sync_data(fd)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, end)
@@ -175,7 +177,7 @@ class Spool:
                     return False
                 os.ftruncate(fd, 0)
                 if self._fsync:
-                    os.fsync(fd)
+                    sync_data(fd)
                 return True
         except FileNotFoundError:
             return True
