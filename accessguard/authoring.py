@@ -452,6 +452,8 @@ def explain(  # noqa: PLR0913 - the options of `accessguard check`
     out.append(f"decision:  {verdict}")
     if decision.message:
         out.append(f"           {decision.message}")
+    if decision.masked:
+        out.append(f"masked:    {', '.join(f'{c} ({m})' for c, m in decision.masked)}")
     out.append(f"sent:      {_sent_text(facts, decision)}")
     return "\n".join(out)
 
@@ -471,7 +473,8 @@ def _explained(  # noqa: PLR0913 - the options of `accessguard check`
     found = guard.tickets.get(ticket) if ticket is not None else None
     roles = policy.roles_of(user)
     context = Context(user=user, roles=roles, ticket_id=ticket, ticket=found, params=params)
-    facts = guard.analyze(sql, dialect=dialect, params=params is not None)
+    masking = guard.masking(policy, context)  # the SQL sent shows the masks (literals as ?)
+    facts = guard.analyze(sql, dialect=dialect, params=params is not None, masking=masking)
     return context, facts, decide(facts, context, policy)
 
 
@@ -508,6 +511,7 @@ def explain_data(  # noqa: PLR0913 - the options of `accessguard check`
             "reason": str(decision.reason) if decision.reason else None,
             "message": decision.message or None,
         },
+        "masked": [{"column": c, "mask": m} for c, m in decision.masked],
         # literals as ?; the ticket's subject id filled in only when allowed
         "sent": sent,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
+import secrets
 import threading
 import time
 import warnings
@@ -40,6 +41,7 @@ from accessguard.analysis import (
     with_redaction,
 )
 from accessguard.analysis.crosscheck import verify_sent
+from accessguard.analysis.rewrite import mask_texts
 from accessguard.analysis.shape import quick_shape
 from accessguard.audit import Auditor, AuditSink, as_sink, utcnow
 from accessguard.catalog import Drift, SchemaDriftWarning, database_key, read_drift
@@ -55,6 +57,7 @@ from accessguard.errors import (
 )
 from accessguard.lane import Authorized, Convert, Lane, Session
 from accessguard.ledger import Access, Ledger
+from accessguard.masking import NO_MASKING, Masking
 from accessguard.plan import Params, Plan, Unverified, combine, params_shape
 from accessguard.policy import SHADOW_FILE, Policy, load_policy
 from accessguard.probes import keyed, plan_probes, unprobed, with_literals
@@ -124,7 +127,10 @@ class Guard:
             pseudonym_key=ledger_pseudonym_key,
             refused=self._ledger_refused,
         )
-        self._cache: OrderedDict[tuple[str, str, bool, str, bool], Facts] = OrderedDict()
+        #: keys mask=hash (accessguard.masking): the ledger's key, so a hashed column
+        #: equals the ledger's pseudonym of its value; else one random key per guard
+        self._mask_key = ledger_pseudonym_key or secrets.token_bytes(32)
+        self._cache: OrderedDict[tuple[object, ...], Facts] = OrderedDict()
         #: the plans of each (employee, ticket id, dialect); every plan holds the
         #: policy it was decided by and is used only while that policy is
         self._lanes: dict[tuple[str, str | None, str], Lane] = {}
@@ -247,7 +253,7 @@ class Guard:
 
     # ------------------------------------------------------------------ deciding
 
-    def analyze(
+    def analyze(  # noqa: PLR0913 - keyword-only options
         self,
         sql: str | bytes,
         *,
@@ -255,20 +261,24 @@ class Guard:
         params: bool = False,
         policy: Policy | None = None,
         sending: bool = True,
+        masking: Masking = NO_MASKING,
     ) -> Facts:
-        """Facts for ``sql``, cached by its text (and the schema version).
+        """Facts for ``sql``, cached by its text (and the schema version, and the masks).
 
         ``sending=False``: for a decision only (see ``accessguard.analysis.analyze``).
+        ``masking``: the columns the SQL sent reads masked (``accessguard.masking``).
         """
         catalog = (policy or self.policy).catalog
         if not isinstance(sql, str) or screen(sql) is not None:  # refused, never cached
             return analyze(sql, catalog=catalog, dialect=dialect)
-        key = (sql, dialect, params, catalog.version, sending)
+        key = (sql, dialect, params, catalog.version, sending, masking.columns)
         facts = self._cache.get(key)
         if facts is not None:
             return facts
         started = time.perf_counter()
-        facts = analyze(sql, catalog=catalog, dialect=dialect, params=params, sending=sending)
+        facts = analyze(
+            sql, catalog=catalog, dialect=dialect, params=params, sending=sending, masking=masking
+        )
         metrics.ANALYSIS.observe(time.perf_counter() - started)
         with self._lock:
             self._cache[key] = facts
@@ -363,11 +373,20 @@ class Guard:
             params=params,
         )
         escape = params is not None if escape is None else escape
-        facts = self.analyze(sql, dialect=dialect, params=escape, policy=policy, sending=sending)
+        masking = self.masking(policy, context) if sending else NO_MASKING
+        facts = self.analyze(
+            sql, dialect=dialect, params=escape, policy=policy, sending=sending, masking=masking
+        )
         started = time.perf_counter()
         decision = decide(facts, context, policy)
         metrics.DECIDE.observe(time.perf_counter() - started)
         return facts, decision, context
+
+    def masking(self, policy: Policy, context: Context) -> Masking:
+        """The masks the employee's reads go through under ``context`` (with this guard's key)."""
+        valid = context.valid
+        columns = policy.masks_for(context.roles, valid.kind if valid is not None else None)
+        return Masking(columns, self._mask_key) if columns else NO_MASKING
 
     def authorize(  # noqa: PLR0913 - keyword-only options
         self,
@@ -645,6 +664,7 @@ class Guard:
                 scoped,
                 pyformat=bool(facts.params),
                 subjects=[subject for _scope, subject in decision.subjects],
+                masks=mask_texts(self.masking(policy, context), facts.reads),
             )
             if problem is not None:
                 raise Unverified(problem)

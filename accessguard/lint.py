@@ -6,7 +6,9 @@ it reports every faulty line, then loads the directory the way the guard does
 
 =======  ==========================  =============================================
 error    policy.syntax               not a ``p``/``g`` line of the right shape
-error    action.unknown              an action other than read or update
+error    action.unknown              an action other than read, update or read:mask=NAME
+error    mask.unknown                ``read:mask=NAME`` with a mask accessguard does not
+                                     know (``email``, ``last4``, ``hash``)
 error    object.wildcard             ``*``, ``*.*``, ``*.col``: wider than one table
                                      (or ``TABLE.*`` for update, or a partial ``*``)
 error    table.unknown               a table schema.toml does not declare
@@ -46,6 +48,7 @@ from accessguard import lint_access
 from accessguard.catalog import Catalog, load_catalog
 from accessguard.errors import PolicyError
 from accessguard.guard import LIMITS_FILE
+from accessguard.masking import MASKS, mask_name, parse_action
 from accessguard.policy import (
     ACTIONS,
     EVERYONE,
@@ -216,9 +219,17 @@ def _shape(fields: list[str]) -> str | None:
 def _object(
     obj: str, action: str, catalog: Catalog | None
 ) -> frozenset[tuple[str, str, str]] | tuple[str, str]:
-    """The accesses a ``p`` line's object and action grant, or (code, message)."""
-    if action not in ACTIONS:
-        return "action.unknown", f"unknown action {action!r} (read or update)"
+    """The accesses a ``p`` line's object and action grant, or (code, message).
+
+    A masked read's accesses keep its whole action (``read:mask=email``): it
+    is shadowed by the same masked grant, and never shadows a clear one.
+    """
+    parsed = parse_action(action)
+    if parsed is None and mask_name(action) is not None:
+        known = ", ".join(MASKS)
+        return "mask.unknown", f"unknown mask {mask_name(action)!r} in {action!r} ({known})"
+    if parsed is None or parsed[0] not in ACTIONS:
+        return "action.unknown", f"unknown action {action!r} (read, update or read:mask=NAME)"
     table, _, column = obj.partition(".")
     if "*" in table:
         return "object.wildcard", (
@@ -236,7 +247,7 @@ def _object(
     if not spec.reachable:
         return "table.unreachable", f"table {table!r} is never reachable (schema.toml)"
     if column == "*":
-        if action != "read":
+        if parsed[0] != "read":
             return "object.wildcard", f"{obj!r}: TABLE.* is only allowed for read"
         return frozenset((spec.qualified, c, action) for c in spec.columns)
     if column not in spec.column_set:
