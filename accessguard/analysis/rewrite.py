@@ -99,6 +99,8 @@ def rewrite(  # noqa: PLR0913 - keyword-only options
         keys.append(key)
         param.replace(_column(f"__ag_p{len(keys) - 1}__"))
     text = sql_dialect(dialect).generate(tree, comments=False, copy=False)  # our tree: no copy
+    if any(mask == "hash" for _t, _c, mask in applied):
+        text = _pads_apart(text, masking.key)
     if escape_percent:
         text = text.replace("%", "%%")
     order: list[int | str] = []
@@ -290,6 +292,20 @@ def _hidden(node: exp.Expression, top: exp.Expression, name: str) -> bool:
                     return True
         parent = parent.parent
     return False
+
+
+def _pads_apart(text: str, key: bytes) -> str:
+    """Each HMAC pad literal of ``key`` on a line of its own.
+
+    An error PostgreSQL reports with a position (``operator does not exist``)
+    comes back with the line of the SQL sent around that position ("LINE 1:
+    ..."): the employee's own tokens are never on a pad's line, so no error
+    shows any part of the key.
+    """
+    for pad in hmac_pads(key):
+        literal = f"'{pad.hex()}'"
+        text = text.replace(literal, f"\n{literal}\n")
+    return text
 
 
 def mask_texts(masking: Masking, reads: Collection[tuple[str, str]]) -> dict[str, dict[str, str]]:
