@@ -457,7 +457,7 @@ class TestPaths:
     def test_same_statement_per_employee(self, guard: Guard, dsn: str) -> None:
         """One statement text, read by employees with different masks, gets each one's masks."""
         sql = "SELECT email FROM customers WHERE id = %s"
-        got = []
+        got: list[tuple[str, tuple[Any, ...] | None]] = []
         for user, ticket in (("alice", "T-100"), ("erin", "T-300"), ("alice", "T-100")):
             with guard.connect(dsn, user=user, ticket=ticket) as conn:
                 # three times: the plan and shape caches, and psycopg's prepared statements
