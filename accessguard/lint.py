@@ -24,6 +24,7 @@ warning  rule.shadowed               every access the line grants is granted any
                                      by a no-ticket rule, by a role it inherits
                                      (every employee holds ``everyone``), or by
                                      a ``TABLE.*`` line of the same role and kind
+                                     (a masked read, also by a clear read: clear wins)
 =======  ==========================  =============================================
 
 Edits that open or silently weaken access (a ticket-kind rule on an unscoped
@@ -323,11 +324,14 @@ def _shadowed(path: str, rules: list[_Rule], groupings: list[tuple[str, str]]) -
         holders = _ancestors(rule.role, groupings) | {rule.role}
         by: list[_Rule] = []
         for access in sorted(rule.accesses):
+            # a clear read makes a masked one moot (clear wins)
+            masked = mask_name(access[2]) is not None
+            clear = (access[0], access[1], "read") if masked else access
             wider = [
                 r
                 for r in rules
                 if r is not rule
-                and access in r.accesses
+                and (access in r.accesses or clear in r.accesses)
                 and r.role in holders
                 and r.kind in (rule.kind, NO_TICKET)
                 and _stronger(r, rule)

@@ -283,6 +283,15 @@ class TestPolicy:
         found = [(Path(f.path).name, f.line, f.code) for f in lint(target)]
         assert ("policy.csv", line, "mask.unknown") in found
 
+    def test_lint_flags_a_masked_read_granted_clear_anyway(self, policy_dir: Path) -> None:
+        """A masked rule for a column the role reads clear is rule.shadowed; not the reverse."""
+        lines = (policy_dir / "policy.csv").read_text(encoding="utf-8").splitlines()
+        masked = lines.index("p, support_agent, order_issue, customers.address, read:mask=hash") + 1
+        clear = lines.index("p, support_agent, order_issue, customers.address, read") + 1
+        found = {(f.line, f.code) for f in lint(policy_dir) if Path(f.path).name == "policy.csv"}
+        assert (masked, "rule.shadowed") in found
+        assert (clear, "rule.shadowed") not in found
+
 
 class TestCheck:
     @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
