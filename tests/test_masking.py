@@ -11,18 +11,27 @@ import contextlib
 import hashlib
 import hmac
 import json
-import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-import yaml
-from casefiles import CASES_DIR, PgServerLike, database_copy
+from casefiles import PgServerLike, database_copy
+from maskcases import (
+    ALLOWED,
+    CASES,
+    KEY,
+    MaskCase,
+    Rows,
+    assert_no_clear_value,
+    comparable,
+    error_text,
+    expected,
+    masked_policies,
+)
 from sqlalchemy import BigInteger, Text, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -33,7 +42,7 @@ from accessguard.analysis.rewrite import mask_expression, mask_texts
 from accessguard.errors import Reason
 from accessguard.ledger import Ledger
 from accessguard.lint import lint
-from accessguard.masking import MASKS, Masking, apply, hmac_pads, parse_action
+from accessguard.masking import MASKS, Masking, apply, parse_action
 from accessguard.policy import load_policy
 from accessguard.testing import MemoryAuditSink
 
@@ -41,87 +50,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 db = pytest.mark.db
-CASES_FILE = CASES_DIR / "masking.yaml"
-KEY = b"masking-test-key-0123456789abcdef"
-#: what must never come back: customer 42's clear e-mail and phone, and pieces of them
-CLEAR = ("c0042@mail.example", "c0042", "+1-555-0042", "555-0042", "+1-555")
-_KEYS = {"id", "user", "ticket", "sql", "params", "expect", "reason", "rows", "sorted", "why"}
-Rows = list[tuple[Any, ...]]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MaskCase:
-    """One entry of masking.yaml."""
-
-    id: str
-    user: str
-    ticket: str | None
-    sql: str
-    params: list[Any] | None
-    expect: str
-    reason: str | None
-    rows: list[list[Any]] | None
-    sorted: bool
-    why: str
-
-
-def load_cases() -> list[MaskCase]:
-    """The cases of masking.yaml, validated strictly (unknown keys, duplicates, shapes)."""
-    data = yaml.safe_load(CASES_FILE.read_text(encoding="utf-8"))
-    assert isinstance(data, list)
-    cases: list[MaskCase] = []
-    for entry in data:
-        assert isinstance(entry, dict), entry
-        assert set(entry) <= _KEYS, set(entry) - _KEYS
-        expect = entry["expect"]
-        assert expect in {"allowed", "denied", "error"}, entry["id"]
-        assert ("rows" in entry) == (expect == "allowed"), entry["id"]
-        assert ("reason" in entry) == (expect == "denied"), entry["id"]
-        cases.append(
-            MaskCase(
-                id=entry["id"],
-                user=entry.get("user", "alice"),
-                ticket=entry.get("ticket", "T-100"),
-                sql=entry["sql"],
-                params=entry.get("params"),
-                expect=expect,
-                reason=entry.get("reason"),
-                rows=entry.get("rows"),
-                sorted=bool(entry.get("sorted", False)),
-                why=entry["why"],
-            )
-        )
-    ids = [c.id for c in cases]
-    assert len(ids) == len(set(ids)), "duplicate ids"
-    return cases
-
-
-CASES = load_cases()
-ALLOWED = [c for c in CASES if c.expect == "allowed"]
-
-
-def masked_policies(target: Path) -> Path:
-    """The scenario's policies without limits, with the masked rules masking.yaml describes."""
-    shutil.copytree(accessguard.scenario.policies_dir(), target)
-    (target / "limits.toml").unlink()
-    path = target / "policy.csv"
-    text = path.read_text(encoding="utf-8")
-    for column, mask in (("email", "email"), ("phone", "last4")):
-        line = f"p, support_agent, order_issue, customers.{column}, read\n"
-        assert line in text
-        text = text.replace(
-            line, f"p, support_agent, order_issue, customers.{column}, read:mask={mask}\n"
-        )
-    text += (
-        "p, support_agent, order_issue, customers.phone, update\n"
-        "p, support_agent, order_issue, customers.address, read:mask=hash\n"
-        "p, account_specialist, account_recovery, customers.email, read:mask=hash\n"
-        "p, account_specialist, account_recovery, customers.phone, read:mask=last4\n"
-        "p, account_specialist, account_recovery, customers.address, read:mask=hash\n"
-        "p, account_specialist, account_recovery, customers.created_at, read:mask=email\n"
-    )
-    path.write_text(text, encoding="utf-8")
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -145,47 +73,6 @@ def dsn(pg_server: PgServerLike, scenario_template: str) -> Iterator[str]:
     """One scenario copy for the module; every case's transaction is rolled back."""
     with database_copy(pg_server, scenario_template, prefix="ag_masking") as found:
         yield found
-
-
-_INLINE_HMAC = re.compile(r"\{hmac:([^}]*)\}")
-
-
-def _cell(value: Any) -> Any:
-    """A case file's cell as PostgreSQL returns it: pseudonyms computed, records as tuples."""
-    if isinstance(value, list):
-        return tuple(_cell(v) for v in value)
-    if not isinstance(value, str):
-        return value
-    if value.startswith("hmac:"):
-        return apply("hash", value.removeprefix("hmac:"), KEY)
-    return _INLINE_HMAC.sub(lambda m: apply("hash", m.group(1), KEY) or "", value)
-
-
-def expected(case: MaskCase) -> Rows:
-    """The case's rows, with each "hmac:TEXT" replaced by the keyed pseudonym of TEXT."""
-    assert case.rows is not None
-    rows = [tuple(_cell(v) for v in row) for row in case.rows]
-    return sorted(rows, key=repr) if case.sorted else rows
-
-
-def comparable(rows: Rows, case: MaskCase) -> Rows:
-    return sorted(rows, key=repr) if case.sorted else rows
-
-
-def assert_no_clear_value(text: str) -> None:
-    """``text`` (rows or an error, rendered) holds no clear e-mail or phone, and no key pad."""
-    for clear in CLEAR:
-        assert clear not in text, clear
-    for pad in hmac_pads(KEY):
-        assert pad.hex()[:8] not in text
-
-
-def _error_text(exc: BaseException) -> str:
-    """An error as the application can read it: its message and every diagnostic field."""
-    diag = getattr(exc, "diag", None)
-    fields = ("message_primary", "message_detail", "message_hint", "context", "internal_query")
-    extra = [str(getattr(diag, f, "") or "") for f in fields] if diag is not None else []
-    return " | ".join([str(exc), *extra])
 
 
 def _execute(guard: Guard, dsn: str, case: MaskCase) -> Rows | AccessGuardError | psycopg.Error:
@@ -410,7 +297,7 @@ class TestPaths:
             assert_no_clear_value(str(outcome))
         elif isinstance(outcome, psycopg.Error):
             assert case.expect == "error", str(outcome)
-            assert_no_clear_value(_error_text(outcome))
+            assert_no_clear_value(error_text(outcome))
         else:
             assert case.expect == "allowed"
             assert comparable(outcome, case) == expected(case)
