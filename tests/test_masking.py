@@ -295,6 +295,8 @@ class TestPaths:
             assert case.expect == "denied", str(outcome)
             assert str(outcome.reason) == case.reason
             assert_no_clear_value(str(outcome))
+            if case.reason == Reason.COLUMN_MASKED:
+                assert "is granted masked only" in outcome.message
         elif isinstance(outcome, psycopg.Error):
             assert case.expect == "error", str(outcome)
             assert_no_clear_value(error_text(outcome))

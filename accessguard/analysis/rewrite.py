@@ -76,10 +76,13 @@ def rewrite(  # noqa: PLR0913 - keyword-only options
         columns = projection(spec, reads)
         masked = {c: m for c, m in masks.get(spec.qualified, {}).items() if c in columns}
         if masked and (node is update_target or dialect != "postgres"):
-            where = "the UPDATE target" if node is update_target else f"the {dialect} dialect"
+            obj = f"{spec.name}.{min(masked)}"
             refuse(
                 Reason.COLUMN_MASKED,
-                f"a masked column of {spec.name} is read where no mask can apply ({where})",
+                f"{obj} is granted masked only: an UPDATE of its table cannot read it "  # noqa: S608
+                "(in WHERE, SET or RETURNING)"
+                if node is update_target
+                else f"{obj} is granted masked only, and masks apply on PostgreSQL only",
             )
         applied.update((spec.qualified, c, m) for c, m in masked.items())
         if node is update_target:
