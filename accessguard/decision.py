@@ -64,6 +64,8 @@ class Decision:
     named: tuple[tuple[str, int], ...] = ()
     retry_after: float | None = None
     limit: str | None = None
+    #: ("table.column", mask) of each column read only in a masked form (accessguard.policy.masking)
+    masked: tuple[tuple[str, str], ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -95,7 +97,14 @@ def decide(facts: Facts, context: Context, policy: Policy) -> Decision:
         else ()
     )
     return Decision(
-        outcome="allowed", kind=facts.kind, tables=tables, columns=columns, subjects=subjects
+        outcome="allowed",
+        kind=facts.kind,
+        tables=tables,
+        columns=columns,
+        subjects=subjects,
+        masked=policy.masked_reads(
+            context.roles, context.valid.kind if context.valid else None, facts.reads
+        ),
     )
 
 
@@ -242,11 +251,20 @@ def rows_countable(facts: Facts, context: Context, policy: Policy) -> Denial | N
     return None
 
 
+def masks_applicable(facts: Facts, context: Context, policy: Policy) -> Denial | None:
+    """A column read only masked is read where its mask applies (``Policy.mask_problem``)."""
+    ticket = context.valid
+    kind = ticket.kind if ticket is not None else None
+    problem = policy.mask_problem(context.roles, kind, facts.reads, facts.writes, facts.dialect)
+    return Denial(Reason.COLUMN_MASKED, problem) if problem is not None else None
+
+
 CHECKS: tuple[Check, ...] = (
     analyzable,
     params_match,
     statement_kind_allowed,
     grants_cover,
+    masks_applicable,
     locks_granted,
     row_scope_bound,
     watchlist_respected,

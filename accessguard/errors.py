@@ -44,6 +44,7 @@ class Reason(enum.StrEnum):
     TABLE_FORBIDDEN = "table.forbidden"
     COLUMN_UNKNOWN = "column.unknown"
     COLUMN_NOT_ALLOWED = "column.not_allowed"
+    COLUMN_MASKED = "column.masked"
     # tickets
     TICKET_REQUIRED = "ticket.required"
     TICKET_UNKNOWN = "ticket.unknown"

@@ -42,6 +42,7 @@ from accessguard.analysis.shape import Shape, render, shape_of
 from accessguard.analysis.walker import Refusal, Walker
 from accessguard.errors import Reason
 from accessguard.policy.catalog import Catalog
+from accessguard.policy.masking import NO_MASKING, Masking
 
 __all__ = [
     "MAX_SQL_LENGTH",
@@ -178,15 +179,19 @@ def as_text(sql: str | bytes | bytearray | memoryview) -> tuple[str, str | None]
     return sql, screen(sql)
 
 
-def analyze(
+def analyze(  # noqa: PLR0913 - keyword-only options
     sql: str | bytes,
     *,
     catalog: Catalog,
     dialect: str = "postgres",
     params: bool = False,
     sending: bool = True,
+    masking: Masking = NO_MASKING,
 ) -> Facts:
     """Analyze one statement. ``params``: whether parameters will be bound (escapes %).
+
+    ``masking``: the columns the SQL sent reads through a mask (``Facts.masked``
+    says which of them it reads).
 
     ``sending=False`` (a decision only, as ``Guard.check`` makes) leaves out
     what only the statement actually sent needs: the rewritten SQL
@@ -219,7 +224,7 @@ def analyze(
     redacted = redact_tokens(tokens) if sending else None
     final = {"redacted": redacted, "fingerprint": fingerprint(redacted), "dialect": dialect}
     facts = _analyze_guarded(
-        sql, tokens, catalog, dialect, params=params, sending=sending, final=final
+        sql, tokens, catalog, dialect, params=params, sending=sending, final=final, masking=masking
     )
     if facts.problem is None and dialect == "postgres":
         # a second opinion from PostgreSQL's own parser (libpg_query)
@@ -306,9 +311,19 @@ def _analyze_guarded(  # noqa: PLR0913 - one statement's inputs
     params: bool,
     sending: bool,
     final: dict[str, Any],
+    masking: Masking,
 ) -> Facts:
     try:
-        return _analyze(sql, tokens, catalog, dialect, params=params, sending=sending, final=final)
+        return _analyze(
+            sql,
+            tokens,
+            catalog,
+            dialect,
+            params=params,
+            sending=sending,
+            final=final,
+            masking=masking,
+        )
     except Refusal as refusal:
         return Facts(kind="unknown", problem=refusal.reason, detail=refusal.detail)
     except SqlglotError:
@@ -338,6 +353,7 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
     params: bool,
     sending: bool,
     final: dict[str, Any],
+    masking: Masking,
 ) -> Facts:
     """The facts of one statement; without a problem, built whole (``final`` included).
 
@@ -418,9 +434,15 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
         )
     sent: str | None = None
     order: tuple[int | str, ...] = ()
+    masked: frozenset[tuple[str, str, str]] = frozenset()
     if sending:
-        sent, order = rewrite(
-            tree, walker.physical, reads=walker.reads, dialect=dialect, escape_percent=params
+        sent, order, masked = rewrite(
+            tree,
+            walker.physical,
+            reads=walker.reads,
+            dialect=dialect,
+            escape_percent=params,
+            masking=masking,
         )
     return Facts.build(
         **final,
@@ -435,6 +457,7 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
         row_weight=walker.row_weight,
         locked=frozenset(walker.locked),
         sent=sent,
+        masked=masked,
         param_order=order,
     )
 

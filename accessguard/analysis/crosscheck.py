@@ -338,13 +338,14 @@ _PROJECTION_KEYS = frozenset({"targetList", "fromClause", "whereClause", "limitO
 Owner = tuple[str, dict[str, Any]]
 
 
-def verify_sent(
+def verify_sent(  # noqa: PLR0913 - keyword-only options
     sent: str,
     facts: Facts,
     scoped: Mapping[str, str],
     *,
     pyformat: bool = False,
     subjects: Collection[int] = (),
+    masks: Mapping[str, Mapping[str, str]] | None = None,
 ) -> str | None:
     """None when PostgreSQL reads ``sent`` as the second wall promises; else what is wrong.
 
@@ -359,22 +360,28 @@ def verify_sent(
     own expressions name only columns of ``facts.reads`` (no ``*``, no
     whole-row reference). A subject is a marker, a parameter, or an integer
     (one of ``subjects`` when given). ``pyformat``: ``sent`` uses psycopg's
-    ``%s`` placeholders. The same parser as ``crosscheck``, on the other end:
+    ``%s`` placeholders. ``masks``: qualified table -> column -> the mask
+    expression (PostgreSQL text) that column must be projected as, under its
+    own name, where it is read (``accessguard.policy.masking``); every other column is
+    projected plain. The same parser as ``crosscheck``, on the other end:
     it catches a rewrite or literal splice that changes what runs.
     """
     try:
-        return _verify_sent(sent, facts, scoped, pyformat=pyformat, subjects=subjects)
+        return _verify_sent(
+            sent, facts, scoped, pyformat=pyformat, subjects=subjects, masks=masks or {}
+        )
     except Exception:  # noqa: BLE001 - fail closed
         return "PostgreSQL's parse of the SQL to send could not be read"
 
 
-def _verify_sent(
+def _verify_sent(  # noqa: PLR0913 - keyword-only options
     sent: str,
     facts: Facts,
     scoped: Mapping[str, str],
     *,
     pyformat: bool,
     subjects: Collection[int],
+    masks: Mapping[str, Mapping[str, str]],
 ) -> str | None:
     if pyformat:
         numbers = iter(range(1, 1 << 16))
@@ -423,7 +430,7 @@ def _verify_sent(
         elif column is None and "whereClause" in stmt:
             return f"{_names({rel})} is read with a condition inside its projection subquery"
         else:
-            problem = _projection(stmt, rel, reads.get(rel, frozenset()))
+            problem = _projection(stmt, rel, reads.get(rel, frozenset()), masks.get(rel, {}))
         if problem is not None:
             return problem
     return None
@@ -436,8 +443,14 @@ def _by_table(pairs: Collection[tuple[str, str]]) -> dict[str, frozenset[str]]:
     return {table: frozenset(columns) for table, columns in out.items()}
 
 
-def _projection(stmt: dict[str, Any], rel: str, allowed: frozenset[str]) -> str | None:
-    """Whether the SELECT around ``rel`` projects exactly ``allowed``, plain names, nothing else."""
+def _projection(
+    stmt: dict[str, Any], rel: str, allowed: frozenset[str], masks: Mapping[str, str]
+) -> str | None:
+    """Whether the SELECT around ``rel`` projects exactly ``allowed``, plain names, nothing else.
+
+    A column of ``masks`` is projected instead as exactly its mask expression
+    named as the column (``expr AS "c"``), and only such a column.
+    """
     if (
         set(stmt) - _PROJECTION_KEYS
         or stmt.get("limitOption", "LIMIT_OPTION_DEFAULT") != "LIMIT_OPTION_DEFAULT"
@@ -447,9 +460,17 @@ def _projection(stmt: dict[str, Any], rel: str, allowed: frozenset[str]) -> str 
     names: list[str] = []
     for target in stmt.get("targetList") or []:
         res = target.get("ResTarget") if isinstance(target, dict) else None
-        if not isinstance(res, dict) or set(res) - {"val", "location"}:
+        if (
+            not isinstance(res, dict)
+            or set(res) - {"val", "location", "name"}
+            or ("name" in res and res["name"] not in masks)
+        ):
             return f"{_names({rel})} is read through more than a projection of its columns"
-        name = _plain_column(res.get("val"))
+        name = _masked_column(res, masks) if "name" in res else _plain_column(res.get("val"))
+        if name is None and "name" in res:
+            return f"{_names({rel})} is read through something other than its columns' masks"
+        if name in masks and "name" not in res:
+            return f"{_names({rel})} is read unmasked where a mask applies"
         if name is None:
             return f"{_names({rel})} is read through something other than a list of its columns"
         names.append(name)
@@ -459,6 +480,26 @@ def _projection(stmt: dict[str, Any], rel: str, allowed: frozenset[str]) -> str 
             f"analyser attributes to it ({_columns(set(names) ^ allowed)})"
         )
     return None
+
+
+def _masked_column(res: dict[str, Any], masks: Mapping[str, str]) -> str | None:
+    """The column ``res`` projects through exactly its mask in ``masks``, else None."""
+    name = res.get("name")
+    expected = masks.get(name) if isinstance(name, str) else None
+    if expected is None:
+        return None
+    tree = json.loads(parse_sql_json(f'SELECT {expected} AS "{name}"'))
+    want = tree["stmts"][0]["stmt"]["SelectStmt"]["targetList"][0]["ResTarget"]["val"]
+    return name if _located(res.get("val")) == _located(want) else None
+
+
+def _located(node: Any) -> Any:
+    """``node`` without its ``location`` fields (where in the text, not what it is)."""
+    if isinstance(node, dict):
+        return {k: _located(v) for k, v in node.items() if k != "location"}
+    if isinstance(node, list):
+        return [_located(v) for v in node]
+    return node
 
 
 def _plain_column(value: Any) -> str | None:

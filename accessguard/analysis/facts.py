@@ -83,6 +83,8 @@ class Facts:
     problem: Reason | None = None
     detail: str = ""
     sent: str | None = None
+    #: (qualified table, column, mask) of each column ``sent`` reads masked
+    masked: frozenset[tuple[str, str, str]] = frozenset()
     param_order: tuple[int | str, ...] = ()
     #: the statement with every literal replaced by ``?`` (None: it does not tokenize)
     redacted: str | None = None

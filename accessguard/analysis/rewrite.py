@@ -14,8 +14,15 @@ The UPDATE target cannot be a subquery: it carries the scope filter ANDed to
 its WHERE, ``RETURNING *`` becomes its read columns, and a whole-row
 reference to it becomes a row of those columns only.
 
+A column the employee reads masked (``accessguard.policy.masking``) is projected as
+its mask expression under its own name: ``(SELECT "id", LEFT(CAST("email" AS
+TEXT), 1) || '***@' || ... AS "email" FROM ...)``. Whatever the statement
+does with it outside that subquery works on the masked value. The UPDATE
+target has no projection, so a masked column of it is refused (``column.masked``).
+
 The subject id is left as a marker replaced per execution, so one analysis
-serves every ticket; the projection depends only on the statement.
+serves every ticket; the projection depends only on the statement and the
+employee's masks.
 """
 
 from __future__ import annotations
@@ -27,8 +34,11 @@ from sqlglot import exp
 
 from accessguard.analysis.dialects import dialect as sql_dialect
 from accessguard.analysis.facts import subject_marker
+from accessguard.analysis.names import refuse
 from accessguard.analysis.walker import ident, param_key
+from accessguard.errors import Reason
 from accessguard.policy.catalog import TableSpec
+from accessguard.policy.masking import NO_MASKING, MaskedColumn, Masking, hmac_pads
 
 _SENTINEL = re.compile(r"__ag_p(\d+)__")
 #: the name of the one column SQLite's empty projection has (SQLite has no ``SELECT FROM t``)
@@ -42,29 +52,46 @@ def projection(spec: TableSpec, reads: Collection[tuple[str, str]]) -> tuple[str
     return tuple(c for c in spec.columns if (spec.qualified, c) in reads)
 
 
-def rewrite(
+def rewrite(  # noqa: PLR0913 - keyword-only options
     tree: exp.Expression,
     physical: list[tuple[exp.Table, TableSpec]],
     *,
     reads: Collection[tuple[str, str]],
     dialect: str,
     escape_percent: bool,
-) -> tuple[str, tuple[int | str, ...]]:
-    """Return (sql text with subject markers, parameter keys in sent order). Mutates tree.
+    masking: Masking = NO_MASKING,
+) -> tuple[str, tuple[int | str, ...], frozenset[MaskedColumn]]:
+    """Return (sql text with subject markers, parameter keys in sent order, masks applied).
 
-    ``reads``: the (qualified table, column) pairs the analysis found; each
-    table is read through a projection of exactly its pairs.
+    Mutates tree. ``reads``: the (qualified table, column) pairs the analysis
+    found; each table is read through a projection of exactly its pairs, the
+    columns ``masking`` names through their mask.
     """
     qualify = dialect == "postgres"
     update_target = tree.this if isinstance(tree, exp.Update) else None
+    masks = masking.tables()
+    applied: set[MaskedColumn] = set()
     # the UPDATE target first: its whole-row references are found in the tree as written
     for node, spec in sorted(physical, key=lambda item: item[0] is not update_target):
         columns = projection(spec, reads)
+        masked = {c: m for c, m in masks.get(spec.qualified, {}).items() if c in columns}
+        if masked and (node is update_target or dialect != "postgres"):
+            obj = f"{spec.name}.{min(masked)}"
+            refuse(
+                Reason.COLUMN_MASKED,
+                f"{obj} is granted masked only: an UPDATE of its table cannot read it "  # noqa: S608
+                "(in WHERE, SET or RETURNING)"
+                if node is update_target
+                else f"{obj} is granted masked only, and masks apply on PostgreSQL only",
+            )
+        applied.update((spec.qualified, c, m) for c, m in masked.items())
         if node is update_target:
             assert isinstance(tree, exp.Update)  # noqa: S101 - the target of an UPDATE
             _scope_update(tree, node, spec, columns, qualify=qualify)
         else:
-            node.replace(_projected(node, spec, columns, dialect=dialect))
+            node.replace(
+                _projected(node, spec, columns, dialect=dialect, masked=masked, key=masking.key)
+            )
     keys: list[int | str] = []
     for param in list(tree.find_all(exp.Parameter, exp.Placeholder)):
         assert isinstance(param, exp.Parameter | exp.Placeholder)  # noqa: S101 - find_all's type
@@ -75,6 +102,8 @@ def rewrite(
         keys.append(key)
         param.replace(_column(f"__ag_p{len(keys) - 1}__"))
     text = sql_dialect(dialect).generate(tree, comments=False, copy=False)  # our tree: no copy
+    if any(mask == "hash" for _t, _c, mask in applied):
+        text = _pads_apart(text, masking.key)
     if escape_percent:
         text = text.replace("%", "%%")
     order: list[int | str] = []
@@ -86,7 +115,7 @@ def rewrite(
             return "%s"
         return f":{key}" if isinstance(key, str) else "?"
 
-    return _SENTINEL.sub(placeholder, text), tuple(order)
+    return _SENTINEL.sub(placeholder, text), tuple(order), frozenset(applied)
 
 
 def _table_ref(spec: TableSpec, *, qualify: bool) -> exp.Table:
@@ -116,12 +145,29 @@ def _scope_filter(spec: TableSpec, qualifier: str | None) -> exp.Expression:
     )
 
 
-def _projected(
-    node: exp.Table, spec: TableSpec, columns: tuple[str, ...], *, dialect: str
+def _projected(  # noqa: PLR0913 - one projection's inputs
+    node: exp.Table,
+    spec: TableSpec,
+    columns: tuple[str, ...],
+    *,
+    dialect: str,
+    masked: dict[str, str],
+    key: bytes,
 ) -> exp.Subquery:
-    """``(SELECT "c1", ... FROM schema.t [WHERE scope = <subject>]) AS "alias"``."""
+    """``(SELECT "c1", ... FROM schema.t [WHERE scope = <subject>]) AS "alias"``.
+
+    A masked column ``c`` is ``<mask expression of "c"> AS "c"`` instead.
+    """
     # Built node by node: sqlglot's builder helpers parse strings and deep-copy.
-    items: list[exp.Expression] = [_column(c, quoted=True) for c in columns]
+    items: list[exp.Expression] = [
+        _column(c, quoted=True)
+        if c not in masked
+        else exp.Alias(
+            this=mask_expression(masked[c], c, key),
+            alias=exp.Identifier(this=c, quoted=True),
+        )
+        for c in columns
+    ]
     if not items and dialect != "postgres":
         # SQLite needs a column; this one is named by the guard and holds nothing
         items = [exp.Alias(this=exp.Null(), alias=exp.Identifier(this=NO_COLUMN, quoted=True))]
@@ -132,6 +178,42 @@ def _projected(
         inner.set("where", exp.Where(this=_scope_filter(spec, None)))
     alias = exp.TableAlias(this=exp.Identifier(this=_alias(node, spec), quoted=True))
     return exp.Subquery(this=inner, alias=alias)
+
+
+def mask_expression(mask: str, column: str, key: bytes) -> exp.Expression:
+    """PostgreSQL's expression of ``mask`` over the column ``column`` (built-in functions only).
+
+    ``email``: ``LEFT(t, 1) || '***@' || SPLIT_PART(t, '@', 2)``; ``last4``:
+    ``'***-' || RIGHT(t, 4)``; ``hash``: HMAC-SHA256 from the key's pads with
+    the built-in ``SHA256`` (``accessguard.policy.masking``), where ``t`` is the
+    column cast to text. NULL stays NULL (``||`` and these functions are strict).
+    """
+
+    def text() -> exp.Expression:
+        return exp.Cast(this=_column(column, quoted=True), to=exp.DataType.build("text"))
+
+    def string(value: str) -> exp.Literal:
+        return exp.Literal.string(value)
+
+    if mask == "email":
+        first = exp.Left(this=text(), expression=exp.Literal.number(1))
+        domain = exp.SplitPart(this=text(), delimiter=string("@"), part_index=exp.Literal.number(2))
+        return exp.DPipe(this=exp.DPipe(this=first, expression=string("***@")), expression=domain)
+    if mask == "last4":
+        return exp.DPipe(
+            this=string("***-"), expression=exp.Right(this=text(), expression=exp.Literal.number(4))
+        )
+    if mask == "hash":
+        inner, outer = hmac_pads(key)
+
+        def pad(value: bytes) -> exp.Expression:
+            return exp.Decode(this=string(value.hex()), charset=string("hex"))
+
+        utf8 = exp.Anonymous(this="CONVERT_TO", expressions=[text(), string("UTF8")])
+        digest = exp.SHA2Digest(this=exp.DPipe(this=pad(inner), expression=utf8))
+        digest = exp.SHA2Digest(this=exp.DPipe(this=pad(outer), expression=digest))
+        return exp.Encode(this=digest, charset=string("hex"))
+    return refuse(Reason.COLUMN_MASKED, "a mask the guard does not know")
 
 
 def _scope_update(
@@ -213,3 +295,27 @@ def _hidden(node: exp.Expression, top: exp.Expression, name: str) -> bool:
                     return True
         parent = parent.parent
     return False
+
+
+def _pads_apart(text: str, key: bytes) -> str:
+    """Each HMAC pad literal of ``key`` on a line of its own.
+
+    An error PostgreSQL reports with a position (``operator does not exist``)
+    comes back with the line of the SQL sent around that position ("LINE 1:
+    ..."): the employee's own tokens are never on a pad's line, so no error
+    shows any part of the key.
+    """
+    for pad in hmac_pads(key):
+        literal = f"'{pad.hex()}'"
+        text = text.replace(literal, f"\n{literal}\n")
+    return text
+
+
+def mask_texts(masking: Masking, reads: Collection[tuple[str, str]]) -> dict[str, dict[str, str]]:
+    """qualified table -> column -> its mask expression as PostgreSQL text, for each read."""
+    out: dict[str, dict[str, str]] = {}
+    for table, column, mask in masking.columns:
+        if (table, column) in reads:
+            text = sql_dialect("postgres").generate(mask_expression(mask, column, masking.key))
+            out.setdefault(table, {})[column] = text
+    return out

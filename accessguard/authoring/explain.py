@@ -78,6 +78,8 @@ def explain(  # noqa: PLR0913 - the options of `accessguard check`
     out.append(f"decision:  {verdict}")
     if decision.message:
         out.append(f"           {decision.message}")
+    if decision.masked:
+        out.append(f"masked:    {', '.join(f'{c} ({m})' for c, m in decision.masked)}")
     out.append(f"sent:      {_sent_text(facts, decision)}")
     return "\n".join(out)
 
@@ -97,7 +99,8 @@ def _explained(  # noqa: PLR0913 - the options of `accessguard check`
     found = guard.find_ticket(ticket)  # a break-glass elevation's (BG-...) too
     roles = policy.roles_of(user)
     context = Context(user=user, roles=roles, ticket_id=ticket, ticket=found, params=params)
-    facts = guard.analyze(sql, dialect=dialect, params=params is not None)
+    masking = guard.masking(policy, context)  # the SQL sent shows the masks (literals as ?)
+    facts = guard.analyze(sql, dialect=dialect, params=params is not None, masking=masking)
     return context, facts, decide(facts, context, policy)
 
 
@@ -134,6 +137,7 @@ def explain_data(  # noqa: PLR0913 - the options of `accessguard check`
             "reason": str(decision.reason) if decision.reason else None,
             "message": decision.message or None,
         },
+        "masked": [{"column": c, "mask": m} for c, m in decision.masked],
         # literals as ?; the ticket's subject id filled in only when allowed
         "sent": sent,
     }

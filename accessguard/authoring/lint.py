@@ -6,7 +6,9 @@ it reports every faulty line, then loads the directory the way the guard does
 
 =======  ==========================  =============================================
 error    policy.syntax               not a ``p``/``g`` line of the right shape
-error    action.unknown              an action other than read or update
+error    action.unknown              an action other than read, update or read:mask=NAME
+error    mask.unknown                ``read:mask=NAME`` with a mask accessguard does not
+                                     know (``email``, ``last4``, ``hash``)
 error    object.wildcard             ``*``, ``*.*``, ``*.col``: wider than one table
                                      (or ``TABLE.*`` for update, or a partial ``*``)
 error    table.unknown               a table schema.toml does not declare
@@ -22,6 +24,7 @@ warning  rule.shadowed               every access the line grants is granted any
                                      by a no-ticket rule, by a role it inherits
                                      (every employee holds ``everyone``), or by
                                      a ``TABLE.*`` line of the same role and kind
+                                     (a masked read, also by a clear read: clear wins)
 =======  ==========================  =============================================
 
 Edits that open or silently weaken access (a ticket-kind rule on an unscoped
@@ -43,6 +46,7 @@ from accessguard.authoring import lint_access
 from accessguard.errors import PolicyError
 from accessguard.guard import LIMITS_FILE
 from accessguard.policy.catalog import Catalog, load_catalog
+from accessguard.policy.masking import MASKS, mask_name, parse_action
 from accessguard.policy.rules import (
     ACTIONS,
     EVERYONE,
@@ -201,9 +205,17 @@ def _shape(fields: list[str]) -> str | None:
 def _object(
     obj: str, action: str, catalog: Catalog | None
 ) -> frozenset[tuple[str, str, str]] | tuple[str, str]:
-    """The accesses a ``p`` line's object and action grant, or (code, message)."""
-    if action not in ACTIONS:
-        return "action.unknown", f"unknown action {action!r} (read or update)"
+    """The accesses a ``p`` line's object and action grant, or (code, message).
+
+    A masked read's accesses keep its whole action (``read:mask=email``): it
+    is shadowed by the same masked grant, and never shadows a clear one.
+    """
+    parsed = parse_action(action)
+    if parsed is None and mask_name(action) is not None:
+        known = ", ".join(MASKS)
+        return "mask.unknown", f"unknown mask {mask_name(action)!r} in {action!r} ({known})"
+    if parsed is None or parsed[0] not in ACTIONS:
+        return "action.unknown", f"unknown action {action!r} (read, update or read:mask=NAME)"
     table, _, column = obj.partition(".")
     if "*" in table:
         return "object.wildcard", (
@@ -221,7 +233,7 @@ def _object(
     if not spec.reachable:
         return "table.unreachable", f"table {table!r} is never reachable (schema.toml)"
     if column == "*":
-        if action != "read":
+        if parsed[0] != "read":
             return "object.wildcard", f"{obj!r}: TABLE.* is only allowed for read"
         return frozenset((spec.qualified, c, action) for c in spec.columns)
     if column not in spec.column_set:
@@ -297,11 +309,14 @@ def _shadowed(path: str, rules: list[_Rule], groupings: list[tuple[str, str]]) -
         holders = _ancestors(rule.role, groupings) | {rule.role}
         by: list[_Rule] = []
         for access in sorted(rule.accesses):
+            # a clear read makes a masked one moot (clear wins)
+            masked = mask_name(access[2]) is not None
+            clear = (access[0], access[1], "read") if masked else access
             wider = [
                 r
                 for r in rules
                 if r is not rule
-                and access in r.accesses
+                and (access in r.accesses or clear in r.accesses)
                 and r.role in holders
                 and r.kind in (rule.kind, NO_TICKET)
                 and _stronger(r, rule)

@@ -150,6 +150,7 @@ def check(args: argparse.Namespace) -> int:
             "tables": list(decision.tables),
             "columns": list(decision.columns),
             "subjects": [{"scope": s, "id": i} for s, i in decision.subjects],
+            "masked": [{"column": c, "mask": m} for c, m in decision.masked],
             "policy_version": guard.policy.version,
         }
         print(json.dumps(out, indent=2))
@@ -161,6 +162,8 @@ def check(args: argparse.Namespace) -> int:
             print(f"tables:  {', '.join(decision.tables)}")
         if decision.columns:
             print(f"columns: {', '.join(decision.columns)}")
+        if decision.masked:
+            print(f"masked:  {', '.join(f'{c} ({m})' for c, m in decision.masked)}")
     return EXIT_OK if decision.allowed else EXIT_REFUSED
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import secrets
 import threading
 import time
 import warnings
@@ -98,7 +99,10 @@ class Configured:
             pseudonym_key=ledger_pseudonym_key,
             refused=self.ledger_refused,
         )
-        self._cache: OrderedDict[tuple[str, str, bool, str, bool], Facts] = OrderedDict()
+        #: keys mask=hash (accessguard.policy.masking): the ledger's key, so a hashed column
+        #: equals the ledger's pseudonym of its value; else one random key per guard
+        self._mask_key = ledger_pseudonym_key or secrets.token_bytes(32)
+        self._cache: OrderedDict[tuple[object, ...], Facts] = OrderedDict()
         #: the plans of each (employee, ticket id, dialect); every plan holds the
         #: policy it was decided by and is used only while that policy is
         self._lanes: dict[tuple[str, str | None, str], Lane] = {}

@@ -27,6 +27,7 @@ from accessguard.analysis import (
     shape,
     with_redaction,
 )
+from accessguard.analysis.rewrite import mask_texts
 from accessguard.analysis.shape import quick_shape
 from accessguard.decision import Context, Decision, decide
 from accessguard.engine.breakglass import is_elevation
@@ -42,6 +43,7 @@ from accessguard.errors import (
     Reason,
     Throttled,
 )
+from accessguard.policy.masking import NO_MASKING, Masking
 from accessguard.policy.rules import Policy
 from accessguard.throttle.window import ThrottleStoreUnavailable
 from accessguard.tickets.stores import Ticket, TicketStoreUnavailable
@@ -59,7 +61,7 @@ class Gate(Refusals):
 
     # ------------------------------------------------------------------ deciding
 
-    def analyze(
+    def analyze(  # noqa: PLR0913 - keyword-only options
         self,
         sql: str | bytes,
         *,
@@ -67,20 +69,24 @@ class Gate(Refusals):
         params: bool = False,
         policy: Policy | None = None,
         sending: bool = True,
+        masking: Masking = NO_MASKING,
     ) -> Facts:
-        """Facts for ``sql``, cached by its text (and the schema version).
+        """Facts for ``sql``, cached by its text (and the schema version, and the masks).
 
         ``sending=False``: for a decision only (see ``accessguard.analysis.analyze``).
+        ``masking``: the columns the SQL sent reads masked (``accessguard.policy.masking``).
         """
         catalog = (policy or self.policy).catalog
         if not isinstance(sql, str) or screen(sql) is not None:  # refused, never cached
             return analyze(sql, catalog=catalog, dialect=dialect)
-        key = (sql, dialect, params, catalog.version, sending)
+        key = (sql, dialect, params, catalog.version, sending, masking.columns)
         facts = self._cache.get(key)
         if facts is not None:
             return facts
         started = time.perf_counter()
-        facts = analyze(sql, catalog=catalog, dialect=dialect, params=params, sending=sending)
+        facts = analyze(
+            sql, catalog=catalog, dialect=dialect, params=params, sending=sending, masking=masking
+        )
         metrics.ANALYSIS.observe(time.perf_counter() - started)
         with self._lock:
             self._cache[key] = facts
@@ -190,11 +196,20 @@ class Gate(Refusals):
             params=params,
         )
         escape = params is not None if escape is None else escape
-        facts = self.analyze(sql, dialect=dialect, params=escape, policy=policy, sending=sending)
+        masking = self.masking(policy, context) if sending else NO_MASKING
+        facts = self.analyze(
+            sql, dialect=dialect, params=escape, policy=policy, sending=sending, masking=masking
+        )
         started = time.perf_counter()
         decision = decide(facts, context, policy)
         metrics.DECIDE.observe(time.perf_counter() - started)
         return facts, decision, context
+
+    def masking(self, policy: Policy, context: Context) -> Masking:
+        """The masks the employee's reads go through under ``context`` (with this guard's key)."""
+        valid = context.valid
+        columns = policy.masks_for(context.roles, valid.kind if valid is not None else None)
+        return Masking(columns, self._mask_key) if columns else NO_MASKING
 
     def authorize(  # noqa: PLR0913 - keyword-only options
         self,
@@ -390,7 +405,14 @@ class Gate(Refusals):
         policy: Policy,
     ) -> Plan:
         return build_plan(
-            facts, decision, context, ticket, policy, shadow=self.shadow, ledger=self.ledger
+            facts,
+            decision,
+            context,
+            ticket,
+            policy,
+            shadow=self.shadow,
+            ledger=self.ledger,
+            masks=mask_texts(self.masking(policy, context), facts.reads),
         )
 
     def count_against_limits(self, plan: Plan) -> int | None:

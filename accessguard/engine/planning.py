@@ -8,6 +8,7 @@ notices (shadow denials, watch-list and canary reads) to audit when it runs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from accessguard.analysis import Facts, Param, subject_marker
@@ -33,6 +34,7 @@ def build_plan(  # noqa: PLR0913 - one decision's parts
     *,
     shadow: Policy | None,
     ledger: Ledger,
+    masks: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Plan:
     valid = context.valid
     subjects = dict(decision.subjects)
@@ -73,6 +75,7 @@ def build_plan(  # noqa: PLR0913 - one decision's parts
             scoped,
             pyformat=bool(facts.params),
             subjects=[subject for _scope, subject in decision.subjects],
+        masks=masks,
         )
         if problem is not None:
             raise Unverified(problem)

@@ -22,6 +22,7 @@ import casbin
 
 from accessguard.errors import PolicyError
 from accessguard.policy.catalog import Catalog, load_catalog
+from accessguard.policy.masking import MASKS, MaskedColumn, mask_name, parse_action, pick
 from accessguard.policy.watchlist import WATCHLIST_FILE, Watchlist, parse_watchlist
 
 NO_TICKET = "-"
@@ -39,6 +40,8 @@ POLICY_FILES = (MODEL_FILE, POLICY_FILE, SHADOW_FILE, SCHEMA_FILE, WATCHLIST_FIL
 OPTIONAL_FILES = frozenset({SHADOW_FILE, WATCHLIST_FILE, LIMITS_FILE})
 
 _WORD = re.compile(r"^(-|[A-Za-z_][A-Za-z0-9_.@-]*(\.\*)?)$")
+#: a p line's action: ``read``, ``update`` or ``read:mask=NAME`` (accessguard.policy.masking)
+_ACTION = re.compile(r"^[a-z]+(:mask=[A-Za-z0-9_]+)?$")
 
 #: (table, column, action), table schema-qualified
 Access = tuple[str, str, str]
@@ -55,6 +58,8 @@ class Rule:
     action: str
     path: str
     line: int
+    #: the mask a masked read goes through (``read:mask=email``); None: read clear
+    mask: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +78,14 @@ class Policy:
     kinds_for: dict[Access, frozenset[str]]
     _enforcer: casbin.Enforcer = field(repr=False, compare=False)
     watchlist: Watchlist = field(default_factory=Watchlist)
+    #: (role, ticket kind or "-") -> (table, column, mask) of its masked reads; a masked
+    #: read is in ``grants`` too (as a read), and read clear only where a rule says so
+    masked: dict[tuple[str, str], frozenset[MaskedColumn]] = field(default_factory=dict)
+    #: (role, ticket kind or "-") -> (table, column) it reads clear
+    clear: dict[tuple[str, str], frozenset[tuple[str, str]]] = field(default_factory=dict)
+    _masks: dict[tuple[frozenset[str], str | None], frozenset[MaskedColumn]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
     _granted: dict[tuple[frozenset[str], str | None], frozenset[Access]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -115,6 +128,69 @@ class Policy:
                 self._readable.clear()
             self._readable[key] = found
         return found
+
+    def masks_for(self, roles: frozenset[str], kind: str | None) -> frozenset[MaskedColumn]:
+        """The columns ``roles`` read masked (with ticket ``kind``, as ``granted``), and how.
+
+        A column is masked when some rule grants it masked and none grants it
+        clear; when rules grant several masks, the least revealing is used
+        (``accessguard.policy.masking.MASKS``).
+        """
+        key = (roles, kind)
+        found = self._masks.get(key)
+        if found is None:
+            found = frozenset()
+            if self.masked:
+                kinds = (NO_TICKET,) if kind is None else (NO_TICKET, kind)
+                pairs = [(r, k) for r in roles for k in kinds]
+                clear = frozenset().union(*(self.clear.get(p, ()) for p in pairs))
+                options: dict[tuple[str, str], set[str]] = defaultdict(set)
+                for pair in pairs:
+                    for table, column, mask in self.masked.get(pair, ()):
+                        if (table, column) not in clear:
+                            options[(table, column)].add(mask)
+                found = frozenset((t, c, pick(names)) for (t, c), names in options.items())
+            if len(self._masks) > 4096:
+                self._masks.clear()
+            self._masks[key] = found
+        return found
+
+    def masked_reads(
+        self, roles: frozenset[str], kind: str | None, reads: frozenset[tuple[str, str]]
+    ) -> tuple[tuple[str, str], ...]:
+        """("table.column", mask) of each of ``reads`` that ``roles`` read masked only."""
+        masks = self.masks_for(roles, kind)
+        return tuple(
+            sorted((f"{t.rsplit('.', 1)[-1]}.{c}", m) for t, c, m in masks if (t, c) in reads)
+        )
+
+    def mask_problem(
+        self,
+        roles: frozenset[str],
+        kind: str | None,
+        reads: frozenset[tuple[str, str]],
+        writes: frozenset[tuple[str, str]],
+        dialect: str,
+    ) -> str | None:
+        """Why a column of ``reads`` read masked only cannot be masked there; None if it can.
+
+        Masks apply in a table's projection subquery (``analysis.rewrite``):
+        the UPDATE target has none (its WHERE, SET and RETURNING see the
+        stored values), and masks are PostgreSQL expressions.
+        """
+        targets = {t for t, _c in writes}
+        for table, column, _mask in sorted(self.masks_for(roles, kind)):
+            if (table, column) not in reads:
+                continue
+            obj = f"{table.rsplit('.', 1)[-1]}.{column}"
+            if table in targets:
+                return (  # a message, not SQL
+                    f"{obj} is granted masked only: an UPDATE of its table cannot read it "  # noqa: S608
+                    "(in WHERE, SET or RETURNING); read it with a SELECT."
+                )
+            if dialect != "postgres":
+                return f"{obj} is granted masked only, and masks apply on PostgreSQL only."
+        return None
 
     def allows(self, roles: frozenset[str], kind: str, access: Access) -> bool:
         """Whether any of ``roles`` is granted ``access`` under ticket ``kind`` ("-": none)."""
@@ -161,10 +237,16 @@ def load_policy(directory: str | Path, *, policy_file: str = POLICY_FILE) -> Pol
     enforcer = _build_enforcer(model_path, model_text, rules, groupings)
     grants: dict[tuple[str, str], set[Access]] = defaultdict(set)
     kinds: dict[Access, set[str]] = defaultdict(set)
+    masked: dict[tuple[str, str], set[MaskedColumn]] = defaultdict(set)
+    clear: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
     for rule in rules:
         access = (rule.table, rule.column, rule.action)
         grants[(rule.role, rule.kind)].add(access)
         kinds[access].add(rule.kind)
+        if rule.mask is not None:
+            masked[(rule.role, rule.kind)].add((rule.table, rule.column, rule.mask))
+        elif rule.action == "read":
+            clear[(rule.role, rule.kind)].add((rule.table, rule.column))
     users = {user for user, _role in groupings}
     user_roles = {
         user: frozenset(enforcer.get_implicit_roles_for_user(user)) | {EVERYONE} for user in users
@@ -184,6 +266,8 @@ def load_policy(directory: str | Path, *, policy_file: str = POLICY_FILE) -> Pol
         kinds_for={k: frozenset(v) for k, v in kinds.items()},
         _enforcer=enforcer,
         watchlist=watchlist,
+        masked={k: frozenset(v) for k, v in masked.items()},
+        clear={k: frozenset(v) for k, v in clear.items()},
     )
 
 
@@ -214,7 +298,10 @@ def _parse_policy(
         if not line or line.startswith("#"):
             continue
         fields = [f.strip() for f in next(csv.reader(io.StringIO(line), skipinitialspace=True))]
-        if any(not f or not _WORD.match(f) for f in fields[1:]):
+        names = fields[1:4] if fields[0] == "p" else fields[1:]
+        if any(not f or not _WORD.match(f) for f in names) or (
+            fields[0] == "p" and len(fields) == 5 and not _ACTION.match(fields[4])
+        ):
             raise PolicyError(f"malformed entry {line!r}", path=path, line=lineno)
         if fields[0] == "g":
             if len(fields) != 3:
@@ -234,7 +321,17 @@ def _parse_policy(
 
 
 def _expand(fields: list[str], path: str, lineno: int, catalog: Catalog) -> list[Rule]:
-    role, kind, obj, action = fields
+    role, kind, obj, written = fields
+    parsed = parse_action(written)
+    if parsed is None:
+        name = mask_name(written)
+        if name is not None:
+            known = ", ".join(MASKS)
+            message = f"unknown mask {name!r} in {written!r} (one of {known})"
+        else:
+            message = f"unknown action {written!r} (read, update or read:mask=NAME)"
+        raise PolicyError(message, path=path, line=lineno)
+    action, mask = parsed
     if action not in ACTIONS:
         raise PolicyError(f"unknown action {action!r} (read or update)", path=path, line=lineno)
     table_name, _, column = obj.partition(".")
@@ -264,6 +361,7 @@ def _expand(fields: list[str], path: str, lineno: int, catalog: Catalog) -> list
             action=action,
             path=path,
             line=lineno,
+            mask=mask,
         )
         for c in columns
     ]
