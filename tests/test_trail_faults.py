@@ -49,7 +49,7 @@ _DISK_FULL = textwrap.dedent("""
 
 _SPOOL_FULL = textwrap.dedent("""
     import json, os, resource, sys
-    from accessguard.pgsink import PostgresSink
+    from accessguard.audit.pgsink import PostgresSink
     from accessguard.errors import AuditError
 
     dsn, spool = sys.argv[1], sys.argv[2]
