@@ -58,14 +58,14 @@ MOVED_MODULES = {
     "accessguard.demo": "accessguard.scenario.demo",
 }
 
-#: a module path that is now a package -> the module that holds its old names
+#: a module path that is now a package -> the modules that hold its old names
 MOVED_NAMES = {
-    "accessguard.policy": "accessguard.policy.rules",
-    "accessguard.tickets": "accessguard.tickets.stores",
-    "accessguard.throttle": "accessguard.throttle.window",
-    "accessguard.audit": "accessguard.audit.sinks",
-    "accessguard.investigate": "accessguard.investigate.sums",
-    "accessguard.authoring": "accessguard.authoring.cases",
+    "accessguard.policy": ("accessguard.policy.rules",),
+    "accessguard.tickets": ("accessguard.tickets.stores",),
+    "accessguard.throttle": ("accessguard.throttle.window", "accessguard.throttle.limits"),
+    "accessguard.audit": ("accessguard.audit.sinks",),
+    "accessguard.investigate": ("accessguard.investigate.sums",),
+    "accessguard.authoring": ("accessguard.authoring.cases", "accessguard.authoring.explain"),
 }
 
 
@@ -79,8 +79,7 @@ def _warn(old: str, new: str) -> None:
 
 def moved_name(package: str, name: str) -> object:
     """A package's ``__getattr__``: an old module's name, found where it lives now."""
-    home = MOVED_NAMES.get(package)
-    if home is not None and not name.startswith("_"):
+    for home in MOVED_NAMES.get(package, ()) if not name.startswith("_") else ():
         module = importlib.import_module(home)
         if hasattr(module, name):
             _warn(f"{package}.{name}", f"{home}.{name}")

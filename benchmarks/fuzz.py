@@ -66,7 +66,8 @@ from accessguard.analysis import (
     screen_placeholders,
     subject_marker,
 )
-from accessguard.analysis.crosscheck import crosscheck, verify_sent
+from accessguard.analysis.crosscheck import crosscheck
+from accessguard.analysis.sentcheck import verify_sent
 from accessguard.decision import Context, decide
 from accessguard.engine.paramstyle import convert_query
 from accessguard.guard import Session

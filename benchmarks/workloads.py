@@ -474,7 +474,7 @@ distinct_customers = { count = 1000000, per = "1 hour" }
 
 def throttle(bench: Bench) -> list[Result]:
     """The volume limits' added cost: the same guarded point lookup with limits, without."""
-    from accessguard.throttle.window import load_limits
+    from accessguard.throttle.limits import load_limits
 
     path = bench.tmp / "limits-generous.toml"
     path.write_text(_GENEROUS_LIMITS, encoding="utf-8")

@@ -23,15 +23,10 @@ import accessguard.scenario
 from accessguard import Guard
 from accessguard.adapters.psycopg3 import authorize_statement
 from accessguard.analysis import Facts, analyze, shape
-from accessguard.analysis.crosscheck import (
-    _relations_short,
-    call_identity,
-    crosscheck,
-    relations,
-    relations_in_json,
-    statement_kinds,
-    verify_sent,
-)
+from accessguard.analysis.crosscheck import crosscheck, statement_kinds
+from accessguard.analysis.pgcalls import call_identity
+from accessguard.analysis.pgtree import relations, relations_in_json, relations_short
+from accessguard.analysis.sentcheck import verify_sent
 from accessguard.engine.paramstyle import convert_query
 from accessguard.errors import AccessGuardError, Reason
 from accessguard.guard import Session
@@ -302,13 +297,13 @@ class TestShortWalk:
         return out
 
     def test_the_short_walk_agrees_on_every_with_statement(self) -> None:
-        """_relations_short answers as the whole walk on the corpus' WITH statements."""
+        """relations_short answers as the whole walk on the corpus' WITH statements."""
         texts = self._with_texts()
         assert len(texts) >= 20  # the corpus has WITH statements; the test must see them
         shortened = 0
         for text in texts:
             tree = json.loads(text)
-            assert _relations_short(tree, text, "public") == relations(tree)
+            assert relations_short(tree, text, "public") == relations(tree)
             shortened += relations(tree, expressions=False) == relations(tree)
         assert shortened >= 10  # and most of them are answered by the short walk
 

@@ -12,7 +12,7 @@ import pytest
 
 from accessguard import scenario
 from accessguard.audit.pgsink import PostgresSink
-from accessguard.audit.pgsink import read_events as read_pg
+from accessguard.audit.pgtables import read_events as read_pg
 from accessguard.audit.sinks import read_events
 from accessguard.authoring.learn import Period
 from accessguard.authoring.learn_report import Learned, learn

@@ -37,8 +37,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import accessguard.scenario
 from accessguard import AccessGuardError, Guard, PolicyError
-from accessguard.analysis.crosscheck import verify_sent
 from accessguard.analysis.rewrite import mask_expression, mask_texts
+from accessguard.analysis.sentcheck import verify_sent
 from accessguard.audit.ledger import Ledger
 from accessguard.authoring.lint import lint
 from accessguard.errors import Reason

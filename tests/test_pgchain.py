@@ -12,7 +12,8 @@ import pytest
 
 from accessguard import AuditError
 from accessguard.audit.chain import HASH, KEY_ENV, PREV, SEQ, chain_hash
-from accessguard.audit.pgsink import PostgresSink, read_events
+from accessguard.audit.pgsink import PostgresSink
+from accessguard.audit.pgtables import read_events
 from accessguard.audit.pgverify import verify
 from accessguard.cli.app import main
 

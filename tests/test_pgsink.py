@@ -9,7 +9,8 @@ import psycopg
 import pytest
 
 from accessguard import AuditError, Guard, scenario
-from accessguard.audit.pgsink import PostgresSink, read_events
+from accessguard.audit.pgsink import PostgresSink
+from accessguard.audit.pgtables import read_events
 from accessguard.audit.sinks import verify_events
 from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink

@@ -17,7 +17,7 @@ from accessguard import Guard, PolicyError, scenario
 from accessguard.engine.watch import PolicyWatcher
 from accessguard.policy.rules import load_policy
 from accessguard.testing import MemoryAuditSink
-from accessguard.throttle.window import load_limits
+from accessguard.throttle.limits import load_limits
 
 SHADOW = "p, analyst, -, products.title, read\ng, dave, analyst\n"
 

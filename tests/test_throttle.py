@@ -14,16 +14,15 @@ import redis
 
 from accessguard import ConfigurationError, PolicyError, Reason, Throttled, scenario
 from accessguard.policy.rules import load_policy
-from accessguard.throttle.window import (
+from accessguard.throttle.limits import (
     EffectiveLimits,
     Limits,
     Rule,
-    Throttle,
-    ThrottleStoreUnavailable,
     Verdict,
     Window,
     load_limits,
 )
+from accessguard.throttle.window import Throttle, ThrottleStoreUnavailable
 
 LIMITS_FILE = scenario.policies_dir() / "limits.toml"
 LIMITS = load_limits(LIMITS_FILE)
@@ -688,7 +687,7 @@ class TestOneDurationSyntax:
 
     def test_a_limits_file_written_with_letters_loads(self, tmp_path: Path) -> None:
         """A limits.toml saying per = "1h" loads as the hour "1 hour" means."""
-        from accessguard.throttle.window import load_limits
+        from accessguard.throttle.limits import load_limits
 
         path = tmp_path / "limits.toml"
         path.write_text(

@@ -25,15 +25,9 @@ from hypothesis import strategies as st
 from accessguard import Guard, Reason, Throttled, scenario
 from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink
-from accessguard.throttle.window import (
-    Limits,
-    Rule,
-    Throttle,
-    ThrottleStoreUnavailable,
-    Verdict,
-    Window,
-)
-from accessguard.throttle.window import load_limits as _load_limits
+from accessguard.throttle.limits import Limits, Rule, Verdict, Window
+from accessguard.throttle.limits import load_limits as _load_limits
+from accessguard.throttle.window import Throttle, ThrottleStoreUnavailable
 
 T0 = 1_750_000_000.0
 AGENT = frozenset({"support_agent", "everyone"})

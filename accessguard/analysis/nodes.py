@@ -14,10 +14,10 @@ import re
 
 from sqlglot import exp
 
-from accessguard.analysis.crosscheck import call_identity
 from accessguard.analysis.facts import Const, Param, Value
 from accessguard.analysis.functions import SCALAR_NODES
 from accessguard.analysis.names import ident, refuse
+from accessguard.analysis.pgcalls import call_identity
 from accessguard.analysis.shape import LITERAL_BASE
 from accessguard.errors import Reason
 

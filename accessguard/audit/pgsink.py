@@ -1,13 +1,15 @@
 """A PostgreSQL audit and ledger sink, written through its own trusted connection.
 
 Events go to ``accessguard.events``, partitioned by month and indexed by data
-subject, batched with ``executemany``. The keyed chain (``accessguard.audit.chain``)
-is kept across processes: each batch takes a transaction-level advisory lock,
-reads the chain's head and its latest checkpoint, links onto them and, in the
-same transaction, records a new checkpoint in ``accessguard.checkpoints``. The
-sink's role needs only INSERT and SELECT on its tables (``setup()`` creates
-them and, given ``writer_role``, grants exactly that); guarded sessions cannot
-reach them (the schema is not in schema.toml).
+subject, batched with ``executemany`` (the tables, their DDL and statements,
+and an event's row are in ``accessguard.audit.pgtables``). The keyed chain
+(``accessguard.audit.chain``) is kept across processes: each batch takes a
+transaction-level advisory lock, reads the chain's head and its latest
+checkpoint, links onto them and, in the same transaction, records a new
+checkpoint in ``accessguard.checkpoints``. The sink's role needs only INSERT
+and SELECT on its tables (``setup()`` creates them and, given ``writer_role``,
+grants exactly that); guarded sessions cannot reach them (the schema is not in
+schema.toml).
 
 If the server is down, batches go to a local spool (``accessguard.audit.spool``) and
 every later batch follows them there, so order holds. A background thread
@@ -19,18 +21,15 @@ delivers the spool, a chunk per transaction, once the server is back; so does
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from accessguard.audit.chain import (
     FROM_ENV,
-    HASH,
     SEQ,
     Checkpoint,
     Head,
@@ -40,70 +39,30 @@ from accessguard.audit.chain import (
     load_key,
     vouch,
 )
+
+# public in pgtables; PostgresSink calls them by the names they had when they lived here
+from accessguard.audit.pgtables import DDL as _DDL
+from accessguard.audit.pgtables import INSERT_CHECKPOINT as _CHECKPOINT
+from accessguard.audit.pgtables import INSERT_EVENT as _INSERT
+from accessguard.audit.pgtables import INSERT_MARK as _MARK
+from accessguard.audit.pgtables import LOCK_KEY as _LOCK_KEY
+from accessguard.audit.pgtables import SCHEMA, event_row
+from accessguard.audit.pgtables import SELECT_COUNT as _COUNT
+from accessguard.audit.pgtables import SELECT_DELIVERED as _DELIVERED
+from accessguard.audit.pgtables import SELECT_LAST as _LAST
+from accessguard.audit.pgtables import SELECT_LATEST_CHECKPOINTS as _LATEST_CHECKPOINTS
+from accessguard.audit.pgtables import TABLES as _TABLES
+from accessguard.audit.pgtables import event_timestamp as _timestamp
+from accessguard.audit.pgtables import month_partition as _month
 from accessguard.audit.spool import Spool
 from accessguard.errors import AuditError
 
-Event = dict[str, Any]
+if TYPE_CHECKING:
+    import datetime as dt
 
-SCHEMA = "accessguard"
-TABLE = f"{SCHEMA}.events"
-CHECKPOINTS = f"{SCHEMA}.checkpoints"
-MARKS = f"{SCHEMA}.spool_marks"
-_LOCK_KEY = 0x61636365  # "acce": the advisory lock that serialises chain writers
+    from accessguard.audit.pgtables import Event
 
-_DDL = f"""
-CREATE SCHEMA IF NOT EXISTS {SCHEMA};
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    id bigint GENERATED ALWAYS AS IDENTITY,
-    ts timestamptz NOT NULL,
-    action text NOT NULL,
-    user_name text,
-    ticket_id text,
-    subject_kind text,
-    subject_id text,
-    hash text NOT NULL,
-    event jsonb NOT NULL,
-    PRIMARY KEY (id, ts)
-) PARTITION BY RANGE (ts);
-CREATE INDEX IF NOT EXISTS events_subject ON {TABLE} (subject_kind, subject_id, ts);
-CREATE INDEX IF NOT EXISTS events_user ON {TABLE} (user_name, ts);
-CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    seq bigint NOT NULL,
-    hash text NOT NULL,
-    key text,
-    mac text NOT NULL,
-    at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS checkpoints_seq ON {CHECKPOINTS} (seq);
-CREATE TABLE IF NOT EXISTS {MARKS} (
-    spool text NOT NULL,
-    delivered bigint NOT NULL,
-    at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS spool_marks_spool ON {MARKS} (spool, delivered);
-"""
-
-# Built from the constants above only (no input): S608 does not apply.
-_COLUMNS = "ts, action, user_name, ticket_id, subject_kind, subject_id, hash, event"
-_INSERT = f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"  # noqa: S608
-_LAST = f"SELECT event FROM {TABLE} ORDER BY id DESC LIMIT 1"  # noqa: S608
-_COUNT = f"SELECT count(*) FROM {TABLE}"  # noqa: S608
-SELECT_ALL = f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY id"  # noqa: S608
-_CHECKPOINT = f"INSERT INTO {CHECKPOINTS} (seq, hash, key, mac) VALUES (%s, %s, %s, %s)"  # noqa: S608
-_LATEST_CHECKPOINTS = (
-    f"SELECT seq, hash, key, mac FROM {CHECKPOINTS} ORDER BY seq DESC, id DESC LIMIT 50"  # noqa: S608
-)
-SELECT_ALL_CHECKPOINTS = f"SELECT id, seq, hash, key, mac FROM {CHECKPOINTS} ORDER BY seq, id"  # noqa: S608
-_MARK = f"INSERT INTO {MARKS} (spool, delivered) VALUES (%s, %s)"  # noqa: S608
-_DELIVERED = f"SELECT max(delivered) FROM {MARKS} WHERE spool = %s"  # noqa: S608
-_TABLES = ("events", "checkpoints", "spool_marks")
-
-
-def _month(ts: dt.datetime) -> tuple[str, str, str]:
-    start = ts.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (start + dt.timedelta(days=32)).replace(day=1)
-    return f"events_{start:%Y_%m}", start.isoformat(), end.isoformat()
+__all__ = ["PostgresSink"]
 
 
 class PostgresSink:
@@ -400,52 +359,3 @@ class PostgresSink:
 
     def __repr__(self) -> str:
         return "PostgresSink(...)"  # the DSN may hold a password
-
-
-def _timestamp(event: Event) -> dt.datetime:
-    raw = event.get("@timestamp")
-    if isinstance(raw, str):
-        try:
-            when = dt.datetime.fromisoformat(raw)
-        except ValueError:
-            pass
-        else:
-            return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
-    return dt.datetime.now(dt.UTC)
-
-
-def _text(value: object) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def event_row(event: Event) -> tuple[Any, ...]:
-    return (
-        _timestamp(event),
-        _text(event.get("event.action", "query")),
-        *_indexed(event),
-        event[HASH],
-        json.dumps(event, sort_keys=True, default=str),
-    )
-
-
-def _indexed(event: Event) -> tuple[str | None, ...]:
-    """The indexed columns as the event says they are: user, ticket, subject kind and id."""
-    subject = event.get("accessguard.subject.id")
-    return (
-        _text(event.get("user.name")),
-        _text(event.get("accessguard.ticket.id")),
-        _text(event.get("accessguard.subject.kind")),
-        None if subject is None else str(subject),
-    )
-
-
-# ---------------------------------------------------------------------- reading
-
-
-def read_events(dsn: str) -> Iterator[Event]:
-    """Every event in the PostgreSQL sink, in chain order (unverified)."""
-    with psycopg.connect(dsn) as conn:
-        for row in conn.execute(SELECT_ALL):
-            yield dict(row[-1])

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from accessguard.audit.chain import FROM_ENV, Checkpoint, load_key
-from accessguard.audit.pgsink import SELECT_ALL, SELECT_ALL_CHECKPOINTS, Event, event_row
+from accessguard.audit.pgtables import SELECT_ALL, SELECT_ALL_CHECKPOINTS, Event, event_row
 from accessguard.audit.verification import ChainCheck, Verification
 
 __all__ = ["verified_events", "verify"]

@@ -55,7 +55,7 @@ from accessguard.policy.rules import (
     SCHEMA_FILE,
     load_policy,
 )
-from accessguard.throttle.window import load_limits
+from accessguard.throttle.limits import load_limits
 
 ERROR, WARNING = "error", "warning"
 _NAME = re.compile(r"^(-|[A-Za-z_][A-Za-z0-9_.@-]*)$")

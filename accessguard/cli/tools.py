@@ -88,7 +88,7 @@ def replay_command(args: argparse.Namespace) -> tuple[int, str]:
 def learn_command(args: argparse.Namespace) -> tuple[int, str]:
     """``accessguard learn --audit FILE|--dsn DSN --policies DIR [--since|--from] [--until]``."""
     if args.dsn is not None:
-        from accessguard.audit.pgsink import read_events as read_pg
+        from accessguard.audit.pgtables import read_events as read_pg
 
         events: list[Event] = list(read_pg(args.dsn))
     else:

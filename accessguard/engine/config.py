@@ -28,7 +28,8 @@ from accessguard.engine.breakglass import BreakGlass
 from accessguard.errors import AccessGuardError, AuditError, ConfigurationError, PolicyError, Reason
 from accessguard.policy.catalog import Drift, SchemaDriftWarning, database_key, read_drift
 from accessguard.policy.rules import SHADOW_FILE, Policy, load_policy
-from accessguard.throttle.window import Limits, Throttle, load_limits
+from accessguard.throttle.limits import Limits, load_limits
+from accessguard.throttle.window import Throttle
 from accessguard.tickets.stores import Ticket, TicketStore, as_store
 
 if TYPE_CHECKING:

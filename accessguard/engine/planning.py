@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from accessguard.analysis import Facts, Param, subject_marker
-from accessguard.analysis.crosscheck import verify_sent
+from accessguard.analysis.sentcheck import verify_sent
 from accessguard.audit.ledger import Access, Ledger
 from accessguard.decision import Context, Decision, decide
 from accessguard.engine.breakglass import critical_fields
