@@ -175,7 +175,8 @@ def render_text(items: Sequence[Review]) -> str:
             f"  when:  {_when(r.opened)} for {r.minutes or '?'} min, ended {_when(r.closed)}"
             + (f" (revoked by {r.revoked_by})" if r.revoked_by else ""),
             (
-                f"  read:  {r.statements} statements ({r.refused} refused), {r.rows} rows; "
+                f"  read:  {_count(r.statements, 'statement')} ({r.refused} refused), "
+                f"{_count(r.rows, 'row')}; "
                 f"subjects {', '.join(f'{k}:{i}' for k, i in sorted(r.subjects)) or '-'}"
             ),
             f"  cols:  {', '.join(sorted(r.columns)) or '-'}",
@@ -212,3 +213,7 @@ def render_html(items: Sequence[Review]) -> str:
         "review each one.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
