@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from accessguard import metrics, telemetry
+from accessguard.alerts import Alerter, Notifier
+from accessguard.alerts_rules import ALERTS_FILE, AlertRules, load_alerts
 from accessguard.analysis import (
     Facts,
     Param,
@@ -93,6 +95,8 @@ class Guard:
         clock: Callable[[], dt.datetime] = utcnow,
         cache_size: int = 4096,
         shadow: Policy | None = None,
+        alerts: AlertRules | None = None,
+        on_alert: Notifier | None = None,
     ) -> None:
         self.policy = policy
         #: candidate rules evaluated beside the enforced ones, audited as "would deny"
@@ -124,6 +128,19 @@ class Guard:
             pseudonym_key=ledger_pseudonym_key,
             refused=self._ledger_refused,
         )
+        #: alert rules, evaluated as the ledger flushes; ticket changes become audit events
+        self.alerter = Alerter(
+            alerts or AlertRules(),
+            emit=self.auditor.emit,
+            notifiers=[on_alert] if on_alert is not None else [],
+            pseudonym=self.ledger.pseudonym,
+            stamp=self.auditor.stamp,
+        )
+        self.alerter.set_rules(self.alerter.rules, policy.watchlist)
+        self.ledger.on_flush = self.alerter.evaluate
+        subscribe = getattr(self.tickets, "subscribe", None)
+        if callable(subscribe):
+            subscribe(self.alerter.ticket_changed)
         self._cache: OrderedDict[tuple[str, str, bool, str, bool], Facts] = OrderedDict()
         #: the plans of each (employee, ticket id, dialect); every plan holds the
         #: policy it was decided by and is used only while that policy is
@@ -154,7 +171,7 @@ class Guard:
     ) -> Guard:
         """Load the policy files in ``path``: model.conf, policy.csv, schema.toml, limits.toml.
 
-        watchlist.toml and policy.shadow.csv are read too when present. Without
+        watchlist.toml, alerts.toml and policy.shadow.csv are read too when present. Without
         a ``limits.toml`` the guard has no volume limits; an empty or
         undecodable one, like any such policy file, is a PolicyError.
         """
@@ -162,6 +179,7 @@ class Guard:
         limits_file = Path(path) / LIMITS_FILE
         if "shadow" not in options and (Path(path) / SHADOW_FILE).exists():
             options["shadow"] = load_policy(path, policy_file=SHADOW_FILE)
+        options.setdefault("alerts", load_alerts(Path(path) / ALERTS_FILE))
         from_file = "limits" not in options and limits_file.exists()
         if from_file:
             options["limits"] = load_limits(limits_file, known_roles=policy.known_roles)
@@ -204,6 +222,7 @@ class Guard:
                     "the limits file was removed; the running limits stay until a restart",
                     path=str(limits_file),
                 )
+            alerts = load_alerts(self.directory / ALERTS_FILE)
             throttle = self.throttle
             if throttle is None and limits is not None:
                 throttle = Throttle(limits, **self._throttle_options)
@@ -231,6 +250,7 @@ class Guard:
         self.throttle = throttle
         self.policy = policy
         self.shadow = shadow
+        self.alerter.set_rules(alerts, policy.watchlist)
         self._lanes = {}  # lanes still held by connections re-plan: their plans' policy is gone
         if policy.version != old:
             self.auditor.emit(
@@ -854,6 +874,7 @@ class Guard:
             )
         telemetry.refused(fields)
         self.auditor.emit(**fields)
+        self.alerter.observe(fields)
 
     def _ledger_refused(self, accesses: tuple[Access, ...], error: AuditError) -> None:
         """Audit a statement refused because the ledger cannot be written (best effort)."""
@@ -1048,6 +1069,7 @@ class Guard:
         try:
             self.ledger.close()
         finally:
+            self.alerter.close()
             if self.throttle is not None:
                 self.throttle.close()
             for owned in (self.tickets, self.ledger.sink, self.auditor.sink):
