@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from accessguard.alerts_rules import AlertRules, Rule
@@ -131,10 +131,12 @@ class Alerter:
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, events: Iterable[Event]) -> list[Event]:
+    def evaluate(self, events: Sequence[Event]) -> list[Event]:
         """Run every rule over what was observed, then over a flushed batch; emit the alerts."""
         if not self.rules:
             self._observed.clear()
+            return []
+        if not events and not self._observed:
             return []
         with self._lock:
             found: list[Event] = []

@@ -198,6 +198,7 @@ class Ledger:
                 batch = self._pending
                 self._pending = {}
             if not batch:
+                self._told([])  # refusals and ticket changes observed since are evaluated too
                 return
             events = [self._event(e) for e in batch.values()]
             try:
@@ -216,11 +217,14 @@ class Ledger:
                             mine.rows += entry.rows
                             mine.first = entry.first
                 raise
-            if self.on_flush is not None:
-                try:
-                    self.on_flush(events)
-                except Exception:  # noqa: BLE001 - the batch is written; a hook never undoes it
-                    self.hook_failures += 1
+            self._told(events)
+
+    def _told(self, events: list[Event]) -> None:
+        if self.on_flush is not None:
+            try:
+                self.on_flush(events)
+            except Exception:  # noqa: BLE001 - the batch is written; a hook never undoes it
+                self.hook_failures += 1
 
     def _event(self, entry: Entry) -> Event:
         access = entry.access

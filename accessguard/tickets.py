@@ -113,9 +113,9 @@ class Announcer:
     """The subscribers a store tells of the ticket changes it observes."""
 
     def __init__(self) -> None:
-        self._listeners: list[Callable[[TicketChange], None]] = []
+        self._listeners: list[Callable[[TicketChange], object]] = []
 
-    def subscribe(self, listener: Callable[[TicketChange], None]) -> None:
+    def subscribe(self, listener: Callable[[TicketChange], object]) -> None:
         """Call ``listener`` with every change observed from now on."""
         self._listeners.append(listener)
 
