@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from accessguard.investigate import Event
+from accessguard.investigations.baselines import Collector, baselines
 from accessguard.summary import Employee, Incident, Summary, summarize
 
 TITLE = "accessguard access report"
@@ -340,8 +341,69 @@ def _header(summary: Summary, title: str, generated: dt.datetime) -> str:
     )
 
 
+def _peers(found: Collector | None) -> str:
+    """Employees against their role's peers per active hour; alerts; short self-assigned tickets."""
+    if found is None:
+        return '<p class="note">Not computed for this report.</p>'
+    rows = [
+        (
+            b.user + (" (far above peers)" if b.outlier else ""),
+            ", ".join(r for r in b.roles if r != "everyone"),
+            b.hours,
+            _num(b.customers_per_hour),
+            _num(b.peers_customers_per_hour),
+            "-" if b.customers_ratio is None else f"{b.customers_ratio:g}x",
+            _num(b.rows_per_hour),
+            _num(b.peers_rows_per_hour),
+            "-" if b.rows_ratio is None else f"{b.rows_ratio:g}x",
+            f"{found.short_tickets[b.user]:,} of {found.closed_tickets[b.user]:,}",
+        )
+        for b in baselines(found.hours())
+    ]
+    table = _table(
+        (
+            "Employee",
+            "Role",
+            "Active hours",
+            "Customers/h",
+            "Peers",
+            "Ratio",
+            "Rows/h",
+            "Peers",
+            "Ratio",
+            "Self-assigned tickets closed in 20 min",
+        ),
+        rows,
+        numeric=8,
+    )
+    alerts = list(found.alerts)[::-1][:50]
+    listed = _table(
+        ("Time", "Rule", "Employee", "Evidence"),
+        (
+            (
+                str(a.get("@timestamp", ""))[:19],
+                a.get("rule.name"),
+                a.get("user.name"),
+                a.get("message"),
+            )
+            for a in alerts
+        ),
+    )
+    more = f" (latest 50 of {len(found.alerts)})" if len(found.alerts) > len(alerts) else ""
+    return (
+        "<p class='note'>Medians per active hour; an employee at 3x the median of "
+        "the employees with the same roles, or more, is far above peers.</p>"
+        + table
+        + (f"<h3>Alerts raised{e(more)}</h3>{listed}" if alerts else "<p>No alert was raised.</p>")
+    )
+
+
 def render_report(
-    summary: Summary, *, title: str = TITLE, generated: dt.datetime | None = None
+    summary: Summary,
+    *,
+    title: str = TITLE,
+    generated: dt.datetime | None = None,
+    peers: Collector | None = None,
 ) -> str:
     """The report's HTML for a summary (pure: ``generated`` defaults to ``summary.end``)."""
     made = generated or summary.end or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -384,6 +446,7 @@ def render_report(
         ("throttles", "Throttles", throttles),
         ("watch", "Watch-list and canary touches", watch),
         ("readers", "Customers with the most readers", top),
+        ("peers", "Against role peers, per active hour; alerts", _peers(peers)),
     )
     body = "".join(
         f'<section id="{key}"><h2>{e(name)}</h2>{content}</section>'
@@ -410,5 +473,7 @@ def write_report(
 ) -> None:
     """Summarise ``events`` and write the report to ``out`` (one self-contained HTML file)."""
     made = generated or dt.datetime.now(dt.UTC)
-    page = render_report(summarize(events, since=since), title=title, generated=made)
+    peers = Collector(since)
+    summary = summarize(peers.watch(events), since=since)
+    page = render_report(summary, title=title, generated=made, peers=peers)
     Path(out).write_text(page, encoding="utf-8")

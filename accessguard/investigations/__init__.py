@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from accessguard.investigate import Reader, Subject, Touch
+from accessguard.investigations.baselines import Baseline, baselines
 from accessguard.investigations.core import (
     Engine,
     Entry,
     Group,
+    Hourly,
     Window,
     parse_when,
     readers,
@@ -29,14 +31,17 @@ from accessguard.investigations.core import (
 )
 
 __all__ = [
+    "Baseline",
     "Engine",
     "Entry",
     "Export",
     "Group",
+    "Hourly",
     "Window",
     "available",
     "open_engine",
     "parse_when",
+    "peer_baselines",
     "subject_export",
     "what_read",
     "who_read",
@@ -68,6 +73,11 @@ def open_engine(
 
     assert audit is not None  # noqa: S101 - checked above
     return TrailEngine(audit, index=index, use_index=use_index)
+
+
+def peer_baselines(engine: Engine, *, window: Window, factor: float = 3.0) -> list[Baseline]:
+    """Each employee's median active hour against their role peers' (outliers first)."""
+    return baselines(engine.hourly(window), factor=factor)
 
 
 def who_read(

@@ -93,6 +93,17 @@ class Group(NamedTuple):
     last: dt.datetime | None
 
 
+class Hourly(NamedTuple):
+    """One employee's ledger in one hour (of the entries' first statements), as engines sum it."""
+
+    user: str
+    roles: tuple[str, ...]
+    hour: dt.datetime
+    customers: int
+    rows: int
+    statements: int
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Entry:
     """One ledger entry about a subject: who, when, under which ticket, what, how much."""
@@ -132,6 +143,8 @@ class Engine(Protocol):
     def by_user(self, user: str, window: Window) -> Iterable[Group]: ...
 
     def entries(self, scope: str, subject: str, window: Window) -> Iterator[Entry]: ...
+
+    def hourly(self, window: Window) -> Iterable[Hourly]: ...
 
     def close(self) -> None: ...
 

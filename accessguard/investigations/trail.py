@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 import duckdb
 
-from accessguard.investigations.core import Entry, Group, Window, strs, utc
+from accessguard.investigations.core import Entry, Group, Hourly, Window, strs, utc
 
 INDEX_VERSION = 2  # 2: arrays kept as JSON text
 MAX_PARTS = 8
@@ -98,6 +98,13 @@ SELECT user_name, ticket_id, ticket_kind, subject_kind, subject_id,
        sum(statements)::BIGINT, sum(rows)::BIGINT, columns, tables, roles, min(first), max(ts)
 FROM {source} WHERE {where}
 GROUP BY user_name, ticket_id, ticket_kind, subject_kind, subject_id, columns, tables, roles
+"""
+_HOURLY = """
+SELECT user_name, roles, date_trunc('hour', first) AS hour,
+       count(DISTINCT subject_id) FILTER (WHERE subject_kind = 'customer'),
+       sum(rows)::BIGINT, sum(statements)::BIGINT
+FROM {source} WHERE {where} AND user_name IS NOT NULL AND first IS NOT NULL
+GROUP BY user_name, roles, hour
 """
 _ENTRIES = """
 SELECT first, ts, user_name, roles, ticket_id, ticket_kind, tables, columns,
@@ -196,6 +203,25 @@ class TrailEngine:
                         rows=rw,
                         fingerprint=fp,
                     )
+
+    def hourly(self, window: Window) -> list[Hourly]:
+        """Distinct customers, rows and statements per (employee, role set, hour)."""
+        if self._parts == []:
+            return []
+        source, head = self._source()
+        where, params = _window("true", [], window)
+        with self._reading():
+            rows = self._con.execute(
+                _HOURLY.format(source=source, where=where), [*head, *params]
+            ).fetchall()
+        merged: dict[tuple[str, tuple[str, ...], Any], list[int]] = {}
+        for user, roles, hour, customers, n_rows, statements in rows:
+            # role arrays in another order are one role set (a rare case: summed here)
+            sums = merged.setdefault((user, tuple(sorted(strs(roles))), utc(hour)), [0, 0, 0])
+            sums[0] += customers
+            sums[1] += n_rows
+            sums[2] += statements
+        return sorted(Hourly(u, r, h, *sums) for (u, r, h), sums in merged.items())
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
