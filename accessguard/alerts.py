@@ -16,6 +16,7 @@ so a replayed or simulated trail alerts as the live one would.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -67,11 +68,12 @@ class Alerter:
     def set_rules(self, rules: AlertRules, watchlist: Watchlist | None = None) -> None:
         """Swap in new rules (a reload): each rule keeps its state while its name and shape do."""
         with self._lock:
-            kept = {r.name: r for r in self.rules.rules}
+            old = {r.name: r for r in self.rules.rules}
+            same = {r.name for r in rules.rules if old.get(r.name) == r}
             self._state = {
-                r.name: self._state[r.name]
-                for r in rules.rules
-                if kept.get(r.name) == r and r.name in self._state
+                key: value
+                for key, value in self._state.items()
+                if key.removesuffix(".fired") in same
             }
             self.rules = rules
             if watchlist is not None:
@@ -201,6 +203,7 @@ class Alerter:
 
     def _refusals(self, rule: Rule, event: Event, when: float, found: list[Event]) -> None:
         state: dict[tuple[object, ...], deque[float]] = self._state.setdefault(rule.name, {})
+        fired: dict[tuple[object, ...], float] = self._state.setdefault(f"{rule.name}.fired", {})
         user = event.get("user.name")
         for subject in event.get("accessguard.subjects") or ():
             key = (user, subject.get("kind"), subject.get("id"))
@@ -208,7 +211,9 @@ class Alerter:
             times.append(when)
             while times and times[0] <= when - rule.window:
                 times.popleft()
-            if len(times) == rule.count:  # fires once as the count is reached in the window
+            last = fired.get(key, -math.inf)
+            if len(times) >= rule.count and last <= when - rule.window:  # once per window
+                fired[key] = when
                 found.append(
                     Evidence(
                         rule=rule,

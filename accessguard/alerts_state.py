@@ -9,6 +9,7 @@ closed, for ``ticket_churn`` and ``closed_ticket``. Every map is bounded.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import statistics
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -230,12 +231,14 @@ class TicketBook:
         ):
             return
         per_user: dict[object, deque[tuple[float, str, Any]]] = state.setdefault(rule.name, {})
+        fired: dict[object, float] = state.setdefault(f"{rule.name}.fired", {})
         recent = per_user.setdefault(entry.assignee, deque())
         recent.append((when, ticket, entry.subject))
         while recent and recent[0][0] <= when - rule.window:
             recent.popleft()
-        if len(recent) != rule.count:
-            return
+        if len(recent) < rule.count or fired.get(entry.assignee, -math.inf) > when - rule.window:
+            return  # once per window while it goes on
+        fired[entry.assignee] = when
         found.append(
             Evidence(
                 rule=rule,

@@ -356,9 +356,12 @@ def _peers(found: Collector | None) -> str:
             _num(b.rows_per_hour),
             _num(b.peers_rows_per_hour),
             "-" if b.rows_ratio is None else f"{b.rows_ratio:g}x",
+            _num(b.customers_per_day),
+            _num(b.peers_customers_per_day),
+            "-" if b.day_ratio is None else f"{b.day_ratio:g}x",
             f"{found.short_tickets[b.user]:,} of {found.closed_tickets[b.user]:,}",
         )
-        for b in baselines(found.hours())
+        for b in baselines(found.buckets("hour"), found.buckets("day"))
     ]
     table = _table(
         (
@@ -371,30 +374,25 @@ def _peers(found: Collector | None) -> str:
             "Rows/h",
             "Peers",
             "Ratio",
+            "Customers/day",
+            "Peers",
+            "Ratio",
             "Self-assigned tickets closed in 20 min",
         ),
         rows,
-        numeric=8,
+        numeric=11,
     )
-    alerts = list(found.alerts)[::-1][:50]
+    raised = sorted(found.alerts.values(), key=lambda a: (a.rule, -a.count, a.user))
     listed = _table(
-        ("Time", "Rule", "Employee", "Evidence"),
-        (
-            (
-                str(a.get("@timestamp", ""))[:19],
-                a.get("rule.name"),
-                a.get("user.name"),
-                a.get("message"),
-            )
-            for a in alerts
-        ),
+        ("Rule", "Employee", "First", "Last", "Latest evidence", "Alerts"),
+        ((a.rule, a.user, a.first[:19], a.last[:19], a.message, a.count) for a in raised),
+        numeric=1,
     )
-    more = f" (latest 50 of {len(found.alerts)})" if len(found.alerts) > len(alerts) else ""
     return (
-        "<p class='note'>Medians per active hour; an employee at 3x the median of "
+        "<p class='note'>Medians per active hour and day; an employee at 3x the median of "
         "the employees with the same roles, or more, is far above peers.</p>"
         + table
-        + (f"<h3>Alerts raised{e(more)}</h3>{listed}" if alerts else "<p>No alert was raised.</p>")
+        + (f"<h3>Alerts raised</h3>{listed}" if raised else "<p>No alert was raised.</p>")
     )
 
 

@@ -20,10 +20,10 @@ from typing import Any
 from accessguard.investigate import Reader, Subject, Touch
 from accessguard.investigations.baselines import Baseline, baselines
 from accessguard.investigations.core import (
+    Bucket,
     Engine,
     Entry,
     Group,
-    Hourly,
     Window,
     parse_when,
     readers,
@@ -32,11 +32,11 @@ from accessguard.investigations.core import (
 
 __all__ = [
     "Baseline",
+    "Bucket",
     "Engine",
     "Entry",
     "Export",
     "Group",
-    "Hourly",
     "Window",
     "available",
     "open_engine",
@@ -76,8 +76,8 @@ def open_engine(
 
 
 def peer_baselines(engine: Engine, *, window: Window, factor: float = 3.0) -> list[Baseline]:
-    """Each employee's median active hour against their role peers' (outliers first)."""
-    return baselines(engine.hourly(window), factor=factor)
+    """Each employee's median active hour and day against their role peers' (outliers first)."""
+    return baselines(engine.buckets(window, "hour"), engine.buckets(window, "day"), factor=factor)
 
 
 def who_read(

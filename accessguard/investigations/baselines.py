@@ -1,97 +1,148 @@
-"""Per-employee baselines against role peers: distinct customers and rows per active hour.
+"""Per-employee baselines against role peers: per active hour and per active day.
 
-An engine (``Engine.hourly``: DuckDB over the trail's index, SQL over the
-PostgreSQL sink) sums the ledger into one row per (employee, role set, hour):
-distinct customers, rows, statements. Only those rows reach Python (a month of
-60 employees is a few thousand), where each employee's median hour is set
-against the median hour of everyone with the same roles. ``Hourly`` builds
-the same rows from events in Python, for the report and for tests.
+An engine (``Engine.buckets``: DuckDB over the trail's index, SQL over the
+PostgreSQL sink) sums the ledger into one row per (employee, role set, hour
+or day): distinct customers, rows, statements. Only those rows reach Python
+(a month of 60 employees is a few thousand), where each employee's median
+hour (distinct customers, rows) and median day (distinct customers) is set
+against the median of everyone with the same roles. ``Collector`` builds the
+same rows from events in Python, for the report and for tests.
 
-Hours are those of each entry's first statement (``accessguard.first``), the
-time the alert rules count by; an hour with no ledger entry is not counted
-(a baseline of active hours, so a part-time peer does not lower it).
+Periods are those of each entry's first statement (``accessguard.first``),
+the time the alert rules count by; a period with no ledger entry is not
+counted (a baseline of active periods, so a part-time peer does not lower it).
+An employee at ``factor`` times the peers' median or more on any measure is
+an outlier: the hour catches a steady bulk or heavy reader, the day one who
+works through many customers in bursts (a ticket churner).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import statistics
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from accessguard.investigations.core import Hourly, utc
+from accessguard.investigations.core import Bucket, utc
 
 #: an employee whose median hour is at least this many times the peers' is singled out
 FACTOR = 3.0
 #: a ticket closed within this many seconds of opening is a short one (the churn tell)
 SHORT_TICKET = 20 * 60
-#: alert events kept for the report (the latest)
-ALERTS_KEPT = 500
 
 
-Hour = Hourly
+@dataclass(slots=True)
+class Alerts:
+    """The alerts one rule raised about one employee: how many, first and last, latest evidence."""
+
+    rule: str
+    user: str
+    count: int
+    first: str
+    last: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Baseline:
-    """One employee's typical hour, and their role peers'."""
+    """One employee's typical hour and day, and their role peers'."""
 
     user: str
     roles: tuple[str, ...]
     hours: int
+    days: int
     customers_per_hour: float
     rows_per_hour: float
+    customers_per_day: float
     peak_customers: int
     peak_rows: int
     peers: int
     peers_customers_per_hour: float
     peers_rows_per_hour: float
+    peers_customers_per_day: float
     customers_ratio: float | None
     rows_ratio: float | None
+    day_ratio: float | None
     outlier: bool
 
 
-def baselines(hours: Iterable[Hour], *, factor: float = FACTOR) -> list[Baseline]:
+def baselines(
+    hours: Iterable[Bucket], days: Iterable[Bucket] = (), *, factor: float = FACTOR
+) -> list[Baseline]:
     """Each employee against the employees with the same roles, outliers first."""
-    mine: dict[str, list[Hour]] = {}
-    peers: dict[tuple[str, ...], list[Hour]] = {}
-    role_of: dict[str, tuple[str, ...]] = {}
-    for hour in hours:
-        mine.setdefault(hour.user, []).append(hour)
-        peers.setdefault(hour.roles, []).append(hour)
-        role_of[hour.user] = hour.roles  # the latest role set seen (a sorted key)
+    mine, peers, role_of = _group(hours)
+    my_days, peer_days, _ = _group(days)
     found = []
     for user, own in mine.items():
         group = peers[role_of[user]]
-        customers = statistics.median(h.customers for h in own)
-        rows = statistics.median(h.rows for h in own)
-        peer_customers = statistics.median(h.customers for h in group)
-        peer_rows = statistics.median(h.rows for h in group)
-        c_ratio = round(customers / peer_customers, 2) if peer_customers else None
-        r_ratio = round(rows / peer_rows, 2) if peer_rows else None
+        own_days = my_days.get(user, [])
+        group_days = peer_days.get(role_of[user], [])
+        customers = _median(h.customers for h in own)
+        rows = _median(h.rows for h in own)
+        per_day = _median(d.customers for d in own_days)
+        peer_customers = _median(h.customers for h in group)
+        peer_rows = _median(h.rows for h in group)
+        peer_day = _median(d.customers for d in group_days)
+        ratios = (
+            _ratio(customers, peer_customers),
+            _ratio(rows, peer_rows),
+            _ratio(per_day, peer_day),
+        )
         found.append(
             Baseline(
                 user=user,
                 roles=role_of[user],
                 hours=len(own),
-                customers_per_hour=float(customers),
-                rows_per_hour=float(rows),
+                days=len(own_days),
+                customers_per_hour=customers,
+                rows_per_hour=rows,
+                customers_per_day=per_day,
                 peak_customers=max(h.customers for h in own),
                 peak_rows=max(h.rows for h in own),
                 peers=len({h.user for h in group}),
-                peers_customers_per_hour=float(peer_customers),
-                peers_rows_per_hour=float(peer_rows),
-                customers_ratio=c_ratio,
-                rows_ratio=r_ratio,
-                outlier=any(r is not None and r >= factor for r in (c_ratio, r_ratio)),
+                peers_customers_per_hour=peer_customers,
+                peers_rows_per_hour=peer_rows,
+                peers_customers_per_day=peer_day,
+                customers_ratio=ratios[0],
+                rows_ratio=ratios[1],
+                day_ratio=ratios[2],
+                outlier=any(r is not None and r >= factor for r in ratios),
             )
         )
     return sorted(
         found,
-        key=lambda b: (not b.outlier, -max(b.customers_ratio or 0, b.rows_ratio or 0), b.user),
+        key=lambda b: (
+            not b.outlier,
+            -max(b.customers_ratio or 0, b.rows_ratio or 0, b.day_ratio or 0),
+            b.user,
+        ),
     )
+
+
+def _group(
+    buckets: Iterable[Bucket],
+) -> tuple[
+    dict[str, list[Bucket]], dict[tuple[str, ...], list[Bucket]], dict[str, tuple[str, ...]]
+]:
+    mine: dict[str, list[Bucket]] = {}
+    peers: dict[tuple[str, ...], list[Bucket]] = {}
+    role_of: dict[str, tuple[str, ...]] = {}
+    for bucket in buckets:
+        mine.setdefault(bucket.user, []).append(bucket)
+        peers.setdefault(bucket.roles, []).append(bucket)
+        role_of[bucket.user] = bucket.roles  # the latest role set seen (a sorted key)
+    return mine, peers, role_of
+
+
+def _median(values: Iterable[int]) -> float:
+    found = list(values)
+    return float(statistics.median(found)) if found else 0.0
+
+
+def _ratio(mine: float, peers: float) -> float | None:
+    return round(mine / peers, 2) if peers else None
 
 
 class Collector:
@@ -100,11 +151,14 @@ class Collector:
     def __init__(self, since: dt.datetime | None = None) -> None:
         self._since = since
         #: the latest alert events, and per employee the short tickets they assigned themselves
-        self.alerts: deque[Mapping[str, Any]] = deque(maxlen=ALERTS_KEPT)
+        self.alerts: dict[tuple[str, str], Alerts] = {}
         self.short_tickets: Counter[str] = Counter()
         self.closed_tickets: Counter[str] = Counter()
         self._opened: dict[str, tuple[dt.datetime, bool]] = {}
-        self._cells: dict[tuple[str, tuple[str, ...], dt.datetime], tuple[set[str], list[int]]] = {}
+        #: (unit, employee, roles, start) -> (customers, [rows, statements])
+        self._cells: dict[
+            tuple[str, str, tuple[str, ...], dt.datetime], tuple[set[str], list[int]]
+        ] = {}
 
     def add(self, event: Mapping[str, Any]) -> None:
         action = event.get("event.action")
@@ -119,19 +173,33 @@ class Collector:
         if self._since is not None and when < self._since:
             return
         roles = tuple(sorted(str(r) for r in event.get("user.roles") or ()))
-        key = (user, roles, when.replace(minute=0, second=0, microsecond=0))
-        subjects, sums = self._cells.setdefault(key, (set(), [0, 0]))
-        if event.get("accessguard.subject.kind") == "customer":
-            subjects.add(str(event.get("accessguard.subject.id")))
-        sums[0] += _int(event.get("accessguard.rows"))
-        sums[1] += _int(event.get("accessguard.statements"))
+        hour = when.replace(minute=0, second=0, microsecond=0)
+        customer = event.get("accessguard.subject.kind") == "customer"
+        rows, statements = (
+            _int(event.get("accessguard.rows")),
+            _int(event.get("accessguard.statements")),
+        )
+        for key in (("hour", user, roles, hour), ("day", user, roles, hour.replace(hour=0))):
+            subjects, sums = self._cells.setdefault(key, (set(), [0, 0]))
+            if customer:
+                subjects.add(str(event.get("accessguard.subject.id")))
+            sums[0] += rows
+            sums[1] += statements
 
     def _other(self, action: str, event: Mapping[str, Any]) -> None:
         when = _first(event)
         if when is None or (self._since is not None and when < self._since):
             return
         if action == "alert":
-            self.alerts.append(event)
+            rule, user = str(event.get("rule.name")), str(event.get("user.name"))
+            stamp, message = str(event.get("@timestamp", "")), str(event.get("message", ""))
+            seen = self.alerts.get((rule, user))
+            if seen is None:
+                self.alerts[rule, user] = Alerts(rule, user, 1, stamp, stamp, message)
+            else:
+                seen.count += 1
+                seen.first, seen.last = min(seen.first, stamp), max(seen.last, stamp)
+                seen.message = message if stamp >= seen.last else seen.message
             return
         ticket, assignee = (
             event.get("accessguard.ticket.id"),
@@ -160,10 +228,12 @@ class Collector:
             self.add(event)
             yield event
 
-    def hours(self) -> list[Hour]:
+    def buckets(self, unit: str = "hour") -> list[Bucket]:
+        """The rows ``Engine.buckets`` returns for the same events."""
         return sorted(
-            Hour(user, roles, hour, len(subjects), rows, statements)
-            for (user, roles, hour), (subjects, (rows, statements)) in self._cells.items()
+            Bucket(user, roles, start, len(subjects), rows, statements)
+            for (kind, user, roles, start), (subjects, (rows, statements)) in self._cells.items()
+            if kind == unit
         )
 
 

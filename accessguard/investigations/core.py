@@ -93,12 +93,16 @@ class Group(NamedTuple):
     last: dt.datetime | None
 
 
-class Hourly(NamedTuple):
-    """One employee's ledger in one hour (of the entries' first statements), as engines sum it."""
+#: the periods engines sum the ledger by (``Engine.buckets``)
+UNITS = ("hour", "day")
+
+
+class Bucket(NamedTuple):
+    """One employee's ledger in one hour or day (of the entries' first statements)."""
 
     user: str
     roles: tuple[str, ...]
-    hour: dt.datetime
+    start: dt.datetime
     customers: int
     rows: int
     statements: int
@@ -144,7 +148,7 @@ class Engine(Protocol):
 
     def entries(self, scope: str, subject: str, window: Window) -> Iterator[Entry]: ...
 
-    def hourly(self, window: Window) -> Iterable[Hourly]: ...
+    def buckets(self, window: Window, unit: str = "hour") -> Iterable[Bucket]: ...
 
     def close(self) -> None: ...
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from accessguard.investigations.core import Entry, Group, Hourly, Window, strs, utc
+from accessguard.investigations.core import UNITS, Bucket, Entry, Group, Window, strs, utc
 
 TABLE = "accessguard.events"
 _TIME = r"'^\d{4}-\d\d-\d\d'"
@@ -85,12 +85,12 @@ ORDER BY first, last, user_name, ticket_id
 """  # noqa: S608
 
 
-_HOURLY = f"""
-SELECT user_name, roles, date_trunc('hour', first) AS hour,
+_BUCKETS = f"""
+SELECT user_name, roles, date_trunc('{{unit}}', first) AS start,
        count(DISTINCT subject_id) FILTER (WHERE subject_kind = 'customer'),
        sum(rows)::bigint, sum(statements)::bigint
 FROM ({_RAW.replace("{where}", "user_name IS NOT NULL {window}")}) AS matched
-GROUP BY user_name, roles, hour
+GROUP BY user_name, roles, start
 """  # noqa: S608
 
 
@@ -188,17 +188,21 @@ class SinkEngine:
                     fingerprint=fp,
                 )
 
-    def hourly(self, window: Window) -> list[Hourly]:
-        """Distinct customers, rows and statements per (employee, role set, hour)."""
+    def buckets(self, window: Window, unit: str = "hour") -> list[Bucket]:
+        """Distinct customers, rows and statements per (employee, role set, hour or day)."""
+        if unit not in UNITS:
+            raise ValueError(f"unit must be one of {', '.join(UNITS)}")
         clause, params = _window(window)
-        rows = self._conn.execute(_HOURLY.replace("{window}", clause), params).fetchall()
+        rows = self._conn.execute(
+            _BUCKETS.replace("{window}", clause).replace("{unit}", unit), params
+        ).fetchall()
         merged: dict[tuple[str, tuple[str, ...], Any], list[int]] = {}
         for user, roles, hour, customers, n_rows, statements in rows:
             sums = merged.setdefault((user, tuple(sorted(strs(roles))), utc(hour)), [0, 0, 0])
             sums[0] += customers
             sums[1] += n_rows
             sums[2] += statements
-        return sorted(Hourly(u, r, h, *sums) for (u, r, h), sums in merged.items())
+        return sorted(Bucket(u, r, h, *sums) for (u, r, h), sums in merged.items())
 
     def close(self) -> None:
         self._conn.close()
