@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from accessguard.watchlist import Watchlist
 
 Notifier = Callable[[Event], None]
+#: (employee, subject) pairs a refusals rule keeps before forgetting the quiet ones
+MAX_KEYS = 100_000
 
 
 class Alerter:
@@ -205,6 +207,10 @@ class Alerter:
         state: dict[tuple[object, ...], deque[float]] = self._state.setdefault(rule.name, {})
         fired: dict[tuple[object, ...], float] = self._state.setdefault(f"{rule.name}.fired", {})
         user = event.get("user.name")
+        if len(state) > MAX_KEYS:  # forget (employee, subject) pairs quiet for a window
+            for key in [k for k, t in state.items() if not t or t[-1] <= when - rule.window]:
+                del state[key]
+                fired.pop(key, None)
         for subject in event.get("accessguard.subjects") or ():
             key = (user, subject.get("kind"), subject.get("id"))
             times = state.setdefault(key, deque())
