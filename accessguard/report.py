@@ -342,7 +342,7 @@ def _header(summary: Summary, title: str, generated: dt.datetime) -> str:
 
 
 def _peers(found: Collector | None) -> str:
-    """Employees against their role's peers per active hour; alerts; short self-assigned tickets."""
+    """Employees against their role's peers per active hour and day; alerts; short tickets."""
     if found is None:
         return '<p class="note">Not computed for this report.</p>'
     rows = [
@@ -444,7 +444,7 @@ def render_report(
         ("throttles", "Throttles", throttles),
         ("watch", "Watch-list and canary touches", watch),
         ("readers", "Customers with the most readers", top),
-        ("peers", "Against role peers, per active hour; alerts", _peers(peers)),
+        ("peers", "Against role peers (per active hour and day); alerts raised", _peers(peers)),
     )
     body = "".join(
         f'<section id="{key}"><h2>{e(name)}</h2>{content}</section>'
