@@ -130,6 +130,9 @@ class Ledger:
         self._wake = threading.Event()
         self._closed = False
         self._failure: Exception | None = None
+        #: told of each batch written (the alerter); its failures are counted, never raised
+        self.on_flush: Callable[[list[Event]], object] | None = None
+        self.hook_failures = 0
         self._thread = threading.Thread(target=self._run, name="accessguard-ledger", daemon=True)
         self._thread.start()
         _LEDGERS.add(self)
@@ -195,6 +198,7 @@ class Ledger:
                 batch = self._pending
                 self._pending = {}
             if not batch:
+                self._told([])  # refusals and ticket changes observed since are evaluated too
                 return
             events = [self._event(e) for e in batch.values()]
             try:
@@ -213,6 +217,14 @@ class Ledger:
                             mine.rows += entry.rows
                             mine.first = entry.first
                 raise
+            self._told(events)
+
+    def _told(self, events: list[Event]) -> None:
+        if self.on_flush is not None:
+            try:
+                self.on_flush(events)
+            except Exception:  # noqa: BLE001 - the batch is written; a hook never undoes it
+                self.hook_failures += 1
 
     def _event(self, entry: Entry) -> Event:
         access = entry.access

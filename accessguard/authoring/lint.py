@@ -14,7 +14,8 @@ error    object.wildcard             ``*``, ``*.*``, ``*.col``: wider than one t
 error    table.unknown               a table schema.toml does not declare
 error    table.unreachable           a table schema.toml marks ``reachable = false``
 error    column.unknown              a column schema.toml does not declare
-error    file.invalid                model.conf, schema.toml or limits.toml does not load
+error    file.invalid                model.conf, schema.toml, limits.toml or alerts.toml
+                                     does not load
 error    limits.unknown_role         limits.toml names a role no policy line names
                                      (the guard refuses to load it)
 warning  limits.unknown_ticket_kind  limits.toml names a ticket kind no rule names
@@ -45,6 +46,7 @@ from pathlib import Path
 from accessguard.authoring import lint_access
 from accessguard.errors import PolicyError
 from accessguard.guard import LIMITS_FILE
+from accessguard.policy.alerts import ALERTS_FILE, load_alerts
 from accessguard.policy.catalog import Catalog, load_catalog
 from accessguard.policy.masking import MASKS, mask_name, parse_action
 from accessguard.policy.rules import (
@@ -108,6 +110,10 @@ def lint(policies_dir: Path) -> list[Finding]:
     except PolicyError as exc:
         if not any(f.path == exc.path and f.line == exc.line for f in findings):
             findings.append(_error(exc, "file.invalid"))
+    try:
+        load_alerts(directory / ALERTS_FILE)
+    except PolicyError as exc:
+        findings.append(_error(exc, "file.invalid"))
     path = str(directory / POLICY_FILE)
     findings += _no_members(path, rules, groupings)
     findings += _shadowed(path, rules, groupings)

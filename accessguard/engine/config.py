@@ -22,10 +22,12 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, cast
 
+from accessguard.audit.alerts import Alerter, Notifier
 from accessguard.audit.ledger import Access, Ledger
 from accessguard.audit.sinks import Auditor, AuditSink, as_sink, utcnow
 from accessguard.engine.breakglass import BreakGlass
 from accessguard.errors import AccessGuardError, AuditError, ConfigurationError, PolicyError, Reason
+from accessguard.policy.alerts import ALERTS_FILE, AlertRules, load_alerts
 from accessguard.policy.catalog import Drift, SchemaDriftWarning, database_key, read_drift
 from accessguard.policy.rules import SHADOW_FILE, Policy, load_policy
 from accessguard.throttle.limits import Limits, load_limits
@@ -66,6 +68,8 @@ class Configured:
         cache_size: int = 4096,
         shadow: Policy | None = None,
         elevations: ElevationStore | str | None = None,
+        alerts: AlertRules | None = None,
+        on_alert: Notifier | None = None,
     ) -> None:
         self.policy = policy
         #: candidate rules evaluated beside the enforced ones, audited as "would deny"
@@ -100,6 +104,19 @@ class Configured:
             pseudonym_key=ledger_pseudonym_key,
             refused=self.ledger_refused,
         )
+        #: alert rules, evaluated as the ledger flushes; ticket changes become audit events
+        self.alerter = Alerter(
+            alerts or AlertRules(),
+            emit=self.auditor.emit,
+            notifiers=[on_alert] if on_alert is not None else [],
+            pseudonym=self.ledger.pseudonym,
+            stamp=self.auditor.stamp,
+        )
+        self.alerter.set_rules(self.alerter.rules, policy.watchlist)
+        self.ledger.on_flush = self.alerter.evaluate
+        subscribe = getattr(self.tickets, "subscribe", None)
+        if callable(subscribe):
+            subscribe(self.alerter.ticket_changed)
         #: keys mask=hash (accessguard.policy.masking): the ledger's key, so a hashed column
         #: equals the ledger's pseudonym of its value; else one random key per guard
         self._mask_key = ledger_pseudonym_key or secrets.token_bytes(32)
@@ -133,7 +150,7 @@ class Configured:
     ) -> Self:
         """Load the policy files in ``path``: model.conf, policy.csv, schema.toml, limits.toml.
 
-        watchlist.toml and policy.shadow.csv are read too when present. Without
+        watchlist.toml, alerts.toml and policy.shadow.csv are read too when present. Without
         a ``limits.toml`` the guard has no volume limits; an empty or
         undecodable one, like any such policy file, is a PolicyError.
         """
@@ -141,6 +158,7 @@ class Configured:
         limits_file = Path(path) / LIMITS_FILE
         if "shadow" not in options and (Path(path) / SHADOW_FILE).exists():
             options["shadow"] = load_policy(path, policy_file=SHADOW_FILE)
+        options.setdefault("alerts", load_alerts(Path(path) / ALERTS_FILE))
         from_file = "limits" not in options and limits_file.exists()
         if from_file:
             options["limits"] = load_limits(limits_file, known_roles=policy.known_roles)
@@ -183,6 +201,7 @@ class Configured:
                     "the limits file was removed; the running limits stay until a restart",
                     path=str(limits_file),
                 )
+            alerts = load_alerts(self.directory / ALERTS_FILE)
             throttle = self.throttle
             if throttle is None and limits is not None:
                 throttle = Throttle(limits, **self._throttle_options)
@@ -208,6 +227,7 @@ class Configured:
             throttle.set_limits(limits)
             self._limits_from_file = True
         self.throttle = throttle
+        self.alerter.set_rules(alerts, policy.watchlist)
         self.policy = policy
         self.shadow = shadow
         self._lanes = {}  # lanes still held by connections re-plan: their plans' policy is gone
@@ -280,6 +300,7 @@ class Configured:
         try:
             self.ledger.close()
         finally:
+            self.alerter.close()
             if self.throttle is not None:
                 self.throttle.close()
             for owned in (self.tickets, self.breakglass, self.ledger.sink, self.auditor.sink):

@@ -174,6 +174,7 @@ class Refusals(Configured):
         )
         telemetry.refused(fields)
         self.auditor.emit(**fields)
+        self.alerter.observe(fields)
 
     def ledger_refused(self, accesses: tuple[Access, ...], error: AuditError) -> None:
         """Audit a statement refused because the ledger cannot be written (best effort)."""

@@ -17,10 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accessguard.investigate.core import Engine, Entry, Group, Window, parse_when, readers, touches
+from accessguard.investigate.baselines import Baseline, baselines
+from accessguard.investigate.core import (
+    Bucket,
+    Engine,
+    Entry,
+    Group,
+    Window,
+    parse_when,
+    readers,
+    touches,
+)
 from accessguard.investigate.sums import Reader, Subject, Touch
 
 __all__ = [
+    "Baseline",
+    "Bucket",
     "Engine",
     "Entry",
     "Export",
@@ -29,6 +41,7 @@ __all__ = [
     "available",
     "open_engine",
     "parse_when",
+    "peer_baselines",
     "subject_export",
     "what_read",
     "who_read",
@@ -60,6 +73,11 @@ def open_engine(
 
     assert audit is not None  # noqa: S101 - checked above
     return TrailEngine(audit, index=index, use_index=use_index)
+
+
+def peer_baselines(engine: Engine, *, window: Window, factor: float = 3.0) -> list[Baseline]:
+    """Each employee's median active hour and day against their role peers' (outliers first)."""
+    return baselines(engine.buckets(window, "hour"), engine.buckets(window, "day"), factor=factor)
 
 
 def who_read(

@@ -93,6 +93,21 @@ class Group(NamedTuple):
     last: dt.datetime | None
 
 
+#: the periods engines sum the ledger by (``Engine.buckets``)
+UNITS = ("hour", "day")
+
+
+class Bucket(NamedTuple):
+    """One employee's ledger in one hour or day (of the entries' first statements)."""
+
+    user: str
+    roles: tuple[str, ...]
+    start: dt.datetime
+    customers: int
+    rows: int
+    statements: int
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Entry:
     """One ledger entry about a subject: who, when, under which ticket, what, how much."""
@@ -132,6 +147,8 @@ class Engine(Protocol):
     def by_user(self, user: str, window: Window) -> Iterable[Group]: ...
 
     def entries(self, scope: str, subject: str, window: Window) -> Iterator[Entry]: ...
+
+    def buckets(self, window: Window, unit: str = "hour") -> Iterable[Bucket]: ...
 
     def close(self) -> None: ...
 

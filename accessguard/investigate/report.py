@@ -15,6 +15,7 @@ import html
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from accessguard.investigate.baselines import Collector, baselines
 from accessguard.investigate.summary import Employee, Incident, Summary, summarize
 from accessguard.investigate.sums import Event
 
@@ -340,12 +341,68 @@ def _header(summary: Summary, title: str, generated: dt.datetime) -> str:
     )
 
 
+def _peers(found: Collector | None) -> str:
+    """Employees against their role's peers per active hour and day; alerts; short tickets."""
+    if found is None:
+        return '<p class="note">Not computed for this report.</p>'
+    rows = [
+        (
+            b.user + (" (far above peers)" if b.outlier else ""),
+            ", ".join(r for r in b.roles if r != "everyone"),
+            b.hours,
+            _num(b.customers_per_hour),
+            _num(b.peers_customers_per_hour),
+            "-" if b.customers_ratio is None else f"{b.customers_ratio:g}x",
+            _num(b.rows_per_hour),
+            _num(b.peers_rows_per_hour),
+            "-" if b.rows_ratio is None else f"{b.rows_ratio:g}x",
+            _num(b.customers_per_day),
+            _num(b.peers_customers_per_day),
+            "-" if b.day_ratio is None else f"{b.day_ratio:g}x",
+            f"{found.short_tickets[b.user]:,} of {found.closed_tickets[b.user]:,}",
+        )
+        for b in baselines(found.buckets("hour"), found.buckets("day"))
+    ]
+    table = _table(
+        (
+            "Employee",
+            "Role",
+            "Active hours",
+            "Customers/h",
+            "Peers",
+            "Ratio",
+            "Rows/h",
+            "Peers",
+            "Ratio",
+            "Customers/day",
+            "Peers",
+            "Ratio",
+            "Self-assigned tickets closed in 20 min",
+        ),
+        rows,
+        numeric=11,
+    )
+    raised = sorted(found.alerts.values(), key=lambda a: (a.rule, -a.count, a.user))
+    listed = _table(
+        ("Rule", "Employee", "First", "Last", "Latest evidence", "Alerts"),
+        ((a.rule, a.user, a.first[:19], a.last[:19], a.message, a.count) for a in raised),
+        numeric=1,
+    )
+    return (
+        "<p class='note'>Medians per active hour and day; an employee at 3x the median of "
+        "the employees with the same roles, or more, is far above peers.</p>"
+        + table
+        + (f"<h3>Alerts raised</h3>{listed}" if raised else "<p>No alert was raised.</p>")
+    )
+
+
 def render_report(
     summary: Summary,
     *,
     title: str = TITLE,
     generated: dt.datetime | None = None,
     elevations: str | None = None,
+    peers: Collector | None = None,
 ) -> str:
     """The report's HTML for a summary (pure: ``generated`` defaults to ``summary.end``)."""
     made = generated or summary.end or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -389,6 +446,7 @@ def render_report(
         ("throttles", "Throttles", throttles),
         ("watch", "Watch-list and canary touches", watch),
         ("readers", "Customers with the most readers", top),
+        ("peers", "Against role peers (per active hour and day); alerts raised", _peers(peers)),
     )
     body = "".join(
         f'<section id="{key}"><h2>{e(name)}</h2>{content}</section>'
@@ -419,7 +477,7 @@ def write_report(
     made = generated or dt.datetime.now(dt.UTC)
     events = list(events)
     queue = render_html(review(events, since=since, now=made))
-    page = render_report(
-        summarize(events, since=since), title=title, generated=made, elevations=queue
-    )
+    peers = Collector(since)
+    summary = summarize(peers.watch(events), since=since)
+    page = render_report(summary, title=title, generated=made, elevations=queue, peers=peers)
     Path(out).write_text(page, encoding="utf-8")

@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from accessguard.investigate.core import Entry, Group, Window, strs, utc
+from accessguard.investigate.core import UNITS, Bucket, Entry, Group, Window, strs, utc
 
 TABLE = "accessguard.events"
 _TIME = r"'^\d{4}-\d\d-\d\d'"
@@ -82,6 +82,15 @@ SELECT {_time("accessguard.first")} AS first, {_time("accessguard.last")} AS las
 FROM {TABLE}
 WHERE action = 'ledger' AND subject_kind = %s AND subject_id = %s {{window}}
 ORDER BY first, last, user_name, ticket_id
+"""  # noqa: S608
+
+
+_BUCKETS = f"""
+SELECT user_name, roles, date_trunc('{{unit}}', first) AS start,
+       count(DISTINCT subject_id) FILTER (WHERE subject_kind = 'customer'),
+       sum(rows)::bigint, sum(statements)::bigint
+FROM ({_RAW.replace("{where}", "user_name IS NOT NULL {window}")}) AS matched
+GROUP BY user_name, roles, start
 """  # noqa: S608
 
 
@@ -178,6 +187,22 @@ class SinkEngine:
                     rows=rw,
                     fingerprint=fp,
                 )
+
+    def buckets(self, window: Window, unit: str = "hour") -> list[Bucket]:
+        """Distinct customers, rows and statements per (employee, role set, hour or day)."""
+        if unit not in UNITS:
+            raise ValueError(f"unit must be one of {', '.join(UNITS)}")
+        clause, params = _window(window)
+        rows = self._conn.execute(
+            _BUCKETS.replace("{window}", clause).replace("{unit}", unit), params
+        ).fetchall()
+        merged: dict[tuple[str, tuple[str, ...], Any], list[int]] = {}
+        for user, roles, hour, customers, n_rows, statements in rows:
+            sums = merged.setdefault((user, tuple(sorted(strs(roles))), utc(hour)), [0, 0, 0])
+            sums[0] += customers
+            sums[1] += n_rows
+            sums[2] += statements
+        return sorted(Bucket(u, r, h, *sums) for (u, r, h), sums in merged.items())
 
     def close(self) -> None:
         self._conn.close()

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 import duckdb
 
-from accessguard.investigate.core import Entry, Group, Window, strs, utc
+from accessguard.investigate.core import UNITS, Bucket, Entry, Group, Window, strs, utc
 
 INDEX_VERSION = 2  # 2: arrays kept as JSON text
 MAX_PARTS = 8
@@ -98,6 +98,13 @@ SELECT user_name, ticket_id, ticket_kind, subject_kind, subject_id,
        sum(statements)::BIGINT, sum(rows)::BIGINT, columns, tables, roles, min(first), max(ts)
 FROM {source} WHERE {where}
 GROUP BY user_name, ticket_id, ticket_kind, subject_kind, subject_id, columns, tables, roles
+"""
+_BUCKETS = """
+SELECT user_name, roles, date_trunc('{unit}', first) AS start,
+       count(DISTINCT subject_id) FILTER (WHERE subject_kind = 'customer'),
+       sum(rows)::BIGINT, sum(statements)::BIGINT
+FROM {source} WHERE {where} AND user_name IS NOT NULL AND first IS NOT NULL
+GROUP BY user_name, roles, start
 """
 _ENTRIES = """
 SELECT first, ts, user_name, roles, ticket_id, ticket_kind, tables, columns,
@@ -196,6 +203,27 @@ class TrailEngine:
                         rows=rw,
                         fingerprint=fp,
                     )
+
+    def buckets(self, window: Window, unit: str = "hour") -> list[Bucket]:
+        """Distinct customers, rows and statements per (employee, role set, hour or day)."""
+        if unit not in UNITS:
+            raise ValueError(f"unit must be one of {', '.join(UNITS)}")
+        if self._parts == []:
+            return []
+        source, head = self._source()
+        where, params = _window("true", [], window)
+        with self._reading():
+            rows = self._con.execute(
+                _BUCKETS.format(source=source, where=where, unit=unit), [*head, *params]
+            ).fetchall()
+        merged: dict[tuple[str, tuple[str, ...], Any], list[int]] = {}
+        for user, roles, hour, customers, n_rows, statements in rows:
+            # role arrays in another order are one role set (a rare case: summed here)
+            sums = merged.setdefault((user, tuple(sorted(strs(roles))), utc(hour)), [0, 0, 0])
+            sums[0] += customers
+            sums[1] += n_rows
+            sums[2] += statements
+        return sorted(Bucket(u, r, h, *sums) for (u, r, h), sums in merged.items())
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:

@@ -4,6 +4,13 @@ A ticket justifies access only while it is open, assigned to the employee and
 of the kind a rule names. Stores are asked on every statement; none caches
 past the ``ttl`` it states (0 by default), so a ticket that closes stops
 working on the next statement.
+
+Lifecycle: each store tells its subscribers (``subscribe``; the Guard is one,
+and writes them as ``ticket.*`` audit events) of the changes it observes, as
+``TicketChange`` (opened, assigned, closed, reopened): the memory store on
+``put`` (which takes who made the change, ``by``, and when, ``at``), the file
+store by comparing its snapshots on reload, the PostgreSQL store by comparing
+each row it fetches with the last it saw of that ticket.
 """
 
 from __future__ import annotations
@@ -76,6 +83,56 @@ class TicketStoreUnavailable(Exception):
     """
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TicketChange:
+    """One observed change in a ticket's life: who made it and when, when known."""
+
+    action: str  # "opened" | "assigned" | "closed" | "reopened"
+    ticket: Ticket
+    by: str | None = None
+    at: float | None = None
+    previous_assignee: str | None = None
+
+
+def changes(
+    old: Ticket | None, new: Ticket, *, by: str | None = None, at: float | None = None
+) -> list[TicketChange]:
+    """What turned ``old`` (None: not seen before) into ``new``, in the order it happened."""
+    found: list[TicketChange] = []
+    if old is None:
+        found.append(TicketChange(action="opened", ticket=new, by=by, at=at))
+        if not new.is_open:
+            found.append(TicketChange(action="closed", ticket=new, by=by, at=at))
+        return found
+    if old.assignee != new.assignee:
+        found.append(
+            TicketChange(
+                action="assigned", ticket=new, by=by, at=at, previous_assignee=old.assignee
+            )
+        )
+    if old.is_open and not new.is_open:
+        found.append(TicketChange(action="closed", ticket=new, by=by, at=at))
+    elif not old.is_open and new.is_open:
+        found.append(TicketChange(action="reopened", ticket=new, by=by, at=at))
+    return found
+
+
+class Announcer:
+    """The subscribers a store tells of the ticket changes it observes."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[TicketChange], object]] = []
+
+    def subscribe(self, listener: Callable[[TicketChange], object]) -> None:
+        """Call ``listener`` with every change observed from now on."""
+        self._listeners.append(listener)
+
+    def announce(self, found: Iterable[TicketChange]) -> None:
+        for change in found:
+            for listener in list(self._listeners):
+                listener(change)
+
+
 @runtime_checkable
 class TicketStore(Protocol):
     """Where the guard finds tickets: anything with ``get(ticket_id) -> Ticket | None``.
@@ -98,26 +155,35 @@ class TicketStore(Protocol):
     def get(self, ticket_id: str) -> Ticket | None: ...
 
 
-class MemoryTicketStore:
+class MemoryTicketStore(Announcer):
     """Tickets held in memory; ``put`` replaces one (e.g. when it closes)."""
 
     def __init__(self, tickets: Iterable[Ticket] = ()) -> None:
+        super().__init__()
         self._tickets = {t.id: t for t in tickets}
 
     def get(self, ticket_id: str) -> Ticket | None:
         return self._tickets.get(ticket_id)
 
-    def put(self, ticket: Ticket) -> None:
+    def put(self, ticket: Ticket, *, by: str | None = None, at: float | None = None) -> None:
+        """Add or replace a ticket; subscribers hear what changed, ``by`` whom and ``at`` when."""
+        old = self._tickets.get(ticket.id)
         self._tickets[ticket.id] = ticket
+        self.announce(changes(old, ticket, by=by, at=at))
 
     def __iter__(self) -> Any:
         return iter(list(self._tickets.values()))
 
 
-class FileTicketStore:
-    """Tickets from a YAML or JSON file (a list or ``{tickets: [...]}``), re-read on change."""
+class FileTicketStore(Announcer):
+    """Tickets from a YAML or JSON file (a list or ``{tickets: [...]}``), re-read on change.
+
+    A reload announces what changed since the last snapshot (the first load
+    announces nothing: those tickets were there before the store looked).
+    """
 
     def __init__(self, path: str | Path) -> None:
+        super().__init__()
         self.path = Path(path)
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
@@ -134,8 +200,16 @@ class FileTicketStore:
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
             return
+        old, first = self._tickets, self._stamp is None
         self._tickets = {t.id: t for t in read_ticket_file(self.path)}
         self._stamp = stamp
+        if not first:
+            self.announce(
+                c
+                for t in self._tickets.values()
+                if old.get(t.id) != t
+                for c in changes(old.get(t.id), t)
+            )
 
     def get(self, ticket_id: str) -> Ticket | None:
         with self._lock:
@@ -211,13 +285,17 @@ def _entry_lines(text: str) -> list[int]:
     return [item.start_mark.line + 1 for item in node.value]
 
 
-class PostgresTicketStore:
+class PostgresTicketStore(Announcer):
     """Reads the ``tickets`` table through its own trusted connection.
 
     ``connect`` returns a DB-API connection that is *not* guarded (the guard
     never hands it to application code). ``ttl`` seconds of caching per ticket
-    (default 0: every statement sees the current row).
+    (default 0: every statement sees the current row). A fetched row that
+    differs from the last one seen of that ticket announces the change.
     """
+
+    #: tickets whose last fetched row is remembered for change detection
+    SEEN = 100_000
 
     _SQL = (
         "SELECT id, assignee, kind, status, customer_id, product_id"
@@ -231,8 +309,10 @@ class PostgresTicketStore:
         ttl: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self._connect = connect
         self._conn: Any = None
+        self._seen: dict[str, Ticket] = {}
         self._ttl = ttl
         self._clock = clock
         self._lock = threading.Lock()
@@ -245,6 +325,13 @@ class PostgresTicketStore:
             if hit is not None and now - hit[0] < self._ttl:
                 return hit[1]
             ticket = self._fetch(ticket_id)
+            if ticket is not None:
+                old = self._seen.pop(ticket_id, None)
+                if len(self._seen) >= self.SEEN:
+                    self._seen.pop(next(iter(self._seen)))
+                self._seen[ticket_id] = ticket
+                if old is not None and old != ticket:
+                    self.announce(changes(old, ticket))
             if self._ttl > 0:
                 self._cache[ticket_id] = (now, ticket)
             return ticket
