@@ -159,12 +159,20 @@ def plan_probes(
         format_sql=_sql(found, "%s", dialect),
         qmark_sql=_sql(found, "?", dialect),
         unbound=(
-            f"the statement names {table} rows by {first.column} only; that they belong to the "
+            f"the statement {_names(first, table)} only; that they belong to the "
             f"{first.scope} of ticket {context.ticket_id} is checked on the database before "
             "sending, which this path cannot do: add a condition "
             f"{table}.{first.scope_column} = the {first.scope} of the ticket."
         ),
     )
+
+
+def _names(probe: Probe, table: str) -> str:
+    """How the statement names the rows a probe checks: by its values, or through a relation."""
+    if probe.within is None:
+        return f"names {table} rows by {probe.column}"
+    other, column, _scope = probe.within
+    return f"reaches {table} rows through {other.rsplit('.', 1)[-1]}.{column}"
 
 
 def _probe(spec: TableSpec, column: str, values: tuple[Value, ...], subject: int) -> Probe:

@@ -88,8 +88,28 @@ OTHER_SCOPE_KIND = (
     "SELECT r.id FROM orders o JOIN customers c ON c.id = o.customer_id "
     "JOIN reviews r ON r.customer_id = c.id WHERE o.id = 421"
 )
+JOINEDLOAD_LIMIT = (
+    "SELECT anon_1.id, anon_1.status, payments_1.id AS id_1, payments_1.card_last4 FROM "
+    "(SELECT orders.id AS id, orders.customer_id AS customer_id, orders.status AS status "
+    "FROM orders WHERE orders.customer_id = %s ORDER BY orders.id LIMIT 2) AS anon_1 "
+    "LEFT OUTER JOIN payments AS payments_1 ON anon_1.id = payments_1.order_id "
+    "ORDER BY anon_1.id, payments_1.id"
+)
+JOINEDLOAD_CHAIN = (
+    "SELECT payments.id, customers_1.name, orders_1.status FROM payments LEFT OUTER JOIN "
+    "orders AS orders_1 ON orders_1.id = payments.order_id LEFT OUTER JOIN customers AS "
+    "customers_1 ON customers_1.id = orders_1.customer_id WHERE payments.customer_id = %s "
+    "ORDER BY payments.id"
+)
+CTE_JOIN = (
+    "WITH mine AS (SELECT orders.id AS id FROM orders WHERE orders.customer_id = %s) "
+    "SELECT payments.id FROM payments JOIN mine ON mine.id = payments.order_id ORDER BY 1"
+)
 #: every shape bound through another table, with the ticket's customer as its parameter
 SHAPES = {
+    "joinedload-limit": JOINEDLOAD_LIMIT,
+    "joinedload-chain": JOINEDLOAD_CHAIN,
+    "cte-join": CTE_JOIN,
     "joinedload": JOINEDLOAD,
     "parent-of-child": PARENT_OF_CHILD,
     "has-exists": HAS,

@@ -84,6 +84,8 @@ class _Classes:
         self.places: dict[Term, tuple[Source, Env]] = {}
         #: the walked subqueries, by id of their node (``x IN (SELECT ...)`` binds ``x``)
         self.derived: Mapping[int, Source] = derived or {}
+        #: the classes' members by root, made once all equalities are in (``members``)
+        self.groups: dict[Term, list[Term]] | None = None
 
     def copy(self) -> _Classes:
         other = _Classes(self.derived)
@@ -93,9 +95,12 @@ class _Classes:
         return other
 
     def members(self, a: Term) -> list[Term]:
-        """The terms of ``a``'s class."""
-        root = self.find(a)
-        return [t for t in self.parent if self.find(t) == root]
+        """The terms of ``a``'s class (the classes are final once the fixpoint asks)."""
+        if self.groups is None:
+            self.groups = {}
+            for t in self.parent:
+                self.groups.setdefault(self.find(t), []).append(t)
+        return self.groups.get(self.find(a), [])
 
     def origin(self, a: Term) -> Origin | None:
         """The proven scoped column ``a`` is (a proven table's, or what a derived one carries)."""
@@ -146,6 +151,7 @@ class _Classes:
     def union(self, a: Term, b: Term) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
+            self.groups = None
             self.parent[ra] = rb
             self.consts.setdefault(rb, []).extend(self.consts.pop(ra, []))
 
