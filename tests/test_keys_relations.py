@@ -11,12 +11,13 @@ orders and payments 421, 422, 423); customer 7 has orders 71-73, 43 has 431-433.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 
-from accessguard import AccessDenied, Guard
+from accessguard import AccessDenied, Guard, scenario
 from accessguard.analysis import analyze
 from accessguard.decision import Context
 from accessguard.probes import plan_probes
@@ -296,3 +297,43 @@ class TestPostgres:
             [42],
         ).fetchall()
         assert [r[0] for r in rows] == [421, 422, 423]
+
+
+class TestOtherAdapters:
+    def test_sqlite(self, guard: Guard) -> None:
+        """The DB-API adapter runs the relation probe on SQLite (``?`` marks, ``IS NOT``)."""
+        raw = sqlite3.connect(":memory:")
+        scenario.load_sqlite(raw)
+        conn = guard.wrap(raw, user="alice", ticket="T-100", dialect="sqlite")
+        sql = JOINEDLOAD.replace("%s", "?")
+        assert [r[1] for r in conn.execute(sql, [42]).fetchall()] == [421, 422, 423]
+        with pytest.raises(AccessDenied) as info:
+            conn.execute(sql, [7])
+        assert info.value.reason == "row_scope.other_subject"
+        raw.execute(
+            "INSERT INTO payments (id, order_id, customer_id, amount_cents, card_last4, "
+            "card_token) VALUES (9001, 421, 7, 100, '9999', 'tok_x')"
+        )
+        with pytest.raises(AccessDenied) as info:
+            conn.execute(sql, [42])
+        assert info.value.reason == "row_scope.other_subject"
+        raw.close()
+
+    @db
+    @pytest.mark.anyio
+    async def test_async_connection(self, guard: Guard, scenario_dsn: str) -> None:
+        """The async adapter runs the relation probe too."""
+        async with await guard.connect_async(scenario_dsn, user="alice", ticket="T-100") as conn:
+            cur = await conn.execute(PARENT_OF_CHILD, [42])
+            assert [r[0] for r in await cur.fetchall()] == [421, 422, 423]
+        insert_payment(scenario_dsn, 9002, 71, 42)
+        async with await guard.connect_async(scenario_dsn, user="alice", ticket="T-100") as conn:
+            with pytest.raises(AccessDenied) as info:
+                await conn.execute(PARENT_OF_CHILD, [42])
+        assert info.value.reason == "row_scope.other_subject"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """psycopg's async connections run on asyncio."""
+    return "asyncio"
