@@ -85,6 +85,10 @@ SCALAR_VALUE = (
     "SELECT p.id FROM payments p WHERE p.customer_id = 42 AND p.amount_cents = "
     "(SELECT o.total_cents FROM orders o WHERE o.customer_id = 42 LIMIT 1)"
 )
+REBOUND = (
+    "SELECT c.name FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = 421 "
+    "AND o.status IN (SELECT status FROM orders WHERE customer_id = 42)"
+)
 OTHER_SCOPE_KIND = (
     "SELECT r.id FROM orders o JOIN customers c ON c.id = o.customer_id "
     "JOIN reviews r ON r.customer_id = c.id WHERE o.id = 421"
@@ -155,12 +159,13 @@ class TestAnalysis:
             (LEFT_WHERE_NULLABLE, {"orders": "unbound", "payments": "value"}),
             (NOT_IN, {"payments": "unbound", "orders": "value"}),
             (SCALAR_VALUE, {"payments": "value", "orders": "value"}),
+            (REBOUND, {"orders": "key", "customers": "same"}),
             (OTHER_SCOPE_KIND, {"orders": "key", "customers": "same", "reviews": "unbound"}),
         ],
         ids=[
             "joinedload", "parent-of-child", "has-exists", "select-related-chain", "in-subquery",
             "subqueryload", "nested-group", "key-then-same", "cycle", "or-in-on",
-            "left-where-nullable", "not-in", "scalar-value", "other-scope-kind",
+            "left-where-nullable", "not-in", "scalar-value", "rebound", "other-scope-kind",
         ],
     )  # fmt: skip
     def test_bindings(self, guard: Guard, sql: str, expected: dict[str, str]) -> None:

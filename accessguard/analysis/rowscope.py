@@ -209,6 +209,7 @@ def bind(
     ``derived``: the subqueries walked so far (``subqueries_bind``).
     """
     local = {id(s) for s in env.sources.values()}
+    env.proven.clear()  # bound again (``subqueries_bind``): proven anew, never carried over
     base = _Classes(derived)
     for source in env.sources.values():  # a derived table's columns carry their bindings
         for column, (values, _origin) in source.carried.items():
