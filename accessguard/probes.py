@@ -18,6 +18,22 @@ referenced one, when that one is scoped the same way: an order of another
 customer in the list is refused even if it has no payments. A key that names
 no row finds nothing: the statement runs and returns nothing.
 
+A table bound through another one by a declared reference
+(``orders o LEFT JOIN payments p ON o.id = p.order_id WHERE o.customer_id =
+42``, ``accessguard.analysis.keys.relation``) has no values to probe: its
+probe reads the rows the relation reaches from the subject's rows of the
+other table::
+
+    EXISTS (SELECT 1 FROM "public"."payments" AS r WHERE r."order_id" IN
+            (SELECT o."id" FROM "public"."orders" AS o WHERE o."customer_id" = %s)
+            AND r."customer_id" IS DISTINCT FROM %s)
+
+both marks taking the subject. It finds a payment of one of the subject's
+orders that names another customer (data the database lets disagree): the
+statement would return it raw, and the second wall would trim it silently;
+it is refused instead. The set probed is every such row of the subject, a
+superset of what the statement reaches, so a passing probe covers it.
+
 Why it cannot be fooled
 -----------------------
 The probe never widens what the statement can touch. The second wall still
