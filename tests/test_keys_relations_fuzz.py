@@ -4,7 +4,8 @@ The scenario gets payments that disagree with their orders (9001: order 421
 of customer 42, paid by customer 7; 9002: customer 42's payment of customer
 7's order 71; 9003: no customer). Random joins of orders, payments and
 customers (inner, LEFT, RIGHT, FULL; ON and WHERE equalities, some under OR,
-some naming customer 7) run as alice on T-100 through a guarded connection,
+some naming customer 7; EXISTS, IN and scalar subqueries over payments, an
+orders derived table) run as alice on T-100 through a guarded connection,
 probes included. Whatever the guard allows must return exactly what the
 statement returns run raw on the full database: a row of another customer
 the first wall let through would be trimmed by the second wall, and the
@@ -74,9 +75,19 @@ def joins(draw: st.DrawFn) -> str:
         parts.append(f"{kind} {TABLES[alias][0]} {alias} ON {' AND '.join(on)}")
     where = [scope_test(draw(st.sampled_from(aliases)))]
     for _ in range(draw(st.integers(0, 2))):
-        choice = draw(st.sampled_from(["scope", "key", "or", "eq"]))
+        choice = draw(st.sampled_from(["scope", "key", "or", "eq", "exists", "in"]))
         alias = draw(st.sampled_from(aliases))
-        if choice == "scope":
+        column = draw(st.sampled_from(TABLES[alias][1]))
+        bound = draw(st.sampled_from(["", " AND q.customer_id = 42", " AND q.customer_id = 7"]))
+        if choice == "exists":
+            where.append(
+                f"EXISTS (SELECT 1 FROM payments q WHERE q.order_id = {alias}.{column}{bound})"
+            )
+        elif choice == "in":
+            where.append(
+                f"{alias}.{column} IN (SELECT q.order_id FROM payments q WHERE q.id > 0{bound})"
+            )
+        elif choice == "scope":
             where.append(scope_test(alias))
         elif choice == "key":
             where.append(f"{alias}.id = {draw(st.sampled_from([421, 422, 71, 9001, 9002]))}")
@@ -85,6 +96,14 @@ def joins(draw: st.DrawFn) -> str:
         else:
             where.append(equality(alias, [a for a in aliases if a != alias]))
     columns = ", ".join(f"{a}.id" for a in aliases)
+    if draw(st.booleans()):
+        alias = draw(st.sampled_from(aliases))
+        column = draw(st.sampled_from(TABLES[alias][1]))
+        columns += f", (SELECT max(q.id) FROM payments q WHERE q.order_id = {alias}.{column})"
+    if aliases[0] in ("o", "o2") and draw(st.booleans()):
+        value = draw(st.sampled_from([42, 42, 7]))
+        derived = f"(SELECT id, customer_id FROM orders WHERE customer_id = {value}) {aliases[0]}"
+        parts[0] = derived
     return f"SELECT {columns} FROM {' '.join(parts)} WHERE {' AND '.join(where)}"
 
 
