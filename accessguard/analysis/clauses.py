@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from accessguard.analysis.facts import ScopeRef
-from accessguard.analysis.joins import merge, using_names
+from accessguard.analysis.fromlist import JoinTrees
 from accessguard.analysis.names import (
+    Carried,
     Env,
     Source,
     Weight,
@@ -28,7 +29,7 @@ from accessguard.analysis.names import (
 )
 from accessguard.analysis.nodes import display_name, output_name
 from accessguard.analysis.ordering import OutputNames
-from accessguard.analysis.rowscope import Condition, bind
+from accessguard.analysis.rowscope import Condition, bind, carries, subqueries_bind
 from accessguard.errors import Reason
 from accessguard.policy.catalog import Catalog, TableSpec
 
@@ -52,13 +53,9 @@ _SELECT_ARGS_OK = frozenset(
 )
 _SETOP_ARGS_OK = frozenset({"with_", "this", "expression", "distinct", "order", "limit", "offset"})
 
-#: an ON clause, the environment it is resolved in, and the sources it binds
-#: (``rowscope.Condition``: None for an inner join's, which holds on every row)
-OnClause = Condition
-
 
 @dataclass(eq=False, kw_only=True)
-class Clauses(OutputNames):
+class Clauses(OutputNames, JoinTrees):
     """The walker's state, and its methods for queries and their clauses."""
 
     catalog: Catalog
@@ -89,6 +86,8 @@ class Clauses(OutputNames):
     updating: bool = False
     #: tables whose rows a locking clause locks (``Facts.locked``)
     locked: set[str] = field(default_factory=set)
+    #: each walked query's output, by id of its node (``rowscope.subqueries_bind``)
+    derived: dict[int, Source] = field(default_factory=dict)
 
     @property
     def row_weight(self) -> int:
@@ -134,7 +133,12 @@ class Clauses(OutputNames):
         if self.projecting:  # a scalar subquery of a select list: one row of it per row
             self.carry = weight_sum(self.carry, out.weight)
         scoped = self.scoped_count > before
-        return Source(out.alias, columns=out.columns, scoped=scoped, weight=out.weight)
+        carried = out.carried if isinstance(node, exp.Select | exp.Subquery) else {}
+        result = Source(
+            out.alias, columns=out.columns, scoped=scoped, weight=out.weight, carried=carried
+        )
+        self.derived[id(node)] = result
+        return result
 
     def _ctes(
         self, with_: exp.With, parent: Env | None, ctes: dict[str, Source]
@@ -148,7 +152,13 @@ class Clauses(OutputNames):
             out = self.query(cte.this, parent, scope)
             name = ident(cte.args["alias"].this)
             columns = self._renamed(out.columns, cte.args["alias"])
-            scope[name] = Source(name, columns=columns, scoped=out.scoped, weight=out.weight)
+            scope[name] = Source(
+                name,
+                columns=columns,
+                scoped=out.scoped,
+                weight=out.weight,
+                carried=_carried(out, cte.args["alias"]),
+            )
         return scope
 
     @staticmethod
@@ -187,6 +197,7 @@ class Clauses(OutputNames):
         binding = list(ons)
         if where is not None:
             binding.append((where.this, env, None))
+        at = len(self.scopes)
         self.scopes.extend(bind(binding, env))
         self.projecting = True
         env.outputs = self._projections(node, env, ctes)
@@ -195,6 +206,7 @@ class Clauses(OutputNames):
             self.expr(on, view, ctes)
         if where is not None:
             self.expr(where.this, env, ctes)
+        self.rebind(binding, env, at)
         if node.args.get("group") is not None:
             self._group(node.args["group"], env, ctes)
         if node.args.get("having") is not None:
@@ -219,7 +231,7 @@ class Clauses(OutputNames):
             weight = weight_sum(weight, source.weight)
         weight = {t: n * (1 + self.carriers) for t, n in weight.items()}
         weight = weight_sum(weight, self.carry)
-        return Source("*select*", columns=env.outputs, weight=weight)
+        return Source("*select*", columns=env.outputs, weight=weight, carried=carries(node, env))
 
     def _projections(self, node: exp.Select, env: Env, ctes: dict[str, Source]) -> frozenset[str]:
         names: set[str] = set()
@@ -246,66 +258,27 @@ class Clauses(OutputNames):
 
     # ------------------------------------------------------------------ FROM
 
-    def _from(self, node: exp.Select, env: Env, ctes: dict[str, Source]) -> list[OnClause]:
-        """Add the FROM items to ``env``; return each ON clause with the names it sees.
-
-        In PostgreSQL a comma starts a new join tree and an ON clause sees only
-        the items of its own tree. Elsewhere (SQLite reads a comma as a CROSS
-        JOIN) every item is one tree, and a name an ON clause reads must mean
-        the same in the whole FROM list.
-        """
-        postgres = self.dialect == "postgres"
-        ons: list[OnClause] = []
-        tree: list[Source] = []
-        from_ = node.args.get("from_")
-        if from_ is not None:
-            tree.append(self._add_source(from_.this, env, ctes))
-        for join in node.args.get("joins") or ():
-            self._only_args(join, {"this", "on", "side", "kind", "using", "method"})
-            side = (join.args.get("side") or "").upper()
-            kind = (join.args.get("kind") or "").upper()
-            method = (join.args.get("method") or "").upper()
-            if kind == "OUTER" and side:
-                kind = ""  # LEFT OUTER JOIN is LEFT JOIN
-            if kind not in ("", "INNER", "CROSS") or side not in ("", "LEFT", "RIGHT", "FULL"):
-                refuse(Reason.SQL_UNANALYZABLE, f"{side} {kind} JOIN is not analyzed".strip())
-            if method not in ("", "NATURAL"):
-                refuse(Reason.SQL_UNANALYZABLE, f"{method} JOIN is not analyzed")
-            source = self._add_source(join.this, env, ctes)
-            on = join.args.get("on")
-            if join.args.get("using") or method:
-                if on is not None or kind == "CROSS":
-                    refuse(Reason.SQL_UNANALYZABLE, "a join with both ON and USING")
-                names = using_names(join, tree, source, env)
-                reads, equalities = merge(names, tree, source, env, side=side, strict=postgres)
-                for read_source, column in reads:
-                    if read_source.spec is not None:
-                        self.reads.add((read_source.spec.qualified, column))
-                binds = _binds(side, tree, source)
-                ons += [(eq, view, binds) for eq, view in equalities]
-                tree.append(source)
-                continue
-            binds = _binds(side, tree, source)
-            if postgres and not side and not kind and on is None:
-                tree = [source]  # a comma: a new join tree
-            else:
-                tree.append(source)
-            if on is not None:
-                ons.append((on, env.view(tree, strict=postgres), binds))
-        return ons
-
-    def _add_source(self, item: exp.Expression, env: Env, ctes: dict[str, Source]) -> Source:
+    def _add_source(
+        self, item: exp.Expression, env: Env, ctes: dict[str, Source], *, grouped: bool = False
+    ) -> Source:
+        """Add one FROM item to ``env`` (``grouped``: the first table of a join group)."""
         self._count()
         alias_node = item.args.get("alias")
         if isinstance(item, exp.Table):
-            source = self._table(item, ctes)
+            source = self._table(item, ctes, grouped=grouped)
         elif isinstance(item, exp.Subquery):
             out = self.query(item, env.parent, ctes)
             if alias_node is None:
                 refuse(Reason.SQL_UNANALYZABLE, "a subquery in FROM needs an alias")
             columns = self._renamed(out.columns, alias_node)
             name = ident(alias_node.this)
-            source = Source(name, columns=columns, scoped=out.scoped, weight=out.weight)
+            source = Source(
+                name,
+                columns=columns,
+                scoped=out.scoped,
+                weight=out.weight,
+                carried=_carried(out, alias_node),
+            )
         elif isinstance(item, exp.Lateral) and isinstance(item.this, exp.Subquery):
             self._only_args(item, {"this", "alias", "view", "outer"})
             if item.args.get("view") or item.args.get("outer"):
@@ -325,7 +298,7 @@ class Clauses(OutputNames):
         env.sources[source.alias] = source
         return source
 
-    def _table(self, item: exp.Table, ctes: dict[str, Source]) -> Source:
+    def _table(self, item: exp.Table, ctes: dict[str, Source], *, grouped: bool = False) -> Source:
         if not isinstance(item.this, exp.Identifier):
             if isinstance(item.this, exp.Func):
                 refuse(
@@ -333,7 +306,9 @@ class Clauses(OutputNames):
                     f"the set-returning function {display_name(item.this)} is not allowed",
                 )
             refuse(Reason.SQL_UNANALYZABLE, "a table expression the analyser cannot read")
-        self._only_args(item, {"this", "alias", "db"})
+        self._only_args(
+            item, {"this", "alias", "db", "joins"} if grouped else {"this", "alias", "db"}
+        )
         alias_node = item.args.get("alias")
         if alias_node is not None and alias_node.columns:
             refuse(Reason.SQL_UNANALYZABLE, "column aliases on a table are not analyzed")
@@ -343,7 +318,13 @@ class Clauses(OutputNames):
         if schema is None and name in ctes:
             cte = ctes[name]
             self.scoped_count += cte.scoped
-            return Source(alias, columns=cte.columns, scoped=cte.scoped, weight=cte.weight)
+            return Source(
+                alias,
+                columns=cte.columns,
+                scoped=cte.scoped,
+                weight=cte.weight,
+                carried=cte.carried,
+            )
         if schema in _CATALOG_SCHEMAS or (schema is None and name.startswith("pg_")):
             refuse(Reason.CATALOG_FORBIDDEN, f"system catalog {name} is not reachable")
         spec = self.catalog.lookup(schema, name)
@@ -413,6 +394,16 @@ class Clauses(OutputNames):
 
     # ------------------------------------------------------------------ helpers
 
+    def rebind(self, conditions: list[Condition], env: Env, at: int) -> None:
+        """Bind the level again once its subqueries are walked, if a conjunct compares with one.
+
+        ``at``: where the level's references start in ``scopes`` (replaced in place,
+        one per scoped table, in the same order).
+        """
+        if subqueries_bind(conditions):
+            refs = bind(conditions, env, self.derived)
+            self.scopes[at : at + len(refs)] = refs
+
     def _only_args(self, node: exp.Expression, allowed: frozenset[str] | set[str]) -> None:
         for key, value in node.args.items():
             if key not in allowed and value not in (None, False, [], ""):
@@ -427,17 +418,6 @@ class Clauses(OutputNames):
             refuse(Reason.SQL_UNANALYZABLE, "the statement is too large to analyze")
 
 
-def _binds(side: str, tree: list[Source], right: Source) -> frozenset[int] | None:
-    """The sources a join's ON clause binds (``rowscope``): None for every one (inner).
-
-    An outer join's ON holds only where its nullable side is present: it binds
-    the right input of a LEFT JOIN, the join tree so far of a RIGHT JOIN, and
-    nothing of a FULL JOIN (both sides are preserved).
-    """
-    if side == "LEFT":
-        return frozenset({id(right)})
-    if side == "RIGHT":
-        return frozenset(id(s) for s in tree)
-    if side == "FULL":
-        return frozenset()
-    return None
+def _carried(out: Source, alias: exp.TableAlias | None) -> dict[str, Carried]:
+    """What a derived table's columns carry: nothing under an alias that renames them."""
+    return {} if alias is not None and alias.columns else out.carried

@@ -26,15 +26,32 @@ Value = Const | Param
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Via:
+    """Rows of ``table`` (qualified) the statement can reach only if they are the subject's.
+
+    A reference's column equals ``column`` of such rows (``accessguard.analysis.keys``).
+    """
+
+    table: str
+    column: str
+    #: whether the rows are probed (False: scope column equals scope column)
+    probe: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class KeyBinding:
     """A declared key or foreign-key ``column`` of a reference, bound to ``values``.
 
     Found by ``accessguard.analysis.keys`` only for a reference its scope
     column does not bind; the rows it names are probed (``accessguard.engine.probes``).
+    With ``via`` (and no values), ``column`` equals a column of another
+    table's rows that are themselves bound to the subject: through a declared
+    reference (probed), or scope column to scope column (nothing to probe).
     """
 
     column: str
     values: tuple[Value, ...]
+    via: Via | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

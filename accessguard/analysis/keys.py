@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 
-from accessguard.analysis.facts import KeyBinding, ScopeRef, Value
+from accessguard.analysis.facts import KeyBinding, ScopeRef, Value, Via
+from accessguard.analysis.names import Origin
 from accessguard.policy.catalog import TableSpec
 
 
@@ -61,3 +62,25 @@ def keyed(
         return ref
     key = key_binding(spec, lambda column: bound.get((source, column), ()))
     return ref if key is None else dataclasses.replace(ref, key=key)
+
+
+def relation(spec: TableSpec, column: str, origin: Origin) -> tuple[int, Via] | None:
+    """How ``column`` of ``spec``, equal to ``origin``'s column, binds it: (rank, Via) or None.
+
+    Rank 0 needs no probe (scope column to scope column), rank 1 a relation
+    probe. Only tables of the same scope kind bind each other: the probe
+    compares both with the same subject.
+    """
+    other = origin.spec
+    if other.scope != spec.scope or spec.scope is None:
+        return None
+    if column == spec.scope_column and origin.column == other.scope_column:
+        return 0, Via(table=other.qualified, column=origin.column, probe=False)
+    probed = Via(table=other.qualified, column=origin.column, probe=True)
+    if (column, other.qualified, origin.column) in spec.references:  # a child of bound parents
+        return 1, probed
+    if (origin.column, spec.qualified, column) in other.references:  # the parent of bound children
+        return 1, probed
+    if other.qualified == spec.qualified and column == origin.column == spec.key:
+        return 1, probed  # the same rows again, by their key
+    return None

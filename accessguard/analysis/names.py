@@ -83,6 +83,20 @@ def weight_max(a: Weight, b: Weight) -> Weight:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """A column of a scoped table whose rows, where the statement reaches them, are proven
+    the ticket's subject's (``rowscope``): what an equality with it binds."""
+
+    spec: TableSpec
+    column: str
+
+
+#: what one output column of a derived table carries: the values it is bound
+#: to (wherever it is not NULL) and the scoped column it is a plain copy of
+Carried = tuple[tuple[Value, ...], Origin | None]
+
+
 @dataclass(eq=False)
 class Source:
     """A relation in a FROM list: a physical table or a derived one (subquery, CTE)."""
@@ -95,6 +109,8 @@ class Source:
     scoped: bool = False
     #: at most how many rows of each scoped table one of its rows carries values of
     weight: Weight = field(default_factory=dict)
+    #: a derived table's output columns that are plain copies of a bound column
+    carried: dict[str, Carried] = field(default_factory=dict)
 
     def has(self, column: str) -> bool:
         return column in self.columns
@@ -134,6 +150,8 @@ class Env:
     wider: dict[str, Source] | None = None
     #: columns merged by USING / NATURAL joins of the visible join trees
     merged: list[Merged] = field(default_factory=list)
+    #: ids of this level's scoped tables whose reachable rows are bound to the subject
+    proven: set[int] = field(default_factory=set)
 
     @property
     def level(self) -> Env:

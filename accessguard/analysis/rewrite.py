@@ -89,9 +89,13 @@ def rewrite(  # noqa: PLR0913 - keyword-only options
             assert isinstance(tree, exp.Update)  # noqa: S101 - the target of an UPDATE
             _scope_update(tree, node, spec, columns, qualify=qualify)
         else:
-            node.replace(
-                _projected(node, spec, columns, dialect=dialect, masked=masked, key=masking.key)
+            joins = node.args.get("joins")  # the first table of a join group holds its joins
+            replacement = _projected(
+                node, spec, columns, dialect=dialect, masked=masked, key=masking.key
             )
+            node.replace(replacement)
+            if joins:
+                replacement.set("joins", joins)
     keys: list[int | str] = []
     for param in list(tree.find_all(exp.Parameter, exp.Placeholder)):
         assert isinstance(param, exp.Parameter | exp.Placeholder)  # noqa: S101 - find_all's type

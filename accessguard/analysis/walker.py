@@ -40,7 +40,7 @@ from accessguard.analysis.nodes import (
     identity,
     param_key,
 )
-from accessguard.analysis.rowscope import bind
+from accessguard.analysis.rowscope import Condition, bind
 from accessguard.errors import Reason
 
 __all__ = ["MAX_NODES", "Refusal", "Walker", "ident", "param_key"]
@@ -169,7 +169,9 @@ class Walker(Clauses):
         env.sources[source.alias] = source
         assert source.spec is not None  # noqa: S101 - _table with no CTEs is physical
         where = node.args.get("where")
-        self.scopes.extend(bind([(where.this, env, None)] if where is not None else [], env))
+        conditions: list[Condition] = [(where.this, env, None)] if where is not None else []
+        at = len(self.scopes)
+        self.scopes.extend(bind(conditions, env))
         for assignment in node.expressions:
             if not isinstance(assignment, exp.EQ) or not isinstance(assignment.this, exp.Column):
                 refuse(Reason.SQL_UNANALYZABLE, "an UPDATE assignment the analyser cannot read")
@@ -183,6 +185,7 @@ class Walker(Clauses):
             self.expr(assignment.expression, env, {})
         if where is not None:
             self.expr(where.this, env, {})
+        self.rebind(conditions, env, at)
         returning = node.args.get("returning")
         if returning is not None:
             self._only_args(returning, {"expressions", "into"})

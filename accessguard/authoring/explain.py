@@ -252,6 +252,12 @@ def _scope_lines(facts: Facts, context: Context) -> list[str]:
         table = ref.table.rsplit(".", 1)[-1]
         subject = getattr(ticket, SCOPE_KINDS[ref.scope]) if ticket is not None else None
         want = f"ticket's {ref.scope}: {subject}" if subject is not None else "no ticket subject"
+        key = ref.key
+        if key is not None and key.via is not None and not ref.values:
+            other = f"{key.via.table.rsplit('.', 1)[-1]}.{key.via.column}"
+            how = "probed before sending" if key.via.probe else "its scope column equals that one's"
+            lines.append(f"{table}: {key.column} bound through {other} ({how}; {want})")
+            continue
         if not ref.values and ref.key is not None:
             shown = [_value_text(v, context.params) for v in ref.key.values]
             lines.append(

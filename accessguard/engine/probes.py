@@ -18,6 +18,22 @@ referenced one, when that one is scoped the same way: an order of another
 customer in the list is refused even if it has no payments. A key that names
 no row finds nothing: the statement runs and returns nothing.
 
+A table bound through another one by a declared reference
+(``orders o LEFT JOIN payments p ON o.id = p.order_id WHERE o.customer_id =
+42``, ``accessguard.analysis.keys.relation``) has no values to probe: its
+probe reads the rows the relation reaches from the subject's rows of the
+other table::
+
+    EXISTS (SELECT 1 FROM "public"."payments" AS r WHERE r."order_id" IN
+            (SELECT o."id" FROM "public"."orders" AS o WHERE o."customer_id" = %s)
+            AND r."customer_id" IS DISTINCT FROM %s)
+
+both marks taking the subject. It finds a payment of one of the subject's
+orders that names another customer (data the database lets disagree): the
+statement would return it raw, and the second wall would trim it silently;
+it is refused instead. The set probed is every such row of the subject, a
+superset of what the statement reaches, so a passing probe covers it.
+
 Why it cannot be fooled
 -----------------------
 The probe never widens what the statement can touch. The second wall still
@@ -84,6 +100,9 @@ class Probe:
     scope: str
     values: tuple[Value, ...]
     subject: int
+    #: a relation probe (no values): ``column`` in the ``within`` column of the subject's
+    #: rows of another table, as (qualified table, column, scope column)
+    within: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,7 +130,10 @@ class Pending(NamedTuple):
 
 def keyed(facts: Facts) -> bool:
     """Whether a reference of ``facts`` is bound by a key only (its plan carries a probe)."""
-    return any(ref.key is not None and not ref.values for ref in facts.scopes)
+    return any(
+        ref.key is not None and not ref.values and (ref.key.via is None or ref.key.via.probe)
+        for ref in facts.scopes
+    )
 
 
 def plan_probes(
@@ -125,16 +147,26 @@ def plan_probes(
             continue
         spec = catalog.tables[ref.table]
         subject = subjects[ref.scope]
+        if key.via is not None:  # bound through another table's proven rows
+            other = catalog.tables[key.via.table]
+            if key.via.probe:
+                within = (other.qualified, key.via.column, other.scope_column or "")
+                found.append(
+                    dataclasses.replace(_probe(spec, key.column, (), subject), within=within)
+                )
+            continue
         found.append(_probe(spec, key.column, key.values, subject))
         for column, table, target in spec.references:
             parent = catalog.tables.get(table)
             if column == key.column and parent is not None and parent.scope == spec.scope:
                 found.append(_probe(parent, target, key.values, subject))
+    found = list(dict.fromkeys(found))  # one probe per relation, however many references
     if not found:
         return None
     keys: list[Value | int] = []
     for probe in found:
-        keys += [*probe.values, probe.subject]
+        keys += [probe.subject] if probe.within is not None else list(probe.values)
+        keys.append(probe.subject)
     dialect = facts.dialect
     first = found[0]
     table = first.table.rsplit(".", 1)[-1]
@@ -144,12 +176,20 @@ def plan_probes(
         format_sql=_sql(found, "%s", dialect),
         qmark_sql=_sql(found, "?", dialect),
         unbound=(
-            f"the statement names {table} rows by {first.column} only; that they belong to the "
+            f"the statement {_names(first, table)} only; that they belong to the "
             f"{first.scope} of ticket {context.ticket_id} is checked on the database before "
             "sending, which this path cannot do: add a condition "
             f"{table}.{first.scope_column} = the {first.scope} of the ticket."
         ),
     )
+
+
+def _names(probe: Probe, table: str) -> str:
+    """How the statement names the rows a probe checks: by its values, or through a relation."""
+    if probe.within is None:
+        return f"names {table} rows by {probe.column}"
+    other, column, _scope = probe.within
+    return f"reaches {table} rows through {other.rsplit('.', 1)[-1]}.{column}"
 
 
 def _probe(spec: TableSpec, column: str, values: tuple[Value, ...], subject: int) -> Probe:
@@ -170,16 +210,42 @@ def _sql(probes: Sequence[Probe], mark: str, dialect: str) -> str:
     are quoted; every value is a placeholder.
     """
     parts: list[str] = []
+    differs = "IS DISTINCT FROM" if dialect == "postgres" else "IS NOT"
     for probe in probes:
-        schema, name = probe.table.rsplit(".", 1)
-        table = f"{_quoted(schema)}.{_quoted(name)}" if dialect == "postgres" else _quoted(name)
+        table = _table(probe.table, dialect)
+        if probe.within is not None:
+            parts.append(_within_sql(probe, mark, dialect))
+            continue
         marks = ", ".join([mark] * len(probe.values))
-        differs = "IS DISTINCT FROM" if dialect == "postgres" else "IS NOT"
         parts.append(
             f"EXISTS (SELECT 1 FROM {table} WHERE {_quoted(probe.column)} IN ({marks}) "  # noqa: S608 - quoted names, bound values
             f"AND {_quoted(probe.scope_column)} {differs} {mark})"
         )
     return "SELECT 1 WHERE " + " OR ".join(parts)
+
+
+def _table(qualified: str, dialect: str) -> str:
+    schema, name = qualified.rsplit(".", 1)
+    return f"{_quoted(schema)}.{_quoted(name)}" if dialect == "postgres" else _quoted(name)
+
+
+def _within_sql(probe: Probe, mark: str, dialect: str) -> str:
+    """A row of ``probe.table`` that the relation reaches from the subject's rows of the other
+    table, and that is not the subject's (``payments`` of the subject's orders, say).
+
+    Both marks take the subject. A row whose column is NULL is never reached (NULL
+    equals nothing, in the probe as in the statement); one whose scope column is
+    NULL is found.
+    """
+    assert probe.within is not None  # noqa: S101 - a relation probe
+    other, column, scope_column = probe.within
+    differs = "IS DISTINCT FROM" if dialect == "postgres" else "IS NOT"
+    return (
+        f"EXISTS (SELECT 1 FROM {_table(probe.table, dialect)} AS r "  # noqa: S608 - quoted names, bound values
+        f"WHERE r.{_quoted(probe.column)} IN (SELECT o.{_quoted(column)} "
+        f"FROM {_table(other, dialect)} AS o WHERE o.{_quoted(scope_column)} = {mark}) "
+        f"AND r.{_quoted(probe.scope_column)} {differs} {mark})"
+    )
 
 
 def with_literals(plan: Plan, literals: Mapping[str, Any]) -> Plan:

@@ -102,6 +102,7 @@ def run_sqlalchemy(dsn: str, recorder: Recorder) -> list[tuple[str, Pattern, Any
     """The SQLAlchemy patterns, with a runner taking (pattern, subject)."""
     import patterns_sqlalchemy
     import patterns_sqlalchemy_public
+    import patterns_sqlalchemy_relations
     import patterns_sqlalchemy_writes
 
     engine = create_engine(dsn.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -121,6 +122,7 @@ def run_sqlalchemy(dsn: str, recorder: Recorder) -> list[tuple[str, Pattern, Any
         patterns_sqlalchemy.PATTERNS
         + patterns_sqlalchemy_writes.PATTERNS
         + patterns_sqlalchemy_public.PATTERNS
+        + patterns_sqlalchemy_relations.PATTERNS
     )
     return [(name, func, run) for name, func in patterns]
 
@@ -131,6 +133,7 @@ def run_django(dsn: str, recorder: Recorder) -> list[tuple[str, Pattern, Any]]:
 
     settings.configure(dsn)
     import patterns_django  # after settings.configure: the models need the app registry
+    import patterns_django_relations
     import patterns_django_writes
     from django.db import connection, transaction
 
@@ -143,7 +146,11 @@ def run_django(dsn: str, recorder: Recorder) -> list[tuple[str, Pattern, Any]]:
             func(connection, subject)
             transaction.set_rollback(True)
 
-    patterns = patterns_django.PATTERNS + patterns_django_writes.PATTERNS
+    patterns = (
+        patterns_django.PATTERNS
+        + patterns_django_writes.PATTERNS
+        + patterns_django_relations.PATTERNS
+    )
     return [(name, func, run) for name, func in patterns]
 
 
