@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -144,7 +145,9 @@ def write_mark(trail: Path, mark: Mark) -> None:
     tmp = target.with_name(target.name + ".tmp")
     try:
         record = {"accessguard.verified": 1, **json.loads(mark.body()), "mac": mark.mac}
-        tmp.write_text(json.dumps(record), encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:  # readable as the trail is
+            out.write(json.dumps(record))
         tmp.replace(target)
     except OSError:
         tmp.unlink(missing_ok=True)
