@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_chain import KEY, OTHER, TAMPERINGS, lines_of, rewrite, tamper, write_events
 
-from accessguard.audit import verification
+from accessguard.audit import resume, verification
 from accessguard.audit.resume import mark_path, read_mark
 from accessguard.audit.verification import verify
 
@@ -125,3 +125,25 @@ def test_a_garbled_mark_is_ignored(marked: Path) -> None:
     mark_path(marked).write_text("{not json")
     assert verify(marked, key=KEY, resume=True).ok
     assert read_mark(marked) is not None  # rewritten by the verification that held
+
+
+def test_an_untouched_trail_is_not_hashed_again(
+    marked: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trail unchanged since its mark (same inode, size and ctime) needs no pass over it."""
+    assert verify(marked, key=KEY, resume=True).ok  # marks the whole trail
+    hashed: list[int] = []
+    real = resume.prefix_digest
+
+    def counting(trail: Path, end: int) -> object:
+        hashed.append(end)
+        return real(trail, end)
+
+    monkeypatch.setattr(verification, "prefix_digest", counting)
+    result = verify(marked, key=KEY, resume=True)
+    assert (result.ok, result.events, hashed) == (True, 10, [])
+    data = marked.read_bytes()  # the same bytes written again: ctime moves, so it is hashed
+    marked.write_bytes(data.replace(b'"alice"', b'"alicf"', 1))
+    result = verify(marked, key=KEY, resume=True)
+    assert hashed  # hashed, found different, and read in full
+    assert (result.ok, result.broken_line) == (False, 1)

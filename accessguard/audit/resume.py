@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from hashlib import _Hash as Digest
 
-__all__ = ["MARK_SUFFIX", "Mark", "prefix_digest", "read_mark", "write_mark"]
+__all__ = ["MARK_SUFFIX", "Mark", "file_stat", "prefix_digest", "read_mark", "write_mark"]
 
 MARK_SUFFIX = ".verified"
 _CHUNK = 1 << 20
@@ -53,6 +53,9 @@ class Mark:
     digest: str
     key: str | None
     positioned: bool
+    #: the file as it was when marked (device, inode, size, ctime in ns): unchanged since,
+    #: its bytes need no hashing (a write of any kind moves ctime, which only root can set)
+    stat: tuple[int, int, int, int] = (0, 0, 0, 0)
     mac: str = ""
 
     def body(self) -> str:
@@ -64,6 +67,7 @@ class Mark:
             "digest": self.digest,
             "key": self.key,
             "positioned": self.positioned,
+            "stat": list(self.stat),
         }
         return json.dumps(fields, sort_keys=True)
 
@@ -76,6 +80,7 @@ class Mark:
             self.digest,
             self.key,
             self.positioned,
+            self.stat,
             _mac(self, key),
         )
 
@@ -88,6 +93,12 @@ def _mac(mark: Mark, key: bytes | None) -> str:
     if key is None:
         return hashlib.sha256(data).hexdigest()
     return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def file_stat(trail: Path) -> tuple[int, int, int, int]:
+    """(device, inode, size, ctime in ns) of the trail: what any write, copy or swap changes."""
+    st = trail.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
 
 
 def mark_path(trail: Path) -> Path:
@@ -120,6 +131,7 @@ def read_mark(trail: Path) -> Mark | None:
             raw["digest"],
             raw["key"],
             raw["positioned"],
+            tuple(raw["stat"]),
             raw["mac"],
         )
     except (OSError, ValueError, KeyError, TypeError):
@@ -132,6 +144,8 @@ def read_mark(trail: Path) -> Mark | None:
         and isinstance(mark.digest, str)
         and isinstance(mark.mac, str)
         and isinstance(mark.positioned, bool)
+        and len(mark.stat) == 4
+        and all(isinstance(n, int) for n in mark.stat)
         and (mark.key is None or isinstance(mark.key, str))
         and mark.seq >= 0
         and mark.end >= 0

@@ -36,7 +36,7 @@ from accessguard.audit.chain import (
     load_key,
     read_checkpoint,
 )
-from accessguard.audit.resume import Mark, prefix_digest, read_mark, write_mark
+from accessguard.audit.resume import Mark, file_stat, prefix_digest, read_mark, write_mark
 from accessguard.audit.spool import TAMPERED
 
 if TYPE_CHECKING:
@@ -245,7 +245,7 @@ def verify(
     result = failure or check.finish(lineno + 1)
     if digest is not None and result.ok and check.key is not None:
         lines = lineno - (1 if torn else 0)
-        write_mark(trail, mark_of(check, end, lines, digest))
+        write_mark(trail, mark_of(check, trail, end, lines, digest))
     if torn:
         return Verification(
             result.ok,
@@ -259,9 +259,10 @@ def verify(
     return result
 
 
-def resumed(check: ChainCheck, trail: Path) -> tuple[int, int, Digest]:
+def resumed(check: ChainCheck, trail: Path) -> tuple[int, int, Digest | None]:
     """Where verification of ``trail`` may go on: (byte offset, lines before it, the digest of
-    the bytes before it, to extend). (0, 0, a fresh digest) when no valid mark says more."""
+    the bytes before it, to extend). (0, 0, a fresh digest) when no valid mark says more; no
+    digest when the file is untouched since its mark (its mark stays as it is)."""
     mark = read_mark(trail)
     cp = check.checkpoint
     usable = (
@@ -270,6 +271,12 @@ def resumed(check: ChainCheck, trail: Path) -> tuple[int, int, Digest]:
         and mark.valid(check.key, check.kid)
         and (cp is None or cp.seq >= mark.seq)
     )
+    if mark is not None and usable and mark.stat == file_stat(trail) and mark.end == mark.stat[2]:
+        # untouched since it was marked: nothing to hash, nothing after the mark
+        check.count, check.prev, check.positioned = mark.seq, mark.hash, mark.positioned
+        if cp is not None and cp.seq == mark.seq:
+            check.at_checkpoint = mark.hash
+        return mark.end, mark.lines, None
     if mark is not None and usable:
         digest = prefix_digest(trail, mark.end)
         if digest is not None and hmac.compare_digest(digest.hexdigest(), mark.digest):
@@ -280,10 +287,18 @@ def resumed(check: ChainCheck, trail: Path) -> tuple[int, int, Digest]:
     return 0, 0, hashlib.sha256()
 
 
-def mark_of(check: ChainCheck, end: int, lines: int, digest: Digest) -> Mark:
+def mark_of(check: ChainCheck, trail: Path, end: int, lines: int, digest: Digest) -> Mark:
     """The mark of a trail verified through byte ``end``, sealed with the check's key."""
+    stat = file_stat(trail)
     return Mark(
-        check.count, check.prev, end, lines, digest.hexdigest(), check.kid, check.positioned
+        check.count,
+        check.prev,
+        end,
+        lines,
+        digest.hexdigest(),
+        check.kid,
+        check.positioned,
+        stat if stat[2] == end else (0, 0, 0, 0),  # a torn tail: hash again next time
     ).sealed(check.key)
 
 
