@@ -251,3 +251,16 @@ def unlimited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
         policies, tickets=scenario.tickets(), audit=MemoryAuditSink()
     ) as guard:
         yield guard
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Verification marks (and anything else cached per user) go to a temporary directory,
+    never to the home directory of whoever runs the tests."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous

@@ -55,7 +55,7 @@ class _PgCheck:
             for position, row in enumerate(conn.execute(SELECT_ALL), 1):
                 event = dict(row[-1])
                 if failure is None:
-                    problem = check.feed(event) or _columns_differ(row, event)
+                    problem = check.feed(event) or columns_differ(row, event)
                     if problem:
                         failure = Verification(False, check.count, position, problem, key=check.kid)
                 yield event  # also past a broken row: the verdict says where it broke
@@ -73,7 +73,7 @@ class _PgCheck:
         self.result = check.finish(position + 1)
 
 
-def _columns_differ(row: tuple[Any, ...], event: Event) -> str | None:
+def columns_differ(row: tuple[Any, ...], event: Event) -> str | None:
     ts, action, user, ticket, kind, subject, hash_ = row[:7]
     expected = event_row(event)
     names = ("ts", "action", "user_name", "ticket_id", "subject_kind", "subject_id", "hash")
