@@ -134,6 +134,11 @@ class Ledger:
         self._thread.start()
         _LEDGERS.add(self)
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` ran: nothing more is recorded (the guard refuses what it would add)."""
+        return self._closed
+
     # ------------------------------------------------------------------ recording
 
     def tally(

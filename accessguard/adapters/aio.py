@@ -1,7 +1,10 @@
 """Guarded psycopg 3 AsyncConnection and cursors: the sync adapter's twin, awaiting instead.
 
-The decision is the guard's (``Guard.authorize``), the query conversion is the
-sync adapter's (``convert_query``, ``_query_text``): this module only waits.
+The rules are the gate's (``accessguard.adapters.gate``), the decision the
+lane's: this module only waits, and keeps the event loop free while it does
+(``accessguard.adapters.offload``): a decision that needs I/O (a ticket
+store, a Redis throttle, an audit write) runs off the loop, a plan-cache hit
+on in-memory parts runs on it with no thread hop.
 Every path that sends SQL is checked first: execute, executemany, stream,
 named (server-side) cursors. COPY and pipeline mode are refused. As in the
 sync adapter there is no ``__getattr__`` fall-through to the raw objects.
@@ -15,18 +18,19 @@ executemany); a client-side result over its cap is refused right after
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from accessguard import probes
-from accessguard.adapters.base import CHUNK, NOTHING, RowCounter
+from accessguard.adapters.base import CHUNK, NOTHING
+from accessguard.adapters.gate import PsycopgGate, RowCounter, bind, one_statement, refuse_mixed
+from accessguard.adapters.offload import decide, holding, off_loop
 from accessguard.adapters.psycopg3 import (
     DIALECT,
     GuardedTransaction,
     _query_text,
-    authorize_statement,
     refuse_hooks,
 )
 from accessguard.errors import Reason
@@ -53,7 +57,7 @@ class AsyncCountingCursor(RowCounter):
             return None
         row = await self._raw.fetchone()
         if row is not None and not st.take(1):
-            raise self._refused(st, 1)
+            raise await off_loop(self._refused, st, 1)
         return row
 
     async def fetchmany(self, size: int | None = None) -> list[Any]:
@@ -62,7 +66,7 @@ class AsyncCountingCursor(RowCounter):
             return []
         rows = list(await (self._raw.fetchmany() if size is None else self._raw.fetchmany(size)))
         if not st.take(len(rows)):
-            raise self._refused(st, len(rows))
+            raise await off_loop(self._refused, st, len(rows))
         return rows
 
     async def fetchall(self) -> list[Any]:
@@ -71,7 +75,7 @@ class AsyncCountingCursor(RowCounter):
             return []
         rows = list(await self._raw.fetchall())
         if not st.take(len(rows)):
-            raise self._refused(st, len(rows))
+            raise await off_loop(self._refused, st, len(rows))
         return rows
 
     async def __aiter__(self) -> AsyncIterator[Any]:
@@ -109,7 +113,7 @@ class AsyncStreamed:
         row = await anext(self._rows)
         if not st.take(1):
             await self.aclose()
-            raise cursor._refused(st, 1)
+            raise await off_loop(cursor._refused, st, 1)
         return row
 
     async def aclose(self) -> None:
@@ -124,7 +128,7 @@ async def _probed(
 ) -> AsyncIterator[Any]:
     """``rows`` (a stream not yet started), after ``ok``'s probe passed."""
     try:
-        await probes.run_async(guard, ok, connection)
+        await holding(probes.run_async(guard, ok, connection))
         async for row in rows:
             yield row
     finally:
@@ -133,12 +137,12 @@ async def _probed(
             await aclose()
 
 
-class AsyncGuardedCursor(AsyncCountingCursor):
-    """A psycopg async cursor whose every statement is checked before it is sent."""
+class AsyncGuardedCursor(AsyncCountingCursor, PsycopgGate):
+    """A psycopg async cursor whose every statement is checked before it is sent.
 
-    #: the statements of the last executemany, one per result set, and the current one's index
-    _batch: Sequence[Authorized] = (NOTHING,)
-    _index = 0
+    The sync ``GuardedCursor``'s shell over the same gate, awaiting the
+    driver and moving blocking decisions and audit writes off the loop.
+    """
 
     def __init__(self, conn: AsyncGuardedConnection, raw: Any) -> None:
         self._conn = conn
@@ -150,72 +154,68 @@ class AsyncGuardedCursor(AsyncCountingCursor):
 
     # ------------------------------------------------------------------ sending
 
-    def _authorize(self, query: Any, params: Any) -> Authorized:
-        """What the sync cursor does; no I/O, so no await."""
-        return authorize_statement(
-            self._lane,
-            query if type(query) is str else _query_text(query, self._conn._raw, self._lane),
-            params,
-            mogrify=self._mogrify,
-            probing=True,
-        )
+    async def _authorize(self, query: Any, params: Any) -> Authorized:
+        """The sync cursor's decision; on the loop only when it needs no I/O."""
+        lane = self._lane
+
+        def bound() -> tuple[str, Any, Any]:
+            text = query if type(query) is str else _query_text(query, self._conn._raw, lane)
+            return bind(lane, text, params, self._mogrify)
+
+        return await decide(lane, bound)
+
+    def _authorize_now(self, query: Any, params: Any) -> Authorized:
+        """Decided on the loop: for ``stream()``, which psycopg declares synchronous."""
+        lane = self._lane
+        text = query if type(query) is str else _query_text(query, self._conn._raw, lane)
+        return lane.authorize(*bind(lane, text, params, self._mogrify), probing=True)
 
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncGuardedCursor:
-        ok = self._authorize(query, params)
+        ok = await self._authorize(query, params)
         if ok.probe is not None:
-            await probes.run_async(self._guard, ok, self._conn._raw)
+            await holding(probes.run_async(self._guard, ok, self._conn._raw))
         await self._raw.execute(ok.sql, ok.params, **kwargs)
-        self._st = ok  # what _admit does, inline: this is every statement's path
-        tally = ok.tally
-        if tally is not None and tally.writes:
-            self._written(tally)
-        if ok.row_cap is not None:
-            # a client-side cursor holds the whole result already: refuse it
-            # before a single row is handed over (a named cursor's is 0 here)
-            result = self._raw.pgresult
-            if result is not None and result.ntuples > ok.row_cap:
-                ok.withheld = True
-                raise self._guard.over_row_cap(ok, result.ntuples)
+        over = self._executed(ok)
+        if over is not None:  # refused before a single row is handed over
+            raise await off_loop(self._guard.over_row_cap, ok, over)
         return self
 
     async def executemany(
         self, query: Any, params_seq: Iterable[Any], *, returning: bool = False, **kwargs: Any
     ) -> None:
         """Every parameter set decided first; each result set read through its own statement."""
-        batch = [self._authorize(query, params) for params in params_seq]
+        batch = [await self._authorize(query, params) for params in params_seq]
         if not batch:
             return
-        self._one_statement(batch)  # one statement, one shape: never guess
-        await probes.run_batch_async(self._guard, batch, self._conn._raw)  # before any write
+        if not one_statement(batch):  # one statement, one shape: never guess
+            raise await off_loop(refuse_mixed, self._guard, self._session, batch)
+        # every probe before any write
+        await holding(probes.run_batch_async(self._guard, batch, self._conn._raw))
         self._st = NOTHING  # until the batch is back, the old result is gone
         await self._raw.executemany(
             batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
         )
-        self._written_many(batch[0], returning=returning)  # one plan, one tally
-        self._batch = batch
-        self._select(0)
-
-    def _select(self, index: int) -> None:
-        """The batch's result set ``index`` is the driver's current one: admit it."""
-        self._index = index
-        result = self._raw.pgresult
-        self._admit(self._batch[index], result.ntuples if result is not None else 0)
+        over = self._batched(batch, returning=returning)
+        if over is not None:
+            raise await off_loop(self._guard.over_row_cap, self._st, over)
 
     def nextset(self) -> bool | None:
-        """Move to the next result set (of an executemany with ``returning=True``)."""
+        """Move to the next result set (of an executemany with ``returning=True``).
+
+        Synchronous, as psycopg's: a result set over its cap is refused (and
+        audited) here, on the loop.
+        """
         current = self._st
         if not self._raw.nextset():
             return None
-        index = self._index + 1
-        if current is not self._batch[self._index] or index >= len(self._batch):
-            self._st = NOTHING  # a result set no statement of ours accounts for
-            return True
-        self._select(index)
+        over = self._next(current)
+        if over is not None:
+            raise self._guard.over_row_cap(self._st, over)
         return True
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncStreamed:
         """Checked when called (not at the first ``async for`` step), like the sync stream."""
-        ok = self._authorize(query, params)
+        ok = self._authorize_now(query, params)
         rows = self._raw.stream(ok.sql, ok.params, **kwargs)
         if ok.probe is not None:  # psycopg's stream sends nothing before its first step
             rows = _probed(self._guard, ok, self._conn._raw, rows)

@@ -1,5 +1,8 @@
 """The one gate rows leave through, shared by every guarded cursor (issue 17, issue 23).
 
+The rules themselves live in ``accessguard.adapters.gate`` (no I/O); this
+module holds the sync cursors' fetch paths over them.
+
 Before a statement is sent, the lane authorizes it and makes its
 ``Authorized``: the statement's own row cap and ledger tally, and its count
 of rows handed over. After it, the adapter binds that object to the result it
@@ -22,97 +25,17 @@ raises instead of returning those rows.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from accessguard.errors import Reason
-from accessguard.lane import authorized
+from accessguard.adapters.gate import NOTHING, RowCounter
 
 if TYPE_CHECKING:
-    from accessguard.errors import AccessGuardError
-    from accessguard.guard import Authorized, Guard, Session
-    from accessguard.ledger import Tally
-    from accessguard.plan import Plan
+    from accessguard.guard import Authorized
+
+__all__ = ["CHUNK", "NOTHING", "CountingCursor", "RowCounter", "Streamed"]
 
 #: rows a guarded iteration asks the driver for at a time (a named cursor's round trip)
 CHUNK = 100
-
-#: the result of a cursor no statement was sent on: nothing to hand over
-NOTHING = authorized(sql="", params=None, plan=cast("Plan", None), withheld=True)
-
-
-class RowCounter:
-    """The row gate every guarded cursor shares, sync or async."""
-
-    _raw: Any
-    _guard: Guard
-    _session: Session
-    _dialect: str = "postgres"
-    #: the statement whose result the driver's cursor holds now
-    _st: Authorized = NOTHING
-
-    def _refused(self, st: Authorized, n: int) -> AccessGuardError:
-        """The refusal of ``n`` rows ``st.take`` declined (audited); raise it."""
-        tally = st.tally
-        if tally is not None and tally.ledger._closed:
-            return self._guard.refuse(
-                Reason.GUARD_CLOSED,
-                "Refused: the guard was closed; rows it cannot account for are not handed over.",
-                self._session,
-                kind=st.facts.kind,
-                dialect=self._dialect,
-            )
-        return self._guard.over_row_cap(st, st.handed + n)
-
-    def _written(self, tally: Tally) -> None:
-        """Ledger the rows an UPDATE changed (its RETURNING rows are counted as handed over).
-
-        Called when ``tally.writes``: the statement's plan writes.
-        """
-        raw = self._raw
-        if raw.description is None and (raw.rowcount or 0) > 0:
-            tally.add(raw.rowcount)
-
-    def _written_many(self, st: Authorized, *, returning: bool) -> None:
-        """Ledger the rows an executemany UPDATE changed, in every result set of the batch."""
-        tally = st.tally
-        if tally is None or not tally.writes:
-            return
-        if not returning:  # the driver's rowcount is the batch's total
-            self._written(tally)
-            return
-        # returning=True keeps one result per parameter set; those with rows (RETURNING)
-        # are counted as they are handed over, the others by the rows they changed
-        results = getattr(self._raw, "_results", None) or ()
-        changed = sum(r.command_tuples or 0 for r in results if r.nfields == 0)
-        if changed > 0:
-            tally.add(changed)
-
-    def _one_statement(self, batch: list[Authorized]) -> None:
-        """An executemany sends one statement for every parameter set: refuse (audited) if not.
-
-        (A client-side binding cursor merges each set into its own text: such a
-        batch is refused, never sent as the first text with the others' values.)
-        """
-        first = batch[0].sql
-        if any(ok.sql != first for ok in batch):
-            raise self._guard.refuse(
-                Reason.INTERNAL_ERROR,
-                "Refused: executemany produced different statements.",
-                self._session,
-                kind=batch[0].facts.kind,
-                dialect=self._dialect,
-            )
-
-    def _admit(self, st: Authorized, ntuples: int) -> None:
-        """``st``'s result is the driver's current one, holding ``ntuples`` rows in memory.
-
-        Over its cap, it is refused before a single row is handed over (and
-        stays withheld).
-        """
-        self._st = st
-        if st.row_cap is not None and ntuples > st.row_cap:
-            st.withheld = True
-            raise self._guard.over_row_cap(st, ntuples)
 
 
 class CountingCursor(RowCounter):

@@ -12,17 +12,17 @@ client-side binding cursor (``ClientCursor``) is analyzed on its merged text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 from psycopg import rows
 from psycopg import sql as pgsql
-from psycopg._queries import PostgresQuery, _query2pg
 
 from accessguard import probes
 from accessguard.adapters.base import NOTHING, CountingCursor, Streamed
+from accessguard.adapters.gate import PsycopgGate, bind, convert_query, one_statement, refuse_mixed
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
@@ -34,11 +34,7 @@ if TYPE_CHECKING:
 DIALECT = "postgres"
 
 
-def convert_query(query: str, params: Sequence[Any] | Mapping[str, Any]) -> tuple[str, list[Any]]:
-    """psycopg's conversion: ``%s``/``%(name)s`` -> ``$n``, and the values in ``$n`` order."""
-    converted, _formats, order, parts = _query2pg(query.encode(), "utf-8")
-    values = PostgresQuery.validate_and_reorder_params(parts, params, order)
-    return converted.decode(), list(values)
+__all__ = ["DIALECT", "GuardedConnection", "GuardedCursor", "authorize_statement", "convert_query"]
 
 
 def authorize_statement(
@@ -59,26 +55,7 @@ def authorize_statement(
     ``probing``: the caller runs ``Authorized.probe`` before sending it
     (``accessguard.probes.run``); otherwise a key-bound statement is refused.
     """
-    if mogrify is None:
-        if type(params) is list or type(params) is tuple:
-            return lane.authorize(text, params, convert_query, probing=probing)
-        if params is None:
-            return lane.authorize(text, None, probing=probing)
-        lane.guard.refuse_unreadable(text, lane.session, placeholders=True)  # before psycopg
-        try:
-            converted, values = convert_query(text, params)
-        except (psycopg.Error, TypeError) as exc:
-            raise lane.guard.refuse(
-                Reason.SQL_PARAMS_MISMATCH,
-                "Refused: the placeholders do not match the values bound to them.",
-                lane.session,
-                kind="unknown",
-            ) from exc
-        return lane.authorize(converted, values, probing=probing)
-    if params is not None:  # psycopg's own conversion is next: screen the text first
-        lane.guard.refuse_unreadable(text, lane.session, placeholders=True)
-    merged = mogrify(text, params) if params is not None else text
-    return lane.authorize(merged, None, probing=probing)
+    return lane.authorize(*bind(lane, text, params, mogrify), probing=probing)
 
 
 #: row factories psycopg ships: the driver's cursor they receive stays inside psycopg
@@ -170,12 +147,12 @@ def _query_text(
     )
 
 
-class GuardedCursor(CountingCursor):
-    """A psycopg cursor whose every statement is checked before it is sent."""
+class GuardedCursor(CountingCursor, PsycopgGate):
+    """A psycopg cursor whose every statement is checked before it is sent.
 
-    #: the statements of the last executemany, one per result set, and the current one's index
-    _batch: Sequence[Authorized] = (NOTHING,)
-    _index = 0
+    A shell over the gate (``accessguard.adapters.gate``): it sends and
+    raises; which result belongs to which statement is the gate's.
+    """
 
     def __init__(self, conn: GuardedConnection, raw: Any) -> None:
         self._conn = conn
@@ -188,30 +165,18 @@ class GuardedCursor(CountingCursor):
     # ------------------------------------------------------------------ sending
 
     def _authorize(self, query: Any, params: Any) -> Authorized:
-        return authorize_statement(
-            self._lane,
-            query if type(query) is str else _query_text(query, self._conn._raw, self._lane),
-            params,
-            mogrify=self._mogrify,
-            probing=True,
-        )
+        lane = self._lane
+        text = query if type(query) is str else _query_text(query, self._conn._raw, lane)
+        return lane.authorize(*bind(lane, text, params, self._mogrify), probing=True)
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
         ok = self._authorize(query, params)
         if ok.probe is not None:
             probes.run(self._guard, ok, self._conn._raw)
         self._raw.execute(ok.sql, ok.params, **kwargs)
-        self._st = ok  # what _admit does, inline: this is every statement's path
-        tally = ok.tally
-        if tally is not None and tally.writes:
-            self._written(tally)
-        if ok.row_cap is not None:
-            # a client-side cursor holds the whole result already: refuse it
-            # before a single row is handed over (a named cursor's is 0 here)
-            result = self._raw.pgresult
-            if result is not None and result.ntuples > ok.row_cap:
-                ok.withheld = True
-                raise self._guard.over_row_cap(ok, result.ntuples)
+        over = self._executed(ok)
+        if over is not None:  # refused before a single row is handed over
+            raise self._guard.over_row_cap(ok, over)
         return self
 
     def executemany(
@@ -221,33 +186,25 @@ class GuardedCursor(CountingCursor):
         batch = [self._authorize(query, params) for params in params_seq]
         if not batch:
             return
-        self._one_statement(batch)  # one statement, one shape: never guess
+        if not one_statement(batch):  # one statement, one shape: never guess
+            raise refuse_mixed(self._guard, self._session, batch)
         probes.run_batch(self._guard, batch, self._conn._raw)  # every probe before any write
         self._st = NOTHING  # until the batch is back, the old result is gone
         self._raw.executemany(
             batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
         )
-        self._written_many(batch[0], returning=returning)  # one plan, one tally
-        self._batch = batch
-        self._select(0)
-
-    def _select(self, index: int) -> None:
-        """The batch's result set ``index`` is the driver's current one: admit it."""
-        self._index = index
-        result = self._raw.pgresult
-        self._admit(self._batch[index], result.ntuples if result is not None else 0)
+        over = self._batched(batch, returning=returning)
+        if over is not None:
+            raise self._guard.over_row_cap(self._st, over)
 
     def nextset(self) -> bool | None:
         """Move to the next result set (of an executemany with ``returning=True``)."""
         current = self._st
         if not self._raw.nextset():
             return None
-        index = self._index + 1
-        if current is not self._batch[self._index] or index >= len(self._batch):
-            # a result set no statement of ours accounts for: never hand it over
-            self._st = NOTHING
-            return True
-        self._select(index)
+        over = self._next(current)
+        if over is not None:
+            raise self._guard.over_row_cap(self._st, over)
         return True
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Streamed:
