@@ -24,15 +24,22 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from accessguard import probes
+from accessguard.adapters import offload
 from accessguard.adapters.base import CHUNK, NOTHING
-from accessguard.adapters.gate import PsycopgGate, RowCounter, bind, one_statement, refuse_mixed
-from accessguard.adapters.offload import decide, holding, off_loop
+from accessguard.adapters.gate import (
+    PsycopgGate,
+    RowCounter,
+    bind,
+    one_statement,
+    query_text,
+    refuse_mixed,
+)
 from accessguard.adapters.psycopg3 import (
     DIALECT,
     GuardedTransaction,
-    _query_text,
     refuse_hooks,
 )
+from accessguard.audit import HELD, write_held
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
@@ -57,7 +64,7 @@ class AsyncCountingCursor(RowCounter):
             return None
         row = await self._raw.fetchone()
         if row is not None and not st.take(1):
-            raise await off_loop(self._refused, st, 1)
+            raise await offload.off_loop(self._refused, st, 1)
         return row
 
     async def fetchmany(self, size: int | None = None) -> list[Any]:
@@ -66,7 +73,7 @@ class AsyncCountingCursor(RowCounter):
             return []
         rows = list(await (self._raw.fetchmany() if size is None else self._raw.fetchmany(size)))
         if not st.take(len(rows)):
-            raise await off_loop(self._refused, st, len(rows))
+            raise await offload.off_loop(self._refused, st, len(rows))
         return rows
 
     async def fetchall(self) -> list[Any]:
@@ -75,7 +82,7 @@ class AsyncCountingCursor(RowCounter):
             return []
         rows = list(await self._raw.fetchall())
         if not st.take(len(rows)):
-            raise await off_loop(self._refused, st, len(rows))
+            raise await offload.off_loop(self._refused, st, len(rows))
         return rows
 
     async def __aiter__(self) -> AsyncIterator[Any]:
@@ -113,7 +120,7 @@ class AsyncStreamed:
         row = await anext(self._rows)
         if not st.take(1):
             await self.aclose()
-            raise await off_loop(cursor._refused, st, 1)
+            raise await offload.off_loop(cursor._refused, st, 1)
         return row
 
     async def aclose(self) -> None:
@@ -128,7 +135,7 @@ async def _probed(
 ) -> AsyncIterator[Any]:
     """``rows`` (a stream not yet started), after ``ok``'s probe passed."""
     try:
-        await holding(probes.run_async(guard, ok, connection))
+        await offload.holding(probes.run_async(guard, ok, connection))
         async for row in rows:
             yield row
     finally:
@@ -155,29 +162,40 @@ class AsyncGuardedCursor(AsyncCountingCursor, PsycopgGate):
     # ------------------------------------------------------------------ sending
 
     async def _authorize(self, query: Any, params: Any) -> Authorized:
-        """The sync cursor's decision; on the loop only when it needs no I/O."""
+        """The sync cursor's decision, on the loop only when it needs no I/O (``offload``).
+
+        Binding, and a plan-cache hit on in-memory parts, run here with their
+        audit events held; the events are written off the loop before this
+        returns or raises. Any other decision runs off the loop.
+        """
         lane = self._lane
-
-        def bound() -> tuple[str, Any, Any]:
-            text = query if type(query) is str else _query_text(query, self._conn._raw, lane)
-            return bind(lane, text, params, self._mogrify)
-
-        return await decide(lane, bound)
+        held: list[Any] = []
+        token = HELD.set(held)
+        try:
+            text = query if type(query) is str else query_text(query, self._conn._raw, lane)
+            sql, values, convert = bind(lane, text, params, self._mogrify)
+            if lane.kept(sql, values, convert) and offload.on_loop(lane):
+                return lane.authorize(sql, values, convert, probing=True)
+        finally:
+            HELD.reset(token)
+            if held:
+                await offload.off_loop(write_held, held)
+        return await offload.off_loop(lane.authorize, sql, values, convert, probing=True)
 
     def _authorize_now(self, query: Any, params: Any) -> Authorized:
         """Decided on the loop: for ``stream()``, which psycopg declares synchronous."""
         lane = self._lane
-        text = query if type(query) is str else _query_text(query, self._conn._raw, lane)
+        text = query if type(query) is str else query_text(query, self._conn._raw, lane)
         return lane.authorize(*bind(lane, text, params, self._mogrify), probing=True)
 
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncGuardedCursor:
         ok = await self._authorize(query, params)
         if ok.probe is not None:
-            await holding(probes.run_async(self._guard, ok, self._conn._raw))
+            await offload.holding(probes.run_async(self._guard, ok, self._conn._raw))
         await self._raw.execute(ok.sql, ok.params, **kwargs)
         over = self._executed(ok)
         if over is not None:  # refused before a single row is handed over
-            raise await off_loop(self._guard.over_row_cap, ok, over)
+            raise await offload.off_loop(self._guard.over_row_cap, ok, over)
         return self
 
     async def executemany(
@@ -188,16 +206,16 @@ class AsyncGuardedCursor(AsyncCountingCursor, PsycopgGate):
         if not batch:
             return
         if not one_statement(batch):  # one statement, one shape: never guess
-            raise await off_loop(refuse_mixed, self._guard, self._session, batch)
+            raise await offload.off_loop(refuse_mixed, self._guard, self._session, batch)
         # every probe before any write
-        await holding(probes.run_batch_async(self._guard, batch, self._conn._raw))
+        await offload.holding(probes.run_batch_async(self._guard, batch, self._conn._raw))
         self._st = NOTHING  # until the batch is back, the old result is gone
         await self._raw.executemany(
             batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
         )
         over = self._batched(batch, returning=returning)
         if over is not None:
-            raise await off_loop(self._guard.over_row_cap, self._st, over)
+            raise await offload.off_loop(self._guard.over_row_cap, self._st, over)
 
     def nextset(self) -> bool | None:
         """Move to the next result set (of an executemany with ``returning=True``).

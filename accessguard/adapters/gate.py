@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
+from psycopg import sql as pgsql
 from psycopg._queries import PostgresQuery, _query2pg
 
 from accessguard.errors import Reason
@@ -54,6 +55,46 @@ def convert_query(query: str, params: Sequence[Any] | Mapping[str, Any]) -> tupl
     converted, _formats, order, parts = _query2pg(query.encode(), "utf-8")
     values = PostgresQuery.validate_and_reorder_params(parts, params, order)
     return converted.decode(), list(values)
+
+
+#: psycopg's own Composable classes: their as_string() keeps the connection inside psycopg
+_OWN_COMPOSABLES = (pgsql.SQL, pgsql.Identifier, pgsql.Literal, pgsql.Placeholder)
+
+
+def _own_composable(query: pgsql.Composable) -> bool:
+    """Whether ``query`` is built only of psycopg's own Composable classes (no subclass)."""
+    if type(query) is pgsql.Composed:
+        return all(_own_composable(part) for part in query._obj)
+    return type(query) in _OWN_COMPOSABLES
+
+
+def query_text(
+    query: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], lane: Lane
+) -> str:
+    """The text of a str, bytes or psycopg.sql query, as psycopg would send it.
+
+    A Composable of the caller's own class is refused (audited): its
+    ``as_string`` would be handed the raw connection.
+    """
+    if isinstance(query, str):
+        return query
+    if isinstance(query, bytes | bytearray | memoryview):
+        # undecodable bytes become lone surrogates: the guard refuses them, audited
+        return bytes(query).decode(conn.info.encoding, "surrogateescape")
+    if isinstance(query, pgsql.Composable):
+        if not _own_composable(query):
+            raise lane.guard.refuse(
+                Reason.PATH_FORBIDDEN,
+                "Refused: only psycopg's own sql.SQL, Composed, Identifier, Literal and "
+                "Placeholder can build a query (another Composable would be handed the "
+                "connection).",
+                lane.session,
+                kind="unknown",
+            )
+        return query.as_string(conn)
+    raise TypeError(
+        f"a query must be str, bytes or psycopg.sql.Composable, not {type(query).__name__}"
+    )
 
 
 def bind(

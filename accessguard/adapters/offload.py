@@ -41,8 +41,7 @@ from accessguard.tickets import MemoryTicketStore
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from accessguard.guard import Authorized
-    from accessguard.lane import Convert, Lane
+    from accessguard.lane import Lane
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -90,31 +89,6 @@ def on_loop(lane: Lane) -> bool:
     return (throttle is None or throttle.local) and (
         lane.session.ticket is None or type(guard.tickets) is MemoryTicketStore
     )
-
-
-async def decide(
-    lane: Lane,
-    bound: Callable[[], tuple[str, Any, Convert | None]],
-    *,
-    probing: bool = True,
-) -> Authorized:
-    """``lane.authorize`` of the statement ``bound()`` makes, without blocking the loop.
-
-    ``bound`` (the gate's binding: no I/O but a refusal) runs on the loop; the
-    hot path too when it can (``on_loop``); any event they produce is written
-    off the loop before this returns or raises. Everything else runs off it.
-    """
-    held: list[Any] = []
-    token = HELD.set(held)
-    try:
-        sql, params, convert = bound()
-        if lane.kept(sql, params, convert) and on_loop(lane):
-            return lane.authorize(sql, params, convert, probing=probing)
-    finally:
-        HELD.reset(token)
-        if held:
-            await off_loop(write_held, held)
-    return await off_loop(lane.authorize, sql, params, convert, probing=probing)
 
 
 async def holding(step: Awaitable[T]) -> T:

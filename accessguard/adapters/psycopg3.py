@@ -18,11 +18,17 @@ from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 from psycopg import rows
-from psycopg import sql as pgsql
 
 from accessguard import probes
 from accessguard.adapters.base import NOTHING, CountingCursor, Streamed
-from accessguard.adapters.gate import PsycopgGate, bind, convert_query, one_statement, refuse_mixed
+from accessguard.adapters.gate import (
+    PsycopgGate,
+    bind,
+    convert_query,
+    one_statement,
+    query_text,
+    refuse_mixed,
+)
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
@@ -107,46 +113,6 @@ def refuse_hooks(
         )
 
 
-#: psycopg's own Composable classes: their as_string() keeps the connection inside psycopg
-_OWN_COMPOSABLES = (pgsql.SQL, pgsql.Identifier, pgsql.Literal, pgsql.Placeholder)
-
-
-def _own_composable(query: pgsql.Composable) -> bool:
-    """Whether ``query`` is built only of psycopg's own Composable classes (no subclass)."""
-    if type(query) is pgsql.Composed:
-        return all(_own_composable(part) for part in query._obj)
-    return type(query) in _OWN_COMPOSABLES
-
-
-def _query_text(
-    query: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], lane: Lane
-) -> str:
-    """The text of a str, bytes or psycopg.sql query, as psycopg would send it.
-
-    A Composable of the caller's own class is refused (audited): its
-    ``as_string`` would be handed the raw connection.
-    """
-    if isinstance(query, str):
-        return query
-    if isinstance(query, bytes | bytearray | memoryview):
-        # undecodable bytes become lone surrogates: the guard refuses them, audited
-        return bytes(query).decode(conn.info.encoding, "surrogateescape")
-    if isinstance(query, pgsql.Composable):
-        if not _own_composable(query):
-            raise lane.guard.refuse(
-                Reason.PATH_FORBIDDEN,
-                "Refused: only psycopg's own sql.SQL, Composed, Identifier, Literal and "
-                "Placeholder can build a query (another Composable would be handed the "
-                "connection).",
-                lane.session,
-                kind="unknown",
-            )
-        return query.as_string(conn)
-    raise TypeError(
-        f"a query must be str, bytes or psycopg.sql.Composable, not {type(query).__name__}"
-    )
-
-
 class GuardedCursor(CountingCursor, PsycopgGate):
     """A psycopg cursor whose every statement is checked before it is sent.
 
@@ -166,7 +132,7 @@ class GuardedCursor(CountingCursor, PsycopgGate):
 
     def _authorize(self, query: Any, params: Any) -> Authorized:
         lane = self._lane
-        text = query if type(query) is str else _query_text(query, self._conn._raw, lane)
+        text = query if type(query) is str else query_text(query, self._conn._raw, lane)
         return lane.authorize(*bind(lane, text, params, self._mogrify), probing=True)
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
