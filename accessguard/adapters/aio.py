@@ -25,9 +25,8 @@ import psycopg
 
 from accessguard import probes
 from accessguard.adapters import offload
-from accessguard.adapters.base import CHUNK, NOTHING
+from accessguard.adapters.base import CHUNK, NOTHING, PsycopgShell
 from accessguard.adapters.gate import (
-    PsycopgGate,
     RowCounter,
     bind,
     one_statement,
@@ -144,20 +143,15 @@ async def _probed(
             await aclose()
 
 
-class AsyncGuardedCursor(AsyncCountingCursor, PsycopgGate):
+class AsyncGuardedCursor(AsyncCountingCursor, PsycopgShell):
     """A psycopg async cursor whose every statement is checked before it is sent.
 
     The sync ``GuardedCursor``'s shell over the same gate, awaiting the
     driver and moving blocking decisions and audit writes off the loop.
     """
 
-    def __init__(self, conn: AsyncGuardedConnection, raw: Any) -> None:
-        self._conn = conn
-        self._raw = raw
-        self._guard = conn._guard
-        self._session = conn._session
-        self._lane = conn._lane
-        self._mogrify = raw.mogrify if isinstance(raw, psycopg.AsyncClientCursor) else None
+    _client = psycopg.AsyncClientCursor
+    _conn: AsyncGuardedConnection
 
     # ------------------------------------------------------------------ sending
 
@@ -244,50 +238,10 @@ class AsyncGuardedCursor(AsyncCountingCursor, PsycopgGate):
             rebind=not isinstance(self._raw, psycopg.AsyncServerCursor),
         )
 
-    def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
-        raise self._guard.refuse(
-            Reason.STATEMENT_FORBIDDEN,
-            "COPY statements are never allowed through the guard.",
-            self._session,
-            kind="copy",
-        )
-
     # ------------------------------------------------------------------ reading
 
     async def scroll(self, value: int, mode: str = "relative") -> None:
         await self._raw.scroll(value, mode)
-
-    @property
-    def description(self) -> Any:
-        return self._raw.description
-
-    @property
-    def rowcount(self) -> int:
-        return int(self._raw.rowcount)
-
-    @property
-    def rownumber(self) -> int | None:
-        return self._raw.rownumber  # type: ignore[no-any-return]
-
-    @property
-    def statusmessage(self) -> str | None:
-        return self._raw.statusmessage  # type: ignore[no-any-return]
-
-    @property
-    def name(self) -> str | None:
-        return getattr(self._raw, "name", None)
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._raw.closed)
-
-    @property
-    def arraysize(self) -> int:
-        return int(self._raw.arraysize)
-
-    @arraysize.setter
-    def arraysize(self, value: int) -> None:
-        self._raw.arraysize = value
 
     async def close(self) -> None:
         await self._raw.close()

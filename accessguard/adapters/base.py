@@ -24,15 +24,19 @@ raises instead of returning those rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from accessguard.adapters.gate import NOTHING, RowCounter
+import psycopg
+
+from accessguard.adapters.gate import NOTHING, PsycopgGate, RowCounter
+from accessguard.errors import Reason
 
 if TYPE_CHECKING:
     from accessguard.guard import Authorized
+    from accessguard.lane import Lane
 
-__all__ = ["CHUNK", "NOTHING", "CountingCursor", "RowCounter", "Streamed"]
+__all__ = ["CHUNK", "NOTHING", "CountingCursor", "PsycopgShell", "RowCounter", "Streamed"]
 
 #: rows a guarded iteration asks the driver for at a time (a named cursor's round trip)
 CHUNK = 100
@@ -115,3 +119,65 @@ class Streamed:
         close = getattr(self._rows, "close", None)
         if close is not None:
             close()
+
+
+class PsycopgShell(PsycopgGate):
+    """What the sync and async psycopg cursors share besides the gate's rules.
+
+    Their fields, COPY's refusal, and what they tell of the driver's cursor:
+    values only, never the driver's objects.
+    """
+
+    #: the driver's client-side binding cursor class: its values are merged before the decision
+    _client: ClassVar[type[Any]] = psycopg.ClientCursor
+    _conn: Any
+    _lane: Lane
+    _mogrify: Callable[[str, Any], str] | None
+
+    def __init__(self, conn: Any, raw: Any) -> None:
+        self._conn = conn
+        self._raw = raw
+        self._guard = conn._guard
+        self._session = conn._session
+        self._lane = conn._lane
+        self._mogrify = raw.mogrify if isinstance(raw, self._client) else None
+
+    def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
+        raise self._guard.refuse(
+            Reason.STATEMENT_FORBIDDEN,
+            "COPY statements are never allowed through the guard.",
+            self._session,
+            kind="copy",
+        )
+
+    @property
+    def description(self) -> Any:
+        return self._raw.description
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._raw.rowcount)
+
+    @property
+    def rownumber(self) -> int | None:
+        return self._raw.rownumber  # type: ignore[no-any-return]
+
+    @property
+    def statusmessage(self) -> str | None:
+        return self._raw.statusmessage  # type: ignore[no-any-return]
+
+    @property
+    def name(self) -> str | None:
+        return getattr(self._raw, "name", None)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._raw.closed)
+
+    @property
+    def arraysize(self) -> int:
+        return int(self._raw.arraysize)
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._raw.arraysize = value

@@ -20,9 +20,8 @@ import psycopg
 from psycopg import rows
 
 from accessguard import probes
-from accessguard.adapters.base import NOTHING, CountingCursor, Streamed
+from accessguard.adapters.base import NOTHING, CountingCursor, PsycopgShell, Streamed
 from accessguard.adapters.gate import (
-    PsycopgGate,
     bind,
     convert_query,
     one_statement,
@@ -113,20 +112,15 @@ def refuse_hooks(
         )
 
 
-class GuardedCursor(CountingCursor, PsycopgGate):
+class GuardedCursor(CountingCursor, PsycopgShell):
     """A psycopg cursor whose every statement is checked before it is sent.
 
     A shell over the gate (``accessguard.adapters.gate``): it sends and
     raises; which result belongs to which statement is the gate's.
     """
 
-    def __init__(self, conn: GuardedConnection, raw: Any) -> None:
-        self._conn = conn
-        self._raw = raw
-        self._guard = conn._guard
-        self._session = conn._session
-        self._lane = conn._lane
-        self._mogrify = raw.mogrify if isinstance(raw, psycopg.ClientCursor) else None
+    _client = psycopg.ClientCursor
+    _conn: GuardedConnection
 
     # ------------------------------------------------------------------ sending
 
@@ -184,50 +178,10 @@ class GuardedCursor(CountingCursor, PsycopgGate):
             rebind=not isinstance(self._raw, psycopg.ServerCursor),
         )
 
-    def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
-        raise self._guard.refuse(
-            Reason.STATEMENT_FORBIDDEN,
-            "COPY statements are never allowed through the guard.",
-            self._session,
-            kind="copy",
-        )
-
     # ------------------------------------------------------------------ reading
 
     def scroll(self, value: int, mode: str = "relative") -> None:
         self._raw.scroll(value, mode)
-
-    @property
-    def description(self) -> Any:
-        return self._raw.description
-
-    @property
-    def rowcount(self) -> int:
-        return int(self._raw.rowcount)
-
-    @property
-    def rownumber(self) -> int | None:
-        return self._raw.rownumber  # type: ignore[no-any-return]
-
-    @property
-    def statusmessage(self) -> str | None:
-        return self._raw.statusmessage  # type: ignore[no-any-return]
-
-    @property
-    def name(self) -> str | None:
-        return getattr(self._raw, "name", None)
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._raw.closed)
-
-    @property
-    def arraysize(self) -> int:
-        return int(self._raw.arraysize)
-
-    @arraysize.setter
-    def arraysize(self, value: int) -> None:
-        self._raw.arraysize = value
 
     def close(self) -> None:
         self._raw.close()
