@@ -25,7 +25,7 @@ import psycopg
 
 from accessguard import probes
 from accessguard.adapters import offload
-from accessguard.adapters.base import CHUNK, NOTHING, PsycopgShell
+from accessguard.adapters.base import CHUNK, NOTHING, ConnectionShell, PsycopgShell
 from accessguard.adapters.gate import (
     RowCounter,
     bind,
@@ -34,12 +34,10 @@ from accessguard.adapters.gate import (
     refuse_mixed,
 )
 from accessguard.adapters.psycopg3 import (
-    DIALECT,
     GuardedTransaction,
     refuse_hooks,
 )
 from accessguard.audit import HELD, write_held
-from accessguard.errors import Reason
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -286,14 +284,10 @@ class AsyncTransactionBlock:
         return await self._block.__aexit__(exc_type, exc, tb)  # type: ignore[no-any-return]
 
 
-class AsyncGuardedConnection:
+class AsyncGuardedConnection(ConnectionShell):
     """A psycopg 3 AsyncConnection acting for one employee on one ticket."""
 
-    def __init__(self, guard: Guard, raw: psycopg.AsyncConnection[Any], session: Session) -> None:
-        self._guard = guard
-        self._raw = raw
-        self._session = session
-        self._lane = guard.lane(session, DIALECT)
+    _raw: psycopg.AsyncConnection[Any]
 
     @classmethod
     async def connect(
@@ -301,14 +295,6 @@ class AsyncGuardedConnection:
     ) -> AsyncGuardedConnection:
         refuse_hooks(guard, session, kwargs, (psycopg.AsyncCursor, psycopg.AsyncClientCursor))
         return cls(guard, await psycopg.AsyncConnection.connect(conninfo, **kwargs), session)
-
-    @property
-    def user(self) -> str:
-        return self._session.user
-
-    @property
-    def ticket(self) -> str | None:
-        return self._session.ticket
 
     def cursor(self, name: str = "", **kwargs: Any) -> AsyncGuardedCursor:
         if kwargs:
@@ -318,14 +304,6 @@ class AsyncGuardedConnection:
 
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncGuardedCursor:
         return await AsyncGuardedCursor(self, self._raw.cursor()).execute(query, params, **kwargs)
-
-    def pipeline(self) -> Any:
-        raise self._guard.refuse(
-            Reason.PATH_FORBIDDEN,
-            "Pipeline mode is not available on a guarded connection.",
-            self._session,
-            kind="pipeline",
-        )
 
     def transaction(
         self, savepoint_name: str | None = None, *, force_rollback: bool = False
@@ -343,10 +321,6 @@ class AsyncGuardedConnection:
 
     async def close(self) -> None:
         await self._raw.close()
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._raw.closed)
 
     @property
     def autocommit(self) -> bool:

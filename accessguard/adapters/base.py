@@ -33,10 +33,18 @@ from accessguard.adapters.gate import NOTHING, PsycopgGate, RowCounter
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
-    from accessguard.guard import Authorized
+    from accessguard.guard import Authorized, Guard, Session
     from accessguard.lane import Lane
 
-__all__ = ["CHUNK", "NOTHING", "CountingCursor", "PsycopgShell", "RowCounter", "Streamed"]
+__all__ = [
+    "CHUNK",
+    "NOTHING",
+    "ConnectionShell",
+    "CountingCursor",
+    "PsycopgShell",
+    "RowCounter",
+    "Streamed",
+]
 
 #: rows a guarded iteration asks the driver for at a time (a named cursor's round trip)
 CHUNK = 100
@@ -181,3 +189,35 @@ class PsycopgShell(PsycopgGate):
     @arraysize.setter
     def arraysize(self, value: int) -> None:
         self._raw.arraysize = value
+
+
+class ConnectionShell:
+    """What the sync and async guarded psycopg connections share: one employee, one lane."""
+
+    _raw: Any
+
+    def __init__(self, guard: Guard, raw: Any, session: Session) -> None:
+        self._guard = guard
+        self._raw = raw
+        self._session = session
+        self._lane: Lane = guard.lane(session, "postgres")
+
+    @property
+    def user(self) -> str:
+        return self._session.user
+
+    @property
+    def ticket(self) -> str | None:
+        return self._session.ticket
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._raw.closed)
+
+    def pipeline(self) -> Any:
+        raise self._guard.refuse(
+            Reason.PATH_FORBIDDEN,
+            "Pipeline mode is not available on a guarded connection.",
+            self._session,
+            kind="pipeline",
+        )

@@ -20,7 +20,13 @@ import psycopg
 from psycopg import rows
 
 from accessguard import probes
-from accessguard.adapters.base import NOTHING, CountingCursor, PsycopgShell, Streamed
+from accessguard.adapters.base import (
+    NOTHING,
+    ConnectionShell,
+    CountingCursor,
+    PsycopgShell,
+    Streamed,
+)
 from accessguard.adapters.gate import (
     bind,
     convert_query,
@@ -234,14 +240,10 @@ class TransactionBlock:
         return self._block.__exit__(exc_type, exc, tb)  # type: ignore[no-any-return]
 
 
-class GuardedConnection:
+class GuardedConnection(ConnectionShell):
     """A psycopg 3 connection acting for one employee on one ticket."""
 
-    def __init__(self, guard: Guard, raw: psycopg.Connection[Any], session: Session) -> None:
-        self._guard = guard
-        self._raw = raw
-        self._session = session
-        self._lane = guard.lane(session, DIALECT)
+    _raw: psycopg.Connection[Any]
 
     @classmethod
     def connect(
@@ -249,14 +251,6 @@ class GuardedConnection:
     ) -> GuardedConnection:
         refuse_hooks(guard, session, kwargs, (psycopg.Cursor, psycopg.ClientCursor))
         return cls(guard, psycopg.Connection.connect(conninfo, **kwargs), session)
-
-    @property
-    def user(self) -> str:
-        return self._session.user
-
-    @property
-    def ticket(self) -> str | None:
-        return self._session.ticket
 
     def cursor(self, name: str = "", **kwargs: Any) -> GuardedCursor:
         if kwargs:
@@ -266,14 +260,6 @@ class GuardedConnection:
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
         return GuardedCursor(self, self._raw.cursor()).execute(query, params, **kwargs)
-
-    def pipeline(self) -> Any:
-        raise self._guard.refuse(
-            Reason.PATH_FORBIDDEN,
-            "Pipeline mode is not available on a guarded connection.",
-            self._session,
-            kind="pipeline",
-        )
 
     def transaction(
         self, savepoint_name: str | None = None, *, force_rollback: bool = False
@@ -291,10 +277,6 @@ class GuardedConnection:
 
     def close(self) -> None:
         self._raw.close()
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._raw.closed)
 
     @property
     def autocommit(self) -> bool:
