@@ -17,18 +17,21 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 
 from accessguard import AccessDenied, Guard, Throttled, scenario
 from accessguard.adapters import offload
 from accessguard.audit import JsonlSink, read_events
-from accessguard.tickets import MemoryTicketStore, Ticket
+from accessguard.testing import MemoryAuditSink
+from accessguard.tickets import MemoryTicketStore, PostgresTicketStore, Ticket
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from accessguard.adapters.aio import AsyncGuardedConnection
+    from accessguard.adapters.pool import GuardedAsyncPool
 
 pytestmark = [pytest.mark.anyio, pytest.mark.db]
 
@@ -248,3 +251,51 @@ async def test_a_plan_cache_hit_in_memory_stays_on_the_loop(
     events = list(read_events(trail))
     assert [e["event.reason"] for e in events] == ["throttle.statements"]
     assert probe.worst < WRITE_SECONDS
+
+
+class SlowPostgresTicketStore(PostgresTicketStore):
+    """The tickets table on a slow server: each lookup waits ``delay`` seconds, then reads it."""
+
+    def __init__(self, dsn: str, delay: float) -> None:
+        super().__init__(lambda: psycopg.connect(dsn))
+        self.delay = delay
+        self.threads: set[int] = set()
+
+    def get(self, ticket_id: str) -> Ticket | None:
+        self.threads.add(threading.get_ident())
+        time.sleep(self.delay)
+        return super().get(ticket_id)
+
+
+async def test_async_pool_checkouts_on_a_postgres_ticket_store(
+    tmp_path: Path, scenario_dsn: str
+) -> None:
+    """guard.pool_async(): 20 checkouts on 10 connections, tickets read from PostgreSQL."""
+    store = SlowPostgresTicketStore(scenario_dsn, LOOKUP_SECONDS / 3)
+    sink = MemoryAuditSink()
+    seen: dict[str, set[int]] = {}
+
+    async def checkout(pool: GuardedAsyncPool, index: int) -> None:
+        ticket = MALLORY[index % len(MALLORY)]
+        async with pool.connection(user="mallory", ticket=ticket) as conn:
+            cur = await conn.execute(
+                "SELECT customer_id FROM orders WHERE customer_id = %s",
+                [100 + index % len(MALLORY)],
+            )
+            seen.setdefault(ticket, set()).update(row[0] for row in await cur.fetchall())
+            with pytest.raises(AccessDenied):
+                await conn.execute("SELECT name FROM customers WHERE id = %s", [42])
+
+    with Guard.from_directory(policies_with(tmp_path, LIMITS), tickets=store, audit=sink) as guard:
+        async with guard.pool_async(scenario_dsn, min_size=10, max_size=10) as pool:
+            await pool.wait()
+
+            async def work() -> None:
+                await asyncio.gather(*(checkout(pool, i) for i in range(20)))
+
+            probe = await under_probe(work)
+    store.close()
+    assert seen == {MALLORY[i]: {100 + i} for i in range(20)}
+    assert [e.get("accessguard.outcome") for e in sink.events].count("denied") == 20
+    assert threading.get_ident() not in store.threads  # looked up off the loop, every time
+    assert probe.worst < MAX_LAG, f"the event loop stalled {probe.worst * 1000:.0f} ms"
