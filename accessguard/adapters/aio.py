@@ -174,12 +174,6 @@ class AsyncGuardedCursor(AsyncCountingCursor, PsycopgShell):
                 await offload.off_loop(write_held, held)
         return await offload.off_loop(lane.authorize, sql, values, convert, probing=True)
 
-    def _authorize_now(self, query: Any, params: Any) -> Authorized:
-        """Decided on the loop: for ``stream()``, which psycopg declares synchronous."""
-        lane = self._lane
-        text = query if type(query) is str else query_text(query, self._conn._raw, lane)
-        return lane.authorize(*bind(lane, text, params, self._mogrify), probing=True)
-
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncGuardedCursor:
         ok = await self._authorize(query, params)
         if ok.probe is not None:
@@ -225,7 +219,7 @@ class AsyncGuardedCursor(AsyncCountingCursor, PsycopgShell):
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncStreamed:
         """Checked when called (not at the first ``async for`` step), like the sync stream."""
-        ok = self._authorize_now(query, params)
+        ok = self._decide(query, params)  # psycopg's stream() is synchronous
         rows = self._raw.stream(ok.sql, ok.params, **kwargs)
         if ok.probe is not None:  # psycopg's stream sends nothing before its first step
             rows = _probed(self._guard, ok, self._conn._raw, rows)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import psycopg
 
-from accessguard.adapters.gate import NOTHING, PsycopgGate, RowCounter
+from accessguard.adapters.gate import NOTHING, PsycopgGate, RowCounter, bind, query_text
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
@@ -149,6 +149,12 @@ class PsycopgShell(PsycopgGate):
         self._session = conn._session
         self._lane = conn._lane
         self._mogrify = raw.mogrify if isinstance(raw, self._client) else None
+
+    def _decide(self, query: Any, params: Any) -> Authorized:
+        """Bind (the gate) and decide (the lane) one statement, here and now."""
+        lane = self._lane
+        text = query if type(query) is str else query_text(query, self._conn._raw, lane)
+        return lane.authorize(*bind(lane, text, params, self._mogrify), probing=True)
 
     def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
         raise self._guard.refuse(

@@ -31,7 +31,6 @@ from accessguard.adapters.gate import (
     bind,
     convert_query,
     one_statement,
-    query_text,
     refuse_mixed,
 )
 from accessguard.errors import Reason
@@ -130,13 +129,8 @@ class GuardedCursor(CountingCursor, PsycopgShell):
 
     # ------------------------------------------------------------------ sending
 
-    def _authorize(self, query: Any, params: Any) -> Authorized:
-        lane = self._lane
-        text = query if type(query) is str else query_text(query, self._conn._raw, lane)
-        return lane.authorize(*bind(lane, text, params, self._mogrify), probing=True)
-
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
-        ok = self._authorize(query, params)
+        ok = self._decide(query, params)
         if ok.probe is not None:
             probes.run(self._guard, ok, self._conn._raw)
         self._raw.execute(ok.sql, ok.params, **kwargs)
@@ -149,7 +143,7 @@ class GuardedCursor(CountingCursor, PsycopgShell):
         self, query: Any, params_seq: Iterable[Any], *, returning: bool = False, **kwargs: Any
     ) -> None:
         """Every parameter set decided first; each result set read through its own statement."""
-        batch = [self._authorize(query, params) for params in params_seq]
+        batch = [self._decide(query, params) for params in params_seq]
         if not batch:
             return
         if not one_statement(batch):  # one statement, one shape: never guess
@@ -175,7 +169,7 @@ class GuardedCursor(CountingCursor, PsycopgShell):
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Streamed:
         """Decided when called; its rows pass through its own statement, whatever runs next."""
-        ok = self._authorize(query, params)
+        ok = self._decide(query, params)
         probes.run(self._guard, ok, self._conn._raw)
         return Streamed(
             self,
