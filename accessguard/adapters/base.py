@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import psycopg
 
-from accessguard.adapters.gate import NOTHING, PsycopgGate, RowCounter, bind, query_text
+from accessguard.adapters.gate import NOTHING, PsycopgGate, RowCounter, decide, query_text
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class PsycopgShell(PsycopgGate):
         """Bind (the gate) and decide (the lane) one statement, here and now."""
         lane = self._lane
         text = query if type(query) is str else query_text(query, self._conn._raw, lane)
-        return lane.authorize(*bind(lane, text, params, self._mogrify), probing=True)
+        return decide(lane, text, params, self._mogrify)
 
     def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
         raise self._guard.refuse(

@@ -130,6 +130,24 @@ def bind(
     return (mogrify(text, params) if params is not None else text), None, None
 
 
+def decide(
+    lane: Lane,
+    text: str,
+    params: Any,
+    mogrify: Callable[[str, Any], str] | None = None,
+    *,
+    probing: bool = True,
+) -> Authorized:
+    """``lane.authorize`` of the statement ``bind`` makes: the sync shells' one call.
+
+    Positional values without client-side binding (the common case) skip the
+    tuple ``bind`` would build: the same three values, handed over directly.
+    """
+    if mogrify is None and (type(params) is list or type(params) is tuple):
+        return lane.authorize(text, params, convert_query, probing=probing)
+    return lane.authorize(*bind(lane, text, params, mogrify), probing=probing)
+
+
 def over_cap(ok: Authorized, count: int) -> bool:
     """Whether a result of ``count`` rows passes ``ok``'s cap; then it is withheld from now on."""
     cap = ok.row_cap

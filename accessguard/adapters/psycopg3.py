@@ -28,8 +28,8 @@ from accessguard.adapters.base import (
     Streamed,
 )
 from accessguard.adapters.gate import (
-    bind,
     convert_query,
+    decide,
     one_statement,
     refuse_mixed,
 )
@@ -65,7 +65,7 @@ def authorize_statement(
     ``probing``: the caller runs ``Authorized.probe`` before sending it
     (``accessguard.probes.run``); otherwise a key-bound statement is refused.
     """
-    return lane.authorize(*bind(lane, text, params, mogrify), probing=probing)
+    return decide(lane, text, params, mogrify, probing=probing)
 
 
 #: row factories psycopg ships: the driver's cursor they receive stays inside psycopg
