@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 
-from accessguard import AccessDenied, Guard, Throttled, scenario
+from accessguard import AccessDenied, AuditError, Guard, Throttled, scenario
 from accessguard.adapters import offload
 from accessguard.audit import JsonlSink, read_events
 from accessguard.testing import MemoryAuditSink
@@ -299,3 +299,25 @@ async def test_async_pool_checkouts_on_a_postgres_ticket_store(
     assert [e.get("accessguard.outcome") for e in sink.events].count("denied") == 20
     assert threading.get_ident() not in store.threads  # looked up off the loop, every time
     assert probe.worst < MAX_LAG, f"the event loop stalled {probe.worst * 1000:.0f} ms"
+
+
+async def test_a_held_event_the_sink_cannot_take_fails_closed(
+    tmp_path: Path, scenario_dsn: str
+) -> None:
+    """Decided on the loop, written off it: a sink that fails still stops the statement."""
+    sink = MemoryAuditSink()
+    limits = '[roles.everyone]\nstatements = { count = 1, per = "1 minute" }\n'
+    sql = "SELECT id FROM orders WHERE customer_id = %s"
+    with Guard.from_directory(
+        policies_with(tmp_path, limits), tickets=scenario.tickets(), audit=sink
+    ) as guard:
+        async with await guard.connect_async(scenario_dsn, user="alice", ticket="T-100") as aconn:
+            await aconn.execute(sql, [42])  # the plan is kept; the next one is a hit
+            sink.fail = True
+            with pytest.raises(AuditError):  # the throttle's refusal could not be written
+                await aconn.execute(sql, [42])
+            sink.fail = False
+            with pytest.raises(Throttled):
+                await aconn.execute(sql, [42])
+    decisions = [e for e in sink.events if e.get("event.action") == "query"]
+    assert [e["event.reason"] for e in decisions] == ["throttle.statements"]

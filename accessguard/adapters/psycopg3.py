@@ -1,13 +1,17 @@
-"""Guarded psycopg 3 connections and cursors: the only module that imports psycopg.
+"""Guarded psycopg 3 connections and cursors (sync): a shell over the gate.
 
-Every path that sends SQL goes through ``Guard.authorize`` first: execute,
+The rules are ``accessguard.adapters.gate``'s (binding, row cap, executemany,
+ledger counting), the decision the lane's; what the sync and async cursors
+share besides is ``accessguard.adapters.base``'s. Every path that sends SQL
+is decided first: execute,
 executemany, stream, named (server-side) cursors. COPY and pipeline mode are
 refused. The guarded objects expose an explicit set of methods; there is no
 ``__getattr__`` fall-through to the raw connection, so nothing unguarded leaks.
 
-What is analyzed is what is sent: psycopg's own converter turns ``%s`` and
-``%(name)s`` into ``$n`` (and ``%%`` into ``%``) before analysis; a
-client-side binding cursor (``ClientCursor``) is analyzed on its merged text.
+What is analyzed is what is sent (``gate.bind``): psycopg's own converter
+turns ``%s`` and ``%(name)s`` into ``$n`` (and ``%%`` into ``%``) before
+analysis; a client-side binding cursor (``ClientCursor``) is analyzed on its
+merged text.
 """
 
 from __future__ import annotations
