@@ -3,10 +3,10 @@
 The rules are ``accessguard.adapters.gate``'s (binding, row cap, executemany,
 ledger counting), the decision the lane's; what the sync and async cursors
 share besides is ``accessguard.adapters.base``'s. Every path that sends SQL
-is decided first: execute,
-executemany, stream, named (server-side) cursors. COPY and pipeline mode are
-refused. The guarded objects expose an explicit set of methods; there is no
-``__getattr__`` fall-through to the raw connection, so nothing unguarded leaks.
+is decided first: execute, executemany, stream, named (server-side) cursors.
+COPY and pipeline mode are refused. The guarded objects expose an explicit
+set of methods; there is no ``__getattr__`` fall-through to the raw
+connection, so nothing unguarded leaks.
 
 What is analyzed is what is sent (``gate.bind``): psycopg's own converter
 turns ``%s`` and ``%(name)s`` into ``$n`` (and ``%%`` into ``%``) before
