@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from accessguard import AccessGuardError, Guard, scenario
+from accessguard.adapters import gate
 from accessguard.adapters.aio import AsyncGuardedConnection
 from accessguard.adapters.dbapi import GuardedDbapiConnection
 from accessguard.adapters.psycopg3 import GuardedConnection
@@ -416,3 +417,77 @@ class TestExecutemany:
         assert info.value.reason == "row_scope.other_subject"
         statuses = bulk_sqlite.execute("SELECT status FROM orders WHERE id IN (421, 71)")
         assert "refunded" not in {row[0] for row in statuses}
+
+    async def test_async_different_statements_refused_and_audited(
+        self, guard: Guard, sink: MemoryAuditSink, bulk_dsn: str
+    ) -> None:
+        """The async cursor applies the same executemany rule (its refusal written off the loop)."""
+        stmt = self.STMT.replace("?", "%s")
+        factory = psycopg.AsyncClientCursor
+        async with await AsyncGuardedConnection.connect(
+            guard, bulk_dsn, ALICE, cursor_factory=factory
+        ) as conn:
+            with pytest.raises(AccessGuardError) as info:
+                await conn.cursor().executemany(stmt, [("lost", 42, 421), ("lost", 42, 422)])
+            cur = await conn.execute(
+                "SELECT status FROM orders WHERE customer_id = 42 AND id < 500"
+            )
+            assert "lost" not in {row[0] for row in await cur.fetchall()}
+        assert info.value.reason == "internal.error"
+        assert refusals(sink) == ["internal.error"]
+
+
+class TestRules:
+    """The gate's rules on their own: no connection, no I/O but the guard's audited refusal."""
+
+    SQL = "SELECT id FROM orders WHERE customer_id = %s"
+
+    def test_bind_positional_hands_the_conversion_to_the_lane(self, guard: Guard) -> None:
+        """Positional values keep their order: converted only when a plan is made."""
+        lane = guard.lane(ALICE, "postgres")
+        assert gate.bind(lane, self.SQL, [42]) == (self.SQL, [42], gate.convert_query)
+        assert gate.bind(lane, "SELECT 1", None) == ("SELECT 1", None, None)
+
+    def test_bind_named_converts_now(self, guard: Guard) -> None:
+        """Named values become $n in the text, in $n order, before the decision."""
+        lane = guard.lane(ALICE, "postgres")
+        sql = "SELECT id FROM orders WHERE customer_id = %(c)s AND id > %(i)s"
+        bound = gate.bind(lane, sql, {"i": 400, "c": 42})
+        assert bound == (
+            "SELECT id FROM orders WHERE customer_id = $1 AND id > $2",
+            [42, 400],
+            None,
+        )
+
+    def test_bind_mismatch_is_refused_and_audited(
+        self, guard: Guard, sink: MemoryAuditSink
+    ) -> None:
+        """Values that do not fit the placeholders: refused before psycopg, one event."""
+        lane = guard.lane(ALICE, "postgres")
+        with pytest.raises(AccessGuardError) as info:
+            gate.bind(lane, "SELECT id FROM orders WHERE customer_id = %(c)s", {"x": 1})
+        assert info.value.reason == "sql.params_mismatch"
+        assert refusals(sink) == ["sql.params_mismatch"]
+
+    def test_bind_client_side_merges(self, guard: Guard) -> None:
+        """With client-side binding the merged text is what is decided and sent."""
+        lane = guard.lane(ALICE, "postgres")
+        merged = gate.bind(lane, self.SQL, [42], lambda text, values: text % tuple(values))
+        assert merged == ("SELECT id FROM orders WHERE customer_id = 42", None, None)
+
+    def test_over_cap_withholds(self, guard: Guard) -> None:
+        """At the cap a result passes; one row over, it is withheld from then on."""
+        ok = guard.lane(ALICE, "postgres").authorize(self.SQL, [42], gate.convert_query)
+        assert ok.row_cap == CAP
+        assert not gate.over_cap(ok, CAP)
+        assert not ok.withheld
+        assert gate.over_cap(ok, CAP + 1)
+        assert ok.withheld
+
+    def test_one_statement(self, guard: Guard) -> None:
+        """A batch is one statement only if every parameter set made the same text."""
+        lane = guard.lane(ALICE, "postgres")
+        a = lane.authorize("SELECT id FROM orders WHERE customer_id = 42", None)
+        b = lane.authorize("SELECT id FROM orders WHERE customer_id = 42 AND id = 421", None)
+        assert gate.one_statement([a, a])
+        assert not gate.one_statement([a, b])

@@ -1,7 +1,10 @@
 """Guarded psycopg 3 AsyncConnection and cursors: the sync adapter's twin, awaiting instead.
 
-The decision is the guard's (``Gate.authorize``), the query conversion is the
-sync adapter's (``convert_query``, ``_query_text``): this module only waits.
+The rules are the gate's (``accessguard.adapters.gate``), the decision the
+lane's: this module only waits, and keeps the event loop free while it does
+(``accessguard.adapters.offload``): a decision that needs I/O (a ticket
+store, a Redis throttle, an audit write) runs off the loop, a plan-cache hit
+on in-memory parts runs on it with no thread hop.
 Every path that sends SQL is checked first: execute, executemany, stream,
 named (server-side) cursors. COPY and pipeline mode are refused. As in the
 sync adapter there is no ``__getattr__`` fall-through to the raw objects.
@@ -15,21 +18,26 @@ executemany); a client-side result over its cap is refused right after
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from accessguard.adapters.base import CHUNK, NOTHING, RowCounter
+from accessguard.adapters import offload
+from accessguard.adapters.base import CHUNK, NOTHING, ConnectionShell, PsycopgShell
+from accessguard.adapters.gate import (
+    RowCounter,
+    bind,
+    one_statement,
+    query_text,
+    refuse_mixed,
+)
 from accessguard.adapters.psycopg3 import (
-    DIALECT,
     GuardedTransaction,
-    _query_text,
-    authorize_statement,
     refuse_hooks,
 )
+from accessguard.audit.sinks import HELD, write_held
 from accessguard.engine import probes
-from accessguard.errors import Reason
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -54,7 +62,7 @@ class AsyncCountingCursor(RowCounter):
             return None
         row = await self._raw.fetchone()
         if row is not None and not st.take(1):
-            raise self._refused(st, 1)
+            raise await offload.off_loop(self.row_refusal, st, 1)
         return row
 
     async def fetchmany(self, size: int | None = None) -> list[Any]:
@@ -63,7 +71,7 @@ class AsyncCountingCursor(RowCounter):
             return []
         rows = list(await (self._raw.fetchmany() if size is None else self._raw.fetchmany(size)))
         if not st.take(len(rows)):
-            raise self._refused(st, len(rows))
+            raise await offload.off_loop(self.row_refusal, st, len(rows))
         return rows
 
     async def fetchall(self) -> list[Any]:
@@ -72,7 +80,7 @@ class AsyncCountingCursor(RowCounter):
             return []
         rows = list(await self._raw.fetchall())
         if not st.take(len(rows)):
-            raise self._refused(st, len(rows))
+            raise await offload.off_loop(self.row_refusal, st, len(rows))
         return rows
 
     async def __aiter__(self) -> AsyncIterator[Any]:
@@ -110,7 +118,7 @@ class AsyncStreamed:
         row = await anext(self._rows)
         if not st.take(1):
             await self.aclose()
-            raise cursor._refused(st, 1)
+            raise await offload.off_loop(cursor.row_refusal, st, 1)
         return row
 
     async def aclose(self) -> None:
@@ -125,7 +133,7 @@ async def _probed(
 ) -> AsyncIterator[Any]:
     """``rows`` (a stream not yet started), after ``ok``'s probe passed."""
     try:
-        await probes.run_async(guard, ok, connection)
+        await offload.holding(probes.run_async(guard, ok, connection))
         async for row in rows:
             yield row
     finally:
@@ -134,89 +142,85 @@ async def _probed(
             await aclose()
 
 
-class AsyncGuardedCursor(AsyncCountingCursor):
-    """A psycopg async cursor whose every statement is checked before it is sent."""
+class AsyncGuardedCursor(AsyncCountingCursor, PsycopgShell):
+    """A psycopg async cursor whose every statement is checked before it is sent.
 
-    #: the statements of the last executemany, one per result set, and the current one's index
-    _batch: Sequence[Authorized] = (NOTHING,)
-    _index = 0
+    The sync ``GuardedCursor``'s shell over the same gate, awaiting the
+    driver and moving blocking decisions and audit writes off the loop.
+    """
 
-    def __init__(self, conn: AsyncGuardedConnection, raw: Any) -> None:
-        self._conn = conn
-        self._raw = raw
-        self._guard = conn._guard
-        self._session = conn._session
-        self._lane = conn._lane
-        self._mogrify = raw.mogrify if isinstance(raw, psycopg.AsyncClientCursor) else None
+    _client = psycopg.AsyncClientCursor
+    _conn: AsyncGuardedConnection
 
     # ------------------------------------------------------------------ sending
 
-    def _authorize(self, query: Any, params: Any) -> Authorized:
-        """What the sync cursor does; no I/O, so no await."""
-        return authorize_statement(
-            self._lane,
-            query if type(query) is str else _query_text(query, self._conn._raw, self._lane),
-            params,
-            mogrify=self._mogrify,
-            probing=True,
-        )
+    async def _authorize(self, query: Any, params: Any) -> Authorized:
+        """The sync cursor's decision, on the loop only when it needs no I/O (``offload``).
+
+        Binding, and a plan-cache hit on in-memory parts, run here with their
+        audit events held; the events are written off the loop before this
+        returns or raises. Any other decision runs off the loop.
+        """
+        lane = self._lane
+        held: list[Any] = []
+        token = HELD.set(held)
+        try:
+            text = query if type(query) is str else query_text(query, self._conn._raw, lane)
+            sql, values, convert = bind(lane, text, params, self._mogrify)
+            if lane.kept(sql, values, convert) and offload.on_loop(lane):
+                return lane.authorize(sql, values, convert, probing=True)
+        finally:
+            HELD.reset(token)
+            if held:
+                await offload.off_loop(write_held, held)
+        return await offload.off_loop(lane.authorize, sql, values, convert, probing=True)
 
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncGuardedCursor:
-        ok = self._authorize(query, params)
+        ok = await self._authorize(query, params)
         if ok.probe is not None:
-            await probes.run_async(self._guard, ok, self._conn._raw)
+            await offload.holding(probes.run_async(self._guard, ok, self._conn._raw))
         await self._raw.execute(ok.sql, ok.params, **kwargs)
-        self._st = ok  # what _admit does, inline: this is every statement's path
-        tally = ok.tally
-        if tally is not None and tally.writes:
-            self._written(tally)
-        if ok.row_cap is not None:
-            # a client-side cursor holds the whole result already: refuse it
-            # before a single row is handed over (a named cursor's is 0 here)
-            result = self._raw.pgresult
-            if result is not None and result.ntuples > ok.row_cap:
-                ok.withheld = True
-                raise self._guard.over_row_cap(ok, result.ntuples)
+        over = self._executed(ok)
+        if over is not None:  # refused before a single row is handed over
+            raise await offload.off_loop(self._guard.over_row_cap, ok, over)
         return self
 
     async def executemany(
         self, query: Any, params_seq: Iterable[Any], *, returning: bool = False, **kwargs: Any
     ) -> None:
         """Every parameter set decided first; each result set read through its own statement."""
-        batch = [self._authorize(query, params) for params in params_seq]
+        batch = [await self._authorize(query, params) for params in params_seq]
         if not batch:
             return
-        self._one_statement(batch)  # one statement, one shape: never guess
-        await probes.run_batch_async(self._guard, batch, self._conn._raw)  # before any write
+        if not one_statement(batch):  # one statement, one shape: never guess
+            raise await offload.off_loop(refuse_mixed, self._guard, self._session, batch)
+        # every probe before any write
+        await offload.holding(probes.run_batch_async(self._guard, batch, self._conn._raw))
         self._st = NOTHING  # until the batch is back, the old result is gone
         await self._raw.executemany(
             batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
         )
-        self._written_many(batch[0], returning=returning)  # one plan, one tally
-        self._batch = batch
-        self._select(0)
-
-    def _select(self, index: int) -> None:
-        """The batch's result set ``index`` is the driver's current one: admit it."""
-        self._index = index
-        result = self._raw.pgresult
-        self._admit(self._batch[index], result.ntuples if result is not None else 0)
+        over = self._batched(batch, returning=returning)
+        if over is not None:
+            raise await offload.off_loop(self._guard.over_row_cap, self._st, over)
 
     def nextset(self) -> bool | None:
-        """Move to the next result set (of an executemany with ``returning=True``)."""
+        """Move to the next result set (of an executemany with ``returning=True``).
+
+        Synchronous, as psycopg's: a result set over its cap is refused (and
+        audited) here, on the loop.
+        """
         current = self._st
         if not self._raw.nextset():
             return None
-        index = self._index + 1
-        if current is not self._batch[self._index] or index >= len(self._batch):
-            self._st = NOTHING  # a result set no statement of ours accounts for
-            return True
-        self._select(index)
+        over = self._next(current)
+        if over is not None:
+            raise self._guard.over_row_cap(self._st, over)
         return True
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncStreamed:
         """Checked when called (not at the first ``async for`` step), like the sync stream."""
-        ok = self._authorize(query, params)
+        ok = self._decide(query, params)  # psycopg's stream() is synchronous
         rows = self._raw.stream(ok.sql, ok.params, **kwargs)
         if ok.probe is not None:  # psycopg's stream sends nothing before its first step
             rows = _probed(self._guard, ok, self._conn._raw, rows)
@@ -227,50 +231,10 @@ class AsyncGuardedCursor(AsyncCountingCursor):
             rebind=not isinstance(self._raw, psycopg.AsyncServerCursor),
         )
 
-    def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
-        raise self._guard.refuse(
-            Reason.STATEMENT_FORBIDDEN,
-            "COPY statements are never allowed through the guard.",
-            self._session,
-            kind="copy",
-        )
-
     # ------------------------------------------------------------------ reading
 
     async def scroll(self, value: int, mode: str = "relative") -> None:
         await self._raw.scroll(value, mode)
-
-    @property
-    def description(self) -> Any:
-        return self._raw.description
-
-    @property
-    def rowcount(self) -> int:
-        return int(self._raw.rowcount)
-
-    @property
-    def rownumber(self) -> int | None:
-        return self._raw.rownumber  # type: ignore[no-any-return]
-
-    @property
-    def statusmessage(self) -> str | None:
-        return self._raw.statusmessage  # type: ignore[no-any-return]
-
-    @property
-    def name(self) -> str | None:
-        return getattr(self._raw, "name", None)
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._raw.closed)
-
-    @property
-    def arraysize(self) -> int:
-        return int(self._raw.arraysize)
-
-    @arraysize.setter
-    def arraysize(self, value: int) -> None:
-        self._raw.arraysize = value
 
     async def close(self) -> None:
         await self._raw.close()
@@ -315,14 +279,10 @@ class AsyncTransactionBlock:
         return await self._block.__aexit__(exc_type, exc, tb)  # type: ignore[no-any-return]
 
 
-class AsyncGuardedConnection:
+class AsyncGuardedConnection(ConnectionShell):
     """A psycopg 3 AsyncConnection acting for one employee on one ticket."""
 
-    def __init__(self, guard: Gate, raw: psycopg.AsyncConnection[Any], session: Session) -> None:
-        self._guard = guard
-        self._raw = raw
-        self._session = session
-        self._lane = guard.lane(session, DIALECT)
+    _raw: psycopg.AsyncConnection[Any]
 
     @classmethod
     async def connect(
@@ -330,14 +290,6 @@ class AsyncGuardedConnection:
     ) -> AsyncGuardedConnection:
         refuse_hooks(guard, session, kwargs, (psycopg.AsyncCursor, psycopg.AsyncClientCursor))
         return cls(guard, await psycopg.AsyncConnection.connect(conninfo, **kwargs), session)
-
-    @property
-    def user(self) -> str:
-        return self._session.user
-
-    @property
-    def ticket(self) -> str | None:
-        return self._session.ticket
 
     def cursor(self, name: str = "", **kwargs: Any) -> AsyncGuardedCursor:
         if kwargs:
@@ -347,14 +299,6 @@ class AsyncGuardedConnection:
 
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> AsyncGuardedCursor:
         return await AsyncGuardedCursor(self, self._raw.cursor()).execute(query, params, **kwargs)
-
-    def pipeline(self) -> Any:
-        raise self._guard.refuse(
-            Reason.PATH_FORBIDDEN,
-            "Pipeline mode is not available on a guarded connection.",
-            self._session,
-            kind="pipeline",
-        )
 
     def transaction(
         self, savepoint_name: str | None = None, *, force_rollback: bool = False
@@ -372,10 +316,6 @@ class AsyncGuardedConnection:
 
     async def close(self) -> None:
         await self._raw.close()
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._raw.closed)
 
     @property
     def autocommit(self) -> bool:

@@ -1,5 +1,8 @@
 """The one gate rows leave through, shared by every guarded cursor (issue 17, issue 23).
 
+The rules themselves live in ``accessguard.adapters.gate`` (no I/O); this
+module holds the sync cursors' fetch paths over them.
+
 Before a statement is sent, the lane authorizes it and makes its
 ``Authorized``: the statement's own row cap and ledger tally, and its count
 of rows handed over. After it, the adapter binds that object to the result it
@@ -21,99 +24,30 @@ raises instead of returning those rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from accessguard.engine.lane import authorized
+import psycopg
+
+from accessguard.adapters.gate import NOTHING, PsycopgGate, RowCounter, decide, query_text
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
-    from accessguard.audit.ledger import Tally
     from accessguard.engine.gate import Gate
-    from accessguard.engine.lane import Authorized, Session
-    from accessguard.engine.plan import Plan
-    from accessguard.errors import AccessGuardError
+    from accessguard.engine.lane import Authorized, Lane, Session
+
+__all__ = [
+    "CHUNK",
+    "NOTHING",
+    "ConnectionShell",
+    "CountingCursor",
+    "PsycopgShell",
+    "RowCounter",
+    "Streamed",
+]
 
 #: rows a guarded iteration asks the driver for at a time (a named cursor's round trip)
 CHUNK = 100
-
-#: the result of a cursor no statement was sent on: nothing to hand over
-NOTHING = authorized(sql="", params=None, plan=cast("Plan", None), withheld=True)
-
-
-class RowCounter:
-    """The row gate every guarded cursor shares, sync or async."""
-
-    _raw: Any
-    _guard: Gate
-    _session: Session
-    _dialect: str = "postgres"
-    #: the statement whose result the driver's cursor holds now
-    _st: Authorized = NOTHING
-
-    def _refused(self, st: Authorized, n: int) -> AccessGuardError:
-        """The refusal of ``n`` rows ``st.take`` declined (audited); raise it."""
-        tally = st.tally
-        if tally is not None and tally.ledger.closed:
-            return self._guard.refuse(
-                Reason.GUARD_CLOSED,
-                "Refused: the guard was closed; rows it cannot account for are not handed over.",
-                self._session,
-                kind=st.facts.kind,
-                dialect=self._dialect,
-            )
-        return self._guard.over_row_cap(st, st.handed + n)
-
-    def _written(self, tally: Tally) -> None:
-        """Ledger the rows an UPDATE changed (its RETURNING rows are counted as handed over).
-
-        Called when ``tally.writes``: the statement's plan writes.
-        """
-        raw = self._raw
-        if raw.description is None and (raw.rowcount or 0) > 0:
-            tally.add(raw.rowcount)
-
-    def _written_many(self, st: Authorized, *, returning: bool) -> None:
-        """Ledger the rows an executemany UPDATE changed, in every result set of the batch."""
-        tally = st.tally
-        if tally is None or not tally.writes:
-            return
-        if not returning:  # the driver's rowcount is the batch's total
-            self._written(tally)
-            return
-        # returning=True keeps one result per parameter set; those with rows (RETURNING)
-        # are counted as they are handed over, the others by the rows they changed
-        results = getattr(self._raw, "_results", None) or ()
-        changed = sum(r.command_tuples or 0 for r in results if r.nfields == 0)
-        if changed > 0:
-            tally.add(changed)
-
-    def _one_statement(self, batch: list[Authorized]) -> None:
-        """An executemany sends one statement for every parameter set: refuse (audited) if not.
-
-        (A client-side binding cursor merges each set into its own text: such a
-        batch is refused, never sent as the first text with the others' values.)
-        """
-        first = batch[0].sql
-        if any(ok.sql != first for ok in batch):
-            raise self._guard.refuse(
-                Reason.INTERNAL_ERROR,
-                "Refused: executemany produced different statements.",
-                self._session,
-                kind=batch[0].facts.kind,
-                dialect=self._dialect,
-            )
-
-    def _admit(self, st: Authorized, ntuples: int) -> None:
-        """``st``'s result is the driver's current one, holding ``ntuples`` rows in memory.
-
-        Over its cap, it is refused before a single row is handed over (and
-        stays withheld).
-        """
-        self._st = st
-        if st.row_cap is not None and ntuples > st.row_cap:
-            st.withheld = True
-            raise self._guard.over_row_cap(st, ntuples)
 
 
 class CountingCursor(RowCounter):
@@ -125,7 +59,7 @@ class CountingCursor(RowCounter):
             return None
         row = self._raw.fetchone()
         if row is not None and not st.take(1):
-            raise self._refused(st, 1)
+            raise self.row_refusal(st, 1)
         return row
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
@@ -136,7 +70,7 @@ class CountingCursor(RowCounter):
         if type(rows) is not list:
             rows = list(rows)
         if not st.take(len(rows)):
-            raise self._refused(st, len(rows))
+            raise self.row_refusal(st, len(rows))
         return rows
 
     def fetchall(self) -> list[Any]:
@@ -147,7 +81,7 @@ class CountingCursor(RowCounter):
         if type(rows) is not list:
             rows = list(rows)
         if not st.take(len(rows)):
-            raise self._refused(st, len(rows))
+            raise self.row_refusal(st, len(rows))
         return rows
 
     def __iter__(self) -> Iterator[Any]:
@@ -185,7 +119,7 @@ class Streamed:
         row = next(self._rows)
         if not st.take(1):
             self.close()
-            raise cursor._refused(st, 1)
+            raise cursor.row_refusal(st, 1)
         return row
 
     def close(self) -> None:
@@ -193,3 +127,103 @@ class Streamed:
         close = getattr(self._rows, "close", None)
         if close is not None:
             close()
+
+
+class PsycopgShell(PsycopgGate):
+    """What the sync and async psycopg cursors share besides the gate's rules.
+
+    Their fields, COPY's refusal, and what they tell of the driver's cursor:
+    values only, never the driver's objects.
+    """
+
+    #: the driver's client-side binding cursor class: its values are merged before the decision
+    _client: ClassVar[type[Any]] = psycopg.ClientCursor
+    _conn: Any
+    _lane: Lane
+    _mogrify: Callable[[str, Any], str] | None
+
+    def __init__(self, conn: Any, raw: Any) -> None:
+        self._conn = conn
+        self._raw = raw
+        self._guard = conn._guard
+        self._session = conn._session
+        self._lane = conn._lane
+        self._mogrify = raw.mogrify if isinstance(raw, self._client) else None
+
+    def _decide(self, query: Any, params: Any) -> Authorized:
+        """Bind (the gate) and decide (the lane) one statement, here and now."""
+        lane = self._lane
+        text = query if type(query) is str else query_text(query, self._conn._raw, lane)
+        return decide(lane, text, params, self._mogrify)
+
+    def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
+        raise self._guard.refuse(
+            Reason.STATEMENT_FORBIDDEN,
+            "COPY statements are never allowed through the guard.",
+            self._session,
+            kind="copy",
+        )
+
+    @property
+    def description(self) -> Any:
+        return self._raw.description
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._raw.rowcount)
+
+    @property
+    def rownumber(self) -> int | None:
+        return self._raw.rownumber  # type: ignore[no-any-return]
+
+    @property
+    def statusmessage(self) -> str | None:
+        return self._raw.statusmessage  # type: ignore[no-any-return]
+
+    @property
+    def name(self) -> str | None:
+        return getattr(self._raw, "name", None)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._raw.closed)
+
+    @property
+    def arraysize(self) -> int:
+        return int(self._raw.arraysize)
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._raw.arraysize = value
+
+
+class ConnectionShell:
+    """What the sync and async guarded psycopg connections share: one employee, one lane."""
+
+    _raw: Any
+
+    def __init__(self, guard: Gate, raw: Any, session: Session) -> None:
+        self._guard = guard
+        self._raw = raw
+        self._session = session
+        self._lane: Lane = guard.lane(session, "postgres")
+
+    @property
+    def user(self) -> str:
+        return self._session.user
+
+    @property
+    def ticket(self) -> str | None:
+        return self._session.ticket
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._raw.closed)
+
+    def pipeline(self) -> Any:
+        raise self._guard.refuse(
+            Reason.PATH_FORBIDDEN,
+            "Pipeline mode is not available on a guarded connection.",
+            self._session,
+            kind="pipeline",
+        )

@@ -73,7 +73,9 @@ class GuardedDbapiCursor(CountingCursor):
         self._st = NOTHING
         self._raw.executemany(batch[0].sql, [ok.params for ok in batch])
         self._st = batch[-1]
-        self._written_many(batch[0], returning=False)  # one plan, one tally
+        tally = batch[0].tally  # one plan, one tally; the driver's rowcount is the batch's
+        if tally is not None and tally.writes:
+            self._written(tally)
         return self
 
     def executescript(self, _script: str) -> Any:

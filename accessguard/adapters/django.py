@@ -94,6 +94,7 @@ from django.db.backends.signals import connection_created
 from django.utils.module_loading import import_string
 
 from accessguard.adapters.binding import bound_session
+from accessguard.adapters.gate import one_statement, over_cap, refuse_mixed
 from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
 from accessguard.engine import probes
 from accessguard.engine.gate import Gate
@@ -222,10 +223,8 @@ class GuardExecuteWrapper:
             for ok in batch:
                 result = execute(ok.sql, [None], True, context)
             return result
-        if len({ok.sql for ok in batch}) != 1:  # one statement, one shape: never guess
-            raise AccessDenied(
-                "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
-            )
+        if not one_statement(batch):  # one statement, one shape: never guess
+            raise refuse_mixed(guard, session, batch)
         return execute(batch[0].sql, [ok.params or [] for ok in batch], True, context)
 
 
@@ -250,7 +249,7 @@ def _count(guard: Gate, raw: Any, ok: Authorized) -> None:
     if raw.description is None:
         return
     count = max(int(raw.rowcount), 0)
-    if ok.row_cap is not None and count > ok.row_cap:
+    if over_cap(ok, count):
         raw.close()  # nothing more can be fetched from this cursor
         raise guard.over_row_cap(ok, count)
     if ok.tally is not None:

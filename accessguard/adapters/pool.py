@@ -66,6 +66,25 @@ def _session(guard: Gate, user: str | None, ticket: str | None) -> Session:
     return guard.current_session()
 
 
+def _end(conn: PooledConnection | AsyncPooledConnection) -> list[Any]:
+    """End ``conn``'s checkout (sync or async); its cursors still open, for the caller to close.
+
+    From here on the connection and every cursor made through it refuse
+    (``session.returned``, audited), hand over no row of what they held, and
+    no longer lead to the physical connection, which now serves someone else.
+    """
+    ended = Ended(conn._guard, conn._session, DIALECT)
+    conn._lane = ended
+    cursors = list(conn._cursors)
+    conn._cursors.clear()
+    conn._returned = True
+    conn._raw = cast("Any", _RETURNED)  # raises on any use
+    for cur in cursors:
+        cur._lane = ended
+        cur._st = NOTHING
+    return [cur for cur in cursors if not cur.closed]
+
+
 # ---------------------------------------------------------------------- sync
 
 
@@ -97,19 +116,9 @@ class PooledConnection(GuardedConnection):
         return self._returned or super().closed
 
     def _release(self) -> None:
-        """End the checkout: close its cursors, cut the link to the physical connection."""
-        ended = Ended(self._guard, self._session, DIALECT)
-        self._lane = ended
-        try:
-            for cur in list(self._cursors):
-                cur._lane = ended
-                cur._st = NOTHING
-                if not cur.closed:
-                    cur.close()
-        finally:
-            self._cursors.clear()
-            self._returned = True
-            self._raw = cast("psycopg.Connection[Any]", _RETURNED)
+        """End the checkout: cut the link to the physical connection, close its cursors."""
+        for cur in _end(self):
+            cur.close()
 
 
 def reset_connection(conn: psycopg.Connection[Any]) -> None:
@@ -256,19 +265,9 @@ class AsyncPooledConnection(AsyncGuardedConnection):
         return self._returned or super().closed
 
     async def _release(self) -> None:
-        """End the checkout: close its cursors, cut the link to the physical connection."""
-        ended = Ended(self._guard, self._session, DIALECT)
-        self._lane = ended
-        try:
-            for cur in list(self._cursors):
-                cur._lane = ended
-                cur._st = NOTHING
-                if not cur.closed:
-                    await cur.close()
-        finally:
-            self._cursors.clear()
-            self._returned = True
-            self._raw = cast("psycopg.AsyncConnection[Any]", _RETURNED)
+        """End the checkout: cut the link to the physical connection, close its cursors."""
+        for cur in _end(self):
+            await cur.close()
 
 
 async def reset_async_connection(conn: psycopg.AsyncConnection[Any]) -> None:

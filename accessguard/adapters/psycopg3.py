@@ -1,28 +1,42 @@
-"""Guarded psycopg 3 connections and cursors: the only module that imports psycopg.
+"""Guarded psycopg 3 connections and cursors (sync): a shell over the gate.
 
-Every path that sends SQL goes through ``Gate.authorize`` first: execute,
-executemany, stream, named (server-side) cursors. COPY and pipeline mode are
-refused. The guarded objects expose an explicit set of methods; there is no
-``__getattr__`` fall-through to the raw connection, so nothing unguarded leaks.
+The rules are ``accessguard.adapters.gate``'s (binding, row cap, executemany,
+ledger counting), the decision the lane's; what the sync and async cursors
+share besides is ``accessguard.adapters.base``'s. Every path that sends SQL
+is decided first: execute, executemany, stream, named (server-side) cursors.
+COPY and pipeline mode are refused. The guarded objects expose an explicit
+set of methods; there is no ``__getattr__`` fall-through to the raw
+connection, so nothing unguarded leaks.
 
-What is analyzed is what is sent: psycopg's own converter turns ``%s`` and
-``%(name)s`` into ``$n`` (and ``%%`` into ``%``) before analysis; a
-client-side binding cursor (``ClientCursor``) is analyzed on its merged text.
+What is analyzed is what is sent (``gate.bind``): psycopg's own converter
+turns ``%s`` and ``%(name)s`` into ``$n`` (and ``%%`` into ``%``) before
+analysis; a client-side binding cursor (``ClientCursor``) is analyzed on its
+merged text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 from psycopg import rows
-from psycopg import sql as pgsql
 
-from accessguard.adapters.base import NOTHING, CountingCursor, Streamed
+from accessguard.adapters.base import (
+    NOTHING,
+    ConnectionShell,
+    CountingCursor,
+    PsycopgShell,
+    Streamed,
+)
+from accessguard.adapters.gate import (
+    convert_query,
+    decide,
+    one_statement,
+    refuse_mixed,
+)
 from accessguard.engine import probes
-from accessguard.engine.paramstyle import convert_query
 from accessguard.errors import Reason
 
 if TYPE_CHECKING:
@@ -32,6 +46,9 @@ if TYPE_CHECKING:
     from accessguard.engine.lane import Authorized, Lane, Session
 
 DIALECT = "postgres"
+
+
+__all__ = ["DIALECT", "GuardedConnection", "GuardedCursor", "authorize_statement", "convert_query"]
 
 
 def authorize_statement(
@@ -52,26 +69,7 @@ def authorize_statement(
     ``probing``: the caller runs ``Authorized.probe`` before sending it
     (``accessguard.engine.probes.run``); otherwise a key-bound statement is refused.
     """
-    if mogrify is None:
-        if type(params) is list or type(params) is tuple:
-            return lane.authorize(text, params, convert_query, probing=probing)
-        if params is None:
-            return lane.authorize(text, None, probing=probing)
-        lane.guard.refuse_unreadable(text, lane.session, placeholders=True)  # before psycopg
-        try:
-            converted, values = convert_query(text, params)
-        except (psycopg.Error, TypeError) as exc:
-            raise lane.guard.refuse(
-                Reason.SQL_PARAMS_MISMATCH,
-                "Refused: the placeholders do not match the values bound to them.",
-                lane.session,
-                kind="unknown",
-            ) from exc
-        return lane.authorize(converted, values, probing=probing)
-    if params is not None:  # psycopg's own conversion is next: screen the text first
-        lane.guard.refuse_unreadable(text, lane.session, placeholders=True)
-    merged = mogrify(text, params) if params is not None else text
-    return lane.authorize(merged, None, probing=probing)
+    return decide(lane, text, params, mogrify, probing=probing)
 
 
 #: row factories psycopg ships: the driver's cursor they receive stays inside psycopg
@@ -123,129 +121,59 @@ def refuse_hooks(
         )
 
 
-#: psycopg's own Composable classes: their as_string() keeps the connection inside psycopg
-_OWN_COMPOSABLES = (pgsql.SQL, pgsql.Identifier, pgsql.Literal, pgsql.Placeholder)
+class GuardedCursor(CountingCursor, PsycopgShell):
+    """A psycopg cursor whose every statement is checked before it is sent.
 
-
-def _own_composable(query: pgsql.Composable) -> bool:
-    """Whether ``query`` is built only of psycopg's own Composable classes (no subclass)."""
-    if type(query) is pgsql.Composed:
-        return all(_own_composable(part) for part in query._obj)
-    return type(query) in _OWN_COMPOSABLES
-
-
-def _query_text(
-    query: Any, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], lane: Lane
-) -> str:
-    """The text of a str, bytes or psycopg.sql query, as psycopg would send it.
-
-    A Composable of the caller's own class is refused (audited): its
-    ``as_string`` would be handed the raw connection.
+    A shell over the gate (``accessguard.adapters.gate``): it sends and
+    raises; which result belongs to which statement is the gate's.
     """
-    if isinstance(query, str):
-        return query
-    if isinstance(query, bytes | bytearray | memoryview):
-        # undecodable bytes become lone surrogates: the guard refuses them, audited
-        return bytes(query).decode(conn.info.encoding, "surrogateescape")
-    if isinstance(query, pgsql.Composable):
-        if not _own_composable(query):
-            raise lane.guard.refuse(
-                Reason.PATH_FORBIDDEN,
-                "Refused: only psycopg's own sql.SQL, Composed, Identifier, Literal and "
-                "Placeholder can build a query (another Composable would be handed the "
-                "connection).",
-                lane.session,
-                kind="unknown",
-            )
-        return query.as_string(conn)
-    raise TypeError(
-        f"a query must be str, bytes or psycopg.sql.Composable, not {type(query).__name__}"
-    )
 
-
-class GuardedCursor(CountingCursor):
-    """A psycopg cursor whose every statement is checked before it is sent."""
-
-    #: the statements of the last executemany, one per result set, and the current one's index
-    _batch: Sequence[Authorized] = (NOTHING,)
-    _index = 0
-
-    def __init__(self, conn: GuardedConnection, raw: Any) -> None:
-        self._conn = conn
-        self._raw = raw
-        self._guard = conn._guard
-        self._session = conn._session
-        self._lane = conn._lane
-        self._mogrify = raw.mogrify if isinstance(raw, psycopg.ClientCursor) else None
+    _client = psycopg.ClientCursor
+    _conn: GuardedConnection
 
     # ------------------------------------------------------------------ sending
 
-    def _authorize(self, query: Any, params: Any) -> Authorized:
-        return authorize_statement(
-            self._lane,
-            query if type(query) is str else _query_text(query, self._conn._raw, self._lane),
-            params,
-            mogrify=self._mogrify,
-            probing=True,
-        )
-
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
-        ok = self._authorize(query, params)
+        ok = self._decide(query, params)
         if ok.probe is not None:
             probes.run(self._guard, ok, self._conn._raw)
         self._raw.execute(ok.sql, ok.params, **kwargs)
-        self._st = ok  # what _admit does, inline: this is every statement's path
-        tally = ok.tally
-        if tally is not None and tally.writes:
-            self._written(tally)
-        if ok.row_cap is not None:
-            # a client-side cursor holds the whole result already: refuse it
-            # before a single row is handed over (a named cursor's is 0 here)
-            result = self._raw.pgresult
-            if result is not None and result.ntuples > ok.row_cap:
-                ok.withheld = True
-                raise self._guard.over_row_cap(ok, result.ntuples)
+        over = self._executed(ok)
+        if over is not None:  # refused before a single row is handed over
+            raise self._guard.over_row_cap(ok, over)
         return self
 
     def executemany(
         self, query: Any, params_seq: Iterable[Any], *, returning: bool = False, **kwargs: Any
     ) -> None:
         """Every parameter set decided first; each result set read through its own statement."""
-        batch = [self._authorize(query, params) for params in params_seq]
+        batch = [self._decide(query, params) for params in params_seq]
         if not batch:
             return
-        self._one_statement(batch)  # one statement, one shape: never guess
+        if not one_statement(batch):  # one statement, one shape: never guess
+            raise refuse_mixed(self._guard, self._session, batch)
         probes.run_batch(self._guard, batch, self._conn._raw)  # every probe before any write
         self._st = NOTHING  # until the batch is back, the old result is gone
         self._raw.executemany(
             batch[0].sql, [ok.params or () for ok in batch], returning=returning, **kwargs
         )
-        self._written_many(batch[0], returning=returning)  # one plan, one tally
-        self._batch = batch
-        self._select(0)
-
-    def _select(self, index: int) -> None:
-        """The batch's result set ``index`` is the driver's current one: admit it."""
-        self._index = index
-        result = self._raw.pgresult
-        self._admit(self._batch[index], result.ntuples if result is not None else 0)
+        over = self._batched(batch, returning=returning)
+        if over is not None:
+            raise self._guard.over_row_cap(self._st, over)
 
     def nextset(self) -> bool | None:
         """Move to the next result set (of an executemany with ``returning=True``)."""
         current = self._st
         if not self._raw.nextset():
             return None
-        index = self._index + 1
-        if current is not self._batch[self._index] or index >= len(self._batch):
-            # a result set no statement of ours accounts for: never hand it over
-            self._st = NOTHING
-            return True
-        self._select(index)
+        over = self._next(current)
+        if over is not None:
+            raise self._guard.over_row_cap(self._st, over)
         return True
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Streamed:
         """Decided when called; its rows pass through its own statement, whatever runs next."""
-        ok = self._authorize(query, params)
+        ok = self._decide(query, params)
         probes.run(self._guard, ok, self._conn._raw)
         return Streamed(
             self,
@@ -254,50 +182,10 @@ class GuardedCursor(CountingCursor):
             rebind=not isinstance(self._raw, psycopg.ServerCursor),
         )
 
-    def copy(self, statement: Any, params: Any = None, **_kwargs: Any) -> Any:
-        raise self._guard.refuse(
-            Reason.STATEMENT_FORBIDDEN,
-            "COPY statements are never allowed through the guard.",
-            self._session,
-            kind="copy",
-        )
-
     # ------------------------------------------------------------------ reading
 
     def scroll(self, value: int, mode: str = "relative") -> None:
         self._raw.scroll(value, mode)
-
-    @property
-    def description(self) -> Any:
-        return self._raw.description
-
-    @property
-    def rowcount(self) -> int:
-        return int(self._raw.rowcount)
-
-    @property
-    def rownumber(self) -> int | None:
-        return self._raw.rownumber  # type: ignore[no-any-return]
-
-    @property
-    def statusmessage(self) -> str | None:
-        return self._raw.statusmessage  # type: ignore[no-any-return]
-
-    @property
-    def name(self) -> str | None:
-        return getattr(self._raw, "name", None)
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._raw.closed)
-
-    @property
-    def arraysize(self) -> int:
-        return int(self._raw.arraysize)
-
-    @arraysize.setter
-    def arraysize(self, value: int) -> None:
-        self._raw.arraysize = value
 
     def close(self) -> None:
         self._raw.close()
@@ -350,14 +238,10 @@ class TransactionBlock:
         return self._block.__exit__(exc_type, exc, tb)  # type: ignore[no-any-return]
 
 
-class GuardedConnection:
+class GuardedConnection(ConnectionShell):
     """A psycopg 3 connection acting for one employee on one ticket."""
 
-    def __init__(self, guard: Gate, raw: psycopg.Connection[Any], session: Session) -> None:
-        self._guard = guard
-        self._raw = raw
-        self._session = session
-        self._lane = guard.lane(session, DIALECT)
+    _raw: psycopg.Connection[Any]
 
     @classmethod
     def connect(
@@ -368,14 +252,6 @@ class GuardedConnection:
         guard.check_schema(raw)  # the raw connection, before any statement
         return cls(guard, raw, session)
 
-    @property
-    def user(self) -> str:
-        return self._session.user
-
-    @property
-    def ticket(self) -> str | None:
-        return self._session.ticket
-
     def cursor(self, name: str = "", **kwargs: Any) -> GuardedCursor:
         if kwargs:
             refuse_hooks(self._guard, self._session, kwargs, ())
@@ -384,14 +260,6 @@ class GuardedConnection:
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> GuardedCursor:
         return GuardedCursor(self, self._raw.cursor()).execute(query, params, **kwargs)
-
-    def pipeline(self) -> Any:
-        raise self._guard.refuse(
-            Reason.PATH_FORBIDDEN,
-            "Pipeline mode is not available on a guarded connection.",
-            self._session,
-            kind="pipeline",
-        )
 
     def transaction(
         self, savepoint_name: str | None = None, *, force_rollback: bool = False
@@ -409,10 +277,6 @@ class GuardedConnection:
 
     def close(self) -> None:
         self._raw.close()
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._raw.closed)
 
     @property
     def autocommit(self) -> bool:

@@ -63,6 +63,7 @@ from sqlalchemy.sql.expression import (
 from sqlalchemy.util import concurrency
 
 from accessguard.adapters.binding import bound_session
+from accessguard.adapters.gate import one_statement, over_cap, refuse_mixed, written
 from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
 from accessguard.engine import probes
 from accessguard.errors import AccessDenied, AccessGuardError, ConfigurationError, Reason
@@ -195,10 +196,8 @@ class _Listener:
         ]
         if not batch:
             return statement, parameters
-        if len({ok.sql for ok in batch}) != 1:  # one statement, one shape: never guess
-            raise AccessDenied(
-                "Refused: executemany produced different statements.", reason=Reason.INTERNAL_ERROR
-            )
+        if not one_statement(batch):  # one statement, one shape: never guess
+            raise refuse_mixed(self.guard, session, batch)
         _probe(self.guard, batch, driver_cursor.connection)  # every probe before any write
         return batch[0].sql, [ok.params if ok.params is not None else [] for ok in batch]
 
@@ -232,14 +231,15 @@ class _Listener:
         count = max(int(cursor.rowcount), 0) if cursor.description is not None else 0
         # every statement that returns rows is capped, UPDATE ... RETURNING as
         # much as SELECT; an over-cap write is undone (its savepoint rolled back)
-        over = ok.row_cap is not None and count > ok.row_cap
+        over = over_cap(ok, count)
         self._end_undo(driver_cursor, undo=over)
         if over:
             raise self.guard.over_row_cap(ok, count)  # SQLAlchemy closes the cursor
-        if count and ok.tally is not None:
-            ok.tally.add(count)
-        elif cursor.description is None and ok.tally is not None and ok.facts.kind == "update":
-            ok.tally.add(max(int(cursor.rowcount), 0))  # the rows an UPDATE changed
+        tally = ok.tally
+        if count and tally is not None:
+            tally.add(count)
+        elif tally is not None and tally.writes:  # the rows an UPDATE changed
+            written(tally, cursor.description, max(int(cursor.rowcount), 0))
 
     def _cap_batches(self, ok: Authorized, context: ExecutionContext | None) -> None:
         """An insertmanyvalues INSERT ... RETURNING: refused before its first batch is sent
@@ -247,11 +247,7 @@ class _Listener:
         """
         compiled = getattr(context, "compiled", None)
         rows = len(getattr(context, "compiled_parameters", None) or ())
-        if (
-            ok.row_cap is not None
-            and rows > ok.row_cap
-            and getattr(compiled, "effective_returning", None)
-        ):
+        if getattr(compiled, "effective_returning", None) and over_cap(ok, rows):
             raise self.guard.over_row_cap(ok, rows)
 
     def _begin_undo(self, driver_cursor: Any, ok: Authorized) -> None:

@@ -137,6 +137,11 @@ class Ledger:
         self._thread.start()
         _LEDGERS.add(self)
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` ran: nothing more is recorded (the guard refuses what it would add)."""
+        return self._closed
+
     # ------------------------------------------------------------------ recording
 
     def tally(
@@ -277,11 +282,6 @@ class Ledger:
                 self.flush()
             except Exception:  # noqa: BLE001, S112 - counts stay pending; retried next tick
                 continue
-
-    @property
-    def closed(self) -> bool:
-        """True once ``close`` ran: statements the ledger would count are refused."""
-        return self._closed
 
     def close(self) -> None:
         """Stop the flusher and write what is left (raises if the sink cannot take it)."""

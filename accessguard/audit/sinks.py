@@ -21,6 +21,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterator, MutableMapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -54,6 +55,7 @@ from accessguard.errors import AuditError
 __all__ = [
     "GENESIS",
     "HASH",
+    "HELD",
     "PREV",
     "SEQ",
     "AuditSink",
@@ -71,6 +73,7 @@ __all__ = [
     "utcnow",
     "verify",
     "verify_events",
+    "write_held",
 ]
 
 SCHEMA_VERSION = "2"  # 2: keyed chain with positions and checkpoints
@@ -83,6 +86,15 @@ class AuditSink(Protocol):
     """Where events go. ``write`` chains and persists a batch atomically, or raises."""
 
     def write(self, events: list[Event]) -> None: ...
+
+
+#: Set (to a list) by the async adapters while they decide on the event loop
+#: (``accessguard.adapters.offload``): events are held there, stamped, instead
+#: of written, and the adapter writes them off the loop (``write_held``) before
+#: the refusal is raised or the statement sent. Unset everywhere else.
+HELD: ContextVar[list[tuple[AuditSink, Event]] | None] = ContextVar(
+    "accessguard_audit_held", default=None
+)
 
 
 class JsonlSink:
@@ -329,9 +341,24 @@ class _SinkLogger:
         self.sink = sink
 
     def msg(self, **event: Any) -> None:
+        held = HELD.get()
+        if held is not None:  # an async adapter writes it off the event loop, in order
+            held.append((self.sink, event))
+            return
         self.sink.write([event])
 
     info = warning = error = critical = msg
+
+
+def write_held(held: list[tuple[AuditSink, Event]]) -> None:
+    """Write the events ``HELD`` kept, in order; a sink failure becomes AuditError (as ``emit``)."""
+    for sink, event in held:
+        try:
+            sink.write([event])
+        except AuditError:
+            raise
+        except Exception as exc:
+            raise AuditError(f"the audit sink failed ({type(exc).__name__})") from exc
 
 
 def _timestamper(clock: Callable[[], dt.datetime]) -> Processor:

@@ -254,6 +254,20 @@ class Lane:
         ok.withheld = False
         return ok
 
+    def kept(self, sql: str, params: Params, convert: Convert | None = None) -> bool:
+        """Whether ``authorize`` would find a plan for this statement: one dictionary lookup.
+
+        No decision and no I/O: the async adapters ask it to decide on the event
+        loop only what the hot path can serve (the key is ``authorize``'s).
+        """
+        if type(params) is list or type(params) is tuple:
+            shape: object = len(params)
+        elif convert is not None and params is not None:
+            return False  # converted before its plan is looked up
+        else:
+            shape = params_shape(params)
+        return (sql, (shape, convert is None)) in self.plans
+
     def remember(
         self, table: dict[tuple[str, object], Plan], key: tuple[str, object], plan: Plan
     ) -> None:

@@ -73,6 +73,8 @@ class Throttle:
         self._effective: dict[tuple[frozenset[str], str | None], EffectiveLimits] = {}
         self._store: _MemoryStore | _RedisStore
         scheme = urlsplit(storage).scheme
+        #: counts kept in this process (no I/O): an async adapter decides on its event loop
+        self.local = scheme == "memory"
         if scheme == "memory":
             self._store = _MemoryStore(clock)
         elif scheme in {"redis", "rediss"}:
