@@ -44,9 +44,11 @@ def read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     seen: list[int] = []
     rows = pgresume._rows
 
-    def counting(conn: psycopg.Connection[Any], start: int) -> Iterator[tuple[Any, ...]]:
-        for row in rows(conn, start):
-            seen.append(int(row[-1]["n"]))
+    def counting(
+        conn: psycopg.Connection[Any], start: int, horizon: int
+    ) -> Iterator[tuple[Any, ...]]:
+        for row in rows(conn, start, horizon):
+            seen.append(int(row[8]["n"]))
             yield row
 
     monkeypatch.setattr(pgresume, "_rows", counting)

@@ -55,14 +55,20 @@ _MAX_AGE = 1 << 30
 
 # Built from constants only (no input): S608 does not apply.
 _HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-_RECENT = (
-    f"SELECT id, xmin::text::bigint FROM {TABLE} "  # noqa: S608
-    "WHERE id <= %s AND age(xmin) <= age(%s::text::xid)"
+#: one scan of the rows up to the mark: how many, and (id, xmin) of those written at or
+#: after the mark's horizon (to check) and at or after this snapshot's (for the next mark)
+_SINCE = (
+    "SELECT count(*), "  # noqa: S608
+    "coalesce(array_agg(array[id, xmin::text::bigint]) "
+    "FILTER (WHERE age(xmin) <= age(%(old)s::text::xid)), '{}'), "
+    "coalesce(array_agg(array[id, xmin::text::bigint]) "
+    "FILTER (WHERE age(xmin) <= age(%(new)s::text::xid)), '{}') "
+    f"FROM {TABLE} WHERE id <= %(last)s"
 )
-_COUNT = f"SELECT count(*) FROM {TABLE} WHERE id <= %s"  # noqa: S608
 _AFTER = (
-    "SELECT id, ts, action, user_name, ticket_id, subject_kind, subject_id, hash, event "  # noqa: S608
-    f"FROM {TABLE} WHERE id > %s ORDER BY id"
+    "SELECT id, ts, action, user_name, ticket_id, subject_kind, subject_id, hash, event, "  # noqa: S608
+    "xmin::text::bigint, age(xmin) <= age(%(new)s::text::xid) "
+    f"FROM {TABLE} WHERE id > %(start)s ORDER BY id"
 )
 
 
@@ -178,35 +184,34 @@ def _verify(
     conn: psycopg.Connection[Any], key: bytes, mark: PgMark | None
 ) -> tuple[Verification, PgMark | None]:
     row = conn.execute(_HORIZON).fetchone()
-    horizon = int(row[0]) if row is not None else 0
+    horizon = (int(row[0]) if row is not None else 0) % (1 << 32)
     cps = [(r[0], Checkpoint(*r[1:])) for r in conn.execute(SELECT_ALL_CHECKPOINTS)]
     forged = next((i for i, c in cps if not c.valid(key)), None)
     latest = cps[-1][1] if cps else None
     check = ChainCheck(key, checkpoint=latest)
     start = position = 0
-    if mark is not None and _holds(conn, mark, key, latest, horizon):
+    recent: list[tuple[int, int]] = []
+    kept = _holds(conn, mark, key, latest, horizon) if mark is not None else None
+    if mark is not None and kept is not None:
         check.count, check.prev, check.positioned = mark.seq, mark.hash, mark.positioned
         if latest is not None and latest.seq == mark.seq:
             check.at_checkpoint = mark.hash
-        start, position = mark.last_id, mark.count
+        start, position, recent = mark.last_id, mark.count, kept
     last_id = start
-    for row in _rows(conn, start):
+    for row in _rows(conn, start, horizon):
         position += 1
-        event = dict(row[-1])
-        problem = check.feed(event) or columns_differ(row[1:], event)
+        event = dict(row[8])
+        problem = check.feed(event) or columns_differ(row[1:9], event)
         if problem:
             return Verification(False, check.count, position, problem, key=check.kid), None
         last_id = row[0]
+        if row[10]:
+            recent.append((int(row[0]), int(row[9])))
     if forged is not None:
         problem = f"checkpoint row {forged} does not match its MAC (forged, or another key)"
         return Verification(False, check.count, problem=problem, key=check.kid), None
     result = check.finish(position + 1)
-    if not result.ok:
-        return result, None
-    recent = tuple(
-        (int(i), int(x)) for i, x in conn.execute(_RECENT, [last_id, str(horizon % (1 << 32))])
-    )
-    if len(recent) > _MAX_RECENT:
+    if not result.ok or len(recent) > _MAX_RECENT:
         return result, None
     new = PgMark(
         last_id,
@@ -214,8 +219,8 @@ def _verify(
         check.count,
         check.prev,
         check.positioned,
-        horizon % (1 << 32),
-        recent,
+        horizon,
+        tuple(recent),
         key_id(key),
     )
     return result, new
@@ -227,26 +232,25 @@ def _holds(
     key: bytes,
     latest: Checkpoint | None,
     horizon: int,
-) -> bool:
-    """Whether the rows up to the mark are exactly those it verified (one scan, in SQL)."""
+) -> list[tuple[int, int]] | None:
+    """Whether the rows up to the mark are exactly those it verified (one scan, in SQL): if so,
+    those of them at or after this snapshot's horizon (for the next mark); else None."""
     if not mark.valid(key) or (latest is not None and latest.seq < mark.seq):
-        return False
+        return None
     if (horizon - mark.horizon) % (1 << 32) >= _MAX_AGE:
-        return False
-    row = conn.execute(_COUNT, [mark.last_id]).fetchone()
+        return None
+    params = {"old": str(mark.horizon), "new": str(horizon), "last": mark.last_id}
+    row = conn.execute(_SINCE, params).fetchone()
     if row is None or int(row[0]) != mark.count:
-        return False  # a row deleted, or one still being written when the mark was taken
-    since = set(_recent_rows(conn, mark))
-    return since <= set(mark.recent)
+        return None  # a row deleted, or one still being written when the mark was taken
+    since = {(int(i), int(x)) for i, x in row[1]}
+    if not since <= set(mark.recent):
+        return None  # a row written (updated, re-inserted) after the mark
+    return [(int(i), int(x)) for i, x in row[2]]
 
 
-def _recent_rows(conn: psycopg.Connection[Any], mark: PgMark) -> Iterator[tuple[int, int]]:
-    for i, x in conn.execute(_RECENT, [mark.last_id, str(mark.horizon)]):
-        yield int(i), int(x)
-
-
-def _rows(conn: psycopg.Connection[Any], start: int) -> Iterator[tuple[Any, ...]]:
+def _rows(conn: psycopg.Connection[Any], start: int, horizon: int) -> Iterator[tuple[Any, ...]]:
     with conn.cursor(name="accessguard_verify") as cur:  # server-side: bounded memory
         cur.itersize = 10_000
-        cur.execute(_AFTER, [start])
+        cur.execute(_AFTER, {"start": start, "new": str(horizon)})
         yield from cur
