@@ -23,13 +23,25 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import duckdb
 
-from accessguard.investigate.core import UNITS, Bucket, Entry, Group, Window, strs, utc
+from accessguard.investigate.core import (
+    UNITS,
+    Bucket,
+    Cell,
+    Entry,
+    Group,
+    Reach,
+    Volume,
+    Window,
+    strs,
+    utc,
+    utc_at,
+)
 
 INDEX_VERSION = 2  # 2: arrays kept as JSON text
 MAX_PARTS = 8
@@ -111,6 +123,31 @@ SELECT first, ts, user_name, roles, ticket_id, ticket_kind, tables, columns,
        statements, rows, fingerprint
 FROM {source} WHERE {where}
 ORDER BY first NULLS FIRST, ts NULLS FIRST, user_name, ticket_id
+"""
+
+
+# the report's figures (accessguard.investigate.report_engine); {where} has the window
+_VOLUMES = """
+SELECT user_name, list(DISTINCT roles),
+       count(DISTINCT subject_id) FILTER (WHERE subject_kind = 'customer'),
+       count(DISTINCT [subject_kind, subject_id])
+           FILTER (WHERE subject_kind IS DISTINCT FROM 'customer'),
+       count(DISTINCT ticket_id), sum(statements)::BIGINT, sum(rows)::BIGINT, min(ts), max(ts)
+FROM {source} WHERE {where} AND user_name IS NOT NULL GROUP BY user_name ORDER BY user_name
+"""
+_REACH = """
+SELECT subject_id, count(DISTINCT user_name), sum(statements)::BIGINT, sum(rows)::BIGINT
+FROM {source} WHERE {where} AND user_name IS NOT NULL GROUP BY subject_id
+"""
+_READERS = """
+SELECT DISTINCT subject_id, user_name FROM {source} WHERE {where} AND user_name IS NOT NULL
+"""
+_TIMELINE = """
+SELECT user_name, to_timestamp(floor(epoch(ts) / ?) * ?) AS start,
+       count(DISTINCT subject_id) FILTER (WHERE subject_kind = 'customer'),
+       sum(rows)::BIGINT, sum(statements)::BIGINT
+FROM {source} WHERE {where} AND user_name IS NOT NULL AND ts IS NOT NULL
+GROUP BY user_name, start
 """
 
 
@@ -225,12 +262,85 @@ class TrailEngine:
             sums[2] += statements
         return sorted(Bucket(u, r, h, *sums) for (u, r, h), sums in merged.items())
 
+    def _rows(self, sql: str, where: str, params: list[Any], head: list[Any] = []) -> list[Any]:  # noqa: B006 - never changed
+        if self._parts == []:
+            return []
+        source, files = self._source()
+        with self._reading():
+            return self._con.execute(
+                sql.format(source=source, where=where), [*head, *files, *params]
+            ).fetchall()
+
+    def volumes(self, window: Window) -> list[Volume]:
+        """Per employee: roles, distinct customers, other subjects and tickets, sums, span."""
+        where, params = _window("true", [], window)
+        return [
+            Volume(
+                u,
+                tuple(sorted({r for rs in roles for r in strs(rs)})),
+                c,
+                p,
+                t,
+                st,
+                rw,
+                utc(lo),
+                utc(hi),
+            )
+            for u, roles, c, p, t, st, rw, lo, hi in self._rows(_VOLUMES, where, params)
+        ]
+
+    def reach(self, scope: str, window: Window) -> list[Reach]:
+        """Per subject of ``scope``: distinct readers, statements, rows."""
+        where, params = _window("subject_kind = ?", [scope], window)
+        return [Reach(*row) for row in self._rows(_REACH, where, params)]
+
+    def readers_of(
+        self, scope: str, subjects: Sequence[str], window: Window
+    ) -> list[tuple[str, str]]:
+        """(subject, employee) for each employee who read one of ``subjects``."""
+        if not subjects:
+            return []
+        where, params = _window(
+            "subject_kind = ? AND list_contains(?, subject_id)", [scope, list(subjects)], window
+        )
+        return [(s, u) for s, u in self._rows(_READERS, where, params)]
+
+    def timeline(self, window: Window, seconds: int) -> list[Cell]:
+        """Per employee and period of ``seconds`` (from the epoch): customers, rows, statements."""
+        where, params = _window("true", [], window)
+        return [
+            Cell(u, utc_at(start), c, rw, st)
+            for u, start, c, rw, st in self._rows(_TIMELINE, where, params, [seconds, seconds])
+        ]
+
+    def by_tickets(self, tickets: Sequence[str], kind: str) -> list[Group]:
+        """Every ledger group of ``tickets``, or of a ticket kind ``kind`` or ``kind.*``."""
+        where = "(ticket_kind = ? OR starts_with(ticket_kind, ?))"
+        params: list[Any] = [kind, f"{kind}."]
+        if tickets:
+            where = f"(list_contains(?, ticket_id) OR {where})"
+            params = [list(tickets), *params]
+        return self._groups(where, params)
+
+    def others(self) -> Iterator[dict[str, Any]]:
+        """The trail's events that are not ledger entries, in trail order."""
+        if self._parts is None:
+            from accessguard.investigate.trail_others import scan
+
+            yield from scan(self.trail)
+            return
+        from accessguard.investigate.trail_others import Others
+
+        side = Others(self.trail, self.index)
+        side.update()
+        yield from side.read()
+
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
         if self._parts is None:
             yield
             return
-        with _locked(self.index / "lock", fcntl.LOCK_SH):
+        with locked(self.index / "lock", fcntl.LOCK_SH):
             yield
 
     def close(self) -> None:
@@ -251,7 +361,7 @@ def _window(where: str, params: list[Any], window: Window) -> tuple[str, list[An
 
 
 @contextlib.contextmanager
-def _locked(path: Path, mode: int) -> Iterator[None]:
+def locked(path: Path, mode: int) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(fd, mode)
@@ -270,13 +380,13 @@ class Index:
     def update(self) -> list[str]:
         """Index whatever was appended since the last update; return the parts to read."""
         self.root.mkdir(mode=0o750, exist_ok=True)
-        with _locked(self.root / "lock", fcntl.LOCK_EX):
+        with locked(self.root / "lock", fcntl.LOCK_EX):
             state = self._state()
             with self.trail.open("rb") as fh:
                 fcntl.flock(fh, fcntl.LOCK_SH)  # between two appended batches
                 size = os.fstat(fh.fileno()).st_size
                 fcntl.flock(fh, fcntl.LOCK_UN)
-                head = _digest(fh, 0, min(size, _PROBE))
+                head = digest(fh, 0, min(size, _PROBE))
                 if not self._still(state, fh, size, head):
                     self._drop(state["parts"])
                     state = {
@@ -288,7 +398,7 @@ class Index:
                     }
                 offset = state["offset"]
                 while offset < size:
-                    end = _line_end(fh, offset, min(size, offset + CHUNK))
+                    end = line_end(fh, offset, min(size, offset + CHUNK))
                     if end <= offset:
                         break  # a torn or unfinished last line: next time
                     part = self._ingest(fh, offset, end)
@@ -296,8 +406,8 @@ class Index:
                         state["parts"].append(part)
                     offset = end
                     state["offset"] = offset
-                    state["head"] = head if offset >= _PROBE else _digest(fh, 0, offset)
-                    state["tail"] = _digest(fh, max(0, offset - _PROBE), offset)
+                    state["head"] = head if offset >= _PROBE else digest(fh, 0, offset)
+                    state["tail"] = digest(fh, max(0, offset - _PROBE), offset)
                     self._save(state)
             if len(state["parts"]) > MAX_PARTS:
                 state["parts"] = self._merge(state["parts"])
@@ -321,9 +431,9 @@ class Index:
         offset = state["offset"]
         if offset == 0:
             return True
-        if size < offset or state["head"] != (head if offset >= _PROBE else _digest(fh, 0, offset)):
+        if size < offset or state["head"] != (head if offset >= _PROBE else digest(fh, 0, offset)):
             return False
-        return bool(state["tail"] == _digest(fh, max(0, offset - _PROBE), offset))
+        return bool(state["tail"] == digest(fh, max(0, offset - _PROBE), offset))
 
     def _ingest(self, fh: BinaryIO, start: int, end: int) -> str | None:
         name = f"part-{start:015d}-{end:015d}.parquet"
@@ -371,12 +481,12 @@ class Index:
         temp.replace(self.manifest)
 
 
-def _digest(fh: BinaryIO, start: int, end: int) -> str:
+def digest(fh: BinaryIO, start: int, end: int) -> str:
     fh.seek(start)
     return hashlib.sha256(fh.read(end - start)).hexdigest()
 
 
-def _line_end(fh: BinaryIO, start: int, stop: int) -> int:
+def line_end(fh: BinaryIO, start: int, stop: int) -> int:
     """The offset just after the last newline in [start, stop) (``start`` if none)."""
     step = 1 << 16
     pos = stop
