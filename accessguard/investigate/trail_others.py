@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from accessguard.investigate.trail import CHUNK, digest, line_end, locked
+from accessguard.investigate.trail_index import CHUNK, digest, line_end, locked
 
 VERSION = 1
 _PROBE = 4096
