@@ -90,7 +90,8 @@ class Others:
             state = self._state()
             if not self._still(state, fh, size, head):
                 state = {"version": VERSION, "offset": 0, "head": None, "tail": None, "kept": 0}
-            with self.store.open("ab") as out:
+            fd = os.open(self.store, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            with os.fdopen(fd, "ab") as out:  # as readable as the trail, no more
                 out.truncate(state["kept"])  # bytes a crashed update left past the mark
                 offset = state["offset"]
                 while offset < size:
