@@ -256,6 +256,11 @@ def investigate(args: argparse.Namespace) -> int:
     if args.audit_command != "report":
         return _ask_engine(args)
     since = investigate.cutoff(args.since, now=dt.datetime.now(dt.UTC))
+    from accessguard.investigate import available
+
+    if args.dsn is not None or available():  # served by the engine who-read asks
+        return _engine_report(args, since)
+    sys.stderr.write("accessguard: DuckDB is not installed: reading the trail into Python\n")
     if args.dsn is not None:
         from accessguard.audit.pgverify import verified_events
 
@@ -288,6 +293,37 @@ def investigate(args: argparse.Namespace) -> int:
     else:
         print(investigate.render_table(rows) if rows else "no reads recorded")
     return code
+
+
+def _engine_report(args: argparse.Namespace, since: dt.datetime | None) -> int:
+    """``audit report`` from the engine (accessguard.investigate.report_engine).
+
+    The trail is verified first, resumed from its mark as who-read does; a
+    broken one is said so and fails the command (the report is still written).
+    """
+    from accessguard.investigate import open_engine
+    from accessguard.investigate.report_engine import write_engine_report
+
+    if args.dsn is not None:
+        from accessguard.audit.pgresume import verify_resumed
+
+        name, verdict = "accessguard.events", verify_resumed(args.dsn)
+    else:
+        from accessguard.audit.verification import verify
+
+        name, verdict = str(args.audit), verify(args.audit, resume=True)
+    if not verdict.ok or verdict.torn_line is not None or not verdict.keyed:
+        print(f"accessguard: {describe(name, verdict)}", file=sys.stderr)
+    engine = open_engine(audit=args.audit, dsn=args.dsn)
+    note = getattr(engine, "note", None)
+    if note:
+        print(f"accessguard: {note}", file=sys.stderr)
+    try:
+        write_engine_report(engine, args.out, since=since)
+    finally:
+        engine.close()
+    print(f"wrote {args.out}")
+    return EXIT_OK if verdict.ok else EXIT_REFUSED
 
 
 def _ask_engine(args: argparse.Namespace) -> int:

@@ -155,6 +155,8 @@ class Collector:
         self.short_tickets: Counter[str] = Counter()
         self.closed_tickets: Counter[str] = Counter()
         self._opened: dict[str, tuple[dt.datetime, bool]] = {}
+        #: per unit, the ledger's buckets as an engine summed them (``buckets`` returns those)
+        self.given: dict[str, list[Bucket]] = {}
         #: (unit, employee, roles, start) -> (customers, [rows, statements])
         self._cells: dict[
             tuple[str, str, tuple[str, ...], dt.datetime], tuple[set[str], list[int]]
@@ -229,7 +231,9 @@ class Collector:
             yield event
 
     def buckets(self, unit: str = "hour") -> list[Bucket]:
-        """The rows ``Engine.buckets`` returns for the same events."""
+        """The rows ``Engine.buckets`` returns for the same events (or those it was given)."""
+        if unit in self.given:
+            return sorted(self.given[unit])
         return sorted(
             Bucket(user, roles, start, len(subjects), rows, statements)
             for (kind, user, roles, start), (subjects, (rows, statements)) in self._cells.items()

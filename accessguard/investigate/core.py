@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, Protocol
 
@@ -108,6 +108,39 @@ class Bucket(NamedTuple):
     statements: int
 
 
+class Volume(NamedTuple):
+    """One employee's ledger in a window: distinct subjects and tickets, sums, time span."""
+
+    user: str
+    roles: tuple[str, ...]  # every role any of her entries named
+    customers: int
+    products: int  # distinct subjects of any other kind
+    tickets: int
+    statements: int
+    rows: int
+    first: dt.datetime | None  # the earliest entry's time (``ts``: its last statement)
+    last: dt.datetime | None
+
+
+class Reach(NamedTuple):
+    """One subject's ledger in a window: how many employees read it, how much."""
+
+    subject: str
+    readers: int
+    statements: int
+    rows: int
+
+
+class Cell(NamedTuple):
+    """One employee's ledger in one period of ``seconds`` (by the entries' time, ``ts``)."""
+
+    user: str
+    start: dt.datetime
+    customers: int
+    rows: int
+    statements: int
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Entry:
     """One ledger entry about a subject: who, when, under which ticket, what, how much."""
@@ -150,6 +183,25 @@ class Engine(Protocol):
 
     def buckets(self, window: Window, unit: str = "hour") -> Iterable[Bucket]: ...
 
+    # the report's figures (accessguard.investigate.report_engine)
+    def volumes(self, window: Window) -> Iterable[Volume]: ...
+
+    def reach(self, scope: str, window: Window) -> Iterable[Reach]: ...
+
+    def readers_of(
+        self, scope: str, subjects: Sequence[str], window: Window
+    ) -> Iterable[tuple[str, str]]: ...
+
+    def timeline(self, window: Window, seconds: int) -> Iterable[Cell]: ...
+
+    def by_tickets(self, tickets: Sequence[str], kind: str) -> Iterable[Group]:
+        """Every ledger group of these tickets, or of a ticket kind ``kind`` or ``kind.*``."""
+        ...
+
+    def others(self) -> Iterator[dict[str, Any]]:
+        """Every event that is not a ledger entry, in trail order (a small fraction)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -170,6 +222,11 @@ def _fold(sums: Sums, group: Group) -> Sums:
 def utc(when: dt.datetime | None) -> dt.datetime | None:
     if when is None:
         return None
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+
+
+def utc_at(when: dt.datetime) -> dt.datetime:
+    """``when`` in UTC (a naive time is taken as UTC)."""
     return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
 
 

@@ -1,7 +1,9 @@
 """The access report: one self-contained HTML file security can read.
 
-``write_report`` summarises the audit events (``accessguard.investigate``)
-and writes a single page with inline CSS and inline SVG charts drawn here:
+``write_report`` summarises audit events held in Python (small trails and
+tests); ``accessguard audit report`` draws the same page from an engine
+(accessguard.investigate.report_engine), which never loads a trail. A single
+page with inline CSS and inline SVG charts (accessguard.investigate.report_charts):
 no scripts, fonts, images or style sheets from anywhere, so it opens with no
 network. Every string from the events goes through ``html.escape``. Events
 hold no row data; the report shows counts, names, ticket ids, customer ids
@@ -11,17 +13,16 @@ and reason codes only (never ``db.query.text``).
 from __future__ import annotations
 
 import datetime as dt
-import html
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from accessguard.investigate.baselines import Collector, baselines
+from accessguard.investigate.report_charts import OUTLIER, bar_chart, e, line_chart, num
 from accessguard.investigate.summary import Employee, Incident, Summary, summarize
 from accessguard.investigate.sums import Event
 
 TITLE = "accessguard access report"
 BADGE = '<span class="badge">far above peers</span>'
-OUTLIER = "#c92a2a"
 PALETTE = ("#2f6fdf", "#0c8599", "#5f3dc4", "#2b8a3e", "#e67700", "#495057", "#a61e4d", "#1864ab")
 CROWD = "#adb5bd"  # every non-outlier line when there are too many to tell apart
 MAX_COLOURS = len(PALETTE)
@@ -70,133 +71,8 @@ footer{color:var(--muted);font-size:13px;margin-top:24px}
 """
 
 
-def e(value: object) -> str:
-    """``html.escape`` of the text of ``value`` (quotes too)."""
-    return html.escape(str(value), quote=True)
-
-
 def _when(value: dt.datetime | None) -> str:
     return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _nice(top: float) -> float:
-    """The smallest 1, 2 or 5 times a power of ten at or above ``top`` (1 for nothing)."""
-    if top <= 0:
-        return 1.0
-    scale = 10.0 ** (len(str(int(top))) - 1)
-    return next(m * scale for m in (1, 2, 5, 10) if m * scale >= top)
-
-
-def _num(value: float) -> str:
-    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
-
-
-# ---------------------------------------------------------------------- charts
-
-
-def _anchor(i: int, n: int) -> str:
-    return "middle" if n == 1 or 0 < i < n - 1 else ("start" if i == 0 else "end")
-
-
-def _svg_open(kind: str, width: int, height: int, label: str) -> str:
-    return (
-        f'<svg class="chart {kind}" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{e(label)}"><title>{e(label)}</title>'
-    )
-
-
-def line_chart(
-    buckets: Sequence[dt.datetime],
-    series: Sequence[tuple[str, str, Sequence[int], bool]],
-    *,
-    label: str,
-) -> str:
-    """An SVG line chart: one (name, colour, values per bucket, emphasised) per series."""
-    width, height, left, right, top, bottom = 1080, 240, 56, 20, 14, 40
-    plot_w, plot_h = width - left - right, height - top - bottom
-    peak = _nice(max((max(v, default=0) for _, _, v, _ in series), default=0))
-    n = len(buckets)
-
-    def x(i: int) -> float:
-        return left + (plot_w / 2 if n == 1 else plot_w * i / (n - 1))
-
-    def y(v: float) -> float:
-        return top + plot_h * (1 - v / peak)
-
-    parts = [_svg_open("line", width, height, label)]
-    for k in range(5):
-        v = peak * k / 4
-        parts.append(
-            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(v):.1f}" '
-            f'y2="{y(v):.1f}"/><text x="{left - 8}" y="{y(v) + 4:.1f}" '
-            f'text-anchor="end">{e(_num(v))}</text>'
-        )
-    parts.append(
-        f'<line class="axis" x1="{left}" x2="{width - right}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>'
-    )
-    step = max(1, -(-n // 7))
-    parts.extend(
-        f'<text x="{x(i):.1f}" y="{height - 14}" text-anchor="{_anchor(i, n)}">'
-        f"{e(buckets[i].astimezone(dt.UTC).strftime('%m-%d %H:%M'))}</text>"
-        for i in range(0, n, step)
-    )
-    for name, colour, values, strong in sorted(series, key=lambda s: s[3]):  # outliers on top
-        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
-        stroke = 3.2 if strong else 1.8
-        cls = "series outlier" if strong else "series"
-        parts.append(
-            f'<g class="{cls}" data-user="{e(name)}"><title>{e(name)}</title>'
-            f'<polyline fill="none" stroke="{colour}" stroke-width="{stroke}" '
-            f'stroke-linejoin="round" points="{points}"/>'
-        )
-        if n <= 48:
-            parts.extend(
-                f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="{3.6 if strong else 2.6}" '
-                f'fill="{colour}"/>'
-                for i, v in enumerate(values)
-            )
-        parts.append("</g>")
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def bar_chart(
-    bars: Sequence[tuple[str, float]],
-    *,
-    label: str,
-    colour: str = "#2f6fdf",
-    strong: frozenset[str] = frozenset(),
-    marks: dict[str, float] | None = None,
-) -> str:
-    """A horizontal SVG bar chart; ``strong`` bars in the outlier colour, ``marks`` as ticks."""
-    if not bars:
-        return '<p class="note">None in this period.</p>'
-    width, row, left, right = 560, 26, 170, 60
-    height = row * len(bars) + 10
-    peak = _nice(max(v for _, v in bars))
-    scale = (width - left - right) / peak
-    parts = [_svg_open("bar", width, height, label)]
-    for i, (name, value) in enumerate(bars):
-        top = 5 + i * row
-        fill = OUTLIER if name in strong else colour
-        parts.append(
-            f'<text x="{left - 8}" y="{top + 16}" text-anchor="end">{e(name)}</text>'
-            f'<rect x="{left}" y="{top + 4}" width="{max(value * scale, 1):.1f}" '
-            f'height="{row - 9}" rx="3" fill="{fill}">'
-            f"<title>{e(name)}: {e(_num(value))}</title></rect>"
-            f'<text x="{left + value * scale + 6:.1f}" y="{top + 16}">{e(_num(value))}</text>'
-        )
-        mark = (marks or {}).get(name)
-        if mark is not None:
-            mx = left + mark * scale
-            parts.append(
-                f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{top + 1}" y2="{top + row - 2}" '
-                f'stroke="#1f2933" stroke-width="2" stroke-dasharray="3 2">'
-                f"<title>peer baseline {e(_num(mark))}</title></line>"
-            )
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 # ---------------------------------------------------------------------- sections
@@ -238,7 +114,7 @@ def _volume(summary: Summary) -> str:
             customers[b.user][index[b.start]] = b.customers
             rows[b.user][index[b.start]] = b.rows
     strong = set(summary.outliers)
-    size = _num(summary.bucket / dt.timedelta(hours=1))
+    size = num(summary.bucket / dt.timedelta(hours=1))
     legend = "".join(
         f'<li><i style="background:{colours[u]}"></i>{e(u)}{BADGE if u in strong else ""}</li>'
         for u in users
@@ -284,10 +160,7 @@ def _employees(summary: Summary) -> str:
     ordered = sorted(summary.employees, key=lambda p: (not p.outlier, -p.customers, p.user))
     roles = _table(
         ("Role", "Employees", "Median customers", "Median rows"),
-        (
-            (r.role, r.employees, _num(r.median_customers), _num(r.median_rows))
-            for r in summary.roles
-        ),
+        ((r.role, r.employees, num(r.median_customers), num(r.median_rows)) for r in summary.roles),
         numeric=3,
     )
     return (
@@ -350,14 +223,14 @@ def _peers(found: Collector | None) -> str:
             b.user + (" (far above peers)" if b.outlier else ""),
             ", ".join(r for r in b.roles if r != "everyone"),
             b.hours,
-            _num(b.customers_per_hour),
-            _num(b.peers_customers_per_hour),
+            num(b.customers_per_hour),
+            num(b.peers_customers_per_hour),
             "-" if b.customers_ratio is None else f"{b.customers_ratio:g}x",
-            _num(b.rows_per_hour),
-            _num(b.peers_rows_per_hour),
+            num(b.rows_per_hour),
+            num(b.peers_rows_per_hour),
             "-" if b.rows_ratio is None else f"{b.rows_ratio:g}x",
-            _num(b.customers_per_day),
-            _num(b.peers_customers_per_day),
+            num(b.customers_per_day),
+            num(b.peers_customers_per_day),
             "-" if b.day_ratio is None else f"{b.day_ratio:g}x",
             f"{found.short_tickets[b.user]:,} of {found.closed_tickets[b.user]:,}",
         )
@@ -471,7 +344,11 @@ def write_report(
     title: str = TITLE,
     generated: dt.datetime | None = None,
 ) -> None:
-    """Summarise ``events`` and write the report to ``out`` (one self-contained HTML file)."""
+    """Summarise ``events`` and write the report to ``out`` (one self-contained HTML file).
+
+    Every event is held in memory: for a trail of any size, use
+    ``report_engine.write_engine_report`` (what ``accessguard audit report`` runs).
+    """
     from accessguard.investigate.elevations import render_html, review
 
     made = generated or dt.datetime.now(dt.UTC)

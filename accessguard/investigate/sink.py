@@ -16,12 +16,24 @@ so it uses the indexes.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
 
-from accessguard.investigate.core import UNITS, Bucket, Entry, Group, Window, strs, utc
+from accessguard.investigate.core import (
+    UNITS,
+    Bucket,
+    Cell,
+    Entry,
+    Group,
+    Reach,
+    Volume,
+    Window,
+    strs,
+    utc,
+    utc_at,
+)
 
 TABLE = "accessguard.events"
 _TIME = r"'^\d{4}-\d\d-\d\d'"
@@ -92,6 +104,38 @@ SELECT user_name, roles, date_trunc('{{unit}}', first) AS start,
 FROM ({_RAW.replace("{where}", "user_name IS NOT NULL {window}")}) AS matched
 GROUP BY user_name, roles, start
 """  # noqa: S608
+
+
+# the report's figures (accessguard.investigate.report_engine), over the ledger rows
+_LEDGER_ROWS = f"(SELECT ts, {ROW} FROM {TABLE} WHERE {LEDGER} {{window}}) AS ledger"  # noqa: S608
+_VOLUMES = f"""
+SELECT user_name, array_agg(DISTINCT roles),
+       count(DISTINCT subject_id) FILTER (WHERE subject_kind = 'customer'),
+       count(DISTINCT ARRAY[subject_kind, subject_id])
+           FILTER (WHERE subject_kind IS DISTINCT FROM 'customer'),
+       count(DISTINCT ticket_id), sum(statements)::bigint, sum(rows)::bigint, min(ts), max(ts)
+FROM {_LEDGER_ROWS} WHERE user_name IS NOT NULL GROUP BY user_name ORDER BY user_name
+"""  # noqa: S608
+_REACH = f"""
+SELECT subject_id, count(DISTINCT user_name), sum(statements)::bigint, sum(rows)::bigint
+FROM {_LEDGER_ROWS} WHERE user_name IS NOT NULL AND subject_kind = %s GROUP BY subject_id
+"""  # noqa: S608
+_READERS = f"""
+SELECT DISTINCT subject_id, user_name FROM {_LEDGER_ROWS}
+WHERE user_name IS NOT NULL AND subject_kind = %s AND subject_id = ANY(%s)
+"""  # noqa: S608
+_TIMELINE = f"""
+SELECT user_name, to_timestamp(floor(extract(epoch FROM ts) / %s) * %s) AS start,
+       count(DISTINCT subject_id) FILTER (WHERE subject_kind = 'customer'),
+       sum(rows)::bigint, sum(statements)::bigint
+FROM {_LEDGER_ROWS} WHERE user_name IS NOT NULL AND ts IS NOT NULL
+GROUP BY user_name, start
+"""  # noqa: S608
+_TICKETS = (
+    "(ticket_id = ANY(%s) OR event->>'accessguard.ticket.kind' = %s "
+    "OR starts_with(event->>'accessguard.ticket.kind', %s))"
+)
+_OTHERS = f"SELECT event FROM {TABLE} WHERE action <> 'ledger' ORDER BY id"  # noqa: S608
 
 
 class SinkEngine:
@@ -203,6 +247,67 @@ class SinkEngine:
             sums[1] += n_rows
             sums[2] += statements
         return sorted(Bucket(u, r, h, *sums) for (u, r, h), sums in merged.items())
+
+    def volumes(self, window: Window) -> list[Volume]:
+        """Per employee: roles, distinct customers, other subjects and tickets, sums, span."""
+        clause, params = _window(window)
+        rows = self._conn.execute(_VOLUMES.replace("{window}", clause), params).fetchall()
+        return [
+            Volume(
+                u,
+                tuple(sorted({r for rs in roles for r in strs(rs)})),
+                c,
+                p,
+                t,
+                st,
+                rw,
+                utc(lo),
+                utc(hi),
+            )
+            for u, roles, c, p, t, st, rw, lo, hi in rows
+        ]
+
+    def reach(self, scope: str, window: Window) -> list[Reach]:
+        """Per subject of ``scope``: distinct readers, statements, rows."""
+        clause, params = _window(window)
+        sql = _REACH.replace("{window}", clause)
+        return [Reach(*row) for row in self._conn.execute(sql, [*params, scope]).fetchall()]
+
+    def readers_of(
+        self, scope: str, subjects: Sequence[str], window: Window
+    ) -> list[tuple[str, str]]:
+        """(subject, employee) for each employee who read one of ``subjects``."""
+        if not subjects:
+            return []
+        clause, params = _window(window)
+        sql = _READERS.replace("{window}", clause)
+        rows = self._conn.execute(sql, [*params, scope, list(subjects)]).fetchall()
+        return [(s, u) for s, u in rows]
+
+    def timeline(self, window: Window, seconds: int) -> list[Cell]:
+        """Per employee and period of ``seconds`` (from the epoch): customers, rows, statements."""
+        clause, params = _window(window)
+        sql = _TIMELINE.replace("{window}", clause)
+        rows = self._conn.execute(sql, [seconds, seconds, *params]).fetchall()
+        return [Cell(u, utc_at(start), c, rw, st) for u, start, c, rw, st in rows]
+
+    def by_tickets(self, tickets: Sequence[str], kind: str) -> list[Group]:
+        """Every ledger group of ``tickets``, or of a ticket kind ``kind`` or ``kind.*``."""
+        sql = _GROUPS.replace("{rows}", _RAW.replace("{where}", _TICKETS))
+        rows = self._conn.execute(sql, [list(tickets), kind, f"{kind}."]).fetchall()
+        return [
+            Group(u, t, k, s, i, st, rw, strs(c), strs(tb), strs(r), utc(f), utc(last))
+            for u, t, k, s, i, c, tb, r, st, rw, f, last in rows
+        ]
+
+    def others(self) -> Iterator[dict[str, Any]]:
+        """Every event that is not a ledger entry, in the order written (a server cursor)."""
+        with self._conn.cursor(name="accessguard_report_others") as cur:
+            cur.itersize = 2000
+            cur.execute(_OTHERS)
+            for (event,) in cur:
+                if isinstance(event, dict):
+                    yield event
 
     def close(self) -> None:
         self._conn.close()

@@ -14,7 +14,7 @@ import datetime as dt
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from accessguard.investigate.sums import (
     BUCKETS,
@@ -150,7 +150,7 @@ def _far_above(value: int, baseline: float | None, margin: int) -> bool:
     return baseline is not None and value > max(3 * baseline, baseline + margin)
 
 
-def _floor(when: dt.datetime, size: dt.timedelta) -> dt.datetime:
+def floor(when: dt.datetime, size: dt.timedelta) -> dt.datetime:
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return epoch + ((when - epoch) // size) * size
 
@@ -174,45 +174,92 @@ def _incident(event: Event, reason: str, detail: str) -> Incident:
     )
 
 
-def summarize(  # noqa: PLR0915 - one pass over the events, then assembly
-    events: Iterable[Event], *, since: dt.datetime | None, top: int = 20
-) -> Summary:
-    """Per-employee volume, role medians, outliers, refusals, throttles and watch-list touches."""
-    since = aware(since)
-    roles: dict[str, set[str]] = defaultdict(set)
-    reads: dict[str, Sums] = defaultdict(Sums)
-    subjects: dict[str, set[tuple[str, Subject]]] = defaultdict(set)
-    tickets: dict[str, set[str]] = defaultdict(set)
-    refused: dict[str, Counter[str]] = defaultdict(Counter)
-    throttled: Counter[str] = Counter()
-    throttled_reason: Counter[str] = Counter()
-    throttle_events: list[Incident] = []
-    watch: list[Incident] = []
-    watched: Counter[str] = Counter()
-    per_customer: dict[Subject, Sums] = defaultdict(Sums)
-    customer_readers: dict[Subject, set[str]] = defaultdict(set)
-    cells: dict[tuple[str, dt.datetime], tuple[set[Subject], list[int]]] = {}
-    entries: list[tuple[str, dt.datetime, Event]] = []
-    times: list[dt.datetime] = []
-    for event in events:
+@dataclass(slots=True)
+class Reads:
+    """One employee's ledger in the period: distinct subjects and tickets, and sums."""
+
+    customers: int = 0
+    products: int = 0
+    tickets: int = 0
+    statements: int = 0
+    rows: int = 0
+
+
+@dataclass(slots=True)
+class Tally:
+    """What the report counts from events one by one: roles, times, refusals, throttles, watch.
+
+    ``add`` takes any event; ledger entries are summed elsewhere (in Python by
+    ``summarize``, or by an engine: accessguard.investigate.report_engine).
+    """
+
+    since: dt.datetime | None
+    roles: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    refused: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    throttled: Counter[str] = field(default_factory=Counter)
+    throttled_reason: Counter[str] = field(default_factory=Counter)
+    throttle_events: list[Incident] = field(default_factory=list)
+    watch: list[Incident] = field(default_factory=list)
+    watched: Counter[str] = field(default_factory=Counter)
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+
+    def seen(self, when: dt.datetime | None) -> None:
+        if when is not None:
+            self.start = when if self.start is None else min(self.start, when)
+            self.end = when if self.end is None else max(self.end, when)
+
+    def add(self, event: Event) -> str | None:
+        """Fold in one event; its employee if the report counts it (in the period), else None."""
         action, outcome = event.get("event.action"), event.get("accessguard.outcome")
         known = action in {"ledger", "query"} or event.get("accessguard.watch")
-        if not known or event.get("user.name") is None or not within(event, since):
-            continue
+        if not known or event.get("user.name") is None or not within(event, self.since):
+            return None
         user = str(event["user.name"])
-        roles[user].update(as_strs(event.get("user.roles")))
-        when = event_time(event)
-        if when is not None:
-            times.append(when)
+        self.roles[user].update(as_strs(event.get("user.roles")))
+        self.seen(event_time(event))
         if event.get("accessguard.watch"):
-            watched[user] += 1
+            self.watched[user] += 1
             what = f"{event.get('accessguard.subject.kind')} {event.get('accessguard.subject.id')}"
             reason = str(event.get("event.reason") or "read")
             detail = _label(event["accessguard.watch"]) + (
                 f": {what}" if action == "ledger" else ""
             )
-            watch.append(_incident(event, reason, detail))
-        if action == "ledger" and event.get("accessguard.subject.id") is not None:
+            self.watch.append(_incident(event, reason, detail))
+        if action == "query" and outcome == "denied":
+            self.refused[user][str(event.get("event.reason"))] += 1
+        elif action == "query" and outcome == "throttled":
+            reason = str(event.get("event.reason"))
+            self.throttled[user] += 1
+            self.throttled_reason[reason] += 1
+            self.throttle_events.append(
+                _incident(event, reason, str(event.get("accessguard.limit", "")))
+            )
+        return user
+
+
+def bucket_size(start: dt.datetime | None, end: dt.datetime | None) -> dt.timedelta:
+    """The timeline's period: the first of ``BUCKETS`` giving fewer than ``MAX_BUCKETS``."""
+    if start is None or end is None:
+        return BUCKETS[-1]
+    span = end - start
+    return next((b for b in BUCKETS if span / b < MAX_BUCKETS), BUCKETS[-1])
+
+
+def summarize(events: Iterable[Event], *, since: dt.datetime | None, top: int = 20) -> Summary:
+    """Per-employee volume, role medians, outliers, refusals, throttles and watch-list touches."""
+    tally = Tally(aware(since))
+    reads: dict[str, Sums] = defaultdict(Sums)
+    subjects: dict[str, set[tuple[str, Subject]]] = defaultdict(set)
+    tickets: dict[str, set[str]] = defaultdict(set)
+    per_customer: dict[Subject, Sums] = defaultdict(Sums)
+    customer_readers: dict[Subject, set[str]] = defaultdict(set)
+    entries: list[tuple[str, dt.datetime, Event]] = []
+    for event in events:
+        user = tally.add(event)
+        if user is None or event.get("event.action") != "ledger":
+            continue
+        if event.get("accessguard.subject.id") is not None:
             reads[user].add(event)
             subject = event_subject(event)
             scope = str(event.get("accessguard.subject.kind"))
@@ -222,40 +269,74 @@ def summarize(  # noqa: PLR0915 - one pass over the events, then assembly
             if scope == "customer":
                 per_customer[subject].add(event)
                 customer_readers[subject].add(user)
+            when = event_time(event)
             if when is not None:
                 entries.append((user, when, event))
-        elif action == "query" and outcome == "denied":
-            refused[user][str(event.get("event.reason"))] += 1
-        elif action == "query" and outcome == "throttled":
-            reason = str(event.get("event.reason"))
-            throttled[user] += 1
-            throttled_reason[reason] += 1
-            throttle_events.append(
-                _incident(event, reason, str(event.get("accessguard.limit", "")))
-            )
 
-    start, end = (min(times), max(times)) if times else (None, None)
-    size = BUCKETS[-1]
-    if start is not None and end is not None:
-        span = end - start
-        size = next((b for b in BUCKETS if span / b < MAX_BUCKETS), BUCKETS[-1])
+    size = bucket_size(tally.start, tally.end)
+    cells: dict[tuple[str, dt.datetime], tuple[set[Subject], list[int]]] = {}
     for user, when, event in entries:
-        seen, sums = cells.setdefault((user, _floor(when, size)), (set(), [0, 0]))
+        seen, sums = cells.setdefault((user, floor(when, size)), (set(), [0, 0]))
         if event.get("accessguard.subject.kind") == "customer":
             seen.add(event_subject(event))
         sums[0] += as_int(event.get("accessguard.rows"))
         sums[1] += as_int(event.get("accessguard.statements"))
+    per_user = {}
+    for user, acc in reads.items():
+        n_customers = sum(1 for scope, _ in subjects[user] if scope == "customer")
+        per_user[user] = Reads(
+            customers=n_customers,
+            products=len(subjects[user]) - n_customers,
+            tickets=len(tickets[user]),
+            statements=acc.statements,
+            rows=acc.rows,
+        )
+    ranked = sorted(
+        per_customer.items(),
+        key=lambda kv: (-len(customer_readers[kv[0]]), -kv[1].rows, subject_key(kv[0])),
+    )
+    return assemble(
+        tally,
+        per_user,
+        customers=len(per_customer),
+        top_customers=tuple(
+            Readers(
+                customer=c,
+                readers=tuple(sorted(customer_readers[c])),
+                statements=acc.statements,
+                rows=acc.rows,
+            )
+            for c, acc in ranked[:top]
+        ),
+        size=size,
+        timeline=tuple(
+            Bucket(user=u, start=b, customers=len(seen), rows=sums[0], statements=sums[1])
+            for (u, b), (seen, sums) in sorted(cells.items())
+        ),
+    )
+
+
+def assemble(  # noqa: PLR0913 - the parts of a summary
+    tally: Tally,
+    reads: dict[str, Reads],
+    *,
+    customers: int,
+    top_customers: tuple[Readers, ...],
+    size: dt.timedelta,
+    timeline: tuple[Bucket, ...],
+) -> Summary:
+    """The summary from the tallied events and each employee's ledger sums."""
     buckets: list[dt.datetime] = []
-    if start is not None and end is not None:
-        cursor, last = _floor(start, size), _floor(end, size)
+    if tally.start is not None and tally.end is not None:
+        cursor, last = floor(tally.start, size), floor(tally.end, size)
         while cursor <= last:
             buckets.append(cursor)
             cursor += size
-
-    users = sorted(roles)
-    group = {u: role_of(roles[u]) for u in users}
-    n_customers = {u: sum(1 for s, _ in subjects[u] if s == "customer") for u in users}
-    n_rows = {u: reads[u].rows for u in users}
+    users = sorted(tally.roles)
+    group = {u: role_of(tally.roles[u]) for u in users}
+    none = Reads()
+    n_customers = {u: reads.get(u, none).customers for u in users}
+    n_rows = {u: reads.get(u, none).rows for u in users}
     members: dict[str, list[str]] = defaultdict(list)
     for u in users:
         members[group[u]].append(u)
@@ -272,19 +353,20 @@ def summarize(  # noqa: PLR0915 - one pass over the events, then assembly
             why.append(f"{n_customers[u]} distinct customers (median of {whom}: {base_c:g})")
         if _far_above(n_rows[u], base_r, 1000):
             why.append(f"{n_rows[u]:,} rows (median of {whom}: {base_r:g})")
+        mine = reads.get(u, none)
         employees.append(
             Employee(
                 user=u,
                 role=group[u],
                 customers=n_customers[u],
-                products=len(subjects[u]) - n_customers[u],
-                tickets=len(tickets[u]),
-                statements=reads[u].statements,
+                products=mine.products,
+                tickets=mine.tickets,
+                statements=mine.statements,
                 rows=n_rows[u],
-                refusals=sum(refused[u].values()),
-                refusals_by_reason=_ranked(refused[u]),
-                throttles=throttled[u],
-                watch=watched[u],
+                refusals=sum(tally.refused[u].values()),
+                refusals_by_reason=_ranked(tally.refused[u]),
+                throttles=tally.throttled[u],
+                watch=tally.watched[u],
                 baseline_customers=base_c,
                 baseline_rows=base_r,
                 outlier=bool(why),
@@ -300,43 +382,28 @@ def summarize(  # noqa: PLR0915 - one pass over the events, then assembly
         )
         for name, people in sorted(members.items())
     )
-    readers = sorted(
-        per_customer.items(),
-        key=lambda kv: (-len(customer_readers[kv[0]]), -kv[1].rows, subject_key(kv[0])),
-    )
     all_refused: Counter[str] = Counter()
-    for counter in refused.values():
+    for counter in tally.refused.values():
         all_refused.update(counter)
     return Summary(
-        since=since,
-        start=start,
-        end=end,
-        statements=sum(a.statements for a in reads.values()),
-        rows=sum(a.rows for a in reads.values()),
-        customers=len(per_customer),
+        since=tally.since,
+        start=tally.start,
+        end=tally.end,
+        statements=sum(r.statements for r in reads.values()),
+        rows=sum(r.rows for r in reads.values()),
+        customers=customers,
         refusals=sum(all_refused.values()),
-        throttles=sum(throttled.values()),
+        throttles=sum(tally.throttled.values()),
         employees=tuple(employees),
         roles=role_rows,
         outliers=tuple(e.user for e in employees if e.outlier),
         refusals_by_reason=_ranked(all_refused),
-        refusals_by_employee=_ranked(+Counter({u: c.total() for u, c in refused.items()})),
-        throttles_by_reason=_ranked(throttled_reason),
-        throttle_events=tuple(throttle_events),
-        watch=tuple(watch),
-        top_customers=tuple(
-            Readers(
-                customer=c,
-                readers=tuple(sorted(customer_readers[c])),
-                statements=acc.statements,
-                rows=acc.rows,
-            )
-            for c, acc in readers[:top]
-        ),
+        refusals_by_employee=_ranked(+Counter({u: c.total() for u, c in tally.refused.items()})),
+        throttles_by_reason=_ranked(tally.throttled_reason),
+        throttle_events=tuple(tally.throttle_events),
+        watch=tuple(tally.watch),
+        top_customers=top_customers,
         bucket=size,
         buckets=tuple(buckets),
-        timeline=tuple(
-            Bucket(user=u, start=b, customers=len(seen), rows=sums[0], statements=sums[1])
-            for (u, b), (seen, sums) in sorted(cells.items())
-        ),
+        timeline=timeline,
     )

@@ -1,4 +1,4 @@
-"""Questions over a JSON-lines trail, answered by DuckDB (the one module that imports it).
+"""Questions over a JSON-lines trail, answered by DuckDB (the module that runs it).
 
 DuckDB reads the trail's JSON lines directly (``read_json``, newline-delimited,
 an explicit column list: only the ledger fields are parsed). That scan is
@@ -8,8 +8,8 @@ trail, ``TRAIL.index/``: Parquet parts (zstd, sorted by subject) and a
 manifest saying how many bytes of the trail they cover. Each question first
 indexes what was appended since (whole lines only, in chunks, so memory stays
 bounded), then asks the parts. A trail that shrank or whose first bytes or
-last indexed line changed is indexed again from the start. Parts are merged
-when there are more than ``MAX_PARTS``.
+last indexed line changed is indexed again from the start (the index:
+accessguard.investigate.trail_index).
 
 Concurrency: updates take an exclusive lock on ``TRAIL.index/lock``, queries a
 shared one; the trail's size is read under a shared lock on the trail itself,
@@ -20,78 +20,26 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import duckdb
 
-from accessguard.investigate.core import UNITS, Bucket, Entry, Group, Window, strs, utc
-
-INDEX_VERSION = 2  # 2: arrays kept as JSON text
-MAX_PARTS = 8
-CHUNK = 128 * 1024 * 1024  # bytes of trail per indexing step
-_PROBE = 4096  # bytes hashed at the head of the trail and before the indexed offset
-
-#: the trail fields read, as DuckDB types (everything else in a line is skipped)
-_FIELDS = {
-    "event.action": "VARCHAR",
-    "@timestamp": "VARCHAR",
-    "accessguard.first": "VARCHAR",
-    "accessguard.last": "VARCHAR",
-    "user.name": "VARCHAR",
-    "user.roles": "JSON",
-    "accessguard.ticket.id": "VARCHAR",
-    "accessguard.ticket.kind": "VARCHAR",
-    "accessguard.subject.kind": "VARCHAR",
-    "accessguard.subject.id": "VARCHAR",
-    "accessguard.statements": "JSON",
-    "accessguard.rows": "JSON",
-    "accessguard.columns": "JSON",
-    "accessguard.tables": "JSON",
-    "accessguard.fingerprint": "VARCHAR",
-}
-
-
-def _strings(name: str) -> str:
-    # kept as JSON text: Python reads the elements as investigate does (str() of each)
-    return f"CASE WHEN json_type(\"{name}\") = 'ARRAY' THEN \"{name}\"::VARCHAR ELSE '[]' END"
-
-
-def _count(name: str) -> str:
-    # investigate counts JSON integers only (not floats, not booleans)
-    return (
-        f"CASE WHEN json_type(\"{name}\") IN ('UBIGINT', 'BIGINT') "
-        f'THEN TRY_CAST("{name}" AS BIGINT) ELSE 0 END'
-    )
-
-
-_TS = 'COALESCE(TRY_CAST("accessguard.last" AS TIMESTAMPTZ), TRY_CAST("@timestamp" AS TIMESTAMPTZ))'
-#: the ledger entries of a JSON-lines source, as index rows
-_LEDGER = f"""
-SELECT
-    "user.name" AS user_name,
-    "accessguard.ticket.id" AS ticket_id,
-    "accessguard.ticket.kind" AS ticket_kind,
-    "accessguard.subject.kind" AS subject_kind,
-    "accessguard.subject.id" AS subject_id,
-    {_TS} AS ts,
-    COALESCE(TRY_CAST("accessguard.first" AS TIMESTAMPTZ), {_TS}) AS first,
-    {_count("accessguard.statements")} AS statements,
-    {_count("accessguard.rows")} AS rows,
-    {_strings("accessguard.columns")} AS columns,
-    {_strings("accessguard.tables")} AS tables,
-    {_strings("user.roles")} AS roles,
-    "accessguard.fingerprint" AS fingerprint
-FROM read_json(?, format = 'newline_delimited', columns = {{COLUMNS}}, ignore_errors = true,
-               maximum_object_size = 16777216)
-WHERE "event.action" = 'ledger' AND "accessguard.subject.id" IS NOT NULL
-"""  # noqa: S608 - built from the constants above only
-_COLUMNS = "{" + ", ".join(f"'{k}': '{v}'" for k, v in _FIELDS.items()) + "}"
-LEDGER_SQL = _LEDGER.replace("{COLUMNS}", _COLUMNS)
+from accessguard.investigate.core import (
+    UNITS,
+    Bucket,
+    Cell,
+    Entry,
+    Group,
+    Reach,
+    Volume,
+    Window,
+    strs,
+    utc,
+    utc_at,
+)
+from accessguard.investigate.trail_index import LEDGER_SQL, Index, locked
 
 _GROUP = """
 SELECT user_name, ticket_id, ticket_kind, subject_kind, subject_id,
@@ -111,6 +59,31 @@ SELECT first, ts, user_name, roles, ticket_id, ticket_kind, tables, columns,
        statements, rows, fingerprint
 FROM {source} WHERE {where}
 ORDER BY first NULLS FIRST, ts NULLS FIRST, user_name, ticket_id
+"""
+
+
+# the report's figures (accessguard.investigate.report_engine); {where} has the window
+_VOLUMES = """
+SELECT user_name, list(DISTINCT roles),
+       count(DISTINCT subject_id) FILTER (WHERE subject_kind = 'customer'),
+       count(DISTINCT [subject_kind, subject_id])
+           FILTER (WHERE subject_kind IS DISTINCT FROM 'customer'),
+       count(DISTINCT ticket_id), sum(statements)::BIGINT, sum(rows)::BIGINT, min(ts), max(ts)
+FROM {source} WHERE {where} AND user_name IS NOT NULL GROUP BY user_name ORDER BY user_name
+"""
+_REACH = """
+SELECT subject_id, count(DISTINCT user_name), sum(statements)::BIGINT, sum(rows)::BIGINT
+FROM {source} WHERE {where} AND user_name IS NOT NULL GROUP BY subject_id
+"""
+_READERS = """
+SELECT DISTINCT subject_id, user_name FROM {source} WHERE {where} AND user_name IS NOT NULL
+"""
+_TIMELINE = """
+SELECT user_name, to_timestamp(floor(epoch(ts) / ?) * ?) AS start,
+       count(DISTINCT subject_id) FILTER (WHERE subject_kind = 'customer'),
+       sum(rows)::BIGINT, sum(statements)::BIGINT
+FROM {source} WHERE {where} AND user_name IS NOT NULL AND ts IS NOT NULL
+GROUP BY user_name, start
 """
 
 
@@ -225,12 +198,88 @@ class TrailEngine:
             sums[2] += statements
         return sorted(Bucket(u, r, h, *sums) for (u, r, h), sums in merged.items())
 
+    def _rows(self, sql: str, where: str, params: list[Any], head: list[Any] = []) -> list[Any]:  # noqa: B006 - never changed
+        if self._parts == []:
+            return []
+        source, files = self._source()
+        with self._reading():
+            return self._con.execute(
+                sql.format(source=source, where=where), [*head, *files, *params]
+            ).fetchall()
+
+    def volumes(self, window: Window) -> list[Volume]:
+        """Per employee: roles, distinct customers, other subjects and tickets, sums, span."""
+        where, params = _window("true", [], window)
+        return [
+            Volume(
+                u,
+                tuple(sorted({r for rs in roles for r in strs(rs)})),
+                c,
+                p,
+                t,
+                st,
+                rw,
+                utc(lo),
+                utc(hi),
+            )
+            for u, roles, c, p, t, st, rw, lo, hi in self._rows(_VOLUMES, where, params)
+        ]
+
+    def reach(self, scope: str, window: Window) -> list[Reach]:
+        """Per subject of ``scope``: distinct readers, statements, rows."""
+        where, params = _window("subject_kind = ?", [scope], window)
+        return [Reach(*row) for row in self._rows(_REACH, where, params)]
+
+    def readers_of(
+        self, scope: str, subjects: Sequence[str], window: Window
+    ) -> list[tuple[str, str]]:
+        """(subject, employee) for each employee who read one of ``subjects``."""
+        if not subjects:
+            return []
+        where, params = _window(
+            "subject_kind = ? AND list_contains(?, subject_id)", [scope, list(subjects)], window
+        )
+        return [(s, u) for s, u in self._rows(_READERS, where, params)]
+
+    def timeline(self, window: Window, seconds: int) -> list[Cell]:
+        """Per employee and period of ``seconds`` (from the epoch): customers, rows, statements."""
+        where, params = _window("true", [], window)
+        return [
+            Cell(u, utc_at(start), c, rw, st)
+            for u, start, c, rw, st in self._rows(_TIMELINE, where, params, [seconds, seconds])
+        ]
+
+    def by_tickets(self, tickets: Sequence[str], kind: str) -> list[Group]:
+        """Every ledger group of ``tickets``, or of a ticket kind ``kind`` or ``kind.*``."""
+        where = "(ticket_kind = ? OR starts_with(ticket_kind, ?))"
+        params: list[Any] = [kind, f"{kind}."]
+        if tickets:
+            where = f"(list_contains(?, ticket_id) OR {where})"
+            params = [list(tickets), *params]
+        return self._groups(where, params)
+
+    def others(self) -> Iterator[dict[str, Any]]:
+        """The trail's events that are not ledger entries, in trail order."""
+        from accessguard.investigate.trail_others import Others, scan
+
+        if self._parts is None:
+            yield from scan(self.trail)
+            return
+
+        side = Others(self.trail, self.index)
+        try:
+            side.update()
+        except OSError:  # the index is readable but cannot be written here: read the trail
+            yield from scan(self.trail)
+            return
+        yield from side.read()
+
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
         if self._parts is None:
             yield
             return
-        with _locked(self.index / "lock", fcntl.LOCK_SH):
+        with locked(self.index / "lock", fcntl.LOCK_SH):
             yield
 
     def close(self) -> None:
@@ -248,144 +297,3 @@ def _window(where: str, params: list[Any], window: Window) -> tuple[str, list[An
         where += " AND ts < ?"
         params = [*params, window.end]
     return where, params
-
-
-@contextlib.contextmanager
-def _locked(path: Path, mode: int) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    try:
-        fcntl.flock(fd, mode)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-class Index:
-    """The trail's ledger entries as Parquet parts, brought up to date incrementally."""
-
-    def __init__(self, trail: Path, root: Path, con: duckdb.DuckDBPyConnection) -> None:
-        self.trail, self.root, self.con = trail, root, con
-        self.manifest = root / "manifest.json"
-
-    def update(self) -> list[str]:
-        """Index whatever was appended since the last update; return the parts to read."""
-        self.root.mkdir(mode=0o750, exist_ok=True)
-        with _locked(self.root / "lock", fcntl.LOCK_EX):
-            state = self._state()
-            with self.trail.open("rb") as fh:
-                fcntl.flock(fh, fcntl.LOCK_SH)  # between two appended batches
-                size = os.fstat(fh.fileno()).st_size
-                fcntl.flock(fh, fcntl.LOCK_UN)
-                head = _digest(fh, 0, min(size, _PROBE))
-                if not self._still(state, fh, size, head):
-                    self._drop(state["parts"])
-                    state = {
-                        "version": INDEX_VERSION,
-                        "offset": 0,
-                        "head": head,
-                        "parts": [],
-                        "tail": None,
-                    }
-                offset = state["offset"]
-                while offset < size:
-                    end = _line_end(fh, offset, min(size, offset + CHUNK))
-                    if end <= offset:
-                        break  # a torn or unfinished last line: next time
-                    part = self._ingest(fh, offset, end)
-                    if part is not None:
-                        state["parts"].append(part)
-                    offset = end
-                    state["offset"] = offset
-                    state["head"] = head if offset >= _PROBE else _digest(fh, 0, offset)
-                    state["tail"] = _digest(fh, max(0, offset - _PROBE), offset)
-                    self._save(state)
-            if len(state["parts"]) > MAX_PARTS:
-                state["parts"] = self._merge(state["parts"])
-                self._save(state)
-            parts: list[str] = state["parts"]
-            return parts
-
-    def _state(self) -> dict[str, Any]:
-        try:
-            state: dict[str, Any] = json.loads(self.manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {"version": INDEX_VERSION, "offset": 0, "head": None, "parts": [], "tail": None}
-        if state.get("version") != INDEX_VERSION or not all(
-            (self.root / p).is_file() for p in state.get("parts", [])
-        ):
-            return {"version": INDEX_VERSION, "offset": 0, "head": None, "parts": [], "tail": None}
-        return state
-
-    def _still(self, state: dict[str, Any], fh: BinaryIO, size: int, head: str) -> bool:
-        """Whether the indexed bytes are still the trail's first bytes."""
-        offset = state["offset"]
-        if offset == 0:
-            return True
-        if size < offset or state["head"] != (head if offset >= _PROBE else _digest(fh, 0, offset)):
-            return False
-        return bool(state["tail"] == _digest(fh, max(0, offset - _PROBE), offset))
-
-    def _ingest(self, fh: BinaryIO, start: int, end: int) -> str | None:
-        name = f"part-{start:015d}-{end:015d}.parquet"
-        chunk = self.root / f".chunk-{os.getpid()}.jsonl"
-        try:
-            with chunk.open("wb") as out:
-                fh.seek(start)
-                left = end - start
-                while left > 0:
-                    data = fh.read(min(left, 8 * 1024 * 1024))
-                    if not data:
-                        break
-                    out.write(data)
-                    left -= len(data)
-            target = self.root / name
-            self.con.execute(
-                f"COPY ({LEDGER_SQL} ORDER BY subject_kind, subject_id, ts) "
-                "TO ? (FORMAT parquet, COMPRESSION zstd)",
-                [str(chunk), str(target)],
-            )
-        finally:
-            chunk.unlink(missing_ok=True)
-        return name
-
-    def _merge(self, parts: list[str]) -> list[str]:
-        """Merge every part but the largest into one (sorted by subject again)."""
-        sizes = sorted(parts, key=lambda p: (self.root / p).stat().st_size, reverse=True)
-        keep, small = sizes[0], sorted(sizes[1:])
-        name = f"merged-{hashlib.sha256(' '.join(small).encode()).hexdigest()[:16]}.parquet"
-        self.con.execute(
-            "COPY (SELECT * FROM read_parquet(?) ORDER BY subject_kind, subject_id, ts) "
-            "TO ? (FORMAT parquet, COMPRESSION zstd)",
-            [[str(self.root / p) for p in small], str(self.root / name)],
-        )
-        self._drop(small)
-        return sorted([keep, name])
-
-    def _drop(self, parts: Iterable[str]) -> None:
-        for part in parts:
-            (self.root / part).unlink(missing_ok=True)
-
-    def _save(self, state: dict[str, Any]) -> None:
-        temp = self.manifest.with_suffix(".tmp")
-        temp.write_text(json.dumps(state), encoding="utf-8")
-        temp.replace(self.manifest)
-
-
-def _digest(fh: BinaryIO, start: int, end: int) -> str:
-    fh.seek(start)
-    return hashlib.sha256(fh.read(end - start)).hexdigest()
-
-
-def _line_end(fh: BinaryIO, start: int, stop: int) -> int:
-    """The offset just after the last newline in [start, stop) (``start`` if none)."""
-    step = 1 << 16
-    pos = stop
-    while pos > start:
-        low = max(start, pos - step)
-        fh.seek(low)
-        block = fh.read(pos - low)
-        cut = block.rfind(b"\n")
-        if cut >= 0:
-            return low + cut + 1
-        pos = low
-    return start

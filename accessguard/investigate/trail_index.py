@@ -1,0 +1,228 @@
+"""The trail's index: its ledger entries as Parquet parts beside it, kept up to date.
+
+``TRAIL.index/``: Parquet parts (zstd, sorted by subject) and a manifest
+saying how many bytes of the trail they cover. Each update indexes what was
+appended since (whole lines only, in chunks of ``CHUNK`` bytes, so memory
+stays bounded). A trail that shrank or whose first bytes or last indexed line
+changed is indexed again from the start. Parts are merged when there are more
+than ``MAX_PARTS``. Updates take an exclusive lock on ``TRAIL.index/lock``,
+queries a shared one; the trail's size is read under a shared lock on the
+trail itself, so a batch being appended is never half indexed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    import duckdb
+
+INDEX_VERSION = 2  # 2: arrays kept as JSON text
+MAX_PARTS = 8
+CHUNK = 128 * 1024 * 1024  # bytes of trail per indexing step
+_PROBE = 4096  # bytes hashed at the head of the trail and before the indexed offset
+
+#: the trail fields read, as DuckDB types (everything else in a line is skipped)
+_FIELDS = {
+    "event.action": "VARCHAR",
+    "@timestamp": "VARCHAR",
+    "accessguard.first": "VARCHAR",
+    "accessguard.last": "VARCHAR",
+    "user.name": "VARCHAR",
+    "user.roles": "JSON",
+    "accessguard.ticket.id": "VARCHAR",
+    "accessguard.ticket.kind": "VARCHAR",
+    "accessguard.subject.kind": "VARCHAR",
+    "accessguard.subject.id": "VARCHAR",
+    "accessguard.statements": "JSON",
+    "accessguard.rows": "JSON",
+    "accessguard.columns": "JSON",
+    "accessguard.tables": "JSON",
+    "accessguard.fingerprint": "VARCHAR",
+}
+
+
+def _strings(name: str) -> str:
+    # kept as JSON text: Python reads the elements as investigate does (str() of each)
+    return f"CASE WHEN json_type(\"{name}\") = 'ARRAY' THEN \"{name}\"::VARCHAR ELSE '[]' END"
+
+
+def _count(name: str) -> str:
+    # investigate counts JSON integers only (not floats, not booleans)
+    return (
+        f"CASE WHEN json_type(\"{name}\") IN ('UBIGINT', 'BIGINT') "
+        f'THEN TRY_CAST("{name}" AS BIGINT) ELSE 0 END'
+    )
+
+
+_TS = 'COALESCE(TRY_CAST("accessguard.last" AS TIMESTAMPTZ), TRY_CAST("@timestamp" AS TIMESTAMPTZ))'
+#: the ledger entries of a JSON-lines source, as index rows
+_LEDGER = f"""
+SELECT
+    "user.name" AS user_name,
+    "accessguard.ticket.id" AS ticket_id,
+    "accessguard.ticket.kind" AS ticket_kind,
+    "accessguard.subject.kind" AS subject_kind,
+    "accessguard.subject.id" AS subject_id,
+    {_TS} AS ts,
+    COALESCE(TRY_CAST("accessguard.first" AS TIMESTAMPTZ), {_TS}) AS first,
+    {_count("accessguard.statements")} AS statements,
+    {_count("accessguard.rows")} AS rows,
+    {_strings("accessguard.columns")} AS columns,
+    {_strings("accessguard.tables")} AS tables,
+    {_strings("user.roles")} AS roles,
+    "accessguard.fingerprint" AS fingerprint
+FROM read_json(?, format = 'newline_delimited', columns = {{COLUMNS}}, ignore_errors = true,
+               maximum_object_size = 16777216)
+WHERE "event.action" = 'ledger' AND "accessguard.subject.id" IS NOT NULL
+"""  # noqa: S608 - built from the constants above only
+_COLUMNS = "{" + ", ".join(f"'{k}': '{v}'" for k, v in _FIELDS.items()) + "}"
+LEDGER_SQL = _LEDGER.replace("{COLUMNS}", _COLUMNS)
+
+
+@contextlib.contextmanager
+def locked(path: Path, mode: int) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+class Index:
+    """The trail's ledger entries as Parquet parts, brought up to date incrementally."""
+
+    def __init__(self, trail: Path, root: Path, con: duckdb.DuckDBPyConnection) -> None:
+        self.trail, self.root, self.con = trail, root, con
+        self.manifest = root / "manifest.json"
+
+    def update(self) -> list[str]:
+        """Index whatever was appended since the last update; return the parts to read."""
+        self.root.mkdir(mode=0o750, exist_ok=True)
+        with locked(self.root / "lock", fcntl.LOCK_EX):
+            state = self._state()
+            with self.trail.open("rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_SH)  # between two appended batches
+                size = os.fstat(fh.fileno()).st_size
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                head = digest(fh, 0, min(size, _PROBE))
+                if not self._still(state, fh, size, head):
+                    self._drop(state["parts"])
+                    state = {
+                        "version": INDEX_VERSION,
+                        "offset": 0,
+                        "head": head,
+                        "parts": [],
+                        "tail": None,
+                    }
+                offset = state["offset"]
+                while offset < size:
+                    end = line_end(fh, offset, min(size, offset + CHUNK))
+                    if end <= offset:
+                        break  # a torn or unfinished last line: next time
+                    part = self._ingest(fh, offset, end)
+                    if part is not None:
+                        state["parts"].append(part)
+                    offset = end
+                    state["offset"] = offset
+                    state["head"] = head if offset >= _PROBE else digest(fh, 0, offset)
+                    state["tail"] = digest(fh, max(0, offset - _PROBE), offset)
+                    self._save(state)
+            if len(state["parts"]) > MAX_PARTS:
+                state["parts"] = self._merge(state["parts"])
+                self._save(state)
+            parts: list[str] = state["parts"]
+            return parts
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            state: dict[str, Any] = json.loads(self.manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {"version": INDEX_VERSION, "offset": 0, "head": None, "parts": [], "tail": None}
+        if state.get("version") != INDEX_VERSION or not all(
+            (self.root / p).is_file() for p in state.get("parts", [])
+        ):
+            return {"version": INDEX_VERSION, "offset": 0, "head": None, "parts": [], "tail": None}
+        return state
+
+    def _still(self, state: dict[str, Any], fh: BinaryIO, size: int, head: str) -> bool:
+        """Whether the indexed bytes are still the trail's first bytes."""
+        offset = state["offset"]
+        if offset == 0:
+            return True
+        if size < offset or state["head"] != (head if offset >= _PROBE else digest(fh, 0, offset)):
+            return False
+        return bool(state["tail"] == digest(fh, max(0, offset - _PROBE), offset))
+
+    def _ingest(self, fh: BinaryIO, start: int, end: int) -> str | None:
+        name = f"part-{start:015d}-{end:015d}.parquet"
+        chunk = self.root / f".chunk-{os.getpid()}.jsonl"
+        try:
+            with chunk.open("wb") as out:
+                fh.seek(start)
+                left = end - start
+                while left > 0:
+                    data = fh.read(min(left, 8 * 1024 * 1024))
+                    if not data:
+                        break
+                    out.write(data)
+                    left -= len(data)
+            target = self.root / name
+            self.con.execute(
+                f"COPY ({LEDGER_SQL} ORDER BY subject_kind, subject_id, ts) "
+                "TO ? (FORMAT parquet, COMPRESSION zstd)",
+                [str(chunk), str(target)],
+            )
+        finally:
+            chunk.unlink(missing_ok=True)
+        return name
+
+    def _merge(self, parts: list[str]) -> list[str]:
+        """Merge every part but the largest into one (sorted by subject again)."""
+        sizes = sorted(parts, key=lambda p: (self.root / p).stat().st_size, reverse=True)
+        keep, small = sizes[0], sorted(sizes[1:])
+        name = f"merged-{hashlib.sha256(' '.join(small).encode()).hexdigest()[:16]}.parquet"
+        self.con.execute(
+            "COPY (SELECT * FROM read_parquet(?) ORDER BY subject_kind, subject_id, ts) "
+            "TO ? (FORMAT parquet, COMPRESSION zstd)",
+            [[str(self.root / p) for p in small], str(self.root / name)],
+        )
+        self._drop(small)
+        return sorted([keep, name])
+
+    def _drop(self, parts: Iterable[str]) -> None:
+        for part in parts:
+            (self.root / part).unlink(missing_ok=True)
+
+    def _save(self, state: dict[str, Any]) -> None:
+        temp = self.manifest.with_suffix(".tmp")
+        temp.write_text(json.dumps(state), encoding="utf-8")
+        temp.replace(self.manifest)
+
+
+def digest(fh: BinaryIO, start: int, end: int) -> str:
+    fh.seek(start)
+    return hashlib.sha256(fh.read(end - start)).hexdigest()
+
+
+def line_end(fh: BinaryIO, start: int, stop: int) -> int:
+    """The offset just after the last newline in [start, stop) (``start`` if none)."""
+    step = 1 << 16
+    pos = stop
+    while pos > start:
+        low = max(start, pos - step)
+        fh.seek(low)
+        block = fh.read(pos - low)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            return low + cut + 1
+        pos = low
+    return start

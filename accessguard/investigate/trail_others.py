@@ -1,0 +1,147 @@
+"""The events of a JSON-lines trail that are not ledger entries, kept beside its index.
+
+The report (accessguard.investigate.report_engine) needs the refusals,
+throttles, watch-list notices, alerts, elevations and ticket lifecycle events
+one by one; they are a small fraction of a trail (about 15,000 lines of a
+month's 1.95 million). ``Others`` copies them, as they are, to
+``TRAIL.index/others.jsonl``, brought up to date like the index (whatever was
+appended since, whole lines only, under the index's lock) and started again
+when the trail's first bytes or its last copied line changed. A line is
+skipped when it holds ``"event.action":"ledger"`` as the trail writes it; a
+line written otherwise is copied and dropped when read, so no event is lost
+to the shortcut. Without an index, ``scan`` reads the trail itself.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from accessguard.investigate.trail_index import CHUNK, digest, line_end, locked
+
+VERSION = 1
+_PROBE = 4096
+_LEDGER = b'"event.action":"ledger"'
+_BLOCK = 8 * 1024 * 1024
+
+
+def _lines(fh: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    """The lines of ``fh`` in [start, end), read in bounded blocks (``end`` ends a line)."""
+    fh.seek(start)
+    left, carry = end - start, b""
+    while left > 0:
+        block = fh.read(min(left, _BLOCK))
+        if not block:
+            break
+        left -= len(block)
+        lines = (carry + block).split(b"\n")
+        carry = lines.pop()
+        yield from lines
+    if carry:
+        yield carry
+
+
+def _kept(lines: Iterator[bytes]) -> Iterator[bytes]:
+    for line in lines:
+        if line.strip() and _LEDGER not in line:
+            yield line
+
+
+def events(lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+    """The JSON objects of ``lines`` that are not ledger entries (unreadable lines skipped)."""
+    for line in _kept(lines):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event.action") != "ledger":
+            yield event
+
+
+def scan(trail: Path) -> Iterator[dict[str, Any]]:
+    """The trail's events that are not ledger entries, read from the trail (no index)."""
+    with trail.open("rb") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH)
+        size = os.fstat(fh.fileno()).st_size
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        yield from events(_lines(fh, 0, line_end(fh, 0, size)))
+
+
+class Others:
+    """``TRAIL.index/others.jsonl``: the trail's lines that are not ledger entries."""
+
+    def __init__(self, trail: Path, root: Path) -> None:
+        self.trail, self.root = trail, root
+        self.store = root / "others.jsonl"
+        self.manifest = root / "others.json"
+
+    def update(self) -> None:
+        """Copy whatever was appended to the trail since the last update."""
+        self.root.mkdir(mode=0o750, exist_ok=True)
+        with locked(self.root / "lock", fcntl.LOCK_EX), self.trail.open("rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH)  # between two appended batches
+            size = os.fstat(fh.fileno()).st_size
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            head = digest(fh, 0, min(size, _PROBE))
+            state = self._state()
+            if not self._still(state, fh, size, head):
+                state = {"version": VERSION, "offset": 0, "head": None, "tail": None, "kept": 0}
+            fd = os.open(self.store, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            with os.fdopen(fd, "ab") as out:  # as readable as the trail, no more
+                out.truncate(state["kept"])  # bytes a crashed update left past the mark
+                offset = state["offset"]
+                while offset < size:
+                    end = line_end(fh, offset, min(size, offset + CHUNK))
+                    if end <= offset:
+                        break  # a torn or unfinished last line: next time
+                    for line in _kept(_lines(fh, offset, end)):
+                        out.write(line + b"\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+                    offset = end
+                    state |= {
+                        "offset": offset,
+                        "kept": out.tell(),
+                        "head": head if offset >= _PROBE else digest(fh, 0, offset),
+                        "tail": digest(fh, max(0, offset - _PROBE), offset),
+                    }
+                    self._save(state)
+
+    def read(self) -> Iterator[dict[str, Any]]:
+        """The copied events, in trail order."""
+        with locked(self.root / "lock", fcntl.LOCK_SH):
+            kept = self._state()["kept"]
+            with self.store.open("rb") as fh:
+                yield from events(_lines(fh, 0, kept))
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            state: dict[str, Any] = json.loads(self.manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = {}
+        fresh = {"version": VERSION, "offset": 0, "head": None, "tail": None, "kept": 0}
+        if state.get("version") != VERSION or not isinstance(state.get("kept"), int):
+            return fresh
+        try:
+            if self.store.stat().st_size < state["kept"]:
+                return fresh
+        except OSError:
+            return fresh
+        return state
+
+    def _still(self, state: dict[str, Any], fh: BinaryIO, size: int, head: str) -> bool:
+        offset = state["offset"]
+        if offset == 0:
+            return True
+        if size < offset or state["head"] != (head if offset >= _PROBE else digest(fh, 0, offset)):
+            return False
+        return bool(state["tail"] == digest(fh, max(0, offset - _PROBE), offset))
+
+    def _save(self, state: dict[str, Any]) -> None:
+        temp = self.manifest.with_suffix(".tmp")
+        temp.write_text(json.dumps(state), encoding="utf-8")
+        temp.replace(self.manifest)
