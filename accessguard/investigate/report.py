@@ -40,9 +40,9 @@ h3{font-size:15px;margin:16px 0 6px;color:var(--muted);font-weight:600}
 p.lead,.note{color:var(--muted);margin:0 0 14px}
 section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:20px 24px;
 margin:18px 0}
-.kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(140px,1fr));gap:12px;margin-top:18px}
-.kpi{background:#fff;border:1px solid var(--line);border-radius:10px;padding:12px 16px}
-.kpi b{display:block;font-size:24px;font-variant-numeric:tabular-nums}
+.kpis{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:12px;margin-top:18px}
+.kpi{background:#fff;border:1px solid var(--line);border-radius:10px;padding:12px 16px;min-width:0}
+.kpi b{display:block;font-size:22px;font-variant-numeric:tabular-nums;overflow-wrap:anywhere}
 .kpi span{color:var(--muted);font-size:13px}
 .kpi.alert{border-color:var(--bad);background:var(--badbg)}
 .kpi.alert b{color:var(--bad)}
