@@ -7,32 +7,36 @@ Bounded before anything scans the text: ``screen`` (the length, the type,
 the encoding) runs first, in O(1) for ASCII text, so no regular expression
 and no tokenizer ever sees a statement longer than ``MAX_SQL_LENGTH`` or one
 that is not valid Unicode; every scan that follows is linear in the text, and
-nothing after the tokenizer runs on more than ``MAX_TOKENS`` tokens.
+nothing after the tokenizer runs on more than ``MAX_TOKENS`` tokens. The text's
+bounds and their refusals are in ``analysis.bounds``; the per-thread tokenizers
+and parsers in ``analysis.dialects``.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import re
 import threading
-from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import SqlglotError
 from sqlglot.tokenizer_core import Token, TokenType
 
+from accessguard.analysis.bounds import (
+    as_text,
+    screen,
+    screen_placeholders,
+    unanalyzable,
+    with_redaction,
+)
 from accessguard.analysis.crosscheck import crosscheck
-from accessguard.analysis.dialects import dialect as sql_dialect
+from accessguard.analysis.dialects import parser, tokenizer
 from accessguard.analysis.facts import Const, Facts, Param, ScopeRef, Value, subject_marker
 from accessguard.analysis.redact import (
     MAX_SQL_LENGTH,
     audit_text,
-    digest,
     fingerprint,
     redact,
     redact_tokens,
@@ -68,8 +72,6 @@ __all__ = [
     "with_redaction",
 ]
 
-#: how long a statement may be as bytes, before it is decoded
-_MAX_BYTES = 4 * MAX_SQL_LENGTH
 #: the most tokens a statement may have: what runs after the tokenizer (the
 #: parser, the walker, PostgreSQL's parser, the rewrite) is bounded by it
 MAX_TOKENS = 20_000
@@ -101,84 +103,6 @@ _FORBIDDEN_KINDS: dict[type[exp.Expr], str] = {
 }
 
 
-class _DropUnsupportedSyntax(logging.Filter):
-    """sqlglot warns with the full statement text when it falls back to Command.
-
-    That text may hold customer data, so the warning must not reach the
-    application's logs; the guard refuses such statements anyway.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "unsupported syntax" not in record.getMessage()
-
-
-logging.getLogger("sqlglot").addFilter(_DropUnsupportedSyntax())
-
-
-def screen(sql: object) -> str | None:
-    """Why ``sql`` must not reach any regular expression or tokenizer; None when it may.
-
-    Not text, longer than ``MAX_SQL_LENGTH``, or holding a lone surrogate
-    (text no UTF-8 encoder, PostgreSQL or the audit file, accepts). O(1) for
-    ASCII text; one encoding pass at C speed otherwise.
-    """
-    if not isinstance(sql, str):
-        return "the statement is not text"
-    if len(sql) > MAX_SQL_LENGTH:
-        return f"the statement is {len(sql)} characters long, more than {MAX_SQL_LENGTH}"
-    if not sql.isascii():
-        try:
-            sql.encode("utf-8")
-        except UnicodeEncodeError:
-            return "the statement is not valid Unicode text (a lone surrogate)"
-    return None
-
-
-#: the most characters psycopg's placeholder scan may read (see screen_placeholders)
-MAX_PLACEHOLDER_SCAN = 1_000_000
-
-
-def screen_placeholders(sql: str) -> str | None:
-    """Why psycopg's ``%s`` / ``%(name)s`` conversion must not read ``sql``; None when it may.
-
-    Its regular expression reads from every ``%(`` to the next ``)``: a text of
-    unclosed ``%(`` takes quadratic time (100 KB: about 30 s). This adds up
-    what it would read, in one linear pass, and stops past ``MAX_PLACEHOLDER_SCAN``.
-    """
-    cost, close = 0, -1
-    at = sql.find("%(")
-    while at != -1:
-        if close < at:
-            close = sql.find(")", at)
-            if close == -1:
-                close = len(sql)
-        cost += close - at
-        if cost > MAX_PLACEHOLDER_SCAN:
-            return "the statement's placeholders cannot be read (too many unclosed %()"
-        at = sql.find("%(", at + 2)
-    return None
-
-
-def as_text(sql: str | bytes | bytearray | memoryview) -> tuple[str, str | None]:
-    """``sql`` as text, and why it cannot be analyzed (``screen``; None when it can).
-
-    Bytes must be UTF-8; undecodable ones come back decoded with replacement
-    characters (for the audit event's redacted text), with their problem.
-    """
-    if isinstance(sql, bytes | bytearray | memoryview):
-        data = bytes(sql)
-        if len(data) > _MAX_BYTES:
-            return "", f"the statement is {len(data)} bytes long, more than {_MAX_BYTES}"
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            return data.decode("utf-8", "replace"), "the statement is not valid UTF-8"
-        return text, screen(text)
-    if not isinstance(sql, str):
-        return "", "the statement is not text"
-    return sql, screen(sql)
-
-
 def analyze(  # noqa: PLR0913 - keyword-only options
     sql: str | bytes,
     *,
@@ -208,7 +132,7 @@ def analyze(  # noqa: PLR0913 - keyword-only options
     if oversized is not None:
         return oversized
     try:
-        tokens = _tokenizer(dialect).tokenize(sql)
+        tokens = tokenizer(dialect).tokenize(sql)
     except Exception:  # noqa: BLE001 - fail closed: what does not tokenize is refused
         return Facts(
             kind="unknown",
@@ -266,40 +190,6 @@ def _oversized(sql: str, dialect: str) -> Facts | None:
     if last is not None and last[0] == dialect and last[1] == sql:
         return last[2]
     return None
-
-
-def unanalyzable(sql: str, detail: str, *, dialect: str) -> Facts:
-    """The refusal of a statement ``screen`` stops, with what its audit event may show.
-
-    The redacted text is of its first characters at most (``redact``); the
-    fingerprint of a statement too long to redact whole is a hash of its length
-    and its first ``MAX_SQL_LENGTH`` characters (bounded work, whatever its size).
-    """
-    redacted = redact(sql, dialect=dialect) if sql else None
-    if len(sql) <= MAX_SQL_LENGTH and redacted is not None:
-        found = fingerprint(redacted)
-    else:
-        found = digest(f"{len(sql)}:{sql[:MAX_SQL_LENGTH]}") if sql else None
-    return Facts(
-        kind="unknown",
-        problem=Reason.SQL_UNANALYZABLE,
-        detail=detail,
-        dialect=dialect,
-        redacted=redacted,
-        fingerprint=found,
-    )
-
-
-def with_redaction(facts: Facts, sql: str | bytes) -> Facts:
-    """``facts`` with the redacted text and fingerprint of ``sql`` (for its audit event)."""
-    if facts.redacted is not None:
-        return facts
-    text, unscreened = as_text(sql)
-    if unscreened is not None:
-        found = unanalyzable(text, unscreened, dialect=facts.dialect)
-        return replace(facts, redacted=found.redacted, fingerprint=found.fingerprint)
-    redacted = redact(text, dialect=facts.dialect)
-    return replace(facts, redacted=redacted, fingerprint=fingerprint(redacted))
 
 
 def _analyze_guarded(  # noqa: PLR0913 - one statement's inputs
@@ -386,11 +276,11 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
             )
     if dialect == "sqlite" and any(t.token_type == TokenType.PLACEHOLDER for t in tokens):
         sql = _number_qmarks(sql)
-        tokens = _tokenizer(dialect).tokenize(sql)
+        tokens = tokenizer(dialect).tokenize(sql)
     # a trailing "; -- comment" comes back as a Semicolon node: it is not a statement
     statements = [
         s
-        for s in _parser(dialect).parse(tokens, sql)
+        for s in parser(dialect).parse(tokens, sql)
         if s is not None and not isinstance(s, exp.Semicolon)
     ]
     if len(statements) != 1:
@@ -465,29 +355,8 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
 #: characters that open a quoted name in any dialect we read (sqlglot IDENTIFIER tokens)
 _QUOTES = re.compile(r'["`\[]')
 
+#: this thread's last refusal for too many tokens (see _too_many_tokens)
 _LOCAL = threading.local()
-
-
-def _parser(name: str) -> Any:
-    """A parser per thread and dialect: sqlglot's parse() resets it before each statement."""
-    return _per_thread("parsers", name, lambda dialect: dialect.parser())
-
-
-def _tokenizer(name: str) -> Any:
-    """A tokenizer per thread and dialect: they keep state while tokenizing."""
-    return _per_thread("tokenizers", name, lambda dialect: dialect.tokenizer())
-
-
-def _per_thread(slot: str, name: str, make: Callable[[Dialect], Any]) -> Any:
-    """This thread's object in ``slot`` for dialect ``name``, made by ``make`` once."""
-    made: dict[str, Any] | None = getattr(_LOCAL, slot, None)
-    if made is None:
-        made = {}
-        setattr(_LOCAL, slot, made)
-    found = made.get(name)
-    if found is None:
-        found = made[name] = make(sql_dialect(name))
-    return found
 
 
 def shape(sql: str, dialect: str) -> tuple[Shape, list[Token]] | None:
@@ -498,7 +367,7 @@ def shape(sql: str, dialect: str) -> tuple[Shape, list[Token]] | None:
     if screen(sql) is not None or _oversized(sql, dialect) is not None:
         return None
     try:
-        tokens = _tokenizer(dialect).tokenize(sql)
+        tokens = tokenizer(dialect).tokenize(sql)
     except Exception:  # noqa: BLE001 - not shaped: the caller analyzes the text itself
         return None
     if len(tokens) > MAX_TOKENS:
