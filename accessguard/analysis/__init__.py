@@ -43,7 +43,7 @@ from accessguard.analysis.redact import (
 )
 from accessguard.analysis.rewrite import rewrite
 from accessguard.analysis.shape import Shape, render, shape_of
-from accessguard.analysis.walker import Refusal, Walker
+from accessguard.analysis.walker import Refusal, Walker, forget_derived
 from accessguard.errors import Reason
 from accessguard.policy.catalog import Catalog
 from accessguard.policy.masking import NO_MASKING, Masking
@@ -232,6 +232,8 @@ def _analyze_guarded(  # noqa: PLR0913 - one statement's inputs
             problem=Reason.SQL_UNANALYZABLE,
             detail="the analyser could not read the statement",
         )
+    finally:
+        forget_derived()  # the tree was rewritten: its index of derived tables is stale
 
 
 def _analyze(  # noqa: PLR0913 - one statement's inputs

@@ -10,6 +10,7 @@ and row-scope bindings are in ``clauses``.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -207,6 +208,32 @@ _COUNTS = (exp.Count, exp.CountIf)
 _PLAIN_DEPTH = 8
 
 
+_DERIVED = threading.local()
+
+
+def _derived(root: object) -> dict[str, list[exp.Expression]]:
+    """Every derived table and WITH item of the statement ``root``, by name (the bodies).
+
+    Indexed once per statement tree, not once per column asked about: a walk of
+    the whole tree per column made analytic statements' first sight 60% slower.
+    The tree is read, never changed, while the statement is walked.
+    """
+    cached: tuple[object, dict[str, list[exp.Expression]]] | None = getattr(_DERIVED, "last", None)
+    if cached is not None and cached[0] is root:
+        return cached[1]
+    index: dict[str, list[exp.Expression]] = {}
+    assert isinstance(root, exp.Expression)  # noqa: S101 - a statement's tree
+    for found in root.find_all(exp.CTE, exp.Subquery):
+        index.setdefault(found.alias_or_name.lower(), []).append(found.this)
+    _DERIVED.last = (root, index)
+    return index
+
+
+def forget_derived() -> None:
+    """Drop the index of the last statement (its tree may change once walked)."""
+    _DERIVED.last = None
+
+
 def plain_column(node: exp.Expression, alias: str, column: str, depth: int = 0) -> bool:
     """Whether ``column`` of the derived table or WITH item ``alias`` is a table's column
     passed through unchanged (through further derived tables), not an expression.
@@ -216,11 +243,7 @@ def plain_column(node: exp.Expression, alias: str, column: str, depth: int = 0) 
     if depth > _PLAIN_DEPTH:
         return False
     root = node.root()
-    queries = [
-        found.this
-        for found in root.find_all(exp.CTE, exp.Subquery)
-        if found.alias_or_name.lower() == alias.lower() and isinstance(found.this, exp.Select)
-    ]
+    queries = [q for q in _derived(root).get(alias.lower(), ()) if isinstance(q, exp.Select)]
     if len(queries) != 1:  # none, a set operation, or two of that name: do not guess
         return False
     query = queries[0]
