@@ -321,3 +321,53 @@ async def test_a_held_event_the_sink_cannot_take_fails_closed(
                 await aconn.execute(sql, [42])
     decisions = [e for e in sink.events if e.get("event.action") == "query"]
     assert [e["event.reason"] for e in decisions] == ["throttle.statements"]
+
+
+SESSIONS = 10
+
+
+async def test_an_async_sqlalchemy_engine_decides_off_the_loop(
+    busy_guard: tuple[Guard, SlowTicketStore, Path], scenario_dsn: str
+) -> None:
+    """An instrumented AsyncEngine decides in the bounded pool: a slow ticket store, Redis
+    limits and slow refusal writes stall no other task; each session sees its own customer."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    guard, store, _trail = busy_guard
+    engine = create_async_engine(
+        scenario_dsn.replace("postgresql://", "postgresql+psycopg://", 1), pool_size=SESSIONS
+    )
+    guard.instrument(engine)
+
+    async def one(index: int) -> list[int]:
+        ticket, customer = MALLORY[index], 100 + index
+        seen: list[int] = []
+        with guard.acting_as(user="mallory", ticket=ticket):
+            async with engine.connect() as conn:
+                for _ in range(ROUNDS):
+                    rows = await conn.execute(
+                        text("SELECT id FROM customers WHERE id = :c"), {"c": customer}
+                    )
+                    seen += [row[0] for row in rows]
+                    with pytest.raises(Exception) as refused:  # another ticket's customer
+                        await conn.execute(
+                            text("SELECT id FROM customers WHERE id = :c"), {"c": customer + 1}
+                        )
+                    assert isinstance(refused.value.__cause__ or refused.value, AccessDenied)
+                    await conn.rollback()
+        return seen
+
+    results: list[list[int]] = []
+
+    async def work() -> None:
+        results.extend(await asyncio.gather(*(one(i) for i in range(SESSIONS))))
+
+    try:
+        probe = await under_probe(work)
+    finally:
+        await engine.dispose()
+    assert [set(seen) for seen in results] == [{100 + i} for i in range(SESSIONS)]
+    assert probe.ticks > 10
+    assert probe.worst < MAX_LAG, f"the event loop stalled {probe.worst * 1000:.0f} ms"
+    assert threading.get_ident() not in store.threads  # never on the loop's thread

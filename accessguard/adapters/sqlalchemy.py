@@ -62,6 +62,7 @@ from sqlalchemy.sql.expression import (
 )
 from sqlalchemy.util import concurrency
 
+from accessguard.adapters import offload
 from accessguard.adapters.binding import bound_session
 from accessguard.adapters.gate import one_statement, over_cap, refuse_mixed, written
 from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
@@ -204,13 +205,19 @@ class _Listener:
     def _authorize(
         self, driver_cursor: Any, statement: str, params: Any, session: Session, *, client: bool
     ) -> Authorized:
-        return authorize_statement(
-            self.guard.lane(session, DIALECT),
-            statement,
-            params,
-            mogrify=driver_cursor.mogrify if client else None,
-            probing=True,
-        )
+        lane = self.guard.lane(session, DIALECT)
+        mogrify = driver_cursor.mogrify if client else None
+        if isinstance(driver_cursor, psycopg.AsyncCursor):
+            # an AsyncEngine runs this hook in a greenlet on the event loop: a ticket store,
+            # a Redis throttle or an audit write would stall every task; decide in the
+            # adapters' bounded pool instead, and wait for it through SQLAlchemy's bridge
+            ok: Authorized = _await(
+                offload.off_loop(
+                    authorize_statement, lane, statement, params, mogrify=mogrify, probing=True
+                )
+            )
+            return ok
+        return authorize_statement(lane, statement, params, mogrify=mogrify, probing=True)
 
     def _refuse(self, message: str, session: Session) -> AccessDenied:
         return self.guard.refuse(Reason.PATH_FORBIDDEN, message, session, kind="unknown")
