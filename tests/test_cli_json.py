@@ -307,6 +307,22 @@ class TestScenarioLoad:
 
 
 class TestErrors:
+    @pytest.mark.db
+    def test_an_unreachable_sink_is_a_database_error(
+        self, unused_database: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A sink that cannot be reached: one JSON error (database.error) and exit 1."""
+        capsys.readouterr()
+        argv = ["audit", "who-read", "--dsn", unused_database, "--customer", "42"]
+        code = main([*argv, "--format", "json"])
+        captured = capsys.readouterr()
+        assert code == 1
+        assert json.loads(captured.out)["error"]["reason"] == "database.error"
+        assert main(argv) == 1  # without JSON: one line on stderr, no traceback
+        err = capsys.readouterr().err
+        assert err.startswith("accessguard: ")
+        assert "Traceback" not in err
+
     @pytest.mark.parametrize("flag", [["--format", "json"], ["--format=json"]])
     def test_argparse_usage_error(
         self, flag: list[str], capsys: pytest.CaptureFixture[str]

@@ -20,7 +20,15 @@ from accessguard.cli.commands import (
     scenario_load,
     schema_pull,
 )
-from accessguard.cli.output import EXIT_USAGE, FILE_ERROR, USAGE, fail, wants_json
+from accessguard.cli.output import (
+    DATABASE_ERROR,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    FILE_ERROR,
+    USAGE,
+    fail,
+    wants_json,
+)
 from accessguard.cli.parser import UsageError, build_parser
 
 __all__ = ["main"]
@@ -63,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(exc, as_json=wants_json(argv), reason=str(exc.reason))
     except OSError as exc:
         return fail(exc, as_json=wants_json(argv), reason=FILE_ERROR)
+    except Exception as exc:  # the driver's errors, without importing the driver for --help
+        if type(exc).__module__.split(".", 1)[0] != "psycopg":
+            raise
+        return fail(exc, as_json=wants_json(argv), reason=DATABASE_ERROR, code=EXIT_REFUSED)
 
 
 # ---------------------------------------------------------------------- JSON output and errors
