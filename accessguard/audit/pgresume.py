@@ -55,14 +55,14 @@ _MAX_AGE = 1 << 30
 
 # Built from constants only (no input): S608 does not apply.
 _HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-#: one scan of the rows up to the mark: how many, and (id, xmin) of those written at or
-#: after the mark's horizon (to check) and at or after this snapshot's (for the next mark)
+#: one scan of the rows up to the mark, with aggregates PostgreSQL runs in parallel: how
+#: many rows, how many written at or after the mark's horizon, and how many of those the
+#: mark itself lists (by "id:xmin")
 _SINCE = (
     "SELECT count(*), "  # noqa: S608
-    "coalesce(array_agg(array[id, xmin::text::bigint]) "
-    "FILTER (WHERE age(xmin) <= age(%(old)s::text::xid)), '{}'), "
-    "coalesce(array_agg(array[id, xmin::text::bigint]) "
-    "FILTER (WHERE age(xmin) <= age(%(new)s::text::xid)), '{}') "
+    "count(*) FILTER (WHERE age(xmin) <= age(%(old)s::text::xid)), "
+    "count(*) FILTER (WHERE age(xmin) <= age(%(old)s::text::xid) "
+    "AND (id::text || ':' || xmin::text) = ANY(%(listed)s::text[])) "
     f"FROM {TABLE} WHERE id <= %(last)s"
 )
 _AFTER = (
@@ -239,14 +239,16 @@ def _holds(
         return None
     if (horizon - mark.horizon) % (1 << 32) >= _MAX_AGE:
         return None
-    params = {"old": str(mark.horizon), "new": str(horizon), "last": mark.last_id}
+    listed = [f"{i}:{x}" for i, x in mark.recent]
+    params = {"old": str(mark.horizon), "listed": listed, "last": mark.last_id}
     row = conn.execute(_SINCE, params).fetchone()
     if row is None or int(row[0]) != mark.count:
         return None  # a row deleted, or one still being written when the mark was taken
-    since = {(int(i), int(x)) for i, x in row[1]}
-    if not since <= set(mark.recent):
-        return None  # a row written (updated, re-inserted) after the mark
-    return [(int(i), int(x)) for i, x in row[2]]
+    if int(row[1]) != int(row[2]):
+        return None  # a row written (updated, re-inserted) after the mark, not one it listed
+    # every row at or after the old horizon is one the mark lists, so those at or after this
+    # snapshot's horizon (later) are among them too: no second scan
+    return [(i, x) for i, x in mark.recent if (x - horizon) % (1 << 32) < (1 << 31)]
 
 
 def _rows(conn: psycopg.Connection[Any], start: int, horizon: int) -> Iterator[tuple[Any, ...]]:
