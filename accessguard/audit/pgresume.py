@@ -55,19 +55,24 @@ _MAX_AGE = 1 << 30
 
 # Built from constants only (no input): S608 does not apply.
 _HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+#: "xmin is at or after the horizon H" (32-bit transaction ids, modulo their wrap), written
+#: without ``age()``, which PostgreSQL keeps out of parallel plans
+_AT_OR_AFTER = (
+    "((xmin::text::bigint - {h}) %% 4294967296 + 4294967296) %% 4294967296 < 2147483648"
+)
 #: one scan of the rows up to the mark, with aggregates PostgreSQL runs in parallel: how
 #: many rows, how many written at or after the mark's horizon, and how many of those the
 #: mark itself lists (by "id:xmin")
 _SINCE = (
     "SELECT count(*), "  # noqa: S608
-    "count(*) FILTER (WHERE age(xmin) <= age(%(old)s::text::xid)), "
-    "count(*) FILTER (WHERE age(xmin) <= age(%(old)s::text::xid) "
+    f"count(*) FILTER (WHERE {_AT_OR_AFTER.format(h='%(old)s')}), "
+    f"count(*) FILTER (WHERE {_AT_OR_AFTER.format(h='%(old)s')} "
     "AND (id::text || ':' || xmin::text) = ANY(%(listed)s::text[])) "
     f"FROM {TABLE} WHERE id <= %(last)s"
 )
 _AFTER = (
     "SELECT id, ts, action, user_name, ticket_id, subject_kind, subject_id, hash, event, "  # noqa: S608
-    "xmin::text::bigint, age(xmin) <= age(%(new)s::text::xid) "
+    f"xmin::text::bigint, {_AT_OR_AFTER.format(h='%(new)s')} "
     f"FROM {TABLE} WHERE id > %(start)s ORDER BY id"
 )
 
@@ -240,7 +245,7 @@ def _holds(
     if (horizon - mark.horizon) % (1 << 32) >= _MAX_AGE:
         return None
     listed = [f"{i}:{x}" for i, x in mark.recent]
-    params = {"old": str(mark.horizon), "listed": listed, "last": mark.last_id}
+    params = {"old": mark.horizon, "listed": listed, "last": mark.last_id}
     row = conn.execute(_SINCE, params).fetchone()
     if row is None or int(row[0]) != mark.count:
         return None  # a row deleted, or one still being written when the mark was taken
@@ -254,5 +259,5 @@ def _holds(
 def _rows(conn: psycopg.Connection[Any], start: int, horizon: int) -> Iterator[tuple[Any, ...]]:
     with conn.cursor(name="accessguard_verify") as cur:  # server-side: bounded memory
         cur.itersize = 10_000
-        cur.execute(_AFTER, {"start": start, "new": str(horizon)})
+        cur.execute(_AFTER, {"start": start, "new": horizon})
         yield from cur
