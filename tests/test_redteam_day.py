@@ -121,3 +121,104 @@ class TestDerivedStoresOfTheTrail:
                 "'\"bob\"') WHERE user_name = 'alice'"
             )
         assert _who_read(["--dsn", scenario_dsn], capsys)[0] == 1
+
+
+# ---------------------------------------------------------------------- 1. row scope
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
+    """The scenario's policies without limits, plus break-glass rules for support agents."""
+    policies: Path = tmp_path_factory.mktemp("redteam") / "policies"
+    shutil.copytree(scenario.policies_dir(), policies)
+    (policies / "limits.toml").unlink()
+    with (policies / "policy.csv").open("a", encoding="utf-8") as f:
+        f.write(
+            "p, support_agent, break_glass, customers.id, read\n"
+            "p, support_agent, break_glass, customers.phone, read\n"
+            "p, support_agent, break_glass, orders.id, read\n"
+            "p, support_agent, break_glass, orders.customer_id, read\n"
+            "p, support_agent, break_glass, orders.status, read\n"
+        )
+    with Guard.from_directory(
+        policies, tickets=scenario.tickets(), audit=MemoryAuditSink()
+    ) as guard:
+        yield guard
+
+
+def _outcome(guard: Guard, dsn: str, sql: str, user: str = "alice", ticket: str = "T-100") -> Any:
+    """The rows of ``sql`` (rolled back), or the refusal's reason code."""
+    with guard.connect(dsn, user=user, ticket=ticket) as conn:
+        try:
+            with conn.transaction(force_rollback=True):
+                cur = conn.execute(sql)
+                return cur.fetchall() if cur.description else cur.rowcount
+        except AccessGuardError as exc:
+            return str(exc.reason)
+
+
+REFUSED_ROW_ATTACKS = {
+    "self-join-or": "SELECT o.id FROM orders o JOIN orders o2 ON o2.id = o.id "
+    "WHERE o2.customer_id = 42 OR o.id = 71",
+    "union-in-in": "SELECT p.id FROM payments p WHERE p.order_id IN "
+    "(SELECT id FROM orders WHERE customer_id = 42 UNION SELECT 71)",
+    "union-derived": "SELECT c.id, c.email FROM (SELECT o.customer_id FROM orders o "
+    "WHERE o.customer_id = 42 UNION SELECT 7) x JOIN customers c ON c.id = x.customer_id",
+    "left-on-or": "SELECT c.email FROM orders o LEFT JOIN customers c "
+    "ON o.customer_id = c.id OR c.id = 7 WHERE o.customer_id = 42",
+    "full-join": "SELECT c.email FROM orders o FULL JOIN customers c "
+    "ON o.customer_id = c.id WHERE o.customer_id = 42",
+    "renamed-cte": "WITH o AS (SELECT id AS customer_id FROM orders WHERE customer_id = 42) "
+    "SELECT c.email FROM customers c JOIN o ON o.customer_id = c.id",
+    "lateral": "SELECT c.email FROM customers c, LATERAL (SELECT o.customer_id FROM orders o "
+    "WHERE o.customer_id = 42) x WHERE x.customer_id = c.id",
+    "not": "SELECT c.email FROM customers c WHERE NOT (c.id <> 42)",
+    "correlated-plus-zero": "SELECT o.id, (SELECT c.email FROM customers c "
+    "WHERE c.id = o.customer_id + 0) FROM orders o WHERE o.customer_id = 42",
+    "in-max": "SELECT c.email FROM customers c WHERE c.id IN "
+    "(SELECT max(o.customer_id) FROM orders o WHERE o.customer_id = 42)",
+    "scalar-key-other": "SELECT c.email FROM customers c "
+    "WHERE c.id = (SELECT customer_id FROM orders WHERE id = 71)",
+    "update-from": "UPDATE orders SET status = 'x' FROM payments p "
+    "WHERE p.order_id = orders.id AND p.customer_id = 42",
+    "update-in-or": "UPDATE orders SET status = 'x' WHERE id IN "
+    "(SELECT order_id FROM payments WHERE customer_id = 42 OR order_id = 71)",
+    "returning-other": "UPDATE orders SET status = 'x' WHERE customer_id = 42 "
+    "RETURNING (SELECT email FROM customers WHERE id = 7)",
+}
+
+
+@pytest.mark.parametrize("sql", REFUSED_ROW_ATTACKS.values(), ids=REFUSED_ROW_ATTACKS.keys())
+def test_row_scope_attacks_are_refused(plain: Guard, scenario_dsn: str, sql: str) -> None:
+    """Each reaches (or could reach) customer 7's rows: refused, never run."""
+    assert _outcome(plain, scenario_dsn, sql) in {
+        "row_scope.unbound",
+        "row_scope.other_subject",
+        "sql.unanalyzable",
+    }
+
+
+def test_payment_moved_between_probe_and_statement_is_trimmed(
+    plain: Guard, scenario_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """READ COMMITTED: customer 7's payment 71 moved onto order 421 once the relation probe
+    has passed (a concurrent commit) is still filtered out by the second wall."""
+    from accessguard.engine import probes  # noqa: PLC0415 - the interleaving point
+
+    passed = probes.run_batch
+
+    def then_move(guard: Any, batch: Any, connection: Any, *, qmark: bool = False) -> None:
+        passed(guard, batch, connection, qmark=qmark)
+        with psycopg.connect(scenario_dsn, autocommit=True) as other:
+            other.execute("UPDATE payments SET order_id = 421 WHERE id = 71")
+
+    monkeypatch.setattr(probes, "run_batch", then_move)
+    sql = (
+        "SELECT p.id, p.customer_id, p.card_last4 FROM orders o JOIN payments p "
+        "ON p.order_id = o.id WHERE o.customer_id = 42 ORDER BY p.id"
+    )
+    rows = _outcome(plain, scenario_dsn, sql)
+    with psycopg.connect(scenario_dsn) as check:
+        moved = check.execute("SELECT order_id FROM payments WHERE id = 71").fetchone()
+    assert moved == (421,)  # the race happened
+    assert [r[:2] for r in rows] == [(421, 42), (422, 42), (423, 42)]
