@@ -102,6 +102,61 @@ class TestDerivedStoresOfTheTrail:
         code, users = _who_read(["--dsn", scenario_dsn], capsys)
         assert code != 0 or "alice" in users
 
+    @pytest.mark.xfail(
+        strict=True,
+        reason="a trail cut back before the mark, with the checkpoint of that time put back, "
+        "verifies: a mark that vouches for more events than the trail holds is ignored",
+    )
+    def test_tail_cut_behind_the_mark_with_an_old_checkpoint(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.setenv(KEY_ENV, AUDIT_KEY.hex())
+        trail = tmp_path / "audit.jsonl"
+        events = [dict(e) for e in workload()]
+        JsonlSink(trail, key=AUDIT_KEY, fsync=False).write(
+            [e for e in events if e["user.name"] != "alice"]
+        )
+        assert _who_read(["--audit", str(trail)], capsys) == (0, ["erin"])
+        size, checkpoint = trail.stat().st_size, tmp_path / "audit.jsonl.checkpoint"
+        saved = checkpoint.read_bytes()  # the insider keeps a copy
+        JsonlSink(trail, key=AUDIT_KEY, fsync=False).write(
+            [e for e in events if e["user.name"] == "alice"]
+        )
+        assert _who_read(["--audit", str(trail)], capsys) == (0, ["alice", "erin"])  # marked
+        with trail.open("r+b") as fh:
+            fh.truncate(size)
+        checkpoint.write_bytes(saved)
+        code, users = _who_read(["--audit", str(trail)], capsys)
+        assert code != 0 or "alice" in users
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="rows after an earlier checkpoint deleted with their checkpoint verify in the "
+        "sink, though the investigator's mark vouched for them",
+    )
+    def test_rows_cut_behind_the_pg_mark_with_their_checkpoint(
+        self,
+        scenario_dsn: str,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        monkeypatch.setenv(KEY_ENV, AUDIT_KEY.hex())
+        events = [dict(e) for e in workload()]
+        sink = PostgresSink(scenario_dsn, key=AUDIT_KEY)
+        sink.setup()
+        sink.write([e for e in events if e["user.name"] != "alice"])
+        sink.write([e for e in events if e["user.name"] == "alice"])
+        sink.close()
+        assert _who_read(["--dsn", scenario_dsn], capsys) == (0, ["alice", "erin"])  # marked
+        with psycopg.connect(scenario_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM accessguard.events WHERE user_name = 'alice'")
+            conn.execute(
+                "DELETE FROM accessguard.checkpoints WHERE id > (SELECT min(id) FROM "
+                "accessguard.checkpoints)"
+            )
+        code, users = _who_read(["--dsn", scenario_dsn], capsys)
+        assert code != 0 or "alice" in users
+
     def test_an_edited_event_behind_the_rollup_still_fails(
         self,
         scenario_dsn: str,
