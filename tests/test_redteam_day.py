@@ -10,6 +10,7 @@ customer 7 has orders 71-73 (T-101, closed).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 from pathlib import Path
@@ -30,6 +31,7 @@ from accessguard.cli.app import main
 from accessguard.engine import probes
 from accessguard.engine.breakglass import Scope
 from accessguard.testing import MemoryAuditSink
+from accessguard.tickets.elevations import ElevationRecord, RedisElevationStore
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -183,19 +185,19 @@ class TestDerivedStoresOfTheTrail:
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
+def policies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The scenario's policies without limits, plus break-glass rules for support agents."""
-    policies: Path = tmp_path_factory.mktemp("redteam") / "policies"
-    shutil.copytree(scenario.policies_dir(), policies)
-    (policies / "limits.toml").unlink()
-    with (policies / "policy.csv").open("a", encoding="utf-8") as f:
-        f.write(
-            "p, support_agent, break_glass, customers.id, read\n"
-            "p, support_agent, break_glass, customers.phone, read\n"
-            "p, support_agent, break_glass, orders.id, read\n"
-            "p, support_agent, break_glass, orders.customer_id, read\n"
-            "p, support_agent, break_glass, orders.status, read\n"
-        )
+    path: Path = tmp_path_factory.mktemp("redteam") / "policies"
+    shutil.copytree(scenario.policies_dir(), path)
+    (path / "limits.toml").unlink()
+    rules = ("customers.id", "customers.phone", "orders.id", "orders.customer_id", "orders.status")
+    with (path / "policy.csv").open("a", encoding="utf-8") as f:
+        f.writelines(f"p, support_agent, break_glass, {rule}, read\n" for rule in rules)
+    return path
+
+
+@pytest.fixture(scope="module")
+def plain(policies: Path) -> Iterator[Guard]:
     with Guard.from_directory(
         policies, tickets=scenario.tickets(), audit=MemoryAuditSink()
     ) as guard:
@@ -228,11 +230,8 @@ REFUSED_ROW_ATTACKS = {
     "SELECT c.email FROM customers c JOIN o ON o.customer_id = c.id",
     "lateral": "SELECT c.email FROM customers c, LATERAL (SELECT o.customer_id FROM orders o "
     "WHERE o.customer_id = 42) x WHERE x.customer_id = c.id",
-    "not": "SELECT c.email FROM customers c WHERE NOT (c.id <> 42)",
     "correlated-plus-zero": "SELECT o.id, (SELECT c.email FROM customers c "
     "WHERE c.id = o.customer_id + 0) FROM orders o WHERE o.customer_id = 42",
-    "in-max": "SELECT c.email FROM customers c WHERE c.id IN "
-    "(SELECT max(o.customer_id) FROM orders o WHERE o.customer_id = 42)",
     "scalar-key-other": "SELECT c.email FROM customers c "
     "WHERE c.id = (SELECT customer_id FROM orders WHERE id = 71)",
     "update-from": "UPDATE orders SET status = 'x' FROM payments p "
@@ -306,8 +305,6 @@ MASK_ATTACKS = {
     "position-oracle": "SELECT id FROM customers WHERE id = 42 AND position('0042' in email) > 0",
     "using-oracle": "SELECT id FROM customers JOIN (VALUES ('c0042@mail.example')) v(email) "
     "USING (email) WHERE id = 42",
-    "regexp": "SELECT id FROM customers WHERE id = 42 "
-    "AND regexp_match(email, '^c0042') IS NOT NULL",
     "materialized-cte": "WITH x AS MATERIALIZED (SELECT email, phone FROM customers "
     "WHERE id = 42) SELECT * FROM x",
 }
@@ -394,3 +391,30 @@ def test_an_elevation_reaches_its_scope_and_rules_only(
         "row_scope.other_subject",
         "ticket.wrong_kind",
     }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="elevation records in Redis carry no MAC: whoever can write the store forges an "
+    "elevation (or deletes a revocation) that no elevation.open event shows",
+)
+def test_a_record_written_into_the_store_is_no_elevation(
+    policies: Path, redis_url: str, scenario_dsn: str
+) -> None:
+    now = dt.datetime.now(dt.UTC).timestamp()
+    forged = ElevationRecord(
+        id="BG-00000000deadbeef",
+        user="alice",
+        kind="break_glass",
+        customer_id=43,
+        product_id=None,
+        reason=REASON,
+        opened=now,
+        expires=now + 3600,
+    )
+    RedisElevationStore(redis_url).put(forged)  # the insider's SET, no guard involved
+    with Guard.from_directory(
+        policies, tickets=scenario.tickets(), audit=MemoryAuditSink(), elevations=redis_url
+    ) as guard:
+        sql = "SELECT id, phone FROM customers WHERE id = 43"
+        assert _outcome(guard, scenario_dsn, sql, "alice", forged.id) == "ticket.unknown"
