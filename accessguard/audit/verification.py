@@ -83,6 +83,10 @@ class ChainCheck:
         self.positioned = False
         self.checkpoint = checkpoint
         self.at_checkpoint: str | None = None
+        #: (position, hash) an earlier verification vouched for (its keyed mark): the trail
+        #: must still reach it with that event, whatever its checkpoint says now
+        self.vouched: tuple[int, str] | None = None
+        self.at_vouched: str | None = None
 
     def feed(self, event: Any) -> str | None:
         """Check the next event; return what is wrong with it (None: it links)."""
@@ -92,6 +96,8 @@ class ChainCheck:
             self.prev = event[HASH]
             if self.checkpoint is not None and self.count == self.checkpoint.seq:
                 self.at_checkpoint = self.prev
+            if self.vouched is not None and self.count == self.vouched[0]:
+                self.at_vouched = self.prev
         return problem
 
     def _problem(self, event: Any) -> str | None:
@@ -126,7 +132,21 @@ class ChainCheck:
         return None
 
     def finish(self, line: int | None) -> Verification:
-        """The verdict once every event was fed, checked against the checkpoint."""
+        """The verdict once every event was fed, checked against the checkpoint (and against
+        what an earlier verification vouched for, when its mark is known)."""
+        if self.vouched is not None:
+            seq, hash_ = self.vouched
+            if self.count < seq:
+                return self._verdict(
+                    f"the trail ends at event {self.count} but an earlier verification saw "
+                    f"{seq}: its tail was cut (and its checkpoint replaced)",
+                    line,
+                )
+            if self.at_vouched != hash_:
+                return self._verdict(
+                    f"event {seq} is not the one an earlier verification saw (the trail was "
+                    "replaced)"
+                )
         cp = self.checkpoint
         if cp is None:
             if self.positioned or self.kid is not None or self.count == 0:
@@ -265,21 +285,24 @@ def resumed(check: ChainCheck, trail: Path) -> tuple[int, int, Digest | None]:
     digest when the file is untouched since its mark (its mark stays as it is)."""
     mark = read_mark(trail)
     cp = check.checkpoint
-    usable = (
-        mark is not None
-        and check.key is not None
-        and mark.valid(check.key, check.kid)
-        and (cp is None or cp.seq >= mark.seq)
-    )
-    if mark is not None and usable and mark.stat == file_stat(trail) and mark.end == mark.stat[2]:
+    valid = mark is not None and check.key is not None and mark.valid(check.key, check.kid)
+    if mark is None or not valid:
+        return 0, 0, hashlib.sha256()
+    # what an earlier verification saw must still be there, whatever the checkpoint says now
+    # (a tail cut back with an older checkpoint restored verifies against that checkpoint)
+    check.vouched = (mark.seq, mark.hash)
+    usable = cp is None or cp.seq >= mark.seq
+    if usable and mark.stat == file_stat(trail) and mark.end == mark.stat[2]:
         # untouched since it was marked: nothing to hash, nothing after the mark
+        check.vouched = None
         check.count, check.prev, check.positioned = mark.seq, mark.hash, mark.positioned
         if cp is not None and cp.seq == mark.seq:
             check.at_checkpoint = mark.hash
         return mark.end, mark.lines, None
-    if mark is not None and usable:
+    if usable:
         digest = prefix_digest(trail, mark.end)
         if digest is not None and hmac.compare_digest(digest.hexdigest(), mark.digest):
+            check.vouched = None
             check.count, check.prev, check.positioned = mark.seq, mark.hash, mark.positioned
             if cp is not None and cp.seq == mark.seq:
                 check.at_checkpoint = mark.hash
