@@ -15,11 +15,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
+
+from accessguard.audit.chain import load_key
 
 if TYPE_CHECKING:
     import duckdb
@@ -103,6 +106,9 @@ class Index:
     def __init__(self, trail: Path, root: Path, con: duckdb.DuckDBPyConnection) -> None:
         self.trail, self.root, self.con = trail, root, con
         self.manifest = root / "manifest.json"
+        #: with the audit key, the manifest is MAC'd and names each part's SHA-256: an index
+        #: edited beside a keyed trail is rebuilt from the (verified) trail, never answered from
+        self.key = load_key()
 
     def update(self) -> list[str]:
         """Index whatever was appended since the last update; return the parts to read."""
@@ -131,6 +137,7 @@ class Index:
                     part = self._ingest(fh, offset, end)
                     if part is not None:
                         state["parts"].append(part)
+                        state.setdefault("digests", {})[part] = file_digest(self.root / part)
                     offset = end
                     state["offset"] = offset
                     state["head"] = head if offset >= _PROBE else digest(fh, 0, offset)
@@ -138,20 +145,50 @@ class Index:
                     self._save(state)
             if len(state["parts"]) > MAX_PARTS:
                 state["parts"] = self._merge(state["parts"])
+                state["digests"] = {p: file_digest(self.root / p) for p in state["parts"]}
                 self._save(state)
             parts: list[str] = state["parts"]
             return parts
 
     def _state(self) -> dict[str, Any]:
+        fresh: dict[str, Any] = {
+            "version": INDEX_VERSION,
+            "offset": 0,
+            "head": None,
+            "parts": [],
+            "tail": None,
+        }
         try:
             state: dict[str, Any] = json.loads(self.manifest.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return {"version": INDEX_VERSION, "offset": 0, "head": None, "parts": [], "tail": None}
+            return fresh
         if state.get("version") != INDEX_VERSION or not all(
             (self.root / p).is_file() for p in state.get("parts", [])
         ):
-            return {"version": INDEX_VERSION, "offset": 0, "head": None, "parts": [], "tail": None}
+            return fresh
+        if self.key is not None and not self._vouched(state):
+            self._drop(state.get("parts", []))  # edited (or unkeyed): rebuilt from the trail
+            return fresh
         return state
+
+    def _vouched(self, state: dict[str, Any]) -> bool:
+        """Whether the manifest's MAC holds and every part is the file it names."""
+        mac = state.get("mac")
+        if not isinstance(mac, str) or not hmac.compare_digest(mac, self._mac(state)):
+            return False
+        digests = state.get("digests")
+        if not isinstance(digests, dict):
+            return False
+        return all(
+            isinstance(digests.get(p), str) and file_digest(self.root / p) == digests[p]
+            for p in state["parts"]
+        )
+
+    def _mac(self, state: dict[str, Any]) -> str:
+        assert self.key is not None  # noqa: S101 - only called with a key
+        body = json.dumps({k: v for k, v in state.items() if k != "mac"}, sort_keys=True)
+        data = b"accessguard index\n" + body.encode()
+        return hmac.new(self.key, data, hashlib.sha256).hexdigest()
 
     def _still(self, state: dict[str, Any], fh: BinaryIO, size: int, head: str) -> bool:
         """Whether the indexed bytes are still the trail's first bytes."""
@@ -203,9 +240,21 @@ class Index:
             (self.root / part).unlink(missing_ok=True)
 
     def _save(self, state: dict[str, Any]) -> None:
+        state.pop("mac", None)
+        if self.key is not None:
+            state["mac"] = self._mac(state)
         temp = self.manifest.with_suffix(".tmp")
         temp.write_text(json.dumps(state), encoding="utf-8")
         temp.replace(self.manifest)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a whole file (an index part), read in chunks."""
+    found = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            found.update(block)
+    return found.hexdigest()
 
 
 def digest(fh: BinaryIO, start: int, end: int) -> str:
