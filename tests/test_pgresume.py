@@ -116,3 +116,24 @@ def test_without_a_key_everything_is_verified(scenario_dsn: str, tmp_path: Path)
     result = verify_resumed(scenario_dsn, key=None, directory=tmp_path)
     assert not result.ok  # a keyed trail cannot be verified without its key
     assert not mark_file(scenario_dsn, tmp_path).exists()
+
+
+def test_a_keyed_rollup_is_used_until_it_is_edited(
+    scenario_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hourly rollup answers while its MAC holds; after an edit the events answer."""
+    from accessguard.audit.chain import KEY_ENV
+    from accessguard.investigate.rollup import refresh
+    from accessguard.investigate.sink import SinkEngine
+
+    monkeypatch.setenv(KEY_ENV, KEY.hex())
+    _write(scenario_dsn, 0, 6)
+    refresh(scenario_dsn)
+    engine = SinkEngine(scenario_dsn)
+    assert "ledger_hours" in engine.name
+    engine.close()
+    with psycopg.connect(scenario_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE accessguard.ledger_hours SET rows = rows + 1")
+    engine = SinkEngine(scenario_dsn)
+    assert "ledger_hours" not in engine.name
+    engine.close()

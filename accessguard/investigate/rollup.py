@@ -23,7 +23,16 @@ from dataclasses import dataclass
 
 import psycopg
 
-from accessguard.investigate.sink import KEY, LEDGER, ROLLUP, ROW, TABLE
+from accessguard.audit.chain import load_key
+from accessguard.investigate.sink import (
+    KEY,
+    LEDGER,
+    ROLLUP,
+    ROLLUP_CONTENT,
+    ROW,
+    TABLE,
+    rollup_mac,
+)
 
 MARK = "accessguard.ledger_hours_mark"
 _WRITERS_LOCK = 0x61636365  # accessguard.audit.pgsink's: writers hold it while inserting a batch
@@ -43,7 +52,9 @@ CREATE TABLE IF NOT EXISTS {MARK} (
     upto bigint NOT NULL,
     at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE {MARK} ADD COLUMN IF NOT EXISTS mac text;
 """
+
 # Built from the constants of sink.py and above only (no input): S608 does not apply.
 _ADD = f"""
 INSERT INTO {ROLLUP} (hour, {KEY}, statements, rows, first, last)
@@ -52,6 +63,7 @@ FROM (SELECT ts, {ROW} FROM {TABLE} WHERE {LEDGER} AND id > %s AND id <= %s) AS 
 GROUP BY 1, {KEY}
 """  # noqa: S608
 _MARKED = f"SELECT coalesce(max(upto), 0) FROM {MARK}"  # noqa: S608
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +82,7 @@ def refresh(dsn: str, *, step: int = 500_000, until: int | None = None) -> Refre
     ``until`` stops at that id (tests leave a tail to the events table that way).
     """
     started = time.perf_counter()
+    key = load_key()
     with psycopg.connect(dsn) as conn:
         conn.execute(_DDL)
         conn.commit()
@@ -93,5 +106,12 @@ def refresh(dsn: str, *, step: int = 500_000, until: int | None = None) -> Refre
                     break
                 upto = min(head, done + step)
                 added += conn.execute(_ADD, [done, upto]).rowcount
-                conn.execute(f"INSERT INTO {MARK} (upto) VALUES (%s)", [upto])  # noqa: S608
+                mac = None
+                if key is not None:  # keyed: a rollup edited later is not answered from
+                    content = conn.execute(ROLLUP_CONTENT).fetchone()
+                    mac = rollup_mac(key, upto, str(content[0]) if content else "")
+                conn.execute(
+                    f"INSERT INTO {MARK} (upto, mac) VALUES (%s, %s)",  # noqa: S608
+                    [upto, mac],
+                )
     return Refreshed(first or 0, head, added, time.perf_counter() - started)

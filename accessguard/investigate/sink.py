@@ -16,11 +16,14 @@ so it uses the indexes.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
 
+from accessguard.audit.chain import load_key
 from accessguard.investigate.core import (
     UNITS,
     Bucket,
@@ -81,6 +84,17 @@ FROM ({{rows}}) AS matched GROUP BY {KEY}
 """  # noqa: S608
 _RAW = f"SELECT {ROW} FROM {TABLE} WHERE {LEDGER} AND {{where}}"  # noqa: S608
 ROLLUP = "accessguard.ledger_hours"
+#: the rollup's content as one canonical digest (a few thousand rows: milliseconds)
+ROLLUP_CONTENT = (
+    "SELECT md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), '')) "  # noqa: S608
+    f"FROM {ROLLUP} AS r"
+)
+
+
+def rollup_mac(key: bytes, upto: int, content: str) -> str:
+    """The MAC of the rollup as refreshed through event ``upto`` (its content's digest)."""
+    body = f"accessguard ledger_hours\n{upto}\n{content}".encode()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
 _TAIL = (
     f"SELECT {ROW} FROM (SELECT * FROM {TABLE} WHERE id > %s OFFSET 0) AS tail "  # noqa: S608
     f"WHERE {LEDGER} AND {{where}}"
@@ -155,13 +169,28 @@ class SinkEngine:
                 "SELECT to_regclass('accessguard.ledger_hours_mark') IS NOT NULL"
             ).fetchone()
             if found and found[0]:
-                row = self._conn.execute(
-                    "SELECT coalesce(max(upto), 0) FROM accessguard.ledger_hours_mark"
-                ).fetchone()
-                self._mark = int(row[0]) if row else 0
+                self._mark = self._trusted_mark()
         self.name = "postgresql accessguard.events" + (
             " and accessguard.ledger_hours" if self._mark is not None else ""
         )
+
+    def _trusted_mark(self) -> int | None:
+        """How far the rollup covers the events; None (the rollup unused) when the audit key
+        is set and the rollup or its mark was changed after the refresh that MAC'd them."""
+        row = self._conn.execute(
+            "SELECT upto, mac FROM accessguard.ledger_hours_mark ORDER BY upto DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return 0
+        upto, mac = int(row[0]), row[1]
+        key = load_key()
+        if key is None:
+            return upto
+        content = self._conn.execute(ROLLUP_CONTENT).fetchone()
+        expected = rollup_mac(key, upto, str(content[0]) if content else "")
+        if not isinstance(mac, str) or not hmac.compare_digest(mac, expected):
+            return None  # answered from the events themselves, which are verified
+        return upto
 
     def _groups(self, match: str, key: list[Any], window: Window) -> list[Group]:
         clause, params = _window(window)
