@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from accessguard.audit.chain import load_key
 from accessguard.errors import AccessDenied, AccessGuardError, Reason
 from accessguard.tickets.elevations import ElevationRecord, ElevationStore, as_elevation_store
 from accessguard.tickets.stores import Ticket
@@ -141,7 +142,7 @@ class BreakGlass:
 
     def __init__(self, guard: Gate, store: ElevationStore | str | None = None) -> None:
         self.guard = guard
-        self.store = as_elevation_store(store)
+        self.store = as_elevation_store(store, key=load_key())  # records MAC'd with the audit key
         self._closed_seen: set[str] = set()
         self._lock = threading.Lock()
 

@@ -15,6 +15,7 @@ statement:
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 from dataclasses import asdict, dataclass, replace
@@ -134,9 +135,13 @@ class RedisElevationStore:
         client: Any = None,
         prefix: str = "accessguard:elevation:",
         timeout: float = 2.0,
+        key: bytes | None = None,
     ) -> None:
         import redis
 
+        #: with a key (the guard passes its audit key), every record is MAC'd: one written
+        #: straight into Redis by someone without the key is no elevation (refused)
+        self._mac_key = key
         if (url is None) == (client is None):
             raise ValueError("give a Redis url or a client, not both")
         self._owned = url is not None
@@ -151,10 +156,34 @@ class RedisElevationStore:
     def _key(self, elevation_id: str) -> str:
         return f"{self.prefix}{elevation_id}"
 
+    def _seal(self, text: str) -> str:
+        if self._mac_key is None:
+            return text
+        mac = hmac.new(self._mac_key, b"accessguard elevation\n" + text.encode(), "sha256")
+        return json.dumps({"record": text, "mac": mac.hexdigest()})
+
+    def _open(self, raw: bytes | str, elevation_id: str) -> str:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        if self._mac_key is None:
+            return text
+        sealed = json.loads(text)
+        inner = sealed.get("record") if isinstance(sealed, dict) else None
+        mac = sealed.get("mac") if isinstance(sealed, dict) else None
+        if not isinstance(inner, str) or not isinstance(mac, str):
+            raise TicketStoreUnavailable(f"the elevation record of {elevation_id} is not sealed")
+        want = hmac.new(self._mac_key, b"accessguard elevation\n" + inner.encode(), "sha256")
+        if not hmac.compare_digest(mac, want.hexdigest()):
+            raise TicketStoreUnavailable(
+                f"the elevation record of {elevation_id} does not verify (forged?)"
+            )
+        return inner
+
     def put(self, record: ElevationRecord) -> None:
         ttl = max(1, int(record.expires - record.opened) + RETENTION)
         try:
-            done = self._client.set(self._key(record.id), record.to_json(), nx=True, ex=ttl)
+            done = self._client.set(
+                self._key(record.id), self._seal(record.to_json()), nx=True, ex=ttl
+            )
         except self._errors as exc:
             raise TicketStoreUnavailable(
                 f"the elevation store cannot be reached ({type(exc).__name__})"
@@ -168,7 +197,7 @@ class RedisElevationStore:
             raw, revoked = self._client.mget([key, f"{key}:revoked"])
             if raw is None:
                 return None
-            record = ElevationRecord.from_json(raw)
+            record = ElevationRecord.from_json(self._open(raw, elevation_id))
             if revoked is not None:
                 mark = json.loads(revoked)
                 record = replace(record, revoked=float(mark["at"]), revoked_by=mark.get("by"))
@@ -199,12 +228,15 @@ class RedisElevationStore:
             self._client.close()
 
 
-def as_elevation_store(store: ElevationStore | str | None) -> ElevationStore:
-    """A store object, a ``redis://`` URL, or None (this process only)."""
+def as_elevation_store(
+    store: ElevationStore | str | None, *, key: bytes | None = None
+) -> ElevationStore:
+    """A store object, a ``redis://`` URL (its records MAC'd with ``key``), or None (this
+    process only)."""
     if store is None:
         return MemoryElevationStore()
     if isinstance(store, str):
         if not store.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("an elevation store URL is a redis:// URL")
-        return RedisElevationStore(store)
+        return RedisElevationStore(store, key=key)
     return store
