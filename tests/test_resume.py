@@ -147,3 +147,30 @@ def test_an_untouched_trail_is_not_hashed_again(
     result = verify(marked, key=KEY, resume=True)
     assert hashed  # hashed, found different, and read in full
     assert (result.ok, result.broken_line) == (False, 1)
+
+
+def test_the_reports_copy_of_other_events_is_keyed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal deleted from TRAIL.index/others.jsonl still reaches the report: the keyed
+    manifest no longer vouches for the copy, so the trail itself is read (and copied again)."""
+    from accessguard.audit.chain import KEY_ENV
+    from accessguard.audit.sinks import JsonlSink
+    from accessguard.investigate.trail_others import Others
+
+    monkeypatch.setenv(KEY_ENV, KEY.hex())
+    trail, root = tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.index"
+    refusals = [
+        {"event.action": "query", "accessguard.outcome": "denied", "n": n} for n in range(3)
+    ]
+    JsonlSink(trail, fsync=False, key=KEY).write(refusals)
+    side = Others(trail, root)
+    side.update()
+    assert [e["n"] for e in side.read()] == [0, 1, 2]
+    store = root / "others.jsonl"
+    lines = store.read_bytes().splitlines(keepends=True)
+    store.write_bytes(b"".join(lines[:1] + lines[2:]))  # the insider drops refusal 1
+    assert [e["n"] for e in side.read()] == [0, 1, 2]  # read from the trail
+    side.update()  # copied again
+    assert [e["n"] for e in side.read()] == [0, 1, 2]
+    assert len(store.read_bytes().splitlines()) == 3

@@ -15,12 +15,15 @@ to the shortcut. Without an index, ``scan`` reads the trail itself.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from accessguard.audit.chain import load_key
 from accessguard.investigate.trail_index import CHUNK, digest, line_end, locked
 
 VERSION = 1
@@ -78,6 +81,9 @@ class Others:
         self.trail, self.root = trail, root
         self.store = root / "others.jsonl"
         self.manifest = root / "others.json"
+        #: with the audit key, the manifest is MAC'd and names the copy's SHA-256: a copy
+        #: edited beside a keyed trail is made again from the (verified) trail
+        self.key = load_key()
 
     def update(self) -> None:
         """Copy whatever was appended to the trail since the last update."""
@@ -110,13 +116,18 @@ class Others:
                         "tail": digest(fh, max(0, offset - _PROBE), offset),
                     }
                     self._save(state)
+            if self.key is not None:
+                self._save(state, sealed=True)
 
     def read(self) -> Iterator[dict[str, Any]]:
         """The copied events, in trail order."""
         with locked(self.root / "lock", fcntl.LOCK_SH):
-            kept = self._state()["kept"]
+            state = self._state()
+            if self.key is not None and "mac" not in state:
+                yield from scan(self.trail)  # the copy does not verify: the trail itself
+                return
             with self.store.open("rb") as fh:
-                yield from events(_lines(fh, 0, kept))
+                yield from events(_lines(fh, 0, state["kept"]))
 
     def _state(self) -> dict[str, Any]:
         try:
@@ -131,7 +142,25 @@ class Others:
                 return fresh
         except OSError:
             return fresh
+        if self.key is not None and not self._vouched(state):
+            return fresh  # edited, or an update cut short: made again from the trail
         return state
+
+    def _vouched(self, state: dict[str, Any]) -> bool:
+        mac = state.get("mac")
+        if not isinstance(mac, str) or not hmac.compare_digest(mac, self._mac(state)):
+            return False
+        return state.get("digest") == self._digest(state["kept"])
+
+    def _digest(self, kept: int) -> str:
+        with self.store.open("rb") as fh:
+            return digest(fh, 0, kept)
+
+    def _mac(self, state: dict[str, Any]) -> str:
+        assert self.key is not None  # noqa: S101 - only called with a key
+        body = json.dumps({k: v for k, v in state.items() if k != "mac"}, sort_keys=True)
+        data = b"accessguard others\n" + body.encode()
+        return hmac.new(self.key, data, hashlib.sha256).hexdigest()
 
     def _still(self, state: dict[str, Any], fh: BinaryIO, size: int, head: str) -> bool:
         offset = state["offset"]
@@ -141,7 +170,12 @@ class Others:
             return False
         return bool(state["tail"] == digest(fh, max(0, offset - _PROBE), offset))
 
-    def _save(self, state: dict[str, Any]) -> None:
+    def _save(self, state: dict[str, Any], *, sealed: bool = False) -> None:
+        state.pop("mac", None)
+        state.pop("digest", None)
+        if sealed:
+            state["digest"] = self._digest(state["kept"])
+            state["mac"] = self._mac(state)
         temp = self.manifest.with_suffix(".tmp")
         temp.write_text(json.dumps(state), encoding="utf-8")
         temp.replace(self.manifest)
