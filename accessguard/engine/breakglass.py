@@ -36,7 +36,7 @@ import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from accessguard.audit.chain import load_key
 from accessguard.errors import AccessDenied, AccessGuardError, Reason
@@ -44,7 +44,25 @@ from accessguard.tickets.elevations import ElevationRecord, ElevationStore, as_e
 from accessguard.tickets.stores import Ticket
 
 if TYPE_CHECKING:
-    from accessguard.engine.gate import Gate
+    from accessguard.audit.ledger import Ledger
+    from accessguard.audit.sinks import Auditor
+    from accessguard.engine.plan import Session
+    from accessguard.policy.rules import Policy
+
+
+class ElevationHost(Protocol):
+    """What elevations need of the gate (``Gate`` is one): its clock and trail, binding."""
+
+    @property
+    def auditor(self) -> Auditor: ...
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def policy(self) -> Policy: ...
+
+    def bind(self, user: object, ticket: object = None) -> Session: ...
 
 __all__ = [
     "EMERGENCY_KIND",
@@ -140,7 +158,7 @@ class Elevation:
 class BreakGlass:
     """The guard's elevations: opening, look-up on every statement, revocation."""
 
-    def __init__(self, guard: Gate, store: ElevationStore | str | None = None) -> None:
+    def __init__(self, guard: ElevationHost, store: ElevationStore | str | None = None) -> None:
         self.guard = guard
         self.store = as_elevation_store(store, key=load_key())  # records MAC'd with the audit key
         self._closed_seen: set[str] = set()

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from accessguard.analysis import Facts
-    from accessguard.engine.gate import Gate
+    from accessguard.engine.breakglass import ElevationHost
     from accessguard.engine.lane import Lane, Session
     from accessguard.tickets.elevations import ElevationStore
 
@@ -77,7 +77,7 @@ class Configured:
         self.tickets = as_store(tickets)
         #: break-glass elevations (``elevations``: a store or redis:// URL shared by processes)
         # a Configured is only ever made as a Gate (its base): the elevations bind and audit
-        self.breakglass = BreakGlass(cast("Gate", self), elevations)
+        self.breakglass = BreakGlass(cast("ElevationHost", self), elevations)
         self.auditor = Auditor(as_sink(audit), clock=clock)
         self.audit_allowed = audit_allowed
         ledger_sink = self.auditor.sink if ledger is None else _ledger_sink(ledger, ledger_spool)

@@ -19,125 +19,119 @@ decides the statement afresh, audits a refusal and raises.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from accessguard import metrics
-from accessguard.audit.ledger import Tally
 from accessguard.engine import telemetry
-from accessguard.engine.breakglass import is_elevation
-from accessguard.engine.plan import Params, Plan, params_shape, reorder
-from accessguard.engine.probes import Pending, prepare
+from accessguard.engine.breakglass import BreakGlass, is_elevation
+from accessguard.engine.plan import (
+    Authorized,
+    Convert,
+    Params,
+    Plan,
+    Session,
+    authorized,
+    params_shape,
+    reorder,
+)
+from accessguard.engine.probes import prepare
 from accessguard.errors import AccessGuardError, Reason
 from accessguard.tickets.stores import TicketStoreUnavailable
 
 if TYPE_CHECKING:
     from accessguard.analysis import Facts
+    from accessguard.audit.ledger import Ledger
     from accessguard.decision import Context, Decision
-    from accessguard.engine.gate import Gate
-
-#: psycopg's ``%s`` -> ``$n`` conversion (or any driver's), applied only to make a plan
-Convert = Callable[[str, Any], tuple[str, list[Any]]]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Session:
-    """The employee a connection acts for, and the ticket they work under."""
-
-    user: str
-    ticket: str | None = None
-
-
-class Authorized:
-    """One allowed statement: what to send, and the gate its rows pass on the way out.
-
-    Made by the lane at authorization, one per statement (one per parameter
-    set of an ``executemany``), and bound by the adapter to the result it
-    belongs to: a cursor's current result, a stream, one result set of a
-    batch. ``row_cap`` is the most rows it may hand over; ``tally`` (when it
-    touches a scoped table) receives the rows it does hand over, for the
-    access ledger. It does no I/O: ``take`` only counts and says yes or no;
-    the adapter raises the refusal (``Gate.over_row_cap``).
-
-    ``probe``: what the adapter runs before sending (``probes.run``) when the
-    statement names rows by a key only; the ledger access is then recorded
-    when the probe passes.
-
-    Made on every statement, so the lane builds it with ``object.__new__`` and
-    plain slot stores (a class's ``__init__`` would be one more Python frame).
-    """
-
-    __slots__ = ("handed", "params", "plan", "probe", "row_cap", "sql", "tally", "withheld")
-
-    sql: str
-    params: Params
-    plan: Plan
-    row_cap: int | None
-    tally: Tally | None
-    #: the probe to run before sending (key-bound statements), else None
-    probe: Pending | None
-    #: rows handed over so far
-    handed: int
-    #: refused after it ran (over its cap, or the ledger closed): nothing more is handed over
-    withheld: bool
-
-    @property
-    def decision(self) -> Decision:
-        return self.plan.decision
-
-    @property
-    def facts(self) -> Facts:
-        return self.plan.facts
-
-    @property
-    def context(self) -> Context:
-        return self.plan.context
-
-    def take(self, n: int) -> bool:
-        """Count ``n`` rows about to be handed over; False (withheld from now on) if they may not.
-
-        They may not past the row cap, nor once the ledger that would count
-        them is closed (``Gate.close``).
-        """
-        handed = self.handed + n
-        cap = self.row_cap
-        if cap is not None and handed > cap:
-            self.withheld = True
-            return False
-        tally = self.tally
-        if tally is not None and n > 0:
-            if tally.ledger.closed:
-                self.withheld = True
-                return False
-            tally.add(n)
-        self.handed = handed
-        return True
-
-
-def authorized(  # noqa: PLR0913 - one statement's parts, by keyword
-    *,
-    sql: str,
-    params: Params,
-    plan: Plan,
-    row_cap: int | None = None,
-    tally: Tally | None = None,
-    withheld: bool = False,
-    probe: Pending | None = None,
-) -> Authorized:
-    """An ``Authorized`` built field by field: the lane's fast construction, and sentinels'."""
-    ok = _new(Authorized)
-    ok.sql = sql
-    ok.params = params
-    ok.plan = plan
-    ok.row_cap = row_cap
-    ok.tally = tally
-    ok.probe = probe
-    ok.handed = 0
-    ok.withheld = withheld
-    return ok
-
+    from accessguard.errors import AccessDenied
+    from accessguard.policy.rules import Policy
+    from accessguard.throttle.window import Throttle
+    from accessguard.tickets.stores import Ticket, TicketStore
 
 _new = object.__new__
+
+__all__ = ["Authorized", "Convert", "Ended", "Gatekeeper", "Lane", "Session", "authorized"]
+
+
+class Gatekeeper(Protocol):
+    """What a lane needs of the gate (``Gate`` is one): the slow path, limits, refusals."""
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def tickets(self) -> TicketStore: ...
+
+    @property
+    def breakglass(self) -> BreakGlass: ...
+
+    @property
+    def throttle(self) -> Throttle | None: ...
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def audit_allowed(self) -> bool: ...
+
+    @property
+    def cache_size(self) -> int: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def fresh(  # noqa: PLR0913, PLR0917 - one decision's inputs
+        self,
+        lane: Lane,
+        sql: str,
+        params: Params,
+        ticket: Ticket | None,
+        policy: Policy,
+        convert: Convert | None,
+    ) -> tuple[Plan, str, bool]: ...
+
+    def convert_params(
+        self,
+        convert: Callable[[str, Any], tuple[str, list[Any]]],
+        sql: str,
+        params: Params,
+        session: Session,
+    ) -> tuple[str, list[Any]]: ...
+
+    def count_plan(self) -> None: ...
+
+    def refuse_unreadable(
+        self, sql: str | bytes, session: Session, *, placeholders: bool = False
+    ) -> None: ...
+
+    def count_against_limits(self, plan: Plan) -> int | None: ...
+
+    def notify(self, plan: Plan) -> None: ...
+
+    def failed(self, session: Session, dialect: str) -> AccessDenied: ...
+
+    def ticket_store_down(self, session: Session, dialect: str) -> AccessDenied: ...
+
+    def refuse(
+        self,
+        reason: Reason,
+        message: str,
+        session: Session,
+        *,
+        kind: str,
+        dialect: str = "postgres",
+    ) -> AccessDenied: ...
+
+    def audit(  # noqa: PLR0913 - keyword-only details of throttle events
+        self,
+        decision: Decision,
+        context: Context,
+        facts: Facts | None,
+        *,
+        dialect: str = "postgres",
+        window: int | None = None,
+        count: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None: ...
 
 
 class Lane:
@@ -154,7 +148,7 @@ class Lane:
         "shapes",
     )
 
-    def __init__(self, guard: Gate, session: Session, dialect: str) -> None:
+    def __init__(self, guard: Gatekeeper, session: Session, dialect: str) -> None:
         self.guard = guard
         self.session = session
         self.dialect = dialect

@@ -1,4 +1,6 @@
-"""Plans: allowed statements remembered per employee, ticket and parameter shape.
+"""The engine's values: plans, the probes they carry, sessions and authorized statements.
+
+Plans are allowed statements remembered per employee, ticket and parameter shape.
 
 A plan holds what an allowed decision needs on the next execution: the SQL to
 send, the parameter keys whose values carry the row scope (re-checked every
@@ -8,18 +10,56 @@ the guard makes and keeps them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from accessguard.analysis import Facts
+from accessguard.analysis.facts import Value
 from accessguard.audit.ledger import Tally
 from accessguard.decision import Context, Decision
-from accessguard.engine.probes import Probes
 from accessguard.policy.rules import Policy
 from accessguard.tickets.stores import Ticket
 
 Params = Sequence[Any] | Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Probe:
+    """Rows of ``table`` whose ``column`` is one of ``values``: all must be ``subject``'s."""
+
+    table: str
+    column: str
+    scope_column: str
+    scope: str
+    values: tuple[Value, ...]
+    subject: int
+    #: a relation probe (no values): ``column`` in the ``within`` column of the subject's
+    #: rows of another table, as (qualified table, column, scope column)
+    within: tuple[str, str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Probes:
+    """Every probe of one plan, as one statement (one round trip).
+
+    ``keys``: what each placeholder takes, in order: a statement's Value, or
+    the subject (an int). ``unbound``: the refusal's words where an adapter
+    cannot probe.
+    """
+
+    probes: tuple[Probe, ...]
+    keys: tuple[Value | int, ...]
+    format_sql: str
+    qmark_sql: str
+    unbound: str
+
+
+class Pending(NamedTuple):
+    """A probe ready to run: its SQL in both placeholder styles and its values."""
+
+    probes: Probes
+    values: list[int]
 
 
 class Unverified(Exception):
@@ -105,3 +145,106 @@ def reorder(facts: Facts, params: Params) -> Params:
     if isinstance(params, Mapping):
         return {str(k): params[str(k)] for k in facts.param_order}
     return [params[int(k)] for k in facts.param_order]
+
+
+_new = object.__new__
+
+#: psycopg's ``%s`` -> ``$n`` conversion (or any driver's), applied only to make a plan
+Convert = Callable[[str, Any], tuple[str, list[Any]]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    """The employee a connection acts for, and the ticket they work under."""
+
+    user: str
+    ticket: str | None = None
+
+
+class Authorized:
+    """One allowed statement: what to send, and the gate its rows pass on the way out.
+
+    Made by the lane at authorization, one per statement (one per parameter
+    set of an ``executemany``), and bound by the adapter to the result it
+    belongs to: a cursor's current result, a stream, one result set of a
+    batch. ``row_cap`` is the most rows it may hand over; ``tally`` (when it
+    touches a scoped table) receives the rows it does hand over, for the
+    access ledger. It does no I/O: ``take`` only counts and says yes or no;
+    the adapter raises the refusal (``Gate.over_row_cap``).
+
+    ``probe``: what the adapter runs before sending (``probes.run``) when the
+    statement names rows by a key only; the ledger access is then recorded
+    when the probe passes.
+
+    Made on every statement, so the lane builds it with ``object.__new__`` and
+    plain slot stores (a class's ``__init__`` would be one more Python frame).
+    """
+
+    __slots__ = ("handed", "params", "plan", "probe", "row_cap", "sql", "tally", "withheld")
+
+    sql: str
+    params: Params
+    plan: Plan
+    row_cap: int | None
+    tally: Tally | None
+    #: the probe to run before sending (key-bound statements), else None
+    probe: Pending | None
+    #: rows handed over so far
+    handed: int
+    #: refused after it ran (over its cap, or the ledger closed): nothing more is handed over
+    withheld: bool
+
+    @property
+    def decision(self) -> Decision:
+        return self.plan.decision
+
+    @property
+    def facts(self) -> Facts:
+        return self.plan.facts
+
+    @property
+    def context(self) -> Context:
+        return self.plan.context
+
+    def take(self, n: int) -> bool:
+        """Count ``n`` rows about to be handed over; False (withheld from now on) if they may not.
+
+        They may not past the row cap, nor once the ledger that would count
+        them is closed (``Gate.close``).
+        """
+        handed = self.handed + n
+        cap = self.row_cap
+        if cap is not None and handed > cap:
+            self.withheld = True
+            return False
+        tally = self.tally
+        if tally is not None and n > 0:
+            if tally.ledger.closed:
+                self.withheld = True
+                return False
+            tally.add(n)
+        self.handed = handed
+        return True
+
+
+def authorized(  # noqa: PLR0913 - one statement's parts, by keyword
+    *,
+    sql: str,
+    params: Params,
+    plan: Plan,
+    row_cap: int | None = None,
+    tally: Tally | None = None,
+    withheld: bool = False,
+    probe: Pending | None = None,
+) -> Authorized:
+    """An ``Authorized`` built field by field: the lane's fast construction, and sentinels'."""
+    ok = _new(Authorized)
+    ok.sql = sql
+    ok.params = params
+    ok.plan = plan
+    ok.row_cap = row_cap
+    ok.tally = tally
+    ok.probe = probe
+    ok.handed = 0
+    ok.withheld = withheld
+    return ok

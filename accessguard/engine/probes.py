@@ -74,58 +74,42 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Protocol
 
 from accessguard import metrics
 from accessguard.analysis.facts import Const, Facts, Param, Value
 from accessguard.engine import telemetry
+from accessguard.engine.plan import Authorized, Pending, Plan, Probe, Probes
 from accessguard.errors import AccessDenied, Reason
 
 if TYPE_CHECKING:
+    from accessguard.audit.ledger import Ledger
     from accessguard.decision import Context, Decision
-    from accessguard.engine.gate import Gate
-    from accessguard.engine.lane import Authorized
-    from accessguard.engine.plan import Plan
     from accessguard.policy.catalog import Catalog, TableSpec
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Probe:
-    """Rows of ``table`` whose ``column`` is one of ``values``: all must be ``subject``'s."""
+class ProbeHost(Protocol):
+    """What running probes needs of the gate (``Gate`` is one): audit, notices, the ledger."""
 
-    table: str
-    column: str
-    scope_column: str
-    scope: str
-    values: tuple[Value, ...]
-    subject: int
-    #: a relation probe (no values): ``column`` in the ``within`` column of the subject's
-    #: rows of another table, as (qualified table, column, scope column)
-    within: tuple[str, str, str] | None = None
+    @property
+    def audit_allowed(self) -> bool: ...
 
+    @property
+    def ledger(self) -> Ledger: ...
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Probes:
-    """Every probe of one plan, as one statement (one round trip).
+    def notify(self, plan: Plan) -> None: ...
 
-    ``keys``: what each placeholder takes, in order: a statement's Value, or
-    the subject (an int). ``unbound``: the refusal's words where an adapter
-    cannot probe.
-    """
-
-    probes: tuple[Probe, ...]
-    keys: tuple[Value | int, ...]
-    format_sql: str
-    qmark_sql: str
-    unbound: str
-
-
-class Pending(NamedTuple):
-    """A probe ready to run: its SQL in both placeholder styles and its values."""
-
-    probes: Probes
-    values: list[int]
+    def audit(  # noqa: PLR0913 - keyword-only details of throttle events
+        self,
+        decision: Decision,
+        context: Context,
+        facts: Facts | None,
+        *,
+        dialect: str = "postgres",
+        window: int | None = None,
+        count: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None: ...
 
 
 def keyed(facts: Facts) -> bool:
@@ -289,7 +273,7 @@ def _quoted(name: str) -> str:
 # ---------------------------------------------------------------------- per execution
 
 
-def prepare(guard: Gate, plan: Plan, params: Any, *, probing: bool) -> Pending:
+def prepare(guard: ProbeHost, plan: Plan, params: Any, *, probing: bool) -> Pending:
     """The probe of one execution of ``plan``; refused (audited, raised) if it cannot run.
 
     ``params``: the values as the facts' Params name them (before reordering).
@@ -325,7 +309,7 @@ def _value(key: Value, params: Any) -> int | None:
     return int(raw)  # psycopg's Int8 (Django) is an int: probed as the value it dumps
 
 
-def refuse(guard: Gate, plan: Plan, reason: Reason, message: str) -> AccessDenied:
+def refuse(guard: ProbeHost, plan: Plan, reason: Reason, message: str) -> AccessDenied:
     """Audit the refusal of an allowed plan's execution (as every refusal is); return the error."""
     decision = dataclasses.replace(
         plan.decision, outcome="denied", reason=reason, message=f"Refused: {message}"
@@ -334,7 +318,7 @@ def refuse(guard: Gate, plan: Plan, reason: Reason, message: str) -> AccessDenie
     return AccessDenied(decision.message, reason=reason)
 
 
-def _other_subject(guard: Gate, ok: Authorized) -> AccessDenied:
+def _other_subject(guard: ProbeHost, ok: Authorized) -> AccessDenied:
     probe = ok.plan.probes.probes[0]  # type: ignore[union-attr] # a pending probe has probes
     table = probe.table.rsplit(".", 1)[-1]
     return refuse(
@@ -346,7 +330,7 @@ def _other_subject(guard: Gate, ok: Authorized) -> AccessDenied:
     )
 
 
-def run(guard: Gate, ok: Authorized, connection: Any, *, qmark: bool = False) -> None:
+def run(guard: ProbeHost, ok: Authorized, connection: Any, *, qmark: bool = False) -> None:
     """Run ``ok``'s probe on ``connection`` (DB-API, sync) before ``ok`` is sent; refuse on a row.
 
     Nothing to do (one attribute read) for a statement without a probe. On
@@ -357,7 +341,7 @@ def run(guard: Gate, ok: Authorized, connection: Any, *, qmark: bool = False) ->
 
 
 def run_batch(
-    guard: Gate, batch: Sequence[Authorized], connection: Any, *, qmark: bool = False
+    guard: ProbeHost, batch: Sequence[Authorized], connection: Any, *, qmark: bool = False
 ) -> None:
     """Every probe of an executemany batch, then (all passed) their ledger accesses."""
     for ok in batch:
@@ -376,13 +360,13 @@ def run_batch(
     _record(guard, batch)
 
 
-async def run_async(guard: Gate, ok: Authorized, connection: Any) -> None:
+async def run_async(guard: ProbeHost, ok: Authorized, connection: Any) -> None:
     """``run`` for a psycopg AsyncConnection."""
     if ok.probe is not None:
         await run_batch_async(guard, (ok,), connection)
 
 
-async def run_batch_async(guard: Gate, batch: Sequence[Authorized], connection: Any) -> None:
+async def run_batch_async(guard: ProbeHost, batch: Sequence[Authorized], connection: Any) -> None:
     """``run_batch`` for a psycopg AsyncConnection."""
     for ok in batch:
         pending = ok.probe
@@ -399,7 +383,7 @@ async def run_batch_async(guard: Gate, batch: Sequence[Authorized], connection: 
     _record(guard, batch)
 
 
-def _record(guard: Gate, batch: Sequence[Authorized]) -> None:
+def _record(guard: ProbeHost, batch: Sequence[Authorized]) -> None:
     """What the lane does for every allowed statement, deferred until the probes passed.
 
     The decision counted as allowed, its span event, its notices and allowed

@@ -20,13 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
-
-if TYPE_CHECKING:
-    from accessguard.engine.gate import Gate
 
 CHANNEL = "accessguard_policy"
 _TICK = 0.5  # seconds between looks at the stop flag
@@ -59,12 +56,21 @@ def notify_policy_change(dsn: str, *, channel: str = CHANNEL, payload: str = "")
         )
 
 
+class Reloadable(Protocol):
+    """What watching needs of the gate (``Gate`` is one): its directory and ``reload``."""
+
+    @property
+    def directory(self) -> Path | None: ...
+
+    def reload(self) -> bool: ...
+
+
 class PolicyWatcher:
     """Reloads a guard on file changes and on PostgreSQL notifications."""
 
     def __init__(
         self,
-        guard: Gate,
+        guard: Reloadable,
         *,
         interval: float = 2.0,
         dsn: str | None = None,
