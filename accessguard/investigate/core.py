@@ -20,7 +20,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, Protocol
 
-from accessguard.investigate.sums import Reader, Subject, Sums, Touch, parse_since
+from accessguard.investigate.sums import (
+    Reader,
+    ReaderKey,
+    Subject,
+    Sums,
+    Touch,
+    TouchKey,
+    parse_since,
+    reader_rows,
+    touch_rows,
+)
 
 _MAX_ID_DIGITS = 19  # as investigate: a bigint; a pseudonym has 64 hex digits
 
@@ -157,6 +167,25 @@ class Entry:
     rows: int
     fingerprint: str | None
 
+    @classmethod
+    def of_row(cls, row: Sequence[Any]) -> Entry:
+        """An entry from an engine's row: first, last, user, roles, ticket, kind, tables,
+        columns, statements, rows, fingerprint (DuckDB's and PostgreSQL's alike)."""
+        f, last, u, roles, t, k, tables, cols, st, rw, fp = row
+        return cls(
+            first=utc(f),
+            last=utc(last),
+            user=u,
+            roles=tuple(sorted(strs(roles))),
+            ticket=t,
+            ticket_kind=k,
+            tables=strs(tables),
+            columns=strs(cols),
+            statements=st,
+            rows=rw,
+            fingerprint=fp,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in fields(self):
@@ -247,46 +276,17 @@ def subject_of(text: str) -> Subject:
 
 def readers(groups: Iterable[Group], *, customer: Subject, scope: str) -> list[Reader]:
     """``investigate.who_read``'s answer from an engine's groups."""
-    sums: dict[tuple[str, str | None, str | None], Sums] = {}
+    sums: dict[ReaderKey, Sums] = {}
     for group in groups:
         key = (str(group.user), group.ticket, group.ticket_kind)
         _fold(sums.setdefault(key, Sums()), group)
-    return [
-        Reader(
-            user=user,
-            roles=tuple(sorted(acc.roles)),
-            ticket=ticket,
-            ticket_kind=kind,
-            scope=scope,
-            customer=customer,
-            **acc.common(),
-        )
-        for (user, ticket, kind), acc in sorted(
-            sums.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2] or "")
-        )
-    ]
+    return reader_rows(sums, scope=scope, customer=customer)
 
 
 def touches(groups: Iterable[Group], *, user: str) -> list[Touch]:
     """``investigate.what_read``'s answer from an engine's groups."""
-    sums: dict[tuple[str, Subject, str | None, str | None], Sums] = {}
+    sums: dict[TouchKey, Sums] = {}
     for group in groups:
         key = (str(group.scope), subject_of(group.subject), group.ticket, group.ticket_kind)
         _fold(sums.setdefault(key, Sums()), group)
-
-    def order(item: tuple[tuple[str, Subject, str | None, str | None], Sums]) -> tuple[Any, ...]:
-        (scope, subject, ticket, kind), _acc = item
-        rank = (0, subject, "") if isinstance(subject, int) else (1, 0, subject)
-        return (scope, rank, ticket or "", kind or "")
-
-    return [
-        Touch(
-            user=user,
-            customer=subject,
-            scope=scope,
-            ticket=ticket,
-            ticket_kind=kind,
-            **acc.common(),
-        )
-        for (scope, subject, ticket, kind), acc in sorted(sums.items(), key=order)
-    ]
+    return touch_rows(sums, user=user)

@@ -246,20 +246,7 @@ class SinkEngine:
         with self._conn.cursor(name="accessguard_subject_export") as cur:
             cur.itersize = 2000
             cur.execute(_ENTRIES.replace("{window}", clause), [scope, subject, *params])
-            for f, last, u, roles, t, k, tables, cols, st, rw, fp in cur:
-                yield Entry(
-                    first=utc(f),
-                    last=utc(last),
-                    user=u,
-                    roles=tuple(sorted(strs(roles))),
-                    ticket=t,
-                    ticket_kind=k,
-                    tables=strs(tables),
-                    columns=strs(cols),
-                    statements=st,
-                    rows=rw,
-                    fingerprint=fp,
-                )
+            yield from map(Entry.of_row, cur)
 
     def buckets(self, window: Window, unit: str = "hour") -> list[Bucket]:
         """Distinct customers, rows and statements per (employee, role set, hour or day)."""

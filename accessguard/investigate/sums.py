@@ -278,20 +278,7 @@ def who_read(
             as_opt(event.get("accessguard.ticket.kind")),
         )
         groups[key].add(event)
-    return [
-        Reader(
-            user=user,
-            roles=tuple(sorted(acc.roles)),
-            ticket=ticket,
-            ticket_kind=kind,
-            scope=scope,
-            customer=customer,
-            **acc.common(),
-        )
-        for (user, ticket, kind), acc in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2] or "")
-        )
-    ]
+    return reader_rows(groups, scope=scope, customer=customer)
 
 
 def what_read(events: Iterable[Event], *, user: str, since: dt.datetime | None) -> list[Touch]:
@@ -308,8 +295,37 @@ def what_read(events: Iterable[Event], *, user: str, since: dt.datetime | None) 
             as_opt(event.get("accessguard.ticket.kind")),
         )
         groups[key].add(event)
+    return touch_rows(groups, user=user)
+
+
+#: (employee, ticket, ticket kind): one who-read row
+ReaderKey = tuple[str, str | None, str | None]
+#: (scope, subject, ticket, ticket kind): one what-read row
+TouchKey = tuple[str, Subject, str | None, str | None]
+
+
+def reader_rows(sums: Mapping[ReaderKey, Sums], *, scope: str, customer: Subject) -> list[Reader]:
+    """who-read's rows from sums per (employee, ticket, kind), in their order (every path's)."""
+    return [
+        Reader(
+            user=user,
+            roles=tuple(sorted(acc.roles)),
+            ticket=ticket,
+            ticket_kind=kind,
+            scope=scope,
+            customer=customer,
+            **acc.common(),
+        )
+        for (user, ticket, kind), acc in sorted(
+            sums.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2] or "")
+        )
+    ]
+
+
+def touch_rows(sums: Mapping[TouchKey, Sums], *, user: str) -> list[Touch]:
+    """what-read's rows from sums per (scope, subject, ticket, kind), in their order."""
     ordered = sorted(
-        groups.items(),
+        sums.items(),
         key=lambda kv: (kv[0][0], subject_key(kv[0][1]), kv[0][2] or "", kv[0][3] or ""),
     )
     return [

@@ -162,20 +162,7 @@ class TrailEngine:
         with self._reading():
             cur = self._con.execute(_ENTRIES.format(source=source, where=where), [*head, *params])
             while batch := cur.fetchmany(2048):
-                for f, last, u, roles, t, k, tables, cols, st, rw, fp in batch:
-                    yield Entry(
-                        first=utc(f),
-                        last=utc(last),
-                        user=u,
-                        roles=tuple(sorted(strs(roles))),
-                        ticket=t,
-                        ticket_kind=k,
-                        tables=strs(tables),
-                        columns=strs(cols),
-                        statements=st,
-                        rows=rw,
-                        fingerprint=fp,
-                    )
+                yield from map(Entry.of_row, batch)
 
     def buckets(self, window: Window, unit: str = "hour") -> list[Bucket]:
         """Distinct customers, rows and statements per (employee, role set, hour or day)."""
