@@ -48,7 +48,7 @@ from accessguard.audit.chain import (
     vouch,
     write_checkpoint,
 )
-from accessguard.audit.durable import sync_data
+from accessguard.audit.durable import append_whole
 from accessguard.audit.verification import Verification, verify, verify_events
 from accessguard.errors import AuditError
 
@@ -193,16 +193,17 @@ class JsonlSink:
             return
         new = link(events, head, self._key)
         data = "".join(canonical_line(e) for e in events).encode()
-        try:
-            _write_all(fd, data, end)
-            if self._fsync:
-                sync_data(fd)
-            # the batch is on disk first: a checkpoint lost in a crash is only behind it
-            write_checkpoint(self.path, Checkpoint.of(new, self._key, end=end + len(data)))
-        except BaseException:
-            with contextlib.suppress(OSError):  # all or nothing: cut the batch back off
-                os.ftruncate(fd, end)
-            raise
+        # the batch is on disk first: a checkpoint lost in a crash is only behind it; a
+        # checkpoint that cannot be written cuts the batch back off (all or nothing)
+        append_whole(
+            fd,
+            data,
+            end,
+            sync=self._fsync,
+            then=lambda: write_checkpoint(
+                self.path, Checkpoint.of(new, self._key, end=end + len(data))
+            ),
+        )
 
     def __repr__(self) -> str:
         return f"JsonlSink({str(self.path)!r})"
@@ -265,13 +266,6 @@ def _behind(fd: int, cp: Checkpoint | None, head: Head) -> str:
     if not isinstance(event, dict) or event.get(SEQ) != cp.seq or event.get(HASH) != cp.hash:
         return "its checkpointed event is no longer where it was (replaced?)"
     return ""
-
-
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 def _tail(fd: int) -> tuple[Head, Event | None, int]:

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from accessguard.audit.durable import sync_data
+from accessguard.audit.durable import append_whole, sync_data
 
 HEADER = "accessguard.spool"
 MAC = "accessguard.spool.mac"
@@ -77,19 +77,7 @@ class Spool:
                     prev = _mac(self._key, prev, body)
                     body = json.dumps({**json.loads(body), MAC: prev}, sort_keys=True)
                 lines.append(body + "\n")
-            data = "".join(lines).encode()
-            try:
-                offset = end
-                view = memoryview(data)
-                while view:
-                    written = os.pwrite(fd, view, offset)
-                    view, offset = view[written:], offset + written
-                if self._fsync:
-                    sync_data(fd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, end)
-                raise
+            append_whole(fd, "".join(lines).encode(), end, sync=self._fsync)
 
     def mac_before(self, offset: int) -> str:
         """The chain value a reader starting at ``offset`` links to (O(1): one line back)."""
