@@ -137,3 +137,33 @@ def test_a_keyed_rollup_is_used_until_it_is_edited(
     engine = SinkEngine(scenario_dsn)
     assert "ledger_hours" not in engine.name
     engine.close()
+
+
+def test_an_earlier_releases_rollup_is_left_unused_then_built_again(scenario_dsn: str) -> None:
+    """A rollup without the columns the report's sums read is not asked; a refresh rebuilds it."""
+    from accessguard.investigate.core import Window
+    from accessguard.investigate.rollup import refresh
+    from accessguard.investigate.sink import SinkEngine
+
+    _write(scenario_dsn, 0, 6)
+    refresh(scenario_dsn)
+    with psycopg.connect(scenario_dsn, autocommit=True) as conn:
+        # the 0.2 form: no hour of the first statement, no earliest and latest times
+        conn.execute("ALTER TABLE accessguard.ledger_hours DROP COLUMN first_hour")
+        conn.execute("ALTER TABLE accessguard.ledger_hours DROP COLUMN ts_min")
+    engine = SinkEngine(scenario_dsn)
+    try:
+        assert "ledger_hours" not in engine.name
+        want = engine.volumes(Window())
+    finally:
+        engine.close()
+    assert want
+    done = refresh(scenario_dsn)
+    assert done.start == 0  # built again from the first event
+    assert done.rows > 0
+    engine = SinkEngine(scenario_dsn)
+    try:
+        assert "ledger_hours" in engine.name
+        assert engine.volumes(Window()) == want
+    finally:
+        engine.close()

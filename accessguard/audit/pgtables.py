@@ -1,8 +1,9 @@
 """The PostgreSQL trail's tables: their DDL, the statements on them, an event as a row.
 
 ``accessguard.events`` is partitioned by month on ``ts`` (``month_partition``
-names a month's partition and its bounds) and indexed by data subject and by
-user; ``accessguard.checkpoints`` holds the chain's checkpoints and
+names a month's partition and its bounds) and indexed by data subject, by
+user, and (partially) by id for the events that are not ledger entries, which
+the report reads one by one; ``accessguard.checkpoints`` holds the chain's checkpoints and
 ``accessguard.spool_marks`` how far each spool was delivered. ``DDL``
 creates them. The SQL strings here are built from these constants only,
 never from input. ``event_row`` turns an event into the columns of its row
@@ -70,6 +71,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 ) PARTITION BY RANGE (ts);
 CREATE INDEX IF NOT EXISTS events_subject ON {TABLE} (subject_kind, subject_id, ts);
 CREATE INDEX IF NOT EXISTS events_user ON {TABLE} (user_name, ts);
+CREATE INDEX IF NOT EXISTS events_others ON {TABLE} (id) WHERE action <> 'ledger';
 CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     seq bigint NOT NULL,
