@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import json
+import os
 import shutil
 import threading
 import time
@@ -21,7 +22,7 @@ from accessguard.audit.webhook import Webhook
 from accessguard.authoring.lint import lint
 from accessguard.policy.alerts import ALERTS_FILE, AlertRules, load_alerts, parse_alerts
 from accessguard.testing import MemoryAuditSink
-from accessguard.tickets.stores import MemoryTicketStore, Ticket
+from accessguard.tickets.stores import FileTicketStore, MemoryTicketStore, Ticket
 
 T0 = dt.datetime(2026, 11, 2, 9, tzinfo=dt.UTC).timestamp()
 
@@ -205,6 +206,38 @@ class TestRules:
         found = alerter.evaluate([])
         assert [(a["user.name"], a["accessguard.alert.count"]) for a in found] == [("eve", 5)]
         assert found[0]["accessguard.tickets"] == [f"T-{n}" for n in range(6, 11)]
+
+    def test_a_ticket_file_names_who_changed_it(self, tmp_path: Path) -> None:
+        """A ticket file's ``changed_by`` makes a self-assigning churner visible."""
+        alerter = Alerter(
+            rules(
+                '[[rule]]\nname = "churn"\nkind = "ticket_churn"\ncount = 5\n'
+                'window = "1 day"\nopen_at_most = "20 minutes"\n'
+            )
+        )
+        path = tmp_path / "tickets.yaml"
+        path.write_text("[]\n")
+        store = FileTicketStore(path)
+        store.subscribe(alerter.ticket_changed)
+        entries: dict[str, str] = {}
+        stamp = 0
+
+        def edit(n: int, user: str, by: str, status: str) -> None:
+            nonlocal stamp
+            entries[f"T-{n}"] = (
+                f"- {{id: T-{n}, assignee: {user}, kind: order_issue, status: {status}, "
+                f"customer_id: {n}, changed_by: {by}}}"
+            )
+            path.write_text("\n".join(entries.values()) + "\n")
+            stamp += 1
+            os.utime(path, ns=(stamp, stamp))  # a new stamp within the clock's resolution
+            assert store.get(f"T-{n}") is not None
+
+        for n, (user, by) in enumerate([("bob", "dispatch")] * 6 + [("eve", "eve")] * 6):
+            edit(n, user, by, "open")
+            edit(n, user, user, "closed")
+        found = alerter.evaluate([])
+        assert [(a["user.name"], a["accessguard.alert.count"]) for a in found] == [("eve", 5)]
 
     def test_reads_after_close(self) -> None:
         """A ledger entry counted after its ticket closed (past the grace) alerts once."""

@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,6 +42,10 @@ class Ticket:
     status: str
     customer_id: int | None = None
     product_id: int | None = None
+    #: who made the ticket's latest change, as the ticket system recorded it (a ticket
+    #: file's ``changed_by``); it names the author of the lifecycle events a file
+    #: store announces, and is not part of the ticket's identity
+    changed_by: str | None = field(default=None, compare=False)
 
     @property
     def is_open(self) -> bool:
@@ -52,7 +56,7 @@ class Ticket:
         missing = [f for f in ("id", "assignee", "kind", "status") if data.get(f) is None]
         if missing:
             raise ValueError(f"ticket is missing {', '.join(missing)}")
-        unknown = set(data) - set(_FIELDS) - {"opened_at", "closed_at"}
+        unknown = set(data) - set(_FIELDS) - {"changed_by", "opened_at", "closed_at"}
         if unknown:
             raise ValueError(f"ticket has unknown fields: {', '.join(sorted(unknown))}")
         return cls(
@@ -62,6 +66,7 @@ class Ticket:
             status=str(data["status"]),
             customer_id=_opt_int(data.get("customer_id")),
             product_id=_opt_int(data.get("product_id")),
+            changed_by=None if data.get("changed_by") is None else str(data["changed_by"]),
         )
 
 
@@ -179,7 +184,10 @@ class FileTicketStore(Announcer):
     """Tickets from a YAML or JSON file (a list or ``{tickets: [...]}``), re-read on change.
 
     A reload announces what changed since the last snapshot (the first load
-    announces nothing: those tickets were there before the store looked).
+    announces nothing: those tickets were there before the store looked). An
+    entry's optional ``changed_by`` names who made its latest change: the
+    author of the events announced for it (the ``ticket_churn`` alert's
+    ``self_assigned`` needs it).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -208,7 +216,7 @@ class FileTicketStore(Announcer):
                 c
                 for t in self._tickets.values()
                 if old.get(t.id) != t
-                for c in changes(old.get(t.id), t)
+                for c in changes(old.get(t.id), t, by=t.changed_by)
             )
 
     def get(self, ticket_id: str) -> Ticket | None:
