@@ -110,6 +110,8 @@ class SinkEngine:
         self._mark: int | None = None
         if rollup and self._rollup_current():
             self._mark = self._trusted_mark()
+        last = self._conn.execute(f"SELECT max(id) FROM {TABLE}").fetchone()  # noqa: S608
+        self._head = int(last[0]) if last and last[0] is not None else 0
         self.name = f"postgresql {TABLE}" + (f" and {ROLLUP}" if self._mark is not None else "")
 
     def _rollup_current(self) -> bool:
@@ -143,8 +145,8 @@ class SinkEngine:
     def _rows(
         self, match: str, values: list[Any], window: Window, *, rollup: bool = True
     ) -> tuple[str, list[Any]]:
-        mark = self._mark if rollup else None
-        return ledger_rows(match, values, start=window.start, end=window.end, mark=mark)
+        rolled = (self._mark, self._head) if rollup and self._mark is not None else None
+        return ledger_rows(match, values, start=window.start, end=window.end, rolled=rolled)
 
     def _groups(self, match: str, key: list[Any], window: Window) -> list[Group]:
         rows, values = self._rows(match, key, window)

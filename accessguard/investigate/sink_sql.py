@@ -92,10 +92,12 @@ _ENTRY = (
     "FROM ({inner}) AS entry"
 )
 _RAW = _ENTRY.replace("{inner}", f"SELECT ts, {ROW} FROM {TABLE} WHERE {LEDGER} AND {{where}}")  # noqa: S608
-# entries written after the mark: found by id first (the fence keeps the plan so)
+# entries written after the mark: found by id first (the fence keeps the plan so; the
+# upper bound keeps the estimate small, and the plan an index scan, before the
+# partition written to last has statistics)
 _TAIL = _ENTRY.replace(
     "{inner}",
-    f"SELECT ts, {ROW} FROM (SELECT * FROM {TABLE} WHERE id > %s OFFSET 0) AS tail "  # noqa: S608
+    f"SELECT ts, {ROW} FROM (SELECT * FROM {TABLE} WHERE id > %s AND id <= %s OFFSET 0) AS tail "  # noqa: S608
     f"WHERE {LEDGER} AND {{where}}",
 )
 _ROLLED = f"SELECT {LEDGER_COLUMNS} FROM {ROLLUP} WHERE {{where}}"  # noqa: S608
@@ -130,19 +132,21 @@ def ledger_rows(
     *,
     start: dt.datetime | None,
     end: dt.datetime | None,
-    mark: int | None,
+    rolled: tuple[int, int] | None,
 ) -> tuple[str, list[Any]]:
     """The ledger rows in [start, end) that ``match`` holds, as SQL and its parameters.
 
     ``match`` is a condition on user_name, ticket_id, subject_kind and subject_id
     only (the columns both tables have), with ``values`` its parameters. With no
-    ``mark`` (no trusted rollup) the rows are the events'; with one, whole hours
-    come from the rollup, and the partial hours at either end and the entries
-    written after event ``mark`` from the events.
+    ``rolled`` (no trusted rollup) the rows are the events'; with ``(mark, head)``,
+    whole hours come from the rollup (which holds the events up to id ``mark``),
+    and the partial hours at either end and the entries written after ``mark`` (up
+    to ``head``, the last event the session sees) from the events.
     """
     clause, params = _window("ts", start, end)
-    if mark is None:
+    if rolled is None:
         return _RAW.replace("{where}", match + clause), [*values, *params]
+    mark, head = rolled
     low = _hour_up(start) if start is not None else None
     high = _hour_down(end) if end is not None else None
     hours, hour_params = _window("hour", low, high)
@@ -159,7 +163,7 @@ def ledger_rows(
         parts.append(_RAW.replace("{where}", f"{match}{edge} AND id <= %s"))
         bound += [*values, *edge_params, mark]
     parts.append(_TAIL.replace("{where}", match + clause))
-    bound += [mark, *values, *params]
+    bound += [mark, max(head, mark), *values, *params]
     return " UNION ALL ".join(parts), bound
 
 
