@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -13,6 +14,7 @@ from accessguard import AccessDenied, AccessGuardError, Guard, Throttled, scenar
 from accessguard.adapters.aio import AsyncGuardedConnection, wrap_async
 from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink
+from accessguard.tickets.stores import MemoryTicketStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -78,6 +80,30 @@ class TestAsyncPaths:
         async with alice.cursor(name="leak") as cur:
             with pytest.raises(AccessDenied):
                 await cur.execute("SELECT email FROM customers")
+
+    async def test_a_named_cursor_stops_when_its_ticket_closes(
+        self, scenario_dsn: str, sink: MemoryAuditSink
+    ) -> None:
+        """An async server-side cursor's next fetch is refused once its ticket closed."""
+        store = MemoryTicketStore(scenario.tickets())
+        guard = Guard.from_directory(scenario.policies_dir(), tickets=store, audit=sink)
+        try:
+            async with (
+                await AsyncGuardedConnection.connect(guard, scenario_dsn, ALICE) as aconn,
+                aconn.transaction(),
+                aconn.cursor(name="browse") as cur,
+            ):
+                await cur.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+                assert await cur.fetchone() == (421,)
+                t100 = store.get("T-100")
+                assert t100 is not None
+                store.put(replace(t100, status="closed"))
+                with pytest.raises(AccessDenied) as info:
+                    await cur.fetchmany(5)
+                assert info.value.reason == "ticket.not_open"
+                assert await cur.fetchall() == []
+        finally:
+            guard.close()
 
     async def test_stream_is_checked_when_called(self, alice: AsyncGuardedConnection) -> None:
         """cursor.stream() is decided before anything is sent, at the call itself."""

@@ -175,6 +175,53 @@ class TestTickets:
             alice.execute(q)  # type: ignore[attr-defined]
         assert info.value.reason == "ticket.not_open"
 
+    @pytest.mark.parametrize(
+        ("change", "reason"),
+        [
+            ({"status": "closed"}, "ticket.not_open"),
+            ({"assignee": "bob"}, "ticket.not_assigned"),
+            ({"kind": "account_recovery"}, "ticket.wrong_kind"),
+            ({"customer_id": 43}, "row_scope.other_subject"),
+        ],
+    )
+    def test_a_named_cursor_stops_when_its_ticket_changes(
+        self,
+        alice: object,
+        store: MemoryTicketStore,
+        sink: MemoryAuditSink,
+        change: dict[str, Any],
+        reason: str,
+    ) -> None:
+        """A server-side cursor's next fetch is refused once its ticket no longer holds."""
+        t100 = Ticket(
+            id="T-100", assignee="alice", kind="order_issue", status="open", customer_id=42
+        )
+        with alice.transaction(), alice.cursor(name="browse") as cur:  # type: ignore[attr-defined]
+            cur.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")
+            assert cur.fetchone() == (421,)
+            assert cur.fetchmany(1) == [(422,)]  # the same ticket: the rows keep coming
+            store.put(replace(t100, **change))
+            with pytest.raises(AccessDenied) as info:
+                cur.fetchall()
+            assert info.value.reason == reason
+            assert cur.fetchall() == []  # withheld from then on
+            assert cur.fetchone() is None
+        refusals = [e for e in sink.events if e.get("accessguard.outcome") == "denied"]
+        assert [e["event.reason"] for e in refusals] == [reason]  # once, audited
+        assert refusals[0]["accessguard.ticket.id"] == "T-100"
+
+    def test_a_client_cursor_holds_its_rows_already(
+        self, alice: object, store: MemoryTicketStore
+    ) -> None:
+        """A client-side cursor received its whole result when it ran: fetching it is local."""
+        cur = alice.execute("SELECT id FROM orders WHERE customer_id = 42 ORDER BY id")  # type: ignore[attr-defined]
+        store.put(
+            Ticket(
+                id="T-100", assignee="alice", kind="order_issue", status="closed", customer_id=42
+            )
+        )
+        assert cur.fetchall() == [(421,), (422,), (423,)]
+
     def test_postgres_store_reads_the_tickets_table(self, scenario_dsn: str) -> None:
         """The PostgreSQL ticket store sees a ticket close in the table immediately."""
         store = PostgresTicketStore(lambda: psycopg.connect(scenario_dsn))

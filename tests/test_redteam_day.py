@@ -318,12 +318,8 @@ def test_masked_columns_give_nothing_clear(masked: Guard, scenario_dsn: str, sql
 # ---------------------------------------------------------------------- 3. break-glass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a server-side cursor opened under an elevation keeps fetching rows from the "
-    "database after the elevation is revoked (revocation stops the next statement only)",
-)
 def test_named_cursor_stops_at_revocation(plain: Guard, scenario_dsn: str) -> None:
+    """A server-side cursor fetches nothing more once its elevation is revoked."""
     elevation = plain.break_glass("alice", Scope(customer_id=43), 30, REASON)
     with plain.connect(scenario_dsn, user="alice", ticket=elevation.ticket) as conn:
         with conn.transaction(force_rollback=True):

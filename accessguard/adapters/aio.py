@@ -60,6 +60,8 @@ class AsyncCountingCursor(RowCounter):
         st = self._st
         if st.withheld:
             return None
+        if self._named:  # the ticket's store may do I/O: asked off the loop
+            await offload.off_loop(self.recheck, st)
         row = await self._raw.fetchone()
         if row is not None and not st.take(1):
             raise await offload.off_loop(self.row_refusal, st, 1)
@@ -69,6 +71,8 @@ class AsyncCountingCursor(RowCounter):
         st = self._st
         if st.withheld:
             return []
+        if self._named:  # the ticket's store may do I/O: asked off the loop
+            await offload.off_loop(self.recheck, st)
         rows = list(await (self._raw.fetchmany() if size is None else self._raw.fetchmany(size)))
         if not st.take(len(rows)):
             raise await offload.off_loop(self.row_refusal, st, len(rows))
@@ -78,6 +82,8 @@ class AsyncCountingCursor(RowCounter):
         st = self._st
         if st.withheld:
             return []
+        if self._named:  # the ticket's store may do I/O: asked off the loop
+            await offload.off_loop(self.recheck, st)
         rows = list(await self._raw.fetchall())
         if not st.take(len(rows)):
             raise await offload.off_loop(self.row_refusal, st, len(rows))

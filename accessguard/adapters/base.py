@@ -57,6 +57,8 @@ class CountingCursor(RowCounter):
         st = self._st
         if st.withheld:
             return None
+        if self._named:
+            self.recheck(st)
         row = self._raw.fetchone()
         if row is not None and not st.take(1):
             raise self.row_refusal(st, 1)
@@ -66,6 +68,8 @@ class CountingCursor(RowCounter):
         st = self._st
         if st.withheld:
             return []
+        if self._named:
+            self.recheck(st)
         rows = self._raw.fetchmany() if size is None else self._raw.fetchmany(size)
         if type(rows) is not list:
             rows = list(rows)
@@ -77,6 +81,8 @@ class CountingCursor(RowCounter):
         st = self._st
         if st.withheld:
             return []
+        if self._named:
+            self.recheck(st)
         rows = self._raw.fetchall()
         if type(rows) is not list:
             rows = list(rows)
@@ -149,6 +155,7 @@ class PsycopgShell(PsycopgGate):
         self._session = conn._session
         self._lane = conn._lane
         self._mogrify = raw.mogrify if isinstance(raw, self._client) else None
+        self._named = isinstance(raw, psycopg.ServerCursor | psycopg.AsyncServerCursor)
 
     def _decide(self, query: Any, params: Any) -> Authorized:
         """Bind (the gate) and decide (the lane) one statement, here and now."""

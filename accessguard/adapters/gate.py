@@ -204,6 +204,9 @@ class RowCounter:
     _dialect: str = "postgres"
     #: the statement whose result the driver's cursor holds now
     _st: Authorized = NOTHING
+    #: a server-side (named) cursor: each fetch is a round trip for rows the server is
+    #: still producing, so each first confirms its statement's ticket (``recheck``)
+    _named: bool = False
 
     def row_refusal(self, st: Authorized, n: int) -> AccessGuardError:
         """The refusal of ``n`` rows ``st.take`` declined (audited); raise it."""
@@ -217,6 +220,10 @@ class RowCounter:
                 dialect=self._dialect,
             )
         return self._guard.over_row_cap(st, st.handed + n)
+
+    def recheck(self, st: Authorized) -> None:
+        """Raise (audited, rows withheld) unless ``st``'s ticket still justifies its rows."""
+        self._guard.recheck(st, self._session, self._dialect)
 
     def _written(self, tally: Tally) -> None:
         """Ledger the rows a write changed (called when ``tally.writes``)."""

@@ -19,9 +19,11 @@ from accessguard import metrics
 from accessguard.analysis import Facts, as_text, screen_placeholders, unanalyzable
 from accessguard.decision import Context, Decision
 from accessguard.engine import events, telemetry
+from accessguard.engine.breakglass import is_elevation
 from accessguard.engine.config import Configured
 from accessguard.engine.lane import Session
 from accessguard.errors import AccessDenied, AuditError, ConfigurationError, Reason, Throttled
+from accessguard.tickets.stores import TicketStoreUnavailable
 
 if TYPE_CHECKING:
 
@@ -124,6 +126,49 @@ class Refusals(Configured):
         )
         self.audit(refused, ok.context, ok.facts, count=count)
         return Throttled(message, reason=Reason.THROTTLE_ROWS, limit=limit)
+
+    def recheck(self, ok: Authorized, session: Session, dialect: str) -> None:
+        """Raise (audited) unless the ticket ``ok`` was allowed under still justifies its rows.
+
+        For a server-side cursor, whose every fetch is a round trip for rows the
+        server is still producing: a ticket closed, reassigned or unknown since,
+        an elevation revoked or expired, or a ticket now of another kind or about
+        another subject, and the rows not yet handed over are withheld. The same
+        ticket (unchanged) costs one lookup in its store.
+        """
+        ticket_id = session.ticket
+        if ticket_id is None:
+            return
+        try:
+            if is_elevation(ticket_id):
+                ticket = self.breakglass.ticket(ticket_id)
+            else:
+                ticket = self.tickets.get(ticket_id)
+        except TicketStoreUnavailable:
+            ok.withheld = True
+            raise self.ticket_store_down(session, dialect) from None
+        then = ok.plan.ticket
+        if ticket is then or ticket == then:
+            return
+        ok.withheld = True
+        context = Context(
+            user=session.user,
+            roles=self.policy.roles_of(session.user),
+            ticket_id=ticket_id,
+            ticket=ticket,
+        )
+        problem = context.ticket_problem
+        if problem is not None:
+            reason, message = problem.reason, problem.message
+        elif ticket is not None and then is not None and ticket.kind != then.kind:
+            reason = Reason.TICKET_WRONG_KIND
+            message = f"Ticket {ticket_id} changed its kind while the statement was fetched."
+        else:
+            reason = Reason.ROW_SCOPE_OTHER_SUBJECT
+            message = f"Ticket {ticket_id} is about another subject since the statement ran."
+        refused = replace(ok.decision, outcome="denied", reason=reason, message=message)
+        self.audit(refused, context, ok.facts, dialect=dialect)
+        raise AccessDenied(message, reason=reason)
 
     def refuse(
         self,
