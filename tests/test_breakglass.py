@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from accessguard import scenario
 from accessguard.cli import app as cli
@@ -339,6 +340,30 @@ class TestSharedStore:
         record = RedisElevationStore(redis_url).get(elevation.ticket)
         assert record is not None
         assert record.revoked_by == "security-sam"
+
+    def test_a_deleted_revocation_does_not_reopen_it_here(
+        self, policies: Path, redis_url: str, scenario_dsn: str
+    ) -> None:
+        """Deleting the revocation from Redis does not reopen an elevation this process saw
+        revoked: its statements are refused ticket.store_unavailable (tampering), audited."""
+        sink = MemoryAuditSink()
+        with Guard.from_directory(
+            policies, tickets=scenario.tickets(), audit=sink, elevations=redis_url
+        ) as guard:
+            elevation = guard.break_glass("alice", {"customer_id": 42}, 30, REASON)
+            with guard.connect(scenario_dsn, user="alice", ticket=elevation.ticket) as conn:
+                assert conn.execute(PHONE_42).fetchall() == [("+1-555-0042",)]
+                guard.revoke_break_glass(elevation, by="security-sam")
+                with pytest.raises(AccessDenied) as refused:
+                    conn.execute(PHONE_42)
+                assert refused.value.reason == "ticket.not_open"
+                with redis.Redis.from_url(redis_url) as client:
+                    key = f"accessguard:elevation:{elevation.ticket}:revoked"
+                    assert client.delete(key) == 1  # an insider with write access to Redis
+                with pytest.raises(AccessDenied) as refused:
+                    conn.execute(PHONE_42)
+        assert refused.value.reason == "ticket.store_unavailable"
+        assert "ticket.store_unavailable" in sink.reasons()
 
     def test_an_unreachable_store_refuses(self, policies: Path, scenario_dsn: str) -> None:
         """Redis down: the statement is refused ticket.store_unavailable, never guessed open."""

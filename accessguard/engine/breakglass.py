@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from accessguard.audit.chain import load_key
 from accessguard.errors import AccessDenied, AccessGuardError, Reason
 from accessguard.tickets.elevations import ElevationRecord, ElevationStore, as_elevation_store
-from accessguard.tickets.stores import Ticket
+from accessguard.tickets.stores import Ticket, TicketStoreUnavailable
 
 if TYPE_CHECKING:
     from accessguard.audit.ledger import Ledger
@@ -162,6 +162,9 @@ class BreakGlass:
         self.guard = guard
         self.store = as_elevation_store(store, key=load_key())  # records MAC'd with the audit key
         self._closed_seen: set[str] = set()
+        #: elevations this process has seen revoked: never open again here, whatever the
+        #: store says later (a revocation deleted from a shared store is tampering)
+        self._revoked_seen: set[str] = set()
         self._lock = threading.Lock()
 
     def now(self) -> float:
@@ -255,6 +258,13 @@ class BreakGlass:
         if record is None:
             return None
         status = record.status(self.now())
+        if status == "revoked":
+            self._revoked_seen.add(record.id)
+        elif record.id in self._revoked_seen:
+            raise TicketStoreUnavailable(
+                f"the elevation store no longer holds the revocation of {elevation_id} "
+                "this process saw (tampered?)"
+            )
         if status != "open":
             self._closing(record, status)
         return Ticket(
@@ -282,7 +292,10 @@ class BreakGlass:
             raise AccessDenied(
                 f"Refused: there is no elevation {elevation_id}.", reason=Reason.ELEVATION_REFUSED
             )
-        self._closing(record, record.status(self.now()))
+        status = record.status(self.now())
+        if status == "revoked":
+            self._revoked_seen.add(record.id)
+        self._closing(record, status)
 
     def _closing(self, record: ElevationRecord, status: str) -> None:
         with self._lock:
