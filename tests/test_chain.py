@@ -216,6 +216,33 @@ class TestTampering:
         with pytest.raises(AuditError, match="refusing to extend"):
             write_events(trail, 1)
 
+    @pytest.mark.parametrize(
+        "how", ["truncate-tail", "empty", "replace", "delete-checkpoint", "forged-append"]
+    )
+    def test_the_same_sink_notices_tampering_between_its_writes(
+        self, tmp_path: Path, how: str
+    ) -> None:
+        """A sink that wrote last still reads the trail back once anything changed it."""
+        path = tmp_path / "audit.jsonl"
+        auditor = Auditor(JsonlSink(path, fsync=False, key=KEY), clock=lambda: FROZEN)
+        for i in range(6):
+            auditor.emit(**{"event.action": "query", "user.name": "alice", "n": i})
+        tamper(path, how)
+        with pytest.raises(AuditError, match="refusing to extend"):
+            auditor.emit(**{"event.action": "query", "user.name": "alice", "n": 6})
+
+    def test_two_sinks_on_one_trail_chain_onto_each_other(self, tmp_path: Path) -> None:
+        """Each sink reads the other's appends back before its own: one chain, verified."""
+        path = tmp_path / "audit.jsonl"
+        one, two = (
+            Auditor(JsonlSink(path, fsync=False, key=KEY), clock=lambda: FROZEN) for _ in "12"
+        )
+        for i in range(10):
+            (one if i % 3 else two).emit(**{"event.action": "query", "n": i})
+        result = verify(path, key=KEY)
+        assert result.ok, result.problem
+        assert [e["n"] for e in read_events(path)] == list(range(10))
+
     def test_verify_without_the_key_cannot_pass_a_keyed_trail(self, trail: Path) -> None:
         """With no key (or another key) a keyed trail fails, naming the key id it needs."""
         result = verify(trail, key=None)

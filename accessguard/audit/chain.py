@@ -28,6 +28,7 @@ anyone can recompute the chain: it holds only against naive edits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -92,6 +93,12 @@ def key_id(key: bytes | None) -> str | None:
     """The public name of a key, written in each event (None for no key)."""
     if key is None:
         return None
+    return _key_id(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _key_id(key: bytes) -> str:
+    # one HMAC per key, not per event: every write names the key three or four times
     return hmac.new(key, b"accessguard key-id", hashlib.sha256).hexdigest()[:16]
 
 
@@ -143,20 +150,46 @@ def link(events: Iterable[Event], head: Head, key: bytes | None) -> Head:
     kid = key_id(key)
     seq, prev = head.seq, head.hash
     for event in events:
-        for name, value in list(event.items()):
-            fixed = clean(value)
-            if fixed is not value:
-                event[name] = fixed
-        for name in [k for k in event if not k.isascii() or _NUL in k]:
-            event[clean(name)] = event.pop(name)
         seq += 1
         event.pop(KEY_ID, None)
         event[SEQ] = seq
         if kid is not None:
             event[KEY_ID] = kid
         event[PREV] = prev
-        prev = event[HASH] = chain_hash(prev, event, key)
+        text = canonical(event)
+        if _unclean(text):  # rare: a NUL or a lone surrogate somewhere in the event
+            _clean_event(event)
+            text = canonical(event)
+        data = (prev + "\n" + text).encode()
+        prev = event[HASH] = (
+            hashlib.sha256(data).hexdigest()
+            if key is None
+            else hmac.new(key, data, hashlib.sha256).hexdigest()
+        )
     return Head(seq, prev, kid)
+
+
+def _unclean(text: str) -> bool:
+    """Whether an event's canonical text may hold what ``clean`` escapes (NUL: JSON writes
+    it ``\\u0000``; a lone surrogate: the text does not encode)."""
+    if "\\u0000" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _clean_event(event: Event) -> None:
+    for name, value in list(event.items()):
+        fixed = clean(value)
+        if fixed is not value:
+            event[name] = fixed
+    for name in [k for k in event if not k.isascii() or _NUL in k]:
+        event[clean(name)] = event.pop(name)
 
 
 def seal(events: Iterable[Event], prev: str) -> str:

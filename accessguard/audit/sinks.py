@@ -22,6 +22,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, MutableMapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -39,6 +40,7 @@ from accessguard.audit.chain import (
     Head,
     canonical,
     chain_hash,
+    checkpoint_path,
     head_of,
     key_id,
     link,
@@ -118,6 +120,8 @@ class JsonlSink:
         self._turn = threading.Condition()
         self._queued: list[_Queued] = []
         self._committing = False
+        #: what this sink left behind after its last batch (see ``_append_locked``)
+        self._left: _Left | None = None
 
     def check(self) -> None:
         """Raise AuditError unless the file and its checkpoint can be written and vouched for."""
@@ -171,6 +175,40 @@ class JsonlSink:
             ) from exc
 
     def _append_locked(self, fd: int, events: list[Event]) -> None:
+        left, self._left = self._left, None
+        stamp = _stamp(os.fstat(fd))
+        cp_path = checkpoint_path(self.path)
+        if (
+            left is not None
+            and events
+            and left.trail == stamp
+            and left.checkpoint == _stat(cp_path)
+        ):
+            # neither file changed since this sink's last batch (no other writer, no cut, no
+            # edit: each moves the size or ctime, which only root can set): the head is the
+            # one it wrote, vouched for then; nothing to read back
+            head, end = left.head, left.end
+        else:
+            head, end = self._vouched(fd, events)
+            if not events:
+                return
+        new = link(events, head, self._key)
+        data = "".join(canonical_line(e) for e in events).encode()
+        # the batch is on disk first: a checkpoint lost in a crash is only behind it; a
+        # checkpoint that cannot be written cuts the batch back off (all or nothing)
+        append_whole(
+            fd,
+            data,
+            end,
+            sync=self._fsync,
+            then=lambda: write_checkpoint(
+                self.path, Checkpoint.of(new, self._key, end=end + len(data))
+            ),
+        )
+        self._left = _Left(_stamp(os.fstat(fd)), _stat(cp_path), new, end + len(data))
+
+    def _vouched(self, fd: int, events: list[Event]) -> tuple[Head, int]:
+        """The trail's head and end, read back and vouched for (raise if it may not grow)."""
         head, last, end = _tail(fd)
         try:
             cp = read_checkpoint(self.path)
@@ -185,28 +223,37 @@ class JsonlSink:
                 f"refusing to extend the audit file {self.path}: {problem}; "
                 "verify it (accessguard audit verify) and start a new file"
             )
-        if not events:
-            if cp is None and last is None:
-                write_checkpoint(
-                    self.path, Checkpoint.of(head, self._key, end=0), fsync=self._fsync
-                )
-            return
-        new = link(events, head, self._key)
-        data = "".join(canonical_line(e) for e in events).encode()
-        # the batch is on disk first: a checkpoint lost in a crash is only behind it; a
-        # checkpoint that cannot be written cuts the batch back off (all or nothing)
-        append_whole(
-            fd,
-            data,
-            end,
-            sync=self._fsync,
-            then=lambda: write_checkpoint(
-                self.path, Checkpoint.of(new, self._key, end=end + len(data))
-            ),
-        )
+        if not events and cp is None and last is None:
+            write_checkpoint(self.path, Checkpoint.of(head, self._key, end=0), fsync=self._fsync)
+        return head, end
 
     def __repr__(self) -> str:
         return f"JsonlSink({str(self.path)!r})"
+
+
+#: what identifies a file's content without reading it: device, inode, size, mtime, ctime
+Stamp = tuple[int, int, int, int, int]
+
+
+def _stamp(st: os.stat_result) -> Stamp:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _stat(path: Path) -> Stamp | None:
+    try:
+        return _stamp(path.stat())
+    except FileNotFoundError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Left:
+    """The trail and checkpoint as a sink's last batch left them, and the chain's head."""
+
+    trail: Stamp
+    checkpoint: Stamp | None
+    head: Head
+    end: int
 
 
 class _Queued:
@@ -276,21 +323,21 @@ def _tail(fd: int) -> tuple[Head, Event | None, int]:
     end = os.fstat(fd).st_size
     if end == 0:
         return Head(), None, 0
-    size = min(end, 65536)
+    size = min(end, 4096)
     while True:
         tail = os.pread(fd, size, end - size)
-        body = tail[: tail.rfind(b"\n") + 1]  # whole lines only
-        lines = body.rstrip(b"\n").split(b"\n")
-        if (len(lines) > 1 and body) or size == end:
+        cut = tail.rfind(b"\n") + 1  # whole lines end here; a torn line may follow
+        start = tail.rfind(b"\n", 0, cut - 1) + 1 if cut > 1 else 0  # the last whole line's
+        if size == end or start > 0:
             break
         size = min(end, size * 4)
-    whole = end - len(tail) + len(body)
+    whole = end - len(tail) + cut
     if whole != end:
         os.ftruncate(fd, whole)  # repair: the torn line was never acknowledged
     if whole == 0:
         return Head(), None, 0
     try:
-        event = json.loads(lines[-1])
+        event = json.loads(tail[start : cut - 1])
     except ValueError:
         event = None
     if not isinstance(event, dict) or not isinstance(event.get(HASH), str):
