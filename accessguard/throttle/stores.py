@@ -11,7 +11,10 @@ instance on that URL: two sorted sets per employee, ``accessguard:<user>/stateme
 ``accessguard:<user>/customers`` (member = customer id, score = last read),
 checked and updated atomically by one Lua script (``throttle.lua``, beside
 this module) given ``now`` from the injected clock: one round trip per
-statement, the memory store's steps exactly. Entries older than the window
+statement, the memory store's steps exactly. Far below a large limit (a few
+hundred left in the window), a statement's round trip also leases slots for
+the next ones (``RedisStore``): no window ever holds more than the limit,
+and other instances may be refused a little early. Entries older than the window
 are dropped on each count, and a key expires one window after its last entry
 (a reload that lengthens a window finds at most the old window's entries).
 A store raises what fails (``redis.RedisError``, ``OSError``); the
@@ -25,7 +28,8 @@ import itertools
 import math
 import secrets
 import threading
-from collections import deque
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Literal
 
@@ -116,8 +120,55 @@ def _customers_verdict(
 _COUNT_LUA = resources.files(__package__).joinpath("throttle.lua").read_text(encoding="utf-8")
 
 
+#: a lease: at most this many statement slots beyond the statement that asks...
+LEASE_SLOTS = 64
+#: ...for at most this long (throttle.lua leases only far below a limit: LEASE_ROOM)
+LEASE_SECONDS = 1.0
+#: employees whose leases one instance remembers (the oldest are forgotten first)
+LEASES_KEPT = 10_000
+
+
+@dataclass(slots=True)
+class _Lease:
+    """What one instance may still let through for one employee without asking Redis."""
+
+    statements: Window | None  # the windows it was granted under
+    customers: Window | None
+    start: float
+    until: float
+    slots: int = 0  # statement slots reserved in Redis, scored ``until``
+    known: dict[int, float] = field(default_factory=dict)  # customer -> registered until
+
+    def covers(self, limits: EffectiveLimits, subjects: frozenset[int], now: float) -> bool:
+        """Whether a statement may run on this lease alone (and take a slot if it does)."""
+        if (limits.statements, limits.distinct_customers) != (self.statements, self.customers):
+            return False
+        if limits.distinct_customers is not None:
+            for customer in subjects:  # each registered at until - LEASE_SECONDS
+                until = self.known.get(customer)
+                if until is None or not until - LEASE_SECONDS <= now < until:
+                    return False
+        if limits.statements is not None:
+            if self.slots <= 0 or not self.start <= now < self.until:
+                return False
+            self.slots -= 1
+        return True
+
+
 class RedisStore:
-    """Shared through Redis: both windows of each employee, one Lua script, one round trip."""
+    """Shared through Redis: both windows of each employee, one Lua script, one round trip.
+
+    Far below a large limit (a few hundred or more left in the window) a hit
+    also leases: it reserves up to ``LEASE_SLOTS`` more statement slots and
+    registers its customers in Redis, dated at the lease's end (at most
+    ``LEASE_SECONDS`` away), and the next statements of that employee on
+    this instance that fit the lease run without a round trip. Entries dated
+    no earlier than their use keep every window at or under the limit (see
+    throttle.lua); the price is that a slot leased and not used counts until
+    it leaves the window, so other instances may be refused a little early
+    (by at most a sixteenth of what was left). Smaller limits are counted
+    exactly, one round trip per statement.
+    """
 
     def __init__(self, url: str, clock: Callable[[], float], timeout: float) -> None:
         self._clock = clock
@@ -128,12 +179,20 @@ class RedisStore:
         self._script = self._redis.register_script(_COUNT_LUA)
         self._ids = itertools.count()
         self._instance = secrets.token_hex(8)  # statement ids are unique across instances
+        self._lock = threading.Lock()
+        self._leases: OrderedDict[str, _Lease] = OrderedDict()
 
     def count(
         self, user: str, limits: EffectiveLimits, subjects: frozenset[int], mode: Mode
     ) -> Verdict | None:
-        """Run the script; its reply becomes the verdict the memory store would give."""
+        """Run the script (or take a leased slot); its reply becomes the memory store's verdict."""
         now = float(self._clock())
+        lease = None
+        if mode == "hit":
+            with self._lock:
+                lease = self._leases.get(user)
+                if lease is not None and lease.covers(limits, subjects, now):
+                    return None
         rate, customers = limits.statements, limits.distinct_customers
         args: list[str | int] = [repr(now), mode]
         for window in (rate, customers):
@@ -141,19 +200,59 @@ class RedisStore:
                 [repr(now - window.seconds), window.count, window.seconds] if window else ["", 0, 0]
             )
         args.append(f"{self._instance}:{next(self._ids)}")
+        held = lease is not None and lease.slots > 0 and now < lease.until
+        wanted = LEASE_SLOTS if mode == "hit" and not held else 0
+        until = now + LEASE_SECONDS
+        args += [wanted, repr(until), math.ceil(LEASE_SECONDS)]
         if customers:
             args += sorted(subjects)
         keys = [f"accessguard:{user}/statements", f"accessguard:{user}/customers"]
-        reply = self._script(keys=keys, args=args)
-        if not reply:
+        which, count, oldest, slots, registered = self._script(keys=keys, args=args)
+        if slots or registered:
+            self._lease(
+                user,
+                limits=limits,
+                subjects=subjects,
+                now=now,
+                until=until,
+                slots=int(slots),
+                registered=registered == 1,
+            )
+        if not which:
             return None
-        which, count, oldest = reply
         window = rate if which == 1 else customers
         if window is None:  # the script answers only for a limit it was given
             raise redis.ResponseError("unexpected reply from the throttle script")
         name = "statements" if which == 1 else "distinct_customers"
         retry = math.inf if oldest is None else float(oldest) + window.seconds - now
         return _verdict(name, window, int(count), retry)
+
+    def _lease(  # noqa: PLR0913 - one reply's grant
+        self,
+        user: str,
+        *,
+        limits: EffectiveLimits,
+        subjects: frozenset[int],
+        now: float,
+        until: float,
+        slots: int,
+        registered: bool,
+    ) -> None:
+        """Keep what the script granted: new slots, customers registered until ``until``."""
+        windows = (limits.statements, limits.distinct_customers)
+        with self._lock:
+            lease = self._leases.pop(user, None)
+            if lease is None or (lease.statements, lease.customers) != windows or now < lease.start:
+                lease = _Lease(*windows, start=now, until=until)
+            if slots:  # granted only when none was held: the old ones are spent or expired
+                lease.start, lease.until, lease.slots = now, until, slots
+            if registered:
+                lease.known.update(dict.fromkeys(subjects, until))
+                if len(lease.known) > LEASES_KEPT:
+                    lease.known = {c: t for c, t in lease.known.items() if t > now}
+            self._leases[user] = lease
+            while len(self._leases) > LEASES_KEPT:
+                self._leases.popitem(last=False)
 
     def close(self) -> None:
         self._redis.close()

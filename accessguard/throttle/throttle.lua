@@ -1,4 +1,4 @@
--- accessguard.throttle: _MemoryStore.count, atomic in Redis, one round trip
+-- accessguard.throttle: MemoryStore.count, atomic in Redis, one round trip
 -- per statement. The statement rate first; a statement it refuses is not
 -- counted. Then the distinct customers (unless the rate refused, in modes
 -- peek and hit); a statement they refuse adds no customer.
@@ -10,44 +10,85 @@
 -- ARGV[4] its count      ARGV[5] its seconds
 -- ARGV[6] customers: the newest time that has left the window ('' no limit)
 -- ARGV[7] its count      ARGV[8] its seconds
--- ARGV[9] this statement's member; ARGV[10..] the customer ids it touches
+-- ARGV[9] this statement's member
+-- ARGV[10] lease: statement slots wanted beyond this one (0: none), in mode hit
+-- ARGV[11] the lease's end (now + its seconds)  ARGV[12] its seconds, rounded up
+-- ARGV[13..] the customer ids the statement touches
+--
+-- Leases (stores.py): far below a limit (LEASE_ROOM left after this
+-- statement), a hit may reserve up to ARGV[10] more statement slots (one per
+-- 16 left), and register its customers, with the lease's END as their score:
+-- at or after any moment the instance uses them, so every window that could
+-- hold such a use counts them, and no window ever holds more than the limit.
+-- Unused slots only make other instances wait a little sooner. Under a limit
+-- that large (count >= LEASE_ROOM), customers' scores only grow (ZADD GT), so
+-- no later read lowers a lease's score; under a smaller one no lease exists
+-- and a read sets the score to now, as the memory store does. A key's life is
+-- only ever lengthened.
 --
 -- Times are passed and returned as strings: Lua prints a number with 14
--- digits, a double needs 17. Returns false (it may run), or {1 statements |
--- 2 customers, the count with this statement, the time of the entry whose
--- leaving lets it pass (false: never)}. Keys expire one window after their
--- last entry.
+-- digits, a double needs 17. Returns {which, count, at, slots, registered}:
+-- which 0 (it may run), 1 statements or 2 customers (refused, with the count
+-- with this statement and the time of the entry whose leaving lets it pass,
+-- false: never); slots reserved and whether its customers were registered
+-- until the lease's end (1) or at now (0).
+local LEASE_ROOM = 256
 local now, mode = ARGV[1], ARGV[2]
+local lease, lease_end, lease_ttl = tonumber(ARGV[10]), ARGV[11], tonumber(ARGV[12])
+local first = 13
+local function expire(key, seconds)
+  if redis.call('TTL', key) < seconds then redis.call('EXPIRE', key, seconds) end
+end
 local verdict = false
+local slots = 0
 if ARGV[3] ~= '' then
   local key, count = KEYS[1], tonumber(ARGV[4])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[3])
   local n = redis.call('ZCARD', key)
   if n >= count then
     local at = redis.call('ZRANGE', key, n - count, n - count, 'WITHSCORES')
-    verdict = {1, n + 1, at[2]}
+    verdict = {1, n + 1, at[2], 0, 0}
   elseif mode ~= 'peek' then
     redis.call('ZADD', key, now, ARGV[9])
-    redis.call('EXPIRE', key, ARGV[5])
+    local ttl = tonumber(ARGV[5])
+    local room = count - n - 1
+    if mode == 'hit' and lease > 0 and room >= LEASE_ROOM then
+      slots = math.min(lease, math.floor(room / 16))
+      for i = 1, slots do redis.call('ZADD', key, lease_end, ARGV[9] .. ':' .. i) end
+      ttl = ttl + lease_ttl
+    end
+    expire(key, ttl)
   end
 end
-if ARGV[6] == '' or #ARGV < 10 or (verdict and mode ~= 'record') then return verdict end
+if ARGV[6] == '' or #ARGV < first or (verdict and mode ~= 'record') then
+  return verdict or {0, 0, false, slots, 0}
+end
 local key, since, count = KEYS[2], tonumber(ARGV[6]), tonumber(ARGV[7])
+local total = #ARGV - first + 1
 if mode ~= 'record' then
   local wanted, others = {}, {}
-  for i = 10, #ARGV do wanted[ARGV[i]] = true end
+  for i = first, #ARGV do wanted[ARGV[i]] = true end
   local members = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
   for i = 1, #members, 2 do
     if not wanted[members[i]] and tonumber(members[i + 1]) > since then
       others[#others + 1] = members[i + 1]
     end
   end
-  local total = #others + #ARGV - 9
-  if total > count then return {2, total, others[total - count] or false} end
+  total = #others + total
+  if total > count then return {2, total, others[total - count] or false, slots, 0} end
 end
+local registered = 0
 if mode ~= 'peek' then
   redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[6])
-  for i = 10, #ARGV do redis.call('ZADD', key, now, ARGV[i]) end
-  redis.call('EXPIRE', key, ARGV[8])
+  local at, ttl = now, tonumber(ARGV[8])
+  if mode == 'hit' and lease > 0 and count - total >= LEASE_ROOM then
+    at, ttl, registered = lease_end, ttl + lease_ttl, 1
+  end
+  if count >= LEASE_ROOM then
+    for i = first, #ARGV do redis.call('ZADD', key, 'GT', at, ARGV[i]) end
+  else
+    for i = first, #ARGV do redis.call('ZADD', key, at, ARGV[i]) end
+  end
+  expire(key, ttl)
 end
-return false
+return verdict or {0, 0, false, slots, registered}
