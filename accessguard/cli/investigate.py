@@ -1,4 +1,4 @@
-"""``accessguard audit who-read / what-read / subject-export``, answered by an engine.
+"""``accessguard audit who-read / what-read / subject-export / after-close``, by an engine.
 
 With DuckDB missing, a file trail is read into Python as before
 (``accessguard.investigate``), and the command says so on stderr.
@@ -19,9 +19,11 @@ from typing import IO, Any
 from accessguard.investigate import (
     Entry,
     Export,
+    LateRead,
     Window,
     available,
     open_engine,
+    reads_after_close,
     subject_export,
     what_read,
     who_read,
@@ -48,6 +50,12 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     )
     scope = "product" if getattr(args, "product", False) else "customer"
     if args.dsn is None and not available():
+        if args.audit_command == "after-close":
+            sys.stderr.write(
+                "accessguard: audit after-close needs DuckDB for a file trail: "
+                "pip install 'accessguard[investigate]'\n"
+            )
+            return 2
         sys.stderr.write(FALLBACK + "\n")
         return _in_python(args, window, scope, out)
     engine = open_engine(
@@ -60,6 +68,17 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     if note:
         sys.stderr.write(f"accessguard: {note}\n")
     try:
+        if args.audit_command == "after-close":
+            customer = None if args.customer is None else str(_id(args.customer))
+            late = reads_after_close(
+                engine,
+                window=window,
+                customer=customer,
+                scope=scope,
+                grace=_grace(args.grace),
+            )
+            _write_late(late, args, out)
+            return 0
         if args.audit_command == "subject-export":
             export = subject_export(engine, customer=_id(args.customer), window=window, scope=scope)
             write_export(export, args, out)
@@ -73,6 +92,28 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     finally:
         engine.close()
     return 0
+
+
+def _grace(text: str) -> dt.timedelta:
+    """--grace: a duration, or 0 (every read after the closing counts)."""
+    return dt.timedelta(0) if text.strip() == "0" else investigate.parse_since(text)
+
+
+def _write_late(rows: list[LateRead], args: argparse.Namespace, out: IO[str]) -> None:
+    if args.format == "json":
+        out.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+        return
+    if not rows:
+        out.write("no reads after a ticket closed\n")
+        return
+    for r in rows:
+        e = r.entry
+        out.write(
+            f"{_when(e.last)}  {e.user}  {e.ticket or '-'}  {r.scope} {r.subject}  "
+            f"{r.seconds_after:,.0f} s after the ticket closed ({_when(r.closed.at)}"
+            f"{', by ' + r.closed.by if r.closed.by else ''})  statements={e.statements}  "
+            f"rows={e.rows}  {', '.join(e.columns)}\n"
+        )
 
 
 def _write_rows(rows: list[Reader] | list[Touch], args: argparse.Namespace, out: IO[str]) -> None:
@@ -158,10 +199,15 @@ def _when(value: dt.datetime | None) -> str:
 
 
 def _line(entry: Entry) -> str:
+    late = (
+        f"  AFTER ITS TICKET CLOSED ({_when(entry.ticket_closed)})"
+        if entry.ticket_closed is not None
+        else ""
+    )
     return (
         f"{_when(entry.first)}  {_when(entry.last)}  {entry.user}  {entry.ticket or '-'}"
         f"  {entry.ticket_kind or '-'}  statements={entry.statements}  rows={entry.rows}"
-        f"  {', '.join(entry.columns)}"
+        f"  {', '.join(entry.columns)}{late}"
     )
 
 
@@ -211,9 +257,8 @@ def _html(export: Export, fh: IO[str]) -> None:
             )
         )
     fh.write("</table><h2>Every entry</h2>")
-    fh.write(
-        _row(("first", "last", "employee", "ticket", "kind", "statements", "rows", "columns"), "th")
-    )
+    entry_heads = ("first", "last", "employee", "ticket", "kind", "statements", "rows", "columns")
+    fh.write(_row((*entry_heads, "after its ticket closed"), "th"))
     for e in export.entries:
         fh.write(
             _row(
@@ -226,6 +271,7 @@ def _html(export: Export, fh: IO[str]) -> None:
                     e.statements,
                     e.rows,
                     ", ".join(e.columns),
+                    "" if e.ticket_closed is None else f"yes: closed {_when(e.ticket_closed)}",
                 ),
                 "td",
             )

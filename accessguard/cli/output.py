@@ -58,5 +58,3 @@ def fail(exc: BaseException, *, as_json: bool, reason: str, code: int = EXIT_USA
 
 def print_json(data: object) -> None:
     print(json.dumps(data, indent=2))
-
-

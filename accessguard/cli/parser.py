@@ -10,7 +10,6 @@ if TYPE_CHECKING:
     pass
 
 
-
 class UsageError(Exception):
     """argparse's usage error, raised instead of exiting so main() can answer in JSON."""
 
@@ -182,6 +181,21 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaratio
     export.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
     _engine_options(export)
 
+    late = audit_sub.add_parser(
+        "after-close", help="customer data read after the ticket that allowed it had closed"
+    )
+    _source_options(late)
+    late.add_argument("--customer", help="only this customer (default: every one)")
+    late.add_argument("--product", action="store_true", help="--customer names a product")
+    late.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
+    late.add_argument(
+        "--grace",
+        default="5s",
+        help="a read this soon after its ticket closed is no finding (default 5s; 0: none)",
+    )
+    late.add_argument("--format", default="text", choices=["text", "json"])
+    _engine_options(late)
+
     index = audit_sub.add_parser(
         "index",
         help="bring the trail's index (TRAIL.index) or the sink's hourly rollup up to date",
@@ -224,5 +238,3 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-index", action="store_true", help="scan the trail's JSON lines, keep no index"
     )
-
-

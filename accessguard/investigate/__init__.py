@@ -13,11 +13,12 @@ functions (same ``Reader`` and ``Touch`` rows, same order).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from accessguard.investigate.baselines import Baseline, baselines
+from accessguard.investigate.closings import Closed, LateRead, closed_spans, late, reads_after_close
 from accessguard.investigate.core import (
     Bucket,
     Engine,
@@ -37,11 +38,13 @@ __all__ = [
     "Entry",
     "Export",
     "Group",
+    "LateRead",
     "Window",
     "available",
     "open_engine",
     "parse_when",
     "peer_baselines",
+    "reads_after_close",
     "subject_export",
     "what_read",
     "who_read",
@@ -115,14 +118,26 @@ class Export:
 def subject_export(
     engine: Engine, *, customer: Subject, window: Window, scope: str = "customer"
 ) -> Export:
-    """Everything read about ``customer``: the readers, then every ledger entry, in time order."""
+    """Everything read about ``customer``: the readers, then every ledger entry, in time order.
+
+    An entry read after its ticket closed says when the ticket had closed
+    (``Entry.ticket_closed``; see ``accessguard.investigate.closings``).
+    """
+    readers = who_read(engine, customer=customer, window=window, scope=scope)
+    spans = closed_spans(engine, {r.ticket for r in readers if r.ticket is not None})
     return Export(
         scope=scope,
         subject=customer,
         window=window,
-        readers=who_read(engine, customer=customer, window=window, scope=scope),
-        entries=engine.entries(scope, str(customer), window),
+        readers=readers,
+        entries=_marked(engine.entries(scope, str(customer), window), spans),
     )
+
+
+def _marked(entries: Iterator[Entry], spans: dict[str, list[Closed]]) -> Iterator[Entry]:
+    for entry in entries:
+        closed = late(entry, spans.get(entry.ticket or "", []))
+        yield entry if closed is None else replace(entry, ticket_closed=closed.at)
 
 
 def __getattr__(name: str) -> object:  # the 0.1 module's names, deprecated (accessguard.moved)

@@ -166,6 +166,8 @@ class Entry:
     statements: int
     rows: int
     fingerprint: str | None
+    #: when its ticket had closed, if it was read after that (accessguard.investigate.closings)
+    ticket_closed: dt.datetime | None = None
 
     @classmethod
     def of_row(cls, row: Sequence[Any]) -> Entry:
@@ -223,8 +225,9 @@ class Engine(Protocol):
 
     def timeline(self, window: Window, seconds: int) -> Iterable[Cell]: ...
 
-    def by_tickets(self, tickets: Sequence[str], kind: str) -> Iterable[Group]:
-        """Every ledger group of these tickets, or of a ticket kind ``kind`` or ``kind.*``."""
+    def by_tickets(self, tickets: Sequence[str], kind: str | None) -> Iterable[Group]:
+        """Every ledger group of these tickets, or of a ticket kind ``kind`` or ``kind.*``
+        (None: of these tickets only)."""
         ...
 
     def others(self) -> Iterator[dict[str, Any]]:

@@ -356,5 +356,3 @@ def _group_reason(change: str, before: Replayed, after: Replayed) -> str:
     if change in (NEWLY_DENIED, MAY_DENY):
         return after.reason or "row scope"
     return before.reason or "row scope"
-
-

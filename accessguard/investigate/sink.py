@@ -92,6 +92,7 @@ SELECT user_name, to_timestamp(floor(extract(epoch FROM {at}) / %s) * %s) AS sta
 FROM ({rows}) AS ledger GROUP BY user_name, start
 """
 _TICKETS = "WHERE ticket_id = ANY(%s) OR ticket_kind = %s OR starts_with(ticket_kind, %s)"
+_OF_TICKETS = "WHERE ticket_id = ANY(%s)"
 _OTHERS = f"SELECT event FROM {TABLE} WHERE action <> 'ledger' ORDER BY id"  # noqa: S608
 _HOUR = 3600
 
@@ -228,12 +229,16 @@ class SinkEngine:
         found = self._conn.execute(sql, [seconds, seconds, *values]).fetchall()
         return [Cell(u, utc_at(start), c, rw, st) for u, start, c, rw, st in found]
 
-    def by_tickets(self, tickets: Sequence[str], kind: str) -> list[Group]:
+    def by_tickets(self, tickets: Sequence[str], kind: str | None) -> list[Group]:
         """Every ledger group of ``tickets``, or of a ticket kind ``kind`` or ``kind.*``."""
         rows, values = self._rows("true", [], Window())
-        sql = _GROUPS.replace("{rows}", rows).replace("{where}", _TICKETS)
-        found = self._conn.execute(sql, [*values, list(tickets), kind, f"{kind}."]).fetchall()
-        return _as_groups(found)
+        params: list[Any]
+        if kind is None:
+            where, params = _OF_TICKETS, [list(tickets)]
+        else:
+            where, params = _TICKETS, [list(tickets), kind, f"{kind}."]
+        sql = _GROUPS.replace("{rows}", rows).replace("{where}", where)
+        return _as_groups(self._conn.execute(sql, [*values, *params]).fetchall())
 
     def others(self) -> Iterator[dict[str, Any]]:
         """Every event that is not a ledger entry, in the order written (a server cursor)."""

@@ -236,10 +236,11 @@ class TrailEngine:
             for u, start, c, rw, st in self._rows(_TIMELINE, where, params, [seconds, seconds])
         ]
 
-    def by_tickets(self, tickets: Sequence[str], kind: str) -> list[Group]:
+    def by_tickets(self, tickets: Sequence[str], kind: str | None) -> list[Group]:
         """Every ledger group of ``tickets``, or of a ticket kind ``kind`` or ``kind.*``."""
-        where = "(ticket_kind = ? OR starts_with(ticket_kind, ?))"
-        params: list[Any] = [kind, f"{kind}."]
+        where, params = "false", list[Any]()
+        if kind is not None:
+            where, params = "(ticket_kind = ? OR starts_with(ticket_kind, ?))", [kind, f"{kind}."]
         if tickets:
             where = f"(list_contains(?, ticket_id) OR {where})"
             params = [list(tickets), *params]
