@@ -66,9 +66,7 @@ def test_only_the_rows_written_since_are_read(marked: tuple[str, Path], read: li
 
 
 @pytest.mark.parametrize("how", sorted(TAMPERINGS))
-def test_every_tampering_fails_a_resumed_verification(
-    marked: tuple[str, Path], how: str
-) -> None:
+def test_every_tampering_fails_a_resumed_verification(marked: tuple[str, Path], how: str) -> None:
     dsn, where = marked
     TAMPERINGS[how](dsn)
     result = verify_resumed(dsn, key=KEY, directory=where)
@@ -167,3 +165,19 @@ def test_an_earlier_releases_rollup_is_left_unused_then_built_again(scenario_dsn
         assert engine.volumes(Window()) == want
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize(
+    "horizon", [0, 1, 3, 1 << 30, (1 << 31) - 1, 1 << 31, (1 << 32) - 2, (1 << 32) - 1]
+)
+def test_the_late_bounds_are_the_modular_test(horizon: int) -> None:
+    """x is at or after H modulo 2^32 exactly when it falls in ``late_bounds``'s ranges."""
+    from accessguard.audit.pgresume import late_bounds
+
+    bounds = late_bounds(horizon)
+    edges = {0, 1, horizon, (1 << 31), (1 << 32) - 1}
+    edges |= {(horizon + d) % (1 << 32) for d in (-2, -1, 1, 2, (1 << 31) - 1, 1 << 31)}
+    for x in sorted(edges):
+        modular = (x - horizon) % (1 << 32) < (1 << 31)
+        ranged = bounds["low"] <= x < bounds["high"] or x < bounds["wrapped"]
+        assert ranged == modular, (horizon, x)

@@ -46,7 +46,7 @@ from accessguard.audit.pgverify import columns_differ
 from accessguard.audit.pgverify import verify as verify_all
 from accessguard.audit.verification import ChainCheck, Verification
 
-__all__ = ["PgMark", "mark_file", "verify_resumed"]
+__all__ = ["PgMark", "late_bounds", "mark_file", "verify_resumed"]
 
 #: at most this many rows may sit between the mark's horizon and its snapshot's end
 _MAX_RECENT = 10_000
@@ -57,19 +57,33 @@ _MAX_AGE = 1 << 30
 _HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 #: "xmin is at or after the horizon H" (32-bit transaction ids, modulo their wrap), written
 #: without ``age()``, which PostgreSQL keeps out of parallel plans
-_AT_OR_AFTER = (
-    "((xmin::text::bigint - {h}) %% 4294967296 + 4294967296) %% 4294967296 < 2147483648"
+_AT_OR_AFTER = "((xmin::text::bigint - {h}) %% 4294967296 + 4294967296) %% 4294967296 < 2147483648"
+#: the same test as two comparisons against bounds worked out in Python (``late_bounds``): the
+#: 2^31 ids at or after H are one range, or two when they wrap past 2^32
+_LATE = (
+    "((xmin::text::bigint >= %(low)s AND xmin::text::bigint < %(high)s) "
+    "OR xmin::text::bigint < %(wrapped)s)"
 )
 #: one scan of the rows up to the mark, with aggregates PostgreSQL runs in parallel: how
 #: many rows, how many written at or after the mark's horizon, and how many of those the
 #: mark itself lists (by "id:xmin")
 _SINCE = (
     "SELECT count(*), "  # noqa: S608
-    f"count(*) FILTER (WHERE {_AT_OR_AFTER.format(h='%(old)s')}), "
-    f"count(*) FILTER (WHERE {_AT_OR_AFTER.format(h='%(old)s')} "
+    f"count(*) FILTER (WHERE {_LATE}), "
+    f"count(*) FILTER (WHERE {_LATE} "
     "AND (id::text || ':' || xmin::text) = ANY(%(listed)s::text[])) "
     f"FROM {TABLE} WHERE id <= %(last)s"
 )
+
+
+def late_bounds(horizon: int) -> dict[str, int]:
+    """``_LATE``'s bounds: x is at or after ``horizon`` (32-bit ids, modulo their wrap)."""
+    high = horizon + (1 << 31)
+    if high <= 1 << 32:
+        return {"low": horizon, "high": high, "wrapped": 0}
+    return {"low": horizon, "high": 1 << 32, "wrapped": high - (1 << 32)}
+
+
 _AFTER = (
     "SELECT id, ts, action, user_name, ticket_id, subject_kind, subject_id, hash, event, "  # noqa: S608
     f"xmin::text::bigint, {_AT_OR_AFTER.format(h='%(new)s')} "
@@ -249,7 +263,7 @@ def _holds(
     if (horizon - mark.horizon) % (1 << 32) >= _MAX_AGE:
         return None
     listed = [f"{i}:{x}" for i, x in mark.recent]
-    params = {"old": mark.horizon, "listed": listed, "last": mark.last_id}
+    params = {**late_bounds(mark.horizon), "listed": listed, "last": mark.last_id}
     row = conn.execute(_SINCE, params).fetchone()
     if row is None or int(row[0]) != mark.count:
         return None  # a row deleted, or one still being written when the mark was taken
