@@ -141,3 +141,12 @@ class TestReasonTable:
 
         page = (ROOT / "docs" / "policies.md").read_text(encoding="utf-8")
         assert [str(r) for r in Reason if f"`{r}`" not in page] == []
+
+
+def test_the_clickhouse_sql_in_the_docs_is_the_sql_that_was_checked() -> None:
+    """docs/audit.md shows the DDL, INSERT and queries benchmarks/clickhouse.py runs."""
+    from benchmarks import clickhouse
+
+    docs = (ROOT / "docs" / "audit.md").read_text(encoding="utf-8")
+    for sql in (clickhouse.DDL, clickhouse.INSERT, clickhouse.WHO_READ, clickhouse.WHAT_READ):
+        assert f"```sql\n{sql.strip()}\n```" in docs
