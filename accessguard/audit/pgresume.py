@@ -46,7 +46,7 @@ from accessguard.audit.pgverify import columns_differ
 from accessguard.audit.pgverify import verify as verify_all
 from accessguard.audit.verification import ChainCheck, Verification
 
-__all__ = ["PgMark", "late_bounds", "mark_file", "verify_resumed"]
+__all__ = ["PgMark", "mark_file", "verify_resumed"]
 
 #: at most this many rows may sit between the mark's horizon and its snapshot's end
 _MAX_RECENT = 10_000
@@ -58,32 +58,22 @@ _HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 #: "xmin is at or after the horizon H" (32-bit transaction ids, modulo their wrap), written
 #: without ``age()``, which PostgreSQL keeps out of parallel plans
 _AT_OR_AFTER = "((xmin::text::bigint - {h}) %% 4294967296 + 4294967296) %% 4294967296 < 2147483648"
-#: the same test as two comparisons against bounds worked out in Python (``late_bounds``): the
-#: 2^31 ids at or after H are one range, or two when they wrap past 2^32
-_LATE = (
-    "((xmin::text::bigint >= %(low)s AND xmin::text::bigint < %(high)s) "
-    "OR xmin::text::bigint < %(wrapped)s)"
-)
+#: the same test, cheaper per row (one modulo of a non-negative number): ``shift`` is
+#: 2^32 - H, so x + shift is x - H taken modulo 2^32, plus 2^32 at most
+_LATE = "(xmin::text::bigint + %(shift)s) %% 4294967296 < 2147483648"
 #: one scan of the rows up to the mark, with aggregates PostgreSQL runs in parallel: how
-#: many rows, how many written at or after the mark's horizon, and how many of those the
-#: mark itself lists (by "id:xmin")
+#: many rows, and how many written at or after the mark's horizon (one conversion of
+#: xmin per row: the scan's cost)
 _SINCE = (
-    "SELECT count(*), "  # noqa: S608
-    f"count(*) FILTER (WHERE {_LATE}), "
-    f"count(*) FILTER (WHERE {_LATE} "
-    "AND (id::text || ':' || xmin::text) = ANY(%(listed)s::text[])) "
+    f"SELECT count(*), count(*) FILTER (WHERE {_LATE}) "  # noqa: S608
     f"FROM {TABLE} WHERE id <= %(last)s"
 )
-
-
-def late_bounds(horizon: int) -> dict[str, int]:
-    """``_LATE``'s bounds: x is at or after ``horizon`` (32-bit ids, modulo their wrap)."""
-    high = horizon + (1 << 31)
-    if high <= 1 << 32:
-        return {"low": horizon, "high": high, "wrapped": 0}
-    return {"low": horizon, "high": 1 << 32, "wrapped": high - (1 << 32)}
-
-
+#: of those, the ones the mark lists (by "id:xmin"), found by id
+_LISTED = (
+    f"SELECT count(*) FROM {TABLE} "  # noqa: S608
+    "WHERE id = ANY(%(ids)s) AND id <= %(last)s "
+    "AND (id::text || ':' || xmin::text) = ANY(%(listed)s::text[])"
+)
 _AFTER = (
     "SELECT id, ts, action, user_name, ticket_id, subject_kind, subject_id, hash, event, "  # noqa: S608
     f"xmin::text::bigint, {_AT_OR_AFTER.format(h='%(new)s')} "
@@ -262,13 +252,18 @@ def _holds(
         return None
     if (horizon - mark.horizon) % (1 << 32) >= _MAX_AGE:
         return None
-    listed = [f"{i}:{x}" for i, x in mark.recent]
-    params = {**late_bounds(mark.horizon), "listed": listed, "last": mark.last_id}
+    params = {"shift": (1 << 32) - mark.horizon, "last": mark.last_id}
     row = conn.execute(_SINCE, params).fetchone()
     if row is None or int(row[0]) != mark.count:
         return None  # a row deleted, or one still being written when the mark was taken
-    if int(row[1]) != int(row[2]):
-        return None  # a row written (updated, re-inserted) after the mark, not one it listed
+    late = int(row[1])
+    if late:  # each must be a row version the mark lists (same id, same xmin: late too)
+        listed = [f"{i}:{x}" for i, x in mark.recent]
+        ids = [i for i, _ in mark.recent]
+        found = conn.execute(_LISTED, {"ids": ids, "listed": listed, "last": mark.last_id})
+        same = found.fetchone()
+        if same is None or int(same[0]) != late:
+            return None  # a row written (updated, re-inserted) after the mark, not one it listed
     # every row at or after the old horizon is one the mark lists, so those at or after this
     # snapshot's horizon (later) are among them too: no second scan
     return [(i, x) for i, x in mark.recent if (x - horizon) % (1 << 32) < (1 << 31)]
