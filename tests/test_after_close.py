@@ -1,7 +1,8 @@
 """Reads after the ticket that allowed them closed (issue 20), from a trail and from the sink.
 
 A small trail of ledger entries and ticket lifecycle events, written by the
-real sinks (a keyed JSON-lines trail, the PostgreSQL sink), is asked
+real sinks (a keyed JSON-lines trail, the PostgreSQL sink), is asked (also
+without DuckDB, the whole trail read into Python)
 ``audit after-close`` and ``audit subject-export``: the entries read more
 than the grace after their ticket closed, and not after it was reopened,
 are the ones named, by both engines alike.
@@ -19,6 +20,7 @@ import pytest
 from accessguard.audit.chain import KEY_ENV
 from accessguard.audit.pgsink import PostgresSink
 from accessguard.audit.sinks import JsonlSink
+from accessguard.cli import investigate as cli_investigate
 from accessguard.cli.app import main
 
 KEY = bytes(range(32))
@@ -78,13 +80,15 @@ EVENTS = [
 ]
 
 
-@pytest.fixture(params=["file", "sink"])
+@pytest.fixture(params=["file", "sink", "python"])
 def source(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> list[str]:
     monkeypatch.setenv(KEY_ENV, KEY.hex())
     events = [dict(e) for e in EVENTS]
-    if request.param == "file":
+    if request.param == "python":  # no DuckDB: the whole trail read into Python
+        monkeypatch.setattr(cli_investigate, "available", lambda: False)
+    if request.param in {"file", "python"}:
         trail = tmp_path / "audit.jsonl"
         JsonlSink(trail, fsync=False, key=KEY).write(events)
         return ["--audit", str(trail)]
@@ -98,8 +102,10 @@ def source(
 
 def ask(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
     code = main(["audit", *argv, "--format", "json"])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert code == 0, out
+    if cli_investigate.available() is False:
+        assert "DuckDB is not installed" in err
     return json.loads(out)
 
 

@@ -12,7 +12,8 @@ import html
 import json
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,6 +30,7 @@ from accessguard.investigate import (
     who_read,
 )
 from accessguard.investigate import sums as investigate
+from accessguard.investigate.closings import Closed, late, reads_after_close_in, spans_of
 from accessguard.investigate.sums import Reader, Touch
 
 FALLBACK = (
@@ -50,12 +52,6 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     )
     scope = "product" if getattr(args, "product", False) else "customer"
     if args.dsn is None and not available():
-        if args.audit_command == "after-close":
-            sys.stderr.write(
-                "accessguard: audit after-close needs DuckDB for a file trail: "
-                "pip install 'accessguard[investigate]'\n"
-            )
-            return 2
         sys.stderr.write(FALLBACK + "\n")
         return _in_python(args, window, scope, out)
     engine = open_engine(
@@ -293,16 +289,20 @@ def _row(cells: Iterable[Any], tag: str) -> str:
 
 def _in_python(args: argparse.Namespace, window: Window, scope: str, out: IO[str]) -> int:
     """The old path (no DuckDB): every event of the trail in Python, ``investigate``'s answers."""
-    events = [
-        e
-        for e in investigate.events_from_file(args.audit)
-        if window.holds(investigate.event_time(e))
-    ]
+    everything = list(investigate.events_from_file(args.audit))
+    if args.audit_command == "after-close":
+        customer = None if args.customer is None else str(_id(args.customer))
+        late = reads_after_close_in(
+            everything, window=window, customer=customer, scope=scope, grace=_grace(args.grace)
+        )
+        _write_late(late, args, out)
+        return 0
+    events = [e for e in everything if window.holds(investigate.event_time(e))]
     if args.audit_command == "what-read":
         _write_rows(investigate.what_read(events, user=args.user, since=None), args, out)
         return 0
-    customer = _id(args.customer)
-    readers = investigate.who_read(events, customer=customer, since=None, scope=scope)
+    customer_id = _id(args.customer)
+    readers = investigate.who_read(events, customer=customer_id, since=None, scope=scope)
     if args.audit_command == "who-read":
         _write_rows(readers, args, out)
         return 0
@@ -310,11 +310,15 @@ def _in_python(args: argparse.Namespace, window: Window, scope: str, out: IO[str
         e
         for e in investigate.ledger_entries(events, None)
         if e.get("accessguard.subject.kind") == scope
-        and str(e["accessguard.subject.id"]) == str(customer)
+        and str(e["accessguard.subject.id"]) == str(customer_id)
     ]
-    entries = sorted((_entry(e) for e in mine), key=lambda x: (x.first or _EPOCH, x.last or _EPOCH))
+    spans = spans_of(everything, {r.ticket for r in readers if r.ticket is not None})
+    entries = sorted(
+        (_marked(Entry.of_event(e), spans) for e in mine),
+        key=lambda x: (x.first or _EPOCH, x.last or _EPOCH),
+    )
     export = Export(
-        scope=scope, subject=customer, window=window, readers=readers, entries=iter(entries)
+        scope=scope, subject=customer_id, window=window, readers=readers, entries=iter(entries)
     )
     write_export(export, args, out)
     return 0
@@ -323,27 +327,6 @@ def _in_python(args: argparse.Namespace, window: Window, scope: str, out: IO[str
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _entry(event: Mapping[str, Any]) -> Entry:
-    def count(value: object) -> int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-    def strs(value: object) -> tuple[str, ...]:
-        return tuple(str(v) for v in value) if isinstance(value, list) else ()
-
-    def text(value: object) -> str | None:
-        return None if value is None else str(value)
-
-    last = investigate.event_time(event)
-    return Entry(
-        first=investigate.parse_time(event.get("accessguard.first")) or last,
-        last=last,
-        user=text(event.get("user.name")),
-        roles=tuple(sorted(strs(event.get("user.roles")))),
-        ticket=text(event.get("accessguard.ticket.id")),
-        ticket_kind=text(event.get("accessguard.ticket.kind")),
-        tables=strs(event.get("accessguard.tables")),
-        columns=strs(event.get("accessguard.columns")),
-        statements=count(event.get("accessguard.statements")),
-        rows=count(event.get("accessguard.rows")),
-        fingerprint=text(event.get("accessguard.fingerprint")),
-    )
+def _marked(entry: Entry, spans: dict[str, list[Closed]]) -> Entry:
+    closed = late(entry, spans.get(entry.ticket or "", []))
+    return entry if closed is None else replace(entry, ticket_closed=closed.at)

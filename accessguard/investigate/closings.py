@@ -16,14 +16,23 @@ non-ledger part of the trail) and joins the two in Python.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from accessguard.investigate.core import Engine, Entry, Window
-from accessguard.investigate.sums import parse_time
+from accessguard.investigate.sums import ledger_entries, parse_time
 
-__all__ = ["GRACE", "Closed", "LateRead", "closed_spans", "late", "reads_after_close"]
+__all__ = [
+    "GRACE",
+    "Closed",
+    "LateRead",
+    "closed_spans",
+    "late",
+    "reads_after_close",
+    "reads_after_close_in",
+    "spans_of",
+]
 
 #: the closed_ticket alert's default: a statement in flight at the closing is no finding
 GRACE = dt.timedelta(seconds=5)
@@ -68,8 +77,15 @@ class LateRead:
 
 def closed_spans(engine: Engine, tickets: Collection[str] | None = None) -> dict[str, list[Closed]]:
     """Each ticket's closed spans, in time order (only ``tickets`` when given)."""
+    return spans_of(engine.others(), tickets)
+
+
+def spans_of(
+    events: Iterable[Mapping[str, Any]], tickets: Collection[str] | None = None
+) -> dict[str, list[Closed]]:
+    """``closed_spans`` from events at hand (the lifecycle ones among them)."""
     changes: list[tuple[dt.datetime, str, str, str | None]] = []
-    for event in engine.others():
+    for event in events:
         action = event.get("event.action")
         ticket = event.get("accessguard.ticket.id")
         if not isinstance(action, str) or not action.startswith("ticket."):
@@ -143,3 +159,30 @@ def reads_after_close(
 
 def _entries(engine: Engine, scope: str, subject: str, window: Window) -> Iterator[Entry]:
     yield from engine.entries(scope, subject, window)
+
+
+def reads_after_close_in(
+    events: Sequence[Mapping[str, Any]],
+    *,
+    window: Window,
+    customer: str | None = None,
+    scope: str = "customer",
+    grace: dt.timedelta = GRACE,
+) -> list[LateRead]:
+    """``reads_after_close`` over events at hand (the path without DuckDB)."""
+    spans = spans_of(events)
+    found: list[LateRead] = []
+    for event in ledger_entries(events, None):
+        kind, subject = event.get("accessguard.subject.kind"), event.get("accessguard.subject.id")
+        if customer is not None and (kind != scope or str(subject) != customer):
+            continue
+        entry = Entry.of_event(event)
+        if not window.holds(entry.last):
+            continue
+        closed = late(entry, spans.get(entry.ticket or "", []), grace)
+        if closed is not None:
+            found.append(
+                LateRead(scope=str(kind), subject=str(subject), entry=entry, closed=closed)
+            )
+    found.sort(key=lambda r: (r.entry.last or r.closed.at, r.entry.user or "", r.subject))
+    return found

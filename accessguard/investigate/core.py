@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, Protocol
 
@@ -27,7 +27,9 @@ from accessguard.investigate.sums import (
     Sums,
     Touch,
     TouchKey,
+    event_time,
     parse_since,
+    parse_time,
     reader_rows,
     touch_rows,
 )
@@ -186,6 +188,34 @@ class Entry:
             statements=st,
             rows=rw,
             fingerprint=fp,
+        )
+
+    @classmethod
+    def of_event(cls, event: Mapping[str, Any]) -> Entry:
+        """An entry from a ledger event as the trail holds it (the in-Python path's)."""
+
+        def count(value: object) -> int:
+            return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+        def texts(value: object) -> tuple[str, ...]:
+            return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+        def text(value: object) -> str | None:
+            return None if value is None else str(value)
+
+        last = event_time(event)
+        return cls(
+            first=parse_time(event.get("accessguard.first")) or last,
+            last=last,
+            user=text(event.get("user.name")),
+            roles=tuple(sorted(texts(event.get("user.roles")))),
+            ticket=text(event.get("accessguard.ticket.id")),
+            ticket_kind=text(event.get("accessguard.ticket.kind")),
+            tables=texts(event.get("accessguard.tables")),
+            columns=texts(event.get("accessguard.columns")),
+            statements=count(event.get("accessguard.statements")),
+            rows=count(event.get("accessguard.rows")),
+            fingerprint=text(event.get("accessguard.fingerprint")),
         )
 
     def as_dict(self) -> dict[str, Any]:
