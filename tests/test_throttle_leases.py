@@ -12,6 +12,7 @@ small one, the store is exact: one round trip per statement.
 from __future__ import annotations
 
 import random
+import threading
 from typing import Any
 
 import pytest
@@ -131,6 +132,24 @@ class TestLeases:
         for throttle in made:
             throttle.close()
         assert passed == 400
+
+    def test_threads_of_one_instance_share_its_leases(self, fresh: str) -> None:
+        """Eight threads on one instance, one employee: exactly the limit passes, no slot lost."""
+        clock = Clock()
+        throttle = Throttle(per_minute(1000), storage=fresh, clock=clock)
+        passed: list[bool] = []
+
+        def work() -> None:
+            mine = [throttle.hit("mallory", AGENT, None, NONE) is None for _ in range(200)]
+            passed.extend(mine)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        throttle.close()
+        assert sum(passed) == 1000
 
     def test_a_reload_ends_the_lease(self, fresh: str) -> None:
         """New limits: the slots leased under the old ones are not used."""

@@ -244,7 +244,11 @@ class RedisStore:
             lease = self._leases.pop(user, None)
             if lease is None or (lease.statements, lease.customers) != windows or now < lease.start:
                 lease = _Lease(*windows, start=now, until=until)
-            if slots:  # granted only when none was held: the old ones are spent or expired
+            if slots and lease.slots > 0 and lease.start <= now < lease.until:
+                # another thread's grant landed first: both are usable until the earlier end
+                # (every slot is dated at or after it), so they are pooled under that end
+                lease.slots += slots
+            elif slots:
                 lease.start, lease.until, lease.slots = now, until, slots
             if registered:
                 lease.known.update(dict.fromkeys(subjects, until))
