@@ -118,8 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     loaded = time.perf_counter() - started
     count = _rows(db, "SELECT count() AS n FROM accessguard_events")[0]["n"]
     print(f"loaded {count} events in {loaded:.1f} s")
-    subjects = [r["subject_id"] for r in _rows(db, "SELECT DISTINCT subject_id FROM accessguard_events WHERE action = 'ledger' AND subject_kind = 'customer' ORDER BY subject_id")]  # noqa: E501
-    users = [r["user_name"] for r in _rows(db, "SELECT DISTINCT user_name FROM accessguard_events WHERE action = 'ledger' ORDER BY user_name")]  # noqa: E501
+    subjects = [
+        r["subject_id"]
+        for r in _rows(
+            db,
+            "SELECT DISTINCT subject_id FROM accessguard_events WHERE action = 'ledger' AND subject_kind = 'customer' ORDER BY subject_id",
+        )
+    ]  # noqa: E501
+    users = [
+        r["user_name"]
+        for r in _rows(
+            db,
+            "SELECT DISTINCT user_name FROM accessguard_events WHERE action = 'ledger' ORDER BY user_name",
+        )
+    ]  # noqa: E501
     rng = random.Random(args.seed)
     engine = open_engine(audit=args.audit)
     window = Window()
@@ -136,8 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         ]
         theirs = sorted(
             (
-                g["user_name"], g["ticket_id"], int(g["statements"]), int(g["rows"]),
-                tuple(g["columns"]), _when(g["first"]), _when(g["last"]),
+                g["user_name"],
+                g["ticket_id"],
+                int(g["statements"]),
+                int(g["rows"]),
+                tuple(g["columns"]),
+                _when(g["first"]),
+                _when(g["last"]),
             )
             for g in got
         )
@@ -153,8 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             if t.scope == "customer"
         )
         theirs_t = sorted(
-            (g["subject_id"], g["ticket_id"], int(g["statements"]), int(g["rows"]),
-             tuple(g["columns"]))
+            (
+                g["subject_id"],
+                g["ticket_id"],
+                int(g["statements"]),
+                int(g["rows"]),
+                tuple(g["columns"]),
+            )
             for g in got
         )
         if ours_t != theirs_t:

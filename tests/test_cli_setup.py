@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-
 class TestEntryPoints:
     def test_module_runs_the_command_and_prints_the_version(self) -> None:
         """`python -m accessguard --version` prints the installed version and exits 0."""

@@ -23,7 +23,6 @@ import pytest
 import accessguard
 
 if TYPE_CHECKING:
-
     pass
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -248,9 +248,7 @@ class AccessGuardMiddleware:
         return response
 
 
-def _bind_body(
-    response: StreamingHttpResponse, guard: Gate, user: str, ticket: str | None
-) -> None:
+def _bind_body(response: StreamingHttpResponse, guard: Gate, user: str, ticket: str | None) -> None:
     """Produce each chunk of a streaming body inside the request's binding."""
     parts: Any = response.streaming_content
     if response.is_async:

@@ -246,5 +246,3 @@ def check_ledger(events: list[Event], proposed: Policy) -> tuple[int, tuple[str,
             who = f"{entry.get('user.name')} {entry.get('accessguard.ticket.id') or '-'}"
             refused[f"{who}: {', '.join(missing) or 'no readable column'}"] = None
     return len(entries), tuple(refused)
-
-

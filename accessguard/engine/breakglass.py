@@ -64,6 +64,7 @@ class ElevationHost(Protocol):
 
     def bind(self, user: object, ticket: object = None) -> Session: ...
 
+
 __all__ = [
     "EMERGENCY_KIND",
     "ID_PREFIX",

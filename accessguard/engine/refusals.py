@@ -26,7 +26,6 @@ from accessguard.errors import AccessDenied, AuditError, ConfigurationError, Rea
 from accessguard.tickets.stores import TicketStoreUnavailable
 
 if TYPE_CHECKING:
-
     from accessguard.audit.ledger import Access
     from accessguard.engine.lane import Authorized
     from accessguard.engine.plan import Plan
