@@ -86,6 +86,17 @@ ORDER BY subject_id, ticket_id
 """
 
 
+#: the customers and employees the ledger names, to sample from
+SUBJECTS = (
+    "SELECT DISTINCT subject_id FROM accessguard_events "
+    "WHERE action = 'ledger' AND subject_kind = 'customer' ORDER BY subject_id"
+)
+USERS = (
+    "SELECT DISTINCT user_name FROM accessguard_events "
+    "WHERE action = 'ledger' ORDER BY user_name"
+)
+
+
 def _rows(session: Any, sql: str) -> list[dict[str, Any]]:
     text = str(session.query(sql, "JSONEachRow"))
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -118,20 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded = time.perf_counter() - started
     count = _rows(db, "SELECT count() AS n FROM accessguard_events")[0]["n"]
     print(f"loaded {count} events in {loaded:.1f} s")
-    subjects = [
-        r["subject_id"]
-        for r in _rows(
-            db,
-            "SELECT DISTINCT subject_id FROM accessguard_events WHERE action = 'ledger' AND subject_kind = 'customer' ORDER BY subject_id",
-        )
-    ]  # noqa: E501
-    users = [
-        r["user_name"]
-        for r in _rows(
-            db,
-            "SELECT DISTINCT user_name FROM accessguard_events WHERE action = 'ledger' ORDER BY user_name",
-        )
-    ]  # noqa: E501
+    subjects = [r["subject_id"] for r in _rows(db, SUBJECTS)]
+    users = [r["user_name"] for r in _rows(db, USERS)]
     rng = random.Random(args.seed)
     engine = open_engine(audit=args.audit)
     window = Window()
