@@ -92,8 +92,7 @@ SUBJECTS = (
     "WHERE action = 'ledger' AND subject_kind = 'customer' ORDER BY subject_id"
 )
 USERS = (
-    "SELECT DISTINCT user_name FROM accessguard_events "
-    "WHERE action = 'ledger' ORDER BY user_name"
+    "SELECT DISTINCT user_name FROM accessguard_events WHERE action = 'ledger' ORDER BY user_name"
 )
 
 
