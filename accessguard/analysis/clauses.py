@@ -88,6 +88,8 @@ class Clauses(OutputNames, JoinTrees):
     locked: set[str] = field(default_factory=set)
     #: each walked query's output, by id of its node (``rowscope.subqueries_bind``)
     derived: dict[int, Source] = field(default_factory=dict)
+    #: the statement's own query (a SELECT statement's; None for an UPDATE)
+    statement: exp.Expression | None = None
 
     @property
     def row_weight(self) -> int:
@@ -102,6 +104,8 @@ class Clauses(OutputNames, JoinTrees):
     def query(self, node: exp.Expression, parent: Env | None, ctes: dict[str, Source]) -> Source:
         """Analyze a query expression; return its output as a derived source."""
         self._count()
+        if self.statement is None and not self.updating:
+            self.statement = node  # the first query of a SELECT statement is the statement
         before = self.scoped_count
         with_ = node.args.get("with_")
         if with_ is not None:
@@ -231,7 +235,9 @@ class Clauses(OutputNames, JoinTrees):
             weight = weight_sum(weight, source.weight)
         weight = {t: n * (1 + self.carriers) for t, n in weight.items()}
         weight = weight_sum(weight, self.carry)
-        return Source("*select*", columns=env.outputs, weight=weight, carried=carries(node, env))
+        # the statement's own SELECT is read by no level: what its columns carry is never asked
+        carried = {} if node is self.statement else carries(node, env)
+        return Source("*select*", columns=env.outputs, weight=weight, carried=carried)
 
     def _projections(self, node: exp.Select, env: Env, ctes: dict[str, Source]) -> frozenset[str]:
         names: set[str] = set()

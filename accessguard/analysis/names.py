@@ -152,6 +152,10 @@ class Env:
     merged: list[Merged] = field(default_factory=list)
     #: ids of this level's scoped tables whose reachable rows are bound to the subject
     proven: set[int] = field(default_factory=set)
+    #: what ``resolve`` answered here, by id of the column node (with the node itself)
+    resolved: dict[int, tuple[exp.Column, tuple[Resolved, Source | None]]] = field(
+        default_factory=dict
+    )
 
     @property
     def level(self) -> Env:
@@ -212,7 +216,23 @@ def resolve(node: exp.Column, env: Env) -> tuple[Resolved, Source | None]:
     for in the nearest level that has a FROM item of that name; an
     unqualified one as a column at every level, innermost first, then as a
     whole-row reference to a FROM item.
+
+    The walker and the row-scope binding ask about the same references: the
+    answer is kept in ``env`` (with the node, so an id never matches another
+    node). Every reference of a level is resolved once its FROM list is
+    complete (a LATERAL item's while the list is built, all of them at the
+    same point), so the second answer would be the first; a refusal is never
+    kept (the walk stops).
     """
+    kept = env.resolved.get(id(node))
+    if kept is not None and kept[0] is node:
+        return kept[1]
+    found = _resolve(node, env)
+    env.resolved[id(node)] = (node, found)
+    return found
+
+
+def _resolve(node: exp.Column, env: Env) -> tuple[Resolved, Source | None]:
     if node.args.get("catalog"):
         refuse(Reason.SQL_UNANALYZABLE, "catalog-qualified column references are not analyzed")
     if not isinstance(node.this, exp.Identifier):
