@@ -148,14 +148,27 @@ def display_name(node: exp.Expr) -> str:
     """
     if isinstance(node, exp.Anonymous):
         return str(node.this).lower() if isinstance(node.this, str) else ident(node.this)
+    # the skeleton, hence the name, is the node's class and which of its args hold a list
+    shape = tuple(
+        (key, isinstance(value, list))
+        for key, value in node.args.items()
+        if isinstance(value, exp.Expression | list) and value
+    )
+    name = _DISPLAY_NAMES.get((type(node), shape))
+    if name is None:
+        name = _display_name(node, shape)
+        if len(_DISPLAY_NAMES) < _IDENTITIES_MAX:
+            _DISPLAY_NAMES[type(node), shape] = name
+    return name
+
+
+#: ``display_name`` by node class and argument shape (generating one costs more than a walk)
+_DISPLAY_NAMES: dict[tuple[type[exp.Expr], tuple[tuple[str, bool], ...]], str] = {}
+
+
+def _display_name(node: exp.Expr, shape: tuple[tuple[str, bool], ...]) -> str:
     try:
-        skeleton = type(node)(
-            **{
-                key: [_arg()] if isinstance(value, list) else _arg()
-                for key, value in node.args.items()
-                if isinstance(value, exp.Expression | list) and value
-            }
-        )
+        skeleton = type(node)(**{key: [_arg()] if many else _arg() for key, many in shape})
         text = skeleton.sql(dialect="postgres")
     except Exception:  # noqa: BLE001 - a name for a message: fall back to the node's key
         return node.key
