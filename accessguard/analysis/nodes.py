@@ -13,6 +13,7 @@ import enum
 import re
 
 from sqlglot import exp
+from sqlglot.expressions.datatypes import DType
 
 from accessguard.analysis.facts import Const, Param, Value
 from accessguard.analysis.functions import SCALAR_NODES
@@ -114,7 +115,22 @@ def type_name(node: exp.DataType) -> str:
     if node.this is exp.DataType.Type.ARRAY and node.expressions:
         inner = node.expressions[0]
         return type_name(inner) if isinstance(inner, exp.DataType) else "array"
-    text = exp.DataType(this=node.this, kind=node.args.get("kind")).sql(dialect="postgres")
+    kind = node.args.get("kind")
+    if kind is None and isinstance(node.this, exp.DataType.Type):
+        # the name is the built-in type's alone: generated once per type
+        name = _TYPE_NAMES.get(node.this)
+        if name is None:
+            name = _TYPE_NAMES[node.this] = _type_name(node.this, None)
+        return name
+    return _type_name(node.this, kind)
+
+
+#: ``type_name`` of each type that has no other argument
+_TYPE_NAMES: dict[DType, str] = {}
+
+
+def _type_name(this: object, kind: exp.Expression | None) -> str:
+    text = exp.DataType(this=this, kind=kind).sql(dialect="postgres")
     return _TYPE_SUFFIX.sub("", text).strip().lower() if '"' not in text else text.strip()
 
 
