@@ -26,6 +26,7 @@ from sqlglot.tokenizer_core import Token, TokenType
 
 from accessguard.analysis.bounds import (
     as_text,
+    many_joins,
     screen,
     screen_placeholders,
     unanalyzable,
@@ -142,8 +143,7 @@ def analyze(  # noqa: PLR0913 - keyword-only options
         )
     if len(tokens) > MAX_TOKENS:
         return _too_many_tokens(sql, tokens, dialect)
-    joins = sum(1 for token in tokens if token.token_type is TokenType.JOIN)
-    if joins > MAX_JOINS:  # name resolution over a long join chain is quadratic: refuse first
+    if many_joins(sql, tokens, MAX_JOINS):  # name resolution over a long join chain is quadratic
         return unanalyzable(sql, f"more than {MAX_JOINS} joins in one statement", dialect=dialect)
     redacted = redact_tokens(tokens) if sending else None
     final = {"redacted": redacted, "fingerprint": fingerprint(redacted), "dialect": dialect}

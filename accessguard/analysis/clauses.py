@@ -29,7 +29,7 @@ from accessguard.analysis.names import (
 )
 from accessguard.analysis.nodes import display_name, output_name
 from accessguard.analysis.ordering import OutputNames
-from accessguard.analysis.rowscope import Condition, bind, carries, subqueries_bind
+from accessguard.analysis.rowscope import Condition, bind, carries
 from accessguard.errors import Reason
 from accessguard.policy.catalog import Catalog, TableSpec
 
@@ -406,7 +406,7 @@ class Clauses(OutputNames, JoinTrees):
         ``at``: where the level's references start in ``scopes`` (replaced in place,
         one per scoped table, in the same order).
         """
-        if subqueries_bind(conditions):
+        if env.subqueries:  # found by bind(conditions, env), which always runs first
             refs = bind(conditions, env, self.derived)
             self.scopes[at : at + len(refs)] = refs
 

@@ -152,6 +152,9 @@ class Env:
     merged: list[Merged] = field(default_factory=list)
     #: ids of this level's scoped tables whose reachable rows are bound to the subject
     proven: set[int] = field(default_factory=set)
+    #: whether a conjunct of the level compares a column with a subquery (``rowscope.bind``
+    #: says; the level is bound again once its subqueries are walked)
+    subqueries: bool = False
     #: what ``resolve`` answered here, by id of the column node (with the node itself)
     resolved: dict[int, tuple[exp.Column, tuple[Resolved, Source | None]]] = field(
         default_factory=dict

@@ -271,6 +271,8 @@ def output_name(proj: exp.Expression) -> str:
 
 
 def conjuncts(conditions: list[exp.Expression]) -> list[exp.Expression]:
+    if len(conditions) == 1 and not isinstance(conditions[0], exp.And | exp.Paren):
+        return list(conditions)  # one comparison (most ON clauses)
     out: list[exp.Expression] = []
     stack = list(conditions)
     while stack:
