@@ -51,6 +51,9 @@ _SELECT_ARGS_OK = frozenset(
         "locks",
     }
 )
+#: queries whose output columns carry bindings (a set operation's carry none)
+#: (isinstance with a tuple: a union type is built anew on every call)
+_CARRYING = (exp.Select, exp.Subquery)
 _SETOP_ARGS_OK = frozenset({"with_", "this", "expression", "distinct", "order", "limit", "offset"})
 
 
@@ -137,7 +140,7 @@ class Clauses(OutputNames, JoinTrees):
         if self.projecting:  # a scalar subquery of a select list: one row of it per row
             self.carry = weight_sum(self.carry, out.weight)
         scoped = self.scoped_count > before
-        carried = out.carried if isinstance(node, exp.Select | exp.Subquery) else {}
+        carried = out.carried if isinstance(node, _CARRYING) else {}
         result = Source(
             out.alias, columns=out.columns, scoped=scoped, weight=out.weight, carried=carried
         )

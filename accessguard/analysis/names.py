@@ -236,13 +236,14 @@ def resolve(node: exp.Column, env: Env) -> tuple[Resolved, Source | None]:
 
 
 def _resolve(node: exp.Column, env: Env) -> tuple[Resolved, Source | None]:
-    if node.args.get("catalog"):
+    args = node.args
+    if args.get("catalog"):
         refuse(Reason.SQL_UNANALYZABLE, "catalog-qualified column references are not analyzed")
     if not isinstance(node.this, exp.Identifier):
         refuse(Reason.SQL_UNANALYZABLE, "a column reference the analyser cannot read")
     column = ident(node.this)
-    qualifier = node.args.get("table")
-    if node.args.get("db"):
+    qualifier = args.get("table")
+    if args.get("db"):
         return _schema_qualified(node, env, column), None
     scope: Env | None = env
     if qualifier is not None:
@@ -252,9 +253,9 @@ def _resolve(node: exp.Column, env: Env) -> tuple[Resolved, Source | None]:
             if scope.wider is not None:
                 _agree(scope, source, scope.wider.get(name), name)
             if source is not None:
-                if not source.has(column):
+                if column not in source.columns:  # Source.has
                     refuse(Reason.COLUMN_UNKNOWN, f"{source.alias} has no column {column}")
-                return (source, column, scope.level), None
+                return (source, column, scope.home or scope), None  # its level
             scope = scope.parent
         refuse(Reason.COLUMN_UNKNOWN, f"no table named {name} for column {column}")
     if not node.this.quoted and column in SPECIAL_NAMES:

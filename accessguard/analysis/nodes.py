@@ -256,6 +256,14 @@ def _arg() -> exp.Column:
     return exp.Column(this=exp.Identifier(this=_ARG, quoted=False))
 
 
+#: (isinstance with a tuple: a union type is built anew on every call)
+#: what keeps the name of the column under it (a cast, parentheses)
+_NAME_KEEPING = (exp.Cast, exp.TryCast, exp.Paren)
+#: what ``conjuncts`` looks into
+_CONJUNCTIONS = (exp.And, exp.Paren)
+_PARAMETERS = (exp.Parameter, exp.Placeholder)
+
+
 def output_name(proj: exp.Expression) -> str:
     """The name PostgreSQL gives a select-list item that has no alias (FigureColname, in part).
 
@@ -263,7 +271,7 @@ def output_name(proj: exp.Expression) -> str:
     column of the catalog is called.
     """
     target = proj
-    while isinstance(target, exp.Cast | exp.TryCast | exp.Paren):
+    while isinstance(target, _NAME_KEEPING):
         target = target.this
     if isinstance(target, exp.Column) and isinstance(target.this, exp.Identifier):
         return ident(target.this)
@@ -271,7 +279,7 @@ def output_name(proj: exp.Expression) -> str:
 
 
 def conjuncts(conditions: list[exp.Expression]) -> list[exp.Expression]:
-    if len(conditions) == 1 and not isinstance(conditions[0], exp.And | exp.Paren):
+    if len(conditions) == 1 and not isinstance(conditions[0], _CONJUNCTIONS):
         return list(conditions)  # one comparison (most ON clauses)
     out: list[exp.Expression] = []
     stack = list(conditions)
@@ -299,7 +307,7 @@ def constant(node: exp.Expression) -> Value | None:
         if text.isdigit():
             return Const(int(text))
         return None
-    if isinstance(node, exp.Parameter | exp.Placeholder):
+    if isinstance(node, _PARAMETERS):
         return Param(param_key(node))
     return None
 

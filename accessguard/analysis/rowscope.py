@@ -223,19 +223,17 @@ def bind(
             bound = base.values(key)
             if bound:
                 env.bound[key] = bound
-    sets: dict[int, _Classes] = {}
-    for source in sources:
-        classes = base
+    sets: dict[int, _Classes] = {}  # a source's own classes, where outer ON clauses bind it
+    for source in sources if outer else ():
         mine = [(c, w) for c, w, binds in outer if binds is not None and id(source) in binds]
         if mine:
-            classes = base.copy()
+            classes = sets[id(source)] = base.copy()
             for condition, where in mine:
                 classes.add(condition, where)
             for key in list(classes.parent):
                 bound = classes.values(key)
                 if key[0] == id(source) and bound:
                     env.bound[key] = bound
-        sets[id(source)] = classes
     scoped = [s for s in sources if s.spec is not None and s.spec.scope is not None]
     refs: dict[int, ScopeRef] = {}
     for source in scoped:
@@ -248,12 +246,12 @@ def bind(
         refs[id(source)] = ref = keyed(ref, source.spec, env.bound, id(source))
         if ref.values or ref.key is not None:
             env.proven.add(id(source))
-    changed = True
+    changed = len(env.proven) < len(scoped)  # every table bound by values or keys: proven
     while changed:  # the least fixpoint: a table is proven only through one proven before
         changed = False
         for source in scoped:
             if id(source) not in env.proven:
-                through = _through(source, sets[id(source)])
+                through = _through(source, sets.get(id(source), base))
                 if through is not None:
                     refs[id(source)] = dataclasses.replace(refs[id(source)], key=through)
                     env.proven.add(id(source))
