@@ -130,6 +130,15 @@ class _Classes:
             self.equal(inner, carried[0])
         self.union(subject, inner)
 
+    def _equality(self, conj: exp.EQ, where: Env) -> None:
+        left, right = self.term(conj.this, where), self.term(conj.expression, where)
+        if isinstance(left, tuple) and isinstance(right, tuple):
+            self.union(left, right)
+        elif isinstance(left, tuple) and isinstance(right, list):
+            self.equal(left, right)
+        elif isinstance(right, tuple) and isinstance(left, list):
+            self.equal(right, left)
+
     def term(self, node: exp.Expression, env: Env) -> Term | list[Value] | None:
         """``term``, remembering where a column term comes from."""
         found, place = _term(node, env)
@@ -159,6 +168,11 @@ class _Classes:
     def add(self, condition: exp.Expression, where: Env) -> None:
         """Add the equalities (and IN lists of constants) the conjuncts of ``condition`` assert."""
         for conj in conjuncts([condition]):
+            if isinstance(conj, exp.EQ) and not (
+                isinstance(conj.this, _WRAPPERS) or isinstance(conj.expression, _WRAPPERS)
+            ):  # x = y, neither a subquery, nor ANY, nor in parentheses (most conjuncts)
+                self._equality(conj, where)
+                continue
             query = _query_operand(conj)
             if query is not None:
                 self.queries = True
@@ -171,15 +185,7 @@ class _Classes:
                     if len(lists) == len(found):
                         self.equal(subject, (v for vs in lists for v in vs))
             elif isinstance(conj, exp.EQ):
-                left, right = self.term(conj.this, where), self.term(conj.expression, where)
-                if left is None or right is None:
-                    continue
-                if isinstance(left, tuple) and isinstance(right, tuple):
-                    self.union(left, right)
-                elif isinstance(left, tuple) and isinstance(right, list):
-                    self.equal(left, right)
-                elif isinstance(right, tuple) and isinstance(left, list):
-                    self.equal(right, left)
+                self._equality(conj, where)
             elif (
                 isinstance(conj, exp.In)
                 and not conj.args.get("query")
@@ -216,13 +222,13 @@ def bind(
     for condition, where, binds in conditions:
         if binds is None:
             base.add(condition, where)
-    env.subqueries = base.queries or subqueries_bind(outer)
+    env.subqueries = base.queries or (bool(outer) and subqueries_bind(outer))
     local = {id(s) for s in sources}
     for key in list(base.parent):
         if key[0] in local:
-            bound = base.values(key)
-            if bound:
-                env.bound[key] = bound
+            consts = base.consts.get(base.find(key))  # base.values(key), key being a term
+            if consts:
+                env.bound[key] = tuple(consts)
     sets: dict[int, _Classes] = {}  # a source's own classes, where outer ON clauses bind it
     for source in sources if outer else ():
         mine = [(c, w) for c, w, binds in outer if binds is not None and id(source) in binds]
@@ -243,7 +249,9 @@ def bind(
             scope=source.spec.scope or "",
             values=env.bound.get((id(source), source.spec.scope_column or ""), ()),
         )
-        refs[id(source)] = ref = keyed(ref, source.spec, env.bound, id(source))
+        if not ref.values:  # keyed() keeps a reference its scope column binds
+            ref = keyed(ref, source.spec, env.bound, id(source))
+        refs[id(source)] = ref
         if ref.values or ref.key is not None:
             env.proven.add(id(source))
     changed = len(env.proven) < len(scoped)  # every table bound by values or keys: proven
