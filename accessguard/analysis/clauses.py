@@ -54,6 +54,8 @@ _SELECT_ARGS_OK = frozenset(
 #: queries whose output columns carry bindings (a set operation's carry none)
 #: (isinstance with a tuple: a union type is built anew on every call)
 _CARRYING = (exp.Select, exp.Subquery)
+_TABLE_ARGS_OK = frozenset({"this", "alias", "db"})
+_GROUP_TABLE_ARGS_OK = _TABLE_ARGS_OK | {"joins"}
 _SETOP_ARGS_OK = frozenset({"with_", "this", "expression", "distinct", "order", "limit", "offset"})
 
 
@@ -315,9 +317,7 @@ class Clauses(OutputNames, JoinTrees):
                     f"the set-returning function {display_name(item.this)} is not allowed",
                 )
             refuse(Reason.SQL_UNANALYZABLE, "a table expression the analyser cannot read")
-        self._only_args(
-            item, {"this", "alias", "db", "joins"} if grouped else {"this", "alias", "db"}
-        )
+        self._only_args(item, _GROUP_TABLE_ARGS_OK if grouped else _TABLE_ARGS_OK)
         alias_node = item.args.get("alias")
         if alias_node is not None and alias_node.columns:
             refuse(Reason.SQL_UNANALYZABLE, "column aliases on a table are not analyzed")

@@ -56,7 +56,9 @@ def refuse(reason: Reason, detail: str) -> NoReturn:
 def ident(node: exp.Expression | None) -> str:
     """The name an identifier denotes: unquoted folds to lower case, as in PostgreSQL."""
     if isinstance(node, exp.Identifier):
-        name = str(node.this)
+        name = node.this
+        if type(name) is not str:
+            name = str(name)
         return name if node.quoted else name.lower()
     if isinstance(node, str):
         return node.lower()
@@ -171,13 +173,14 @@ class Env:
         ``strict``: PostgreSQL's scoping, nothing to compare; otherwise the
         whole FROM list must agree with the view on every name.
         """
-        ids = {id(s) for s in sources}
+        level = self.level
+        ids = {id(s) for s in sources} if level.merged else set()
         return Env(
             self.parent,
             sources={s.alias: s for s in sources},
-            home=self.level,
-            wider=None if strict else self.level.sources,
-            merged=[m for m in self.level.merged if m.covers <= ids],
+            home=level,
+            wider=None if strict else level.sources,
+            merged=[m for m in level.merged if m.covers <= ids],
         )
 
 

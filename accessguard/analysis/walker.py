@@ -48,6 +48,11 @@ __all__ = ["MAX_NODES", "Refusal", "Walker", "ident", "param_key"]
 
 _UPDATE_ARGS_OK = frozenset({"this", "expressions", "where", "returning"})
 
+#: the branches, as globals (an Enum member is looked up on its class on every use)
+_SCALAR, _COLUMN, _QUERY = Branch.SCALAR, Branch.COLUMN, Branch.QUERY
+_EXISTS, _PARAM, _STAR = Branch.EXISTS, Branch.PARAM, Branch.STAR
+_TYPE, _VAR, _FUNCTION = Branch.TYPE, Branch.VAR, Branch.FUNCTION
+
 
 @dataclass(eq=False, kw_only=True)
 class Walker(Clauses):
@@ -66,31 +71,31 @@ class Walker(Clauses):
         branch = BRANCHES.get(cls)
         if branch is None:
             branch = BRANCHES[cls] = branch_of(cls)
-        if branch is Branch.SCALAR:
+        if branch is _SCALAR:
             pass
-        elif branch is Branch.COLUMN:
+        elif branch is _COLUMN:
             self._column(node, env)  # type: ignore[arg-type] # a Column by its branch
             return
-        elif branch is Branch.QUERY:
+        elif branch is _QUERY:
             self.query(node, env, ctes)
             return
-        elif branch is Branch.EXISTS:
+        elif branch is _EXISTS:
             self.query(node.this, env, ctes)
             return
-        elif branch is Branch.PARAM:
+        elif branch is _PARAM:
             self.params.add(param_key(node))  # type: ignore[arg-type] # by its branch
             return
-        elif branch is Branch.STAR:
+        elif branch is _STAR:
             if isinstance(node.parent, exp.Count):
                 return
             refuse(Reason.SQL_UNANALYZABLE, "* outside the select list")
-        elif branch is Branch.TYPE:
+        elif branch is _TYPE:
             check_type(node)  # type: ignore[arg-type] # a DataType by its branch
-        elif branch is Branch.VAR:
+        elif branch is _VAR:
             if isinstance(node.parent, UNIT_FUNCS) and node.arg_key in ("unit", "this"):
                 return
             refuse(Reason.SQL_UNANALYZABLE, f"the word {node.name.upper()} is not analyzed")
-        elif branch is Branch.FUNCTION:
+        elif branch is _FUNCTION:
             self._function(node)  # type: ignore[arg-type] # a Func by its branch
             if isinstance(node, exp.AggFunc) and not isinstance(node, _ONE_ROW_AGGREGATES):
                 self._combining(node, env)
