@@ -344,7 +344,8 @@ class Clauses(OutputNames, JoinTrees):
             refuse(
                 Reason.TABLE_FORBIDDEN, f"table {spec.name} is never reachable through the guard"
             )
-        self.tables.add(spec.qualified)
+        qualified = spec.qualified
+        self.tables.add(qualified)
         self.physical.append((item, spec))
         scoped = spec.scope is not None
         self.scoped_count += scoped
@@ -354,7 +355,7 @@ class Clauses(OutputNames, JoinTrees):
             columns=spec.column_set,
             node=item,
             scoped=scoped,
-            weight={spec.qualified: 1} if scoped else {},
+            weight={qualified: 1} if scoped else {},
         )
 
     def _locks(self, locks: list[exp.Expression], env: Env) -> None:
