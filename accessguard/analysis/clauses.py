@@ -55,6 +55,7 @@ _SELECT_ARGS_OK = frozenset(
 #: (isinstance with a tuple: a union type is built anew on every call)
 _CARRYING = (exp.Select, exp.Subquery)
 _TABLE_ARGS_OK = frozenset({"this", "alias", "db"})
+_SUBQUERY_ARGS_OK = frozenset({"this", "alias", "order", "limit", "offset"})
 _GROUP_TABLE_ARGS_OK = _TABLE_ARGS_OK | {"joins"}
 _SETOP_ARGS_OK = frozenset({"with_", "this", "expression", "distinct", "order", "limit", "offset"})
 
@@ -127,7 +128,7 @@ class Clauses(OutputNames, JoinTrees):
             out.weight = weight_max(out.weight, other.weight)  # a row comes from one branch
             self._outer_modifiers(node, out.columns, ctes)
         elif isinstance(node, exp.Subquery):
-            self._only_args(node, {"this", "alias", "order", "limit", "offset"})
+            self._only_args(node, _SUBQUERY_ARGS_OK)
             out = self.query(node.this, parent, ctes)
             self._outer_modifiers(node, out.columns, ctes)
         elif isinstance(node, exp.Values):
