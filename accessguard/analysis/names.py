@@ -242,15 +242,21 @@ def _resolve(node: exp.Column, env: Env) -> tuple[Resolved, Source | None]:
     args = node.args
     if args.get("catalog"):
         refuse(Reason.SQL_UNANALYZABLE, "catalog-qualified column references are not analyzed")
-    if not isinstance(node.this, exp.Identifier):
+    this = node.this
+    if not isinstance(this, exp.Identifier):
         refuse(Reason.SQL_UNANALYZABLE, "a column reference the analyser cannot read")
-    column = ident(node.this)
+    column = this.this if type(this.this) is str else str(this.this)  # ident(this), inline
+    if not this.quoted:
+        column = column.lower()
     qualifier = args.get("table")
     if args.get("db"):
         return _schema_qualified(node, env, column), None
     scope: Env | None = env
     if qualifier is not None:
-        name = ident(qualifier)
+        if isinstance(qualifier, exp.Identifier) and type(qualifier.this) is str:
+            name = qualifier.this if qualifier.quoted else qualifier.this.lower()  # ident
+        else:
+            name = ident(qualifier)
         while scope is not None:
             source = scope.sources.get(name)
             if scope.wider is not None:

@@ -346,7 +346,7 @@ def _term(
         if found is None:
             return None, None
         source, column, level = found
-        if level is env.level:
+        if level is (env.home or env):  # env.level
             return (id(source), column), (source, level)
         outer = level.bound.get((id(source), column))
         # an outer column: its values, else itself (what its level proved, ``_Classes.origin``)
