@@ -290,7 +290,7 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
         return Facts(kind="multiple", problem=Reason.SQL_UNANALYZABLE, detail=detail)
     tree = statements[0]
     walker = Walker(catalog=catalog, dialect=dialect, text=sql)
-    if isinstance(tree, exp.Select | exp.SetOperation | exp.Subquery | exp.Update):
+    if isinstance(tree, _WALKED):
         kind = "update" if isinstance(tree, exp.Update) else "select"
         try:
             if isinstance(tree, exp.Update):
@@ -354,6 +354,8 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
     )
 
 
+#: the statements the walker reads (a tuple: a union type is built anew on every call)
+_WALKED = (exp.Select, exp.SetOperation, exp.Subquery, exp.Update)
 #: characters that open a quoted name in any dialect we read (sqlglot IDENTIFIER tokens)
 _QUOTES = re.compile(r'["`\[]')
 
