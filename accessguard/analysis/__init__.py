@@ -26,6 +26,7 @@ from sqlglot.tokenizer_core import Token, TokenType
 
 from accessguard.analysis.bounds import (
     as_text,
+    many_joins,
     screen,
     screen_placeholders,
     unanalyzable,
@@ -142,8 +143,7 @@ def analyze(  # noqa: PLR0913 - keyword-only options
         )
     if len(tokens) > MAX_TOKENS:
         return _too_many_tokens(sql, tokens, dialect)
-    joins = sum(1 for token in tokens if token.token_type is TokenType.JOIN)
-    if joins > MAX_JOINS:  # name resolution over a long join chain is quadratic: refuse first
+    if many_joins(sql, tokens, MAX_JOINS):  # name resolution over a long join chain is quadratic
         return unanalyzable(sql, f"more than {MAX_JOINS} joins in one statement", dialect=dialect)
     redacted = redact_tokens(tokens) if sending else None
     final = {"redacted": redacted, "fingerprint": fingerprint(redacted), "dialect": dialect}
@@ -290,7 +290,7 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
         return Facts(kind="multiple", problem=Reason.SQL_UNANALYZABLE, detail=detail)
     tree = statements[0]
     walker = Walker(catalog=catalog, dialect=dialect, text=sql)
-    if isinstance(tree, exp.Select | exp.SetOperation | exp.Subquery | exp.Update):
+    if isinstance(tree, _WALKED):
         kind = "update" if isinstance(tree, exp.Update) else "select"
         try:
             if isinstance(tree, exp.Update):
@@ -354,6 +354,8 @@ def _analyze(  # noqa: PLR0913 - one statement's inputs
     )
 
 
+#: the statements the walker reads (a tuple: a union type is built anew on every call)
+_WALKED = (exp.Select, exp.SetOperation, exp.Subquery, exp.Update)
 #: characters that open a quoted name in any dialect we read (sqlglot IDENTIFIER tokens)
 _QUOTES = re.compile(r'["`\[]')
 

@@ -12,10 +12,16 @@ gives a refusal's facts their redacted text and fingerprint. Re-exported by
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from sqlglot.tokenizer_core import TokenType
 
 from accessguard.analysis.facts import Facts
 from accessguard.analysis.redact import MAX_SQL_LENGTH, digest, fingerprint, redact
 from accessguard.errors import Reason
+
+if TYPE_CHECKING:
+    from sqlglot.tokenizer_core import Token
 
 #: how long a statement may be as bytes, before it is decoded
 _MAX_BYTES = 4 * MAX_SQL_LENGTH
@@ -63,6 +69,18 @@ def screen_placeholders(sql: str) -> str | None:
             return "the statement's placeholders cannot be read (too many unclosed %()"
         at = sql.find("%(", at + 2)
     return None
+
+
+def many_joins(sql: str, tokens: list[Token], limit: int) -> bool:
+    """Whether ``tokens`` (those of ``sql``) hold more than ``limit`` JOIN keywords.
+
+    A JOIN token is the word JOIN in the text: ASCII text that holds the word
+    no more than ``limit`` times, in any case, has no more JOIN tokens (the
+    tokens are then not counted).
+    """
+    if sql.isascii() and sql.lower().count("join") <= limit:
+        return False
+    return sum(1 for token in tokens if token.token_type is TokenType.JOIN) > limit
 
 
 def as_text(sql: str | bytes | bytearray | memoryview) -> tuple[str, str | None]:

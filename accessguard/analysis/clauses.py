@@ -29,7 +29,7 @@ from accessguard.analysis.names import (
 )
 from accessguard.analysis.nodes import display_name, output_name
 from accessguard.analysis.ordering import OutputNames
-from accessguard.analysis.rowscope import Condition, bind, carries, subqueries_bind
+from accessguard.analysis.rowscope import Condition, bind, carries
 from accessguard.errors import Reason
 from accessguard.policy.catalog import Catalog, TableSpec
 
@@ -51,6 +51,12 @@ _SELECT_ARGS_OK = frozenset(
         "locks",
     }
 )
+#: queries whose output columns carry bindings (a set operation's carry none)
+#: (isinstance with a tuple: a union type is built anew on every call)
+_CARRYING = (exp.Select, exp.Subquery)
+_TABLE_ARGS_OK = frozenset({"this", "alias", "db"})
+_SUBQUERY_ARGS_OK = frozenset({"this", "alias", "order", "limit", "offset"})
+_GROUP_TABLE_ARGS_OK = _TABLE_ARGS_OK | {"joins"}
 _SETOP_ARGS_OK = frozenset({"with_", "this", "expression", "distinct", "order", "limit", "offset"})
 
 
@@ -88,6 +94,8 @@ class Clauses(OutputNames, JoinTrees):
     locked: set[str] = field(default_factory=set)
     #: each walked query's output, by id of its node (``rowscope.subqueries_bind``)
     derived: dict[int, Source] = field(default_factory=dict)
+    #: the statement's own query (a SELECT statement's; None for an UPDATE)
+    statement: exp.Expression | None = None
 
     @property
     def row_weight(self) -> int:
@@ -102,6 +110,8 @@ class Clauses(OutputNames, JoinTrees):
     def query(self, node: exp.Expression, parent: Env | None, ctes: dict[str, Source]) -> Source:
         """Analyze a query expression; return its output as a derived source."""
         self._count()
+        if self.statement is None and not self.updating:
+            self.statement = node  # the first query of a SELECT statement is the statement
         before = self.scoped_count
         with_ = node.args.get("with_")
         if with_ is not None:
@@ -118,7 +128,7 @@ class Clauses(OutputNames, JoinTrees):
             out.weight = weight_max(out.weight, other.weight)  # a row comes from one branch
             self._outer_modifiers(node, out.columns, ctes)
         elif isinstance(node, exp.Subquery):
-            self._only_args(node, {"this", "alias", "order", "limit", "offset"})
+            self._only_args(node, _SUBQUERY_ARGS_OK)
             out = self.query(node.this, parent, ctes)
             self._outer_modifiers(node, out.columns, ctes)
         elif isinstance(node, exp.Values):
@@ -133,7 +143,7 @@ class Clauses(OutputNames, JoinTrees):
         if self.projecting:  # a scalar subquery of a select list: one row of it per row
             self.carry = weight_sum(self.carry, out.weight)
         scoped = self.scoped_count > before
-        carried = out.carried if isinstance(node, exp.Select | exp.Subquery) else {}
+        carried = out.carried if isinstance(node, _CARRYING) else {}
         result = Source(
             out.alias, columns=out.columns, scoped=scoped, weight=out.weight, carried=carried
         )
@@ -231,7 +241,9 @@ class Clauses(OutputNames, JoinTrees):
             weight = weight_sum(weight, source.weight)
         weight = {t: n * (1 + self.carriers) for t, n in weight.items()}
         weight = weight_sum(weight, self.carry)
-        return Source("*select*", columns=env.outputs, weight=weight, carried=carries(node, env))
+        # the statement's own SELECT is read by no level: what its columns carry is never asked
+        carried = {} if node is self.statement else carries(node, env)
+        return Source("*select*", columns=env.outputs, weight=weight, carried=carried)
 
     def _projections(self, node: exp.Select, env: Env, ctes: dict[str, Source]) -> frozenset[str]:
         names: set[str] = set()
@@ -306,9 +318,7 @@ class Clauses(OutputNames, JoinTrees):
                     f"the set-returning function {display_name(item.this)} is not allowed",
                 )
             refuse(Reason.SQL_UNANALYZABLE, "a table expression the analyser cannot read")
-        self._only_args(
-            item, {"this", "alias", "db", "joins"} if grouped else {"this", "alias", "db"}
-        )
+        self._only_args(item, _GROUP_TABLE_ARGS_OK if grouped else _TABLE_ARGS_OK)
         alias_node = item.args.get("alias")
         if alias_node is not None and alias_node.columns:
             refuse(Reason.SQL_UNANALYZABLE, "column aliases on a table are not analyzed")
@@ -335,7 +345,8 @@ class Clauses(OutputNames, JoinTrees):
             refuse(
                 Reason.TABLE_FORBIDDEN, f"table {spec.name} is never reachable through the guard"
             )
-        self.tables.add(spec.qualified)
+        qualified = spec.qualified
+        self.tables.add(qualified)
         self.physical.append((item, spec))
         scoped = spec.scope is not None
         self.scoped_count += scoped
@@ -345,7 +356,7 @@ class Clauses(OutputNames, JoinTrees):
             columns=spec.column_set,
             node=item,
             scoped=scoped,
-            weight={spec.qualified: 1} if scoped else {},
+            weight={qualified: 1} if scoped else {},
         )
 
     def _locks(self, locks: list[exp.Expression], env: Env) -> None:
@@ -400,7 +411,7 @@ class Clauses(OutputNames, JoinTrees):
         ``at``: where the level's references start in ``scopes`` (replaced in place,
         one per scoped table, in the same order).
         """
-        if subqueries_bind(conditions):
+        if env.subqueries:  # found by bind(conditions, env), which always runs first
             refs = bind(conditions, env, self.derived)
             self.scopes[at : at + len(refs)] = refs
 

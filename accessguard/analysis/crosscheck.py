@@ -114,7 +114,10 @@ def _crosscheck(sql: str, facts: Facts, default_schema: str) -> str | None:
     kind = "create" if name == "SelectStmt" and '"intoClause":' in text else _kind(name)
     if kind != facts.kind:
         return f"PostgreSQL's parser reads a {kind.upper()} statement, the analyser a {facts.kind}"
-    writers = sum(text.count(key) for key in _WRITER_KEYS) - (name in _WRITERS)
+    if text.count('Stmt":') == text.count('"SelectStmt":'):
+        writers = 0  # every node named ...Stmt is a SELECT: none of them writes
+    else:
+        writers = sum(text.count(key) for key in _WRITER_KEYS) - (name in _WRITERS)
     if writers:
         return "PostgreSQL's parser finds a data-modifying statement inside the statement"
     if '"lockedRels":' in text:  # FOR UPDATE OF names FROM items, not tables: read the tree

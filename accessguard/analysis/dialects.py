@@ -45,12 +45,18 @@ _LOCAL = threading.local()
 
 def parser(name: str) -> Any:
     """A parser per thread and dialect: sqlglot's parse() resets it before each statement."""
-    return _per_thread("parsers", name, lambda dialect: dialect.parser())
+    try:
+        return _LOCAL.parsers[name]
+    except (AttributeError, KeyError):  # this thread's first of that dialect
+        return _per_thread("parsers", name, lambda dialect: dialect.parser())
 
 
 def tokenizer(name: str) -> Any:
     """A tokenizer per thread and dialect: they keep state while tokenizing."""
-    return _per_thread("tokenizers", name, lambda dialect: dialect.tokenizer())
+    try:
+        return _LOCAL.tokenizers[name]
+    except (AttributeError, KeyError):  # this thread's first of that dialect
+        return _per_thread("tokenizers", name, lambda dialect: dialect.tokenizer())
 
 
 def _per_thread(slot: str, name: str, make: Callable[[Dialect], Any]) -> Any:

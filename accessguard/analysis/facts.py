@@ -125,13 +125,21 @@ class Facts:
         writes: frozenset[tuple[str, str]] = values.get("writes", frozenset())
         tables: frozenset[str] = values.get("tables", frozenset())
         order: tuple[int | str, ...] = values.get("param_order", ())
+        accesses = {(t, c, "read") for t, c in reads}
+        if writes:
+            accesses |= {(t, c, "update") for t, c in writes}
         return cls(
             **values,
-            accesses=frozenset(
-                {(t, c, "read") for t, c in reads} | {(t, c, "update") for t, c in writes}
-            ),
+            accesses=frozenset(accesses),
             table_names=tuple(sorted(t.rsplit(".", 1)[-1] for t in tables)),
-            column_names=tuple(sorted({f"{t.rsplit('.', 1)[-1]}.{c}" for t, c in reads | writes})),
+            column_names=tuple(
+                sorted(
+                    {
+                        f"{t.rsplit('.', 1)[-1]}.{c}"
+                        for t, c in (reads | writes if writes else reads)
+                    }
+                )
+            ),
             in_order=order == tuple(range(len(order))),
         )
 

@@ -56,7 +56,9 @@ def refuse(reason: Reason, detail: str) -> NoReturn:
 def ident(node: exp.Expression | None) -> str:
     """The name an identifier denotes: unquoted folds to lower case, as in PostgreSQL."""
     if isinstance(node, exp.Identifier):
-        name = str(node.this)
+        name = node.this
+        if type(name) is not str:
+            name = str(name)
         return name if node.quoted else name.lower()
     if isinstance(node, str):
         return node.lower()
@@ -152,6 +154,13 @@ class Env:
     merged: list[Merged] = field(default_factory=list)
     #: ids of this level's scoped tables whose reachable rows are bound to the subject
     proven: set[int] = field(default_factory=set)
+    #: whether a conjunct of the level compares a column with a subquery (``rowscope.bind``
+    #: says; the level is bound again once its subqueries are walked)
+    subqueries: bool = False
+    #: what ``resolve`` answered here, by id of the column node (with the node itself)
+    resolved: dict[int, tuple[exp.Column, tuple[Resolved, Source | None]]] = field(
+        default_factory=dict
+    )
 
     @property
     def level(self) -> Env:
@@ -164,13 +173,14 @@ class Env:
         ``strict``: PostgreSQL's scoping, nothing to compare; otherwise the
         whole FROM list must agree with the view on every name.
         """
-        ids = {id(s) for s in sources}
+        level = self.level
+        ids = {id(s) for s in sources} if level.merged else set()
         return Env(
             self.parent,
             sources={s.alias: s for s in sources},
-            home=self.level,
-            wider=None if strict else self.level.sources,
-            merged=[m for m in self.level.merged if m.covers <= ids],
+            home=level,
+            wider=None if strict else level.sources,
+            merged=[m for m in level.merged if m.covers <= ids],
         )
 
 
@@ -212,26 +222,49 @@ def resolve(node: exp.Column, env: Env) -> tuple[Resolved, Source | None]:
     for in the nearest level that has a FROM item of that name; an
     unqualified one as a column at every level, innermost first, then as a
     whole-row reference to a FROM item.
+
+    The walker and the row-scope binding ask about the same references: the
+    answer is kept in ``env`` (with the node, so an id never matches another
+    node). Every reference of a level is resolved once its FROM list is
+    complete (a LATERAL item's while the list is built, all of them at the
+    same point), so the second answer would be the first; a refusal is never
+    kept (the walk stops).
     """
-    if node.args.get("catalog"):
+    kept = env.resolved.get(id(node))
+    if kept is not None and kept[0] is node:
+        return kept[1]
+    found = _resolve(node, env)
+    env.resolved[id(node)] = (node, found)
+    return found
+
+
+def _resolve(node: exp.Column, env: Env) -> tuple[Resolved, Source | None]:
+    args = node.args
+    if args.get("catalog"):
         refuse(Reason.SQL_UNANALYZABLE, "catalog-qualified column references are not analyzed")
-    if not isinstance(node.this, exp.Identifier):
+    this = node.this
+    if not isinstance(this, exp.Identifier):
         refuse(Reason.SQL_UNANALYZABLE, "a column reference the analyser cannot read")
-    column = ident(node.this)
-    qualifier = node.args.get("table")
-    if node.args.get("db"):
+    column = this.this if type(this.this) is str else str(this.this)  # ident(this), inline
+    if not this.quoted:
+        column = column.lower()
+    qualifier = args.get("table")
+    if args.get("db"):
         return _schema_qualified(node, env, column), None
     scope: Env | None = env
     if qualifier is not None:
-        name = ident(qualifier)
+        if isinstance(qualifier, exp.Identifier) and type(qualifier.this) is str:
+            name = qualifier.this if qualifier.quoted else qualifier.this.lower()  # ident
+        else:
+            name = ident(qualifier)
         while scope is not None:
             source = scope.sources.get(name)
             if scope.wider is not None:
                 _agree(scope, source, scope.wider.get(name), name)
             if source is not None:
-                if not source.has(column):
+                if column not in source.columns:  # Source.has
                     refuse(Reason.COLUMN_UNKNOWN, f"{source.alias} has no column {column}")
-                return (source, column, scope.level), None
+                return (source, column, scope.home or scope), None  # its level
             scope = scope.parent
         refuse(Reason.COLUMN_UNKNOWN, f"no table named {name} for column {column}")
     if not node.this.quoted and column in SPECIAL_NAMES:

@@ -13,6 +13,7 @@ import enum
 import re
 
 from sqlglot import exp
+from sqlglot.expressions.datatypes import DType
 
 from accessguard.analysis.facts import Const, Param, Value
 from accessguard.analysis.functions import SCALAR_NODES
@@ -114,7 +115,22 @@ def type_name(node: exp.DataType) -> str:
     if node.this is exp.DataType.Type.ARRAY and node.expressions:
         inner = node.expressions[0]
         return type_name(inner) if isinstance(inner, exp.DataType) else "array"
-    text = exp.DataType(this=node.this, kind=node.args.get("kind")).sql(dialect="postgres")
+    kind = node.args.get("kind")
+    if kind is None and isinstance(node.this, exp.DataType.Type):
+        # the name is the built-in type's alone: generated once per type
+        name = _TYPE_NAMES.get(node.this)
+        if name is None:
+            name = _TYPE_NAMES[node.this] = _type_name(node.this, None)
+        return name
+    return _type_name(node.this, kind)
+
+
+#: ``type_name`` of each type that has no other argument
+_TYPE_NAMES: dict[DType, str] = {}
+
+
+def _type_name(this: object, kind: exp.Expression | None) -> str:
+    text = exp.DataType(this=this, kind=kind).sql(dialect="postgres")
     return _TYPE_SUFFIX.sub("", text).strip().lower() if '"' not in text else text.strip()
 
 
@@ -148,14 +164,27 @@ def display_name(node: exp.Expr) -> str:
     """
     if isinstance(node, exp.Anonymous):
         return str(node.this).lower() if isinstance(node.this, str) else ident(node.this)
+    # the skeleton, hence the name, is the node's class and which of its args hold a list
+    shape = tuple(
+        (key, isinstance(value, list))
+        for key, value in node.args.items()
+        if isinstance(value, exp.Expression | list) and value
+    )
+    name = _DISPLAY_NAMES.get((type(node), shape))
+    if name is None:
+        name = _display_name(node, shape)
+        if len(_DISPLAY_NAMES) < _IDENTITIES_MAX:
+            _DISPLAY_NAMES[type(node), shape] = name
+    return name
+
+
+#: ``display_name`` by node class and argument shape (generating one costs more than a walk)
+_DISPLAY_NAMES: dict[tuple[type[exp.Expr], tuple[tuple[str, bool], ...]], str] = {}
+
+
+def _display_name(node: exp.Expr, shape: tuple[tuple[str, bool], ...]) -> str:
     try:
-        skeleton = type(node)(
-            **{
-                key: [_arg()] if isinstance(value, list) else _arg()
-                for key, value in node.args.items()
-                if isinstance(value, exp.Expression | list) and value
-            }
-        )
+        skeleton = type(node)(**{key: [_arg()] if many else _arg() for key, many in shape})
         text = skeleton.sql(dialect="postgres")
     except Exception:  # noqa: BLE001 - a name for a message: fall back to the node's key
         return node.key
@@ -227,6 +256,14 @@ def _arg() -> exp.Column:
     return exp.Column(this=exp.Identifier(this=_ARG, quoted=False))
 
 
+#: (isinstance with a tuple: a union type is built anew on every call)
+#: what keeps the name of the column under it (a cast, parentheses)
+_NAME_KEEPING = (exp.Cast, exp.TryCast, exp.Paren)
+#: what ``conjuncts`` looks into
+_CONJUNCTIONS = (exp.And, exp.Paren)
+_PARAMETERS = (exp.Parameter, exp.Placeholder)
+
+
 def output_name(proj: exp.Expression) -> str:
     """The name PostgreSQL gives a select-list item that has no alias (FigureColname, in part).
 
@@ -234,7 +271,7 @@ def output_name(proj: exp.Expression) -> str:
     column of the catalog is called.
     """
     target = proj
-    while isinstance(target, exp.Cast | exp.TryCast | exp.Paren):
+    while isinstance(target, _NAME_KEEPING):
         target = target.this
     if isinstance(target, exp.Column) and isinstance(target.this, exp.Identifier):
         return ident(target.this)
@@ -242,6 +279,8 @@ def output_name(proj: exp.Expression) -> str:
 
 
 def conjuncts(conditions: list[exp.Expression]) -> list[exp.Expression]:
+    if len(conditions) == 1 and not isinstance(conditions[0], _CONJUNCTIONS):
+        return list(conditions)  # one comparison (most ON clauses)
     out: list[exp.Expression] = []
     stack = list(conditions)
     while stack:
@@ -268,7 +307,7 @@ def constant(node: exp.Expression) -> Value | None:
         if text.isdigit():
             return Const(int(text))
         return None
-    if isinstance(node, exp.Parameter | exp.Placeholder):
+    if isinstance(node, _PARAMETERS):
         return Param(param_key(node))
     return None
 

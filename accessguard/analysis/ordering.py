@@ -15,6 +15,11 @@ from sqlglot import exp
 from accessguard.analysis.names import Env, Source, bare_name, local_input, outer_input, refuse
 from accessguard.errors import Reason
 
+#: the arguments each clause may have (built once: a set display is built on every call)
+_ORDERED_ARGS_OK = frozenset({"this", "desc", "nulls_first"})
+_LIST_ARGS_OK = frozenset({"expressions"})
+_LIMIT_ARGS_OK = frozenset({"this", "expression"})
+
 
 class OutputNames:
     """The walker's clauses that may name output columns (a mixin of ``Clauses``)."""
@@ -32,7 +37,7 @@ class OutputNames:
         for item in items:
             target = item
             if isinstance(item, exp.Ordered):
-                self._only_args(item, {"this", "desc", "nulls_first"})
+                self._only_args(item, _ORDERED_ARGS_OK)
                 target = item.this
             if bare_name(target) in env.outputs:
                 continue  # the output column: what it reads is already counted
@@ -40,7 +45,7 @@ class OutputNames:
 
     def _group(self, group: exp.Group, env: Env, ctes: dict[str, Source]) -> None:
         """GROUP BY: a bare name is a local input column, else an output name, else outer."""
-        self._only_args(group, {"expressions"})
+        self._only_args(group, _LIST_ARGS_OK)
         for item in group.expressions:
             name = bare_name(item)
             if name is not None and name in env.outputs and not local_input(env, name):
@@ -55,11 +60,11 @@ class OutputNames:
         """ORDER BY of a set operation or a parenthesized query: output names only."""
         order = node.args.get("order")
         if order is not None:
-            self._only_args(order, {"expressions"})
+            self._only_args(order, _LIST_ARGS_OK)
             for item in order.expressions:
                 target = item.this if isinstance(item, exp.Ordered) else item
                 if isinstance(item, exp.Ordered):
-                    self._only_args(item, {"this", "desc", "nulls_first"})
+                    self._only_args(item, _ORDERED_ARGS_OK)
                 positional = isinstance(target, exp.Literal) and not target.is_string
                 if not positional and bare_name(target) not in outputs:
                     refuse(
@@ -83,5 +88,5 @@ class OutputNames:
                 if mod.args.get("count") is not None:
                     self.expr(mod.args["count"], Env(None), ctes)
                 continue
-            self._only_args(mod, {"this", "expression"})
+            self._only_args(mod, _LIMIT_ARGS_OK)
             self.expr(mod.args.get("expression") or mod.this, Env(None), ctes)

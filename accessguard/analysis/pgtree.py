@@ -40,9 +40,11 @@ DEFAULT_SCHEMA = "public"
 #: the body of a JSON string value
 CHARS = r'(?:[^"\\]|\\.)*'
 #: a RangeVar body: libpg_query writes its fields in this order, absent ones omitted
+#: (``{"catalogname":"c","schemaname":"s","relname":"r"``; each quote that opens a
+#: key is written once, after the brace or the comma: the same texts, matched faster)
 _RANGE_VAR = re.compile(
-    rf'\{{(?:"catalogname":"(?P<c>{CHARS})",)?(?:"schemaname":"(?P<s>{CHARS})",)?'
-    rf'"relname":"(?P<r>{CHARS})"'
+    rf'\{{"(?:catalogname":"(?P<c>{CHARS})","|)(?:schemaname":"(?P<s>{CHARS})","|)'
+    rf'relname":"(?P<r>{CHARS})"'
 )
 #: a name that may be shown as it is: lower-case words, up to catalog.schema.table
 PLAIN_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62}){0,2}$")

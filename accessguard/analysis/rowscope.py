@@ -86,6 +86,8 @@ class _Classes:
         self.derived: Mapping[int, Source] = derived or {}
         #: the classes' members by root, made once all equalities are in (``members``)
         self.groups: dict[Term, list[Term]] | None = None
+        #: whether a conjunct added compared a column with a subquery (``subqueries_bind``)
+        self.queries = False
 
     def copy(self) -> _Classes:
         other = _Classes(self.derived)
@@ -105,14 +107,7 @@ class _Classes:
     def origin(self, a: Term) -> Origin | None:
         """The proven scoped column ``a`` is (a proven table's, or what a derived one carries)."""
         place = self.places.get(a)
-        if place is None:
-            return None
-        source, level = place
-        column = a[1]
-        if source.spec is not None and source.spec.scope is not None:
-            return Origin(source.spec, column) if id(source) in level.proven else None
-        carried = source.carried.get(column)
-        return carried[1] if carried is not None else None
+        return None if place is None else _origin(place[0], place[1], a[1])
 
     def _within(self, node: exp.Expression, query: exp.Expression, where: Env) -> None:
         """``x IN (SELECT y ...)``, ``x = (SELECT y ...)``, ``x = ANY (SELECT y ...)``.
@@ -134,6 +129,15 @@ class _Classes:
         if carried[0]:
             self.equal(inner, carried[0])
         self.union(subject, inner)
+
+    def _equality(self, conj: exp.EQ, where: Env) -> None:
+        left, right = self.term(conj.this, where), self.term(conj.expression, where)
+        if isinstance(left, tuple) and isinstance(right, tuple):
+            self.union(left, right)
+        elif isinstance(left, tuple) and isinstance(right, list):
+            self.equal(left, right)
+        elif isinstance(right, tuple) and isinstance(left, list):
+            self.equal(right, left)
 
     def term(self, node: exp.Expression, env: Env) -> Term | list[Value] | None:
         """``term``, remembering where a column term comes from."""
@@ -164,8 +168,14 @@ class _Classes:
     def add(self, condition: exp.Expression, where: Env) -> None:
         """Add the equalities (and IN lists of constants) the conjuncts of ``condition`` assert."""
         for conj in conjuncts([condition]):
+            if isinstance(conj, exp.EQ) and not (
+                isinstance(conj.this, _WRAPPERS) or isinstance(conj.expression, _WRAPPERS)
+            ):  # x = y, neither a subquery, nor ANY, nor in parentheses (most conjuncts)
+                self._equality(conj, where)
+                continue
             query = _query_operand(conj)
             if query is not None:
+                self.queries = True
                 self._within(query[0], query[1], where)
             elif isinstance(conj, exp.EQ) and isinstance(_bare(conj.expression), exp.Any):
                 subject, items = self.term(conj.this, where), _array(conj.expression)
@@ -175,15 +185,7 @@ class _Classes:
                     if len(lists) == len(found):
                         self.equal(subject, (v for vs in lists for v in vs))
             elif isinstance(conj, exp.EQ):
-                left, right = self.term(conj.this, where), self.term(conj.expression, where)
-                if left is None or right is None:
-                    continue
-                if isinstance(left, tuple) and isinstance(right, tuple):
-                    self.union(left, right)
-                elif isinstance(left, tuple) and isinstance(right, list):
-                    self.equal(left, right)
-                elif isinstance(right, tuple) and isinstance(left, list):
-                    self.equal(right, left)
+                self._equality(conj, where)
             elif (
                 isinstance(conj, exp.In)
                 and not conj.args.get("query")
@@ -208,35 +210,37 @@ def bind(
     ``env.proven`` the scoped tables proven (bound, keyed or through another).
     ``derived``: the subqueries walked so far (``subqueries_bind``).
     """
-    local = {id(s) for s in env.sources.values()}
+    sources = list(env.sources.values())
     env.proven.clear()  # bound again (``subqueries_bind``): proven anew, never carried over
     base = _Classes(derived)
-    for source in env.sources.values():  # a derived table's columns carry their bindings
+    for source in sources:  # a derived table's columns carry their bindings
         for column, (values, _origin) in source.carried.items():
             base.places[(id(source), column)] = (source, env)
             if values:
                 base.equal((id(source), column), values)
+    outer = [c for c in conditions if c[2] is not None]  # outer joins' ON clauses
     for condition, where, binds in conditions:
         if binds is None:
             base.add(condition, where)
+    env.subqueries = base.queries or (bool(outer) and subqueries_bind(outer))
+    local = {id(s) for s in sources}
     for key in list(base.parent):
-        bound = base.values(key)
-        if bound and key[0] in local:
-            env.bound[key] = bound
-    sets: dict[int, _Classes] = {}
-    for source in env.sources.values():
-        outer = [(c, w) for c, w, binds in conditions if binds is not None and id(source) in binds]
-        classes = base
-        if outer:
-            classes = base.copy()
-            for condition, where in outer:
+        if key[0] in local:
+            consts = base.consts.get(base.find(key))  # base.values(key), key being a term
+            if consts:
+                env.bound[key] = tuple(consts)
+    sets: dict[int, _Classes] = {}  # a source's own classes, where outer ON clauses bind it
+    for source in sources if outer else ():
+        mine = [(c, w) for c, w, binds in outer if binds is not None and id(source) in binds]
+        if mine:
+            classes = sets[id(source)] = base.copy()
+            for condition, where in mine:
                 classes.add(condition, where)
             for key in list(classes.parent):
                 bound = classes.values(key)
                 if key[0] == id(source) and bound:
                     env.bound[key] = bound
-        sets[id(source)] = classes
-    scoped = [s for s in env.sources.values() if s.spec is not None and s.spec.scope is not None]
+    scoped = [s for s in sources if s.spec is not None and s.spec.scope is not None]
     refs: dict[int, ScopeRef] = {}
     for source in scoped:
         assert source.spec is not None  # noqa: S101 - scoped sources are tables
@@ -245,15 +249,17 @@ def bind(
             scope=source.spec.scope or "",
             values=env.bound.get((id(source), source.spec.scope_column or ""), ()),
         )
-        refs[id(source)] = ref = keyed(ref, source.spec, env.bound, id(source))
+        if not ref.values:  # keyed() keeps a reference its scope column binds
+            ref = keyed(ref, source.spec, env.bound, id(source))
+        refs[id(source)] = ref
         if ref.values or ref.key is not None:
             env.proven.add(id(source))
-    changed = True
+    changed = len(env.proven) < len(scoped)  # every table bound by values or keys: proven
     while changed:  # the least fixpoint: a table is proven only through one proven before
         changed = False
         for source in scoped:
             if id(source) not in env.proven:
-                through = _through(source, sets[id(source)])
+                through = _through(source, sets.get(id(source), base))
                 if through is not None:
                     refs[id(source)] = dataclasses.replace(refs[id(source)], key=through)
                     env.proven.add(id(source))
@@ -293,6 +299,8 @@ def _query_operand(conj: exp.Expression) -> tuple[exp.Expression, exp.Expression
         return conj.this, conj.args["query"]
     if not isinstance(conj, exp.EQ):
         return None
+    if not isinstance(conj.this, _WRAPPERS) and not isinstance(conj.expression, _WRAPPERS):
+        return None  # neither side is a subquery, in parentheses or under ANY
     for node, other in ((conj.this, conj.expression), (conj.expression, conj.this)):
         operand = _bare(other)
         if isinstance(operand, exp.Any) and isinstance(_bare(operand.this), exp.Subquery):
@@ -300,6 +308,10 @@ def _query_operand(conj: exp.Expression) -> tuple[exp.Expression, exp.Expression
         if isinstance(operand, exp.Subquery) and not isinstance(_bare(node), exp.Subquery):
             return node, operand
     return None
+
+
+#: what a subquery operand of ``x = ...`` is, or is wrapped in
+_WRAPPERS = (exp.Subquery, exp.Paren, exp.Any)
 
 
 def _bare(node: exp.Expression) -> exp.Expression:
@@ -334,7 +346,7 @@ def _term(
         if found is None:
             return None, None
         source, column, level = found
-        if level is env.level:
+        if level is (env.home or env):  # env.level
             return (id(source), column), (source, level)
         outer = level.bound.get((id(source), column))
         # an outer column: its values, else itself (what its level proved, ``_Classes.origin``)
@@ -366,10 +378,16 @@ def carries(node: exp.Select, env: Env) -> dict[str, Carried]:
         found, place = _term(target, env)
         if not isinstance(found, tuple) or place is None or place[1] is not env:
             continue
-        classes = _Classes()
-        classes.places[found] = place
         values = env.bound.get(found, ())
-        origin = classes.origin(found)
+        origin = _origin(place[0], env, found[1])
         if values or origin is not None:
             carried[name] = (values, origin)
     return {k: v for k, v in carried.items() if names.count(k) == 1}
+
+
+def _origin(source: Source, level: Env, column: str) -> Origin | None:
+    """The proven scoped column ``column`` of ``source`` (at ``level``) is, if any."""
+    if source.spec is not None and source.spec.scope is not None:
+        return Origin(source.spec, column) if id(source) in level.proven else None
+    carried = source.carried.get(column)
+    return carried[1] if carried is not None else None

@@ -48,6 +48,11 @@ __all__ = ["MAX_NODES", "Refusal", "Walker", "ident", "param_key"]
 
 _UPDATE_ARGS_OK = frozenset({"this", "expressions", "where", "returning"})
 
+#: the branches, as globals (an Enum member is looked up on its class on every use)
+_SCALAR, _COLUMN, _QUERY = Branch.SCALAR, Branch.COLUMN, Branch.QUERY
+_EXISTS, _PARAM, _STAR = Branch.EXISTS, Branch.PARAM, Branch.STAR
+_TYPE, _VAR, _FUNCTION = Branch.TYPE, Branch.VAR, Branch.FUNCTION
+
 
 @dataclass(eq=False, kw_only=True)
 class Walker(Clauses):
@@ -66,31 +71,31 @@ class Walker(Clauses):
         branch = BRANCHES.get(cls)
         if branch is None:
             branch = BRANCHES[cls] = branch_of(cls)
-        if branch is Branch.SCALAR:
+        if branch is _SCALAR:
             pass
-        elif branch is Branch.COLUMN:
+        elif branch is _COLUMN:
             self._column(node, env)  # type: ignore[arg-type] # a Column by its branch
             return
-        elif branch is Branch.QUERY:
+        elif branch is _QUERY:
             self.query(node, env, ctes)
             return
-        elif branch is Branch.EXISTS:
+        elif branch is _EXISTS:
             self.query(node.this, env, ctes)
             return
-        elif branch is Branch.PARAM:
+        elif branch is _PARAM:
             self.params.add(param_key(node))  # type: ignore[arg-type] # by its branch
             return
-        elif branch is Branch.STAR:
+        elif branch is _STAR:
             if isinstance(node.parent, exp.Count):
                 return
             refuse(Reason.SQL_UNANALYZABLE, "* outside the select list")
-        elif branch is Branch.TYPE:
+        elif branch is _TYPE:
             check_type(node)  # type: ignore[arg-type] # a DataType by its branch
-        elif branch is Branch.VAR:
+        elif branch is _VAR:
             if isinstance(node.parent, UNIT_FUNCS) and node.arg_key in ("unit", "this"):
                 return
             refuse(Reason.SQL_UNANALYZABLE, f"the word {node.name.upper()} is not analyzed")
-        elif branch is Branch.FUNCTION:
+        elif branch is _FUNCTION:
             self._function(node)  # type: ignore[arg-type] # a Func by its branch
             if isinstance(node, exp.AggFunc) and not isinstance(node, _ONE_ROW_AGGREGATES):
                 self._combining(node, env)
@@ -211,22 +216,33 @@ _PLAIN_DEPTH = 8
 _DERIVED = threading.local()
 
 
-def _derived(root: object) -> dict[str, list[exp.Expression]]:
-    """Every derived table and WITH item of the statement ``root``, by name (the bodies).
+#: every derived table and WITH item of a statement by name (their bodies), and the
+#: names of its WITH items
+_Derived = tuple[dict[str, list[exp.Expression]], frozenset[str]]
+
+
+def _derived(root: object) -> _Derived:
+    """Every derived table and WITH item of the statement ``root``, by name (the bodies),
+    and the names of its WITH items.
 
     Indexed once per statement tree, not once per column asked about: a walk of
     the whole tree per column made analytic statements' first sight 60% slower.
     The tree is read, never changed, while the statement is walked.
     """
-    cached: tuple[object, dict[str, list[exp.Expression]]] | None = getattr(_DERIVED, "last", None)
+    cached: tuple[object, _Derived] | None = getattr(_DERIVED, "last", None)
     if cached is not None and cached[0] is root:
         return cached[1]
     index: dict[str, list[exp.Expression]] = {}
+    ctes: set[str] = set()
     assert isinstance(root, exp.Expression)  # noqa: S101 - a statement's tree
     for found in root.find_all(exp.CTE, exp.Subquery):
-        index.setdefault(found.alias_or_name.lower(), []).append(found.this)
-    _DERIVED.last = (root, index)
-    return index
+        name = found.alias_or_name.lower()
+        index.setdefault(name, []).append(found.this)
+        if isinstance(found, exp.CTE):
+            ctes.add(name)
+    derived = (index, frozenset(ctes))
+    _DERIVED.last = (root, derived)
+    return derived
 
 
 def forget_derived() -> None:
@@ -242,8 +258,8 @@ def plain_column(node: exp.Expression, alias: str, column: str, depth: int = 0) 
     """
     if depth > _PLAIN_DEPTH:
         return False
-    root = node.root()
-    queries = [q for q in _derived(root).get(alias.lower(), ()) if isinstance(q, exp.Select)]
+    index, ctes = _derived(node.root())
+    queries = [q for q in index.get(alias.lower(), ()) if isinstance(q, exp.Select)]
     if len(queries) != 1:  # none, a set operation, or two of that name: do not guess
         return False
     query = queries[0]
@@ -264,11 +280,11 @@ def plain_column(node: exp.Expression, alias: str, column: str, depth: int = 0) 
     if len(candidates) != 1:
         return False
     origin = candidates[0]
-    if isinstance(origin, exp.Table) and not any(
-        cte.alias_or_name.lower() == origin.name.lower() for cte in root.find_all(exp.CTE)
-    ):
+    if isinstance(origin, exp.Table) and origin.name.lower() not in ctes:
         return True  # a physical table's column (the walker resolved and checked it)
     return plain_column(node, origin.alias_or_name, inner.name, depth + 1)
+
+
 #: aggregates whose value is one row's (or a count): they cannot pack a group's rows
 #: (or a rank, a count, a boolean: a bit per group, not a row's values)
 _ONE_ROW_AGGREGATES = (
