@@ -693,7 +693,14 @@ class TestMonotonic:
         allowed = baseline[1]
         assert 50 < sum(allowed) < len(allowed)
 
-    @settings(suppress_health_check=[HealthCheck.too_slow], max_examples=30)
+    # derandomized, no example database: the same 30 subsets every run (a replayed example
+    # once drew differently on a loaded machine: FlakyStrategyDefinition, not a finding)
+    @settings(
+        suppress_health_check=[HealthCheck.too_slow],
+        max_examples=30,
+        derandomize=True,
+        database=None,
+    )
     @given(data=st.data())
     def test_removing_rules_or_tickets_never_allows_more(
         self,

@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     pass
 
 
-
 __all__ = ["LIMITS_FILE", "Authorized", "Gate", "Session"]
 
 

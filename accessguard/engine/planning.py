@@ -75,7 +75,7 @@ def build_plan(  # noqa: PLR0913 - one decision's parts
             scoped,
             pyformat=bool(facts.params),
             subjects=[subject for _scope, subject in decision.subjects],
-        masks=masks,
+            masks=masks,
         )
         if problem is not None:
             raise Unverified(problem)
@@ -124,6 +124,7 @@ def build_plan(  # noqa: PLR0913 - one decision's parts
         ),
         customers=frozenset(i for scope, i in decision.subjects if scope == "customer"),
     )
+
 
 def sent_sql(facts: Facts, decision: Decision) -> str:
     sent = facts.sent or ""
