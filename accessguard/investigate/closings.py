@@ -77,7 +77,9 @@ class LateRead:
 
 def closed_spans(engine: Engine, tickets: Collection[str] | None = None) -> dict[str, list[Closed]]:
     """Each ticket's closed spans, in time order (only ``tickets`` when given)."""
-    return spans_of(engine.others(), tickets)
+    if tickets is None:
+        return spans_of(engine.others())
+    return spans_of(engine.lifecycle(tickets), tickets) if tickets else {}
 
 
 def spans_of(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, Protocol
 
@@ -262,6 +262,10 @@ class Engine(Protocol):
 
     def others(self) -> Iterator[dict[str, Any]]:
         """Every event that is not a ledger entry, in trail order (a small fraction)."""
+        ...
+
+    def lifecycle(self, tickets: Collection[str]) -> Iterator[dict[str, Any]]:
+        """The ticket lifecycle events (``ticket.*``) of ``tickets``, in trail order."""
         ...
 
     def close(self) -> None: ...

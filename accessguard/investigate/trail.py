@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,14 @@ class TrailEngine:
             where = f"(list_contains(?, ticket_id) OR {where})"
             params = [list(tickets), *params]
         return self._groups(where, params)
+
+    def lifecycle(self, tickets: Collection[str]) -> Iterator[dict[str, Any]]:
+        """The ticket lifecycle events (``ticket.*``) of ``tickets``, in trail order."""
+        for event in self.others():
+            action = event.get("event.action")
+            ticket = event.get("accessguard.ticket.id")
+            if isinstance(action, str) and action.startswith("ticket.") and ticket in tickets:
+                yield event
 
     def others(self) -> Iterator[dict[str, Any]]:
         """The trail's events that are not ledger entries, in trail order."""
