@@ -212,3 +212,38 @@ class TestChromium:
         page.write_text("<!doctype html><p>x</p><script>undefinedFn()</script>", encoding="utf-8")
         done = run_chromium(tmp_path, page, "--dump-dom")
         assert any("undefinedFn" in line for line in console_messages(done.stderr))
+
+
+def test_each_outlier_has_its_own_colour() -> None:
+    """Two employees far above their peers are drawn in two colours, each named in the legend."""
+    from accessguard.investigate.report import OUTLIERS
+
+    heavy = [
+        ledger_event(
+            user=user,
+            roles=AGENT,
+            ticket=f"T-{user}-{i}",
+            kind="order_issue",
+            subject=1000 + i,
+            statements=1,
+            rows=1,
+            columns=["orders.id"],
+            at=T0,
+        )
+        for user in ("mallory", "trent")
+        for i in range(40)
+    ]
+    summary = summarize([*heavy, *workload()], since=None)
+    assert set(summary.outliers) >= {"mallory", "trent"}
+    page = render_report(summary)
+    drawn = {
+        user: re.search(
+            rf'data-user="{user}"><title>{user}</title><polyline fill="none" stroke="(#[0-9a-f]+)"',
+            page,
+        )
+        for user in ("mallory", "trent")
+    }
+    colours = {user: found.group(1) for user, found in drawn.items() if found}
+    assert set(colours) == {"mallory", "trent"}
+    assert colours["mallory"] != colours["trent"]
+    assert set(colours.values()) <= set(OUTLIERS)

@@ -25,6 +25,8 @@ TITLE = "accessguard access report"
 BADGE = '<span class="badge">far above peers</span>'
 PALETTE = ("#2f6fdf", "#0c8599", "#5f3dc4", "#2b8a3e", "#e67700", "#495057", "#a61e4d", "#1864ab")
 CROWD = "#adb5bd"  # every non-outlier line when there are too many to tell apart
+#: the outliers' lines: warm, none of them in PALETTE, each outlier its own (then again)
+OUTLIERS = (OUTLIER, "#f76707", "#9c36b5", "#d6336c", "#5c940d", "#862e9c")
 MAX_COLOURS = len(PALETTE)
 TOP_BARS = 30
 
@@ -97,7 +99,7 @@ def _colours(summary: Summary) -> dict[str, str]:
     readers = [p for p in summary.employees if p.statements and not p.outlier]
     many = len(readers) > MAX_COLOURS
     colours = {p.user: CROWD if many else PALETTE[i] for i, p in enumerate(readers)}
-    colours.update(dict.fromkeys(summary.outliers, OUTLIER))
+    colours.update({u: OUTLIERS[i % len(OUTLIERS)] for i, u in enumerate(sorted(summary.outliers))})
     return colours
 
 
