@@ -248,7 +248,8 @@ class TrailEngine:
 
     def lifecycle(self, tickets: Collection[str]) -> Iterator[dict[str, Any]]:
         """The ticket lifecycle events (``ticket.*``) of ``tickets``, in trail order."""
-        for event in self.others():
+        # the trail's lines are written canonically: a lifecycle event's holds these bytes
+        for event in self._others(b'"ticket.'):
             action = event.get("event.action")
             ticket = event.get("accessguard.ticket.id")
             if isinstance(action, str) and action.startswith("ticket.") and ticket in tickets:
@@ -256,19 +257,22 @@ class TrailEngine:
 
     def others(self) -> Iterator[dict[str, Any]]:
         """The trail's events that are not ledger entries, in trail order."""
+        return self._others(b"")
+
+    def _others(self, having: bytes) -> Iterator[dict[str, Any]]:
         from accessguard.investigate.trail_others import Others, scan
 
         if self._parts is None:
-            yield from scan(self.trail)
+            yield from scan(self.trail, having)
             return
 
         side = Others(self.trail, self.index)
         try:
             side.update()
         except OSError:  # the index is readable but cannot be written here: read the trail
-            yield from scan(self.trail)
+            yield from scan(self.trail, having)
             return
-        yield from side.read()
+        yield from side.read(having)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:

@@ -54,9 +54,12 @@ def _kept(lines: Iterator[bytes]) -> Iterator[bytes]:
             yield line
 
 
-def events(lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
-    """The JSON objects of ``lines`` that are not ledger entries (unreadable lines skipped)."""
+def events(lines: Iterator[bytes], having: bytes = b"") -> Iterator[dict[str, Any]]:
+    """The JSON objects of ``lines`` that are not ledger entries (unreadable lines skipped);
+    with ``having``, only lines holding those bytes are parsed (a filter before JSON)."""
     for line in _kept(lines):
+        if having not in line:
+            continue
         try:
             event = json.loads(line)
         except ValueError:
@@ -65,13 +68,13 @@ def events(lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
             yield event
 
 
-def scan(trail: Path) -> Iterator[dict[str, Any]]:
+def scan(trail: Path, having: bytes = b"") -> Iterator[dict[str, Any]]:
     """The trail's events that are not ledger entries, read from the trail (no index)."""
     with trail.open("rb") as fh:
         fcntl.flock(fh, fcntl.LOCK_SH)
         size = os.fstat(fh.fileno()).st_size
         fcntl.flock(fh, fcntl.LOCK_UN)
-        yield from events(_lines(fh, 0, line_end(fh, 0, size)))
+        yield from events(_lines(fh, 0, line_end(fh, 0, size)), having)
 
 
 class Others:
@@ -119,15 +122,15 @@ class Others:
             if self.key is not None:
                 self._save(state, sealed=True)
 
-    def read(self) -> Iterator[dict[str, Any]]:
-        """The copied events, in trail order."""
+    def read(self, having: bytes = b"") -> Iterator[dict[str, Any]]:
+        """The copied events, in trail order (only lines holding ``having`` parsed)."""
         with locked(self.root / "lock", fcntl.LOCK_SH):
             state = self._state()
             if self.key is not None and "mac" not in state:
-                yield from scan(self.trail)  # the copy does not verify: the trail itself
+                yield from scan(self.trail, having)  # the copy does not verify: the trail
                 return
             with self.store.open("rb") as fh:
-                yield from events(_lines(fh, 0, state["kept"]))
+                yield from events(_lines(fh, 0, state["kept"]), having)
 
     def _state(self) -> dict[str, Any]:
         try:
