@@ -231,6 +231,25 @@ class TestTampering:
         with pytest.raises(AuditError, match="refusing to extend"):
             auditor.emit(**{"event.action": "query", "user.name": "alice", "n": 6})
 
+    def test_the_same_sink_notices_a_same_size_edit_without_fine_timestamps(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Where times are coarse (the stamp cannot move), the bytes it wrote last are compared."""
+        from accessguard.audit import sinks
+
+        monkeypatch.setattr(sinks, "_stamp", lambda _st: (0, 0, 0, 0, 0))
+        path = tmp_path / "audit.jsonl"
+        auditor = Auditor(JsonlSink(path, fsync=False, key=KEY), clock=lambda: FROZEN)
+        for i in range(6):
+            auditor.emit(**{"event.action": "query", "user.name": "alice", "n": i})
+        text = path.read_text()
+        last = text.rstrip("\n").rsplit("\n", 1)[-1]
+        digest = json.loads(last)[HASH]
+        forged = digest[:-1] + ("0" if digest[-1] != "0" else "1")  # the same length
+        path.write_text(text.replace(digest, forged))
+        with pytest.raises(AuditError, match="refusing to extend"):
+            auditor.emit(**{"event.action": "query", "user.name": "alice", "n": 6})
+
     def test_two_sinks_on_one_trail_chain_onto_each_other(self, tmp_path: Path) -> None:
         """Each sink reads the other's appends back before its own: one chain, verified."""
         path = tmp_path / "audit.jsonl"

@@ -210,6 +210,32 @@ class TestTickets:
         assert [e["event.reason"] for e in refusals] == [reason]  # once, audited
         assert refusals[0]["accessguard.ticket.id"] == "T-100"
 
+    @pytest.mark.parametrize("named", [False, True], ids=["client", "named"])
+    def test_a_stream_stops_within_a_chunk_when_its_ticket_closes(
+        self, guard: Guard, store: MemoryTicketStore, scenario_dsn: str, *, named: bool
+    ) -> None:
+        """stream() rows come as the server makes them: a closed ticket stops them too."""
+        with psycopg.connect(scenario_dsn, autocommit=True) as admin:
+            admin.execute(
+                "INSERT INTO orders (id, customer_id, status, total_cents) "
+                "SELECT 100000 + n, 42, 'bulk', 1 FROM generate_series(1, 300) AS n"
+            )
+        t100 = store.get("T-100")
+        assert t100 is not None
+        seen = []
+        with (
+            guard.connect(scenario_dsn, user="alice", ticket="T-100") as conn,
+            conn.transaction(),
+            conn.cursor(name="s") if named else conn.cursor() as cur,
+        ):
+            stream = iter(cur.stream("SELECT id FROM orders WHERE customer_id = 42"))
+            seen += [next(stream) for _ in range(50)]
+            store.put(replace(t100, status="closed"))
+            with pytest.raises(AccessDenied) as info:
+                seen.extend(stream)
+        assert info.value.reason == "ticket.not_open"
+        assert 50 < len(seen) <= 100  # the rest of the first chunk, nothing after
+
     def test_a_client_cursor_holds_its_rows_already(
         self, alice: object, store: MemoryTicketStore
     ) -> None:

@@ -207,6 +207,28 @@ class TestLeases:
         assert (0.9, 1) in reads
         assert most_customers_in_a_window(reads, 10) == 300
 
+    def test_an_instance_counting_exactly_never_lowers_a_leased_date(self, fresh: str) -> None:
+        """Instances with different limits (a reload rolling out): A leases, B counts exactly.
+        B's read of a customer A leased must not date it back, or A's later read on the lease
+        falls out of B's window and B lets one customer too many through."""
+        clock = Clock()
+        wide = limits(customers=Window(count=300, seconds=60))
+        narrow = limits(customers=Window(count=200, seconds=60))
+        a = Throttle(wide, storage=fresh, clock=clock)
+        b = Throttle(narrow, storage=fresh, clock=clock)
+        reads: list[tuple[float, int]] = []
+        plan = [(0.0, a, [7]), (0.1, b, [7]), (0.9, a, [7]), (60.5, b, range(1000, 1300))]
+        for when, throttle, customers in plan:
+            clock.now = T0 + when
+            hit = throttle.hit
+            reads += [
+                (when, c) for c in customers if hit("eve", AGENT, None, frozenset({c})) is None
+            ]
+        a.close()
+        b.close()
+        assert (0.9, 7) in reads  # on A's lease
+        assert most_customers_in_a_window(reads, 60) == 200  # B's limit, never 201
+
     @pytest.mark.parametrize("seed", range(6))
     def test_no_window_ever_holds_more_than_the_limit(self, fresh: str, seed: int) -> None:
         """Three instances, random hits, waits and customers: the limits hold in every window."""

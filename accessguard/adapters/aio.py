@@ -99,7 +99,7 @@ class AsyncCountingCursor(RowCounter):
 class AsyncStreamed:
     """What a guarded async ``stream()`` returns: its own statement's gate over the driver's."""
 
-    __slots__ = ("_cursor", "_rebind", "_rows", "_st")
+    __slots__ = ("_cursor", "_rebind", "_rows", "_since", "_st")
 
     def __init__(
         self, cursor: RowCounter, st: Authorized, rows: AsyncIterator[Any], *, rebind: bool
@@ -110,6 +110,7 @@ class AsyncStreamed:
         self._rebind = rebind
         self._st = st
         self._rows = rows
+        self._since = 0  # rows handed over since the ticket was last looked up (base.Streamed)
 
     def __aiter__(self) -> AsyncStreamed:
         return self
@@ -121,6 +122,14 @@ class AsyncStreamed:
         cursor = self._cursor
         if self._rebind:  # once it runs, the driver's current result is this stream's
             cursor._st = st
+        self._since += 1
+        if self._since > CHUNK:
+            self._since = 1
+            try:
+                await offload.off_loop(cursor.recheck, st)
+            except BaseException:
+                await self.aclose()
+                raise
         row = await anext(self._rows)
         if not st.take(1):
             await self.aclose()

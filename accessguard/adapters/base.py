@@ -98,9 +98,15 @@ class CountingCursor(RowCounter):
 
 
 class Streamed:
-    """What a guarded ``stream()`` returns: the driver's stream, through its statement's gate."""
+    """What a guarded ``stream()`` returns: the driver's stream, through its statement's gate.
 
-    __slots__ = ("_cursor", "_rebind", "_rows", "_st")
+    The server produces a stream's rows while they are read: every ``CHUNK``
+    rows the statement's ticket is looked up again (``RowCounter.recheck``), as a
+    server-side cursor's is before each fetch, so a ticket closed or revoked
+    meanwhile stops it within ``CHUNK`` rows.
+    """
+
+    __slots__ = ("_cursor", "_rebind", "_rows", "_since", "_st")
 
     def __init__(
         self, cursor: RowCounter, st: Authorized, rows: Iterator[Any], *, rebind: bool
@@ -111,6 +117,7 @@ class Streamed:
         self._rebind = rebind
         self._st = st
         self._rows = rows
+        self._since = 0  # rows handed over since the ticket was last looked up
 
     def __iter__(self) -> Streamed:
         return self
@@ -122,6 +129,14 @@ class Streamed:
         cursor = self._cursor
         if self._rebind:  # once it runs, the driver's current result is this stream's
             cursor._st = st
+        self._since += 1
+        if self._since > CHUNK:
+            self._since = 1
+            try:
+                cursor.recheck(st)
+            except BaseException:
+                self.close()
+                raise
         row = next(self._rows)
         if not st.take(1):
             self.close()

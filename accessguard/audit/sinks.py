@@ -183,10 +183,12 @@ class JsonlSink:
             and events
             and left.trail == stamp
             and left.checkpoint == _stat(cp_path)
+            and os.pread(fd, len(left.tail), left.end - len(left.tail)) == left.tail
         ):
             # neither file changed since this sink's last batch (no other writer, no cut, no
-            # edit: each moves the size or ctime, which only root can set): the head is the
-            # one it wrote, vouched for then; nothing to read back
+            # edit: each moves the size or ctime, which only root can set; and the bytes it
+            # wrote last are still there, for file systems whose times are coarse): the
+            # head is the one it wrote, vouched for then; no JSON read back
             head, end = left.head, left.end
         else:
             head, end = self._vouched(fd, events)
@@ -205,7 +207,9 @@ class JsonlSink:
                 self.path, Checkpoint.of(new, self._key, end=end + len(data))
             ),
         )
-        self._left = _Left(_stamp(os.fstat(fd)), _stat(cp_path), new, end + len(data))
+        self._left = _Left(
+            _stamp(os.fstat(fd)), _stat(cp_path), new, end + len(data), data[-_TAIL:]
+        )
 
     def _vouched(self, fd: int, events: list[Event]) -> tuple[Head, int]:
         """The trail's head and end, read back and vouched for (raise if it may not grow)."""
@@ -254,6 +258,11 @@ class _Left:
     checkpoint: Stamp | None
     head: Head
     end: int
+    tail: bytes  # the last bytes it wrote (at most _TAIL): compared, not parsed
+
+
+#: how much of its last batch a sink compares before chaining on without reading back
+_TAIL = 4096
 
 
 class _Queued:

@@ -96,7 +96,8 @@ class MemoryStore:
         if mode != "peek":
             for customer in [c for c, t in seen.items() if t <= now - window.seconds]:
                 del seen[customer]
-            seen.update(dict.fromkeys(subjects, now))
+            for customer in subjects:  # a last read never moves back (a clock stepped back)
+                seen[customer] = max(seen.get(customer, now), now)
         return None
 
     def close(self) -> None:

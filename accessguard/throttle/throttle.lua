@@ -20,11 +20,11 @@
 -- 16 left), and register its customers, with the lease's END as their score:
 -- at or after any moment the instance uses them, so every window that could
 -- hold such a use counts them, and no window ever holds more than the limit.
--- Unused slots only make other instances wait a little sooner. Under a limit
--- that large (count >= LEASE_ROOM), customers' scores only grow (ZADD GT), so
--- no later read lowers a lease's score; under a smaller one no lease exists
--- and a read sets the score to now, as the memory store does. A key's life is
--- only ever lengthened.
+-- Unused slots only make other instances wait a little sooner. Customers'
+-- scores only grow (ZADD GT), whatever this caller's limit: no read of an
+-- instance counting exactly lowers the date an instance with a larger limit
+-- leased (the memory store keeps the later time too). A key's life is only
+-- ever lengthened.
 --
 -- Times are passed and returned as strings: Lua prints a number with 14
 -- digits, a double needs 17. Returns {which, count, at, slots, registered}:
@@ -84,11 +84,7 @@ if mode ~= 'peek' then
   if mode == 'hit' and lease > 0 and count - total >= LEASE_ROOM then
     at, ttl, registered = lease_end, ttl + lease_ttl, 1
   end
-  if count >= LEASE_ROOM then
-    for i = first, #ARGV do redis.call('ZADD', key, 'GT', at, ARGV[i]) end
-  else
-    for i = first, #ARGV do redis.call('ZADD', key, at, ARGV[i]) end
-  end
+  for i = first, #ARGV do redis.call('ZADD', key, 'GT', at, ARGV[i]) end
   expire(key, ttl)
 end
 return verdict or {0, 0, false, slots, registered}
