@@ -124,12 +124,13 @@ class AsyncStreamed:
             cursor._st = st
         self._since += 1
         if self._since > CHUNK:
-            self._since = 1
             try:
                 await offload.off_loop(cursor.recheck, st)
-            except BaseException:
+            except BaseException:  # refused, or the look-up failed: nothing more either way
+                st.withheld = True
                 await self.aclose()
                 raise
+            self._since = 1
         row = await anext(self._rows)
         if not st.take(1):
             await self.aclose()

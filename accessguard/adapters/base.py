@@ -131,12 +131,13 @@ class Streamed:
             cursor._st = st
         self._since += 1
         if self._since > CHUNK:
-            self._since = 1
             try:
                 cursor.recheck(st)
-            except BaseException:
+            except BaseException:  # refused, or the look-up failed: nothing more either way
+                st.withheld = True
                 self.close()
                 raise
+            self._since = 1
         row = next(self._rows)
         if not st.take(1):
             self.close()
