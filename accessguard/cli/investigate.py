@@ -13,7 +13,6 @@ import json
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,7 +29,7 @@ from accessguard.investigate import (
     who_read,
 )
 from accessguard.investigate import sums as investigate
-from accessguard.investigate.closings import Closed, late, reads_after_close_in, spans_of
+from accessguard.investigate.closings import marked, reads_after_close_in, spans_of
 from accessguard.investigate.sums import Reader, Touch
 
 FALLBACK = (
@@ -314,7 +313,7 @@ def _in_python(args: argparse.Namespace, window: Window, scope: str, out: IO[str
     ]
     spans = spans_of(everything, {r.ticket for r in readers if r.ticket is not None})
     entries = sorted(
-        (_marked(Entry.of_event(e), spans) for e in mine),
+        marked((Entry.of_event(e) for e in mine), spans),
         key=lambda x: (x.first or _EPOCH, x.last or _EPOCH),
     )
     export = Export(
@@ -325,8 +324,3 @@ def _in_python(args: argparse.Namespace, window: Window, scope: str, out: IO[str
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def _marked(entry: Entry, spans: dict[str, list[Closed]]) -> Entry:
-    closed = late(entry, spans.get(entry.ticket or "", []))
-    return entry if closed is None else replace(entry, ticket_closed=closed.at)

@@ -13,12 +13,12 @@ functions (same ``Reader`` and ``Touch`` rows, same order).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from accessguard.investigate.baselines import Baseline, baselines
-from accessguard.investigate.closings import Closed, LateRead, closed_spans, late, reads_after_close
+from accessguard.investigate.closings import LateRead, closed_spans, marked, reads_after_close
 from accessguard.investigate.core import (
     Bucket,
     Engine,
@@ -130,14 +130,8 @@ def subject_export(
         subject=customer,
         window=window,
         readers=readers,
-        entries=_marked(engine.entries(scope, str(customer), window), spans),
+        entries=marked(engine.entries(scope, str(customer), window), spans),
     )
-
-
-def _marked(entries: Iterator[Entry], spans: dict[str, list[Closed]]) -> Iterator[Entry]:
-    for entry in entries:
-        closed = late(entry, spans.get(entry.ticket or "", []))
-        yield entry if closed is None else replace(entry, ticket_closed=closed.at)
 
 
 def __getattr__(name: str) -> object:  # the 0.1 module's names, deprecated (accessguard.moved)

@@ -29,6 +29,7 @@ __all__ = [
     "LateRead",
     "closed_spans",
     "late",
+    "marked",
     "reads_after_close",
     "reads_after_close_in",
     "spans_of",
@@ -149,18 +150,12 @@ def reads_after_close(
                 and g.last > spans[g.ticket][0].at + grace
             }
         )
-    found: list[LateRead] = []
-    for kind, subject in subjects:
-        for entry in _entries(engine, kind, str(subject), window):
-            closed = late(entry, spans.get(entry.ticket or "", []), grace)
-            if closed is not None:
-                found.append(LateRead(scope=kind, subject=str(subject), entry=entry, closed=closed))
-    found.sort(key=lambda r: (r.entry.last or r.closed.at, r.entry.user or "", r.subject))
-    return found
-
-
-def _entries(engine: Engine, scope: str, subject: str, window: Window) -> Iterator[Entry]:
-    yield from engine.entries(scope, subject, window)
+    pairs = (
+        (kind, str(subject), entry)
+        for kind, subject in subjects
+        for entry in engine.entries(kind, str(subject), window)
+    )
+    return _late_reads(pairs, spans, grace)
 
 
 def reads_after_close_in(
@@ -173,18 +168,34 @@ def reads_after_close_in(
 ) -> list[LateRead]:
     """``reads_after_close`` over events at hand (the path without DuckDB)."""
     spans = spans_of(events)
-    found: list[LateRead] = []
-    for event in ledger_entries(events, None):
-        kind, subject = event.get("accessguard.subject.kind"), event.get("accessguard.subject.id")
-        if customer is not None and (kind != scope or str(subject) != customer):
-            continue
-        entry = Entry.of_event(event)
-        if not window.holds(entry.last):
-            continue
-        closed = late(entry, spans.get(entry.ticket or "", []), grace)
-        if closed is not None:
-            found.append(
-                LateRead(scope=str(kind), subject=str(subject), entry=entry, closed=closed)
-            )
+    pairs = (
+        (str(e.get("accessguard.subject.kind")), str(e.get("accessguard.subject.id")), entry)
+        for e in ledger_entries(events, None)
+        if customer is None
+        or (
+            e.get("accessguard.subject.kind") == scope
+            and str(e.get("accessguard.subject.id")) == customer
+        )
+        if window.holds((entry := Entry.of_event(e)).last)
+    )
+    return _late_reads(pairs, spans, grace)
+
+
+def _late_reads(
+    pairs: Iterable[tuple[str, str, Entry]], spans: dict[str, list[Closed]], grace: dt.timedelta
+) -> list[LateRead]:
+    """The entries of (scope, subject, entry) read after their ticket closed, in time order."""
+    found = [
+        LateRead(scope=scope, subject=subject, entry=entry, closed=closed)
+        for scope, subject, entry in pairs
+        if (closed := late(entry, spans.get(entry.ticket or "", []), grace)) is not None
+    ]
     found.sort(key=lambda r: (r.entry.last or r.closed.at, r.entry.user or "", r.subject))
     return found
+
+
+def marked(entries: Iterable[Entry], spans: dict[str, list[Closed]]) -> Iterator[Entry]:
+    """``entries``, each read after its ticket closed saying when it had closed."""
+    for entry in entries:
+        closed = late(entry, spans.get(entry.ticket or "", []))
+        yield entry if closed is None else replace(entry, ticket_closed=closed.at)
