@@ -244,7 +244,7 @@ class AsyncGuardedCursor(AsyncCountingCursor, PsycopgShell):
             self,
             ok,
             rows,
-            rebind=not isinstance(self._raw, psycopg.AsyncServerCursor),
+            rebind=not self._named,
         )
 
     # ------------------------------------------------------------------ reading

@@ -48,6 +48,8 @@ __all__ = [
 
 #: rows a guarded iteration asks the driver for at a time (a named cursor's round trip)
 CHUNK = 100
+#: the driver's server-side cursors: a tuple made once (a union type is built per use)
+_SERVER_CURSORS = (psycopg.ServerCursor, psycopg.AsyncServerCursor)
 
 
 class CountingCursor(RowCounter):
@@ -171,7 +173,7 @@ class PsycopgShell(PsycopgGate):
         self._session = conn._session
         self._lane = conn._lane
         self._mogrify = raw.mogrify if isinstance(raw, self._client) else None
-        self._named = isinstance(raw, psycopg.ServerCursor | psycopg.AsyncServerCursor)
+        self._named = isinstance(raw, _SERVER_CURSORS)
 
     def _decide(self, query: Any, params: Any) -> Authorized:
         """Bind (the gate) and decide (the lane) one statement, here and now."""

@@ -179,7 +179,7 @@ class GuardedCursor(CountingCursor, PsycopgShell):
             self,
             ok,
             self._raw.stream(ok.sql, ok.params, **kwargs),
-            rebind=not isinstance(self._raw, psycopg.ServerCursor),
+            rebind=not self._named,
         )
 
     # ------------------------------------------------------------------ reading
