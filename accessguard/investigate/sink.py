@@ -50,6 +50,7 @@ from accessguard.investigate.sink_sql import (
     TABLE,
     ledger_rows,
     rollup_mac,
+    window_clause,
 )
 
 # Built from the constants of sink_sql.py only (no input): S608 does not apply.
@@ -166,11 +167,7 @@ class SinkEngine:
         return self._groups("user_name = %s", [user], window)
 
     def entries(self, scope: str, subject: str, window: Window) -> Iterator[Entry]:
-        clause, params = "", list[Any]()
-        if window.start is not None:
-            clause, params = clause + " AND ts >= %s", [*params, window.start]
-        if window.end is not None:
-            clause, params = clause + " AND ts < %s", [*params, window.end]
+        clause, params = window_clause("ts", window.start, window.end)
         with self._conn.cursor(name="accessguard_subject_export") as cur:
             cur.itersize = 2000
             cur.execute(ENTRIES.replace("{window}", clause), [scope, subject, *params])

@@ -42,6 +42,7 @@ __all__ = [
     "TABLE",
     "ledger_rows",
     "rollup_mac",
+    "window_clause",
 ]
 
 TABLE = "accessguard.events"
@@ -143,13 +144,13 @@ def ledger_rows(
     and the partial hours at either end and the entries written after ``mark`` (up
     to ``head``, the last event the session sees) from the events.
     """
-    clause, params = _window("ts", start, end)
+    clause, params = window_clause("ts", start, end)
     if rolled is None:
         return _RAW.replace("{where}", match + clause), [*values, *params]
     mark, head = rolled
     low = _hour_up(start) if start is not None else None
     high = _hour_down(end) if end is not None else None
-    hours, hour_params = _window("hour", low, high)
+    hours, hour_params = window_clause("hour", low, high)
     parts = [_ROLLED.replace("{where}", match + hours)]
     bound: list[Any] = [*values, *hour_params]
     # the partial hours at either end, as index ranges on ts (none if the window is open)
@@ -159,7 +160,7 @@ def ledger_rows(
         edges = [(start, low)] if low is not None else []
         edges += [(high, end)] if high is not None else []
     for begin, finish in edges:
-        edge, edge_params = _window("ts", begin, finish)
+        edge, edge_params = window_clause("ts", begin, finish)
         parts.append(_RAW.replace("{where}", f"{match}{edge} AND id <= %s"))
         bound += [*values, *edge_params, mark]
     parts.append(_TAIL.replace("{where}", match + clause))
@@ -167,9 +168,10 @@ def ledger_rows(
     return " UNION ALL ".join(parts), bound
 
 
-def _window(
+def window_clause(
     column: str, start: dt.datetime | None, end: dt.datetime | None
 ) -> tuple[str, list[Any]]:
+    """`` AND column >= %s AND column < %s`` for the bounds given, and their values."""
     clause, params = "", []
     if start is not None:
         clause += f" AND {column} >= %s"
