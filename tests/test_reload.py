@@ -49,8 +49,10 @@ def spoil(path: Path, line: int) -> None:
     """Put one byte that is not UTF-8 at the start of ``line`` of ``path``."""
     lines = path.read_bytes().split(b"\n")
     lines[line - 1] = b"\xff" + lines[line - 1]
-    # in one step: a watcher polling meanwhile must not see the file empty (half written)
-    spoiled = path.with_name(path.name + ".tmp")
+    # in one step: a watcher polling meanwhile must not see the file empty (half
+    # written), nor the temporary file (it is a change of the directory too, and a
+    # reload of the unchanged policy would set ``reloaded`` before the spoiled one)
+    spoiled = path.parent.parent / (path.name + ".spoiled")
     spoiled.write_bytes(b"\n".join(lines))
     spoiled.replace(path)
 
