@@ -20,7 +20,14 @@ from pglast.parser import ParseError, scan
 from strategies import CORPUS
 
 from accessguard.analysis import shape
-from accessguard.analysis.shape import LITERAL_BASE, MAX_DIGITS, Shape, quick_shape
+from accessguard.analysis.shape import (
+    _QUICK,
+    LITERAL_BASE,
+    MAX_DIGITS,
+    Shape,
+    _quick_mixed,
+    quick_shape,
+)
 
 #: Fragments chosen to sit on every lexical boundary the scan must respect:
 #: comments, quoted identifiers, prefixed and dollar-quoted strings, numbers
@@ -232,3 +239,27 @@ class TestQuickShape:
         found = quick_shape(f"SELECT {digits}, 2", "postgres")
         assert found is not None
         assert found.text == f"SELECT {digits}, ${LITERAL_BASE}"
+
+    @given(statements)
+    @example("SELECT 1, 2")
+    @example("SELECT 1, '2'")
+    @example("SELECT 1 -- 2\n, 3")
+    def test_the_digits_only_path_and_the_general_one_agree(self, sql: str) -> None:
+        """Whole in C when every match is a digit run, or match by match: the same shape."""
+        named = "_agl" in sql or re.search(r"\$[0-9]{5}", sql) is not None
+        for dialect in ("postgres", "sqlite"):
+            general = None if named else _quick_mixed(_QUICK.split(sql), dialect)
+            assert quick_shape(sql, dialect) == general
+
+    @pytest.mark.parametrize("count", [63, 64, 65, 200])
+    def test_many_literals_are_all_lifted_in_order(self, count: int) -> None:
+        """Past the placeholders made in advance, the literals are lifted just the same."""
+        sql = "SELECT " + ", ".join(str(i) for i in range(count))
+        found = quick_shape(sql, "postgres")
+        assert found is not None
+        assert found.sources == tuple(str(i) for i in range(count))
+        assert found.values == {f"#{i}": i for i in range(count)}
+        assert found.text == "SELECT " + ", ".join(placeholder(i) for i in range(count))
+        sqlite = quick_shape(sql, "sqlite")
+        assert sqlite is not None
+        assert sqlite.text == "SELECT " + ", ".join(f":_agl{i}" for i in range(count))

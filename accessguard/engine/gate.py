@@ -363,7 +363,9 @@ class Gate(Refusals):
             # only shape_of's templates, made from real tokens, are ever keys
             key = (quick.text, params_shape(params))
             plan = lane.shapes.get(key)
-            if plan is not None and plan.holds(policy, ticket, combine(params, quick.values)):
+            # holds only reads the values: the literals alone need no copy
+            values = quick.values if params is None else combine(params, quick.values)
+            if plan is not None and plan.holds(policy, ticket, values):
                 return with_literals(plan, quick.values), render(
                     plan.sql, quick, escape_percent=escape
                 )
