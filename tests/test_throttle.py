@@ -604,7 +604,8 @@ class TestRedis:
             two.close()
 
     def test_keys_are_prefixed_with_accessguard_and_the_user(self, redis_url: str) -> None:
-        """Each employee has two keys, accessguard:<user>/statements and /customers."""
+        """Each employee has two sets, accessguard:<user>/statements and /customers, and the
+        horizon of each (``:window``, the longest window in use, in seconds)."""
         throttle = Throttle(LIMITS, storage=redis_url)
         throttle.hit("mallory", AGENT, "order_issue", MALLORY[0])
         throttle.set_limits(limits(statements=Window(count=7, seconds=60)))
@@ -612,7 +613,15 @@ class TestRedis:
         throttle.close()
         with redis.Redis.from_url(redis_url) as client:
             keys = sorted(k.decode() for k in client.keys("*"))
-            assert keys == ["accessguard:mallory/customers", "accessguard:mallory/statements"]
+            assert keys == [
+                "accessguard:mallory/customers",
+                "accessguard:mallory/customers:window",
+                "accessguard:mallory/statements",
+                "accessguard:mallory/statements:window",
+            ]
+            assert client.hget("accessguard:mallory/customers:window", "seconds") == b"3600"
+            assert client.hget("accessguard:mallory/statements:window", "seconds") == b"60"
+            assert 0 < client.ttl("accessguard:mallory/statements:window") <= 2 * 60 + 60
             assert 0 < client.ttl("accessguard:mallory/customers") <= 3600
             assert 0 < client.ttl("accessguard:mallory/statements") <= 60
             assert client.zcard("accessguard:mallory/statements") == 2

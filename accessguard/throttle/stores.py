@@ -14,9 +14,14 @@ this module) given ``now`` from the injected clock: one round trip per
 statement, the memory store's steps exactly. Far below a large limit (a few
 hundred left in the window), a statement's round trip also leases slots for
 the next ones (``RedisStore``): no window ever holds more than the limit,
-and other instances may be refused a little early. Entries older than the window
-are dropped on each count, and a key expires one window after its last entry
-(a reload that lengthens a window finds at most the old window's entries).
+and other instances may be refused a little early. Instances may count one
+set over windows of different lengths (a limits.toml rolling out): each
+counts its own window, and entries are dropped only once they have left the
+longest window in use (its length is kept beside the set, ``<set>:window``,
+renewed by every statement counted over it, lapsing a window after the last
+one), so a shorter window never trims what a longer one counts; the memory
+store keeps the same horizon across reloads. A set expires one such window
+after its last entry.
 A store raises what fails (``redis.RedisError``, ``OSError``); the
 ``Throttle`` turns it into a refusal.
 """
@@ -59,6 +64,8 @@ class MemoryStore:
         self._statements: dict[str, deque[float]] = {}
         #: per employee: customer -> the last time a statement let through read it
         self._customers: dict[str, dict[int, float]] = {}
+        #: per (employee, window kind): the longest window in use and when it lapses
+        self._horizons: dict[tuple[str, str], tuple[int, float]] = {}
 
     def count(
         self, user: str, limits: EffectiveLimits, subjects: frozenset[int], mode: Mode
@@ -73,13 +80,28 @@ class MemoryStore:
                 verdict = self._customer(user, limits.distinct_customers, subjects, now, mode)
             return verdict
 
+    def _horizon(self, user: str, kind: str, seconds: int, now: float) -> tuple[float, bool]:
+        """What to trim to, and whether that is this window's start: throttle.lua's horizon.
+
+        Within one process a reload changes the window; the store keeps what the
+        longest window still in use counts, as Redis keeps it for every instance.
+        """
+        keep, ends = self._horizons.get((user, kind), (0, 0.0))
+        if seconds >= keep or now >= ends:
+            self._horizons[user, kind] = (seconds, now + seconds)
+            return now - seconds, True
+        return now - keep - 1, False
+
     def _statement(self, user: str, window: Window, now: float, mode: Mode) -> Verdict | None:
         times = self._statements.setdefault(user, deque())
-        while times and times[0] <= now - window.seconds:
+        trim, exact = self._horizon(user, "statements", window.seconds, now)
+        while times and times[0] <= trim:
             times.popleft()
-        if len(times) >= window.count:  # a slot frees when the (len - count)th oldest leaves
+        # this window's entries are the newest: all of them, unless a longer window is kept
+        n = len(times) if exact else len(times) - bisect.bisect_right(times, now - window.seconds)
+        if n >= window.count:  # a slot frees when the (n - count)th oldest of them leaves
             retry = times[len(times) - window.count] + window.seconds - now
-            return _verdict("statements", window, len(times) + 1, retry)
+            return _verdict("statements", window, n + 1, retry)
         if mode != "peek":
             if times and times[-1] > now:  # the clock stepped back: keep the times in order
                 bisect.insort(times, now)
@@ -94,7 +116,8 @@ class MemoryStore:
         if mode != "record" and (verdict := _customers_verdict(window, now, seen, subjects)):
             return verdict
         if mode != "peek":
-            for customer in [c for c, t in seen.items() if t <= now - window.seconds]:
+            trim, _exact = self._horizon(user, "customers", window.seconds, now)
+            for customer in [c for c, t in seen.items() if t <= trim]:
                 del seen[customer]
             for customer in subjects:  # a last read never moves back (a clock stepped back)
                 seen[customer] = max(seen.get(customer, now), now)
@@ -208,6 +231,7 @@ class RedisStore:
         if customers:
             args += sorted(subjects)
         keys = [f"accessguard:{user}/statements", f"accessguard:{user}/customers"]
+        keys += [f"{key}:window" for key in keys]  # their horizons (throttle.lua)
         which, count, oldest, slots, registered = self._script(keys=keys, args=args)
         if slots or registered:
             self._lease(

@@ -5,6 +5,7 @@
 --
 -- KEYS[1] accessguard:<user>/statements  member: a unique id, score: when
 -- KEYS[2] accessguard:<user>/customers   member: customer id, score: last read
+-- KEYS[3], KEYS[4] their horizons (<set>:window): the longest window in use
 -- ARGV[1] now            ARGV[2] mode: peek | hit | record
 -- ARGV[3] statements: the newest time that has left the window ('' no limit)
 -- ARGV[4] its count      ARGV[5] its seconds
@@ -39,18 +40,39 @@ local first = 13
 local function expire(key, seconds)
   if redis.call('TTL', key) < seconds then redis.call('EXPIRE', key, seconds) end
 end
+-- Instances may count one set over windows of different lengths (limits.toml
+-- rolling out). Each counts only its own window (ZCOUNT), and an entry is
+-- dropped only once it has left the LONGEST window still in use, so that a
+-- shorter window never trims what a longer one must count. The horizon (a
+-- hash: seconds, until) is renewed by every caller with that window or a
+-- longer one, and lapses at `until` (now + its seconds, on the callers' clock).
+-- Returns what to trim to (everything at or before it) and the set's life.
+-- MemoryStore._horizon takes the same steps.
+local function horizon(key, seconds, since)
+  seconds = tonumber(seconds)
+  local kept = redis.call('HMGET', key, 'seconds', 'until')
+  local keep, ends = tonumber(kept[1]) or 0, tonumber(kept[2]) or 0
+  if seconds >= keep or tonumber(now) >= ends then
+    redis.call('HSET', key, 'seconds', seconds, 'until', tonumber(now) + seconds)
+    redis.call('EXPIRE', key, 2 * seconds + 60)  -- garbage only: `until` decides
+    return since, seconds
+  end
+  return tonumber(now) - keep - 1, keep  -- a second early: it only ever trims less
+end
 local verdict = false
 local slots = 0
 if ARGV[3] ~= '' then
   local key, count = KEYS[1], tonumber(ARGV[4])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[3])
-  local n = redis.call('ZCARD', key)
+  local trim, life = horizon(KEYS[3], ARGV[5], ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', trim)
+  -- this window's entries are the newest n: the set's last ranks
+  local n, total = redis.call('ZCOUNT', key, '(' .. ARGV[3], '+inf'), redis.call('ZCARD', key)
   if n >= count then
-    local at = redis.call('ZRANGE', key, n - count, n - count, 'WITHSCORES')
+    local at = redis.call('ZRANGE', key, total - count, total - count, 'WITHSCORES')
     verdict = {1, n + 1, at[2], 0, 0}
   elseif mode ~= 'peek' then
     redis.call('ZADD', key, now, ARGV[9])
-    local ttl = tonumber(ARGV[5])
+    local ttl = life
     local room = count - n - 1
     if mode == 'hit' and lease > 0 and room >= LEASE_ROOM then
       slots = math.min(lease, math.floor(room / 16))
@@ -79,8 +101,9 @@ if mode ~= 'record' then
 end
 local registered = 0
 if mode ~= 'peek' then
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[6])
-  local at, ttl = now, tonumber(ARGV[8])
+  local trim, life = horizon(KEYS[4], ARGV[8], ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', trim)
+  local at, ttl = now, life
   if mode == 'hit' and lease > 0 and count - total >= LEASE_ROOM then
     at, ttl, registered = lease_end, ttl + lease_ttl, 1
   end
