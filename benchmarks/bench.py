@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench [--json OUT.json] [--quick] [--workloads a,b]
     .venv/bin/python -m benchmarks.bench --profile point_lookup_param [--profile-raw]
+    .venv/bin/python -m benchmarks.bench --profile first_sight   # guard.check (raw: parse_one)
 
 Needs a PostgreSQL server (``--dsn``, default the project's 127.0.0.1:5432 test
 server); creates, fills and finally drops its own database (``--dbname``).

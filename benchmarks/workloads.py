@@ -554,6 +554,16 @@ def profile_step(bench: Bench, name: str, *, raw: bool = False) -> Step:
             return alice.execute(VARYING_SQL.format(n=1_000_000 + i)).fetchall()
 
         return step
+    if name in FIRST_SIGHT_SHAPES:  # in-process: guard.check (or raw: sqlglot's parse)
+        template, user, ticket = FIRST_SIGHT_SHAPES[name]
+
+        def first(i: int) -> object:
+            text = template.format(a=f"p{i:012d}")  # an alias never seen before
+            if raw:
+                return sqlglot.parse_one(text, read="postgres")
+            return bench.guard.check(text, user=user, ticket=ticket)
+
+        return first
     fixed: dict[str, tuple[Any, str, list[Any]]] = {
         "point_lookup_param": (alice, POINT, [42]),
         "three_table_join": (alice, JOIN, [42, 42, 42]),
@@ -561,6 +571,6 @@ def profile_step(bench: Bench, name: str, *, raw: bool = False) -> Step:
         "point_lookup_unscoped": (alice, UNSCOPED, [3]),
     }
     if name not in fixed:
-        known = ", ".join([*fixed, "point_lookup_literal_varying"])
+        known = ", ".join([*fixed, "point_lookup_literal_varying", *FIRST_SIGHT_SHAPES])
         raise SystemExit(f"--profile takes one of: {known}")
     return _fetch(*fixed[name])
