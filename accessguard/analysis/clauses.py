@@ -238,9 +238,12 @@ class Clauses(OutputNames, JoinTrees):
         # call that returns a row's value, and what its scalar subqueries carry
         weight: Weight = {}
         for source in env.sources.values():
-            weight = weight_sum(weight, source.weight)
-        weight = {t: n * (1 + self.carriers) for t, n in weight.items()}
-        weight = weight_sum(weight, self.carry)
+            if source.weight:  # an unscoped table's is empty: nothing to add
+                weight = weight_sum(weight, source.weight)
+        if self.carriers:
+            weight = {t: n * (1 + self.carriers) for t, n in weight.items()}
+        if self.carry:
+            weight = weight_sum(weight, self.carry)
         # the statement's own SELECT is read by no level: what its columns carry is never asked
         carried = {} if node is self.statement else carries(node, env)
         return Source("*select*", columns=env.outputs, weight=weight, carried=carried)

@@ -230,11 +230,12 @@ def resolve(node: exp.Column, env: Env) -> tuple[Resolved, Source | None]:
     same point), so the second answer would be the first; a refusal is never
     kept (the walk stops).
     """
-    kept = env.resolved.get(id(node))
+    key = id(node)
+    kept = env.resolved.get(key)
     if kept is not None and kept[0] is node:
         return kept[1]
     found = _resolve(node, env)
-    env.resolved[id(node)] = (node, found)
+    env.resolved[key] = (node, found)
     return found
 
 

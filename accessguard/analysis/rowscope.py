@@ -167,7 +167,9 @@ class _Classes:
 
     def add(self, condition: exp.Expression, where: Env) -> None:
         """Add the equalities (and IN lists of constants) the conjuncts of ``condition`` assert."""
-        for conj in conjuncts([condition]):
+        # one comparison (most ON clauses) is its own conjunct: no list to make
+        single = not isinstance(condition, _CONJUNCTIONS)
+        for conj in (condition,) if single else conjuncts([condition]):
             if isinstance(conj, exp.EQ) and not (
                 isinstance(conj.this, _WRAPPERS) or isinstance(conj.expression, _WRAPPERS)
             ):  # x = y, neither a subquery, nor ANY, nor in parentheses (most conjuncts)
@@ -218,17 +220,20 @@ def bind(
             base.places[(id(source), column)] = (source, env)
             if values:
                 base.equal((id(source), column), values)
-    outer = [c for c in conditions if c[2] is not None]  # outer joins' ON clauses
-    for condition, where, binds in conditions:
-        if binds is None:
-            base.add(condition, where)
+    outer: list[Condition] = []  # outer joins' ON clauses
+    for item in conditions:
+        if item[2] is None:
+            base.add(item[0], item[1])
+        else:
+            outer.append(item)
     env.subqueries = base.queries or (bool(outer) and subqueries_bind(outer))
-    local = {id(s) for s in sources}
-    for key in list(base.parent):
-        if key[0] in local:
-            consts = base.consts.get(base.find(key))  # base.values(key), key being a term
-            if consts:
-                env.bound[key] = tuple(consts)
+    if base.consts:  # no class equals a value (a join's ON clauses only): nothing is bound
+        local = {id(s) for s in sources}
+        for key in list(base.parent):
+            if key[0] in local:
+                consts = base.consts.get(base.find(key))  # base.values(key), key being a term
+                if consts:
+                    env.bound[key] = tuple(consts)
     sets: dict[int, _Classes] = {}  # a source's own classes, where outer ON clauses bind it
     for source in sources if outer else ():
         mine = [(c, w) for c, w, binds in outer if binds is not None and id(source) in binds]
@@ -310,6 +315,8 @@ def _query_operand(conj: exp.Expression) -> tuple[exp.Expression, exp.Expression
     return None
 
 
+#: what ``conjuncts`` looks into (as ``nodes._CONJUNCTIONS``)
+_CONJUNCTIONS = (exp.And, exp.Paren)
 #: what a subquery operand of ``x = ...`` is, or is wrapped in
 _WRAPPERS = (exp.Subquery, exp.Paren, exp.Any)
 

@@ -235,7 +235,7 @@ def _derived(root: object) -> _Derived:
     index: dict[str, list[exp.Expression]] = {}
     ctes: set[str] = set()
     assert isinstance(root, exp.Expression)  # noqa: S101 - a statement's tree
-    for found in root.find_all(exp.CTE, exp.Subquery):
+    for found in _derived_nodes(root):
         name = found.alias_or_name.lower()
         index.setdefault(name, []).append(found.this)
         if isinstance(found, exp.CTE):
@@ -243,6 +243,37 @@ def _derived(root: object) -> _Derived:
     derived = (index, frozenset(ctes))
     _DERIVED.last = (root, derived)
     return derived
+
+
+#: nodes whose arguments are a name or a literal's text and flags, never a node: the
+#: index's walk does not visit them (nearly two thirds of a statement's nodes; checked
+#: by ``tests/test_analysis_firstsight.py`` over the case files)
+_LEAVES = frozenset({exp.Identifier, exp.Literal})
+_DERIVED_NODES = (exp.CTE, exp.Subquery)
+
+
+def _derived_nodes(root: exp.Expr) -> list[exp.Expr]:
+    """Every CTE and Subquery node of ``root``'s tree (``find_all`` finds the same nodes).
+
+    Children are found as sqlglot's ``iter_expressions`` finds them; a child of
+    a class in ``_LEAVES`` is not pushed, since it has no child to look into.
+    ``find_all`` took 50 us of an analytic statement's first sight, this 30.
+    """
+    found: list[exp.Expr] = []
+    stack: list[exp.Expr] = [root]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node = pop()
+        if isinstance(node, _DERIVED_NODES):
+            found.append(node)
+        for value in node.args.values():
+            if isinstance(value, list):
+                for child in value:
+                    if isinstance(child, exp.Expr) and type(child) not in _LEAVES:
+                        push(child)
+            elif isinstance(value, exp.Expr) and type(value) not in _LEAVES:
+                push(value)
+    return found
 
 
 def forget_derived() -> None:
