@@ -178,10 +178,11 @@ class Policy:
         the UPDATE target has none (its WHERE, SET and RETURNING see the
         stored values), and masks are PostgreSQL expressions.
         """
+        read = [(t, c) for t, c, _m in self.masks_for(roles, kind) if (t, c) in reads]
+        if not read:  # most statements: no masked column read, nothing to sort
+            return None
         targets = {t for t, _c in writes}
-        for table, column, _mask in sorted(self.masks_for(roles, kind)):
-            if (table, column) not in reads:
-                continue
+        for table, column in sorted(read):
             obj = f"{table.rsplit('.', 1)[-1]}.{column}"
             if table in targets:
                 return (  # a message, not SQL
