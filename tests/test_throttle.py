@@ -411,6 +411,15 @@ BAD_FILES = [
     ),
     pytest.param(
         """\
+        [roles.everyone]
+        distinct_customers = { count = 20, per = "367 days" }
+        """,
+        2,
+        "at most 366 days",
+        id="window-over-a-year",
+    ),
+    pytest.param(
+        """\
         # limits
         [roles.support_agent]
         distinct_customers = { count = -20, per = "1 hour" }
@@ -619,8 +628,8 @@ class TestRedis:
                 "accessguard:mallory/statements",
                 "accessguard:mallory/statements:window",
             ]
-            assert client.hget("accessguard:mallory/customers:window", "seconds") == b"3600"
-            assert client.hget("accessguard:mallory/statements:window", "seconds") == b"60"
+            assert client.hkeys("accessguard:mallory/customers:window") == [b"3600"]
+            assert client.hkeys("accessguard:mallory/statements:window") == [b"60"]
             assert 0 < client.ttl("accessguard:mallory/statements:window") <= 2 * 60 + 60
             assert 0 < client.ttl("accessguard:mallory/customers") <= 3600
             assert 0 < client.ttl("accessguard:mallory/statements") <= 60

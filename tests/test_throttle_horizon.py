@@ -84,23 +84,33 @@ class TestStatements:
             assert in_window(let, t, 600) <= 5
 
     def test_the_longer_horizon_lapses_once_no_instance_uses_it(self, fresh: str) -> None:
-        """After a whole long window with no caller of it, the set is kept for the short one."""
+        """Two long windows after its last use, the set is kept for the short window only."""
         clock = Clock()
         a = Throttle(rate(50, 600), storage=fresh, clock=clock)
         b = Throttle(rate(50, 60), storage=fresh, clock=clock)
-        horizon = "accessguard:eve/statements:window"
+        horizon, key = "accessguard:eve/statements:window", "accessguard:eve/statements"
+
+        def kept(client: redis.Redis) -> list[float]:
+            return [score - T0 for _member, score in client.zrange(key, 0, -1, withscores=True)]
+
         try:
             assert a.hit("eve", AGENT, None, NONE) is None
             with redis.Redis.from_url(fresh) as client:
-                assert client.hget(horizon, "seconds") == b"600"
-                clock.now = T0 + 120
+                assert client.hgetall(horizon) == {b"600": b"%d" % (T0 + 1200)}
+                clock.now = T0 + 300
                 assert b.hit("eve", AGENT, None, NONE) is None  # does not shorten it
-                assert client.hget(horizon, "seconds") == b"600"
-                assert client.zcard("accessguard:eve/statements") == 2  # A's entry kept
-                clock.now = T0 + 600  # A's window since its last statement: over
+                assert set(client.hkeys(horizon)) == {b"600", b"60"}
+                assert kept(client) == [0, 300]
+                clock.now = T0 + 1000
                 assert b.hit("eve", AGENT, None, NONE) is None
-                assert client.hget(horizon, "seconds") == b"60"
-                assert client.zcard("accessguard:eve/statements") == 1  # both older ones gone
+                assert kept(client) == [1000]  # older than any window in use: dropped
+                clock.now = T0 + 1199  # A idle for not quite two of its windows
+                assert b.hit("eve", AGENT, None, NONE) is None
+                assert kept(client) == [1000, 1199]  # in A's window, not B's: kept
+                clock.now = T0 + 1200  # two of A's windows since its last statement: over
+                assert b.hit("eve", AGENT, None, NONE) is None
+                assert set(client.hkeys(horizon)) == {b"60"}
+                assert kept(client) == [1199, 1200]  # B's minute only
         finally:
             a.close()
             b.close()
@@ -166,3 +176,76 @@ def test_a_reload_back_to_a_longer_window_finds_its_entries(store: str, fresh: s
         assert verdict.count == 7
     finally:
         throttle.close()
+
+
+#: (when, window seconds, statements) of three windows in use
+MIDDLE = {
+    # the 300 s window used while the 600 s one was, then the 60 s one right after
+    "used-meanwhile": ((0, 600, 1), (500, 300, 4), (610, 60, 1), (620, 300, 5)),
+    # the 600 s window lapses (two of its windows after its use), the 300 s one has not
+    "after-the-lapse": ((0, 600, 1), (1000, 300, 4), (1210, 60, 1), (1220, 300, 5)),
+}
+
+
+@pytest.mark.parametrize("steps", MIDDLE.values(), ids=MIDDLE.keys())
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_middle_window_keeps_its_entries(
+    store: str, fresh: str, steps: tuple[tuple[int, int, int], ...]
+) -> None:
+    """Windows of 600, 300 and 60 s: every window in use keeps what it counts, not only the
+    longest (the 300 s one, once the 600 s one has lapsed).
+
+    Redis: three instances; memory: one process reloading between them. The
+    horizon keeps every window in use, not only the longest.
+    """
+    clock = Clock()
+    if store == "redis":
+        made = {n: Throttle(rate(5, n), storage=fresh, clock=clock) for n in (600, 300, 60)}
+        throttles = list(made.values())
+
+        def hit(seconds: int) -> bool:
+            return made[seconds].hit("eve", AGENT, None, NONE) is None
+
+    else:
+        one = Throttle(rate(5, 600), storage="memory://", clock=clock)
+        throttles = [one]
+
+        def hit(seconds: int) -> bool:
+            one.set_limits(rate(5, seconds))
+            return one.hit("eve", AGENT, None, NONE) is None
+
+    let: list[tuple[float, int]] = []
+    try:
+        for when, seconds, times in steps:
+            clock.now = T0 + when
+            let += [(clock.now, seconds) for _ in range(times) if hit(seconds)]
+    finally:
+        for throttle in throttles:
+            throttle.close()
+    assert [t - T0 for t, s in let if s == 300] == [steps[1][0]] * 4
+    times = [t for t, _ in let]
+    for t, seconds in let:
+        if seconds == 300:
+            assert in_window(times, t, 300) <= 5
+
+
+def test_a_refusing_instance_keeps_its_customer_window(fresh: str) -> None:
+    """A refuses new customers all hour; B's one-minute window must not forget A's customers."""
+    clock = Clock()
+    a = Throttle(people(3, 3600), storage=fresh, clock=clock)
+    b = Throttle(people(3, 60), storage=fresh, clock=clock)
+    try:
+        assert a.hit("eve", AGENT, None, frozenset({1})) is None
+        clock.now = T0 + 100
+        assert b.hit("eve", AGENT, None, frozenset({2, 3, 4})) is None
+        for second in range(200, 3600, 300):  # A refuses a fifth customer all hour long
+            clock.now = T0 + second
+            assert a.hit("eve", AGENT, None, frozenset({99})) is not None
+        clock.now = T0 + 3600  # B reads on: its trim must spare A's hour (A is in use)
+        assert b.hit("eve", AGENT, None, frozenset({5})) is None
+        clock.now = T0 + 3601  # customer 1 has left A's hour; 2, 3, 4 and 5 have not
+        assert a.hit("eve", AGENT, None, frozenset({99})) is not None
+        assert a.check("eve", AGENT, None, frozenset({99})) is not None
+    finally:
+        a.close()
+        b.close()

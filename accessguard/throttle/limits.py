@@ -40,6 +40,8 @@ EVERYONE = "everyone"
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _UNITS = {"day": 86400, "hour": 3600, "minute": 60, "second": 1}
+#: the longest window a limit may count over: a leap year
+MAX_WINDOW_SECONDS = 366 * 86400
 _WINDOWED = ("distinct_customers", "statements")
 _LIMIT_KEYS = frozenset({*_WINDOWED, "rows_per_statement"})
 _HEADER = re.compile(r"""^\s*\[\[?(?P<key>(?:[^\]"']|"[^"]*"|'[^']*')+)\]""")
@@ -253,6 +255,9 @@ class _Reader:
                 f"({EXAMPLES}), not {per!r}"
             )
             raise self.error(message, *keys, "per") from None
+        if seconds > MAX_WINDOW_SECONDS:  # Redis keys its sets' life in seconds (EXPIRE)
+            message = f"{keys[-1]}.per must be at most 366 days, not {per!r}"
+            raise self.error(message, *keys, "per")
         return Window(count=count, seconds=seconds)
 
     def count(self, value: object, keys: tuple[str, ...]) -> int:

@@ -16,12 +16,12 @@ hundred left in the window), a statement's round trip also leases slots for
 the next ones (``RedisStore``): no window ever holds more than the limit,
 and other instances may be refused a little early. Instances may count one
 set over windows of different lengths (a limits.toml rolling out): each
-counts its own window, and entries are dropped only once they have left the
-longest window in use (its length is kept beside the set, ``<set>:window``,
-renewed by every statement counted over it, lapsing a window after the last
-one), so a shorter window never trims what a longer one counts; the memory
-store keeps the same horizon across reloads. A set expires one such window
-after its last entry.
+counts its own window, and entries are dropped only once they have left
+every window in use (kept beside the set, ``<set>:window``: a hash of window
+seconds to the time until which a caller with that window may still count,
+two windows after its last statement, refused or not), so a shorter window
+never trims what a longer one counts; the memory store keeps the same
+horizon across reloads. A set expires one longest window after its last entry.
 A store raises what fails (``redis.RedisError``, ``OSError``); the
 ``Throttle`` turns it into a refusal.
 """
@@ -64,8 +64,8 @@ class MemoryStore:
         self._statements: dict[str, deque[float]] = {}
         #: per employee: customer -> the last time a statement let through read it
         self._customers: dict[str, dict[int, float]] = {}
-        #: per (employee, window kind): the longest window in use and when it lapses
-        self._horizons: dict[tuple[str, str], tuple[int, float]] = {}
+        #: per (employee, window kind): window seconds -> until when one may still count
+        self._horizons: dict[tuple[str, str], dict[int, float]] = {}
 
     def count(
         self, user: str, limits: EffectiveLimits, subjects: frozenset[int], mode: Mode
@@ -73,28 +73,39 @@ class MemoryStore:
         """The rate first, then the customers; the Redis script runs the same steps."""
         with self._lock:
             now = self._clock()
+            rate, people = limits.statements, limits.distinct_customers
+            # renewed first, whatever the verdict and the mode (throttle.lua does the same)
+            keep_rate = self._horizon(user, "statements", rate.seconds, now) if rate else 0
+            keep_people = self._horizon(user, "customers", people.seconds, now) if people else 0
             verdict = None
-            if limits.statements:
-                verdict = self._statement(user, limits.statements, now, mode)
-            if limits.distinct_customers and subjects and (verdict is None or mode == "record"):
-                verdict = self._customer(user, limits.distinct_customers, subjects, now, mode)
+            if rate:
+                verdict = self._statement(user, rate, keep_rate, now, mode)
+            if people and subjects and (verdict is None or mode == "record"):
+                verdict = self._customer(user, people, keep_people, subjects, now, mode)
             return verdict
 
-    def _horizon(self, user: str, kind: str, seconds: int, now: float) -> tuple[float, bool]:
-        """What to trim to, and whether that is this window's start: throttle.lua's horizon.
+    def _horizon(self, user: str, kind: str, seconds: int, now: float) -> int:
+        """The longest window still in use: throttle.lua's ``horizon``, step by step.
 
-        Within one process a reload changes the window; the store keeps what the
-        longest window still in use counts, as Redis keeps it for every instance.
+        Within one process a reload changes the window; the store keeps what
+        every window still in use counts, as Redis keeps it for every instance.
         """
-        keep, ends = self._horizons.get((user, kind), (0, 0.0))
-        if seconds >= keep or now >= ends:
-            self._horizons[user, kind] = (seconds, now + seconds)
-            return now - seconds, True
-        return now - keep - 1, False
+        fields = self._horizons.setdefault((user, kind), {})
+        fields[seconds] = now + 2 * seconds
+        keep = seconds
+        for length, until in list(fields.items()):
+            if until <= now:
+                del fields[length]
+            elif length > keep:
+                keep = length
+        return keep
 
-    def _statement(self, user: str, window: Window, now: float, mode: Mode) -> Verdict | None:
+    def _statement(
+        self, user: str, window: Window, keep: int, now: float, mode: Mode
+    ) -> Verdict | None:
         times = self._statements.setdefault(user, deque())
-        trim, exact = self._horizon(user, "statements", window.seconds, now)
+        exact = keep == window.seconds
+        trim = now - window.seconds if exact else now - keep - 1  # throttle.lua's trim_to
         while times and times[0] <= trim:
             times.popleft()
         # this window's entries are the newest: all of them, unless a longer window is kept
@@ -109,14 +120,20 @@ class MemoryStore:
                 times.append(now)
         return None
 
-    def _customer(
-        self, user: str, window: Window, subjects: frozenset[int], now: float, mode: Mode
+    def _customer(  # noqa: PLR0913, PLR0917 - one statement's count
+        self,
+        user: str,
+        window: Window,
+        keep: int,
+        subjects: frozenset[int],
+        now: float,
+        mode: Mode,
     ) -> Verdict | None:
         seen = self._customers.setdefault(user, {})
         if mode != "record" and (verdict := _customers_verdict(window, now, seen, subjects)):
             return verdict
         if mode != "peek":
-            trim, _exact = self._horizon(user, "customers", window.seconds, now)
+            trim = now - window.seconds if keep == window.seconds else now - keep - 1
             for customer in [c for c, t in seen.items() if t <= trim]:
                 del seen[customer]
             for customer in subjects:  # a last read never moves back (a clock stepped back)

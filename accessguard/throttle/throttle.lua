@@ -5,7 +5,8 @@
 --
 -- KEYS[1] accessguard:<user>/statements  member: a unique id, score: when
 -- KEYS[2] accessguard:<user>/customers   member: customer id, score: last read
--- KEYS[3], KEYS[4] their horizons (<set>:window): the longest window in use
+-- KEYS[3], KEYS[4] their horizons (<set>:window): a hash, window seconds ->
+--   until when a caller with that window may still count (the callers' clock)
 -- ARGV[1] now            ARGV[2] mode: peek | hit | record
 -- ARGV[3] statements: the newest time that has left the window ('' no limit)
 -- ARGV[4] its count      ARGV[5] its seconds
@@ -41,30 +42,42 @@ local function expire(key, seconds)
   if redis.call('TTL', key) < seconds then redis.call('EXPIRE', key, seconds) end
 end
 -- Instances may count one set over windows of different lengths (limits.toml
--- rolling out). Each counts only its own window (ZCOUNT), and an entry is
--- dropped only once it has left the LONGEST window still in use, so that a
--- shorter window never trims what a longer one must count. The horizon (a
--- hash: seconds, until) is renewed by every caller with that window or a
--- longer one, and lapses at `until` (now + its seconds, on the callers' clock).
--- Returns what to trim to (everything at or before it) and the set's life.
+-- rolling out, reloads). Each counts only its own window (ZCOUNT), and an
+-- entry is dropped only once it has left every window still in use, so no
+-- window trims what a longer one must count. Each caller renews its own
+-- window's field, until two of its windows from now (an instance idle for
+-- less than that still finds its window whole), whatever the verdict and the
+-- mode; lapsed fields are dropped. Returns the longest window in use.
 -- MemoryStore._horizon takes the same steps.
-local function horizon(key, seconds, since)
-  seconds = tonumber(seconds)
-  local kept = redis.call('HMGET', key, 'seconds', 'until')
-  local keep, ends = tonumber(kept[1]) or 0, tonumber(kept[2]) or 0
-  if seconds >= keep or tonumber(now) >= ends then
-    redis.call('HSET', key, 'seconds', seconds, 'until', tonumber(now) + seconds)
-    redis.call('EXPIRE', key, 2 * seconds + 60)  -- garbage only: `until` decides
-    return since, seconds
+local function horizon(key, seconds)
+  local t, own = tonumber(now), tonumber(seconds)
+  redis.call('HSET', key, seconds, t + 2 * own)
+  local keep = own
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    local length = tonumber(fields[i])
+    if tonumber(fields[i + 1]) <= t then
+      redis.call('HDEL', key, fields[i])
+    elseif length > keep then
+      keep = length
+    end
   end
-  return tonumber(now) - keep - 1, keep  -- a second early: it only ever trims less
+  expire(key, 2 * keep + 60)  -- garbage only: the fields' until decides
+  return keep
 end
+-- What a set may be trimmed to: its own window's start when that is the
+-- longest in use, else a second before the longest one's (only ever less).
+local function trim_to(keep, seconds, since)
+  if keep == tonumber(seconds) then return since end
+  return tonumber(now) - keep - 1
+end
+local keep_statements = ARGV[3] ~= '' and horizon(KEYS[3], ARGV[5])
+local keep_customers = ARGV[6] ~= '' and horizon(KEYS[4], ARGV[8])
 local verdict = false
 local slots = 0
 if ARGV[3] ~= '' then
   local key, count = KEYS[1], tonumber(ARGV[4])
-  local trim, life = horizon(KEYS[3], ARGV[5], ARGV[3])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', trim)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', trim_to(keep_statements, ARGV[5], ARGV[3]))
   -- this window's entries are the newest n: the set's last ranks
   local n, total = redis.call('ZCOUNT', key, '(' .. ARGV[3], '+inf'), redis.call('ZCARD', key)
   if n >= count then
@@ -72,7 +85,7 @@ if ARGV[3] ~= '' then
     verdict = {1, n + 1, at[2], 0, 0}
   elseif mode ~= 'peek' then
     redis.call('ZADD', key, now, ARGV[9])
-    local ttl = life
+    local ttl = keep_statements
     local room = count - n - 1
     if mode == 'hit' and lease > 0 and room >= LEASE_ROOM then
       slots = math.min(lease, math.floor(room / 16))
@@ -101,9 +114,8 @@ if mode ~= 'record' then
 end
 local registered = 0
 if mode ~= 'peek' then
-  local trim, life = horizon(KEYS[4], ARGV[8], ARGV[6])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', trim)
-  local at, ttl = now, life
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', trim_to(keep_customers, ARGV[8], ARGV[6]))
+  local at, ttl = now, keep_customers
   if mode == 'hit' and lease > 0 and count - total >= LEASE_ROOM then
     at, ttl, registered = lease_end, ttl + lease_ttl, 1
   end
