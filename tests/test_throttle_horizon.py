@@ -91,7 +91,8 @@ class TestStatements:
         horizon, key = "accessguard:eve/statements:window", "accessguard:eve/statements"
 
         def kept(client: redis.Redis) -> list[float]:
-            return [score - T0 for _member, score in client.zrange(key, 0, -1, withscores=True)]
+            scored = client.zrange(key, 0, -1, withscores=True)
+            return [float(item[1]) - T0 for item in scored]
 
         try:
             assert a.hit("eve", AGENT, None, NONE) is None
@@ -216,9 +217,9 @@ def test_a_middle_window_keeps_its_entries(
 
     let: list[tuple[float, int]] = []
     try:
-        for when, seconds, times in steps:
+        for when, seconds, count in steps:
             clock.now = T0 + when
-            let += [(clock.now, seconds) for _ in range(times) if hit(seconds)]
+            let += [(clock.now, seconds) for _ in range(count) if hit(seconds)]
     finally:
         for throttle in throttles:
             throttle.close()
