@@ -19,7 +19,7 @@ set over windows of different lengths (a limits.toml rolling out): each
 counts its own window, and entries are dropped only once they have left
 every window in use (kept beside the set, ``<set>:window``: a hash of window
 seconds to the time until which a caller with that window may still count,
-two windows after its last statement, refused or not), so a shorter window
+one to two windows after its last statement, refused or not), so a shorter window
 never trims what a longer one counts; the memory store keeps the same
 horizon across reloads. A set expires one longest window after its last entry.
 A store raises what fails (``redis.RedisError``, ``OSError``); the
@@ -91,13 +91,16 @@ class MemoryStore:
         every window still in use counts, as Redis keeps it for every instance.
         """
         fields = self._horizons.setdefault((user, kind), {})
-        fields[seconds] = now + 2 * seconds
-        keep = seconds
+        keep, mine = seconds, None
         for length, until in list(fields.items()):
+            if length == seconds:
+                mine = until
             if until <= now:
                 del fields[length]
             elif length > keep:
                 keep = length
+        if mine is None or mine < now + seconds:  # at least one window ahead, always
+            fields[seconds] = now + 2 * seconds
         return keep
 
     def _statement(

@@ -44,25 +44,29 @@ end
 -- Instances may count one set over windows of different lengths (limits.toml
 -- rolling out, reloads). Each counts only its own window (ZCOUNT), and an
 -- entry is dropped only once it has left every window still in use, so no
--- window trims what a longer one must count. Each caller renews its own
--- window's field, until two of its windows from now (an instance idle for
--- less than that still finds its window whole), whatever the verdict and the
--- mode; lapsed fields are dropped. Returns the longest window in use.
+-- window trims what a longer one must count. Each caller keeps its own
+-- window's field at least one window ahead, whatever the verdict and the
+-- mode (renewed to two windows ahead, so at most once a window): a window is
+-- in use until one to two of its lengths after its last statement; lapsed
+-- fields are dropped. Returns the longest window in use.
 -- MemoryStore._horizon takes the same steps.
 local function horizon(key, seconds)
   local t, own = tonumber(now), tonumber(seconds)
-  redis.call('HSET', key, seconds, t + 2 * own)
-  local keep = own
+  local keep, mine = own, false
   local fields = redis.call('HGETALL', key)
   for i = 1, #fields, 2 do
-    local length = tonumber(fields[i])
-    if tonumber(fields[i + 1]) <= t then
+    local length, ends = tonumber(fields[i]), tonumber(fields[i + 1])
+    if length == own then mine = ends end
+    if ends <= t then
       redis.call('HDEL', key, fields[i])
     elseif length > keep then
       keep = length
     end
   end
-  expire(key, 2 * keep + 60)  -- garbage only: the fields' until decides
+  if not mine or mine < t + own then
+    redis.call('HSET', key, seconds, t + 2 * own)
+    expire(key, 2 * keep + 60)  -- garbage only: the fields' until decides
+  end
   return keep
 end
 -- What a set may be trimmed to: its own window's start when that is the
