@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -67,6 +68,31 @@ class TestPsycopgPaths:
             "SELECT id FROM orders WHERE customer_id = %(c)s AND status LIKE 'p%%'", {"c": 42}
         )
         assert cur.fetchall() == [(422,)]
+
+    def test_an_interval_literal_is_sent_as_written(self, alice: object) -> None:
+        """sqlglot writes an interval's lifted literal inside quotes of its own
+        (INTERVAL '__ag_lit0__'): such a shape is never filled by pasting the literal
+        (''1 day'' would be sent, the literal's text read as SQL), the text is decided
+        as itself and sent with its interval whole."""
+        one = "SELECT interval '1 day' FROM customers WHERE id = 42"
+        two = "SELECT interval '2 days' FROM customers WHERE id = 42"
+        assert alice.execute(one).fetchall() == [(dt.timedelta(days=1),)]  # type: ignore[attr-defined]
+        assert alice.execute(two).fetchall() == [(dt.timedelta(days=2),)]  # type: ignore[attr-defined]
+        sneaky = (
+            "SELECT interval ' ) , (SELECT email FROM customers WHERE id = 7) --' "
+            "FROM customers WHERE id = 42"
+        )
+        with pytest.raises(psycopg.errors.InvalidDatetimeFormat):  # one interval, as written
+            alice.execute(sneaky)  # type: ignore[attr-defined]
+
+    def test_an_interval_of_several_strings_is_refused(self, guard: Guard) -> None:
+        """INTERVAL 'a' 'b' is one string to PostgreSQL, a bare INTERVAL in sqlglot's SQL."""
+        for text in (
+            "SELECT interval 'a'\n'b' FROM customers WHERE id = 42",
+            "SELECT interval (2) '1 day' FROM customers WHERE id = 42",
+        ):
+            decision = guard.check(text, user="alice", ticket="T-100")
+            assert decision.reason == "sql.unanalyzable"
 
     def test_cursor_fetch_paths(self, alice: object) -> None:
         """fetchone, fetchmany, fetchall and iteration all work on a guarded cursor."""
@@ -333,6 +359,21 @@ class TestCheck:
             dialect="postgres",
         )  # after check() of the same text: analyzed again for sending, never without
         assert "public.customers" in allowed.sql
+
+    @pytest.mark.parametrize(
+        "literal", ["4111_1111_1111_1111", "0o17777777777", "1e5x", "1_000.5_5", "0x1F_FF"]
+    )
+    def test_a_number_with_a_glued_word_is_redacted_whole(
+        self, guard: Guard, sink: MemoryAuditSink, literal: str
+    ) -> None:
+        """PostgreSQL 16 reads 4111_1111 as one number, sqlglot as a number and a name:
+        the audit text keeps none of its digits either way."""
+        guard.check(f"SELECT email FROM customers WHERE phone = {literal}", user="bob")
+        (event,) = sink.events
+        text = event["db.query.text"]
+        assert text.startswith("SELECT email FROM customers WHERE phone = ?")
+        assert not any(digit in text for digit in "0123456789")
+        assert "_" not in text.removeprefix("SELECT email FROM customers WHERE phone")
 
     def test_check_with_psycopg_parameters(self, guard: Guard) -> None:
         """check() binds %s parameters like psycopg does."""

@@ -26,6 +26,7 @@ from accessguard.analysis.shape import (
     MAX_DIGITS,
     Shape,
     _quick_mixed,
+    literals_bare,
     quick_shape,
 )
 
@@ -263,3 +264,23 @@ class TestQuickShape:
         sqlite = quick_shape(sql, "sqlite")
         assert sqlite is not None
         assert sqlite.text == "SELECT " + ", ".join(f":_agl{i}" for i in range(count))
+
+
+@pytest.mark.parametrize(
+    ("template", "count", "fills"),
+    [
+        ("SELECT x FROM t WHERE a = __ag_lit0__ AND b = __ag_lit1__", 2, True),
+        ('SELECT "é" FROM t WHERE a = __ag_lit0__', 1, True),
+        ("SELECT INTERVAL '__ag_lit0__' FROM t", 1, False),  # inside a string of its own
+        ("SELECT INTERVAL FROM t", 1, False),  # the literal was lost
+        ('SELECT "__ag_lit0__" FROM t', 1, False),  # a quoted name
+        ("SELECT 1 /* __ag_lit0__ */ FROM t WHERE a = __ag_lit0__", 1, False),  # in a comment
+        ("SELECT x FROM t WHERE a = __ag_lit0__", 2, False),  # literal 1 missing
+        ("SELECT x FROM t WHERE a = __ag_lit0__x", 1, False),  # part of a longer name
+    ],
+)
+def test_a_template_is_filled_only_where_each_marker_is_a_bare_name(
+    template: str, count: int, *, fills: bool
+) -> None:
+    """render() pastes literals at the markers: only where PostgreSQL reads each one alone."""
+    assert literals_bare(template, count) is fills

@@ -65,8 +65,16 @@ def redact_tokens(tokens: list[Token]) -> str:
     out: list[str] = []
     glue = True  # no space before the next token
     previous = None
+    end = -2  # where the last number ended
     for token in tokens:
         kind = token.token_type
+        if kind == TokenType.VAR and token.start == end + 1:
+            # a word glued to a number is the rest of one literal to PostgreSQL 16+
+            # (4111_1111, 0o17): sqlglot reads a number and a name; both are redacted
+            end = token.end
+            continue
+        if kind == TokenType.NUMBER:
+            end = token.end
         if kind in _LITERALS:
             text = "?"
         elif kind in _QUOTED:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
+from pglast.parser import ParseError, scan
 from sqlglot.tokenizer_core import Token, TokenType
 
 from accessguard.analysis.redact import MAX_SQL_LENGTH
@@ -218,3 +219,23 @@ def _split(template: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
         _SPLIT.clear()
     _SPLIT[template] = split
     return split
+
+
+def literals_bare(template: str, count: int) -> bool:
+    """Whether ``render`` may fill ``template``: each marker a name token of its own.
+
+    ``render`` pastes each literal's own text where its marker stands. That
+    reads as the literal only where PostgreSQL's lexer reads the marker as one
+    bare name: a generator that writes the marker inside a string of its own
+    (sqlglot writes ``INTERVAL '__ag_lit0__'``) or drops one (a literal lost)
+    would send other text than was analyzed. Every literal ``0..count-1``
+    must be there too. Checked once per shape plan.
+    """
+    spans = [(m.start(), m.end(), int(m[1])) for m in LITERAL_MARK.finditer(template)]
+    if {index for _start, _end, index in spans} != set(range(count)):
+        return False
+    try:
+        names = {(t.start, t.end + 1) for t in scan(template) if t.name == "IDENT"}
+    except ParseError:
+        return False
+    return all((start, end) in names for start, end, _index in spans)

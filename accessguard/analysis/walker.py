@@ -72,7 +72,10 @@ class Walker(Clauses):
         if branch is None:
             branch = BRANCHES[cls] = branch_of(cls)
         if branch is _SCALAR:
-            pass
+            if cls is exp.Interval and type(node.this) not in _INTERVAL_VALUES:
+                # sqlglot writes INTERVAL 'a' 'b' (a Concat) as a bare INTERVAL, and
+                # INTERVAL (2) '1 day' as a sum: not what PostgreSQL reads
+                refuse(Reason.SQL_UNANALYZABLE, "an interval that is not one string")
         elif branch is _COLUMN:
             self._column(node, env)  # type: ignore[arg-type] # a Column by its branch
             return
@@ -214,6 +217,8 @@ _PLAIN_DEPTH = 8
 
 
 _DERIVED = threading.local()
+#: what an INTERVAL's value may be: a string, or the parameter a lifted one became
+_INTERVAL_VALUES = frozenset({exp.Literal, exp.Parameter, exp.Placeholder})
 
 
 #: every derived table and WITH item of a statement by name (their bodies), and the

@@ -28,7 +28,7 @@ from accessguard.analysis import (
     with_redaction,
 )
 from accessguard.analysis.rewrite import mask_texts
-from accessguard.analysis.shape import quick_shape
+from accessguard.analysis.shape import literals_bare, quick_shape
 from accessguard.decision import Context, Decision, decide
 from accessguard.engine.breakglass import is_elevation
 from accessguard.engine.config import LIMITS_FILE
@@ -394,6 +394,8 @@ class Gate(Refusals):
                 plan = self._plan(facts, decision, context, ticket, policy)
             except Unverified:
                 return None  # decided again on the text itself, which audits the refusal
+            if not literals_bare(plan.sql, len(lifted.sources)):
+                return None  # a literal the SQL sent would not hold as written: the text's way
             lane.remember(lane.shapes, key, plan)
         return with_literals(plan, lifted.values), render(plan.sql, lifted, escape_percent=escape)
 
