@@ -85,7 +85,8 @@ def draw(data: dict[str, Any], out: Path) -> None:
         "accessguard side by side with PostgreSQL RLS and sql-data-guard "
         f"(median of {s.get('runs', '?')} runs, bar: lowest-highest run)\n"
         f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores (load average {loads}), "
-        f"{m.get('python', '')}, PostgreSQL {m.get('postgresql', '?')}, "
+        f"{m.get('python', '')}\n"  # three lines: one would run past the figure's edges
+        f"PostgreSQL {m.get('postgresql', '?')}, "
         f"accessguard @ {m.get('commit', '?')}, {m.get('date', '')[:10]}",
         fontsize=9,
     )
