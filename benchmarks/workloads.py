@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlglot
 
-from accessguard import AccessDenied, Guard, scenario
+from accessguard import AccessDenied, Guard, JsonlSink, scenario
 from benchmarks.environment import Bench, casbin_indexed_duplicate_check, padded_policy
 from benchmarks.statements import (
     ANALYTIC_PARAM,
@@ -307,30 +307,54 @@ def large_analytic(bench: Bench) -> list[Result]:
     ]
 
 
-def refused_statement(bench: Bench) -> list[Result]:
-    alice = bench.as_user("alice", "T-100")
-
+def _refusing(conn: Any) -> Step:
     def guarded(_i: int) -> object:
         try:
-            alice.execute(REFUSED, [42])
+            conn.execute(REFUSED, [42])
         except AccessDenied as exc:
             return exc.reason
         raise RuntimeError("refused_statement: the guard allowed payments.card_token")
 
-    raw = _fetch(bench.raw, REFUSED, [42])
     guarded(0)
-    return [
+    return guarded
+
+
+def refused_statement(bench: Bench) -> list[Result]:
+    """A refusal, its event fsynced (the default); and the same without the fsync."""
+    raw = _fetch(bench.raw, REFUSED, [42])
+    results = [
         _latency(
             bench,
             "refused_statement",
             raw,
-            guarded,
+            _refusing(bench.as_user("alice", "T-100")),
             count=800,
             goal=None,
             note="guarded: AccessDenied (column.not_allowed) + one audit event, fsync'ed; "
             "raw: the same text executed and fetched (3 rows)",
         )
     ]
+    unsynced = Guard(
+        bench.guard.policy,
+        tickets=scenario.tickets(),
+        audit=JsonlSink(bench.tmp / "unsynced.jsonl", fsync=False),
+    )
+    try:
+        results.append(
+            _latency(
+                bench,
+                "refused_statement_nosync",
+                raw,
+                _refusing(unsynced.wrap(bench.raw, user="alice", ticket="T-100")),
+                count=800,
+                goal=None,
+                note="the same refusal with JsonlSink(fsync=False): the event written, not "
+                "fsynced (what the refusal costs besides the disk's flush)",
+            )
+        )
+    finally:
+        unsynced.close()
+    return results
 
 
 def point_lookup_unscoped(bench: Bench) -> list[Result]:
