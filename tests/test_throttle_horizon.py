@@ -11,21 +11,10 @@ from __future__ import annotations
 
 import pytest
 import redis
+from throttling import AGENT, NONE, T0, Clock
 
 from accessguard.throttle.limits import Limits, Rule, Window
 from accessguard.throttle.window import Throttle
-
-T0 = 1_750_000_000.0
-AGENT = frozenset({"support_agent", "everyone"})
-NONE: frozenset[int] = frozenset()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def rate(count: int, seconds: int) -> Limits:
