@@ -63,9 +63,11 @@ class AsyncCountingCursor(RowCounter):
         if self._named:  # the ticket's store may do I/O: asked off the loop
             await offload.off_loop(self.recheck, st)
         row = await self._raw.fetchone()
-        if row is not None and not st.take(1):
+        if row is None:
+            return None
+        if not st.take(1):
             raise await offload.off_loop(self.row_refusal, st, 1)
-        return row
+        return row if self._factory is None else self._made([row])[0]
 
     async def fetchmany(self, size: int | None = None) -> list[Any]:
         st = self._st
@@ -76,7 +78,7 @@ class AsyncCountingCursor(RowCounter):
         rows = list(await (self._raw.fetchmany() if size is None else self._raw.fetchmany(size)))
         if not st.take(len(rows)):
             raise await offload.off_loop(self.row_refusal, st, len(rows))
-        return rows
+        return rows if self._factory is None else self._made(rows)
 
     async def fetchall(self) -> list[Any]:
         st = self._st
@@ -87,7 +89,7 @@ class AsyncCountingCursor(RowCounter):
         rows = list(await self._raw.fetchall())
         if not st.take(len(rows)):
             raise await offload.off_loop(self.row_refusal, st, len(rows))
-        return rows
+        return rows if self._factory is None else self._made(rows)
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         # chunk by chunk, each counted against the result the cursor holds then
@@ -135,7 +137,7 @@ class AsyncStreamed:
         if not st.take(1):
             await self.aclose()
             raise await offload.off_loop(cursor.row_refusal, st, 1)
-        return row
+        return row if cursor._factory is None else cursor._made([row])[0]
 
     async def aclose(self) -> None:
         """Stop the stream (the driver cancels what the server still sends)."""

@@ -25,9 +25,11 @@ raises instead of returning those rows.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from types import FunctionType
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import psycopg
+from psycopg import rows
 
 from accessguard.adapters.gate import NOTHING, PsycopgGate, RowCounter, decide, query_text
 from accessguard.errors import Reason
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from accessguard.engine.lane import Authorized, Lane, Session
 
 __all__ = [
+    "APPLICATION_FACTORY_CODE",
     "CHUNK",
     "NOTHING",
     "ConnectionShell",
@@ -44,12 +47,28 @@ __all__ = [
     "PsycopgShell",
     "RowCounter",
     "Streamed",
+    "calls_application",
 ]
 
 #: rows a guarded iteration asks the driver for at a time (a named cursor's round trip)
 CHUNK = 100
 #: the driver's server-side cursors: a tuple made once (a union type is built per use)
 _SERVER_CURSORS = (psycopg.ServerCursor, psycopg.AsyncServerCursor)
+#: the code of the functions psycopg's class_row / args_row / kwargs_row make: each calls
+#: the application's class or function with a row's values
+APPLICATION_FACTORY_CODE = tuple(
+    cast("FunctionType", made).__code__
+    for made in (rows.class_row(object), rows.args_row(tuple), rows.kwargs_row(dict))
+)
+
+
+def calls_application(factory: object) -> bool:
+    """Whether ``factory`` is one of psycopg's row factories that call the application."""
+    return (
+        type(factory) is FunctionType
+        and factory.__globals__ is rows.__dict__
+        and any(factory.__code__ is code for code in APPLICATION_FACTORY_CODE)
+    )
 
 
 class CountingCursor(RowCounter):
@@ -62,9 +81,11 @@ class CountingCursor(RowCounter):
         if self._named:
             self.recheck(st)
         row = self._raw.fetchone()
-        if row is not None and not st.take(1):
+        if row is None:
+            return None
+        if not st.take(1):
             raise self.row_refusal(st, 1)
-        return row
+        return row if self._factory is None else self._made([row])[0]
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
         st = self._st
@@ -77,7 +98,7 @@ class CountingCursor(RowCounter):
             rows = list(rows)
         if not st.take(len(rows)):
             raise self.row_refusal(st, len(rows))
-        return rows
+        return rows if self._factory is None else self._made(rows)
 
     def fetchall(self) -> list[Any]:
         st = self._st
@@ -90,7 +111,7 @@ class CountingCursor(RowCounter):
             rows = list(rows)
         if not st.take(len(rows)):
             raise self.row_refusal(st, len(rows))
-        return rows
+        return rows if self._factory is None else self._made(rows)
 
     def __iter__(self) -> Iterator[Any]:
         # chunk by chunk through fetchmany: each chunk is counted against the
@@ -144,7 +165,7 @@ class Streamed:
         if not st.take(1):
             self.close()
             raise cursor.row_refusal(st, 1)
-        return row
+        return row if cursor._factory is None else cursor._made([row])[0]
 
     def close(self) -> None:
         """Stop the stream (the driver cancels what the server still sends)."""
@@ -174,6 +195,9 @@ class PsycopgShell(PsycopgGate):
         self._lane = conn._lane
         self._mogrify = raw.mogrify if isinstance(raw, self._client) else None
         self._named = isinstance(raw, _SERVER_CURSORS)
+        if calls_application(raw.row_factory):  # applied by the gate, to counted rows
+            self._factory = raw.row_factory
+            raw.row_factory = rows.tuple_row
 
     def _decide(self, query: Any, params: Any) -> Authorized:
         """Bind (the gate) and decide (the lane) one statement, here and now."""

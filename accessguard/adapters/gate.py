@@ -207,6 +207,18 @@ class RowCounter:
     #: a server-side (named) cursor: each fetch is a round trip for rows the server is
     #: still producing, so each first confirms its statement's ticket (``recheck``)
     _named: bool = False
+    #: a row factory of psycopg's that calls the application's class or function with
+    #: each row's values (class_row, args_row, kwargs_row): the driver makes tuples, and
+    #: the factory is applied here to rows already counted, never inside the driver's fetch
+    _factory: Callable[[Any], Callable[[Any], Any]] | None = None
+
+    def _made(self, rows: list[Any]) -> list[Any]:
+        """``rows`` (counted, allowed) as the application's row factory makes them."""
+        factory = self._factory
+        if factory is None or not rows:
+            return rows
+        make = factory(self._raw)  # psycopg's own function: it reads the description
+        return [make(row) for row in rows]
 
     def row_refusal(self, st: Authorized, n: int) -> AccessGuardError:
         """The refusal of ``n`` rows ``st.take`` declined (audited); raise it."""

@@ -17,8 +17,7 @@ merged text.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from types import FunctionType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import rows
@@ -29,6 +28,7 @@ from accessguard.adapters.base import (
     CountingCursor,
     PsycopgShell,
     Streamed,
+    calls_application,
 )
 from accessguard.adapters.gate import (
     convert_query,
@@ -74,22 +74,15 @@ def authorize_statement(
 
 #: row factories psycopg ships: the driver's cursor they receive stays inside psycopg
 _ROW_FACTORIES = (rows.tuple_row, rows.dict_row, rows.namedtuple_row, rows.scalar_row)
-#: the code of the functions class_row / args_row / kwargs_row make (they pass on values only)
-_ROW_FACTORY_CODE = tuple(
-    cast("FunctionType", made).__code__
-    for made in (rows.class_row(object), rows.args_row(tuple), rows.kwargs_row(dict))
-)
 
 
 def psycopg_row_factory(factory: object) -> bool:
-    """Whether psycopg made ``factory``: no other code receives the driver's cursor through it."""
-    if any(factory is known for known in _ROW_FACTORIES):
-        return True
-    return (
-        type(factory) is FunctionType
-        and factory.__globals__ is rows.__dict__
-        and any(factory.__code__ is code for code in _ROW_FACTORY_CODE)
-    )
+    """Whether psycopg made ``factory``: no other code receives the driver's cursor through it.
+
+    class_row / args_row / kwargs_row pass on values only; the guarded cursors
+    apply them to rows already counted (``base.calls_application``).
+    """
+    return any(factory is known for known in _ROW_FACTORIES) or calls_application(factory)
 
 
 def refuse_hooks(
