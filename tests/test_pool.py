@@ -202,6 +202,27 @@ class TestCursorsBelongToTheirCheckout:
         assert cur.closed
         assert cur.fetchall() == []  # the rest of alice's result is gone with her checkout
 
+    def test_a_stream_kept_past_its_checkout_ends_with_it(self, pool: GuardedPool) -> None:
+        """A stream started and not finished holds psycopg's connection lock: returning the
+        connection waited for it forever. The stream now ends with its checkout."""
+        query = "SELECT id FROM orders WHERE customer_id = 42 ORDER BY id"
+        kept: list[Any] = []
+
+        def checkout() -> None:
+            with pool.connection(user="alice", ticket="T-100") as conn:
+                stream = conn.cursor().stream(query)
+                assert next(stream) == (421,)
+                kept.append(stream)
+
+        worker = threading.Thread(target=checkout, daemon=True)
+        worker.start()
+        worker.join(20)
+        assert not worker.is_alive()  # returned (it hung here)
+        (stream,) = kept
+        assert list(stream) == []  # the rest of alice's result is gone with her checkout
+        with pool.connection(user="bob") as bobs:
+            assert bobs.execute("SELECT id FROM products WHERE id = 1").fetchall() == [(1,)]
+
 
 @db
 class TestReset:

@@ -169,6 +169,8 @@ class AsyncGuardedCursor(AsyncCountingCursor, PsycopgShell):
 
     _client = psycopg.AsyncClientCursor
     _conn: AsyncGuardedConnection
+    #: the last stream started (the connection runs one at a time), closed with the cursor
+    _stream: AsyncStreamed | None = None
 
     # ------------------------------------------------------------------ sending
 
@@ -242,12 +244,13 @@ class AsyncGuardedCursor(AsyncCountingCursor, PsycopgShell):
         rows = self._raw.stream(ok.sql, ok.params, **kwargs)
         if ok.probe is not None:  # psycopg's stream sends nothing before its first step
             rows = _probed(self._guard, ok, self._conn._raw, rows)
-        return AsyncStreamed(
+        self._stream = AsyncStreamed(
             self,
             ok,
             rows,
             rebind=not self._named,
         )
+        return self._stream
 
     # ------------------------------------------------------------------ reading
 
@@ -255,6 +258,9 @@ class AsyncGuardedCursor(AsyncCountingCursor, PsycopgShell):
         await self._raw.scroll(value, mode)
 
     async def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:  # a stream started and not finished holds the connection
+            await stream.aclose()  # (psycopg's lock): closing the cursor first would wait
         await self._raw.close()
 
     async def __aenter__(self) -> AsyncGuardedCursor:

@@ -123,6 +123,8 @@ class GuardedCursor(CountingCursor, PsycopgShell):
 
     _client = psycopg.ClientCursor
     _conn: GuardedConnection
+    #: the last stream started (the connection runs one at a time), closed with the cursor
+    _stream: Streamed | None = None
 
     # ------------------------------------------------------------------ sending
 
@@ -168,12 +170,13 @@ class GuardedCursor(CountingCursor, PsycopgShell):
         """Decided when called; its rows pass through its own statement, whatever runs next."""
         ok = self._decide(query, params)
         probes.run(self._guard, ok, self._conn._raw)
-        return Streamed(
+        self._stream = Streamed(
             self,
             ok,
             self._raw.stream(ok.sql, ok.params, **kwargs),
             rebind=not self._named,
         )
+        return self._stream
 
     # ------------------------------------------------------------------ reading
 
@@ -181,6 +184,9 @@ class GuardedCursor(CountingCursor, PsycopgShell):
         self._raw.scroll(value, mode)
 
     def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:  # a stream started and not finished holds the connection
+            stream.close()  # (psycopg's lock): closing the cursor first would wait forever
         self._raw.close()
 
     def __enter__(self) -> GuardedCursor:
