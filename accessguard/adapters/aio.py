@@ -101,7 +101,7 @@ class AsyncCountingCursor(RowCounter):
 class AsyncStreamed:
     """What a guarded async ``stream()`` returns: its own statement's gate over the driver's."""
 
-    __slots__ = ("_cursor", "_rebind", "_rows", "_since", "_st")
+    __slots__ = ("_cursor", "_cut", "_rebind", "_rows", "_since", "_st")
 
     def __init__(
         self, cursor: RowCounter, st: Authorized, rows: AsyncIterator[Any], *, rebind: bool
@@ -113,11 +113,14 @@ class AsyncStreamed:
         self._st = st
         self._rows = rows
         self._since = 0  # rows handed over since the ticket was last looked up (base.Streamed)
+        self._cut = False  # closed with its cursor: reading on is an error, as psycopg's
 
     def __aiter__(self) -> AsyncStreamed:
         return self
 
     async def __anext__(self) -> Any:
+        if self._cut:
+            raise psycopg.InterfaceError("the cursor is closed")
         st = self._st
         if st.withheld:
             raise StopAsyncIteration
@@ -144,6 +147,11 @@ class AsyncStreamed:
         aclose = getattr(self._rows, "aclose", None)
         if aclose is not None:
             await aclose()
+
+    async def cut(self) -> None:
+        """Stop the stream as its cursor closes: reading it on raises."""
+        self._cut = True
+        await self.aclose()
 
 
 async def _probed(
@@ -260,7 +268,7 @@ class AsyncGuardedCursor(AsyncCountingCursor, PsycopgShell):
     async def close(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:  # a stream started and not finished holds the connection
-            await stream.aclose()  # (psycopg's lock): closing the cursor first would wait
+            await stream.cut()  # (psycopg's lock): closing the cursor first would wait
         await self._raw.close()
 
     async def __aenter__(self) -> AsyncGuardedCursor:

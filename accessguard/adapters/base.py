@@ -129,7 +129,7 @@ class Streamed:
     meanwhile stops it within ``CHUNK`` rows.
     """
 
-    __slots__ = ("_cursor", "_rebind", "_rows", "_since", "_st")
+    __slots__ = ("_cursor", "_cut", "_rebind", "_rows", "_since", "_st")
 
     def __init__(
         self, cursor: RowCounter, st: Authorized, rows: Iterator[Any], *, rebind: bool
@@ -141,11 +141,14 @@ class Streamed:
         self._st = st
         self._rows = rows
         self._since = 0  # rows handed over since the ticket was last looked up
+        self._cut = False  # closed with its cursor: reading on is an error, as psycopg's
 
     def __iter__(self) -> Streamed:
         return self
 
     def __next__(self) -> Any:
+        if self._cut:
+            raise psycopg.InterfaceError("the cursor is closed")
         st = self._st
         if st.withheld:
             raise StopIteration
@@ -172,6 +175,11 @@ class Streamed:
         close = getattr(self._rows, "close", None)
         if close is not None:
             close()
+
+    def cut(self) -> None:
+        """Stop the stream as its cursor closes: reading it on raises."""
+        self._cut = True
+        self.close()
 
 
 class PsycopgShell(PsycopgGate):

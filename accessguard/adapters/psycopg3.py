@@ -186,7 +186,7 @@ class GuardedCursor(CountingCursor, PsycopgShell):
     def close(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:  # a stream started and not finished holds the connection
-            stream.close()  # (psycopg's lock): closing the cursor first would wait forever
+            stream.cut()  # (psycopg's lock): closing the cursor first would wait forever
         self._raw.close()
 
     def __enter__(self) -> GuardedCursor:
