@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -238,6 +239,19 @@ def guard(sink: MemoryAuditSink) -> Iterator[Guard]:
     with Guard.from_directory(
         scenario.policies_dir(), tickets=scenario.tickets(), audit=sink
     ) as guard:
+        yield guard
+
+
+@pytest.fixture
+def capped(tmp_path: Path, sink: MemoryAuditSink) -> Iterator[Guard]:
+    """The scenario's guard with a row cap of two rows per statement (customer 42 has three
+    orders), auditing to ``sink``."""
+    policies = tmp_path / "policies"
+    shutil.copytree(scenario.policies_dir(), policies)
+    limits = policies / "limits.toml"
+    text = re.sub(r"rows_per_statement = \d+", "rows_per_statement = 2", limits.read_text())
+    limits.write_text(text.replace("count = 120", "count = 100000"))
+    with Guard.from_directory(policies, tickets=scenario.tickets(), audit=sink) as guard:
         yield guard
 
 

@@ -10,18 +10,15 @@ themselves, to rows already counted and allowed.
 
 from __future__ import annotations
 
-import re
-import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import rows
 
-from accessguard import Guard, Throttled, scenario
+from accessguard import Guard, Throttled
 from accessguard.adapters.aio import AsyncGuardedConnection
 from accessguard.guard import Session
 from accessguard.testing import MemoryAuditSink
@@ -40,18 +37,6 @@ class Order:
 
 class Boom(Exception):
     pass
-
-
-@pytest.fixture
-def capped(tmp_path: Path, sink: MemoryAuditSink) -> Iterator[Guard]:
-    """The scenario's guard with a row cap of two rows per statement."""
-    policies = tmp_path / "policies"
-    shutil.copytree(scenario.policies_dir(), policies)
-    limits = policies / "limits.toml"
-    text = re.sub(r"rows_per_statement = \d+", "rows_per_statement = 2", limits.read_text())
-    limits.write_text(text.replace("count = 120", "count = 100000"))
-    with Guard.from_directory(policies, tickets=scenario.tickets(), audit=sink) as guard:
-        yield guard
 
 
 def ledger_rows(sink: MemoryAuditSink) -> int:

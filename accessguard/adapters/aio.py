@@ -140,7 +140,7 @@ class AsyncStreamed:
         if not st.take(1):
             await self.aclose()
             raise await offload.off_loop(cursor.row_refusal, st, 1)
-        return row if cursor._factory is None else cursor._made([row])[0]
+        return cursor.made(row)
 
     async def aclose(self) -> None:
         """Stop the stream (the driver cancels what the server still sends)."""
@@ -207,6 +207,10 @@ class AsyncGuardedCursor(AsyncCountingCursor, PsycopgShell):
         ok = await self._authorize(query, params)
         if ok.probe is not None:
             await offload.holding(probes.run_async(self._guard, ok, self._conn._raw))
+        # until the driver returns, the result is no statement's: an execute cancelled
+        # (a timeout) after the server answered leaves the driver holding the new result,
+        # never to be read through the previous statement's gate
+        self._st = NOTHING
         await self._raw.execute(ok.sql, ok.params, **kwargs)
         over = self._executed(ok)
         if over is not None:  # refused before a single row is handed over

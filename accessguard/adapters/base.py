@@ -168,7 +168,7 @@ class Streamed:
         if not st.take(1):
             self.close()
             raise cursor.row_refusal(st, 1)
-        return row if cursor._factory is None else cursor._made([row])[0]
+        return cursor.made(row)
 
     def close(self) -> None:
         """Stop the stream (the driver cancels what the server still sends)."""

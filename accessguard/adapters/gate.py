@@ -212,6 +212,10 @@ class RowCounter:
     #: the factory is applied here to rows already counted, never inside the driver's fetch
     _factory: Callable[[Any], Callable[[Any], Any]] | None = None
 
+    def made(self, row: Any) -> Any:
+        """One counted, allowed row as the application's row factory makes it (streams)."""
+        return row if self._factory is None else self._made([row])[0]
+
     def _made(self, rows: list[Any]) -> list[Any]:
         """``rows`` (counted, allowed) as the application's row factory makes them."""
         factory = self._factory

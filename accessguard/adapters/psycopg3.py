@@ -132,6 +132,10 @@ class GuardedCursor(CountingCursor, PsycopgShell):
         ok = self._decide(query, params)
         if ok.probe is not None:
             probes.run(self._guard, ok, self._conn._raw)
+        # until the driver returns, the cursor's result is no statement's: an execute
+        # interrupted (KeyboardInterrupt, a timeout) after the server answered leaves the
+        # driver holding the new result, never to be read through the previous gate
+        self._st = NOTHING
         self._raw.execute(ok.sql, ok.params, **kwargs)
         over = self._executed(ok)
         if over is not None:  # refused before a single row is handed over
