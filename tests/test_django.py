@@ -246,6 +246,22 @@ class TestGuarded:
                 (423, "shipped"),
             ]
 
+    def test_the_rows_a_write_changed_are_ledgered(
+        self, guard: Guard, sink: MemoryAuditSink
+    ) -> None:
+        """An UPDATE and an executemany count the rows they changed, as the psycopg and
+        SQLAlchemy paths do (Django's were never counted: red team)."""
+        update = "UPDATE orders SET status = %s WHERE customer_id = 42 AND id = %s"
+        with (
+            guarded(connection, guard=guard, user="alice", ticket="T-100"),
+            connection.cursor() as cur,
+        ):
+            cur.execute(update, ["w", 421])
+            cur.executemany(update, [("v", 422), ("v", 423)])
+        guard.ledger.flush()
+        ledger = [e for e in sink.events if e["event.action"] == "ledger"]
+        assert sum(e["accessguard.rows"] for e in ledger) == 3
+
     def test_paths_past_execute_are_refused(self, guard: Guard) -> None:
         """copy(), stream(), callproc() and named cursors are refused under the guard."""
         with guarded(connection, guard=guard, user="alice", ticket="T-100"):

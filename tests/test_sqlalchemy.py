@@ -195,6 +195,20 @@ class TestCore:
         assert sum(e["accessguard.rows"] for e in ledger) == 3
         assert sum(e["accessguard.statements"] for e in ledger) == 1
 
+    def test_ledger_counts_the_rows_an_executemany_changed(
+        self, engine: Engine, guard: Guard, sink: MemoryAuditSink
+    ) -> None:
+        """A list of parameter sets (the DB-API's executemany): the rows changed are ledgered,
+        as a single UPDATE's are (they were not: red team)."""
+        stmt = text("UPDATE orders SET status = :s WHERE customer_id = 42 AND id = :i")
+        with engine.connect() as conn:
+            sets = [{"s": "x", "i": 421}, {"s": "y", "i": 422}, {"s": "z", "i": 423}]
+            assert conn.execute(stmt, sets).rowcount == 3
+            conn.rollback()
+        guard.close()
+        ledger = [e for e in sink.events if e["event.action"] == "ledger"]
+        assert sum(e["accessguard.rows"] for e in ledger) == 3
+
     def test_row_cap(self, engine: Engine, scenario_dsn: str, sink: MemoryAuditSink) -> None:
         """A result over the row cap is refused before a Result is built."""
         with psycopg.connect(scenario_dsn, autocommit=True) as admin:

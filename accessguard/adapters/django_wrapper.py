@@ -22,7 +22,7 @@ import psycopg
 
 from accessguard.adapters.binding import bound_session
 from accessguard.adapters.django_settings import get_guard
-from accessguard.adapters.gate import one_statement, over_cap, refuse_mixed
+from accessguard.adapters.gate import one_statement, over_cap, refuse_mixed, written
 from accessguard.adapters.psycopg3 import DIALECT, authorize_statement
 from accessguard.engine import probes
 from accessguard.engine.gate import Gate
@@ -146,10 +146,13 @@ class GuardExecuteWrapper:
             result = None
             for ok in batch:
                 result = execute(ok.sql, [None], True, context)
+                _written(raw, ok)
             return result
         if not one_statement(batch):  # one statement, one shape: never guess
             raise refuse_mixed(guard, session, batch)
-        return execute(batch[0].sql, [ok.params or [] for ok in batch], True, context)
+        result = execute(batch[0].sql, [ok.params or [] for ok in batch], True, context)
+        _written(raw, batch[0])  # one plan, one tally: the batch's rows changed
+        return result
 
 
 def _authorize(  # noqa: PLR0913 - one statement's inputs
@@ -171,6 +174,7 @@ def _count(guard: Gate, raw: Any, ok: Authorized) -> None:
     as ``SELECT``: the ledger gets exactly what the application receives.
     """
     if raw.description is None:
+        _written(raw, ok)  # the rows a write changed
         return
     count = max(int(raw.rowcount), 0)
     if over_cap(ok, count):
@@ -178,6 +182,13 @@ def _count(guard: Gate, raw: Any, ok: Authorized) -> None:
         raise guard.over_row_cap(ok, count)
     if ok.tally is not None:
         ok.tally.add(count)
+
+
+def _written(raw: Any, ok: Authorized) -> None:
+    """Ledger the rows a write without a result changed (as the psycopg adapter does)."""
+    tally = ok.tally
+    if tally is not None and tally.writes:
+        written(tally, raw.description, raw.rowcount)
 
 
 _UNDO = '"_accessguard_row_cap"'

@@ -200,6 +200,7 @@ class _Listener:
         if not one_statement(batch):  # one statement, one shape: never guess
             raise refuse_mixed(self.guard, session, batch)
         _probe(self.guard, batch, driver_cursor.connection)  # every probe before any write
+        self.sent[driver_cursor] = batch[0]  # one plan, one tally: ``after`` counts the batch
         return batch[0].sql, [ok.params if ok.params is not None else [] for ok in batch]
 
     def _authorize(
