@@ -242,6 +242,12 @@ def guard(sink: MemoryAuditSink) -> Iterator[Guard]:
         yield guard
 
 
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """psycopg's async connections run on asyncio (anyio's tests, every module)."""
+    return "asyncio"
+
+
 @pytest.fixture
 def capped(tmp_path: Path, sink: MemoryAuditSink) -> Iterator[Guard]:
     """The scenario's guard with a row cap of two rows per statement (customer 42 has three

@@ -29,12 +29,6 @@ CASES = load_redteam_cases()
 Rows = list[tuple[Any, ...]]
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    """psycopg's async connections run on asyncio."""
-    return "asyncio"
-
-
 @pytest.fixture
 async def alice(guard: Guard, scenario_dsn: str) -> AsyncIterator[AsyncGuardedConnection]:
     async with await AsyncGuardedConnection.connect(guard, scenario_dsn, ALICE) as aconn:

@@ -57,12 +57,6 @@ distinct_customers = { count = 1000, per = "1 hour" }
 """
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    """psycopg's async connections run on asyncio."""
-    return "asyncio"
-
-
 class SlowTicketStore:
     """A ticket system that takes ``delay`` seconds to answer (blocking, as HTTP or SQL does)."""
 

@@ -241,12 +241,6 @@ def check(case: RowCase, run: Run, guard: Guard, sink: MemoryAuditSink) -> None:
     assert len(throttled) == case.refusals.count("throttle.rows")
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    """psycopg's async connections run on asyncio."""
-    return "asyncio"
-
-
 @pytest.fixture
 def bulk_dsn(scenario_dsn: str) -> str:
     """The scenario with 2,003 orders for customer 42."""

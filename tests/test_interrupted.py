@@ -65,11 +65,6 @@ def test_a_sync_execute_interrupted_after_the_answer_hands_over_nothing(
     assert ledger_rows(sink) == 0
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @db
 @pytest.mark.anyio
 async def test_an_async_execute_cancelled_after_the_answer_hands_over_nothing(

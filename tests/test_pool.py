@@ -271,12 +271,6 @@ class TestReset:
             assert peek.fetchone() == (0,)
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    """psycopg's async connections run on asyncio."""
-    return "asyncio"
-
-
 @db
 @pytest.mark.anyio
 class TestAsyncPool:

@@ -117,11 +117,6 @@ class TestSync:
             assert cur.fetchone() == Order(421, "cancelled")
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture
 async def capped_alice(capped: Guard, scenario_dsn: str) -> AsyncIterator[AsyncGuardedConnection]:
     async with await AsyncGuardedConnection.connect(capped, scenario_dsn, ALICE) as conn:

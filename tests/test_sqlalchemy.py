@@ -389,12 +389,6 @@ class TestOrm:
             session.rollback()
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    """psycopg's async connections run on asyncio."""
-    return "asyncio"
-
-
 @db
 @pytest.mark.anyio
 class TestAsyncEngine:
