@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -307,6 +308,21 @@ class TestStillGuarded:
         assert (item.statements, item.rows) == (1, 1)
 
 
+@contextlib.contextmanager
+def elevated_on(
+    store: str, policies: Path, dsn: str, sink: MemoryAuditSink
+) -> Iterator[tuple[Guard, Any, Any]]:
+    """A guard whose elevations live in ``store``, alice elevated for customer 42, and her
+    connection on it, its first read done."""
+    with Guard.from_directory(
+        policies, tickets=scenario.tickets(), audit=sink, elevations=store
+    ) as guard:
+        elevation = guard.break_glass("alice", {"customer_id": 42}, 30, REASON)
+        with guard.connect(dsn, user="alice", ticket=elevation.ticket) as conn:
+            assert conn.execute(PHONE_42).fetchall() == [("+1-555-0042",)]
+            yield guard, elevation, conn
+
+
 @pytest.mark.db
 class TestSharedStore:
     def test_revoked_in_another_process_stops_the_next_statement(
@@ -314,28 +330,23 @@ class TestSharedStore:
     ) -> None:
         """Two processes share Redis: one revokes, the other's next statement is refused."""
         sink = MemoryAuditSink()
-        with Guard.from_directory(
-            policies, tickets=scenario.tickets(), audit=sink, elevations=redis_url
-        ) as guard:
-            elevation = guard.break_glass("alice", {"customer_id": 42}, 30, REASON)
-            with guard.connect(scenario_dsn, user="alice", ticket=elevation.ticket) as conn:
-                assert conn.execute(PHONE_42).fetchall() == [("+1-555-0042",)]
-                code = (
-                    "import sys\n"
-                    "from accessguard.guard import Guard\n"
-                    "g = Guard.from_directory(sys.argv[1], elevations=sys.argv[2])\n"
-                    "g.revoke_break_glass(sys.argv[3], by='security-sam')\n"
-                    "g.close()\n"
-                )
-                env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-                subprocess.run(  # noqa: S603 - this interpreter, fixed code
-                    [sys.executable, "-c", code, str(policies), redis_url, elevation.ticket],
-                    check=True,
-                    env=env,
-                    timeout=60,
-                )
-                with pytest.raises(AccessDenied) as refused:
-                    conn.execute(PHONE_42)
+        with elevated_on(redis_url, policies, scenario_dsn, sink) as (_guard, elevation, conn):
+            code = (
+                "import sys\n"
+                "from accessguard.guard import Guard\n"
+                "g = Guard.from_directory(sys.argv[1], elevations=sys.argv[2])\n"
+                "g.revoke_break_glass(sys.argv[3], by='security-sam')\n"
+                "g.close()\n"
+            )
+            env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+            subprocess.run(  # noqa: S603 - this interpreter, fixed code
+                [sys.executable, "-c", code, str(policies), redis_url, elevation.ticket],
+                check=True,
+                env=env,
+                timeout=60,
+            )
+            with pytest.raises(AccessDenied) as refused:
+                conn.execute(PHONE_42)
         assert refused.value.reason == "ticket.not_open"
         record = RedisElevationStore(redis_url).get(elevation.ticket)
         assert record is not None
@@ -347,21 +358,16 @@ class TestSharedStore:
         """Deleting the revocation from Redis does not reopen an elevation this process saw
         revoked: its statements are refused ticket.store_unavailable (tampering), audited."""
         sink = MemoryAuditSink()
-        with Guard.from_directory(
-            policies, tickets=scenario.tickets(), audit=sink, elevations=redis_url
-        ) as guard:
-            elevation = guard.break_glass("alice", {"customer_id": 42}, 30, REASON)
-            with guard.connect(scenario_dsn, user="alice", ticket=elevation.ticket) as conn:
-                assert conn.execute(PHONE_42).fetchall() == [("+1-555-0042",)]
-                guard.revoke_break_glass(elevation, by="security-sam")
-                with pytest.raises(AccessDenied) as refused:
-                    conn.execute(PHONE_42)
-                assert refused.value.reason == "ticket.not_open"
-                with redis.Redis.from_url(redis_url) as client:
-                    key = f"accessguard:elevation:{elevation.ticket}:revoked"
-                    assert client.delete(key) == 1  # an insider with write access to Redis
-                with pytest.raises(AccessDenied) as refused:
-                    conn.execute(PHONE_42)
+        with elevated_on(redis_url, policies, scenario_dsn, sink) as (guard, elevation, conn):
+            guard.revoke_break_glass(elevation, by="security-sam")
+            with pytest.raises(AccessDenied) as refused:
+                conn.execute(PHONE_42)
+            assert refused.value.reason == "ticket.not_open"
+            with redis.Redis.from_url(redis_url) as client:
+                key = f"accessguard:elevation:{elevation.ticket}:revoked"
+                assert client.delete(key) == 1  # an insider with write access to Redis
+            with pytest.raises(AccessDenied) as refused:
+                conn.execute(PHONE_42)
         assert refused.value.reason == "ticket.store_unavailable"
         assert "ticket.store_unavailable" in sink.reasons()
 
