@@ -91,16 +91,17 @@ class MemoryStore:
         every window still in use counts, as Redis keeps it for every instance.
         """
         fields = self._horizons.setdefault((user, kind), {})
-        keep, mine = seconds, None
+        mine = fields.get(seconds)
+        if mine is None or mine < now + seconds:  # at least one window ahead, always
+            fields[seconds] = now + 2 * seconds  # (a lapsed own field: dropped, set again)
+        if len(fields) == 1:  # one window in use, its own: every statement's case but reloads
+            return seconds
+        keep = seconds
         for length, until in list(fields.items()):
-            if length == seconds:
-                mine = until
             if until <= now:
                 del fields[length]
             elif length > keep:
                 keep = length
-        if mine is None or mine < now + seconds:  # at least one window ahead, always
-            fields[seconds] = now + 2 * seconds
         return keep
 
     def _statement(
