@@ -46,7 +46,7 @@ from accessguard.audit.pgverify import columns_differ
 from accessguard.audit.pgverify import verify as verify_all
 from accessguard.audit.verification import ChainCheck, Verification
 
-__all__ = ["PgMark", "mark_file", "verify_resumed"]
+__all__ = ["PgMark", "mark_file", "verify_resumed", "verify_snapshot"]
 
 #: at most this many rows may sit between the mark's horizon and its snapshot's end
 _MAX_RECENT = 10_000
@@ -178,14 +178,22 @@ def verify_resumed(
     secret = load_key(key)
     if secret is None:  # no key: no mark can be trusted
         return verify_all(dsn, key=None)
-    path = mark_file(dsn, directory)
     with psycopg.connect(dsn) as conn:
         conn.isolation_level = IsolationLevel.REPEATABLE_READ  # one snapshot for all below
         conn.read_only = True
         with conn.transaction():
-            result, mark = _verify(conn, secret, _read(path))
+            return verify_snapshot(conn, dsn, key=secret, directory=directory)
+
+
+def verify_snapshot(
+    conn: psycopg.Connection[Any], dsn: str, *, key: bytes, directory: Path | None = None
+) -> Verification:
+    """``verify_resumed`` inside the caller's REPEATABLE READ transaction on ``conn``: every
+    row its snapshot sees is verified (the rollup's refresh sums the same rows after it)."""
+    path = mark_file(dsn, directory)
+    result, mark = _verify(conn, key, _read(path))
     if mark is not None:
-        _write(path, mark.sealed(secret))
+        _write(path, mark.sealed(key))
     return result
 
 

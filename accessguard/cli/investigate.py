@@ -122,9 +122,13 @@ def _index(args: argparse.Namespace, out: IO[str]) -> int:
     """Bring the trail's index, or the sink's hourly rollup, up to date."""
     started = time.perf_counter()
     if args.dsn is not None:
-        from accessguard.investigate.rollup import refresh
+        from accessguard.investigate.rollup import RollupRefused, refresh
 
-        done = refresh(args.dsn)
+        try:
+            done = refresh(args.dsn)
+        except RollupRefused as exc:
+            sys.stderr.write(f"accessguard: {exc}\n")
+            return 1
         if done.upto <= done.start:
             out.write(f"accessguard.ledger_hours: up to date (event {done.upto})\n")
             return 0

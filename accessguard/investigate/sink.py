@@ -12,7 +12,8 @@ The report's sums (per employee, per customer, per period) would read every
 ledger entry of the month; with the hourly rollup (accessguard.investigate.rollup)
 they read whole hours from it and only the edges and the entries written since
 its last refresh from the events (``sink_sql.ledger_rows``). A keyed rollup is
-used only while its MAC holds; otherwise the events answer alone.
+used only while it holds exactly what its refreshes wrote; otherwise the events
+answer alone.
 
 A ledger entry's ``ts`` is its ``@timestamp``, which the ledger writes as the
 entry's last statement (``accessguard.last``): the window applies to ``ts``,
@@ -21,7 +22,6 @@ so it uses the indexes.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
@@ -41,15 +41,14 @@ from accessguard.investigate.core import (
     utc,
     utc_at,
 )
+from accessguard.investigate.rollup import trusted_upto
 from accessguard.investigate.sink_sql import (
     ENTRIES,
     KEY,
     ROLLUP,
-    ROLLUP_CONTENT,
     ROLLUP_MARK,
     TABLE,
     ledger_rows,
-    rollup_mac,
     window_clause,
 )
 
@@ -125,7 +124,7 @@ class SinkEngine:
         """Whether the rollup exists in this release's form (an older one is left unused)."""
         row = self._conn.execute(
             "SELECT count(*) = 2 FROM pg_attribute WHERE NOT attisdropped AND ("
-            "(attrelid = to_regclass(%s) AND attname = 'mac') OR "
+            "(attrelid = to_regclass(%s) AND attname = 'added') OR "
             "(attrelid = to_regclass(%s) AND attname = 'first_hour'))",
             [ROLLUP_MARK, ROLLUP],
         ).fetchone()
@@ -133,21 +132,9 @@ class SinkEngine:
 
     def _trusted_mark(self) -> int | None:
         """How far the rollup covers the events; None (the rollup unused) when the audit key
-        is set and the rollup or its mark was changed after the refresh that MAC'd them."""
-        row = self._conn.execute(
-            f"SELECT upto, mac FROM {ROLLUP_MARK} ORDER BY upto DESC LIMIT 1"  # noqa: S608
-        ).fetchone()
-        if row is None:
-            return 0
-        upto, mac = int(row[0]), row[1]
-        key = load_key()
-        if key is None:
-            return upto
-        content = self._conn.execute(ROLLUP_CONTENT).fetchone()
-        expected = rollup_mac(key, upto, str(content[0]) if content else "")
-        if not isinstance(mac, str) or not hmac.compare_digest(mac, expected):
-            return None  # answered from the events themselves, which are verified
-        return upto
+        is set and the rollup holds anything its refreshes did not write
+        (accessguard.investigate.rollup.trusted_upto)."""
+        return trusted_upto(self._conn, load_key())
 
     def _rows(
         self, match: str, values: list[Any], window: Window, *, rollup: bool = True

@@ -26,8 +26,6 @@ values are bound as parameters.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 from typing import Any
 
 __all__ = [
@@ -36,12 +34,10 @@ __all__ = [
     "LEDGER",
     "LEDGER_COLUMNS",
     "ROLLUP",
-    "ROLLUP_CONTENT",
     "ROLLUP_MARK",
     "ROW",
     "TABLE",
     "ledger_rows",
-    "rollup_mac",
     "window_clause",
 ]
 
@@ -113,18 +109,6 @@ FROM {TABLE}
 WHERE action = 'ledger' AND subject_kind = %s AND subject_id = %s {{window}}
 ORDER BY first, last, user_name, ticket_id
 """  # noqa: S608
-
-#: the rollup's content as one canonical digest (checked before the rollup is trusted)
-ROLLUP_CONTENT = (
-    "SELECT md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), '')) "  # noqa: S608
-    f"FROM {ROLLUP} AS r"
-)
-
-
-def rollup_mac(key: bytes, upto: int, content: str) -> str:
-    """The MAC of the rollup as refreshed through event ``upto`` (its content's digest)."""
-    body = f"accessguard ledger_hours\n{upto}\n{content}".encode()
-    return hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
 def ledger_rows(
