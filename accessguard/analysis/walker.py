@@ -42,6 +42,7 @@ from accessguard.analysis.nodes import (
     param_key,
 )
 from accessguard.analysis.rowscope import Condition, bind
+from accessguard.analysis.selectors import COUNTING, counted_by
 from accessguard.errors import Reason
 
 __all__ = ["MAX_NODES", "Refusal", "Walker", "ident", "param_key"]
@@ -102,6 +103,8 @@ class Walker(Clauses):
             self._function(node)  # type: ignore[arg-type] # a Func by its branch
             if isinstance(node, exp.AggFunc) and not isinstance(node, _ONE_ROW_AGGREGATES):
                 self._combining(node, env)
+            elif self.projecting and isinstance(node, COUNTING) and self._selective(node, env):
+                self.carriers += 1  # count(*) FILTER (WHERE ..): a bit of chosen rows
         else:
             refuse(Reason.SQL_UNANALYZABLE, f"{_called(display_name(node))} is not analyzed")
         for child in node.iter_expressions():
@@ -142,13 +145,27 @@ class Walker(Clauses):
             return
         if isinstance(arg, exp.Distinct) and len(arg.expressions) == 1:
             arg = arg.expressions[0]
+        if self._bare(arg, env):
+            return  # sum(orders.total_cents): the values of a table's column
+        self.packing.append(f"{display_name(node)} of an expression")
+
+    def _selective(self, node: exp.Func, env: Env) -> bool:
+        """Whether a count or a rank (``selectors.COUNTING``) counts rows that an expression
+        chooses (a FILTER, count(CASE ..), a window over an expression): each such call
+        carries a bit of particular rows, and weighs as max(CASE ..) does.
+        """
+        keys = counted_by(node)
+        return keys is None or not all(self._bare(key, env) for key in keys)
+
+    @staticmethod
+    def _bare(arg: exp.Expression, env: Env) -> bool:
+        """Whether ``arg`` is a column of a table, or of a derived table that passes one on."""
         if isinstance(arg, exp.Column) and not isinstance(arg.this, exp.Star):
             found, whole = resolve(arg, env)
             if whole is None and found is not None:
                 source, column, _level = found
-                if source.spec is not None or plain_column(arg, source.alias, column):
-                    return  # sum(orders.total_cents): the values of a table's column
-        self.packing.append(f"{display_name(node)} of an expression")
+                return source.spec is not None or plain_column(arg, source.alias, column)
+        return False
 
     def _column(self, node: exp.Column, env: Env) -> None:
         found, whole = resolve(node, env)
