@@ -129,6 +129,9 @@ class TestRowCap:
         ):
             conn.execute(_pivot(3)).fetchall()
         assert refused.value.reason == "throttle.rows"
+        # the message says why a cap of two admits no row at all
+        assert "carries" in str(refused.value)
+        assert "more than 0 rows" not in str(refused.value)
 
     def test_plain_count_still_runs(self, capped: Guard, scenario_dsn: str) -> None:
         """count(*) of customer 42's three orders is one row under the same cap."""

@@ -112,10 +112,18 @@ class Refusals(Configured):
     def over_row_cap(self, ok: Authorized, count: int) -> Throttled:
         """Audit a statement whose result passed its row cap; return the error to raise."""
         limit = f"rows_per_statement: {ok.row_cap}"
-        message = (
-            f"Throttled: the statement returns more than {ok.row_cap} rows of a "
-            "scoped table; narrow it down."
-        )
+        weight = ok.plan.facts.row_weight
+        if weight <= 1:
+            message = (
+                f"Throttled: the statement returns more than {ok.row_cap} rows of a "
+                "scoped table; narrow it down."
+            )
+        else:  # the cap was divided by the weight (Gate.row_cap): say why it is so small
+            message = (
+                f"Throttled: each row of this result carries {weight} rows of a scoped table "
+                "(a pivot, a count of chosen rows or a subquery per row), so it may return "
+                f"at most {ok.row_cap} rows; narrow it down."
+            )
         refused = replace(
             ok.decision,
             outcome="throttled",
