@@ -39,7 +39,7 @@ from accessguard.investigate.core import (
     utc,
     utc_at,
 )
-from accessguard.investigate.trail_index import LEDGER_SQL, Index, locked
+from accessguard.investigate.trail_index import LEDGER_SQL, Index, Unverified, locked
 
 _GROUP = """
 SELECT user_name, ticket_id, ticket_kind, subject_kind, subject_id,
@@ -122,6 +122,11 @@ class TrailEngine:
                 self.note = (
                     f"cannot keep the index {self.index} ({exc.strerror or exc}): scanning "
                     "the whole trail instead (--index DIR puts it elsewhere)"
+                )
+            except Unverified as exc:
+                self.note = (
+                    f"the trail does not verify ({exc}): it was not indexed past the last "
+                    "verified chunk; scanning the whole trail instead"
                 )
             else:
                 self.name = f"duckdb index {self.index}"
@@ -269,7 +274,7 @@ class TrailEngine:
         side = Others(self.trail, self.index)
         try:
             side.update()
-        except OSError:  # the index is readable but cannot be written here: read the trail
+        except (OSError, Unverified):  # cannot be written here, or does not verify: the trail
             yield from scan(self.trail, having)
             return
         yield from side.read(having)

@@ -8,6 +8,14 @@ changed is indexed again from the start. Parts are merged when there are more
 than ``MAX_PARTS``. Updates take an exclusive lock on ``TRAIL.index/lock``,
 queries a shared one; the trail's size is read under a shared lock on the
 trail itself, so a batch being appended is never half indexed.
+
+With the audit key set, every chunk is verified as it is indexed: its lines,
+copied aside first, must continue the chain from where the last chunk ended
+(``Chained``, kept in the MAC'd manifest), and DuckDB reads that very copy.
+So the index holds only events the key vouches for, read once: a line edited
+while an index update (from cron, say) runs, and put back before the next
+verification, cannot reach it. A chunk that does not continue the chain is
+not indexed (``Unverified``): the questions then read the trail itself.
 """
 
 from __future__ import annotations
@@ -22,12 +30,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from accessguard.audit.chain import load_key
+from accessguard.audit.chain import GENESIS, load_key
+from accessguard.audit.verification import ChainCheck
 
 if TYPE_CHECKING:
     import duckdb
 
-INDEX_VERSION = 2  # 2: arrays kept as JSON text
+INDEX_VERSION = 3  # 2: arrays kept as JSON text; 3: keyed chunks verified as indexed
 MAX_PARTS = 8
 CHUNK = 128 * 1024 * 1024  # bytes of trail per indexing step
 _PROBE = 4096  # bytes hashed at the head of the trail and before the indexed offset
@@ -100,6 +109,59 @@ def locked(path: Path, mode: int) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+class Unverified(Exception):
+    """A chunk of the trail does not continue its chain: it was not indexed (nor copied)."""
+
+
+class Chained:
+    """The chain check carried from one chunk to the next (its state kept in a manifest)."""
+
+    def __init__(self, key: bytes, state: Any) -> None:
+        self.check = ChainCheck(key)
+        if isinstance(state, dict):
+            self.check.count = int(state.get("count", 0))
+            self.check.prev = str(state.get("prev", GENESIS))
+            self.check.positioned = bool(state.get("positioned", False))
+
+    def state(self) -> dict[str, Any]:
+        c = self.check
+        return {"count": c.count, "prev": c.prev, "positioned": c.positioned}
+
+    def feed(self, lines: Iterable[bytes]) -> None:
+        """Check each line (blank ones skipped, as ``verify`` does); raise ``Unverified``."""
+        for _ in self.passed(lines):
+            pass
+
+    def passed(self, lines: Iterable[bytes]) -> Iterator[bytes]:
+        """Each line once it is checked; ``Unverified`` at the first that does not link."""
+        for raw in lines:
+            if raw.strip():
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    event = None
+                problem = self.check.feed(event)
+                if problem is not None:
+                    raise Unverified(f"event {self.check.count + 1}: {problem}")
+            yield raw
+
+
+def lines_of(fh: BinaryIO, start: int, end: int, block: int = 8 * 1024 * 1024) -> Iterator[bytes]:
+    """The lines of ``fh`` in [start, end), read in bounded blocks (``end`` ends a line)."""
+    fh.seek(start)
+    left, carry = end - start, b""
+    while left > 0:
+        data = fh.read(min(left, block))
+        if not data:
+            break
+        left -= len(data)
+        lines = (carry + data).split(b"\n")
+        carry = lines.pop()
+        yield from lines
+    if carry:
+        yield carry
+
+
 class Index:
     """The trail's ledger entries as Parquet parts, brought up to date incrementally."""
 
@@ -129,12 +191,13 @@ class Index:
                         "parts": [],
                         "tail": None,
                     }
+                chain = None if self.key is None else Chained(self.key, state.get("chain"))
                 offset = state["offset"]
                 while offset < size:
                     end = line_end(fh, offset, min(size, offset + CHUNK))
                     if end <= offset:
                         break  # a torn or unfinished last line: next time
-                    part = self._ingest(fh, offset, end)
+                    part = self._ingest(fh, offset, end, chain)
                     if part is not None:
                         state["parts"].append(part)
                         state.setdefault("digests", {})[part] = file_digest(self.root / part)
@@ -142,6 +205,8 @@ class Index:
                     state["offset"] = offset
                     state["head"] = head if offset >= _PROBE else digest(fh, 0, offset)
                     state["tail"] = digest(fh, max(0, offset - _PROBE), offset)
+                    if chain is not None:
+                        state["chain"] = chain.state()
                     self._save(state)
             if len(state["parts"]) > MAX_PARTS:
                 state["parts"] = self._merge(state["parts"])
@@ -199,7 +264,7 @@ class Index:
             return False
         return bool(state["tail"] == digest(fh, max(0, offset - _PROBE), offset))
 
-    def _ingest(self, fh: BinaryIO, start: int, end: int) -> str | None:
+    def _ingest(self, fh: BinaryIO, start: int, end: int, chain: Chained | None) -> str | None:
         name = f"part-{start:015d}-{end:015d}.parquet"
         chunk = self.root / f".chunk-{os.getpid()}.jsonl"
         try:
@@ -212,6 +277,9 @@ class Index:
                         break
                     out.write(data)
                     left -= len(data)
+            if chain is not None:  # the copy DuckDB reads below, not the trail: no race
+                with chunk.open("rb") as copied:
+                    chain.feed(lines_of(copied, 0, end - start))
             target = self.root / name
             self.con.execute(
                 f"COPY ({LEDGER_SQL} ORDER BY subject_kind, subject_id, ts) "

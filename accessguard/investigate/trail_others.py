@@ -6,7 +6,10 @@ one by one; they are a small fraction of a trail (about 15,000 lines of a
 month's 1.95 million). ``Others`` copies them, as they are, to
 ``TRAIL.index/others.jsonl``, brought up to date like the index (whatever was
 appended since, whole lines only, under the index's lock) and started again
-when the trail's first bytes or its last copied line changed. A line is
+when the trail's first bytes or its last copied line changed. With the audit
+key set, every line read is checked to continue the chain before any is
+copied (``trail_index.Chained``): the copy holds only events the key vouches
+for. A line is
 skipped when it holds ``"event.action":"ledger"`` as the trail writes it; a
 line written otherwise is copied and dropped when read, so no event is lost
 to the shortcut. Without an index, ``scan`` reads the trail itself.
@@ -24,28 +27,18 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from accessguard.audit.chain import load_key
-from accessguard.investigate.trail_index import CHUNK, digest, line_end, locked
+from accessguard.investigate.trail_index import (
+    CHUNK,
+    Chained,
+    digest,
+    line_end,
+    lines_of,
+    locked,
+)
 
-VERSION = 1
+VERSION = 2  # 2: keyed lines verified as copied
 _PROBE = 4096
 _LEDGER = b'"event.action":"ledger"'
-_BLOCK = 8 * 1024 * 1024
-
-
-def _lines(fh: BinaryIO, start: int, end: int) -> Iterator[bytes]:
-    """The lines of ``fh`` in [start, end), read in bounded blocks (``end`` ends a line)."""
-    fh.seek(start)
-    left, carry = end - start, b""
-    while left > 0:
-        block = fh.read(min(left, _BLOCK))
-        if not block:
-            break
-        left -= len(block)
-        lines = (carry + block).split(b"\n")
-        carry = lines.pop()
-        yield from lines
-    if carry:
-        yield carry
 
 
 def _kept(lines: Iterator[bytes]) -> Iterator[bytes]:
@@ -74,7 +67,7 @@ def scan(trail: Path, having: bytes = b"") -> Iterator[dict[str, Any]]:
         fcntl.flock(fh, fcntl.LOCK_SH)
         size = os.fstat(fh.fileno()).st_size
         fcntl.flock(fh, fcntl.LOCK_UN)
-        yield from events(_lines(fh, 0, line_end(fh, 0, size)), having)
+        yield from events(lines_of(fh, 0, line_end(fh, 0, size)), having)
 
 
 class Others:
@@ -102,12 +95,16 @@ class Others:
             fd = os.open(self.store, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             with os.fdopen(fd, "ab") as out:  # as readable as the trail, no more
                 out.truncate(state["kept"])  # bytes a crashed update left past the mark
+                chain = None if self.key is None else Chained(self.key, state.get("chain"))
                 offset = state["offset"]
                 while offset < size:
                     end = line_end(fh, offset, min(size, offset + CHUNK))
                     if end <= offset:
                         break  # a torn or unfinished last line: next time
-                    for line in _kept(_lines(fh, offset, end)):
+                    lines = lines_of(fh, offset, end)
+                    if chain is not None:  # each line checked as read, then copied: no race
+                        lines = chain.passed(lines)  # (a bad one raises: the copy is cut back)
+                    for line in _kept(lines):
                         out.write(line + b"\n")
                     out.flush()
                     os.fsync(out.fileno())
@@ -118,6 +115,8 @@ class Others:
                         "head": head if offset >= _PROBE else digest(fh, 0, offset),
                         "tail": digest(fh, max(0, offset - _PROBE), offset),
                     }
+                    if chain is not None:
+                        state["chain"] = chain.state()
                     self._save(state)
             if self.key is not None:
                 self._save(state, sealed=True)
@@ -130,7 +129,7 @@ class Others:
                 yield from scan(self.trail, having)  # the copy does not verify: the trail
                 return
             with self.store.open("rb") as fh:
-                yield from events(_lines(fh, 0, state["kept"]), having)
+                yield from events(lines_of(fh, 0, state["kept"]), having)
 
     def _state(self) -> dict[str, Any]:
         try:
