@@ -167,6 +167,60 @@ class TestLifecycle:
         assert actions(heard) == [("closed", "T-100", None)]
 
     @pytest.mark.db
+    def test_the_postgres_store_announces_a_ticket_opened_since_it_started(
+        self, scenario_dsn: str
+    ) -> None:
+        """A ticket opened after the store started looking is announced opened, at its
+        opened_at; one opened and closed since, opened then closed; one opened earlier
+        (T-100) announces nothing."""
+        store, heard = (
+            PostgresTicketStore(lambda: psycopg.connect(scenario_dsn)),
+            list[TicketChange](),
+        )
+        store.subscribe(heard.append)
+        with psycopg.connect(scenario_dsn, autocommit=True) as admin:
+            admin.execute(
+                "INSERT INTO tickets (id, assignee, kind, status, customer_id, opened_at, "
+                "closed_at) VALUES ('T-900', 'alice', 'order_issue', 'open', 42, now(), NULL), "
+                "('T-901', 'alice', 'order_issue', 'closed', 42, now(), now() + interval '1 s')"
+            )
+            row = admin.execute(
+                "SELECT extract(epoch FROM opened_at)::float8, "
+                "extract(epoch FROM closed_at)::float8 FROM tickets WHERE id = 'T-901'"
+            ).fetchone()
+        assert row is not None
+        try:
+            for ticket in ("T-100", "T-900", "T-901", "T-900"):
+                assert store.get(ticket) is not None
+        finally:
+            store.close()
+        assert actions(heard) == [
+            ("opened", "T-900", None),
+            ("opened", "T-901", None),
+            ("closed", "T-901", None),
+        ]
+        assert heard[1].at == pytest.approx(row[0])
+        assert heard[2].at == pytest.approx(row[1])
+
+    @pytest.mark.db
+    def test_the_postgres_store_reads_a_table_without_times(self, scenario_dsn: str) -> None:
+        """A tickets table without opened_at and closed_at still answers (no opening known)."""
+        with psycopg.connect(scenario_dsn, autocommit=True) as admin:
+            admin.execute("ALTER TABLE tickets DROP COLUMN opened_at, DROP COLUMN closed_at")
+        store, heard = (
+            PostgresTicketStore(lambda: psycopg.connect(scenario_dsn)),
+            list[TicketChange](),
+        )
+        store.subscribe(heard.append)
+        try:
+            found = store.get("T-100")
+        finally:
+            store.close()
+        assert found is not None
+        assert found.assignee == "alice"
+        assert heard == []
+
+    @pytest.mark.db
     def test_the_guard_writes_ticket_events_into_the_trail(self, scenario_dsn: str) -> None:
         """Through a guard, a ticket closing in PostgreSQL becomes a ticket.closed audit event."""
         sink = MemoryAuditSink()

@@ -15,6 +15,7 @@ each row it fetches with the last it saw of that ticket.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -68,6 +69,11 @@ class Ticket:
             product_id=_opt_int(data.get("product_id")),
             changed_by=None if data.get("changed_by") is None else str(data["changed_by"]),
         )
+
+
+def _epoch(value: object) -> float | None:
+    """A timestamp column's value as epoch seconds (None when absent or not a time)."""
+    return value.timestamp() if isinstance(value, dt.datetime) else None
 
 
 def _opt_int(value: object) -> int | None:
@@ -299,7 +305,13 @@ class PostgresTicketStore(Announcer):
     ``connect`` returns a DB-API connection that is *not* guarded (the guard
     never hands it to application code). ``ttl`` seconds of caching per ticket
     (default 0: every statement sees the current row). A fetched row that
-    differs from the last one seen of that ticket announces the change.
+    differs from the last one seen of that ticket announces the change. A
+    ticket first seen whose ``opened_at`` is not before the store started
+    looking announces its opening at that time (and its closing at
+    ``closed_at``, if it is closed already); one opened earlier announces
+    nothing, as a ticket file's first load does. Each process announces what
+    it sees: readers of the trail take a ticket's repeated ``opened`` as one.
+    A table without ``opened_at`` and ``closed_at`` is read without them.
     """
 
     #: tickets whose last fetched row is remembered for change detection
@@ -308,6 +320,14 @@ class PostgresTicketStore(Announcer):
     _SQL = (
         "SELECT id, assignee, kind, status, customer_id, product_id"
         " FROM public.tickets WHERE id = %s"
+    )
+    _TIMED = (
+        "SELECT id, assignee, kind, status, customer_id, product_id, opened_at, closed_at"
+        " FROM public.tickets WHERE id = %s"
+    )
+    _HAS_TIMES = (
+        "SELECT count(*) = 2 FROM information_schema.columns WHERE table_schema = 'public'"
+        " AND table_name = 'tickets' AND column_name IN ('opened_at', 'closed_at')"
     )
 
     def __init__(
@@ -325,6 +345,9 @@ class PostgresTicketStore(Announcer):
         self._clock = clock
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, Ticket | None]] = {}
+        #: when this store started looking (epoch seconds): tickets opened since are news
+        self._started = time.time()
+        self._timed: bool | None = None  # whether the table has opened_at and closed_at
 
     def get(self, ticket_id: str) -> Ticket | None:
         with self._lock:
@@ -332,32 +355,62 @@ class PostgresTicketStore(Announcer):
             hit = self._cache.get(ticket_id)
             if hit is not None and now - hit[0] < self._ttl:
                 return hit[1]
-            ticket = self._fetch(ticket_id)
+            ticket, opened, closed = self._fetch(ticket_id)
             if ticket is not None:
                 old = self._seen.pop(ticket_id, None)
                 if len(self._seen) >= self.SEEN:
                     self._seen.pop(next(iter(self._seen)))
                 self._seen[ticket_id] = ticket
-                if old is not None and old != ticket:
-                    self.announce(changes(old, ticket))
+                if old is None:
+                    self.announce(self._first_sight(ticket, opened, closed))
+                elif old != ticket:
+                    self.announce(
+                        TicketChange(
+                            action=c.action,
+                            ticket=c.ticket,
+                            at=closed if c.action == "closed" else None,
+                            previous_assignee=c.previous_assignee,
+                        )
+                        for c in changes(old, ticket)
+                    )
             if self._ttl > 0:
                 self._cache[ticket_id] = (now, ticket)
             return ticket
 
-    def _fetch(self, ticket_id: str) -> Ticket | None:
+    def _first_sight(
+        self, ticket: Ticket, opened: float | None, closed: float | None
+    ) -> list[TicketChange]:
+        """A ticket opened since this store started looking: its opening (and closing)."""
+        if opened is None or opened < self._started:
+            return []
+        found = [TicketChange(action="opened", ticket=ticket, at=opened)]
+        if not ticket.is_open:
+            found.append(TicketChange(action="closed", ticket=ticket, at=closed))
+        return found
+
+    def _fetch(self, ticket_id: str) -> tuple[Ticket | None, float | None, float | None]:
+        """The ticket, and when it was opened and closed (epoch seconds) if the table says."""
         if self._conn is None or getattr(self._conn, "closed", False):
             self._conn = self._connect()
             if hasattr(self._conn, "autocommit"):
                 self._conn.autocommit = True
+            self._timed = None
         cur = self._conn.cursor()
         try:
-            cur.execute(self._SQL, (ticket_id,))
+            if self._timed is None:
+                cur.execute(self._HAS_TIMES)
+                found = cur.fetchone()
+                self._timed = bool(found and found[0])
+            cur.execute(self._TIMED if self._timed else self._SQL, (ticket_id,))
             row = cur.fetchone()
         finally:
             cur.close()
         if row is None:
-            return None
-        return Ticket.from_mapping(dict(zip(_FIELDS, row, strict=True)))
+            return None, None, None
+        ticket = Ticket.from_mapping(dict(zip(_FIELDS, row[: len(_FIELDS)], strict=True)))
+        if not self._timed:
+            return ticket, None, None
+        return ticket, _epoch(row[len(_FIELDS)]), _epoch(row[len(_FIELDS) + 1])
 
     def close(self) -> None:
         with self._lock:
