@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from accessguard.audit.chain import FROM_ENV, load_key
-from accessguard.audit.sinks import read_events
 from accessguard.audit.verification import Verification, verify
 from accessguard.durations import EXAMPLES, parse_seconds
 
@@ -63,6 +62,8 @@ def cutoff(text: str | None, *, now: dt.datetime) -> dt.datetime | None:
 
 def events_from_file(path: str | Path) -> list[dict[str, Any]]:
     """Every event of a JSON-lines audit file (unverified: see ``verified_events``)."""
+    from accessguard.audit.sinks import read_events  # (loads structlog: not for the engines)
+
     return list(read_events(path))
 
 
