@@ -1,4 +1,4 @@
-"""``accessguard audit who-read / what-read / subject-export / after-close``, by an engine.
+"""``accessguard audit who-read / who-tried / what-read / subject-export / after-close``.
 
 With DuckDB missing, a file trail is read into Python as before
 (``accessguard.investigate``), and the command says so on stderr.
@@ -27,10 +27,11 @@ from accessguard.investigate import (
     subject_export,
     what_read,
     who_read,
+    who_tried,
 )
 from accessguard.investigate import sums as investigate
 from accessguard.investigate.closings import marked, reads_after_close_in, spans_of
-from accessguard.investigate.sums import Reader, Touch
+from accessguard.investigate.sums import Attempt, Reader, Touch
 
 FALLBACK = (
     "accessguard: DuckDB is not installed (pip install 'accessguard[investigate]'): "
@@ -79,11 +80,19 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
             write_export(export, args, out)
             return 0
         rows: list[Reader] | list[Touch]
+        if args.audit_command == "who-tried":
+            tried = who_tried(engine, customer=_id(args.customer), window=window, scope=scope)
+            _write_attempts(tried, args, out)
+            return 0
         if args.audit_command == "who-read":
             rows = who_read(engine, customer=_id(args.customer), window=window, scope=scope)
+            tried = []
+            if args.format == "text":  # (scripts ask who-tried: the JSON rows stay readers)
+                tried = who_tried(engine, customer=_id(args.customer), window=window, scope=scope)
+            _write_rows(rows, args, out, tried)
         else:
             rows = what_read(engine, user=args.user, window=window)
-        _write_rows(rows, args, out)
+            _write_rows(rows, args, out)
     finally:
         engine.close()
     return 0
@@ -111,11 +120,26 @@ def _write_late(rows: list[LateRead], args: argparse.Namespace, out: IO[str]) ->
         )
 
 
-def _write_rows(rows: list[Reader] | list[Touch], args: argparse.Namespace, out: IO[str]) -> None:
+def _write_rows(
+    rows: list[Reader] | list[Touch],
+    args: argparse.Namespace,
+    out: IO[str],
+    tried: list[Attempt] | None = None,
+) -> None:
+    if args.format == "json":
+        out.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+        return
+    out.write((investigate.render_table(rows) if rows else "no reads recorded") + "\n")
+    if tried:
+        out.write("\nrefused while naming it (who tried and failed):\n")
+        out.write(investigate.render_attempts(tried) + "\n")
+
+
+def _write_attempts(rows: list[Attempt], args: argparse.Namespace, out: IO[str]) -> None:
     if args.format == "json":
         out.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
     else:
-        out.write((investigate.render_table(rows) if rows else "no reads recorded") + "\n")
+        out.write((investigate.render_attempts(rows) if rows else "no refused attempts") + "\n")
 
 
 def _index(args: argparse.Namespace, out: IO[str]) -> int:
@@ -187,8 +211,12 @@ def _render(export: Export, fmt: str, fh: IO[str]) -> None:
         fh.write(f"{export.scope} {export.subject}: read by\n")
         fh.write(
             (investigate.render_table(export.readers) if export.readers else "no reads recorded")
-            + "\n\nentries:\n"
+            + "\n"
         )
+        if export.attempts:
+            fh.write("\nrefused while naming it (who tried and failed):\n")
+            fh.write(investigate.render_attempts(export.attempts) + "\n")
+        fh.write("\nentries:\n")
         for entry in export.entries:
             fh.write(_line(entry) + "\n")
 
@@ -255,6 +283,26 @@ def _html(export: Export, fh: IO[str]) -> None:
                 "td",
             )
         )
+    fh.write("</table><h2>Who tried and was refused</h2>")
+    tried_heads = ("employee", "ticket", "kind", "outcome", "reason", "attempts", "first", "last")
+    fh.write(_row((*tried_heads, "columns"), "th"))
+    for a in export.attempts:
+        fh.write(
+            _row(
+                (
+                    a.user,
+                    a.ticket or "-",
+                    a.ticket_kind or "-",
+                    a.outcome,
+                    a.reason,
+                    a.attempts,
+                    _when(a.first),
+                    _when(a.last),
+                    ", ".join(a.columns),
+                ),
+                "td",
+            )
+        )
     fh.write("</table><h2>Every entry</h2>")
     entry_heads = ("first", "last", "employee", "ticket", "kind", "statements", "rows", "columns")
     fh.write(_row((*entry_heads, "after its ticket closed"), "th"))
@@ -305,9 +353,13 @@ def _in_python(args: argparse.Namespace, window: Window, scope: str, out: IO[str
         _write_rows(investigate.what_read(events, user=args.user, since=None), args, out)
         return 0
     customer_id = _id(args.customer)
+    tried = investigate.who_tried(events, customer=customer_id, scope=scope)
+    if args.audit_command == "who-tried":
+        _write_attempts(tried, args, out)
+        return 0
     readers = investigate.who_read(events, customer=customer_id, since=None, scope=scope)
     if args.audit_command == "who-read":
-        _write_rows(readers, args, out)
+        _write_rows(readers, args, out, tried if args.format == "text" else None)
         return 0
     mine = [
         e
@@ -321,7 +373,12 @@ def _in_python(args: argparse.Namespace, window: Window, scope: str, out: IO[str
         key=lambda x: (x.first or _EPOCH, x.last or _EPOCH),
     )
     export = Export(
-        scope=scope, subject=customer_id, window=window, readers=readers, entries=iter(entries)
+        scope=scope,
+        subject=customer_id,
+        window=window,
+        readers=readers,
+        entries=iter(entries),
+        attempts=tried,
     )
     write_export(export, args, out)
     return 0

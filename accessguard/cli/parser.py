@@ -163,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaratio
     who.add_argument("--format", default="text", choices=["text", "json"])
     _engine_options(who)
 
+    tried = audit_sub.add_parser(
+        "who-tried",
+        help="every employee refused while naming one customer (who tried and failed)",
+    )
+    _source_options(tried)
+    tried.add_argument("--customer", required=True, help="the customer id")
+    tried.add_argument("--product", action="store_true", help="--customer names a product")
+    tried.add_argument("--since", help="only the last DURATION (90s, 15m, 1h, 30d, 2w)")
+    tried.add_argument("--format", default="text", choices=["text", "json"])
+    _engine_options(tried)
+
     what = audit_sub.add_parser("what-read", help="every customer one employee read")
     _source_options(what)
     what.add_argument("--user", required=True, help="the employee")

@@ -13,7 +13,7 @@ functions (same ``Reader`` and ``Touch`` rows, same order).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,11 @@ from accessguard.investigate.core import (
     readers,
     touches,
 )
-from accessguard.investigate.sums import Reader, Subject, Touch
+from accessguard.investigate.sums import Attempt, Reader, Subject, Touch
+from accessguard.investigate.sums import who_tried as _tried
 
 __all__ = [
+    "Attempt",
     "Baseline",
     "Bucket",
     "Engine",
@@ -48,6 +50,7 @@ __all__ = [
     "subject_export",
     "what_read",
     "who_read",
+    "who_tried",
 ]
 
 
@@ -90,6 +93,14 @@ def who_read(
     return readers(engine.by_subject(scope, str(customer), window), customer=customer, scope=scope)
 
 
+def who_tried(
+    engine: Engine, *, customer: Subject, window: Window, scope: str = "customer"
+) -> list[Attempt]:
+    """Every (employee, ticket, reason) refused while naming ``customer``: who tried and failed."""
+    found = engine.refusals_of(scope, str(customer), window)
+    return _tried(found, customer=customer, scope=scope)
+
+
 def what_read(engine: Engine, *, user: str, window: Window) -> list[Touch]:
     """Every (customer or product, ticket) that ``user`` read."""
     return touches(engine.by_user(user, window), user=user)
@@ -104,6 +115,8 @@ class Export:
     window: Window
     readers: list[Reader]
     entries: Iterator[Entry]
+    #: the refused statements that named the subject: who tried and failed
+    attempts: list[Attempt] = field(default_factory=list)
 
     def head(self) -> dict[str, Any]:
         return {
@@ -112,13 +125,15 @@ class Export:
             "from": self.window.start.isoformat() if self.window.start else None,
             "until": self.window.end.isoformat() if self.window.end else None,
             "readers": [r.as_dict() for r in self.readers],
+            "attempts": [a.as_dict() for a in self.attempts],
         }
 
 
 def subject_export(
     engine: Engine, *, customer: Subject, window: Window, scope: str = "customer"
 ) -> Export:
-    """Everything read about ``customer``: the readers, then every ledger entry, in time order.
+    """Everything read about ``customer``: the readers, every ledger entry in time order, and
+    the refused attempts that named it.
 
     An entry read after its ticket closed says when the ticket had closed
     (``Entry.ticket_closed``; see ``accessguard.investigate.closings``).
@@ -131,6 +146,7 @@ def subject_export(
         window=window,
         readers=readers,
         entries=marked(engine.entries(scope, str(customer), window), spans),
+        attempts=who_tried(engine, customer=customer, window=window, scope=scope),
     )
 
 

@@ -268,6 +268,11 @@ class Engine(Protocol):
         """The ticket lifecycle events (``ticket.*``) of ``tickets``, in trail order."""
         ...
 
+    def refusals_of(self, scope: str, subject: str, window: Window) -> Iterator[dict[str, Any]]:
+        """The refusals (denied, throttled) whose statement named ``subject`` of ``scope``
+        (``accessguard.subjects``), in trail order; at least those (``who_tried`` checks)."""
+        ...
+
     def close(self) -> None: ...
 
 

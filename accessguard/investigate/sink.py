@@ -22,6 +22,7 @@ so it uses the indexes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
@@ -98,6 +99,14 @@ _OTHERS = f"SELECT event FROM {TABLE} WHERE action <> 'ledger' ORDER BY id"  # n
 _LIFECYCLE = (
     f"SELECT event FROM {TABLE} WHERE action <> 'ledger' "  # noqa: S608
     "AND starts_with(action, 'ticket.') AND ticket_id = ANY(%s) ORDER BY id"
+)
+# the refusals naming one subject, through the partial index of non-ledger events (its id as
+# the trail writes it, a number; or as text, for an id that is not one)
+_REFUSALS = (
+    f"SELECT event FROM {TABLE} WHERE action <> 'ledger' "  # noqa: S608
+    "AND event->>'accessguard.outcome' IN ('denied', 'throttled') "
+    "AND (event->'accessguard.subjects' @> %s::jsonb "
+    "OR event->'accessguard.subjects' @> %s::jsonb){window} ORDER BY id"
 )
 _HOUR = 3600
 
@@ -232,6 +241,18 @@ class SinkEngine:
     def lifecycle(self, tickets: Collection[str]) -> Iterator[dict[str, Any]]:
         """The ticket lifecycle events (``ticket.*``) of ``tickets``, in the order written."""
         for (event,) in self._conn.execute(_LIFECYCLE, [sorted(tickets)]):
+            if isinstance(event, dict):
+                yield event
+
+    def refusals_of(self, scope: str, subject: str, window: Window) -> Iterator[dict[str, Any]]:
+        """The refusals whose statement named ``subject`` (``accessguard.subjects``)."""
+        clause, params = window_clause("ts", window.start, window.end)
+        as_text = json.dumps([{"kind": scope, "id": subject}])
+        as_number = as_text
+        if subject.isdigit() and len(subject) <= 19:  # the trail writes ids as JSON numbers
+            as_number = json.dumps([{"kind": scope, "id": int(subject)}])
+        sql = _REFUSALS.replace("{window}", clause)
+        for (event,) in self._conn.execute(sql, [as_number, as_text, *params]):
             if isinstance(event, dict):
                 yield event
 

@@ -8,6 +8,9 @@ ticket and how much; refusal events (``event.action == "query"``, outcome
 
 - ``who_read``: every employee and ticket that read one customer (or product).
 - ``what_read``: every customer (or product) and ticket one employee read.
+- ``who_tried``: every employee, ticket and reason refused while naming one
+  customer (or product): the statement's bound subjects
+  (``accessguard.subjects``), never its literals.
 - ``accessguard.investigate.summary.summarize``: per-employee volume, peers, outliers,
   refusals, throttles, watch-list touches and the most-read customers.
 
@@ -126,6 +129,128 @@ class Touch(_Row):
     scope: str
     ticket: str | None
     ticket_kind: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One employee, ticket and reason refused while naming a subject (``who_tried``)."""
+
+    user: str
+    roles: tuple[str, ...]
+    ticket: str | None
+    ticket_kind: str | None
+    outcome: str  # denied | throttled
+    reason: str
+    attempts: int
+    columns: tuple[str, ...]
+    first: dt.datetime | None
+    last: dt.datetime | None
+    scope: str
+    customer: Subject
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dt.datetime):
+                value = value.isoformat()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+REFUSED = frozenset({"denied", "throttled"})
+
+
+def names(event: Event, scope: str, subject: Subject) -> bool:
+    """Whether a refusal event names ``subject`` (of ``scope``) among its bound subjects."""
+    found = event.get("accessguard.subjects")
+    if not isinstance(found, list):
+        return False
+    want = str(subject)
+    return any(
+        isinstance(item, Mapping) and item.get("kind") == scope and str(item.get("id")) == want
+        for item in found
+    )
+
+
+def who_tried(
+    events: Iterable[Event], *, customer: Subject, scope: str = "customer"
+) -> list[Attempt]:
+    """Every (employee, ticket, outcome, reason) refused while naming ``customer``, oldest
+    first: how many times, when first and last, which columns were asked for."""
+    groups: dict[tuple[str, str | None, str | None, str, str], dict[str, Any]] = {}
+    for event in events:
+        outcome = event.get("accessguard.outcome")
+        if event.get("event.action") == "ledger" or outcome not in REFUSED:
+            continue
+        if not names(event, scope, customer):
+            continue
+        key = (
+            str(event.get("user.name")),
+            as_opt(event.get("accessguard.ticket.id")),
+            as_opt(event.get("accessguard.ticket.kind")),
+            str(outcome),
+            str(event.get("event.reason") or "-"),
+        )
+        group = groups.setdefault(
+            key, {"n": 0, "roles": set(), "columns": set(), "first": None, "last": None}
+        )
+        group["n"] += 1
+        group["roles"].update(_strings(event.get("user.roles")))
+        group["columns"].update(_strings(event.get("accessguard.columns")))
+        when = parse_time(event.get("@timestamp"))
+        if when is not None:
+            group["first"] = when if group["first"] is None else min(group["first"], when)
+            group["last"] = when if group["last"] is None else max(group["last"], when)
+    rows = [
+        Attempt(
+            user=user,
+            roles=tuple(sorted(g["roles"])),
+            ticket=ticket,
+            ticket_kind=kind,
+            outcome=outcome,
+            reason=reason,
+            attempts=g["n"],
+            columns=tuple(sorted(g["columns"])),
+            first=g["first"],
+            last=g["last"],
+            scope=scope,
+            customer=customer,
+        )
+        for (user, ticket, kind, outcome, reason), g in groups.items()
+    ]
+    return sorted(rows, key=lambda r: (r.first or _NEVER, r.user, r.ticket or "", r.reason))
+
+
+_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def _strings(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def render_attempts(rows: Sequence[Attempt]) -> str:
+    """The refused attempts as a plain-text table (who-read's second part)."""
+    return _table(
+        [
+            {
+                "user": r.user,
+                "roles": ",".join(x for x in r.roles if x != "everyone") or "-",
+                "ticket": r.ticket or "-",
+                "kind": r.ticket_kind or "-",
+                "outcome": r.outcome,
+                "reason": r.reason,
+                "attempts": str(r.attempts),
+                "first": _when(r.first),
+                "last": _when(r.last),
+                "columns": ", ".join(r.columns),
+            }
+            for r in rows
+        ],
+        right={"attempts"},
+    )
 
 
 def parse_time(value: object) -> dt.datetime | None:
@@ -372,10 +497,12 @@ def render_table(rows: Sequence[Reader] | Sequence[Touch]) -> str:
     """A plain-text table with aligned columns (numbers right-aligned), for a terminal."""
     if not rows:
         return "(no matching accesses)"
-    cells = [_cells(r) for r in rows]
+    return _table([_cells(r) for r in rows], right={"id", "statements", "rows"})
+
+
+def _table(cells: Sequence[Mapping[str, str]], *, right: set[str]) -> str:
     heads = list(cells[0])
     widths = {h: max(len(h), *(len(c[h]) for c in cells)) for h in heads}
-    right = {"id", "statements", "rows"}
 
     def line(values: Mapping[str, str]) -> str:
         parts = [

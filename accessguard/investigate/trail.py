@@ -39,6 +39,7 @@ from accessguard.investigate.core import (
     utc,
     utc_at,
 )
+from accessguard.investigate.sums import REFUSED, names, parse_time
 from accessguard.investigate.trail_index import LEDGER_SQL, Index, Unverified, locked
 
 _GROUP = """
@@ -259,6 +260,16 @@ class TrailEngine:
             ticket = event.get("accessguard.ticket.id")
             if isinstance(action, str) and action.startswith("ticket.") and ticket in tickets:
                 yield event
+
+    def refusals_of(self, scope: str, subject: str, window: Window) -> Iterator[dict[str, Any]]:
+        """The refusals naming ``subject``, from the copy of non-ledger events (only lines
+        holding its digits are parsed)."""
+        for event in self._others(subject.encode()):
+            refused = event.get("accessguard.outcome") in REFUSED
+            if refused and names(event, scope, subject):
+                when = parse_time(event.get("@timestamp"))
+                if window.holds(when):
+                    yield event
 
     def others(self) -> Iterator[dict[str, Any]]:
         """The trail's events that are not ledger entries, in trail order."""
