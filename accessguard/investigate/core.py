@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from accessguard.investigate.sums import (
@@ -28,6 +28,7 @@ from accessguard.investigate.sums import (
     Touch,
     TouchKey,
     event_time,
+    json_ready,
     parse_since,
     parse_time,
     reader_rows,
@@ -219,15 +220,7 @@ class Entry:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, dt.datetime):
-                value = value.isoformat()
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[f.name] = value
-        return out
+        return json_ready(self)
 
 
 class Engine(Protocol):

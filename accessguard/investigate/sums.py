@@ -86,6 +86,19 @@ def verified_events(
 # ---------------------------------------------------------------------- rows
 
 
+def json_ready(row: Any) -> dict[str, Any]:
+    """A dataclass row as JSON-ready values (times in ISO 8601, tuples as lists)."""
+    out: dict[str, Any] = {}
+    for f in fields(row):
+        value = getattr(row, f.name)
+        if isinstance(value, dt.datetime):
+            value = value.isoformat()
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Row:
     statements: int
@@ -96,16 +109,7 @@ class _Row:
     last: dt.datetime | None
 
     def as_dict(self) -> dict[str, Any]:
-        """The row as JSON-ready values (times in ISO 8601, tuples as lists)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, dt.datetime):
-                value = value.isoformat()
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[f.name] = value
-        return out
+        return json_ready(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,15 +153,7 @@ class Attempt:
     customer: Subject
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, dt.datetime):
-                value = value.isoformat()
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[f.name] = value
-        return out
+        return json_ready(self)
 
 
 REFUSED = frozenset({"denied", "throttled"})
