@@ -11,7 +11,7 @@ first, then an output column, then an outer column; every other expression
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlglot import exp
 
@@ -85,6 +85,9 @@ class Clauses(OutputNames, JoinTrees):
     projecting: bool = False
     carry: Weight = field(default_factory=dict)
     carriers: int = 0
+    #: the aggregate and window calls of the level's select list that carry a row's value
+    #: (the same call in HAVING or ORDER BY is not counted again)
+    calls: list[exp.Expr] = field(default_factory=list)
     #: the statement's weight (``Facts.row_weight``), and how deep in queries the walk is
     weight: Weight = field(default_factory=dict)
     depth: int = 0
@@ -116,8 +119,8 @@ class Clauses(OutputNames, JoinTrees):
         with_ = node.args.get("with_")
         if with_ is not None:
             ctes = self._ctes(with_, parent, ctes)
-        saved = self.projecting, self.carry, self.carriers
-        self.projecting, self.carry, self.carriers = False, {}, 0
+        saved = self.projecting, self.carry, self.carriers, self.calls
+        self.projecting, self.carry, self.carriers, self.calls = False, {}, 0, []
         self.depth += 1
         if isinstance(node, exp.Select):
             out = self._select(node, parent, ctes)
@@ -127,16 +130,18 @@ class Clauses(OutputNames, JoinTrees):
             other = self.query(node.expression, parent, ctes)
             out.weight = weight_max(out.weight, other.weight)  # a row comes from one branch
             self._outer_modifiers(node, out.columns, ctes)
+            out.weight = weight_sum(out.weight, self.carry)  # a LIMIT (SELECT ..) chooses rows
         elif isinstance(node, exp.Subquery):
             self._only_args(node, _SUBQUERY_ARGS_OK)
-            out = self.query(node.this, parent, ctes)
-            self._outer_modifiers(node, out.columns, ctes)
+            inner = self.query(node.this, parent, ctes)
+            self._outer_modifiers(node, inner.columns, ctes)
+            out = replace(inner, weight=weight_sum(inner.weight, self.carry))
         elif isinstance(node, exp.Values):
             out = self._values(node, parent, ctes)
         else:
             kind = type(node).__name__.upper()
             refuse(Reason.STATEMENT_FORBIDDEN, f"a {kind} inside a query is not allowed")
-        self.projecting, self.carry, self.carriers = saved
+        self.projecting, self.carry, self.carriers, self.calls = saved
         self.depth -= 1
         if not self.depth:
             self.weight = out.weight  # the statement itself
