@@ -73,6 +73,8 @@ class Walker(Clauses):
         if branch is None:
             branch = BRANCHES[cls] = branch_of(cls)
         if branch is _SCALAR:
+            if cls is exp.Window:
+                self.windowing = True  # its partitions may mix scoped and public rows
             if cls is exp.Interval and type(node.this) not in _INTERVAL_VALUES:
                 # sqlglot writes INTERVAL 'a' 'b' (a Concat) as a bare INTERVAL, and
                 # INTERVAL (2) '1 day' as a sum: not what PostgreSQL reads
@@ -81,10 +83,10 @@ class Walker(Clauses):
             self._column(node, env)  # type: ignore[arg-type] # a Column by its branch
             return
         elif branch is _QUERY:
-            self._chooses(self.query(node, env, ctes))
+            self._chooses(self.query(node, env, ctes), env)
             return
         elif branch is _EXISTS:
-            self._chooses(self.query(node.this, env, ctes))
+            self._chooses(self.query(node.this, env, ctes), env)
             return
         elif branch is _PARAM:
             self.params.add(param_key(node))  # type: ignore[arg-type] # by its branch
@@ -134,7 +136,7 @@ class Walker(Clauses):
             name = found[0]
         self.functions.add(name)
 
-    def _chooses(self, out: Source) -> None:
+    def _chooses(self, out: Source, env: Env) -> None:
         """Weigh a subquery of an expression outside the select list (WHERE, ON, HAVING,
         GROUP BY, ORDER BY, LIMIT): what it reads chooses or orders the level's rows.
 
@@ -143,8 +145,22 @@ class Walker(Clauses):
         handed over three orders' totals in one row of weight 0, past a row cap
         of two, and the ledger counted one row. A subquery of the select list is
         weighed by ``query`` itself.
+
+        Over a level with a FROM item none of whose rows is a scoped row (a
+        public table, VALUES), such a subquery is refused: NOT EXISTS, NOT IN,
+        ALL or a count quantify over every row they read, so the one candidate
+        row of joined products they leave spells as many orders as the
+        condition names, and no weight bounds that.
         """
-        if not self.projecting and out.weight:
+        if self.projecting:
+            return
+        if out.scoped and any(not s.weight for s in env.level.sources.values()):
+            refuse(
+                Reason.SQL_UNANALYZABLE,
+                "a subquery over a scoped table that chooses rows of a table with no row "
+                "scope is not analyzed",
+            )
+        if out.weight:
             self.carry = weight_sum(self.carry, out.weight)
 
     def _carrier(self, node: exp.Func) -> None:
