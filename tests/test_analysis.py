@@ -295,9 +295,9 @@ class TestNameScoping:
     """Names resolve as PostgreSQL resolves them (issue 24); see also tests/cases/scoping.yaml."""
 
     ON_SIBLING = (
-        "SELECT p.id, (SELECT count(*) FROM (SELECT card_last4 AS card_token FROM payments "
+        "SELECT p.id, (SELECT c.t FROM (SELECT card_last4 AS card_token FROM payments "
         "WHERE customer_id = 42) AS a, (VALUES (1)) AS b(n) JOIN (VALUES ('x')) AS c(t) "
-        "ON card_token = c.t) FROM payments AS p WHERE p.customer_id = 42"
+        "ON card_token = c.t LIMIT 1) FROM payments AS p WHERE p.customer_id = 42"
     )
 
     def test_on_clause_sees_only_its_join(self) -> None:

@@ -11,7 +11,7 @@ first, then an output column, then an outer column; every other expression
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlglot import exp
 
@@ -85,6 +85,11 @@ class Clauses(OutputNames, JoinTrees):
     projecting: bool = False
     carry: Weight = field(default_factory=dict)
     carriers: int = 0
+    #: the aggregate and window calls of the level's select list that carry a row's value
+    #: (the same call in HAVING or ORDER BY is not counted again)
+    calls: list[exp.Expr] = field(default_factory=list)
+    #: the level makes a window call (``Walker.expr``)
+    windowing: bool = False
     #: the statement's weight (``Facts.row_weight``), and how deep in queries the walk is
     weight: Weight = field(default_factory=dict)
     depth: int = 0
@@ -116,8 +121,9 @@ class Clauses(OutputNames, JoinTrees):
         with_ = node.args.get("with_")
         if with_ is not None:
             ctes = self._ctes(with_, parent, ctes)
-        saved = self.projecting, self.carry, self.carriers
-        self.projecting, self.carry, self.carriers = False, {}, 0
+        saved = self.projecting, self.carry, self.carriers, self.calls, self.windowing
+        self.projecting, self.carry, self.carriers, self.calls = False, {}, 0, []
+        self.windowing = False
         self.depth += 1
         if isinstance(node, exp.Select):
             out = self._select(node, parent, ctes)
@@ -125,18 +131,27 @@ class Clauses(OutputNames, JoinTrees):
             self._only_args(node, _SETOP_ARGS_OK)
             out = self.query(node.this, parent, ctes)
             other = self.query(node.expression, parent, ctes)
+            if isinstance(node, exp.Except) and other.scoped and not out.weight:
+                # every row of the right branch removes rows of the left: over rows of public
+                # tables only, a quantifier over them all, as NOT EXISTS is (Walker._chooses)
+                refuse(
+                    Reason.SQL_UNANALYZABLE,
+                    "EXCEPT of rows of a scoped table from rows with no row scope is not analyzed",
+                )
             out.weight = weight_max(out.weight, other.weight)  # a row comes from one branch
             self._outer_modifiers(node, out.columns, ctes)
+            out.weight = weight_sum(out.weight, self.carry)  # a LIMIT (SELECT ..) chooses rows
         elif isinstance(node, exp.Subquery):
             self._only_args(node, _SUBQUERY_ARGS_OK)
-            out = self.query(node.this, parent, ctes)
-            self._outer_modifiers(node, out.columns, ctes)
+            inner = self.query(node.this, parent, ctes)
+            self._outer_modifiers(node, inner.columns, ctes)
+            out = replace(inner, weight=weight_sum(inner.weight, self.carry))
         elif isinstance(node, exp.Values):
             out = self._values(node, parent, ctes)
         else:
             kind = type(node).__name__.upper()
             refuse(Reason.STATEMENT_FORBIDDEN, f"a {kind} inside a query is not allowed")
-        self.projecting, self.carry, self.carriers = saved
+        self.projecting, self.carry, self.carriers, self.calls, self.windowing = saved
         self.depth -= 1
         if not self.depth:
             self.weight = out.weight  # the statement itself
@@ -231,6 +246,15 @@ class Clauses(OutputNames, JoinTrees):
         self._limits(node, ctes)
         if node.args.get("locks"):
             self._locks(node.args["locks"], env)
+        grouped = node.args.get("group") is not None or node.args.get("having") is not None
+        if (grouped or self.windowing) and _mixed(env):
+            # GROUP BY p1.id, p2.id, p3.id HAVING count(*) = 3 over products and orders: each
+            # group's aggregate ranges over every order, and the one group left spells three
+            refuse(
+                Reason.SQL_UNANALYZABLE,
+                "groups or windows over rows of a scoped table joined with a table with no "
+                "row scope are not analyzed",
+            )
         if self.scoped_count > before:
             self.packed.extend(self.packing)  # over rows of a scoped table: the decision refuses
         self.packing = outer_packing
@@ -430,6 +454,12 @@ class Clauses(OutputNames, JoinTrees):
         self.nodes += 1
         if self.nodes > MAX_NODES:
             refuse(Reason.SQL_UNANALYZABLE, "the statement is too large to analyze")
+
+
+def _mixed(env: Env) -> bool:
+    """Whether the level joins rows of a scoped table with rows of a table with no row scope."""
+    weights = [bool(s.weight) for s in env.sources.values()]
+    return any(weights) and not all(weights)
 
 
 def _carried(out: Source, alias: exp.TableAlias | None) -> dict[str, Carried]:

@@ -73,6 +73,8 @@ class Walker(Clauses):
         if branch is None:
             branch = BRANCHES[cls] = branch_of(cls)
         if branch is _SCALAR:
+            if cls is exp.Window:
+                self.windowing = True  # its partitions may mix scoped and public rows
             if cls is exp.Interval and type(node.this) not in _INTERVAL_VALUES:
                 # sqlglot writes INTERVAL 'a' 'b' (a Concat) as a bare INTERVAL, and
                 # INTERVAL (2) '1 day' as a sum: not what PostgreSQL reads
@@ -81,10 +83,10 @@ class Walker(Clauses):
             self._column(node, env)  # type: ignore[arg-type] # a Column by its branch
             return
         elif branch is _QUERY:
-            self.query(node, env, ctes)
+            self._chooses(self.query(node, env, ctes), env)
             return
         elif branch is _EXISTS:
-            self.query(node.this, env, ctes)
+            self._chooses(self.query(node.this, env, ctes), env)
             return
         elif branch is _PARAM:
             self.params.add(param_key(node))  # type: ignore[arg-type] # by its branch
@@ -103,8 +105,8 @@ class Walker(Clauses):
             self._function(node)  # type: ignore[arg-type] # a Func by its branch
             if isinstance(node, exp.AggFunc) and not isinstance(node, _ONE_ROW_AGGREGATES):
                 self._combining(node, env)
-            elif self.projecting and isinstance(node, COUNTING) and self._selective(node, env):
-                self.carriers += 1  # count(*) FILTER (WHERE ..): a bit of chosen rows
+            elif isinstance(node, COUNTING) and self._selective(node, env):
+                self._carrier(node)  # count(*) FILTER (WHERE ..): a bit of chosen rows
         else:
             refuse(Reason.SQL_UNANALYZABLE, f"{_called(display_name(node))} is not analyzed")
         for child in node.iter_expressions():
@@ -124,8 +126,8 @@ class Walker(Clauses):
                 not isinstance(node, exp.Array) or any(_is_query(e) for e in node.expressions)
             ):
                 self.packing.append(name)  # ARRAY[a, b] packs one row's values: not counted
-            if self.projecting and isinstance(node, exp.AggFunc) and type(node) not in _COUNTS:
-                self.carriers += 1  # max(x), sum(CASE ..): a value of one row of the group
+            if isinstance(node, exp.AggFunc) and type(node) not in _COUNTS:
+                self._carrier(node)  # max(x), sum(CASE ..): a value of one row of the group
         else:
             found = None if isinstance(node, exp.AggFunc) else identity(node)
             if found is None or not builtin(*found):
@@ -133,6 +135,52 @@ class Walker(Clauses):
                 refuse(Reason.FUNCTION_FORBIDDEN, f"{_called(name)} is not allowed")
             name = found[0]
         self.functions.add(name)
+
+    def _chooses(self, out: Source, env: Env) -> None:
+        """Weigh a subquery of an expression outside the select list (WHERE, ON, HAVING,
+        GROUP BY, ORDER BY, LIMIT): what it reads chooses or orders the level's rows.
+
+        ``p.id = (SELECT <a value of an order>)`` makes a row of the public
+        catalogue spell that value: twelve such conditions over joined products
+        handed over three orders' totals in one row of weight 0, past a row cap
+        of two, and the ledger counted one row. A subquery of the select list is
+        weighed by ``query`` itself.
+
+        Over a level with a FROM item none of whose rows is a scoped row (a
+        public table, VALUES), such a subquery is refused: NOT EXISTS, NOT IN,
+        ALL or a count quantify over every row they read, so the one candidate
+        row of joined products they leave spells as many orders as the
+        condition names, and no weight bounds that.
+        """
+        if self.projecting:
+            return
+        if out.scoped and any(not s.weight for s in env.level.sources.values()):
+            refuse(
+                Reason.SQL_UNANALYZABLE,
+                "a subquery over a scoped table that chooses rows of a table with no row "
+                "scope is not analyzed",
+            )
+        if out.weight:
+            self.carry = weight_sum(self.carry, out.weight)
+
+    def _carrier(self, node: exp.Func) -> None:
+        """Count an aggregate or window call that carries a value (or a bit) of chosen rows.
+
+        Wherever it is: in the select list it is handed over; in HAVING or ORDER
+        BY it chooses or orders the level's rows (``HAVING max(CASE WHEN id = ..
+        THEN total_cents END) % 20 = p.id`` picks the group whose keys spell an
+        order's total). A call of HAVING or ORDER BY that the select list already
+        makes (``ORDER BY max(created_at)``) carries nothing more, and is not
+        counted twice.
+        """
+        call: exp.Expr = node
+        while isinstance(call.parent, _CALL_WRAPPERS):
+            call = call.parent  # the whole call: its FILTER, WITHIN GROUP and window
+        if self.projecting:
+            self.calls.append(call)
+        elif any(call == seen for seen in self.calls):
+            return
+        self.carriers += 1
 
     def _combining(self, node: exp.AggFunc, env: Env) -> None:
         """An aggregate that combines its rows' values (sum, avg, bit_or, ...): only of a bare
@@ -230,6 +278,9 @@ class Walker(Clauses):
 
 #: aggregates that return a number of rows, never a row's value
 _COUNTS = (exp.Count, exp.CountIf)
+#: what wraps an aggregate or window call and is part of it (a FILTER, a WITHIN GROUP,
+#: an OVER clause, IGNORE / RESPECT NULLS)
+_CALL_WRAPPERS = (exp.Filter, exp.WithinGroup, exp.Window, exp.IgnoreNulls, exp.RespectNulls)
 _PLAIN_DEPTH = 8
 
 

@@ -121,7 +121,8 @@ class Refusals(Configured):
         else:  # the cap was divided by the weight (Gate.row_cap): say why it is so small
             message = (
                 f"Throttled: each row of this result carries {weight} rows of a scoped table "
-                "(a pivot, a count of chosen rows or a subquery per row), so it may return "
+                "(a pivot, a count of chosen rows, a subquery that fills or chooses its rows), "
+                "so it may return "
                 f"at most {ok.row_cap} rows; narrow it down."
             )
         refused = replace(
