@@ -187,3 +187,27 @@ def test_without_a_key_the_rollup_is_built_and_used_unverified(
     assert refresh(scenario_dsn).rows > 0
     assert _rolled(scenario_dsn)
     assert _volumes(scenario_dsn, rollup=True) == _volumes(scenario_dsn, rollup=False)
+
+
+def test_a_refresh_rewritten_together_with_its_mark_is_not_trusted(
+    keyed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One transaction rewrites every row a refresh wrote (alice's entries now erin's) and
+    touches that refresh's mark: rows and mark share the insider's xmin, the counts per xmin
+    still match and the MAC over (start, upto, added) still holds. The mark's MAC names the
+    refresh's own transaction, so the rollup is not trusted and who-read still names alice."""
+    refresh(keyed, until=_last_id(keyed) // 2)
+    refresh(keyed)
+    assert _rolled(keyed)
+    with psycopg.connect(keyed, autocommit=True) as conn, conn.transaction():
+        conn.execute(
+            "UPDATE accessguard.ledger_hours SET user_name = CASE user_name "
+            "WHEN 'alice' THEN 'erin' ELSE user_name END "
+            "WHERE xmin = (SELECT xmin FROM accessguard.ledger_hours_mark WHERE start = 0)"
+        )
+        conn.execute("UPDATE accessguard.ledger_hours_mark SET at = at WHERE start = 0")
+    assert not _rolled(keyed)
+    assert _readers(keyed, capsys) == (0, ["alice", "erin"])
+    assert refresh(keyed).start == 0  # built again
+    assert _rolled(keyed)
+    assert _readers(keyed, capsys) == (0, ["alice", "erin"])

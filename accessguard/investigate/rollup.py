@@ -19,18 +19,23 @@ verify is not rolled up (``RollupRefused``).
 
 Why a question may trust the rollup without reading it all (``trusted_upto``):
 each refresh is one transaction that writes its rows and one mark row, MAC'd
-with the key over (start, upto, added). PostgreSQL stamps every row version
-with the id of the transaction that wrote it (``xmin``), which SQL cannot
-set. So the rollup holds what refreshes wrote, and nothing else, when the
-marks' MACs hold, their ranges follow one another from event 0, no two marks
-share a transaction, and the rollup's rows counted per ``xmin`` are exactly
-the marks' ``added``, transaction by transaction. An UPDATE, a DELETE, an
-INSERT or a mark removed from the middle breaks one of these; removing the
+with the key over (start, upto, added, xact), ``xact`` being the refresh's own
+transaction id (64 bits: ``pg_current_xact_id``). PostgreSQL stamps every row
+version with the id of the transaction that wrote it (``xmin``: xact's low 32
+bits), which SQL cannot set. So the rollup holds what refreshes wrote, and
+nothing else, when the marks' MACs hold, each mark row was written by the
+transaction its MAC names, their ranges follow one another from event 0, no two
+marks share a transaction, and the rollup's rows counted per ``xmin`` are
+exactly the marks' ``added``, transaction by transaction. An UPDATE, a DELETE,
+an INSERT or a mark removed from the middle breaks one of these; so does one
+transaction that rewrites a refresh's rows and touches its mark (both then
+carry the insider's ``xmin``, which the MAC does not name); removing the
 last refresh with all its rows only hands its events back to the events
 table, which the questions then read. The check reads one narrow group-by
 of the rollup (milliseconds), where a digest of its content took 0.2 s on a
 month. Past a billion transactions since the oldest mark, transaction ids
-could come round again: the rollup is then not trusted, and the next refresh
+could come round again (``xact`` is 64 bits, so a mark can be compared with the
+current transaction id without a wrap): the rollup is then not trusted, and the next refresh
 builds it again. A rollup that fails the check is built again by the next
 refresh too (it is derived data; the events are verified first).
 
@@ -83,6 +88,7 @@ CREATE TABLE IF NOT EXISTS {MARK} (
     start bigint NOT NULL,
     upto bigint NOT NULL,
     added bigint NOT NULL,
+    xact bigint NOT NULL,
     mac text,
     at timestamptz NOT NULL DEFAULT now()
 );
@@ -98,9 +104,12 @@ GROUP BY 1, 2, {KEY}
 """  # noqa: S608
 _MARKED = f"SELECT coalesce(max(upto), 0) FROM {MARK}"  # noqa: S608
 _MARKS = (
-    f"SELECT xmin::text::bigint, start, upto, added, mac, age(xmin) FROM {MARK} "  # noqa: S608
+    f"SELECT xmin::text::bigint, start, upto, added, xact, mac FROM {MARK} "  # noqa: S608
     "ORDER BY upto, start"
 )
+#: the next transaction id (64 bits), read-only: how old a mark's transaction is
+_NEXT = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+_XACT = "SELECT pg_current_xact_id()::text::bigint"
 _WRITTEN = f"SELECT xmin::text::bigint, count(*) FROM {ROLLUP} GROUP BY 1"  # noqa: S608
 
 
@@ -108,9 +117,10 @@ class RollupRefused(Exception):
     """The events do not verify: the rollup was left as it was (the message says why)."""
 
 
-def mark_mac(key: bytes, start: int, upto: int, added: int) -> str:
-    """The MAC of one refresh: it summed events (start, upto] into ``added`` rows."""
-    body = f"accessguard ledger_hours 3\n{start}\n{upto}\n{added}".encode()
+def mark_mac(key: bytes, start: int, upto: int, added: int, xact: int) -> str:
+    """The MAC of one refresh: transaction ``xact`` summed events (start, upto] into ``added``
+    rows."""
+    body = f"accessguard ledger_hours 4\n{start}\n{upto}\n{added}\n{xact}".encode()
     return hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
@@ -122,9 +132,16 @@ def trusted_upto(conn: psycopg.Connection[Any], key: bytes | None) -> int | None
         return int(marks[-1][2]) if marks else 0
     expected: Counter[int] = Counter()
     reached = 0
-    for xid, start, upto, added, mac, age in marks:
-        good = isinstance(mac, str) and hmac.compare_digest(mac, mark_mac(key, start, upto, added))
-        if not good or start != reached or xid in expected or int(age) >= _MAX_AGE:
+    row = conn.execute(_NEXT).fetchone()
+    now = int(row[0]) if row else 0
+    for xid, start, upto, added, xact, mac in marks:
+        good = isinstance(mac, str) and hmac.compare_digest(
+            mac, mark_mac(key, start, upto, added, xact)
+        )
+        # the mark row was written by the transaction its MAC names (an UPDATE or a copy of
+        # it was not), and that transaction is recent enough for its xmin to be unambiguous
+        own = int(xid) == int(xact) % (1 << 32) and 0 <= now - int(xact) < _MAX_AGE
+        if not good or not own or start != reached or xid in expected:
             return None
         expected[int(xid)] = int(added)
         reached = int(upto)
@@ -141,7 +158,7 @@ def _outdated(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
         "NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%s) "
         "AND attname = 'first_hour' AND NOT attisdropped) OR "
         "NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-        "AND attname = 'added' AND NOT attisdropped))",
+        "AND attname = 'xact' AND NOT attisdropped))",
         [ROLLUP, ROLLUP, MARK],
     ).fetchone()
     return bool(row and row[0])
@@ -205,11 +222,13 @@ def refresh(
                 added = 0
                 for low in range(done, head, step):
                     added += conn.execute(_ADD, [low, min(head, low + step)]).rowcount
-                mac = None if key is None else mark_mac(key, done, head, added)
+                own = conn.execute(_XACT).fetchone()
+                xact = int(own[0]) if own else 0
+                mac = None if key is None else mark_mac(key, done, head, added, xact)
                 conn.execute(
-                    f"INSERT INTO {MARK} (start, upto, added, mac) "  # noqa: S608
-                    "VALUES (%s, %s, %s, %s)",
-                    [done, head, added, mac],
+                    f"INSERT INTO {MARK} (start, upto, added, xact, mac) "  # noqa: S608
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    [done, head, added, xact, mac],
                 )
         finally:
             if paused:  # (closing the connection would let the writers go too)

@@ -133,7 +133,7 @@ class SinkEngine:
         """Whether the rollup exists in this release's form (an older one is left unused)."""
         row = self._conn.execute(
             "SELECT count(*) = 2 FROM pg_attribute WHERE NOT attisdropped AND ("
-            "(attrelid = to_regclass(%s) AND attname = 'added') OR "
+            "(attrelid = to_regclass(%s) AND attname = 'xact') OR "
             "(attrelid = to_regclass(%s) AND attname = 'first_hour'))",
             [ROLLUP_MARK, ROLLUP],
         ).fetchone()
