@@ -7,9 +7,11 @@ Alice and erin read customer 42 (accessguard's ``test_investigate.workload``).
 from __future__ import annotations
 
 import json
+import uuid
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from test_investigate import KEY as AUDIT_KEY
 from test_investigate import workload
 
@@ -211,3 +213,37 @@ def test_a_refresh_rewritten_together_with_its_mark_is_not_trusted(
     assert refresh(keyed).start == 0  # built again
     assert _rolled(keyed)
     assert _readers(keyed, capsys) == (0, ["alice", "erin"])
+
+
+def test_row_security_on_the_events_fails_the_question(
+    keyed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The events' owner turns on a policy that hides alice from every statement but the
+    verifier's; an investigator who is not a superuser got a verified trail and an answer
+    without alice. Row security is off in the verifying and asking sessions: it fails."""
+    role = f"ag_reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(keyed, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role}")
+        conn.execute(f"GRANT USAGE ON SCHEMA accessguard TO {role}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA accessguard TO {role}")
+        conn.execute(
+            "ALTER TABLE accessguard.events ENABLE ROW LEVEL SECURITY; "
+            "CREATE POLICY p ON accessguard.events USING (user_name IS DISTINCT FROM 'alice' "
+            "OR current_query() LIKE '%accessguard_verify%' OR current_query() LIKE '%count(*)%')"
+        )
+    try:
+        as_reader = make_conninfo(keyed, options=f"-c role={role}")
+        code, said = _readers_or_error(as_reader, capsys)
+        assert code == 1
+        assert "row-level security" in said
+    finally:
+        with psycopg.connect(keyed, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def _readers_or_error(dsn: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["audit", "who-read", "--dsn", dsn, "--customer", "42", "--format", "json"])
+    out = capsys.readouterr()
+    return code, out.out + out.err
