@@ -215,6 +215,69 @@ def test_a_refresh_rewritten_together_with_its_mark_is_not_trusted(
     assert _readers(keyed, capsys) == (0, ["alice", "erin"])
 
 
+_TRIGGER = """
+CREATE FUNCTION accessguard.hide() RETURNS trigger LANGUAGE plpgsql AS
+$$BEGIN IF NEW.user_name = 'alice' THEN NEW.user_name := 'erin'; END IF; RETURN NEW; END$$;
+CREATE TRIGGER hide BEFORE INSERT ON accessguard.ledger_hours
+FOR EACH ROW EXECUTE FUNCTION accessguard.hide()
+"""
+
+
+def test_a_trigger_on_the_rollup_stops_the_refresh(
+    keyed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rollup's owner adds a trigger that rewrites the rows a refresh inserts, inside the
+    refresh's own transaction (xmin, counts and MAC all as a refresh leaves them), and drops it
+    afterwards: the refresh refuses to write through a trigger."""
+    refresh(keyed, until=_last_id(keyed) // 2)
+    with psycopg.connect(keyed, autocommit=True) as conn:
+        conn.execute(_TRIGGER)
+    assert not _rolled(keyed)  # (not trusted while it is there)
+    capsys.readouterr()
+    assert main(["audit", "index", "--dsn", keyed]) == 1
+    assert "not a plain table" in capsys.readouterr().err
+    with psycopg.connect(keyed, autocommit=True) as conn:
+        conn.execute("DROP TRIGGER hide ON accessguard.ledger_hours")
+    assert _readers(keyed, capsys) == (0, ["alice", "erin"])
+    refresh(keyed)
+    assert _rolled(keyed)
+    assert _readers(keyed, capsys) == (0, ["alice", "erin"])
+
+
+@pytest.mark.parametrize(
+    "swap",
+    [
+        # a view that shows the real rows' xmin beside another reader
+        (
+            "ALTER TABLE accessguard.ledger_hours RENAME TO ledger_hours_real; "
+            "CREATE VIEW accessguard.ledger_hours AS SELECT hour, first_hour, CASE user_name "
+            "WHEN 'alice' THEN 'erin' ELSE user_name END AS user_name, ticket_id, ticket_kind, "
+            "subject_kind, subject_id, columns, tables, roles, statements, rows, first, last, "
+            "ts_min, ts_max, xmin::text AS xmin FROM accessguard.ledger_hours_real"
+        ),
+        # a policy that hides alice from every statement but the proof's count
+        (
+            "ALTER TABLE accessguard.ledger_hours ENABLE ROW LEVEL SECURITY; "
+            "ALTER TABLE accessguard.ledger_hours FORCE ROW LEVEL SECURITY; "
+            "CREATE POLICY p ON accessguard.ledger_hours USING (user_name <> 'alice' "
+            "OR current_query() LIKE '%count(*)%')"
+        ),
+        # a child table: its rows are read with the parent's
+        "CREATE TABLE accessguard.more () INHERITS (accessguard.ledger_hours)",
+    ],
+    ids=["view", "row-security", "inherited"],
+)
+def test_a_rollup_that_is_not_a_plain_table_is_not_trusted(keyed: str, swap: str) -> None:
+    refresh(keyed)
+    want = _volumes(keyed, rollup=False)
+    with psycopg.connect(keyed, autocommit=True) as conn:
+        conn.execute(swap)
+    assert not _rolled(keyed)
+    assert _volumes(keyed, rollup=True) == want
+    with pytest.raises(RollupRefused, match="not a plain table"):
+        refresh(keyed)
+
+
 def test_row_security_on_the_events_fails_the_question(
     keyed: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

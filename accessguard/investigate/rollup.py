@@ -64,7 +64,7 @@ from accessguard.audit.chain import load_key
 from accessguard.audit.pgresume import verify_snapshot
 from accessguard.investigate.sink_sql import KEY, LEDGER, ROLLUP, ROLLUP_MARK, ROW, TABLE
 
-__all__ = ["MARK", "Refreshed", "RollupRefused", "refresh", "trusted_upto"]
+__all__ = ["MARK", "Refreshed", "RollupRefused", "plain", "refresh", "trusted_upto"]
 
 MARK = ROLLUP_MARK
 _WRITERS_LOCK = 0x61636365  # accessguard.audit.pgsink's: writers hold it while inserting a batch
@@ -111,6 +111,25 @@ _MARKS = (
 _NEXT = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
 _XACT = "SELECT pg_current_xact_id()::text::bigint"
 _WRITTEN = f"SELECT xmin::text::bigint, count(*) FROM {ROLLUP} GROUP BY 1"  # noqa: S608
+#: the rollup and its marks are plain tables that hold only their own rows: no view (which
+#: may show any ``xmin`` column it likes), no rules, triggers (which rewrite a refresh's rows
+#: inside its own transaction), row security, inheritance, partitions or collations of their
+#: own. Their owner could otherwise change what a refresh writes or a question reads, with
+#: every xmin, count and MAC as a refresh left them.
+_PLAIN = """
+SELECT count(*) = 2 FROM pg_class c
+WHERE c.oid IN (to_regclass(%s), to_regclass(%s)) AND c.relkind = 'r'
+  AND NOT c.relrowsecurity AND NOT c.relhasrules AND NOT c.relhassubclass
+  AND NOT c.relispartition
+  AND NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+  AND NOT EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = c.oid)
+  AND NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+                  AND a.attcollation NOT IN (0, 100))
+"""
+_NOT_PLAIN = (
+    f"{ROLLUP} or {MARK} is not a plain table (a view, rules, triggers, row security, "
+    "inheritance or a collation of its own), so it was not rolled up: drop both and refresh"
+)
 
 
 class RollupRefused(Exception):
@@ -127,6 +146,8 @@ def mark_mac(key: bytes, start: int, upto: int, added: int, xact: int) -> str:
 def trusted_upto(conn: psycopg.Connection[Any], key: bytes | None) -> int | None:
     """How far the rollup covers the events, if it holds exactly what refreshes wrote (see
     the module's docstring); None when it cannot be trusted (the events answer alone)."""
+    if not plain(conn):
+        return None
     marks = conn.execute(_MARKS).fetchall()
     if key is None:  # unkeyed: nothing to check against, as the events themselves
         return int(marks[-1][2]) if marks else 0
@@ -149,6 +170,12 @@ def trusted_upto(conn: psycopg.Connection[Any], key: bytes | None) -> int | None
     if written != +expected:  # (+: marks that added no rows have no rows to count)
         return None
     return reached
+
+
+def plain(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the rollup and its marks are plain tables holding only their rows (``_PLAIN``)."""
+    row = conn.execute(_PLAIN, [ROLLUP, MARK]).fetchone()
+    return bool(row and row[0])
 
 
 def _outdated(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
@@ -190,7 +217,11 @@ def refresh(
         conn.execute("SELECT pg_advisory_lock(%s)", [_REFRESH_LOCK])  # one refresher at a time
         conn.execute("SET TIME ZONE 'UTC'")
         conn.execute("SET work_mem = '64MB'")
+        conn.execute("SET row_security = off")  # a policy on the events errs, never filters
         with conn.transaction():
+            found = conn.execute("SELECT to_regclass(%s), to_regclass(%s)", [ROLLUP, MARK])
+            if any(name is not None for name in found.fetchone() or ()) and not plain(conn):
+                raise RollupRefused(_NOT_PLAIN)  # (before any DDL meets a view)
             if _outdated(conn):  # an earlier release's rollup: derived data, built again
                 conn.execute(f"DROP TABLE IF EXISTS {ROLLUP}, {MARK}")
             conn.execute(_DDL)
@@ -206,6 +237,11 @@ def refresh(
                 row = conn.execute(f"SELECT coalesce(max(id), 0) FROM {TABLE}").fetchone()  # noqa: S608
                 conn.execute("SELECT pg_advisory_unlock(%s)", [_WRITERS_LOCK])
                 paused = False
+                # no trigger, rule or policy can be added until this refresh commits (each
+                # takes a lock this one excludes), and none is there now (the writers go on)
+                conn.execute(f"LOCK TABLE {ROLLUP}, {MARK} IN SHARE ROW EXCLUSIVE MODE")
+                if not plain(conn):
+                    raise RollupRefused(_NOT_PLAIN)
                 head = int(row[0]) if row else 0
                 if until is not None:
                     head = min(head, until)
