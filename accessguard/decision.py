@@ -6,8 +6,10 @@ decides. A new rule is a new entry in ``CHECKS``, not a new branch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from accessguard.analysis.facts import Const, Facts, KeyBinding, Param, ScopeRef
@@ -397,9 +399,32 @@ def named_subjects(
         (ref.scope, actual)
         for ref in facts.scopes
         for value in ref.values
-        if (actual := _resolve(value, params)) is not None
+        if (actual := _named(value, params)) is not None
     }
     return tuple(sorted(found))
+
+
+def _named(value: Const | Param, params: Sequence[Any] | Mapping[Any, Any] | None) -> int | None:
+    """The id a value names, for the trail only (never for a decision): a parameter bound as
+    the text of a whole number ("42") or as a whole float (42.0) names customer 42 too, as the
+    database compares it; otherwise a refused employee could name a customer unrecorded."""
+    found = _resolve(value, params)
+    if found is not None or not isinstance(value, Param) or params is None:
+        return found
+    try:
+        raw = params[value.key] if isinstance(params, Mapping) else params[int(value.key)]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    if isinstance(raw, str):
+        text = raw.strip()
+        digits = text[1:] if text[:1] in ("-", "+") else text
+        if 0 < len(digits) <= 19 and digits.isascii() and digits.isdigit():
+            return int(text)
+        return None
+    whole = (isinstance(raw, float) and math.isfinite(raw) and raw.is_integer()) or (
+        isinstance(raw, Decimal) and raw.is_finite() and raw == raw.to_integral_value()
+    )
+    return int(raw) if whole else None
 
 
 def _resolve(value: Const | Param, params: Sequence[Any] | Mapping[Any, Any] | None) -> int | None:

@@ -7,9 +7,11 @@ Alice and erin read customer 42 (accessguard's ``test_investigate.workload``).
 from __future__ import annotations
 
 import json
+import uuid
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from test_investigate import KEY as AUDIT_KEY
 from test_investigate import workload
 
@@ -187,3 +189,124 @@ def test_without_a_key_the_rollup_is_built_and_used_unverified(
     assert refresh(scenario_dsn).rows > 0
     assert _rolled(scenario_dsn)
     assert _volumes(scenario_dsn, rollup=True) == _volumes(scenario_dsn, rollup=False)
+
+
+def test_a_refresh_rewritten_together_with_its_mark_is_not_trusted(
+    keyed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One transaction rewrites every row a refresh wrote (alice's entries now erin's) and
+    touches that refresh's mark: rows and mark share the insider's xmin, the counts per xmin
+    still match and the MAC over (start, upto, added) still holds. The mark's MAC names the
+    refresh's own transaction, so the rollup is not trusted and who-read still names alice."""
+    refresh(keyed, until=_last_id(keyed) // 2)
+    refresh(keyed)
+    assert _rolled(keyed)
+    with psycopg.connect(keyed, autocommit=True) as conn, conn.transaction():
+        conn.execute(
+            "UPDATE accessguard.ledger_hours SET user_name = CASE user_name "
+            "WHEN 'alice' THEN 'erin' ELSE user_name END "
+            "WHERE xmin = (SELECT xmin FROM accessguard.ledger_hours_mark WHERE start = 0)"
+        )
+        conn.execute("UPDATE accessguard.ledger_hours_mark SET at = at WHERE start = 0")
+    assert not _rolled(keyed)
+    assert _readers(keyed, capsys) == (0, ["alice", "erin"])
+    assert refresh(keyed).start == 0  # built again
+    assert _rolled(keyed)
+    assert _readers(keyed, capsys) == (0, ["alice", "erin"])
+
+
+_TRIGGER = """
+CREATE FUNCTION accessguard.hide() RETURNS trigger LANGUAGE plpgsql AS
+$$BEGIN IF NEW.user_name = 'alice' THEN NEW.user_name := 'erin'; END IF; RETURN NEW; END$$;
+CREATE TRIGGER hide BEFORE INSERT ON accessguard.ledger_hours
+FOR EACH ROW EXECUTE FUNCTION accessguard.hide()
+"""
+
+
+def test_a_trigger_on_the_rollup_stops_the_refresh(
+    keyed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rollup's owner adds a trigger that rewrites the rows a refresh inserts, inside the
+    refresh's own transaction (xmin, counts and MAC all as a refresh leaves them), and drops it
+    afterwards: the refresh refuses to write through a trigger."""
+    refresh(keyed, until=_last_id(keyed) // 2)
+    with psycopg.connect(keyed, autocommit=True) as conn:
+        conn.execute(_TRIGGER)
+    assert not _rolled(keyed)  # (not trusted while it is there)
+    capsys.readouterr()
+    assert main(["audit", "index", "--dsn", keyed]) == 1
+    assert "not a plain table" in capsys.readouterr().err
+    with psycopg.connect(keyed, autocommit=True) as conn:
+        conn.execute("DROP TRIGGER hide ON accessguard.ledger_hours")
+    assert _readers(keyed, capsys) == (0, ["alice", "erin"])
+    refresh(keyed)
+    assert _rolled(keyed)
+    assert _readers(keyed, capsys) == (0, ["alice", "erin"])
+
+
+@pytest.mark.parametrize(
+    "swap",
+    [
+        # a view that shows the real rows' xmin beside another reader
+        (
+            "ALTER TABLE accessguard.ledger_hours RENAME TO ledger_hours_real; "
+            "CREATE VIEW accessguard.ledger_hours AS SELECT hour, first_hour, CASE user_name "
+            "WHEN 'alice' THEN 'erin' ELSE user_name END AS user_name, ticket_id, ticket_kind, "
+            "subject_kind, subject_id, columns, tables, roles, statements, rows, first, last, "
+            "ts_min, ts_max, xmin::text AS xmin FROM accessguard.ledger_hours_real"
+        ),
+        # a policy that hides alice from every statement but the proof's count
+        (
+            "ALTER TABLE accessguard.ledger_hours ENABLE ROW LEVEL SECURITY; "
+            "ALTER TABLE accessguard.ledger_hours FORCE ROW LEVEL SECURITY; "
+            "CREATE POLICY p ON accessguard.ledger_hours USING (user_name <> 'alice' "
+            "OR current_query() LIKE '%count(*)%')"
+        ),
+        # a child table: its rows are read with the parent's
+        "CREATE TABLE accessguard.more () INHERITS (accessguard.ledger_hours)",
+    ],
+    ids=["view", "row-security", "inherited"],
+)
+def test_a_rollup_that_is_not_a_plain_table_is_not_trusted(keyed: str, swap: str) -> None:
+    refresh(keyed)
+    want = _volumes(keyed, rollup=False)
+    with psycopg.connect(keyed, autocommit=True) as conn:
+        conn.execute(swap)
+    assert not _rolled(keyed)
+    assert _volumes(keyed, rollup=True) == want
+    with pytest.raises(RollupRefused, match="not a plain table"):
+        refresh(keyed)
+
+
+def test_row_security_on_the_events_fails_the_question(
+    keyed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The events' owner turns on a policy that hides alice from every statement but the
+    verifier's; an investigator who is not a superuser got a verified trail and an answer
+    without alice. Row security is off in the verifying and asking sessions: it fails."""
+    role = f"ag_reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(keyed, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role}")
+        conn.execute(f"GRANT USAGE ON SCHEMA accessguard TO {role}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA accessguard TO {role}")
+        conn.execute(
+            "ALTER TABLE accessguard.events ENABLE ROW LEVEL SECURITY; "
+            "CREATE POLICY p ON accessguard.events USING (user_name IS DISTINCT FROM 'alice' "
+            "OR current_query() LIKE '%accessguard_verify%' OR current_query() LIKE '%count(*)%')"
+        )
+    try:
+        as_reader = make_conninfo(keyed, options=f"-c role={role}")
+        code, said = _readers_or_error(as_reader, capsys)
+        assert code == 1
+        assert "row-level security" in said
+    finally:
+        with psycopg.connect(keyed, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def _readers_or_error(dsn: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["audit", "who-read", "--dsn", dsn, "--customer", "42", "--format", "json"])
+    out = capsys.readouterr()
+    return code, out.out + out.err

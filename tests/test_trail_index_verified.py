@@ -106,3 +106,33 @@ def test_the_copy_of_other_events_holds_only_verified_lines(trail: Path) -> None
     ]
     assert want
     assert list(others.read()) == want
+
+
+@pytest.mark.parametrize("source", [[], ["--no-index"]], ids=["index", "scan"])
+def test_a_line_naming_a_key_twice_does_not_verify(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    source: list[str],
+) -> None:
+    """An insider puts a second ``user.name`` before the real one in each of alice's lines:
+    Python keeps the last (the chain held, ``audit verify`` said intact) and DuckDB the first
+    (who-read named erin, exit 0). A key named twice now breaks the chain."""
+    monkeypatch.setenv(KEY_ENV, KEY.hex())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    trail = tmp_path / "audit.jsonl"
+    JsonlSink(trail, key=KEY, fsync=False).write([dict(e) for e in workload()])
+    lines = trail.read_bytes().splitlines(keepends=True)
+    trail.write_bytes(
+        b"".join(
+            line.replace(b"{", b'{"user.name":"erin",', 1)
+            if b'"user.name":"alice"' in line
+            else line
+            for line in lines
+        )
+    )
+    capsys.readouterr()
+    assert main(["audit", "verify", str(trail)]) == 1
+    code = main(["audit", "who-read", "--audit", str(trail), "--customer", "42", *source])
+    assert code == 1
+    assert "chain broken" in capsys.readouterr().err

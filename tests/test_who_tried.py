@@ -130,3 +130,35 @@ def test_another_customer_names_its_own_attempts_only(
         json.loads(_ask(["who-tried", *source, "--customer", "4242", "--format", "json"], capsys))
         == []
     )
+
+
+@pytest.mark.parametrize("value", ["42", " 42", 42.0], ids=["text", "padded-text", "float"])
+def test_a_refusal_naming_a_customer_through_a_loose_parameter_is_attributed(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    value: object,
+) -> None:
+    """bob (no ticket) is refused customer 42's e-mail with the id bound as text or a float,
+    which the database compares as 42: who-tried lists it (it listed only a bare integer)."""
+    monkeypatch.setenv(KEY_ENV, KEY.hex())
+    policies = tmp_path / "policies"
+    shutil.copytree(scenario.policies_dir(), policies)
+    (policies / "limits.toml").unlink(missing_ok=True)
+    path = tmp_path / "audit.jsonl"
+    guard = Guard.from_directory(policies, tickets=scenario.tickets(), audit=path)
+    shop = sqlite3.connect(":memory:")
+    scenario.load_sqlite(shop)
+    try:
+        bob = guard.wrap(shop, user="bob", ticket=None)
+        with pytest.raises(AccessDenied):
+            bob.execute("SELECT email FROM customers WHERE id = ?", (value,))
+    finally:
+        guard.close()
+        shop.close()
+    capsys.readouterr()
+    code = main(
+        ["audit", "who-tried", "--audit", str(path), "--customer", "42", "--format", "json"]
+    )
+    assert code == 0
+    assert [row["user"] for row in json.loads(capsys.readouterr().out)] == ["bob"]

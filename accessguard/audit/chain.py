@@ -107,6 +107,22 @@ def canonical(event: Mapping[str, Any]) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("a key appears twice in one object")
+    return found
+
+
+def parse_line(raw: bytes | str) -> Any:
+    """One trail line as JSON, refusing an object that names a key twice (ValueError).
+
+    Python keeps a repeated key's last value and DuckDB (the trail's index) its first: a
+    line with a second ``user.name`` put before the real one verified (the chain hashes
+    the parsed event) while the index read the other."""
+    return json.loads(raw, object_pairs_hook=_unique)
+
+
 def chain_hash(prev: str, event: Mapping[str, Any], key: bytes | None = None) -> str:
     data = (prev + "\n" + canonical(event)).encode()
     if key is None:

@@ -89,7 +89,8 @@ class Mark:
 
 
 def _mac(mark: Mark, key: bytes | None) -> str:
-    data = b"accessguard verified\n" + mark.body().encode()
+    # 2: lines naming a key twice do not verify (a mark of an earlier release vouched for them)
+    data = b"accessguard verified 2\n" + mark.body().encode()
     if key is None:
         return hashlib.sha256(data).hexdigest()
     return hmac.new(key, data, hashlib.sha256).hexdigest()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import hmac
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from accessguard.audit.chain import (
     chain_hash,
     key_id,
     load_key,
+    parse_line,
     read_checkpoint,
 )
 from accessguard.audit.resume import Mark, file_stat, prefix_digest, read_mark, write_mark
@@ -340,6 +340,6 @@ def _checkpoint_of(trail: Path) -> Checkpoint | None:
 
 def _parse(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return parse_line(raw)
     except ValueError:
         return None

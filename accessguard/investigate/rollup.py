@@ -19,18 +19,23 @@ verify is not rolled up (``RollupRefused``).
 
 Why a question may trust the rollup without reading it all (``trusted_upto``):
 each refresh is one transaction that writes its rows and one mark row, MAC'd
-with the key over (start, upto, added). PostgreSQL stamps every row version
-with the id of the transaction that wrote it (``xmin``), which SQL cannot
-set. So the rollup holds what refreshes wrote, and nothing else, when the
-marks' MACs hold, their ranges follow one another from event 0, no two marks
-share a transaction, and the rollup's rows counted per ``xmin`` are exactly
-the marks' ``added``, transaction by transaction. An UPDATE, a DELETE, an
-INSERT or a mark removed from the middle breaks one of these; removing the
+with the key over (start, upto, added, xact), ``xact`` being the refresh's own
+transaction id (64 bits: ``pg_current_xact_id``). PostgreSQL stamps every row
+version with the id of the transaction that wrote it (``xmin``: xact's low 32
+bits), which SQL cannot set. So the rollup holds what refreshes wrote, and
+nothing else, when the marks' MACs hold, each mark row was written by the
+transaction its MAC names, their ranges follow one another from event 0, no two
+marks share a transaction, and the rollup's rows counted per ``xmin`` are
+exactly the marks' ``added``, transaction by transaction. An UPDATE, a DELETE,
+an INSERT or a mark removed from the middle breaks one of these; so does one
+transaction that rewrites a refresh's rows and touches its mark (both then
+carry the insider's ``xmin``, which the MAC does not name); removing the
 last refresh with all its rows only hands its events back to the events
 table, which the questions then read. The check reads one narrow group-by
 of the rollup (milliseconds), where a digest of its content took 0.2 s on a
 month. Past a billion transactions since the oldest mark, transaction ids
-could come round again: the rollup is then not trusted, and the next refresh
+could come round again (``xact`` is 64 bits, so a mark can be compared with the
+current transaction id without a wrap): the rollup is then not trusted, and the next refresh
 builds it again. A rollup that fails the check is built again by the next
 refresh too (it is derived data; the events are verified first).
 
@@ -59,7 +64,7 @@ from accessguard.audit.chain import load_key
 from accessguard.audit.pgresume import verify_snapshot
 from accessguard.investigate.sink_sql import KEY, LEDGER, ROLLUP, ROLLUP_MARK, ROW, TABLE
 
-__all__ = ["MARK", "Refreshed", "RollupRefused", "refresh", "trusted_upto"]
+__all__ = ["MARK", "Refreshed", "RollupRefused", "plain", "refresh", "trusted_upto"]
 
 MARK = ROLLUP_MARK
 _WRITERS_LOCK = 0x61636365  # accessguard.audit.pgsink's: writers hold it while inserting a batch
@@ -83,6 +88,7 @@ CREATE TABLE IF NOT EXISTS {MARK} (
     start bigint NOT NULL,
     upto bigint NOT NULL,
     added bigint NOT NULL,
+    xact bigint NOT NULL,
     mac text,
     at timestamptz NOT NULL DEFAULT now()
 );
@@ -98,33 +104,65 @@ GROUP BY 1, 2, {KEY}
 """  # noqa: S608
 _MARKED = f"SELECT coalesce(max(upto), 0) FROM {MARK}"  # noqa: S608
 _MARKS = (
-    f"SELECT xmin::text::bigint, start, upto, added, mac, age(xmin) FROM {MARK} "  # noqa: S608
+    f"SELECT xmin::text::bigint, start, upto, added, xact, mac FROM {MARK} "  # noqa: S608
     "ORDER BY upto, start"
 )
+#: the next transaction id (64 bits), read-only: how old a mark's transaction is
+_NEXT = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+_XACT = "SELECT pg_current_xact_id()::text::bigint"
 _WRITTEN = f"SELECT xmin::text::bigint, count(*) FROM {ROLLUP} GROUP BY 1"  # noqa: S608
+#: the rollup and its marks are plain tables that hold only their own rows: no view (which
+#: may show any ``xmin`` column it likes), no rules, triggers (which rewrite a refresh's rows
+#: inside its own transaction), row security, inheritance, partitions or collations of their
+#: own. Their owner could otherwise change what a refresh writes or a question reads, with
+#: every xmin, count and MAC as a refresh left them.
+_PLAIN = """
+SELECT count(*) = 2 FROM pg_class c
+WHERE c.oid IN (to_regclass(%s), to_regclass(%s)) AND c.relkind = 'r'
+  AND NOT c.relrowsecurity AND NOT c.relhasrules AND NOT c.relhassubclass
+  AND NOT c.relispartition
+  AND NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+  AND NOT EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = c.oid)
+  AND NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+                  AND a.attcollation NOT IN (0, 100))
+"""
+_NOT_PLAIN = (
+    f"{ROLLUP} or {MARK} is not a plain table (a view, rules, triggers, row security, "
+    "inheritance or a collation of its own), so it was not rolled up: drop both and refresh"
+)
 
 
 class RollupRefused(Exception):
     """The events do not verify: the rollup was left as it was (the message says why)."""
 
 
-def mark_mac(key: bytes, start: int, upto: int, added: int) -> str:
-    """The MAC of one refresh: it summed events (start, upto] into ``added`` rows."""
-    body = f"accessguard ledger_hours 3\n{start}\n{upto}\n{added}".encode()
+def mark_mac(key: bytes, start: int, upto: int, added: int, xact: int) -> str:
+    """The MAC of one refresh: transaction ``xact`` summed events (start, upto] into ``added``
+    rows."""
+    body = f"accessguard ledger_hours 4\n{start}\n{upto}\n{added}\n{xact}".encode()
     return hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
 def trusted_upto(conn: psycopg.Connection[Any], key: bytes | None) -> int | None:
     """How far the rollup covers the events, if it holds exactly what refreshes wrote (see
     the module's docstring); None when it cannot be trusted (the events answer alone)."""
+    if not plain(conn):
+        return None
     marks = conn.execute(_MARKS).fetchall()
     if key is None:  # unkeyed: nothing to check against, as the events themselves
         return int(marks[-1][2]) if marks else 0
     expected: Counter[int] = Counter()
     reached = 0
-    for xid, start, upto, added, mac, age in marks:
-        good = isinstance(mac, str) and hmac.compare_digest(mac, mark_mac(key, start, upto, added))
-        if not good or start != reached or xid in expected or int(age) >= _MAX_AGE:
+    row = conn.execute(_NEXT).fetchone()
+    now = int(row[0]) if row else 0
+    for xid, start, upto, added, xact, mac in marks:
+        good = isinstance(mac, str) and hmac.compare_digest(
+            mac, mark_mac(key, start, upto, added, xact)
+        )
+        # the mark row was written by the transaction its MAC names (an UPDATE or a copy of
+        # it was not), and that transaction is recent enough for its xmin to be unambiguous
+        own = int(xid) == int(xact) % (1 << 32) and 0 <= now - int(xact) < _MAX_AGE
+        if not good or not own or start != reached or xid in expected:
             return None
         expected[int(xid)] = int(added)
         reached = int(upto)
@@ -134,6 +172,12 @@ def trusted_upto(conn: psycopg.Connection[Any], key: bytes | None) -> int | None
     return reached
 
 
+def plain(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the rollup and its marks are plain tables holding only their rows (``_PLAIN``)."""
+    row = conn.execute(_PLAIN, [ROLLUP, MARK]).fetchone()
+    return bool(row and row[0])
+
+
 def _outdated(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
     """Whether the rollup or its marks lack the columns this release reads and proves with."""
     row = conn.execute(
@@ -141,7 +185,7 @@ def _outdated(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
         "NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%s) "
         "AND attname = 'first_hour' AND NOT attisdropped) OR "
         "NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-        "AND attname = 'added' AND NOT attisdropped))",
+        "AND attname = 'xact' AND NOT attisdropped))",
         [ROLLUP, ROLLUP, MARK],
     ).fetchone()
     return bool(row and row[0])
@@ -173,7 +217,11 @@ def refresh(
         conn.execute("SELECT pg_advisory_lock(%s)", [_REFRESH_LOCK])  # one refresher at a time
         conn.execute("SET TIME ZONE 'UTC'")
         conn.execute("SET work_mem = '64MB'")
+        conn.execute("SET row_security = off")  # a policy on the events errs, never filters
         with conn.transaction():
+            found = conn.execute("SELECT to_regclass(%s), to_regclass(%s)", [ROLLUP, MARK])
+            if any(name is not None for name in found.fetchone() or ()) and not plain(conn):
+                raise RollupRefused(_NOT_PLAIN)  # (before any DDL meets a view)
             if _outdated(conn):  # an earlier release's rollup: derived data, built again
                 conn.execute(f"DROP TABLE IF EXISTS {ROLLUP}, {MARK}")
             conn.execute(_DDL)
@@ -189,6 +237,11 @@ def refresh(
                 row = conn.execute(f"SELECT coalesce(max(id), 0) FROM {TABLE}").fetchone()  # noqa: S608
                 conn.execute("SELECT pg_advisory_unlock(%s)", [_WRITERS_LOCK])
                 paused = False
+                # no trigger, rule or policy can be added until this refresh commits (each
+                # takes a lock this one excludes), and none is there now (the writers go on)
+                conn.execute(f"LOCK TABLE {ROLLUP}, {MARK} IN SHARE ROW EXCLUSIVE MODE")
+                if not plain(conn):
+                    raise RollupRefused(_NOT_PLAIN)
                 head = int(row[0]) if row else 0
                 if until is not None:
                     head = min(head, until)
@@ -205,11 +258,13 @@ def refresh(
                 added = 0
                 for low in range(done, head, step):
                     added += conn.execute(_ADD, [low, min(head, low + step)]).rowcount
-                mac = None if key is None else mark_mac(key, done, head, added)
+                own = conn.execute(_XACT).fetchone()
+                xact = int(own[0]) if own else 0
+                mac = None if key is None else mark_mac(key, done, head, added, xact)
                 conn.execute(
-                    f"INSERT INTO {MARK} (start, upto, added, mac) "  # noqa: S608
-                    "VALUES (%s, %s, %s, %s)",
-                    [done, head, added, mac],
+                    f"INSERT INTO {MARK} (start, upto, added, xact, mac) "  # noqa: S608
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    [done, head, added, xact, mac],
                 )
         finally:
             if paused:  # (closing the connection would let the writers go too)

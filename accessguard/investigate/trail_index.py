@@ -30,13 +30,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from accessguard.audit.chain import GENESIS, load_key
+from accessguard.audit.chain import GENESIS, load_key, parse_line
 from accessguard.audit.verification import ChainCheck
 
 if TYPE_CHECKING:
     import duckdb
 
-INDEX_VERSION = 3  # 2: arrays kept as JSON text; 3: keyed chunks verified as indexed
+INDEX_VERSION = 4  # 2: arrays kept as JSON text; 3: keyed chunks verified as indexed; 4: and
+#: lines naming a key twice refused (DuckDB read the first, the chain the last)
 MAX_PARTS = 8
 CHUNK = 128 * 1024 * 1024  # bytes of trail per indexing step
 _PROBE = 4096  # bytes hashed at the head of the trail and before the indexed offset
@@ -137,7 +138,7 @@ class Chained:
         for raw in lines:
             if raw.strip():
                 try:
-                    event = json.loads(raw)
+                    event = parse_line(raw)
                 except ValueError:
                     event = None
                 problem = self.check.feed(event)

@@ -36,7 +36,7 @@ from accessguard.investigate.trail_index import (
     locked,
 )
 
-VERSION = 2  # 2: keyed lines verified as copied
+VERSION = 3  # 2: keyed lines verified as copied; 3: lines naming a key twice refused
 _PROBE = 4096
 _LEDGER = b'"event.action":"ledger"'
 
