@@ -310,3 +310,30 @@ def _readers_or_error(dsn: str, capsys: pytest.CaptureFixture[str]) -> tuple[int
     code = main(["audit", "who-read", "--dsn", dsn, "--customer", "42", "--format", "json"])
     out = capsys.readouterr()
     return code, out.out + out.err
+
+
+def test_the_sink_is_verified_in_the_snapshot_its_answers_come_from(
+    keyed: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit committed while a question runs (after its engine opened, before it verified)
+    is neither verified nor answered from: both see the rows as they were. The next question
+    sees the edit, and fails."""
+    assert _readers(keyed, capsys) == (0, ["alice", "erin"])  # leaves a mark
+    verify = SinkEngine.verify
+    edited: list[int] = []
+
+    def edit_then_verify(self: SinkEngine, dsn: str) -> object:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            edited.append(
+                conn.execute(
+                    "UPDATE accessguard.events SET user_name = 'erin' WHERE user_name = 'alice'"
+                ).rowcount
+            )
+        return verify(self, dsn)
+
+    monkeypatch.setattr(SinkEngine, "verify", edit_then_verify)
+    assert _readers(keyed, capsys) == (0, ["alice", "erin"])
+    assert edited
+    assert edited[0] > 0
+    monkeypatch.setattr(SinkEngine, "verify", verify)
+    assert _readers(keyed, capsys)[0] == 1

@@ -304,21 +304,14 @@ def _engine_report(args: argparse.Namespace, since: dt.datetime | None) -> int:
     from accessguard.investigate import open_engine
     from accessguard.investigate.report_engine import write_engine_report
 
-    if args.dsn is not None:
-        from accessguard.audit.pgresume import verify_resumed
-
-        name, verdict = "accessguard.events", verify_resumed(args.dsn)
-    else:
-        from accessguard.audit.verification import verify
-
-        name, verdict = str(args.audit), verify(args.audit, resume=True)
-    if not verdict.ok or verdict.torn_line is not None or not verdict.keyed:
-        print(f"accessguard: {describe(name, verdict)}", file=sys.stderr)
     engine = open_engine(audit=args.audit, dsn=args.dsn)
-    note = getattr(engine, "note", None)
-    if note:
-        print(f"accessguard: {note}", file=sys.stderr)
     try:
+        name, verdict = _verified(args, engine)  # the sink: in the snapshot it answers from
+        if not verdict.ok or verdict.torn_line is not None or not verdict.keyed:
+            print(f"accessguard: {describe(name, verdict)}", file=sys.stderr)
+        note = getattr(engine, "note", None)
+        if note:
+            print(f"accessguard: {note}", file=sys.stderr)
         write_engine_report(engine, args.out, since=since)
     finally:
         engine.close()
@@ -327,11 +320,13 @@ def _engine_report(args: argparse.Namespace, since: dt.datetime | None) -> int:
 
 
 def _ask_engine(args: argparse.Namespace) -> int:
-    """who-read, what-read, subject-export (and index): answered by DuckDB or SQL.
+    """who-read, who-tried, what-read, subject-export (and index): answered by DuckDB or SQL.
 
     The trail is verified first, streaming (no event is kept), and a broken
     trail fails the command as before; the answer comes from the engine
-    (accessguard.investigate), never from the events loaded into Python.
+    (accessguard.investigate), never from the events loaded into Python. The
+    PostgreSQL sink is verified inside the engine's own snapshot, so the rows
+    answered from are the rows verified.
     """
     from accessguard.cli.investigate import run
 
@@ -339,20 +334,32 @@ def _ask_engine(args: argparse.Namespace) -> int:
         return run(args)
     if getattr(args, "customer", None) is not None:
         _subject_id(args.customer, "product" if args.product else "customer")
+    verdicts: list[Verification] = []
+
+    def check(engine: object) -> None:
+        name, verdict = _verified(args, engine)
+        verdicts.append(verdict)
+        if not verdict.ok or verdict.torn_line is not None or not verdict.keyed:
+            print(f"accessguard: {describe(name, verdict)}", file=sys.stderr)
+
+    code = run(args, check=check)
+    return code if verdicts and verdicts[0].ok else EXIT_REFUSED
+
+
+def _verified(args: argparse.Namespace, engine: object) -> tuple[str, Verification]:
+    """The source's name and its verdict, resumed from the last verification's mark."""
     if args.dsn is not None:
+        verify_here = getattr(engine, "verify", None)
+        if callable(verify_here):  # the sink's engine: in the snapshot it answers from
+            return "accessguard.events", verify_here(args.dsn)
         from accessguard.audit.pgresume import verify_resumed
 
         # resumed: rows a mark vouches for are proven unchanged in SQL, not read again
-        name, verdict = "accessguard.events", verify_resumed(args.dsn)
-    else:
-        from accessguard.audit.verification import verify
+        return "accessguard.events", verify_resumed(args.dsn)
+    from accessguard.audit.verification import verify
 
-        # resumed: the bytes a mark vouches for are hashed, not parsed again
-        name, verdict = str(args.audit), verify(args.audit, resume=True)
-    if not verdict.ok or verdict.torn_line is not None or not verdict.keyed:
-        print(f"accessguard: {describe(name, verdict)}", file=sys.stderr)
-    code = run(args)
-    return code if verdict.ok else EXIT_REFUSED
+    # resumed: the bytes a mark vouches for are hashed, not parsed again
+    return str(args.audit), verify(args.audit, resume=True)
 
 
 def elevations_command(args: argparse.Namespace) -> tuple[int, str]:

@@ -12,11 +12,12 @@ import html
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
 from accessguard.investigate import (
+    Engine,
     Entry,
     Export,
     LateRead,
@@ -39,8 +40,18 @@ FALLBACK = (
 )
 
 
-def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
-    """Answer one question; 0 on success (ValueError/OSError for the CLI to report)."""
+def run(
+    args: argparse.Namespace,
+    out: IO[str] | None = None,
+    *,
+    check: Callable[[Engine | None], object] | None = None,
+) -> int:
+    """Answer one question; 0 on success (ValueError/OSError for the CLI to report).
+
+    ``check`` verifies the source before the question is asked: it is handed the
+    engine once it is open (None on the in-Python path), so the PostgreSQL sink is
+    verified in the snapshot its answers come from.
+    """
     out = out or sys.stdout
     if args.audit_command == "index":
         return _index(args, out)
@@ -52,6 +63,8 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     )
     scope = "product" if getattr(args, "product", False) else "customer"
     if args.dsn is None and not available():
+        if check is not None:
+            check(None)
         sys.stderr.write(FALLBACK + "\n")
         return _in_python(args, window, scope, out)
     engine = open_engine(
@@ -60,10 +73,12 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         index=getattr(args, "index", None),
         use_index=not getattr(args, "no_index", False),
     )
-    note = getattr(engine, "note", None)
-    if note:
-        sys.stderr.write(f"accessguard: {note}\n")
     try:
+        if check is not None:
+            check(engine)
+        note = getattr(engine, "note", None)
+        if note:
+            sys.stderr.write(f"accessguard: {note}\n")
         if args.audit_command == "after-close":
             customer = None if args.customer is None else str(_id(args.customer))
             late = reads_after_close(

@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 
 from accessguard.audit.chain import load_key
+from accessguard.audit.verification import Verification
 from accessguard.investigate.core import (
     UNITS,
     Bucket,
@@ -116,6 +117,13 @@ class SinkEngine:
 
     def __init__(self, dsn: str, *, rollup: bool = True) -> None:
         self._conn = psycopg.connect(dsn, autocommit=False)
+        try:
+            self._open(rollup)
+        except BaseException:
+            self._conn.close()  # (a row security policy, say, fails the first question)
+            raise
+
+    def _open(self, rollup: bool) -> None:
         # one snapshot for the whole session: the rollup, its mark and the events agree
         self._conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         self._conn.read_only = True
@@ -131,6 +139,19 @@ class SinkEngine:
         last = self._conn.execute(f"SELECT max(id) FROM {TABLE}").fetchone()  # noqa: S608
         self._head = int(last[0]) if last and last[0] is not None else 0
         self.name = f"postgresql {TABLE}" + (f" and {ROLLUP}" if self._mark is not None else "")
+
+    def verify(self, dsn: str) -> Verification:
+        """Verify the events in this session's own snapshot (resumed from the investigator's
+        mark), so the answers come from exactly the rows verified: an edit made between a
+        verification and the question, to rows the question reads from the events, would
+        otherwise be answered unverified. Without the audit key, the whole trail is verified
+        as ``verify_resumed`` does (no mark can be trusted)."""
+        from accessguard.audit.pgresume import verify_resumed, verify_snapshot
+
+        key = load_key()
+        if key is None:
+            return verify_resumed(dsn, key=None)
+        return verify_snapshot(self._conn, dsn, key=key)
 
     def _rollup_current(self) -> bool:
         """Whether the rollup exists in this release's form (an older one is left unused)."""
