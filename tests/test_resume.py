@@ -174,3 +174,46 @@ def test_the_reports_copy_of_other_events_is_keyed(
     side.update()  # copied again
     assert [e["n"] for e in side.read()] == [0, 1, 2]
     assert len(store.read_bytes().splitlines()) == 3
+
+
+class TestBlockDigest:
+    """The prefix digest is a SHA-256 over per-block SHA-256s, so blocks hash in parallel."""
+
+    @pytest.fixture(autouse=True)
+    def small_blocks(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(resume.BlockDigest, "BLOCK", 64)  # many blocks from a few bytes
+
+    DATA = bytes(range(256)) * 3 + b"tail"
+
+    def fed(self, *pieces: bytes) -> str:
+        digest = resume.BlockDigest()
+        for piece in pieces:
+            digest.update(piece)
+        return digest.hexdigest()
+
+    def test_the_same_bytes_give_the_same_digest_however_they_are_fed(self) -> None:
+        data = self.DATA
+        whole = self.fed(data)
+        assert self.fed(data[:1], data[1:100], data[100:]) == whole
+        assert self.fed(*(data[i : i + 7] for i in range(0, len(data), 7))) == whole
+        assert whole != hashlib.sha256(data).hexdigest()  # a digest of its own kind
+
+    def test_any_byte_and_the_length_count(self) -> None:
+        data = self.DATA
+        edited = data[:130] + b"x" + data[131:]
+        assert self.fed(edited) != self.fed(data)
+        assert self.fed(data + b"\0") != self.fed(data)
+        assert self.fed(data[:128]) != self.fed(data[:129])
+
+    def test_the_prefix_of_a_file_is_read_in_blocks_to_the_same_digest(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "trail"
+        path.write_bytes(self.DATA)
+        for end in (0, 1, 64, 65, 128, 700, len(self.DATA)):
+            found = resume.prefix_digest(path, end)
+            assert found is not None
+            assert found.hexdigest() == self.fed(self.DATA[:end]), end
+            found.update(self.DATA[end:])  # extended as verify extends it
+            assert found.hexdigest() == self.fed(self.DATA)
+        assert resume.prefix_digest(path, len(self.DATA) + 1) is None

@@ -9,13 +9,12 @@ threat model are described in ``accessguard.audit.chain``.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import hmac
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from accessguard.audit.chain import (
     DEMO_KEY,
@@ -36,11 +35,15 @@ from accessguard.audit.chain import (
     parse_line,
     read_checkpoint,
 )
-from accessguard.audit.resume import Mark, file_stat, prefix_digest, read_mark, write_mark
+from accessguard.audit.resume import (
+    BlockDigest,
+    Mark,
+    file_stat,
+    prefix_digest,
+    read_mark,
+    write_mark,
+)
 from accessguard.audit.spool import TAMPERED
-
-if TYPE_CHECKING:
-    from hashlib import _Hash as Digest
 
 __all__ = ["ChainCheck", "Verification", "verify", "verify_events"]
 
@@ -279,7 +282,7 @@ def verify(
     return result
 
 
-def resumed(check: ChainCheck, trail: Path) -> tuple[int, int, Digest | None]:
+def resumed(check: ChainCheck, trail: Path) -> tuple[int, int, BlockDigest | None]:
     """Where verification of ``trail`` may go on: (byte offset, lines before it, the digest of
     the bytes before it, to extend). (0, 0, a fresh digest) when no valid mark says more; no
     digest when the file is untouched since its mark (its mark stays as it is)."""
@@ -287,7 +290,7 @@ def resumed(check: ChainCheck, trail: Path) -> tuple[int, int, Digest | None]:
     cp = check.checkpoint
     valid = mark is not None and check.key is not None and mark.valid(check.key, check.kid)
     if mark is None or not valid:
-        return 0, 0, hashlib.sha256()
+        return 0, 0, BlockDigest()
     # what an earlier verification saw must still be there, whatever the checkpoint says now
     # (a tail cut back with an older checkpoint restored verifies against that checkpoint)
     check.vouched = (mark.seq, mark.hash)
@@ -307,10 +310,10 @@ def resumed(check: ChainCheck, trail: Path) -> tuple[int, int, Digest | None]:
             if cp is not None and cp.seq == mark.seq:
                 check.at_checkpoint = mark.hash
             return mark.end, mark.lines, digest
-    return 0, 0, hashlib.sha256()
+    return 0, 0, BlockDigest()
 
 
-def mark_of(check: ChainCheck, trail: Path, end: int, lines: int, digest: Digest) -> Mark:
+def mark_of(check: ChainCheck, trail: Path, end: int, lines: int, digest: BlockDigest) -> Mark:
     """The mark of a trail verified through byte ``end``, sealed with the check's key."""
     stat = file_stat(trail)
     return Mark(
