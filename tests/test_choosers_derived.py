@@ -254,6 +254,10 @@ class TestSpreadColumns:
                 "SELECT order_id FROM payments WHERE customer_id = 42",
                 id="except-of-scoped-rows",
             ),
+            pytest.param(
+                "SELECT id FROM orders WHERE customer_id = 42 INTERSECT SELECT 421",
+                id="intersect-with-a-guess",
+            ),
         ],
     )
     def test_everyday_queries_stay_allowed(self, sql: str) -> None:

@@ -191,13 +191,17 @@ class Clauses(OutputNames, JoinTrees):
         as NOT EXISTS is (``Walker._chooses``). ``orders o, products p1,
         products p2 .. EXCEPT SELECT 421, q1.id, q2.id FROM products q1,
         products q2, orders x WHERE ..`` left one row whose products spelled
-        two orders' totals at weight 1. Refused when either branch reads rows
-        of no scoped table and either reads a scoped table. A UNION that
+        two orders' totals at weight 1. Refused when a branch reads rows of no
+        scoped table together with a scoped table, and for EXCEPT when scoped
+        rows are taken from rows of no scoped table. A guess against scoped
+        rows (``SELECT email .. INTERSECT SELECT 'a guess'``) keeps or drops
+        rows of the scoped branch only, and stays allowed. A UNION that
         removes duplicates collapses rows by the value of a spread column as
         DISTINCT does (``_select``).
         """
-        choosing = isinstance(node, exp.Except | exp.Intersect)
-        if choosing and (opens(left) or opens(right)) and (left.scoped or right.scoped):
+        mixed = (opens(left) and left.scoped) or (opens(right) and right.scoped)
+        taken = isinstance(node, exp.Except) and opens(left) and right.scoped
+        if isinstance(node, exp.Except | exp.Intersect) and (mixed or taken):
             refuse(
                 Reason.SQL_UNANALYZABLE,
                 "EXCEPT or INTERSECT of rows of a scoped table and rows with no row scope "
