@@ -23,6 +23,8 @@ from accessguard.analysis.names import (
     Source,
     Weight,
     ident,
+    opens,
+    public_level,
     refuse,
     weight_max,
     weight_sum,
@@ -90,6 +92,13 @@ class Clauses(OutputNames, JoinTrees):
     calls: list[exp.Expr] = field(default_factory=list)
     #: the level makes a window call (``Walker.expr``)
     windowing: bool = False
+    #: the expression being walked reads a spread column or a scoped table, or makes an
+    #: aggregate or window call over scoped rows (``Walker._spread_read``); what one
+    #: output column's expression sets marks that column spread (``Source.spread``)
+    spreading: bool = False
+    #: how many aggregate or window calls enclose the expression being walked: a spread
+    #: column read inside one chooses or orders rows, wherever the call is
+    calling: int = 0
     #: the statement's weight (``Facts.row_weight``), and how deep in queries the walk is
     weight: Weight = field(default_factory=dict)
     depth: int = 0
@@ -131,19 +140,22 @@ class Clauses(OutputNames, JoinTrees):
             self._only_args(node, _SETOP_ARGS_OK)
             out = self.query(node.this, parent, ctes)
             other = self.query(node.expression, parent, ctes)
-            if isinstance(node, exp.Except) and other.scoped and not out.weight:
-                # every row of the right branch removes rows of the left: over rows of public
-                # tables only, a quantifier over them all, as NOT EXISTS is (Walker._chooses)
-                refuse(
-                    Reason.SQL_UNANALYZABLE,
-                    "EXCEPT of rows of a scoped table from rows with no row scope is not analyzed",
-                )
+            self._set_operation(node, out, other)
+            out = replace(
+                out,
+                public=opens(out) or opens(other),
+                # the names are the left branch's: a spread column of either, by position,
+                # is not followed (every column then counts as spread)
+                spread=out.columns if out.spread or other.spread else frozenset(),
+            )
             out.weight = weight_max(out.weight, other.weight)  # a row comes from one branch
+            self._spread_order(node, out)
             self._outer_modifiers(node, out.columns, ctes)
             out.weight = weight_sum(out.weight, self.carry)  # a LIMIT (SELECT ..) chooses rows
         elif isinstance(node, exp.Subquery):
             self._only_args(node, _SUBQUERY_ARGS_OK)
             inner = self.query(node.this, parent, ctes)
+            self._spread_order(node, inner)
             self._outer_modifiers(node, inner.columns, ctes)
             out = replace(inner, weight=weight_sum(inner.weight, self.carry))
         elif isinstance(node, exp.Values):
@@ -160,10 +172,62 @@ class Clauses(OutputNames, JoinTrees):
         scoped = self.scoped_count > before
         carried = out.carried if isinstance(node, _CARRYING) else {}
         result = Source(
-            out.alias, columns=out.columns, scoped=scoped, weight=out.weight, carried=carried
+            out.alias,
+            columns=out.columns,
+            scoped=scoped,
+            weight=out.weight,
+            carried=carried,
+            public=out.public,
+            spread=out.spread,
         )
         self.derived[id(node)] = result
         return result
+
+    def _set_operation(self, node: exp.SetOperation, left: Source, right: Source) -> None:
+        """Refuse a set operation whose rows one branch chooses among rows of no scoped table.
+
+        Every row of EXCEPT's right branch removes rows of its left, every row
+        of INTERSECT's keeps them: a quantifier over all the rows of a branch,
+        as NOT EXISTS is (``Walker._chooses``). ``orders o, products p1,
+        products p2 .. EXCEPT SELECT 421, q1.id, q2.id FROM products q1,
+        products q2, orders x WHERE ..`` left one row whose products spelled
+        two orders' totals at weight 1. Refused when a branch reads rows of no
+        scoped table together with a scoped table, and for EXCEPT when scoped
+        rows are taken from rows of no scoped table. A guess against scoped
+        rows (``SELECT email .. INTERSECT SELECT 'a guess'``) keeps or drops
+        rows of the scoped branch only, and stays allowed. A UNION that
+        removes duplicates collapses rows by the value of a spread column as
+        DISTINCT does (``_select``).
+        """
+        mixed = (opens(left) and left.scoped) or (opens(right) and right.scoped)
+        taken = isinstance(node, exp.Except) and opens(left) and right.scoped
+        if isinstance(node, exp.Except | exp.Intersect) and (mixed or taken):
+            refuse(
+                Reason.SQL_UNANALYZABLE,
+                "EXCEPT or INTERSECT of rows of a scoped table and rows with no row scope "
+                "is not analyzed",
+            )
+        if (
+            node.args.get("distinct") is not False
+            and (left.spread or right.spread)
+            and (opens(left) or opens(right))
+        ):
+            refuse(
+                Reason.SQL_UNANALYZABLE,
+                "a set operation that removes duplicate rows by a value computed over several "
+                "rows of a scoped table is not analyzed",
+            )
+
+    def _spread_order(self, node: exp.Expression, out: Source) -> None:
+        """ORDER BY of a set operation or a parenthesized query whose rows include rows of no
+        scoped table, and a column computed over several scoped rows: refused (with a LIMIT
+        it picks the public row that the column chooses)."""
+        if node.args.get("order") is not None and out.spread and opens(out):
+            refuse(
+                Reason.SQL_UNANALYZABLE,
+                "ORDER BY over rows with no row scope and a value computed over several rows "
+                "of a scoped table is not analyzed",
+            )
 
     def _ctes(
         self, with_: exp.With, parent: Env | None, ctes: dict[str, Source]
@@ -183,6 +247,8 @@ class Clauses(OutputNames, JoinTrees):
                 scoped=out.scoped,
                 weight=out.weight,
                 carried=_carried(out, cte.args["alias"]),
+                public=out.public,
+                spread=_spread(out, cte.args["alias"], columns),
             )
         return scope
 
@@ -196,6 +262,7 @@ class Clauses(OutputNames, JoinTrees):
         self._only_args(node, {"expressions", "alias"})
         env = Env(parent)
         width, weight = 0, Weight()
+        saved, self.spreading = self.spreading, False
         for row in node.expressions:
             items = row.expressions if isinstance(row, exp.Tuple) else [row]
             width = len(items)
@@ -204,12 +271,16 @@ class Clauses(OutputNames, JoinTrees):
                 self.expr(item, env, ctes)
             weight = weight_max(weight, self.carry)
         self.projecting = False
+        spreading, self.spreading = self.spreading, saved or self.spreading
         alias = node.args.get("alias")
         names = frozenset(f"column{i}" for i in range(1, width + 1))
+        columns = self._renamed(names, alias)
         return Source(
             ident(alias.this) if alias else "*values*",
-            columns=self._renamed(names, alias),
+            columns=columns,
             weight=weight,
+            public=True,  # its rows are no scoped table's
+            spread=columns if spreading else frozenset(),  # by position: not followed
         )
 
     def _select(self, node: exp.Select, parent: Env | None, ctes: dict[str, Source]) -> Source:
@@ -224,9 +295,10 @@ class Clauses(OutputNames, JoinTrees):
             binding.append((where.this, env, None))
         at = len(self.scopes)
         self.scopes.extend(bind(binding, env))
-        self.projecting = True
+        self.projecting = env.listing = True
         env.outputs = self._projections(node, env, ctes)
-        self.projecting = False
+        self.projecting = env.listing = False
+        self._spread_distinct(node, env)
         for on, view, _nullable in ons:
             self.expr(on, view, ctes)
         if where is not None:
@@ -270,7 +342,32 @@ class Clauses(OutputNames, JoinTrees):
             weight = weight_sum(weight, self.carry)
         # the statement's own SELECT is read by no level: what its columns carry is never asked
         carried = {} if node is self.statement else carries(node, env)
-        return Source("*select*", columns=env.outputs, weight=weight, carried=carried)
+        return Source(
+            "*select*",
+            columns=env.outputs,
+            weight=weight,
+            carried=carried,
+            public=not env.sources or public_level(env),  # no FROM: a row of no table
+            spread=frozenset(env.spread),
+        )
+
+    @staticmethod
+    def _spread_distinct(node: exp.Select, env: Env) -> None:
+        """DISTINCT over rows of no scoped table and a value computed over several scoped rows.
+
+        ``SELECT DISTINCT CASE WHEN n = 0 THEN a END FROM t``, where ``n`` counts
+        the orders that disagree with a row of joined products, collapses every
+        row but the one the count chooses: refused, as a filter on ``n`` is
+        (``Walker._spread_read``). Without DISTINCT every row is returned and
+        counted.
+        """
+        distinct = node.args.get("distinct")
+        if distinct is not None and env.spread and public_level(env):
+            refuse(
+                Reason.SQL_UNANALYZABLE,
+                "DISTINCT over rows with no row scope and a value computed over several rows "
+                "of a scoped table is not analyzed",
+            )
 
     def _projections(self, node: exp.Select, env: Env, ctes: dict[str, Source]) -> frozenset[str]:
         names: set[str] = set()
@@ -280,6 +377,7 @@ class Clauses(OutputNames, JoinTrees):
                 for source in env.sources.values():
                     self._read_all(source)
                     names |= source.columns
+                    env.spread |= source.spread
                 continue
             if isinstance(target, exp.Column) and isinstance(target.this, exp.Star):
                 named = env.sources.get(ident(target.args["table"]))
@@ -287,12 +385,15 @@ class Clauses(OutputNames, JoinTrees):
                     refuse(Reason.SQL_UNANALYZABLE, "a .* the analyser cannot place in FROM")
                 self._read_all(named)
                 names |= named.columns
+                env.spread |= named.spread
                 continue
+            saved, self.spreading = self.spreading, False
             self.expr(target, env, ctes)
-            if isinstance(proj, exp.Alias):
-                names.add(ident(proj.args["alias"]))
-            else:
-                names.add(output_name(proj))
+            name = ident(proj.args["alias"]) if isinstance(proj, exp.Alias) else output_name(proj)
+            names.add(name)
+            if self.spreading:
+                env.spread.add(name)
+            self.spreading = saved or self.spreading
         return frozenset(names)
 
     # ------------------------------------------------------------------ FROM
@@ -317,6 +418,8 @@ class Clauses(OutputNames, JoinTrees):
                 scoped=out.scoped,
                 weight=out.weight,
                 carried=_carried(out, alias_node),
+                public=out.public,
+                spread=_spread(out, alias_node, columns),
             )
         elif isinstance(item, exp.Lateral) and isinstance(item.this, exp.Subquery):
             self._only_args(item, {"this", "alias", "view", "outer"})
@@ -325,9 +428,24 @@ class Clauses(OutputNames, JoinTrees):
             out = self.query(item.this, env, ctes)  # sees the FROM items before it
             if alias_node is None:
                 refuse(Reason.SQL_UNANALYZABLE, "a LATERAL subquery needs an alias")
+            if out.scoped and any(opens(s) for s in env.sources.values()):
+                # products p1, products p2, LATERAL (SELECT 1 FROM orders o WHERE NOT EXISTS
+                # (.. p1.id .. p2.id ..)): whether it has a row chooses the products' rows
+                refuse(
+                    Reason.SQL_UNANALYZABLE,
+                    "a LATERAL subquery over a scoped table after a table with no row scope "
+                    "is not analyzed",
+                )
             columns = self._renamed(out.columns, alias_node)
             name = ident(alias_node.this)
-            source = Source(name, columns=columns, scoped=out.scoped, weight=out.weight)
+            source = Source(
+                name,
+                columns=columns,
+                scoped=out.scoped,
+                weight=out.weight,
+                public=out.public,
+                spread=_spread(out, alias_node, columns),
+            )
         elif isinstance(item, exp.Values):
             source = self.query(item, env.parent, ctes)
         else:
@@ -361,6 +479,8 @@ class Clauses(OutputNames, JoinTrees):
                 scoped=cte.scoped,
                 weight=cte.weight,
                 carried=cte.carried,
+                public=cte.public,
+                spread=cte.spread,
             )
         if schema in _CATALOG_SCHEMAS or (schema is None and name.startswith("pg_")):
             refuse(Reason.CATALOG_FORBIDDEN, f"system catalog {name} is not reachable")
@@ -384,6 +504,7 @@ class Clauses(OutputNames, JoinTrees):
             node=item,
             scoped=scoped,
             weight={qualified: 1} if scoped else {},
+            public=not scoped,
         )
 
     def _locks(self, locks: list[exp.Expression], env: Env) -> None:
@@ -457,9 +578,19 @@ class Clauses(OutputNames, JoinTrees):
 
 
 def _mixed(env: Env) -> bool:
-    """Whether the level joins rows of a scoped table with rows of a table with no row scope."""
-    weights = [bool(s.weight) for s in env.sources.values()]
-    return any(weights) and not all(weights)
+    """Whether the level joins rows of a scoped table with rows of a table with no row scope
+    (a derived table over both is both: its groups range over scoped rows as a join's do)."""
+    sources = env.sources.values()
+    return any(s.weight for s in sources) and any(opens(s) for s in sources)
+
+
+def _spread(out: Source, alias: exp.TableAlias | None, columns: frozenset[str]) -> frozenset[str]:
+    """The spread columns of a derived table, named ``columns`` by ``alias``: under an alias
+    that renames them, positions are not followed, and every column counts as spread if one
+    is."""
+    if not out.spread:
+        return frozenset()
+    return columns if alias is not None and alias.columns else out.spread
 
 
 def _carried(out: Source, alias: exp.TableAlias | None) -> dict[str, Carried]:

@@ -113,6 +113,12 @@ class Source:
     weight: Weight = field(default_factory=dict)
     #: a derived table's output columns that are plain copies of a bound column
     carried: dict[str, Carried] = field(default_factory=dict)
+    #: some of its rows are not rows of a scoped table: a table with no row scope,
+    #: VALUES, a query with no FROM, or a query over any of those (``opens``)
+    public: bool = False
+    #: output columns computed over several rows of a scoped table: a scalar subquery
+    #: or an aggregate or window call over one, or such a column of a derived table
+    spread: frozenset[str] = frozenset()
 
     def has(self, column: str) -> bool:
         return column in self.columns
@@ -157,6 +163,11 @@ class Env:
     #: whether a conjunct of the level compares a column with a subquery (``rowscope.bind``
     #: says; the level is bound again once its subqueries are walked)
     subqueries: bool = False
+    #: the level is walking its select list: a spread column (``Source.spread``) read
+    #: there is handed over with each row, not used to choose rows
+    listing: bool = False
+    #: the level's output columns whose expression reads a spread column or a scoped table
+    spread: set[str] = field(default_factory=set)
     #: what ``resolve`` answered here, by id of the column node (with the node itself)
     resolved: dict[int, tuple[exp.Column, tuple[Resolved, Source | None]]] = field(
         default_factory=dict
@@ -187,6 +198,26 @@ class Env:
 #: what a column reference resolves to: (source, column, query level), or None
 #: for a whole-row reference (``record`` then reads every column of it)
 Resolved = tuple[Source, str, Env] | None
+
+
+def opens(source: Source) -> bool:
+    """Whether ``source`` has rows that are not rows of a scoped table (``Source.public``).
+
+    A FROM item with no weight is one (a table with no row scope, VALUES, a
+    query over them); so is a derived table over one, whatever its scalar
+    subqueries add to its weight.
+    """
+    return source.public or not source.weight
+
+
+def public_level(env: Env) -> bool:
+    """Whether the query level of ``env`` reads a FROM item with rows of no scoped table.
+
+    Such a level's rows multiply with no scoped row to count: whatever ranges
+    over several scoped rows and chooses among them spells those rows in the
+    one row it leaves (``Walker._chooses``, ``Walker._spread_read``).
+    """
+    return any(opens(s) for s in env.level.sources.values())
 
 
 def column_hits(sources: dict[str, Source], merged: list[Merged], column: str) -> list[Source]:

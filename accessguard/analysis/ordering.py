@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from accessguard.analysis.names import Env, Source, bare_name, local_input, outer_input, refuse
+from accessguard.analysis.names import (
+    Env,
+    Source,
+    bare_name,
+    local_input,
+    outer_input,
+    public_level,
+    refuse,
+)
 from accessguard.errors import Reason
 
 #: the arguments each clause may have (built once: a set display is built on every call)
@@ -39,8 +47,11 @@ class OutputNames:
             if isinstance(item, exp.Ordered):
                 self._only_args(item, _ORDERED_ARGS_OK)
                 target = item.this
-            if bare_name(target) in env.outputs:
+            name = bare_name(target)
+            if name in env.outputs:
+                _spread_key(env, name)
                 continue  # the output column: what it reads is already counted
+            _spread_key(env, target)
             self.expr(target, env, ctes)
 
     def _group(self, group: exp.Group, env: Env, ctes: dict[str, Source]) -> None:
@@ -51,7 +62,9 @@ class OutputNames:
             if name is not None and name in env.outputs and not local_input(env, name):
                 if self.dialect != "postgres" and outer_input(env, name):
                     refuse(Reason.SQL_UNANALYZABLE, f"GROUP BY {name} could name an outer column")
+                _spread_key(env, name)
                 continue
+            _spread_key(env, item)
             self.expr(item, env, ctes)
 
     def _outer_modifiers(
@@ -90,3 +103,21 @@ class OutputNames:
                 continue
             self._only_args(mod, _LIMIT_ARGS_OK)
             self.expr(mod.args.get("expression") or mod.this, Env(None), ctes)
+
+
+def _spread_key(env: Env, key: str | exp.Expression | None) -> None:
+    """Refuse an ORDER BY, DISTINCT ON or GROUP BY key that is an output column computed over
+    several rows of a scoped table (by name or position), at a level with rows of no scoped
+    table: ``ORDER BY n LIMIT 1`` picks the row of joined products that the count ``n``
+    chooses, as ``WHERE n = 0`` does (``Walker._spread_read``). A key that is an expression
+    is walked, and its column references are checked there.
+    """
+    if not env.spread or not public_level(env):
+        return
+    positional = isinstance(key, exp.Literal) and not key.is_string
+    if positional or (isinstance(key, str) and key in env.spread):
+        refuse(
+            Reason.SQL_UNANALYZABLE,
+            "ordering or grouping rows with no row scope by a value computed over several "
+            "rows of a scoped table is not analyzed",
+        )

@@ -28,6 +28,7 @@ from accessguard.analysis.names import (
     Refusal,
     Source,
     ident,
+    public_level,
     refuse,
     resolve,
     weight_sum,
@@ -109,8 +110,16 @@ class Walker(Clauses):
                 self._carrier(node)  # count(*) FILTER (WHERE ..): a bit of chosen rows
         else:
             refuse(Reason.SQL_UNANALYZABLE, f"{_called(display_name(node))} is not analyzed")
+        call = cls in _CALLS or isinstance(node, exp.AggFunc)
+        if call:
+            # an aggregate or window call: its value ranges over rows (of scoped tables, where
+            # any level it may belong to reads one), and what it reads chooses among them
+            self.spreading = self.spreading or _over_scoped(env)
+            self.calling += 1
         for child in node.iter_expressions():
             self.expr(child, env, ctes)
+        if call:
+            self.calling -= 1
 
     def _function(self, node: exp.Func) -> None:
         """Allow a function by its catalog identity (``functions.BUILTINS``) or vetted class."""
@@ -152,16 +161,42 @@ class Walker(Clauses):
         row of joined products they leave spells as many orders as the
         condition names, and no weight bounds that.
         """
-        if self.projecting:
+        if out.scoped:
+            self.spreading = True  # its value ranges over scoped rows (``Walker._spread_read``)
+        if self.projecting and (not self.calling or (self.packing and not self.updating)):
+            # a packing aggregate of this level over a scoped subquery is refused as such
+            # (``Facts.packing``: the level then reads a scoped table)
             return
-        if out.scoped and any(not s.weight for s in env.level.sources.values()):
+        if out.scoped and public_level(env):
+            # in the select list, inside an aggregate or window call: max(CASE WHEN (SELECT
+            # count(*) ..) = 0 THEN p1.id .. END) picks the one row of joined products
             refuse(
                 Reason.SQL_UNANALYZABLE,
                 "a subquery over a scoped table that chooses rows of a table with no row "
                 "scope is not analyzed",
             )
-        if out.weight:
+        if out.weight and not self.projecting:  # the select list's: ``query`` weighs it
             self.carry = weight_sum(self.carry, out.weight)
+
+    def _spread_read(self, level: Env) -> None:
+        """A column computed over several scoped rows (``Source.spread``) is read at ``level``.
+
+        Over a level with a FROM item whose rows are no scoped table's (``public_level``),
+        reading it anywhere but in the select list (outside aggregate and window calls)
+        chooses or orders those rows by a value that ranges over every scoped row it read:
+        ``SELECT a, b, c FROM (SELECT p1.id AS a, .., (SELECT count(*) FROM orders o WHERE
+        .. o.total_cents % 20 <> p1.id - 1 ..) AS n FROM products p1, ..) t WHERE n = 0``
+        left one row that spelled three orders' totals at weight 1. Refused, as the same
+        subquery in the WHERE clause is (``_chooses``). In the select list the value is
+        handed over with each row, and the row weight counts it.
+        """
+        self.spreading = True
+        if (self.calling or not level.listing) and public_level(level):
+            refuse(
+                Reason.SQL_UNANALYZABLE,
+                "a value computed over several rows of a scoped table that chooses or orders "
+                "rows with no row scope is not analyzed",
+            )
 
     def _carrier(self, node: exp.Func) -> None:
         """Count an aggregate or window call that carries a value (or a bit) of chosen rows.
@@ -219,10 +254,14 @@ class Walker(Clauses):
         found, whole = resolve(node, env)
         if whole is not None:
             self._read_all(whole)  # a whole-row reference: every column
+            if whole.spread:
+                self._spread_read(_level_of(whole, env))
             return
         if found is None:  # pragma: no cover - resolve returns one of the two
             refuse(Reason.SQL_UNANALYZABLE, "a column reference the analyser cannot read")
-        source, column, _level = found
+        source, column, level = found
+        if column in source.spread:
+            self._spread_read(level)
         if source.spec is not None:
             self.reads.add((source.spec.qualified, column))
 
@@ -282,6 +321,31 @@ _COUNTS = (exp.Count, exp.CountIf)
 #: an OVER clause, IGNORE / RESPECT NULLS)
 _CALL_WRAPPERS = (exp.Filter, exp.WithinGroup, exp.Window, exp.IgnoreNulls, exp.RespectNulls)
 _PLAIN_DEPTH = 8
+#: what wraps an aggregate call and is read inside it (a FILTER's condition, a window's
+#: PARTITION BY and ORDER BY), besides the aggregate itself (``exp.AggFunc``)
+_CALLS = frozenset(_CALL_WRAPPERS)
+
+
+def _over_scoped(env: Env) -> bool:
+    """Whether a call made in ``env`` may range over scoped rows: a FROM item of its level or
+    of an enclosing one (an aggregate of outer columns belongs to the outer level) reads a
+    scoped table."""
+    scope: Env | None = env.level
+    while scope is not None:
+        if any(s.scoped or s.weight for s in scope.sources.values()):
+            return True
+        scope = scope.parent
+    return False
+
+
+def _level_of(source: Source, env: Env) -> Env:
+    """The query level whose FROM list holds ``source`` (``env``'s own if none is found)."""
+    scope: Env | None = env
+    while scope is not None:
+        if any(s is source for s in scope.sources.values()):
+            return scope.level
+        scope = scope.parent
+    return env.level
 
 
 _DERIVED = threading.local()
