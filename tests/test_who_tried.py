@@ -9,9 +9,11 @@ refused customer 7 (another customer: not listed for 42).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,17 +27,28 @@ from accessguard.cli.app import main
 KEY = bytes(range(32))
 
 
-@pytest.fixture
-def trail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(KEY_ENV, KEY.hex())
+@contextlib.contextmanager
+def _shop(tmp_path: Path) -> Iterator[tuple[Guard, sqlite3.Connection]]:
+    """The scenario's guard (no limits) writing ``tmp_path/audit.jsonl``, and its SQLite shop."""
     policies = tmp_path / "policies"
     shutil.copytree(scenario.policies_dir(), policies)
     (policies / "limits.toml").unlink(missing_ok=True)
-    path = tmp_path / "audit.jsonl"
-    guard = Guard.from_directory(policies, tickets=scenario.tickets(), audit=path)
+    guard = Guard.from_directory(
+        policies, tickets=scenario.tickets(), audit=tmp_path / "audit.jsonl"
+    )
     shop = sqlite3.connect(":memory:")
     scenario.load_sqlite(shop)
     try:
+        yield guard, shop
+    finally:
+        guard.close()
+        shop.close()
+
+
+@pytest.fixture
+def trail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(KEY_ENV, KEY.hex())
+    with _shop(tmp_path) as (guard, shop):
         alice = guard.wrap(shop, user="alice", ticket="T-100")
         assert alice.execute("SELECT name FROM customers WHERE id = 42").fetchall()
         for _ in range(2):
@@ -46,10 +59,7 @@ def trail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         bob = guard.wrap(shop, user="bob", ticket=None)
         with pytest.raises(AccessDenied):
             bob.execute("SELECT email FROM customers WHERE id = 42")
-    finally:
-        guard.close()
-        shop.close()
-    return path
+    return tmp_path / "audit.jsonl"
 
 
 def _sources(trail: Path, request: pytest.FixtureRequest) -> list[str]:
@@ -142,20 +152,11 @@ def test_a_refusal_naming_a_customer_through_a_loose_parameter_is_attributed(
     """bob (no ticket) is refused customer 42's e-mail with the id bound as text or a float,
     which the database compares as 42: who-tried lists it (it listed only a bare integer)."""
     monkeypatch.setenv(KEY_ENV, KEY.hex())
-    policies = tmp_path / "policies"
-    shutil.copytree(scenario.policies_dir(), policies)
-    (policies / "limits.toml").unlink(missing_ok=True)
     path = tmp_path / "audit.jsonl"
-    guard = Guard.from_directory(policies, tickets=scenario.tickets(), audit=path)
-    shop = sqlite3.connect(":memory:")
-    scenario.load_sqlite(shop)
-    try:
+    with _shop(tmp_path) as (guard, shop):
         bob = guard.wrap(shop, user="bob", ticket=None)
         with pytest.raises(AccessDenied):
             bob.execute("SELECT email FROM customers WHERE id = ?", (value,))
-    finally:
-        guard.close()
-        shop.close()
     capsys.readouterr()
     code = main(
         ["audit", "who-tried", "--audit", str(path), "--customer", "42", "--format", "json"]
