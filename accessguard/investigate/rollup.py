@@ -64,7 +64,7 @@ from accessguard.audit.chain import load_key
 from accessguard.audit.pgresume import verify_snapshot
 from accessguard.investigate.sink_sql import KEY, LEDGER, ROLLUP, ROLLUP_MARK, ROW, TABLE
 
-__all__ = ["MARK", "Refreshed", "RollupRefused", "plain", "refresh", "trusted_upto"]
+__all__ = ["MARK", "Refreshed", "RollupRefused", "current", "plain", "refresh", "trusted_upto"]
 
 MARK = ROLLUP_MARK
 _WRITERS_LOCK = 0x61636365  # accessguard.audit.pgsink's: writers hold it while inserting a batch
@@ -178,15 +178,14 @@ def plain(conn: psycopg.Connection[Any]) -> bool:
     return bool(row and row[0])
 
 
-def _outdated(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
-    """Whether the rollup or its marks lack the columns this release reads and proves with."""
+def current(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the rollup and its marks have the columns this release reads and proves with
+    (one of an earlier release is left unused by the questions and built again by a refresh)."""
     row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL AND ("
-        "NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-        "AND attname = 'first_hour' AND NOT attisdropped) OR "
-        "NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-        "AND attname = 'xact' AND NOT attisdropped))",
-        [ROLLUP, ROLLUP, MARK],
+        "SELECT count(*) = 2 FROM pg_attribute WHERE NOT attisdropped AND ("
+        "(attrelid = to_regclass(%s) AND attname = 'xact') OR "
+        "(attrelid = to_regclass(%s) AND attname = 'first_hour'))",
+        [MARK, ROLLUP],
     ).fetchone()
     return bool(row and row[0])
 
@@ -220,9 +219,10 @@ def refresh(
         conn.execute("SET row_security = off")  # a policy on the events errs, never filters
         with conn.transaction():
             found = conn.execute("SELECT to_regclass(%s), to_regclass(%s)", [ROLLUP, MARK])
-            if any(name is not None for name in found.fetchone() or ()) and not plain(conn):
+            exists = any(name is not None for name in found.fetchone() or ())
+            if exists and not plain(conn):
                 raise RollupRefused(_NOT_PLAIN)  # (before any DDL meets a view)
-            if _outdated(conn):  # an earlier release's rollup: derived data, built again
+            if exists and not current(conn):  # an earlier release's: derived data, built again
                 conn.execute(f"DROP TABLE IF EXISTS {ROLLUP}, {MARK}")
             conn.execute(_DDL)
             if key is not None and trusted_upto(conn, key) is None:

@@ -43,12 +43,11 @@ from accessguard.investigate.core import (
     utc,
     utc_at,
 )
-from accessguard.investigate.rollup import trusted_upto
+from accessguard.investigate.rollup import current, trusted_upto
 from accessguard.investigate.sink_sql import (
     ENTRIES,
     KEY,
     ROLLUP,
-    ROLLUP_MARK,
     TABLE,
     ledger_rows,
     window_clause,
@@ -134,8 +133,10 @@ class SinkEngine:
         # from the verifier's) makes a question fail instead of answering from fewer rows
         self._conn.execute("SET row_security = off")
         self._mark: int | None = None
-        if rollup and self._rollup_current():
-            self._mark = self._trusted_mark()
+        if rollup and current(self._conn):
+            # None (the rollup unused) when the audit key is set and the rollup holds anything
+            # its refreshes did not write
+            self._mark = trusted_upto(self._conn, load_key())
         last = self._conn.execute(f"SELECT max(id) FROM {TABLE}").fetchone()  # noqa: S608
         self._head = int(last[0]) if last and last[0] is not None else 0
         self.name = f"postgresql {TABLE}" + (f" and {ROLLUP}" if self._mark is not None else "")
@@ -152,22 +153,6 @@ class SinkEngine:
         if key is None:
             return verify_resumed(dsn, key=None)
         return verify_snapshot(self._conn, dsn, key=key)
-
-    def _rollup_current(self) -> bool:
-        """Whether the rollup exists in this release's form (an older one is left unused)."""
-        row = self._conn.execute(
-            "SELECT count(*) = 2 FROM pg_attribute WHERE NOT attisdropped AND ("
-            "(attrelid = to_regclass(%s) AND attname = 'xact') OR "
-            "(attrelid = to_regclass(%s) AND attname = 'first_hour'))",
-            [ROLLUP_MARK, ROLLUP],
-        ).fetchone()
-        return bool(row and row[0])
-
-    def _trusted_mark(self) -> int | None:
-        """How far the rollup covers the events; None (the rollup unused) when the audit key
-        is set and the rollup holds anything its refreshes did not write
-        (accessguard.investigate.rollup.trusted_upto)."""
-        return trusted_upto(self._conn, load_key())
 
     def _rows(
         self, match: str, values: list[Any], window: Window, *, rollup: bool = True
