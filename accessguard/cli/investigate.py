@@ -34,6 +34,9 @@ from accessguard.investigate import sums as investigate
 from accessguard.investigate.closings import marked, reads_after_close_in, spans_of
 from accessguard.investigate.sums import Attempt, Reader, Touch
 
+#: the heading of the refused attempts under the readers (who-read, subject-export's text)
+_TRIED = "\nrefused while naming it (who tried and failed):\n"
+
 FALLBACK = (
     "accessguard: DuckDB is not installed (pip install 'accessguard[investigate]'): "
     "reading the whole trail into Python instead"
@@ -146,8 +149,7 @@ def _write_rows(
         return
     out.write((investigate.render_table(rows) if rows else "no reads recorded") + "\n")
     if tried:
-        out.write("\nrefused while naming it (who tried and failed):\n")
-        out.write(investigate.render_attempts(tried) + "\n")
+        out.write(_TRIED + investigate.render_attempts(tried) + "\n")
 
 
 def _write_attempts(rows: list[Attempt], args: argparse.Namespace, out: IO[str]) -> None:
@@ -229,8 +231,7 @@ def _render(export: Export, fmt: str, fh: IO[str]) -> None:
             + "\n"
         )
         if export.attempts:
-            fh.write("\nrefused while naming it (who tried and failed):\n")
-            fh.write(investigate.render_attempts(export.attempts) + "\n")
+            fh.write(_TRIED + investigate.render_attempts(export.attempts) + "\n")
         fh.write("\nentries:\n")
         for entry in export.entries:
             fh.write(_line(entry) + "\n")
@@ -269,85 +270,89 @@ def _html(export: Export, fh: IO[str]) -> None:
         f"<style>{_STYLE}</style></head><body><h1>{esc(title)}</h1>"
         f"<p>From {esc(str(span))}, from the access ledger.</p><h2>Who read it</h2>"
     )
-    heads = (
-        "employee",
-        "roles",
-        "ticket",
-        "kind",
-        "statements",
-        "rows",
-        "first",
-        "last",
-        "columns",
+    _table(
+        fh,
+        ("employee", "roles", "ticket", "kind", "statements", "rows", "first", "last", "columns"),
+        (
+            (
+                r.user,
+                ", ".join(r.roles),
+                r.ticket or "-",
+                r.ticket_kind or "-",
+                r.statements,
+                r.rows,
+                _when(r.first),
+                _when(r.last),
+                ", ".join(r.columns),
+            )
+            for r in export.readers
+        ),
     )
-    fh.write(_row(heads, "th"))
-    for r in export.readers:
-        fh.write(
-            _row(
-                (
-                    r.user,
-                    ", ".join(r.roles),
-                    r.ticket or "-",
-                    r.ticket_kind or "-",
-                    r.statements,
-                    r.rows,
-                    _when(r.first),
-                    _when(r.last),
-                    ", ".join(r.columns),
-                ),
-                "td",
+    fh.write("<h2>Who tried and was refused</h2>")
+    _table(
+        fh,
+        ("employee", "ticket", "kind", "outcome", "reason", "attempts", "first", "last", "columns"),
+        (
+            (
+                a.user,
+                a.ticket or "-",
+                a.ticket_kind or "-",
+                a.outcome,
+                a.reason,
+                a.attempts,
+                _when(a.first),
+                _when(a.last),
+                ", ".join(a.columns),
             )
-        )
-    fh.write("</table><h2>Who tried and was refused</h2>")
-    tried_heads = ("employee", "ticket", "kind", "outcome", "reason", "attempts", "first", "last")
-    fh.write(_row((*tried_heads, "columns"), "th"))
-    for a in export.attempts:
-        fh.write(
-            _row(
-                (
-                    a.user,
-                    a.ticket or "-",
-                    a.ticket_kind or "-",
-                    a.outcome,
-                    a.reason,
-                    a.attempts,
-                    _when(a.first),
-                    _when(a.last),
-                    ", ".join(a.columns),
-                ),
-                "td",
+            for a in export.attempts
+        ),
+    )
+    fh.write("<h2>Every entry</h2>")
+    _table(
+        fh,
+        (
+            "first",
+            "last",
+            "employee",
+            "ticket",
+            "kind",
+            "statements",
+            "rows",
+            "columns",
+            "after its ticket closed",
+        ),
+        (
+            (
+                _when(e.first),
+                _when(e.last),
+                e.user or "-",
+                e.ticket or "-",
+                e.ticket_kind or "-",
+                e.statements,
+                e.rows,
+                ", ".join(e.columns),
+                "" if e.ticket_closed is None else f"yes: closed {_when(e.ticket_closed)}",
             )
-        )
-    fh.write("</table><h2>Every entry</h2>")
-    entry_heads = ("first", "last", "employee", "ticket", "kind", "statements", "rows", "columns")
-    fh.write(_row((*entry_heads, "after its ticket closed"), "th"))
-    for e in export.entries:
-        fh.write(
-            _row(
-                (
-                    _when(e.first),
-                    _when(e.last),
-                    e.user or "-",
-                    e.ticket or "-",
-                    e.ticket_kind or "-",
-                    e.statements,
-                    e.rows,
-                    ", ".join(e.columns),
-                    "" if e.ticket_closed is None else f"yes: closed {_when(e.ticket_closed)}",
-                ),
-                "td",
-            )
-        )
-    fh.write("</table></body></html>\n")
+            for e in export.entries
+        ),
+    )
+    fh.write("</body></html>\n")
 
 
-def _row(cells: Iterable[Any], tag: str) -> str:
-    start = "<table>" if tag == "th" else ""
+def _table(fh: IO[str], heads: tuple[str, ...], rows: Iterable[Iterable[Any]]) -> None:
+    """One HTML table, written row by row (the entries stream: never all in memory)."""
+    fh.write("<table>" + _cells(heads, "th"))
+    for row in rows:
+        fh.write(_cells(row, "td"))
+    fh.write("</table>")
+
+
+def _cells(cells: Iterable[Any], tag: str) -> str:
     parts = "".join(
         f"<{tag}{' class=n' if isinstance(c, int) else ''}>{html.escape(str(c))}</{tag}>"
         for c in cells
     )
-    return f"{start}<tr>{parts}</tr>"
+    return f"<tr>{parts}</tr>"
 
 
 # ---------------------------------------------------------------------- fallback
