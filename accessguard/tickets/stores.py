@@ -106,14 +106,24 @@ class TicketChange:
 
 
 def changes(
-    old: Ticket | None, new: Ticket, *, by: str | None = None, at: float | None = None
+    old: Ticket | None,
+    new: Ticket,
+    *,
+    by: str | None = None,
+    at: float | None = None,
+    closed_at: float | None = None,
 ) -> list[TicketChange]:
-    """What turned ``old`` (None: not seen before) into ``new``, in the order it happened."""
+    """What turned ``old`` (None: not seen before) into ``new``, in the order it happened.
+
+    ``at`` is when it happened; a closing happened at ``closed_at`` when the ticket
+    system says so apart (a tickets table's column), else at ``at`` too.
+    """
+    closing = at if closed_at is None else closed_at
     found: list[TicketChange] = []
     if old is None:
         found.append(TicketChange(action="opened", ticket=new, by=by, at=at))
         if not new.is_open:
-            found.append(TicketChange(action="closed", ticket=new, by=by, at=at))
+            found.append(TicketChange(action="closed", ticket=new, by=by, at=closing))
         return found
     if old.assignee != new.assignee:
         found.append(
@@ -122,7 +132,7 @@ def changes(
             )
         )
     if old.is_open and not new.is_open:
-        found.append(TicketChange(action="closed", ticket=new, by=by, at=at))
+        found.append(TicketChange(action="closed", ticket=new, by=by, at=closing))
     elif not old.is_open and new.is_open:
         found.append(TicketChange(action="reopened", ticket=new, by=by, at=at))
     return found
@@ -355,41 +365,25 @@ class PostgresTicketStore(Announcer):
             hit = self._cache.get(ticket_id)
             if hit is not None and now - hit[0] < self._ttl:
                 return hit[1]
-            ticket, opened, closed = self._fetch(ticket_id)
+            ticket, times = self._fetch(ticket_id)
             if ticket is not None:
                 old = self._seen.pop(ticket_id, None)
                 if len(self._seen) >= self.SEEN:
                     self._seen.pop(next(iter(self._seen)))
                 self._seen[ticket_id] = ticket
-                if old is None:
-                    self.announce(self._first_sight(ticket, opened, closed))
-                elif old != ticket:
-                    self.announce(
-                        TicketChange(
-                            action=c.action,
-                            ticket=c.ticket,
-                            at=closed if c.action == "closed" else None,
-                            previous_assignee=c.previous_assignee,
-                        )
-                        for c in changes(old, ticket)
-                    )
+                if old != ticket:  # (the times are read only then: not on every lookup)
+                    opened, closed = (_epoch(t) for t in times)
+                    if old is not None:
+                        self.announce(changes(old, ticket, closed_at=closed))
+                    elif opened is not None and opened >= self._started:
+                        # first seen, and opened since this store started looking
+                        self.announce(changes(None, ticket, at=opened, closed_at=closed))
             if self._ttl > 0:
                 self._cache[ticket_id] = (now, ticket)
             return ticket
 
-    def _first_sight(
-        self, ticket: Ticket, opened: float | None, closed: float | None
-    ) -> list[TicketChange]:
-        """A ticket opened since this store started looking: its opening (and closing)."""
-        if opened is None or opened < self._started:
-            return []
-        found = [TicketChange(action="opened", ticket=ticket, at=opened)]
-        if not ticket.is_open:
-            found.append(TicketChange(action="closed", ticket=ticket, at=closed))
-        return found
-
-    def _fetch(self, ticket_id: str) -> tuple[Ticket | None, float | None, float | None]:
-        """The ticket, and when it was opened and closed (epoch seconds) if the table says."""
+    def _fetch(self, ticket_id: str) -> tuple[Ticket | None, tuple[object, object]]:
+        """The ticket, and its opened_at and closed_at values (None where the table has none)."""
         if self._conn is None or getattr(self._conn, "closed", False):
             self._conn = self._connect()
             if hasattr(self._conn, "autocommit"):
@@ -406,11 +400,10 @@ class PostgresTicketStore(Announcer):
         finally:
             cur.close()
         if row is None:
-            return None, None, None
+            return None, (None, None)
         ticket = Ticket.from_mapping(dict(zip(_FIELDS, row[: len(_FIELDS)], strict=True)))
-        if not self._timed:
-            return ticket, None, None
-        return ticket, _epoch(row[len(_FIELDS)]), _epoch(row[len(_FIELDS) + 1])
+        extra = tuple(row[len(_FIELDS) :])
+        return ticket, (extra[0], extra[1]) if len(extra) == 2 else (None, None)
 
     def close(self) -> None:
         with self._lock:
